@@ -1,0 +1,178 @@
+// CPU kernels of d2d::soft_iou and d2d::soft_iou_backward.
+//
+// Inputs are viewed as (N, M). The per-sample sums are reduced over blocks of kBlock elements (so
+// a batch smaller than the thread pool still uses every thread): kLanes partial sums per block,
+// which vectorise, combined in double. The backward makes one pass that reduces the sums and
+// stores p (1 - p) and p in the gradient buffers, then one cheap pass that scales them in place,
+// so each element's sigmoid is evaluated once per call.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+#include "../kernels/soft_iou_math.h"
+
+namespace d2d {
+namespace {
+
+constexpr int64_t kBlock = 4096;  // elements per reduction block
+constexpr int kLanes = 16;        // independent partial sums, so the loop vectorises
+
+struct Sums {
+  double inter, sum_p, sum_t;
+};
+
+// Sums of p*t, p and t over x[lo, hi), t[lo, hi). If q_out (p_out) is given, it receives
+// p (1 - p) (p) at the same positions.
+template <typename T, bool kStoreQ, bool kStoreP>
+Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, int64_t hi,
+                T* __restrict__ q_out, T* __restrict__ p_out) {
+  T ai[kLanes] = {}, ap[kLanes] = {}, at[kLanes] = {};
+  int64_t j = lo;
+  for (; j + kLanes <= hi; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const T p = sigmoid(x[j + l]);
+      const T tv = t[j + l];
+      ai[l] += p * tv;
+      ap[l] += p;
+      at[l] += tv;
+      if (kStoreQ) q_out[j + l] = p * (T(1) - p);
+      if (kStoreP) p_out[j + l] = p;
+    }
+  }
+  Sums s{0, 0, 0};
+  for (; j < hi; ++j) {
+    const T p = sigmoid(x[j]);
+    s.inter += double(p) * double(t[j]);
+    s.sum_p += p;
+    s.sum_t += t[j];
+    if (kStoreQ) q_out[j] = p * (T(1) - p);
+    if (kStoreP) p_out[j] = p;
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    s.inter += ai[l];
+    s.sum_p += ap[l];
+    s.sum_t += at[l];
+  }
+  return s;
+}
+
+int64_t blocks_per_sample(int64_t M) { return std::max<int64_t>(1, (M + kBlock - 1) / kBlock); }
+
+// Per-sample sums for x, t viewed as (N, M); optionally stores q = p (1 - p) and p (N, M).
+template <typename T, bool kStoreQ = false, bool kStoreP = false>
+std::vector<Sums> sample_sums(const T* x, const T* t, int64_t N, int64_t M, T* q = nullptr,
+                              T* p = nullptr) {
+  const int64_t per_sample = blocks_per_sample(M);
+  std::vector<Sums> partial(N * per_sample, Sums{0, 0, 0});
+  at::parallel_for(0, N * per_sample, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t lo = (b / per_sample) * M + (b % per_sample) * kBlock;
+      const int64_t hi = std::min((b / per_sample + 1) * M, lo + kBlock);
+      partial[b] = block_sums<T, kStoreQ, kStoreP>(x, t, lo, hi, q, p);
+    }
+  });
+  std::vector<Sums> sums(N, Sums{0, 0, 0});
+  for (int64_t b = 0; b < N * per_sample; ++b) {
+    Sums& s = sums[b / per_sample];
+    s.inter += partial[b].inter;
+    s.sum_p += partial[b].sum_p;
+    s.sum_t += partial[b].sum_t;
+  }
+  return sums;
+}
+
+int64_t sample_numel(const at::Tensor& logits) {
+  return logits.size(0) == 0 ? 0 : logits.numel() / logits.size(0);
+}
+
+at::Tensor soft_iou_cpu(const at::Tensor& logits_in, const at::Tensor& target_in, double smooth) {
+  check_soft_iou_args(logits_in, target_in, smooth);
+  TORCH_CHECK(logits_in.device().is_cpu(), "d2d.soft_iou: the CPU kernel got a tensor on ",
+              logits_in.device());
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const int64_t N = logits.size(0), M = sample_numel(logits);
+  at::Tensor loss = at::empty({N}, logits.options());
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_cpu", [&] {
+    const auto sums = sample_sums(logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), N, M);
+    scalar_t* lp = loss.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < N; ++n) {
+      lp[n] = scalar_t(soft_iou_loss(sums[n].inter, sums[n].sum_p, sums[n].sum_t, smooth));
+    }
+  });
+  return loss;
+}
+
+std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cpu(const at::Tensor& grad_in,
+                                                          const at::Tensor& logits_in,
+                                                          const at::Tensor& target_in,
+                                                          double smooth,
+                                                          std::array<bool, 2> output_mask) {
+  check_soft_iou_backward_args(grad_in, logits_in, target_in, smooth);
+  TORCH_CHECK(logits_in.device().is_cpu(), "d2d.soft_iou_backward: the CPU kernel got a tensor on ",
+              logits_in.device());
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const int64_t N = logits.size(0), M = sample_numel(logits);
+  const bool need_x = output_mask[0], need_t = output_mask[1];
+  at::Tensor grad_logits = at::empty(need_x ? logits.sizes() : at::IntArrayRef{0}, logits.options());
+  at::Tensor grad_target = at::empty(need_t ? target.sizes() : at::IntArrayRef{0}, target.options());
+  if (!need_x && !need_t) return {grad_logits, grad_target};
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_backward_cpu", [&] {
+    using T = scalar_t;
+    const T* x = logits.data_ptr<T>();
+    const T* t = target.data_ptr<T>();
+    const T* go = grad.data_ptr<T>();
+    T* gx = need_x ? grad_logits.data_ptr<T>() : nullptr;
+    T* gt = need_t ? grad_target.data_ptr<T>() : nullptr;
+    // Pass 1: sums, with q = p (1 - p) parked in gx and p in gt.
+    std::vector<Sums> sums;
+    if (need_x && need_t) {
+      sums = sample_sums<T, true, true>(x, t, N, M, gx, gt);
+    } else if (need_x) {
+      sums = sample_sums<T, true, false>(x, t, N, M, gx, nullptr);
+    } else {
+      sums = sample_sums<T, false, true>(x, t, N, M, nullptr, gt);
+    }
+    std::vector<T> d_inter(N), d_sum(N);
+    for (int64_t n = 0; n < N; ++n) {
+      double di, ds;
+      soft_iou_dsums(sums[n].inter, sums[n].sum_p, sums[n].sum_t, smooth, double(go[n]), &di, &ds);
+      d_inter[n] = T(di);
+      d_sum[n] = T(ds);
+    }
+    // Pass 2: scale in place.
+    const int64_t per_sample = blocks_per_sample(M);
+    at::parallel_for(0, N * per_sample, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t n = b / per_sample, lo = n * M + (b % per_sample) * kBlock;
+        const int64_t hi = std::min(n * M + M, lo + kBlock);
+        const T di = d_inter[n], ds = d_sum[n];
+        if (need_x) {
+          for (int64_t j = lo; j < hi; ++j) gx[j] = soft_iou_grad_logit(gx[j], t[j], di, ds);
+        }
+        if (need_t) {
+          for (int64_t j = lo; j < hi; ++j) gt[j] = soft_iou_grad_target(gt[j], di, ds);
+        }
+      }
+    });
+  });
+  return {grad_logits, grad_target};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(d2d, CPU, m) {
+  m.impl("soft_iou", &soft_iou_cpu);
+  m.impl("soft_iou_backward", &soft_iou_backward_cpu);
+}
+
+}  // namespace d2d

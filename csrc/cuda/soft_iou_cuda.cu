@@ -1,0 +1,185 @@
+// CUDA kernels of d2d::soft_iou and d2d::soft_iou_backward.
+//
+// Inputs are viewed as (N, M). A reduction kernel accumulates the three per-sample sums in double
+// (block reduction, then one atomicAdd per block and sum); the backward recomputes them and then
+// runs one elementwise pass. The per-element math comes from kernels/soft_iou_math.h.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <tuple>
+
+#include "../checks.h"
+#include "../kernels/soft_iou_math.h"
+
+namespace d2d {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxGridY = 65535;
+
+__device__ double warp_sum(double v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// sums[n] += (sum p*t, sum p, sum t) over sample n = n0 + blockIdx.y.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    soft_iou_sums_kernel(const T* __restrict__ x, const T* __restrict__ t, int64_t M, int64_t n0,
+                         double* __restrict__ sums) {
+  const int64_t n = n0 + blockIdx.y;
+  const T* xs = x + n * M;
+  const T* ts = t + n * M;
+  double v[3] = {0, 0, 0};
+  for (int64_t j = int64_t(blockIdx.x) * kThreads + threadIdx.x; j < M;
+       j += int64_t(gridDim.x) * kThreads) {
+    const double p = sigmoid(xs[j]);
+    const double tv = ts[j];
+    v[0] += p * tv;
+    v[1] += p;
+    v[2] += tv;
+  }
+  __shared__ double partial[3][kThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int c = 0; c < 3; ++c) {
+    const double w = warp_sum(v[c]);
+    if (lane == 0) partial[c][warp] = w;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    for (int c = 0; c < 3; ++c) {
+      double w = lane < kThreads / 32 ? partial[c][lane] : 0.0;
+      w = warp_sum(w);
+      if (lane == 0) atomicAdd(&sums[n * 3 + c], w);
+    }
+  }
+}
+
+template <typename T>
+__global__ void soft_iou_loss_kernel(const double* __restrict__ sums, int64_t N, double smooth,
+                                     T* __restrict__ loss) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n < N) loss[n] = T(soft_iou_loss(sums[3 * n], sums[3 * n + 1], sums[3 * n + 2], smooth));
+}
+
+// d[n] = (dL/dI, dL/dSp) scaled by the upstream gradient go[n].
+template <typename T>
+__global__ void soft_iou_dsums_kernel(const double* __restrict__ sums, const T* __restrict__ go,
+                                      int64_t N, double smooth, T* __restrict__ d) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n < N) {
+    double di, ds;
+    soft_iou_dsums(sums[3 * n], sums[3 * n + 1], sums[3 * n + 2], smooth, double(go[n]), &di, &ds);
+    d[2 * n] = T(di);
+    d[2 * n + 1] = T(ds);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    soft_iou_grad_kernel(const T* __restrict__ x, const T* __restrict__ t,
+                         const T* __restrict__ d, int64_t M, int64_t total, T* __restrict__ gx,
+                         T* __restrict__ gt) {
+  for (int64_t j = int64_t(blockIdx.x) * kThreads + threadIdx.x; j < total;
+       j += int64_t(gridDim.x) * kThreads) {
+    const int64_t n = j / M;
+    T gl, gtv;
+    soft_iou_grad_px(x[j], t[j], d[2 * n], d[2 * n + 1], &gl, &gtv);
+    if (gx != nullptr) gx[j] = gl;
+    if (gt != nullptr) gt[j] = gtv;
+  }
+}
+
+int num_blocks(int64_t work) {
+  return static_cast<int>(std::clamp<int64_t>((work + kThreads * 4 - 1) / (kThreads * 4), 1, 4096));
+}
+
+// (N, 3) double sums of p*t, p, t.
+template <typename T>
+at::Tensor compute_sums(const at::Tensor& logits, const at::Tensor& target, int64_t N, int64_t M,
+                        cudaStream_t stream) {
+  at::Tensor sums = at::zeros({N, 3}, logits.options().dtype(at::kDouble));
+  if (M == 0) return sums;
+  const int bx = std::min(num_blocks(M), 256);
+  for (int64_t n0 = 0; n0 < N; n0 += kMaxGridY) {
+    const dim3 grid(bx, static_cast<unsigned>(std::min(kMaxGridY, N - n0)));
+    soft_iou_sums_kernel<T><<<grid, kThreads, 0, stream>>>(
+        logits.data_ptr<T>(), target.data_ptr<T>(), M, n0, sums.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return sums;
+}
+
+int64_t sample_numel(const at::Tensor& logits) {
+  return logits.size(0) == 0 ? 0 : logits.numel() / logits.size(0);
+}
+
+at::Tensor soft_iou_cuda(const at::Tensor& logits_in, const at::Tensor& target_in, double smooth) {
+  check_soft_iou_args(logits_in, target_in, smooth);
+  TORCH_CHECK(logits_in.is_cuda(), "d2d.soft_iou: the CUDA kernel got a tensor on ",
+              logits_in.device());
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const int64_t N = logits.size(0), M = sample_numel(logits);
+  at::Tensor loss = at::empty({N}, logits.options());
+  if (N == 0) return loss;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_cuda", [&] {
+    const at::Tensor sums = compute_sums<scalar_t>(logits, target, N, M, stream);
+    soft_iou_loss_kernel<scalar_t><<<(N + 255) / 256, 256, 0, stream>>>(
+        sums.data_ptr<double>(), N, smooth, loss.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return loss;
+}
+
+std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cuda(const at::Tensor& grad_in,
+                                                           const at::Tensor& logits_in,
+                                                           const at::Tensor& target_in,
+                                                           double smooth,
+                                                           std::array<bool, 2> output_mask) {
+  check_soft_iou_backward_args(grad_in, logits_in, target_in, smooth);
+  TORCH_CHECK(logits_in.is_cuda(), "d2d.soft_iou_backward: the CUDA kernel got a tensor on ",
+              logits_in.device());
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const int64_t N = logits.size(0), M = sample_numel(logits);
+  const bool need_x = output_mask[0], need_t = output_mask[1];
+  at::Tensor grad_logits = at::empty(need_x ? logits.sizes() : at::IntArrayRef{0}, logits.options());
+  at::Tensor grad_target = at::empty(need_t ? target.sizes() : at::IntArrayRef{0}, target.options());
+  if ((!need_x && !need_t) || N * M == 0) return {grad_logits, grad_target};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_backward_cuda", [&] {
+    using T = scalar_t;
+    const at::Tensor sums = compute_sums<T>(logits, target, N, M, stream);
+    at::Tensor d = at::empty({N, 2}, logits.options());
+    soft_iou_dsums_kernel<T><<<(N + 255) / 256, 256, 0, stream>>>(
+        sums.data_ptr<double>(), grad.data_ptr<T>(), N, smooth, d.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    soft_iou_grad_kernel<T><<<num_blocks(N * M), kThreads, 0, stream>>>(
+        logits.data_ptr<T>(), target.data_ptr<T>(), d.data_ptr<T>(), M, N * M,
+        need_x ? grad_logits.data_ptr<T>() : nullptr, need_t ? grad_target.data_ptr<T>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad_logits, grad_target};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(d2d, CUDA, m) {
+  m.impl("soft_iou", &soft_iou_cuda);
+  m.impl("soft_iou_backward", &soft_iou_backward_cuda);
+}
+
+}  // namespace d2d

@@ -1,0 +1,55 @@
+// Per-element math of the d2d::soft_iou op, shared by the CPU and CUDA kernels.
+//
+// With p = sigmoid(logit) and per-sample sums I = sum p*t, Sp = sum p, St = sum t:
+//     loss = 1 - (I + s) / (Sp + St - I + s)            (s = smooth)
+// dloss/dI = -(D + Nm) / D^2,  dloss/dSp = dloss/dSt = Nm / D^2,  with Nm = I + s, D = Sp+St-I+s.
+#pragma once
+
+#include "macros.h"
+
+namespace d2d {
+
+// Overflow-free, branch-free logistic function (vectorises on the CPU).
+template <typename T>
+D2D_HD T sigmoid(T x) {
+  const T e = exp_nonpositive(x >= T(0) ? -x : x);  // exp(-|x|) in (0, 1]
+  const T s = T(1) / (T(1) + e);
+  return x >= T(0) ? s : e * s;
+}
+
+template <typename A>
+D2D_HD A soft_iou_loss(A inter, A sum_p, A sum_t, A smooth) {
+  return A(1) - (inter + smooth) / (sum_p + sum_t - inter + smooth);
+}
+
+// Derivatives of the loss with respect to the three sums, scaled by the upstream gradient go.
+template <typename A>
+D2D_HD void soft_iou_dsums(A inter, A sum_p, A sum_t, A smooth, A go, A* d_inter, A* d_sum) {
+  const A num = inter + smooth;
+  const A den = sum_p + sum_t - inter + smooth;
+  const A inv2 = A(1) / (den * den);
+  *d_inter = -go * (den + num) * inv2;
+  *d_sum = go * num * inv2;
+}
+
+// dL/dlogit of one element from q = p (1 - p), and dL/dtarget from p, given the sum derivatives
+// of its sample.
+template <typename T>
+D2D_HD T soft_iou_grad_logit(T q, T target, T d_inter, T d_sum) {
+  return (d_inter * target + d_sum) * q;
+}
+
+template <typename T>
+D2D_HD T soft_iou_grad_target(T p, T d_inter, T d_sum) {
+  return d_inter * p + d_sum;
+}
+
+// Both gradients of one element from its logit.
+template <typename T>
+D2D_HD void soft_iou_grad_px(T logit, T target, T d_inter, T d_sum, T* g_logit, T* g_target) {
+  const T p = sigmoid(logit);
+  *g_logit = soft_iou_grad_logit(p * (T(1) - p), target, d_inter, d_sum);
+  *g_target = soft_iou_grad_target(p, d_inter, d_sum);
+}
+
+}  // namespace d2d

@@ -1,0 +1,98 @@
+"""``d2d_ext.soft_iou`` and ``weighted_soft_iou``: the per-sample soft-IoU loss op."""
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+__all__ = ["soft_iou", "weighted_soft_iou"]
+
+
+def soft_iou(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Per-sample soft-IoU loss with the sigmoid fused in.
+
+    Args:
+        logits: ``(N, ...)`` float32 or float64 raw scores (before the sigmoid), any strides.
+        target: same shape, dtype and device: the (soft) label in [0, 1].
+        smooth: additive smoothing (>= 0) of numerator and denominator.
+
+    Returns:
+        ``(N,)``: ``loss_i = 1 - (sum p t + smooth) / (sum p + sum t - sum p t + smooth)`` with
+        ``p = sigmoid(logits)`` and sums over every non-batch element of sample ``i``.
+
+    Differentiable in ``logits`` and in ``target`` (the target may be a differentiable
+    pseudo-label); first-order only.
+    """
+    return torch.ops.d2d.soft_iou.default(logits, target, float(smooth))
+
+
+def weighted_soft_iou(
+    logits: Union[torch.Tensor, Sequence[torch.Tensor]],
+    target: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    smooth: float = 1.0,
+) -> torch.Tensor:
+    """Weighted mean of the per-sample soft-IoU loss: ``mean_i(weight_i * loss_i)``.
+
+    Args:
+        logits: ``(N, ...)`` scores, or a list/tuple of them (deep supervision: each output has
+            the target's shape, and the result is the mean over outputs).
+        target: ``(N, ...)`` label in [0, 1].
+        weight: ``(N,)`` per-sample weights (differentiable), or ``None`` for all ones.
+        smooth: as in :func:`soft_iou`.
+
+    Returns:
+        A 0-d tensor.
+    """
+    outputs = list(logits) if isinstance(logits, (list, tuple)) else [logits]
+    if not outputs:
+        raise ValueError("d2d.weighted_soft_iou: logits is an empty list")
+    if weight is not None and (weight.dim() != 1 or weight.shape[0] != target.shape[0]):
+        raise ValueError(
+            f"d2d.weighted_soft_iou: weight must have shape ({target.shape[0]},), "
+            f"got {tuple(weight.shape)}"
+        )
+    total = None
+    for out in outputs:
+        loss = soft_iou(out, target, smooth)
+        term = (loss * weight).mean() if weight is not None else loss.mean()
+        total = term if total is None else total + term
+    return total / len(outputs)
+
+
+@torch.library.register_fake("d2d::soft_iou")
+def _soft_iou_fake(logits, target, smooth):
+    torch._check(logits.dim() >= 1, lambda: "d2d.soft_iou: logits must have shape (N, ...)")
+    return logits.new_empty((logits.shape[0],))
+
+
+@torch.library.register_fake("d2d::soft_iou_backward")
+def _soft_iou_backward_fake(grad_loss, logits, target, smooth, output_mask):
+    # Gradients not asked for come back as empty (0,) tensors.
+    return (
+        logits.new_empty(logits.shape if output_mask[0] else (0,)),
+        target.new_empty(target.shape if output_mask[1] else (0,)),
+    )
+
+
+def _soft_iou_setup_context(ctx, inputs, output):
+    logits, target, smooth = inputs
+    ctx.save_for_backward(logits, target)
+    ctx.smooth = smooth
+
+
+def _soft_iou_backward(ctx, grad):
+    logits, target = ctx.saved_tensors
+    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+    grad_logits, grad_target = torch.ops.d2d.soft_iou_backward.default(
+        grad, logits, target, ctx.smooth, mask
+    )
+    return (
+        grad_logits if ctx.needs_input_grad[0] else None,
+        grad_target if ctx.needs_input_grad[1] else None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "d2d::soft_iou", _soft_iou_backward, setup_context=_soft_iou_setup_context
+)
