@@ -8,7 +8,18 @@ Compiled ops (namespace ``torch.ops.d2d``) with autograd, and their Python wrapp
 
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from . import _C  # noqa: F401  (registers the d2d ops)
+try:
+    from . import _C  # noqa: F401  (registers the d2d ops)
+except ImportError as err:  # pragma: no cover - depends on how the package was installed
+    import os as _os
+
+    raise ImportError(
+        "d2d_ext's compiled ops (d2d_ext._C) could not be loaded from "
+        f"{_os.path.dirname(__file__)}: {err}. If this is the source folder, build it first: "
+        "`pip install --no-build-isolation .` (then run from outside the source folder, e.g. "
+        "`pytest python_tests`, not `python -m pytest`), or build in place with "
+        "`pip install --no-build-isolation -e .`."
+    ) from err
 from .diffusion import diffuse
 from .soft_iou import soft_iou, weighted_soft_iou
 

@@ -41,8 +41,8 @@ def diffuse_reference(u0: torch.Tensor, rates: torch.Tensor, tau: float, steps: 
 
 def soft_iou_reference(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """``(N,)`` per-sample soft-IoU loss, as :func:`d2d_ext.soft_iou`."""
-    p = torch.sigmoid(logits).flatten(1)
-    t = target.flatten(1)
+    p = torch.sigmoid(logits).reshape(logits.shape[0], -1)
+    t = target.reshape(target.shape[0], -1)
     inter = (p * t).sum(1)
     union = p.sum(1) + t.sum(1) - inter
     return 1 - (inter + smooth) / (union + smooth)

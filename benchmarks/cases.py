@@ -1,0 +1,34 @@
+"""Benchmark inputs shared by the pytest-benchmark files and the report."""
+
+import torch
+
+# name -> (N, H, W): the annotator's many small crops, and the trainer's full-size images.
+DIFFUSE_CASES = {"crops-1024x32x32": (1024, 32, 32), "images-16x256x256": (16, 256, 256)}
+DIFFUSE_STEPS = 64
+DIFFUSE_TAU = 1.0
+SOFT_IOU_SHAPE = (16, 1, 256, 256)
+
+
+def devices():
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def diffuse_inputs(case, device, dtype=torch.float32, seed=0):
+    """u0 (N, H, W) and rates (N, 4, H, W) with tau * sum_d rates <= 1 (positivity bound)."""
+    N, H, W = DIFFUSE_CASES[case]
+    g = torch.Generator().manual_seed(seed)
+    u0 = torch.rand(N, H, W, generator=g, dtype=dtype)
+    rates = torch.rand(N, 4, H, W, generator=g, dtype=dtype) * (0.25 / DIFFUSE_TAU)
+    return u0.to(device), rates.to(device)
+
+
+def soft_iou_inputs(device, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(*SOFT_IOU_SHAPE, generator=g, dtype=dtype) * 3
+    target = (torch.rand(*SOFT_IOU_SHAPE, generator=g, dtype=dtype) > 0.9).to(dtype)
+    return logits.to(device), target.to(device)
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()

@@ -1,0 +1,99 @@
+"""Run the benchmarks side by side and print the speed-up table (markdown).
+
+    python benchmarks/report.py [--out FILE.md] [--json FILE.json] [-k EXPR]
+
+Each benchmark group holds our op and its plain-torch reference, measured in the same process
+one after the other; the table gives both medians and the ratio reference / ours.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def machine_summary():
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}; "
+        f"GPU: {gpu}; torch {torch.__version__}"
+    )
+
+
+def run_benchmarks(json_path, select):
+    cmd = [
+        sys.executable, "-m", "pytest", HERE, "--benchmark-only", "-q", "-p", "no:cacheprovider",
+        f"--benchmark-json={json_path}", "--benchmark-columns=median,rounds",
+    ]
+    if select:
+        cmd += ["-k", select]
+    # Run from the benchmarks folder so that the installed d2d_ext is imported, not the source.
+    return subprocess.call(cmd, cwd=HERE)
+
+
+def table(data):
+    groups = {}
+    for b in data["benchmarks"]:
+        impl = b["name"].split("[", 1)[1].split("-", 1)[0]
+        impl = "d2d" if impl == "d2d" else "reference"
+        groups.setdefault(b["group"], {})[impl] = b
+    lines = [
+        "| benchmark | d2d median | torch reference median | speed-up |",
+        "|---|---|---|---|",
+    ]
+    for group in sorted(groups):
+        row = groups[group]
+        if "d2d" not in row or "reference" not in row:
+            continue
+        ours = row["d2d"]["stats"]["median"]
+        ref = row["reference"]["stats"]["median"]
+        extra = row["d2d"].get("extra_info", {})
+        rate = ""
+        if "pixel_steps" in extra:
+            rate = f" ({extra['pixel_steps'] / ours / 1e9:.2f} G pixel-steps/s)"
+        lines.append(f"| {group} | {ours * 1e3:.2f} ms{rate} | {ref * 1e3:.2f} ms | {ref / ours:.1f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument("--json", help="keep pytest-benchmark's JSON here")
+    parser.add_argument("-k", dest="select", help="pytest -k expression to run a subset")
+    args = parser.parse_args(argv)
+    json_path = args.json or os.path.join(tempfile.mkdtemp(prefix="d2d-bench-"), "bench.json")
+    code = run_benchmarks(json_path, args.select)
+    if code != 0:
+        print(f"benchmarks failed (pytest exit code {code})", file=sys.stderr)
+        return code
+    with open(json_path) as f:
+        data = json.load(f)
+    text = machine_summary() + "\n\n" + table(data) + "\n"
+    print()
+    print(text)
+    if args.out:
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

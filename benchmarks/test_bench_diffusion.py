@@ -1,0 +1,54 @@
+"""d2d.diffuse against the plain-torch reference of the same formula, side by side.
+
+Run: pytest benchmarks --benchmark-only   (or python benchmarks/report.py for the ratio table)
+"""
+
+import pytest
+import torch
+
+import d2d_ext
+from d2d_ext.reference import diffuse_reference
+
+from cases import DIFFUSE_CASES, DIFFUSE_STEPS, DIFFUSE_TAU, devices, diffuse_inputs, sync
+
+IMPLS = {"d2d": d2d_ext.diffuse, "torch-reference": diffuse_reference}
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("case", list(DIFFUSE_CASES))
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_diffuse_forward(benchmark, impl, case, device):
+    u0, rates = diffuse_inputs(case, device)
+    fn = IMPLS[impl]
+    benchmark.group = f"diffuse forward, {case}, {DIFFUSE_STEPS} steps, {device}"
+    benchmark.extra_info["pixel_steps"] = u0.numel() * DIFFUSE_STEPS
+
+    def run():
+        out = fn(u0, rates, DIFFUSE_TAU, DIFFUSE_STEPS)
+        sync(device)
+        return out
+
+    out = benchmark(run)
+    assert torch.allclose(out.sum(), u0.sum(), rtol=1e-3)  # mass is conserved
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("case", list(DIFFUSE_CASES))
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_diffuse_forward_backward(benchmark, impl, case, device):
+    u0, rates = diffuse_inputs(case, device)
+    u0.requires_grad_(True)
+    rates.requires_grad_(True)
+    weight = torch.rand_like(u0)
+    fn = IMPLS[impl]
+    benchmark.group = f"diffuse forward+backward, {case}, {DIFFUSE_STEPS} steps, {device}"
+    benchmark.extra_info["pixel_steps"] = u0.numel() * DIFFUSE_STEPS
+
+    def run():
+        out = fn(u0, rates, DIFFUSE_TAU, DIFFUSE_STEPS)
+        grads = torch.autograd.grad((out * weight).sum(), [u0, rates])
+        sync(device)
+        return grads
+
+    grad_u0, grad_rates = benchmark(run)
+    assert grad_u0.shape == u0.shape and grad_rates.shape == rates.shape

@@ -1,0 +1,35 @@
+"""d2d.soft_iou against autograd through the plain-torch formula, side by side."""
+
+import pytest
+import torch
+
+import d2d_ext
+from d2d_ext.reference import soft_iou_reference
+
+from cases import SOFT_IOU_SHAPE, devices, soft_iou_inputs, sync
+
+IMPLS = {"d2d": d2d_ext.soft_iou, "torch-reference": soft_iou_reference}
+SHAPE = "x".join(map(str, SOFT_IOU_SHAPE))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("grads", ["logits", "logits+target"])
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_soft_iou_forward_backward(benchmark, impl, grads, device):
+    logits, target = soft_iou_inputs(device)
+    logits.requires_grad_(True)
+    inputs = [logits]
+    if grads == "logits+target":
+        target.requires_grad_(True)
+        inputs.append(target)
+    fn = IMPLS[impl]
+    benchmark.group = f"soft-IoU forward+backward ({grads}), {SHAPE}, {device}"
+    benchmark.extra_info["elements"] = logits.numel()
+
+    def run():
+        out = torch.autograd.grad(fn(logits, target, 1.0).sum(), inputs)
+        sync(device)
+        return out
+
+    out = benchmark(run)
+    assert out[0].shape == logits.shape

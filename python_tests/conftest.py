@@ -1,0 +1,70 @@
+"""Shared fixtures and helpers of the d2d_ext test suite."""
+
+import pytest
+import torch
+
+import d2d_ext  # noqa: F401  (registers torch.ops.d2d)
+
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"
+)
+
+# Directions of the rates' channel axis: 0 -> (y, x+1), 1 -> (y, x-1), 2 -> (y+1, x), 3 -> (y-1, x).
+EAST, WEST, SOUTH, NORTH = 0, 1, 2, 3
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: takes several seconds (still runs by default; deselect with -m 'not slow')"
+    )
+
+
+def make_generator(seed=0):
+    """A fresh CPU generator with a fixed seed (tests draw all their data from one)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def random_problem(N, H, W, dtype=torch.float64, device="cpu", tau=0.5, generator=None, fill=1.0):
+    """Random ``(u0, rates)`` with ``u0 >= 0`` and ``rates >= 0`` such that
+    ``tau * sum_d rates[n, d, y, x] <= fill`` at every pixel (counting every channel, also the
+    ones that point outside the image). Drawn on the CPU in float64, then converted."""
+    g = generator if generator is not None else make_generator(0)
+    u0 = torch.rand((N, H, W), dtype=torch.float64, generator=g)
+    rates = torch.rand((N, 4, H, W), dtype=torch.float64, generator=g)
+    # Each rate in [0, fill / (4 tau)): the four sum to at most fill / tau.
+    rates = rates * (fill / (4.0 * tau))
+    return u0.to(device=device, dtype=dtype), rates.to(device=device, dtype=dtype)
+
+
+def symmetric_rates(N, H, W, dtype=torch.float64, generator=None, scale=1.0, junk_boundary=True):
+    """``(N, 4, H, W)`` rates with ``r_{p,d} == r_{q_d(p),opp(d)}`` for every edge (p, q_d(p)) of
+    the grid (edge weights uniform in [0, scale)). Entries that point outside the image get random
+    junk when ``junk_boundary`` (the op must ignore them), else zero."""
+    g = generator if generator is not None else make_generator(0)
+    wh = torch.rand((N, H, max(W - 1, 0)), dtype=torch.float64, generator=g) * scale  # (y,x)-(y,x+1)
+    wv = torch.rand((N, max(H - 1, 0), W), dtype=torch.float64, generator=g) * scale  # (y,x)-(y+1,x)
+    if junk_boundary:
+        r = torch.rand((N, 4, H, W), dtype=torch.float64, generator=g) * scale
+    else:
+        r = torch.zeros((N, 4, H, W), dtype=torch.float64)
+    r[:, EAST, :, : W - 1] = wh
+    r[:, WEST, :, 1:] = wh
+    r[:, SOUTH, : H - 1, :] = wv
+    r[:, NORTH, 1:, :] = wv
+    return r.to(dtype)
+
+
+def vjp_reference(fn, inputs, grad_out):
+    """Gradients of ``<grad_out, fn(*inputs)>`` w.r.t. ``inputs`` by torch autograd."""
+    leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*leaves)
+    return torch.autograd.grad(out, leaves, grad_out)
+
+
+def assert_close_rel(actual, expected, rtol, msg=""):
+    """``max|actual - expected| <= rtol * max|expected|`` (a norm-wise relative check, for results
+    whose entries span many orders of magnitude)."""
+    assert actual.shape == expected.shape, f"{msg}: shape {actual.shape} != {expected.shape}"
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    assert err <= rtol * max(scale, 1e-300), f"{msg}: max abs error {err:.3e}, scale {scale:.3e}"

@@ -1,0 +1,665 @@
+"""Tests of d2d_ext.diffuse / torch.ops.d2d.diffuse(_backward) on the CPU."""
+
+import math
+import re
+
+import pytest
+import torch
+
+import d2d_ext
+from conftest import (
+    EAST,
+    NORTH,
+    SOUTH,
+    WEST,
+    assert_close_rel,
+    make_generator,
+    random_problem,
+    symmetric_rates,
+    vjp_reference,
+)
+from d2d_ext.reference import boundary_mask, diffuse_reference
+
+OPS = torch.ops.d2d
+TAU = 0.5
+
+# Sizes of the brief, plus ones that take the CPU kernel's row-wavefront path (padded plane over
+# 48 KiB; (2, 130, 120) in both dtypes, (1, 3, 5000) with 2 steps per wavefront pass,
+# (1, 5000, 2) with 16) rather than the plane sweep.
+SIZES = [
+    (3, 7, 5),
+    (2, 1, 9),
+    (2, 8, 1),
+    (1, 1, 1),
+    (4, 33, 17),
+    (2, 40, 70),
+    (2, 130, 120),
+    (1, 3, 5000),
+    (1, 5000, 2),
+]
+STEPS = [0, 1, 5, 37]
+
+
+def bwd(grad_out, u0, rates, tau, steps):
+    return OPS.diffuse_backward.default(grad_out, u0, rates, float(tau), int(steps))
+
+
+def ref_vjp(u0, rates, tau, steps, grad_out):
+    return vjp_reference(lambda u, r: diffuse_reference(u, r, tau, steps), (u0, rates), grad_out)
+
+
+def directional_neighbour(img, d):
+    """``img`` at ``q_d(p)`` for every p of an ``(N, H, W)`` image (``img[p]`` where q_d(p) is
+    outside the image)."""
+    out = img.clone()
+    if d == EAST:
+        out[:, :, :-1] = img[:, :, 1:]
+    elif d == WEST:
+        out[:, :, 1:] = img[:, :, :-1]
+    elif d == SOUTH:
+        out[:, :-1, :] = img[:, 1:, :]
+    else:
+        out[:, 1:, :] = img[:, :-1, :]
+    return out
+
+
+def drift_rates(intensity, w, gamma):
+    """``r_{p,d} = w * exp(gamma * (I_{q_d(p)} - I_p) / 2)`` for an ``(N, H, W)`` image I."""
+    return torch.stack(
+        [w * torch.exp(gamma * (directional_neighbour(intensity, d) - intensity) / 2) for d in range(4)],
+        dim=1,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Forward against the reference and hand-derived values
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_forward_matches_reference_float64(size, steps):
+    u0, rates = random_problem(*size, dtype=torch.float64, tau=TAU, generator=make_generator(sum(size)))
+    out = d2d_ext.diffuse(u0, rates, TAU, steps)
+    ref = diffuse_reference(u0, rates, TAU, steps)
+    assert out.shape == u0.shape and out.dtype == torch.float64 and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_forward_matches_reference_float32(size, steps):
+    u0, rates = random_problem(*size, dtype=torch.float32, tau=TAU, generator=make_generator(sum(size)))
+    out = d2d_ext.diffuse(u0, rates, TAU, steps)
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    # Reference in float64 on the same (float32) inputs: the difference is the op's rounding.
+    ref = diffuse_reference(u0.double(), rates.double(), TAU, steps)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("vertical", [False, True])
+def test_two_pixel_hand_computed(vertical):
+    # Two pixels a -> b (a = (0,0); b = (0,1), or (1,0) when vertical). Rate a->b is 0.5, b->a is
+    # 0.25; every rate pointing out of the image is 7 (ignored). tau = 0.5, u0 = [1, 0]:
+    #   step 1: a = 1 - 0.5*0.5*1 + 0.5*0.25*0 = 0.75,      b = 0 - 0.125*0 + 0.25*1 = 0.25
+    #   step 2: a = 0.75 - 0.25*0.75 + 0.125*0.25 = 0.59375, b = 0.25 - 0.125*0.25 + 0.25*0.75 = 0.40625
+    H, W = (2, 1) if vertical else (1, 2)
+    fwd, back = (SOUTH, NORTH) if vertical else (EAST, WEST)
+    rates = torch.full((1, 4, H, W), 7.0, dtype=torch.float64)
+    b = (1, 0) if vertical else (0, 1)
+    rates[0, fwd, 0, 0] = 0.5
+    rates[0, back, b[0], b[1]] = 0.25
+    u0 = torch.zeros((1, H, W), dtype=torch.float64)
+    u0[0, 0, 0] = 1.0
+    for steps, (ua, ub) in [(1, (0.75, 0.25)), (2, (0.59375, 0.40625))]:
+        out = d2d_ext.diffuse(u0, rates, 0.5, steps)
+        assert out[0, 0, 0].item() == pytest.approx(ua, abs=1e-15)
+        assert out[0, b[0], b[1]].item() == pytest.approx(ub, abs=1e-15)
+
+
+def test_single_pixel_never_changes():
+    # In a 1x1 image every rate points outside, so nothing moves whatever the rates.
+    u0 = torch.tensor([[[3.0]], [[-2.0]]], dtype=torch.float64)
+    rates = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64).reshape(1, 4, 1, 1).repeat(2, 1, 1, 1)
+    out = d2d_ext.diffuse(u0, rates, 0.1, 50)
+    assert torch.equal(out, u0)
+
+
+def test_rates_pointing_outside_are_ignored():
+    u0, rates = random_problem(2, 9, 13, tau=TAU, generator=make_generator(5))
+    masked = rates * boundary_mask(u0.shape)
+    torch.testing.assert_close(d2d_ext.diffuse(u0, rates, TAU, 11), d2d_ext.diffuse(u0, masked, TAU, 11), rtol=0, atol=0)
+    g = torch.randn(u0.shape, dtype=torch.float64, generator=make_generator(6))
+    gu, gr = bwd(g, u0, rates, TAU, 11)
+    # Their gradient is exactly zero.
+    assert torch.all(gr[boundary_mask(u0.shape).expand_as(gr) == 0] == 0)
+    assert gr.abs().sum() > 0
+
+
+def test_steps_zero_returns_a_copy():
+    u0, rates = random_problem(2, 6, 5, generator=make_generator(1))
+    out = d2d_ext.diffuse(u0, rates, TAU, 0)
+    assert torch.equal(out, u0)
+    assert out.data_ptr() != u0.data_ptr()
+    keep = u0.clone()
+    out.add_(1.0)
+    assert torch.equal(u0, keep)
+    # Also for a non-contiguous u0: the copy is contiguous and equal.
+    u0_t = u0.transpose(1, 2)
+    out_t = d2d_ext.diffuse(u0_t, rates.transpose(2, 3), TAU, 0)
+    assert out_t.is_contiguous() and torch.equal(out_t, u0_t)
+
+
+def test_steps_zero_backward_is_identity():
+    u0, rates = random_problem(2, 6, 5, generator=make_generator(2))
+    g = torch.randn(u0.shape, dtype=torch.float64, generator=make_generator(3))
+    gu, gr = bwd(g, u0, rates, TAU, 0)
+    assert torch.equal(gu, g) and gu.data_ptr() != g.data_ptr()
+    assert gr.shape == rates.shape and torch.equal(gr, torch.zeros_like(rates))
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4), (2, 3, 0)])
+def test_empty_inputs(shape):
+    N, H, W = shape
+    u0 = torch.zeros(shape, dtype=torch.float64)
+    rates = torch.zeros((N, 4, H, W), dtype=torch.float64)
+    out = d2d_ext.diffuse(u0, rates, TAU, 5)
+    assert out.shape == shape
+    gu, gr = bwd(torch.zeros(shape, dtype=torch.float64), u0, rates, TAU, 5)
+    assert gu.shape == shape and gr.shape == rates.shape
+
+
+def test_batch_samples_are_independent():
+    # Each sample of the batch gives exactly what it gives alone (samples run in parallel).
+    u0, rates = random_problem(5, 19, 23, generator=make_generator(7))
+    g = torch.randn(u0.shape, dtype=torch.float64, generator=make_generator(8))
+    out = d2d_ext.diffuse(u0, rates, TAU, 9)
+    gu, gr = bwd(g, u0, rates, TAU, 9)
+    for n in range(5):
+        assert torch.equal(out[n : n + 1], d2d_ext.diffuse(u0[n : n + 1], rates[n : n + 1], TAU, 9))
+        gu1, gr1 = bwd(g[n : n + 1], u0[n : n + 1], rates[n : n + 1], TAU, 9)
+        assert torch.equal(gu[n : n + 1], gu1) and torch.equal(gr[n : n + 1], gr1)
+
+
+# --------------------------------------------------------------------------------------------
+# Non-contiguous inputs
+# --------------------------------------------------------------------------------------------
+
+N_, H_, W_, STEPS_NC = 3, 9, 11, 6
+
+
+def _u0_variants(u0):
+    g = make_generator(11)
+    transposed = u0.transpose(1, 2).contiguous().transpose(1, 2)
+    big_rows = torch.rand((N_, 2 * H_, W_), dtype=u0.dtype, generator=g)
+    big_rows[:, ::2] = u0
+    big_cols = torch.rand((N_, H_, 3 * W_), dtype=u0.dtype, generator=g)
+    big_cols[:, :, 1::3] = u0
+    big_batch = torch.rand((2 * N_, H_, W_), dtype=u0.dtype, generator=g)
+    big_batch[1::2] = u0
+    return {
+        "transposed": transposed,
+        "row_step": big_rows[:, ::2],
+        "col_step": big_cols[:, :, 1::3],
+        "batch_step": big_batch[1::2],
+    }
+
+
+def _rates_variants(rates):
+    g = make_generator(12)
+    permuted = rates.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    big_ch = torch.rand((N_, 8, H_, W_), dtype=rates.dtype, generator=g)
+    big_ch[:, ::2] = rates
+    big_w = torch.rand((N_, 4, H_, 2 * W_), dtype=rates.dtype, generator=g)
+    big_w[..., ::2] = rates
+    return {
+        "permuted": permuted,
+        "channel_step": big_ch[:, ::2],
+        "col_step": big_w[..., ::2],
+        "transposed_hw": rates.transpose(2, 3).contiguous().transpose(2, 3),
+    }
+
+
+@pytest.mark.parametrize("variant", ["transposed", "row_step", "col_step", "batch_step"])
+def test_noncontiguous_u0(variant):
+    u0, rates = random_problem(N_, H_, W_, generator=make_generator(10))
+    u0_nc = _u0_variants(u0)[variant]
+    assert not u0_nc.is_contiguous() and torch.equal(u0_nc, u0)
+    out = d2d_ext.diffuse(u0_nc, rates, TAU, STEPS_NC)
+    torch.testing.assert_close(out, d2d_ext.diffuse(u0, rates, TAU, STEPS_NC), rtol=0, atol=0)
+    g = torch.randn(u0.shape, dtype=torch.float64, generator=make_generator(13))
+    g_nc = g.transpose(1, 2).contiguous().transpose(1, 2)
+    for a, b in zip(bwd(g_nc, u0_nc, rates, TAU, STEPS_NC), bwd(g, u0, rates, TAU, STEPS_NC)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["permuted", "channel_step", "col_step", "transposed_hw"])
+def test_noncontiguous_rates(variant):
+    u0, rates = random_problem(N_, H_, W_, generator=make_generator(10))
+    r_nc = _rates_variants(rates)[variant]
+    assert not r_nc.is_contiguous() and torch.equal(r_nc, rates)
+    torch.testing.assert_close(
+        d2d_ext.diffuse(u0, r_nc, TAU, STEPS_NC), d2d_ext.diffuse(u0, rates, TAU, STEPS_NC), rtol=0, atol=0
+    )
+    g = torch.randn(u0.shape, dtype=torch.float64, generator=make_generator(13))
+    for a, b in zip(bwd(g, u0, r_nc, TAU, STEPS_NC), bwd(g, u0, rates, TAU, STEPS_NC)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["batch", "per_channel_constant"])
+def test_expanded_rates(kind):
+    g = make_generator(14)
+    u0 = torch.rand((N_, H_, W_), dtype=torch.float64, generator=g)
+    if kind == "batch":
+        base = torch.rand((1, 4, H_, W_), dtype=torch.float64, generator=g) / (4 * TAU)
+    else:
+        base = torch.rand((1, 4, 1, 1), dtype=torch.float64, generator=g) / (4 * TAU)
+    rates = base.expand(N_, 4, H_, W_)
+    assert 0 in rates.stride()
+    dense = rates.contiguous()
+    torch.testing.assert_close(
+        d2d_ext.diffuse(u0, rates, TAU, STEPS_NC), d2d_ext.diffuse(u0, dense, TAU, STEPS_NC), rtol=0, atol=0
+    )
+    # Through autograd: the gradient of the expanded leaf sums over the broadcast dimensions.
+    go = torch.randn(u0.shape, dtype=torch.float64, generator=g)
+    leaf = base.clone().requires_grad_(True)
+    d2d_ext.diffuse(u0, leaf.expand(N_, 4, H_, W_), TAU, STEPS_NC).backward(go)
+    (ref_grad,) = vjp_reference(lambda b: diffuse_reference(u0, b.expand(N_, 4, H_, W_), TAU, STEPS_NC), (base,), go)
+    torch.testing.assert_close(leaf.grad, ref_grad, rtol=1e-11, atol=1e-13)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward: against reference autograd, checkpointing, gradcheck, opcheck
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 5, 37])
+@pytest.mark.parametrize("size", [(3, 7, 5), (2, 1, 9), (2, 8, 1), (1, 1, 1), (2, 40, 70), (2, 130, 120), (1, 3, 5000)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_backward_matches_reference(size, steps, dtype):
+    g = make_generator(20)
+    u0, rates = random_problem(*size, dtype=dtype, tau=TAU, generator=g)
+    go = torch.randn(size, dtype=torch.float64, generator=g).to(dtype)
+    gu, gr = bwd(go, u0, rates, TAU, steps)
+    ref_u, ref_r = ref_vjp(u0.double(), rates.double(), TAU, steps, go.double())
+    rtol = 1e-11 if dtype == torch.float64 else 1e-4
+    assert gu.dtype == dtype and gr.dtype == dtype
+    assert_close_rel(gu.double(), ref_u, rtol, "grad_u0")
+    assert_close_rel(gr.double(), ref_r, rtol, "grad_rates")
+
+
+def test_autograd_through_wrapper():
+    g = make_generator(21)
+    u0, rates = random_problem(2, 6, 7, generator=g)
+    go = torch.randn(u0.shape, dtype=torch.float64, generator=g)
+    u = u0.clone().requires_grad_(True)
+    r = rates.clone().requires_grad_(True)
+    d2d_ext.diffuse(u, r, TAU, 8).backward(go)
+    ref_u, ref_r = ref_vjp(u0, rates, TAU, 8, go)
+    torch.testing.assert_close(u.grad, ref_u, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(r.grad, ref_r, rtol=1e-12, atol=1e-13)
+    # Only u0 requires grad: rates get no gradient, and u0's is the same.
+    u2 = u0.clone().requires_grad_(True)
+    r2 = rates.clone()
+    d2d_ext.diffuse(u2, r2, TAU, 8).backward(go)
+    assert r2.grad is None
+    torch.testing.assert_close(u2.grad, ref_u, rtol=1e-12, atol=1e-13)
+    # Only rates requires grad.
+    r3 = rates.clone().requires_grad_(True)
+    (gr3,) = torch.autograd.grad(d2d_ext.diffuse(u0, r3, TAU, 8), (r3,), go)
+    torch.testing.assert_close(gr3, ref_r, rtol=1e-12, atol=1e-13)
+
+
+# Checkpointed cases on the CPU: steps * (H+2)(W+2) * 8 bytes > 64 MiB per sample, so the backward
+# uses segments of ceil(sqrt(steps)) steps:
+#   (2, 300, 300), 130 steps: 130 * 302^2 * 8 = 94.9 MB; segments of 12, the last one of 10.
+#   (1, 300, 300), 111 steps: 81 MB; 11 segments of 11 and a last one of a single step.
+#   (1, 200, 200), 225 steps: 225 * 202^2 * 8 = 73.4 MB; 15 full segments of 15.
+#   (1, 60, 60), 2500 steps: 2500 * 62^2 * 8 = 76.9 MB; 50 segments of 50 (plane-sweep path;
+#   the others take the wavefront path).
+CHECKPOINTED = [((2, 300, 300), 130), ((1, 300, 300), 111), ((1, 200, 200), 225), ((1, 60, 60), 2500)]
+
+
+@pytest.mark.parametrize("size,steps", CHECKPOINTED, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_checkpointed_backward_matches_reference(size, steps):
+    H, W = size[1:]
+    assert steps * (H + 2) * (W + 2) * 8 > 64 * 2**20  # really over the budget
+    g = make_generator(22)
+    tau = 0.9
+    u0, rates = random_problem(*size, tau=tau, generator=g)
+    go = torch.randn(size, dtype=torch.float64, generator=g)
+    gu, gr = bwd(go, u0, rates, tau, steps)
+    ref_u, ref_r = ref_vjp(u0, rates, tau, steps, go)
+    assert_close_rel(gu, ref_u, 1e-11, "grad_u0")
+    assert_close_rel(gr, ref_r, 1e-11, "grad_rates")
+
+
+def test_many_steps_small_image_matches_reference():
+    g = make_generator(23)
+    u0, rates = random_problem(1, 4, 4, tau=TAU, generator=g)
+    go = torch.randn((1, 4, 4), dtype=torch.float64, generator=g)
+    out = d2d_ext.diffuse(u0, rates, TAU, 1000)
+    torch.testing.assert_close(out, diffuse_reference(u0, rates, TAU, 1000), rtol=1e-11, atol=1e-13)
+    gu, gr = bwd(go, u0, rates, TAU, 1000)
+    ref_u, ref_r = ref_vjp(u0, rates, TAU, 1000, go)
+    assert_close_rel(gu, ref_u, 1e-11, "grad_u0")
+    assert_close_rel(gr, ref_r, 1e-11, "grad_rates")
+
+
+@pytest.mark.parametrize("size,steps", [((1, 300, 300), 400), ((1, 60, 60), 2500), ((3, 5, 4), 3000)])
+def test_adjoint_of_ones_is_ones(size, steps):
+    # Mass conservation means every column of A sums to 1, i.e. A^T 1 = 1, and the total mass does
+    # not depend on the rates: with grad_out = 1, grad_u0 = 1 and grad_rates = 0 (long runs,
+    # checkpointed for the first two).
+    u0, rates = random_problem(*size, tau=1.0, generator=make_generator(24))
+    ones = torch.ones(size, dtype=torch.float64)
+    gu, gr = bwd(ones, u0, rates, 1.0, steps)
+    torch.testing.assert_close(gu, ones, rtol=0, atol=1e-11)
+    assert gr.abs().max().item() < 1e-10
+
+
+GRADCHECK_CASES = [((2, 5, 4), 3), ((2, 5, 4), 7), ((2, 1, 6), 3), ((2, 6, 1), 4), ((1, 1, 1), 3), ((2, 3, 3), 0)]
+
+
+@pytest.mark.parametrize("size,steps", GRADCHECK_CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_gradcheck(size, steps):
+    u0, rates = random_problem(*size, tau=TAU, generator=make_generator(25))
+    u0.requires_grad_(True)
+    rates.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda u, r: d2d_ext.diffuse(u, r, TAU, steps), (u0, rates), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_gradcheck_fast_mode_wavefront_size():
+    # (1, 90, 80) float64: the padded plane is 60 KiB, so the CPU kernel uses the wavefront.
+    u0, rates = random_problem(1, 90, 80, tau=TAU, generator=make_generator(26))
+    u0.requires_grad_(True)
+    rates.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda u, r: d2d_ext.diffuse(u, r, TAU, 20), (u0, rates), eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True
+    )
+
+
+def _opcheck_args():
+    g = make_generator(27)
+    u0, rates = random_problem(2, 5, 4, tau=TAU, generator=g)
+    u1, r1 = random_problem(1, 1, 1, tau=TAU, generator=g)
+    u2, r2 = random_problem(2, 3, 6, dtype=torch.float32, tau=TAU, generator=g)
+    return [
+        (u0, rates, TAU, 3),
+        (u0.clone().requires_grad_(True), rates.clone().requires_grad_(True), TAU, 3),
+        (u0.clone().requires_grad_(True), rates, TAU, 7),
+        (u0, rates.clone().requires_grad_(True), TAU, 0),
+        (u1.requires_grad_(True), r1.requires_grad_(True), TAU, 2),
+        (u2.requires_grad_(True), r2.requires_grad_(True), TAU, 5),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_opcheck_diffuse(case):
+    args = _opcheck_args()[case]
+    torch.library.opcheck(torch.ops.d2d.diffuse.default, args)
+
+
+@pytest.mark.parametrize("steps", [0, 1, 6])
+def test_opcheck_diffuse_backward(steps):
+    g = make_generator(28)
+    u0, rates = random_problem(2, 5, 4, tau=TAU, generator=g)
+    go = torch.randn(u0.shape, dtype=torch.float64, generator=g)
+    torch.library.opcheck(torch.ops.d2d.diffuse_backward.default, (go, u0, rates, TAU, steps))
+
+
+# --------------------------------------------------------------------------------------------
+# Properties
+# --------------------------------------------------------------------------------------------
+
+
+def _spread_rates(N, H, W, tau, generator, fill=1.0):
+    """Rates spanning many orders of magnitude (log-normal), scaled per pixel so that
+    tau * sum_d r = fill at the pixels with the largest sum."""
+    r = torch.exp(3.0 * torch.randn((N, 4, H, W), dtype=torch.float64, generator=generator))
+    return r * (fill / (tau * r.sum(1, keepdim=True).amax(dim=(2, 3), keepdim=True)))
+
+
+@pytest.mark.parametrize("size,steps", [((3, 17, 23), 500), ((1, 130, 120), 37), ((2, 1, 40), 300)])
+def test_mass_conservation_float64(size, steps):
+    g = make_generator(30)
+    u0 = torch.rand(size, dtype=torch.float64, generator=g)
+    rates = _spread_rates(*size, tau=0.7, generator=g)
+    out = d2d_ext.diffuse(u0, rates, 0.7, steps)
+    torch.testing.assert_close(out.sum((1, 2)), u0.sum((1, 2)), rtol=1e-12, atol=0)
+    assert not torch.allclose(out, u0)  # something did move
+
+
+def test_mass_conservation_float32():
+    g = make_generator(31)
+    u0 = torch.rand((3, 17, 23), dtype=torch.float64, generator=g).float()
+    rates = _spread_rates(3, 17, 23, tau=0.7, generator=g).float()
+    out = d2d_ext.diffuse(u0, rates, 0.7, 100)
+    torch.testing.assert_close(out.double().sum((1, 2)), u0.double().sum((1, 2)), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("size", [(2, 31, 29), (1, 130, 120)])
+def test_positivity(size, dtype):
+    # u0 >= 0 (sparse point sources, mostly exact zeros) and tau * sum_d r <= 1 at every pixel
+    # (0.999 at many): every step is a convex combination, so u stays >= 0.
+    g = make_generator(32)
+    u0 = (torch.rand(size, dtype=torch.float64, generator=g) > 0.97).double() * 5.0
+    rates = _spread_rates(*size, tau=0.4, generator=g, fill=0.999)
+    # Saturate a third of the pixels: tau * sum_d r = 0.999 there.
+    sat = torch.rand(size, dtype=torch.float64, generator=g) < 0.33
+    rates = torch.where(sat.unsqueeze(1), rates * (0.999 / (0.4 * rates.sum(1, keepdim=True))), rates)
+    assert (0.4 * rates.sum(1)).max() <= 1.0
+    out = d2d_ext.diffuse(u0.to(dtype), rates.to(dtype), 0.4, 200)
+    assert out.min().item() >= 0.0
+    assert (out > 0).sum() > 10 * (u0 > 0).sum()  # mass did spread to many pixels
+
+
+@pytest.mark.parametrize(
+    "size,steps", [((2, 9, 7), 13), ((1, 130, 120), 37), ((1, 300, 300), 100), ((1, 60, 60), 2500), ((2, 1, 11), 40)]
+)
+def test_adjoint_identity(size, steps):
+    # <A x, y> = <x, A^T y> with A x = diffuse(x) and A^T y = diffuse_backward(y, x)[0]; the last
+    # three cases: wavefront + checkpointed, plane sweep + checkpointed, one row.
+    g = make_generator(33)
+    _, rates = random_problem(*size, tau=TAU, generator=g)
+    x = torch.randn(size, dtype=torch.float64, generator=g)
+    y = torch.randn(size, dtype=torch.float64, generator=g)
+    Ax = d2d_ext.diffuse(x, rates, TAU, steps)
+    ATy = bwd(y, x, rates, TAU, steps)[0]
+    lhs = (Ax * y).sum().item()
+    rhs = (x * ATy).sum().item()
+    scale = (Ax.abs() * y.abs()).sum().item()
+    assert abs(lhs - rhs) <= 1e-12 * scale, (lhs, rhs, scale)
+
+
+@pytest.mark.parametrize("element", [(1, SOUTH, 2, 3), (0, EAST, 4, 0), (1, WEST, 0, 5), (0, NORTH, 5, 6)])
+def test_rate_gradient_finite_difference(element):
+    # d/dr of L(r) = <g, diffuse(u0, r)> at one element, against a central difference (the op is
+    # a polynomial of degree `steps` in the rates, so the O(h^2) error is tiny).
+    gen = make_generator(34)
+    u0, rates = random_problem(2, 6, 7, tau=TAU, generator=gen)
+    go = torch.randn(u0.shape, dtype=torch.float64, generator=gen)
+    steps, h = 9, 1e-6
+
+    def loss(r):
+        return (go * d2d_ext.diffuse(u0, r, TAU, steps)).sum().item()
+
+    plus, minus = rates.clone(), rates.clone()
+    plus[element] += h
+    minus[element] -= h
+    fd = (loss(plus) - loss(minus)) / (2 * h)
+    grad = bwd(go, u0, rates, TAU, steps)[1][element].item()
+    ref = ref_vjp(u0, rates, TAU, steps, go)[1][element].item()
+    assert grad == pytest.approx(fd, rel=1e-6, abs=1e-9)
+    assert grad == pytest.approx(ref, rel=1e-11, abs=1e-14)
+    assert abs(grad) > 1e-4  # a real check, not 0 == 0
+
+
+def test_rate_gradient_zero_for_outside_element():
+    gen = make_generator(35)
+    u0, rates = random_problem(1, 6, 7, tau=TAU, generator=gen)
+    go = torch.randn(u0.shape, dtype=torch.float64, generator=gen)
+    gr = bwd(go, u0, rates, TAU, 9)[1]
+    # EAST at the last column, WEST at the first, SOUTH at the last row, NORTH at the first.
+    assert torch.all(gr[0, EAST, :, -1] == 0) and torch.all(gr[0, WEST, :, 0] == 0)
+    assert torch.all(gr[0, SOUTH, -1, :] == 0) and torch.all(gr[0, NORTH, 0, :] == 0)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("size", [(2, 13, 17), (1, 130, 120), (1, 1, 20)])
+def test_symmetric_rates_keep_uniform_field(size, dtype, atol):
+    # With r_{p,d} == r_{q_d(p),opp(d)} the inflow tau * sum_d r_{q_d(p),opp(d)} c equals the
+    # outflow tau * sum_d r_{p,d} c, so u = c is stationary. Edge weights < 0.25, tau = 1.
+    rates = symmetric_rates(*size, generator=make_generator(36), scale=0.25).to(dtype)
+    u0 = torch.full(size, 2.5, dtype=dtype)
+    out = d2d_ext.diffuse(u0, rates, 1.0, 100)
+    torch.testing.assert_close(out, u0, rtol=0, atol=atol * 2.5)
+
+
+def test_symmetric_rates_give_symmetric_operator():
+    # Symmetric rates make A symmetric, so A^T y (the backward) equals A y (the forward).
+    g = make_generator(37)
+    rates = symmetric_rates(2, 11, 9, generator=g, scale=0.25)
+    x = torch.randn((2, 11, 9), dtype=torch.float64, generator=g)
+    y = torch.randn((2, 11, 9), dtype=torch.float64, generator=g)
+    torch.testing.assert_close(bwd(y, x, rates, 1.0, 17)[0], d2d_ext.diffuse(y, rates, 1.0, 17), rtol=1e-12, atol=1e-13)
+
+
+def _blob_image(N=1, H=15, W=15):
+    img = torch.zeros((N, H, W), dtype=torch.float64)
+    img[:, 6:9, 6:9] = 1.0  # a bright 3x3 target in the middle
+    return img
+
+
+def test_drift_stationary_distribution():
+    # Drift rates r_{p->q} = w exp(gamma (I_q - I_p) / 2) satisfy detailed balance for
+    # pi_p = exp(gamma I_p): pi_p r_{p->q} = w exp(gamma (I_p + I_q) / 2) = pi_q r_{q->p}, so the
+    # flows along every edge cancel and u0 = pi is stationary.
+    gamma, w = 3.0, 1.0
+    img = _blob_image()
+    img = img + 0.3 * torch.rand(img.shape, dtype=torch.float64, generator=make_generator(38))
+    rates = drift_rates(img, w, gamma)
+    tau = 1.0 / (4 * w * math.exp(gamma * 1.3 / 2))  # tau * sum_d r <= 1
+    pi = torch.exp(gamma * img)
+    torch.testing.assert_close(d2d_ext.diffuse(pi, rates, tau, 200), pi, rtol=1e-12, atol=0)
+
+
+def test_drift_concentrates_mass_on_bright_pixels():
+    gamma, w = 3.0, 1.0
+    img = _blob_image()
+    rates = drift_rates(img, w, gamma)
+    tau = 1.0 / (4 * w * math.exp(gamma / 2))
+    u0 = torch.ones_like(img)
+    bright = img > 0.5
+    before = u0[bright].sum().item()  # 9
+    out = d2d_ext.diffuse(u0, rates, tau, 400)
+    mid = d2d_ext.diffuse(u0, rates, tau, 100)
+    after = out[bright].sum().item()
+    # The equilibrium puts 9 e^3 / (9 e^3 + 216) = 45 % of the mass (101 of 225) on the target.
+    assert mid[bright].sum().item() > 2 * before
+    assert after > mid[bright].sum().item()
+    assert after > 4 * before
+    torch.testing.assert_close(out.sum(), u0.sum(), rtol=1e-12, atol=0)
+    # With gamma = 0 (pure diffusion) a uniform field does not move at all.
+    flat = d2d_ext.diffuse(u0, drift_rates(img, w, 0.0), tau, 400)
+    torch.testing.assert_close(flat, u0, rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+def test_compile_forward_fullgraph(backend):
+    torch._dynamo.reset()
+    u0, rates = random_problem(2, 9, 8, tau=TAU, generator=make_generator(40))
+
+    def f(u, r):
+        return d2d_ext.diffuse(u * 2.0, r, TAU, 6) + 1.0
+
+    cf = torch.compile(f, fullgraph=True, backend=backend)
+    torch.testing.assert_close(cf(u0, rates), f(u0, rates), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+def test_compile_backward_fullgraph(backend):
+    torch._dynamo.reset()
+    g = make_generator(41)
+    u0, rates = random_problem(2, 9, 8, tau=TAU, generator=g)
+    w = torch.randn(u0.shape, dtype=torch.float64, generator=g)
+
+    def f(u, r):
+        return (d2d_ext.diffuse(u, r * 1.5, TAU, 6) * w).square().sum()
+
+    cf = torch.compile(f, fullgraph=True, backend=backend)
+    u_c, r_c = u0.clone().requires_grad_(True), rates.clone().requires_grad_(True)
+    u_e, r_e = u0.clone().requires_grad_(True), rates.clone().requires_grad_(True)
+    loss_c = cf(u_c, r_c)
+    loss_c.backward()
+    loss_e = f(u_e, r_e)
+    loss_e.backward()
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-13, atol=0)
+    torch.testing.assert_close(u_c.grad, u_e.grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(r_c.grad, r_e.grad, rtol=1e-12, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+def _error_cases():
+    u = torch.rand((2, 3, 4), dtype=torch.float64)
+    r = torch.rand((2, 4, 3, 4), dtype=torch.float64)
+    D = "d2d.diffuse: "
+    mismatch = re.escape(" (expected (N, 4, H, W) for u0 of shape (N, H, W))")
+    return {
+        "u0_rank2": (lambda: d2d_ext.diffuse(u[0], r, 0.1, 1), re.escape(D + "u0 must have shape (N, H, W), got [3, 4]")),
+        "u0_rank4": (lambda: d2d_ext.diffuse(u[None], r, 0.1, 1), re.escape(D + "u0 must have shape (N, H, W), got [1, 2, 3, 4]")),
+        "rates_rank3": (lambda: d2d_ext.diffuse(u, r[0], 0.1, 1), re.escape(D + "rates must have shape (N, 4, H, W), got [4, 3, 4]")),
+        "rates_rank5": (lambda: d2d_ext.diffuse(u, r[None], 0.1, 1), re.escape(D + "rates must have shape (N, 4, H, W), got [1, 2, 4, 3, 4]")),
+        "rates_3_channels": (lambda: d2d_ext.diffuse(u, r[:, :3], 0.1, 1), re.escape(D + "rates must have shape (N, 4, H, W), got [2, 3, 3, 4]")),
+        "N_mismatch": (lambda: d2d_ext.diffuse(u, r[:1], 0.1, 1), re.escape(D + "rates [1, 4, 3, 4] does not match u0 [2, 3, 4]") + mismatch),
+        "H_mismatch": (lambda: d2d_ext.diffuse(u, r[:, :, :2], 0.1, 1), re.escape(D + "rates [2, 4, 2, 4] does not match u0 [2, 3, 4]") + mismatch),
+        "W_mismatch": (lambda: d2d_ext.diffuse(u[:, :, :3], r, 0.1, 1), re.escape(D + "rates [2, 4, 3, 4] does not match u0 [2, 3, 3]") + mismatch),
+        "int32": (lambda: d2d_ext.diffuse(u.int(), r.int(), 0.1, 1), re.escape(D + "u0 must be float32 or float64, got Int")),
+        "int64": (lambda: d2d_ext.diffuse(u.long(), r.long(), 0.1, 1), re.escape(D + "u0 must be float32 or float64, got Long")),
+        "float16": (lambda: d2d_ext.diffuse(u.half(), r.half(), 0.1, 1), re.escape(D + "u0 must be float32 or float64, got Half")),
+        "float32_float64": (lambda: d2d_ext.diffuse(u.float(), r, 0.1, 1), re.escape(D + "u0 and rates must have the same dtype, got Float and Double")),
+        "float64_float32": (lambda: d2d_ext.diffuse(u, r.float(), 0.1, 1), re.escape(D + "u0 and rates must have the same dtype, got Double and Float")),
+        "negative_steps": (lambda: d2d_ext.diffuse(u, r, 0.1, -1), re.escape(D + "steps must be >= 0, got -1")),
+        "negative_tau": (lambda: d2d_ext.diffuse(u, r, -0.5, 1), re.escape(D + "tau must be finite and >= 0, got -0.5")),
+        "nan_tau": (lambda: d2d_ext.diffuse(u, r, float("nan"), 1), re.escape(D + "tau must be finite and >= 0, got nan")),
+        "inf_tau": (lambda: d2d_ext.diffuse(u, r, float("inf"), 1), re.escape(D + "tau must be finite and >= 0, got inf")),
+        "bwd_grad_shape": (
+            lambda: bwd(u[:, :2], u, r, 0.1, 1),
+            re.escape("d2d.diffuse_backward: grad_out has shape [2, 2, 4], expected [2, 3, 4]"),
+        ),
+        "bwd_grad_dtype": (
+            lambda: bwd(u.float(), u, r, 0.1, 1),
+            re.escape("d2d.diffuse_backward: grad_out and u0 must have the same dtype, got Float and Double"),
+        ),
+        "bwd_checks_args": (lambda: bwd(u, u, r[:, :3], 0.1, 1), re.escape(D + "rates must have shape (N, 4, H, W)")),
+        "bwd_negative_steps": (lambda: bwd(u, u, r, 0.1, -2), re.escape(D + "steps must be >= 0, got -2")),
+    }
+
+
+ERROR_CASES = _error_cases()
+
+
+@pytest.mark.parametrize("name", list(ERROR_CASES))
+def test_errors(name):
+    fn, pattern = ERROR_CASES[name]
+    with pytest.raises(RuntimeError, match=pattern):
+        fn()
+
+
+def test_error_with_requires_grad_inputs():
+    # The same checks run when the inputs require grad (the autograd kernel in front).
+    u = torch.rand((2, 3, 4), dtype=torch.float64, requires_grad=True)
+    r = torch.rand((2, 3, 3, 4), dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match=re.escape("d2d.diffuse: rates must have shape (N, 4, H, W)")):
+        d2d_ext.diffuse(u, r, 0.1, 1)
