@@ -1,0 +1,458 @@
+"""Tests of d2d_ext.data: the BasicIRSTD / LESPS dataset reader, point sources and PNG writing.
+
+Tiny datasets are built in tmp_path; the real SIRST-v1 checks skip where ../shared/data is absent.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from d2d_ext import data as D
+from d2d_ext.data import DataError, IRDataset, connected_points, read_gray, write_png_atomic
+
+SIRST_ROOT = Path(
+    os.environ.get(
+        "D2D_SIRST_ROOT", Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"
+    )
+)
+requires_sirst = pytest.mark.skipif(
+    not (SIRST_ROOT / "images").is_dir(),
+    reason=f"SIRST-v1 not found at {SIRST_ROOT} (set D2D_SIRST_ROOT to run the real-data checks)",
+)
+
+H, W = 12, 16
+
+
+def _save(path, img):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def _gray(a):
+    return Image.fromarray(np.asarray(a, dtype=np.uint8), mode="L")
+
+
+def make_tiny(root: Path, name_files=True):
+    """A 5-image dataset in the BasicIRSTD layout, one image per PNG mode, ids a..e.
+
+    Image a (L) has two ground-truth targets; all masks are H x W."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (H, W)).astype(np.uint8)
+    _save(root / "images/a.png", _gray(base))
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    rgb[0, 1] = (0, 255, 0)
+    rgb[0, 2] = (0, 0, 255)
+    rgb[0, 3] = (255, 255, 255)
+    _save(root / "images/b.png", Image.fromarray(rgb, mode="RGB"))
+    rgba = np.zeros((H, W, 4), np.uint8)
+    rgba[..., 3] = 7  # nearly transparent: alpha must be dropped, not blended
+    rgba[0, 0] = (0, 0, 255, 7)
+    rgba[0, 1] = (10, 20, 30, 255)
+    _save(root / "images/c.png", Image.fromarray(rgba, mode="RGBA"))
+    pal = Image.new("P", (W, H), 0)
+    pal.putpalette([0, 0, 0, 0, 255, 0, 255, 0, 0] + [0] * (256 * 3 - 9))
+    pal.putpixel((0, 0), 1)  # green
+    pal.putpixel((1, 0), 2)  # red
+    _save(root / "images/d.png", pal)
+    i16 = np.zeros((H, W), np.uint16)
+    i16[0, 0] = 65535
+    i16[0, 1] = 32768
+    i16[0, 2] = 1
+    _save(root / "images/e.png", Image.fromarray(i16))
+    # Ground truth: two targets on a (an L shape and a 4x2 bar), one on each of b..e.
+    m = np.zeros((H, W), np.uint8)
+    m[5, 5] = m[5, 6] = m[6, 5] = 255  # L shape: centroid (5.33, 5.33)
+    m[2:4, 10:14] = 255  # bar: centroid (11.5, 2.5)
+    _save(root / "masks/a.png", _gray(m))
+    for i in "bcde":
+        mm = np.zeros((H, W), np.uint8)
+        mm[6:9, 3:8] = 255
+        _save(root / f"masks/{i}.png", _gray(mm))
+    if name_files:
+        name = root.name
+        (root / "img_idx").mkdir(exist_ok=True)
+        (root / f"img_idx/train_{name}.txt").write_text("a\r\nc\r\n\n")  # CRLF, blank line
+        (root / f"img_idx/test_{name}.txt").write_text("b\nd\ne")  # no final newline
+        (root / "img_idx/val_other-split.txt").write_text("e\n")
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_tiny(tmp_path / "TINY")
+
+
+# ------------------------------------------------------------------------------------------
+# ids and splits
+# ------------------------------------------------------------------------------------------
+
+
+def test_missing_images_folder(tmp_path):
+    with pytest.raises(DataError, match="images"):
+        IRDataset(tmp_path / "nothing")
+
+
+def test_ids_all_train_test(tiny):
+    ds = IRDataset(tiny)
+    assert ds.name == "TINY"
+    assert ds.ids("all") == ["a", "b", "c", "d", "e"]
+    assert ds.ids("train") == ["a", "c"]
+    assert ds.ids("test") == ["b", "d", "e"]
+    # A path to a .txt file works too, relative or absolute.
+    assert ds.ids(str(tiny / "img_idx/test_TINY.txt")) == ["b", "d", "e"]
+    assert ds.ids(tiny / "img_idx/train_TINY.txt") == ["a", "c"]
+
+
+def test_ids_single_file_fallback(tiny):
+    # No val_TINY.txt, but exactly one val_*.txt.
+    assert IRDataset(tiny).ids("val") == ["e"]
+
+
+def test_ids_exact_name_wins_over_fallback(tiny):
+    (tiny / "img_idx/train_TINY-427.txt").write_text("b\n")
+    assert IRDataset(tiny).ids("train") == ["a", "c"]
+
+
+def test_ids_missing_split_lists_available(tiny):
+    with pytest.raises(DataError) as e:
+        IRDataset(tiny).ids("holdout")
+    msg = str(e.value)
+    for f in ("train_TINY.txt", "test_TINY.txt", "val_other-split.txt"):
+        assert f in msg
+
+
+def test_ids_ambiguous_fallback(tiny):
+    (tiny / "img_idx/val_second.txt").write_text("a\n")
+    with pytest.raises(DataError, match="val_second.txt"):
+        IRDataset(tiny).ids("val")
+
+
+def test_ids_without_image(tiny):
+    (tiny / "img_idx/train_TINY.txt").write_text("a\nzz9\n")
+    with pytest.raises(DataError) as e:
+        IRDataset(tiny).ids("train")
+    assert "zz9" in str(e.value) and "train_TINY.txt" in str(e.value)
+
+
+def test_ids_duplicates(tiny):
+    (tiny / "img_idx/test_TINY.txt").write_text("b\nd\nb\n")
+    with pytest.raises(DataError) as e:
+        IRDataset(tiny).ids("test")
+    assert "'b'" in str(e.value) and "test_TINY.txt" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------
+# reading images and masks
+# ------------------------------------------------------------------------------------------
+
+
+def test_read_gray_modes(tiny):
+    ds = IRDataset(tiny)
+    for i in ds.ids("all"):
+        img = ds.load_image(i)
+        assert img.shape == (H, W) and img.dtype == np.float32
+        assert img.min() >= 0.0 and img.max() <= 1.0
+    tol = 1.0 / 255.0
+    a = ds.load_image("a")
+    ref = np.asarray(Image.open(tiny / "images/a.png"), dtype=np.float64) / 255.0
+    np.testing.assert_allclose(a, ref, atol=1e-6)
+    b = ds.load_image("b")
+    assert abs(b[0, 0] - 0.299) < tol
+    assert abs(b[0, 1] - 0.587) < tol
+    assert abs(b[0, 2] - 0.114) < tol
+    assert abs(b[0, 3] - 1.0) < 1e-6 and b[1, 1] == 0.0
+    c = ds.load_image("c")  # alpha dropped
+    assert abs(c[0, 0] - 0.114) < tol
+    assert abs(c[0, 1] - (0.299 * 10 + 0.587 * 20 + 0.114 * 30) / 255) < tol
+    d = ds.load_image("d")  # palette -> colours -> luminance
+    assert abs(d[0, 0] - 0.587) < tol and abs(d[0, 1] - 0.299) < tol and d[1, 1] == 0.0
+    e = ds.load_image("e")  # 16-bit
+    assert Image.open(tiny / "images/e.png").mode.startswith("I")
+    assert e[0, 0] == 1.0
+    assert abs(e[0, 1] - 32768 / 65535) < 1e-6
+    assert abs(e[0, 2] - 1 / 65535) < 1e-8
+
+
+def test_read_gray_la_and_bilevel(tmp_path):
+    la = np.zeros((3, 4, 2), np.uint8)
+    la[0, 0] = (51, 0)
+    _save(tmp_path / "la.png", Image.fromarray(la, mode="LA"))
+    g = read_gray(tmp_path / "la.png")
+    assert g.shape == (3, 4) and abs(g[0, 0] - 0.2) < 1e-6
+    bi = Image.new("1", (4, 3), 0)
+    bi.putpixel((2, 1), 1)
+    _save(tmp_path / "bi.png", bi)
+    g = read_gray(tmp_path / "bi.png")
+    assert g[1, 2] == 1.0 and g.sum() == 1.0
+
+
+def test_truncated_png_names_file(tiny):
+    path = tiny / "images/a.png"
+    noisy = np.random.default_rng(1).integers(0, 256, (64, 64)).astype(np.uint8)
+    _gray(noisy).save(path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="a.png"):
+        read_gray(path)
+    with pytest.raises(DataError, match="a.png"):
+        IRDataset(tiny).load_image("a")
+
+
+def test_missing_and_garbage_files(tiny):
+    with pytest.raises(DataError, match="nope.png"):
+        read_gray(tiny / "images/nope.png")
+    (tiny / "images/junk.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match="junk.png"):
+        read_gray(tiny / "images/junk.png")
+
+
+def test_load_mask(tiny):
+    ds = IRDataset(tiny)
+    m = ds.load_mask("a")
+    assert m.dtype == bool and m.shape == (H, W) and m.sum() == 3 + 8
+    assert ds.has_mask("a")
+    (tiny / "masks/b.png").unlink()
+    assert not ds.has_mask("b")
+    with pytest.raises(DataError, match=r"masks[/\\]b\.png"):
+        ds.load_mask("b")
+
+
+def test_mask_size_mismatch(tiny):
+    _save(tiny / "masks/c.png", _gray(np.zeros((H + 1, W), np.uint8)))
+    with pytest.raises(DataError, match=r"masks[/\\]c\.png"):
+        IRDataset(tiny).load_mask("c")
+
+
+# ------------------------------------------------------------------------------------------
+# point sources
+# ------------------------------------------------------------------------------------------
+
+
+def test_connected_points_diagonal_blob():
+    m = np.zeros((H, W), bool)
+    m[3, 2] = m[3, 3] = True  # blob 1: centre (2.5, 3)
+    m[7, 10] = m[8, 11] = True  # blob 2, diagonal neighbours (8-connected): (10.5, 7.5)
+    np.testing.assert_array_equal(connected_points(m), [[2.5, 3.0], [10.5, 7.5]])
+    assert connected_points(np.zeros((4, 4), bool)).shape == (0, 2)
+
+
+def test_points_centroid_folder(tiny):
+    m = np.zeros((H, W), np.uint8)
+    m[3, 2] = m[3, 3] = 255
+    m[7, 10] = m[8, 11] = 255  # diagonal: one blob
+    for src in ("centroid", "coarse"):
+        _save(tiny / f"masks_{src}/a.png", _gray(m))
+        pts = IRDataset(tiny).points("a", src)
+        assert pts.dtype == np.float64
+        np.testing.assert_array_equal(pts, [[2.5, 3.0], [10.5, 7.5]])
+
+
+def test_points_centroid_file_missing(tiny):
+    with pytest.raises(DataError, match=r"masks_centroid[/\\]a\.png"):
+        IRDataset(tiny).points("a", "centroid")
+
+
+def test_points_csv(tiny):
+    (tiny / "pts.csv").write_text("image,x,y\na,1.25,2.75\nb,0,0\na,3.5,4.0\n")
+    ds = IRDataset(tiny)
+    np.testing.assert_array_equal(ds.points("a", "csv:pts.csv"), [[1.25, 2.75], [3.5, 4.0]])
+    np.testing.assert_array_equal(ds.points("b", f"csv:{tiny / 'pts.csv'}"), [[0.0, 0.0]])
+    assert ds.points("c", "csv:pts.csv").shape == (0, 2)
+
+
+def test_points_csv_parsed_once(tiny, monkeypatch):
+    (tiny / "pts.csv").write_text("image,x,y\na,1,2\n")
+    ds = IRDataset(tiny)
+    calls = []
+    real = D.read_points_csv
+    monkeypatch.setattr(D, "read_points_csv", lambda p: calls.append(p) or real(p))
+    for i in ("a", "b", "a", "c"):
+        ds.points(i, "csv:pts.csv")
+    assert len(calls) == 1
+
+
+def test_points_csv_bad_header(tiny):
+    (tiny / "pts.csv").write_text("name,x,y\na,1,2\n")
+    with pytest.raises(DataError, match="pts.csv"):
+        IRDataset(tiny).points("a", "csv:pts.csv")
+
+
+def test_point_outside_image(tiny):
+    (tiny / "pts.csv").write_text(f"image,x,y\na,1,1\nd,{W},3\nb,2,-0.5\n")
+    ds = IRDataset(tiny)
+    assert ds.points("a", "csv:pts.csv").shape == (1, 2)
+    for i in ("d", "b"):
+        with pytest.raises(DataError) as e:
+            ds.points(i, "csv:pts.csv")
+        assert f"'{i}'" in str(e.value) and "pts.csv" in str(e.value)
+
+
+def test_points_gen_centroid_is_floor(tiny):
+    pts = IRDataset(tiny).points("a", "gen-centroid")
+    # Label (raster) order: the bar (row 2) comes first. floor((11.5, 2.5)) = (11, 2), where
+    # rounding would give (12, 2) or (12, 3); floor((5.33, 5.33)) = (5, 5).
+    np.testing.assert_array_equal(pts, [[11.0, 2.0], [5.0, 5.0]])
+
+
+def _blobby_mask():
+    m = np.zeros((40, 50), np.uint8)
+    m[3:10, 4:15] = 255  # 7 x 11 rectangle
+    for k in range(12):  # diagonal line, 8-connected
+        m[15 + k, 20 + k] = 255
+    m[30:38, 5:13] = 255  # ring: concave, centroid off target
+    m[32:36, 7:11] = 0
+    m[20, 45] = 255  # single pixel
+    return m
+
+
+def test_points_gen_coarse(tmp_path):
+    root = tmp_path / "GC"
+    for i in ("p", "q", "r"):
+        _save(root / f"images/{i}.png", _gray(np.zeros((40, 50), np.uint8)))
+        _save(root / f"masks/{i}.png", _gray(_blobby_mask()))
+    ds = IRDataset(root)
+    gt = ds.load_mask("p")
+    from scipy import ndimage
+
+    labels, n = ndimage.label(gt, structure=np.ones((3, 3)))
+    a = ds.points("p", "gen-coarse", seed=3)
+    assert a.shape == (n, 2) and a.dtype == np.float64
+    # Each point is a pixel on its own target (label order).
+    np.testing.assert_array_equal(a, np.round(a))
+    for k, (x, y) in enumerate(a):
+        assert labels[int(y), int(x)] == k + 1
+    # Repeatable with the seed; another seed or another id differs.
+    np.testing.assert_array_equal(a, ds.points("p", "gen-coarse", seed=3))
+    assert not np.array_equal(a, ds.points("p", "gen-coarse", seed=4))
+    assert not np.array_equal(a, ds.points("q", "gen-coarse", seed=3))
+    # Independent of the order ids are visited (fresh dataset objects).
+    fwd = {i: IRDataset(root).points(i, "gen-coarse", seed=3) for i in ("p", "q", "r")}
+    ds2 = IRDataset(root)
+    bwd = {i: ds2.points(i, "gen-coarse", seed=3) for i in ("r", "q", "p")}
+    for i in fwd:
+        np.testing.assert_array_equal(fwd[i], bwd[i])
+    np.testing.assert_array_equal(fwd["p"], a)
+
+
+def test_gen_coarse_spread_and_fallback():
+    m = _blobby_mask() > 0
+    # Many seeds: points scatter around the centroid of the rectangle (std ~ extent / 4 before
+    # rejection), not all on one pixel; the single pixel target always gets its own pixel.
+    pts = np.stack([D.coarse_points(m, np.random.default_rng(s)) for s in range(200)])
+    rect = pts[:, 0]
+    assert len({tuple(p) for p in rect}) > 10
+    assert abs(rect[:, 0].mean() - 9.0) < 0.5 and abs(rect[:, 1].mean() - 6.0) < 0.5
+    assert 1.0 < rect[:, 0].std() < 3.5  # x extent 11: std <= 11 / 4 = 2.75 (less after rejection)
+    assert (pts[:, 2] == [45.0, 20.0]).all()  # label order: rect, line, pixel (row 20), ring
+    # A target the draws can never hit within 100 tries -> the pixel nearest to its centroid.
+    class Far:
+        def normal(self, loc, scale, size):
+            return np.full(size, 1e6)
+
+    np.testing.assert_array_equal(D.coarse_points(m[:12, :20], Far()), [[9.0, 6.0]])
+    ring = np.zeros((10, 10), bool)
+    ring[1:9, 1:9] = True
+    ring[3:7, 3:7] = False  # centroid (4.5, 4.5) is off the ring
+    (x, y), = D.coarse_points(ring, Far())
+    assert ring[int(y), int(x)] and abs(x - 4.5) + abs(y - 4.5) == 3.0
+
+
+def test_gen_points_need_mask(tiny):
+    (tiny / "masks/e.png").unlink()
+    for src in ("gen-centroid", "gen-coarse"):
+        with pytest.raises(DataError, match=r"masks[/\\]e\.png"):
+            IRDataset(tiny).points("e", src)
+
+
+def test_unknown_source(tiny):
+    with pytest.raises(DataError) as e:
+        IRDataset(tiny).points("a", "centre")
+    for s in ("centroid", "coarse", "csv:", "gen-centroid", "gen-coarse"):
+        assert s in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------
+# atomic PNG writing
+# ------------------------------------------------------------------------------------------
+
+
+def test_write_png_atomic_roundtrip(tmp_path):
+    a = np.random.default_rng(2).integers(0, 256, (9, 13)).astype(np.uint8)
+    p = tmp_path / "deep/er/x.png"
+    write_png_atomic(p, a)
+    assert sorted(os.listdir(p.parent)) == ["x.png"]  # no temporary file left
+    np.testing.assert_array_equal(np.asarray(Image.open(p)), a)
+    b = 255 - a
+    write_png_atomic(p, b)  # overwrite
+    assert sorted(os.listdir(p.parent)) == ["x.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(p)), b)
+    with pytest.raises(ValueError):
+        write_png_atomic(tmp_path / "y.png", a.astype(np.float32))
+
+
+def test_write_png_atomic_interrupted(tmp_path, monkeypatch):
+    p = tmp_path / "x.png"
+    old = np.zeros((4, 4), np.uint8)
+    write_png_atomic(p, old)
+
+    def boom(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(D.os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_png_atomic(p, np.full((4, 4), 9, np.uint8))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["x.png"]  # temp file cleaned up
+    np.testing.assert_array_equal(np.asarray(Image.open(p)), old)  # old file intact
+
+
+# ------------------------------------------------------------------------------------------
+# real data: SIRST-v1
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sirst():
+    return IRDataset(SIRST_ROOT)
+
+
+@requires_sirst
+def test_sirst_splits(sirst):
+    assert len(sirst.ids("all")) == 427
+    train, test = sirst.ids("train"), sirst.ids("test")
+    assert (len(train), len(test)) == (213, 214)
+    assert sorted(train + test) == sirst.ids("all")
+
+
+@requires_sirst
+def test_sirst_human_points_on_targets(sirst):
+    from scipy import ndimage
+
+    n_points = 0
+    for i in sirst.ids("all"):
+        img = sirst.load_image(i)
+        mask = sirst.load_mask(i)
+        assert img.shape == mask.shape and img.dtype == np.float32
+        pts = sirst.points(i, "centroid")
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        hit = labels[np.round(pts[:, 1]).astype(int), np.round(pts[:, 0]).astype(int)]
+        assert (hit > 0).all(), f"{i}: a human point lies off the ground truth"
+        assert len(pts) == n, f"{i}: {len(pts)} points for {n} targets"
+        n_points += len(pts)
+    assert n_points == 533
+
+
+@requires_sirst
+def test_sirst_point_mask_agrees_with_csv(sirst):
+    src = f"csv:{SIRST_ROOT / 'points_centroid.csv'}"
+    for i in sirst.ids("all"):
+        a = sirst.points(i, "centroid")
+        b = sirst.points(i, src)
+        assert a.shape == b.shape, i
+        d = np.abs(a[:, None, :] - b[None, :, :]).max(axis=2)  # Chebyshev distances
+        assert (d.min(axis=1) <= 1.0).all() and (d.min(axis=0) <= 1.0).all(), i
