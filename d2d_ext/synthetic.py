@@ -225,7 +225,6 @@ def _target_patch(rng, area, psf):
         sa, sb = np.sqrt(sab * aspect), np.sqrt(sab / aspect)
         extent = 3.5 * max(sa, 1.0) + 4.0 * psf + 3.0
         r = int(np.ceil(extent))
-        n = 2 * r + 1
         off = rng.uniform(-0.5, 0.5, 2)  # sub-pixel position of the centre
         yy, xx = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
         xx -= off[0]

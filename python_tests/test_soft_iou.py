@@ -201,12 +201,14 @@ def test_output_mask():
     x, t = problem((3, 2, 4), seed=13)
     go = torch.randn(3, dtype=torch.float64, generator=make_generator(14))
     full_x, full_t = bwd(go, x, t, 1.0, (True, True))
+    # Each mask runs its own instantiation of the kernel: the compiler may fuse multiply-adds
+    # differently in each (seen with one thread), so equal to a few ulp, not bit for bit.
     gx, gt = bwd(go, x, t, 1.0, (True, False))
     assert gt.shape == (0,) and gt.dtype == torch.float64
-    torch.testing.assert_close(gx, full_x, rtol=0, atol=0)
+    torch.testing.assert_close(gx, full_x, rtol=1e-14, atol=1e-16)
     gx, gt = bwd(go, x, t, 1.0, (False, True))
     assert gx.shape == (0,)
-    torch.testing.assert_close(gt, full_t, rtol=0, atol=0)
+    torch.testing.assert_close(gt, full_t, rtol=1e-14, atol=1e-16)
     gx, gt = bwd(go, x, t, 1.0, (False, False))
     assert gx.shape == (0,) and gt.shape == (0,)
 

@@ -1,0 +1,482 @@
+"""Points to pseudo-masks: physics-induced diffusion annotation (the paper's Section 3.2).
+
+Every target is one point ``(x, y)`` (0-based pixel coordinates, sub-pixel allowed) on an image
+``(H, W)`` float32 in [0, 1]. Only the image and the points are read; nothing here can see a
+ground-truth mask. For each point:
+
+1. **Snap and window.** The point moves to the brightest pixel of its 3x3 neighbourhood (the
+   peak). Square windows of growing half-size (``config.half_sizes``) are tried around it; in each,
+   the background ``bg`` and spread ``sd`` come from the window's outer band (median and 1.4826 x
+   median absolute deviation), the threshold is ``bg + max(k_sigma * sd, f * (peak - bg))`` and the
+   candidate is the 8-connected component of the peak above it, holes filled. The first window
+   whose candidate does not reach the outer band is accepted (the *leak guard*: a component that
+   touches the band has leaked into clutter); if none is, ``f`` rises by ``fraction_step`` and the
+   windows are tried again. This *strict component* never depends on ground truth: the window size
+   comes from the image around the point.
+2. **Conductance and rates.** In a crop around the peak (the *field window*: twice the strict
+   component's extent, at least the accepted window) the contrast ``I' = (I - bg) / (peak - bg)``
+   gives the conductance ``c = D0 exp(-beta (alpha |grad I'| + (1 - alpha) E / 8))`` with ``E`` the
+   5x5 local entropy in bits (the paper's code). The jump rate from ``p`` to a 4-neighbour ``q`` is
+   ``sqrt(c_p c_q) exp(gamma (I'_q - I'_p) / 2)``: symmetric diffusion times a drift toward bright
+   pixels whose stationary law is ``exp(gamma I')`` (``gamma = 0`` is the paper's pure diffusion).
+   Rates are scaled per target so that ``tau * sum_d r = 0.9`` at the fastest pixel (``tau = 1``):
+   every target gets the same number of stable steps whatever its contrast.
+3. **Heat.** A unit heat source at the peak, ``config.steps`` steps of :func:`d2d_ext.diffuse` for
+   every target of every image in one call per step count; ``u`` is divided by its maximum. A
+   target whose strict component spans more than ``steps_extent`` pixels needs a longer diffusion
+   time (it grows as the square of the size): it gets ``steps`` times the power of two that
+   covers ``(extent / steps_extent)^2`` (at most ``steps_max``).
+4. **Superpixel prior.** SLIC (scikit-image; ``slic_segments`` segments, ``slic_compactness``) of the
+   field window; ``C`` is the segment that holds the peak.
+5. **Fusion.** The soft pseudo-label ``y = rho u + (1 - rho) C``, divided by its maximum, in [0, 1].
+   It is differentiable in ``theta = (D0, beta, rho, alpha, gamma)`` (:class:`DiffusionParams`)
+   through the rates and the op.
+6. **Binarisation.** The *grown component* is the 8-connected component of the peak in
+   ``{y >= level} and {I' >= low_fraction}`` inside the field window, holes filled; it is kept only
+   if it does not reach the field window's outer band (leak guard again). The pseudo-mask of the
+   target is the strict component united with the grown one, and the targets of one image are
+   united into its mask.
+
+Typical use::
+
+    annotator = Annotator()
+    masks = annotator.annotate([image1, image2], [points1, points2])   # list of (H, W) bool
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from skimage.segmentation import slic
+
+from .diffusion import diffuse
+
+__all__ = [
+    "AnnotatorConfig",
+    "DiffusionParams",
+    "TargetBatch",
+    "Annotator",
+    "prepare_targets",
+    "target_rates",
+    "soft_labels",
+    "binarize_targets",
+    "paste_masks",
+]
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class AnnotatorConfig:
+    """Settings of the annotator that are not learned (pixels unless stated)."""
+
+    snap_radius: int = 1  # the point moves to the brightest pixel within this Chebyshev radius
+    half_sizes: tuple = (6, 8, 10, 13, 16, 20, 24)  # windows tried, smallest first
+    band: int = 2  # width of a window's outer band (background statistics, leak guard)
+    k_sigma: float = 2.0  # strict threshold: bg + max(k_sigma * sd, f * (peak - bg))
+    peak_fraction: float = 0.3  # f, first try
+    fraction_step: float = 0.1  # f rises by this when no window holds the component
+    field_grow: float = 2.0  # field window half-size >= field_grow * extent of the strict component
+    field_half_max: int = 32  # largest field window half-size
+    steps: int = 64  # diffusion steps K of a target whose strict component spans <= steps_extent
+    steps_extent: int = 12  # larger targets get steps * (extent / steps_extent)^2 (diffusion length ~ size)
+    steps_max: int = 1024
+    slic_segments: int = 16
+    slic_compactness: float = 0.32
+    low_fraction: float = 0.3  # grown component: contrast I' >= low_fraction
+    level: float = 0.02  # grown component: fused label y >= level (where the heat reached)
+
+
+class DiffusionParams(torch.nn.Module):
+    """The learnable diffusion parameters ``theta``, bounded around the paper's defaults.
+
+    ``D0 = 3.2 (1 + 0.3 tanh t0)``, ``beta = 6 (1 + 0.3 tanh t1)``, ``rho = 0.84 + 0.05 tanh t2``,
+    ``alpha = 0.6 + 0.05 tanh t3`` (the reference code's parametrisation) and
+    ``gamma = gamma0 (1 + 0.5 tanh t4)`` for the drift; the raw ``t`` start at zero.
+    """
+
+    NAMES = ("D0", "beta", "rho", "alpha", "gamma")
+
+    def __init__(self, D0: float = 3.2, beta: float = 6.0, rho: float = 0.84, alpha: float = 0.6, gamma: float = 4.0):
+        super().__init__()
+        self.register_buffer("center", torch.tensor([D0, beta, rho, alpha, gamma], dtype=torch.float64))
+        self.register_buffer("spread", torch.tensor([0.3 * D0, 0.3 * beta, 0.05, 0.05, 0.5 * gamma], dtype=torch.float64))
+        self.raw = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))
+
+    def forward(self, raw: torch.Tensor | None = None) -> dict:
+        """name -> 0-d float64 tensor, differentiable in ``raw`` ``(5,)`` (default: ``self.raw``);
+        also ``D0_max``, the constant upper bound of ``D0``."""
+        values = self.center + self.spread * torch.tanh(self.raw if raw is None else raw)
+        theta = {name: values[i] for i, name in enumerate(self.NAMES)}
+        theta["D0_max"] = self.center[0] + self.spread[0]
+        return theta
+
+    def values(self) -> dict:
+        """name -> float (for logs)."""
+        with torch.no_grad():
+            return {k: float(v) for k, v in self.forward().items()}
+
+
+@dataclass
+class TargetBatch:
+    """Image-only per-target data for ``T`` targets, on ``S x S`` crops (``S`` odd, the batch's
+    largest field window).
+
+    The crop of target ``t`` covers image rows ``origin[t, 0] ... + S`` and columns
+    ``origin[t, 1] ... + S`` (it may stick out of the image; those pixels are outside ``inside``).
+    Everything the soft label needs is here, so regenerating labels after a ``theta`` update only
+    re-runs :func:`soft_labels` and :func:`binarize_targets`.
+    """
+
+    image_index: np.ndarray  # (T,) int64: which image the target belongs to
+    steps: np.ndarray  # (T,) int64: diffusion steps this target needs (grows with its size)
+    image_shapes: list  # per image (H, W)
+    origin: np.ndarray  # (T, 2) int64: (row, col) of the crop's top-left pixel in the image
+    peak: np.ndarray  # (T, 2) int64: (row, col) of the heat source inside the crop
+    contrast: torch.Tensor  # (T, S, S) float32: I' = (I - bg) / (peak - bg)
+    grad: torch.Tensor  # (T, S, S) float32: |grad I'| (per pixel)
+    entropy: torch.Tensor  # (T, S, S) float32: 5x5 local entropy (bits)
+    inside: torch.Tensor  # (T, S, S) bool: inside the field window and the image
+    superpixel: torch.Tensor  # (T, S, S) float32: the SLIC segment of the peak (0/1)
+    strict: np.ndarray  # (T, S, S) bool: the leak-guarded threshold component
+    ring: np.ndarray  # (T, S, S) bool: the field window's outer band (leak guard of the grown component)
+    seconds: dict = field(default_factory=dict)  # time per stage
+
+    def __len__(self) -> int:
+        return int(self.image_index.shape[0])
+
+    def to(self, dtype: torch.dtype) -> "TargetBatch":
+        """A copy whose float tensors have ``dtype`` (float64 for gradient checks)."""
+        return dataclasses.replace(
+            self, contrast=self.contrast.to(dtype), grad=self.grad.to(dtype),
+            entropy=self.entropy.to(dtype), superpixel=self.superpixel.to(dtype))
+
+
+def _snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
+    H, W = image.shape
+    py = min(max(int(math.floor(y + 0.5)), 0), H - 1)
+    px = min(max(int(math.floor(x + 0.5)), 0), W - 1)
+    if radius <= 0:
+        return py, px
+    y0, y1 = max(py - radius, 0), min(py + radius + 1, H)
+    x0, x1 = max(px - radius, 0), min(px + radius + 1, W)
+    flat = int(np.argmax(image[y0:y1, x0:x1]))
+    return y0 + flat // (x1 - x0), x0 + flat % (x1 - x0)
+
+
+def _band(shape: tuple, width: int) -> np.ndarray:
+    band = np.ones(shape, dtype=bool)
+    band[width:-width or None, width:-width or None] = False
+    return band
+
+
+def _box(py: int, px: int, half: int, H: int, W: int) -> tuple:
+    return max(py - half, 0), min(py + half + 1, H), max(px - half, 0), min(px + half + 1, W)
+
+
+def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig) -> tuple:
+    """Leak-guarded threshold component: ``(box, component (h, w) bool, bg, peak, accepted)``."""
+    H, W = image.shape
+    peak = float(image[py, px])
+    stats = {}
+    f = cfg.peak_fraction
+    while f < 1.0:
+        for half in cfg.half_sizes:
+            box = _box(py, px, half, H, W)
+            win = image[box[0]:box[1], box[2]:box[3]]
+            band = _band(win.shape, cfg.band)
+            if half not in stats:
+                ring = win[band]
+                bg = float(np.median(ring))
+                stats[half] = (bg, 1.4826 * float(np.median(np.abs(ring - bg))))
+            bg, sd = stats[half]
+            thr = bg + max(cfg.k_sigma * sd, f * (peak - bg))
+            if peak <= thr:  # faint target: the peak-relative part alone
+                thr = bg + f * (peak - bg)
+            labels, _ = ndi.label(win > thr, _EIGHT)
+            lab = labels[py - box[0], px - box[2]]
+            if lab == 0:
+                continue
+            comp = labels == lab
+            if not comp[band].any():
+                return box, ndi.binary_fill_holes(comp), bg, peak, True
+        f += cfg.fraction_step
+    box = _box(py, px, cfg.half_sizes[0], H, W)
+    comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
+    comp[py - box[0], px - box[2]] = True
+    bg = stats[cfg.half_sizes[0]][0] if stats else peak
+    return box, comp, bg, peak, False
+
+
+def _check_points(points: np.ndarray, shape: tuple, index: int) -> np.ndarray:
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
+    H, W = shape
+    bad = ~((pts[:, 0] >= -0.5) & (pts[:, 0] < W - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] < H - 0.5))
+    if bad.any() or not np.isfinite(pts).all():
+        x, y = pts[np.argmax(bad | ~np.isfinite(pts).all(1))]
+        raise ValueError(f"annotate: point (x={x}, y={y}) of image {index} lies outside the {W}x{H} image")
+    return pts
+
+
+def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], config: AnnotatorConfig | None = None) -> TargetBatch:
+    """Image-only work for every target of a batch of images (steps 1, 2's features and 4).
+
+    Args:
+        images: ``B`` arrays ``(H_b, W_b)``, float in [0, 1].
+        points: ``B`` arrays ``(K_b, 2)`` of ``(x, y)`` pixel coordinates (``K_b`` may be 0).
+    """
+    cfg = config or AnnotatorConfig()
+    if len(images) != len(points):
+        raise ValueError(f"annotate: {len(images)} images but {len(points)} point arrays")
+    R = cfg.field_half_max
+    rows = []
+    t_window = t_features = t_slic = 0.0
+    for b, (image, pts) in enumerate(zip(images, points)):
+        image = np.asarray(image)
+        if image.ndim != 2:
+            raise ValueError(f"annotate: image {b} must have shape (H, W), got {image.shape}")
+        image = image.astype(np.float32, copy=False)
+        H, W = image.shape
+        for x, y in _check_points(pts, image.shape, b):
+            t0 = time.perf_counter()
+            py, px = _snap(image, x, y, cfg.snap_radius)
+            box, comp, bg, peak, accepted = _strict_component(image, py, px, cfg)
+            ys, xs = np.nonzero(comp)
+            extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+            half = int(max((box[1] - box[0]) // 2, (box[3] - box[2]) // 2, cfg.field_grow * extent + 3))
+            half = min(half, R)
+            fbox = _box(py, px, half, H, W)
+            t1 = time.perf_counter()
+            win = image[fbox[0]:fbox[1], fbox[2]:fbox[3]].astype(np.float64)
+            contrast = (win - bg) / max(peak - bg, 1e-3)
+            gy, gx = np.gradient(contrast) if min(win.shape) > 1 else (np.zeros_like(win), np.zeros_like(win))
+            entropy = local_entropy(win)
+            t2 = time.perf_counter()
+            # the superpixel prior of the accepted window (the region the point's statistics came from)
+            swin = image[box[0]:box[1], box[2]:box[3]]
+            seg = slic(swin, n_segments=cfg.slic_segments, compactness=cfg.slic_compactness,
+                       channel_axis=None, start_label=0, enforce_connectivity=True)
+            sp = seg == seg[py - box[0], px - box[2]]
+            t3 = time.perf_counter()
+            t_window += t1 - t0
+            t_features += t2 - t1
+            t_slic += t3 - t2
+            rows.append((b, fbox, box, py, px, half, contrast, np.hypot(gy, gx), entropy, sp, comp,
+                         target_steps(extent, cfg)))
+    T = len(rows)
+    R = max([r[5] for r in rows], default=1)  # crops as small as the batch's largest field window
+    S = 2 * R + 1
+    contrast = np.zeros((T, S, S), np.float32)
+    grad = np.zeros((T, S, S), np.float32)
+    ent = np.zeros((T, S, S), np.float32)
+    inside = np.zeros((T, S, S), bool)
+    sup = np.zeros((T, S, S), np.float32)
+    strict = np.zeros((T, S, S), bool)
+    ring = np.zeros((T, S, S), bool)
+    origin = np.zeros((T, 2), np.int64)
+    peak = np.zeros((T, 2), np.int64)
+    index = np.zeros(T, np.int64)
+    steps = np.array([r[-1] for r in rows], np.int64)
+    for t, (b, fbox, box, py, px, half, c, g, e, sp, comp, _) in enumerate(rows):
+        oy, ox = py - R, px - R
+        origin[t] = oy, ox
+        peak[t] = R, R
+        index[t] = b
+        fy, fx = fbox[0] - oy, fbox[2] - ox
+        h, w = c.shape
+        contrast[t, fy:fy + h, fx:fx + w] = c
+        grad[t, fy:fy + h, fx:fx + w] = g
+        ent[t, fy:fy + h, fx:fx + w] = e
+        inside[t, fy:fy + h, fx:fx + w] = True
+        ring[t, fy:fy + h, fx:fx + w] = _band((h, w), cfg.band)
+        strict[t, box[0] - oy:box[1] - oy, box[2] - ox:box[3] - ox] = comp
+        sup[t, box[0] - oy:box[1] - oy, box[2] - ox:box[3] - ox] = sp
+    shapes = [tuple(np.asarray(im).shape) for im in images]
+    return TargetBatch(
+        image_index=index, steps=steps, image_shapes=shapes, origin=origin, peak=peak,
+        contrast=torch.from_numpy(contrast), grad=torch.from_numpy(grad), entropy=torch.from_numpy(ent),
+        inside=torch.from_numpy(inside), superpixel=torch.from_numpy(sup), strict=strict, ring=ring,
+        seconds={"window": t_window, "features": t_features, "superpixel": t_slic},
+    )
+
+
+def local_entropy(values: np.ndarray, bins: int = 16, size: int = 5) -> np.ndarray:
+    """``(h, w)`` Shannon entropy (bits) of the ``size x size`` neighbourhood of every pixel.
+
+    ``values`` ``(h, w)`` are quantised into ``bins`` equal bins between their minimum and maximum;
+    neighbours outside the array count for nothing (edge pixels see fewer neighbours).
+    """
+    h, w = values.shape
+    lo, hi = float(values.min()), float(values.max())
+    q = np.minimum(((values - lo) / max(hi - lo, 1e-12) * bins).astype(np.intp), bins - 1)
+    r = size // 2
+    onehot = np.zeros((bins, h + size, w + size), np.int16)  # zero margin: r + 1 before, r after
+    onehot[q, np.arange(h)[:, None] + r + 1, np.arange(w)[None, :] + r + 1] = 1
+    counts = np.cumsum(onehot, 1, dtype=np.int16)
+    counts = counts[:, size:] - counts[:, :-size]  # box sums along rows ...
+    counts = np.cumsum(counts, 2, dtype=np.int16)
+    counts = (counts[:, :, size:] - counts[:, :, :-size])[:, :h, :w].astype(np.float32)  # ... and columns
+    prob = counts / np.maximum(counts.sum(0), 1)
+    return -(prob * np.log2(np.where(prob > 0, prob, 1))).sum(0)
+
+
+def target_steps(extent: int, config: AnnotatorConfig) -> int:
+    """Diffusion steps for a target whose strict component spans ``extent`` pixels.
+
+    The diffusion length grows as the square root of time, so a target larger than
+    ``steps_extent`` gets ``steps * (extent / steps_extent)^2`` steps, rounded up to a power of two
+    times ``steps`` (few distinct counts: few calls), at most ``steps_max``.
+    """
+    need = config.steps * max(1.0, extent / config.steps_extent) ** 2
+    k = config.steps
+    while k < need and k * 2 <= max(config.steps_max, config.steps):
+        k *= 2
+    return int(k)
+
+
+def target_rates(batch: TargetBatch, theta: dict) -> torch.Tensor:
+    """``(T, 4, S, S)`` jump rates (step 2), differentiable in ``theta`` (name -> 0-d tensor).
+
+    The rate ``p -> q`` is ``sqrt(c_p c_q) exp(gamma (I'_q - I'_p) / 2)``, zero unless both ends
+    are inside the field window. An explicit step is stable only while ``sum_d r <= 1`` (with
+    ``tau = 1``), so each target's rates are divided by their fastest pixel's total and multiplied
+    by ``0.9 D0 / D0_max``: ``D0`` sets the speed of diffusion as a fraction of the fastest stable
+    one. The normalisation is part of the differentiated function.
+    """
+    dtype = batch.contrast.dtype
+    D0, D0_max, beta, alpha, gamma = (theta[k].to(dtype) for k in ("D0", "D0_max", "beta", "alpha", "gamma"))
+    log_c = -beta * (alpha * batch.grad + (1 - alpha) * batch.entropy / 8)  # log(c / D0)
+    inside = batch.inside.to(dtype)
+    level = batch.contrast.clamp(-1.0, 1.5)
+    T, S, _ = log_c.shape
+    # log of the edge conductance sqrt(c_p c_q) / D0 plus the drift exponent +-gamma (I'_q - I'_p) / 2
+    ex = (log_c[:, :, :-1] + log_c[:, :, 1:]) / 2
+    ey = (log_c[:, :-1, :] + log_c[:, 1:, :]) / 2
+    dx = gamma * (level[:, :, 1:] - level[:, :, :-1]) / 2
+    dy = gamma * (level[:, 1:, :] - level[:, :-1, :]) / 2
+    mx = inside[:, :, :-1] * inside[:, :, 1:]
+    my = inside[:, :-1, :] * inside[:, 1:, :]
+    zx = log_c.new_zeros(T, S, 1)
+    zy = log_c.new_zeros(T, 1, S)
+    rates = torch.stack([
+        torch.cat([mx * torch.exp(ex + dx), zx], 2),  # p -> east neighbour
+        torch.cat([zx, mx * torch.exp(ex - dx)], 2),  # p -> west neighbour
+        torch.cat([my * torch.exp(ey + dy), zy], 1),  # p -> south neighbour
+        torch.cat([zy, my * torch.exp(ey - dy)], 1),  # p -> north neighbour
+    ], 1)
+    fastest = rates.sum(1).amax(dim=(1, 2)).clamp_min(1e-30)
+    return rates * (0.9 * D0 / D0_max / fastest).view(T, 1, 1, 1)
+
+
+def soft_labels(batch: TargetBatch, theta: dict) -> torch.Tensor:
+    """``(T, S, S)`` soft pseudo-labels in [0, 1] (steps 3 and 5), differentiable in ``theta``."""
+    T, S = len(batch), batch.contrast.shape[-1]
+    if T == 0:
+        return torch.zeros(0, S, S)
+    rates = target_rates(batch, theta)
+    u0 = torch.zeros(T, S, S, dtype=rates.dtype)
+    u0[torch.arange(T), torch.from_numpy(batch.peak[:, 0]), torch.from_numpy(batch.peak[:, 1])] = 1.0
+    # One diffuse call per step count (usually one or two per batch); a target's result does not
+    # depend on which other targets share its batch.
+    counts = np.unique(batch.steps)
+    if len(counts) == 1:
+        u = diffuse(u0, rates, 1.0, int(counts[0]))
+    else:
+        u = torch.empty_like(u0)
+        for k in counts:
+            sel = torch.from_numpy(np.flatnonzero(batch.steps == k))
+            u = u.index_copy(0, sel, diffuse(u0[sel], rates[sel], 1.0, int(k)))
+    u = u / u.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    rho = theta["rho"].to(u.dtype)
+    y = rho * u + (1 - rho) * batch.superpixel
+    return y / y.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+
+
+def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorConfig | None = None) -> np.ndarray:
+    """``(T, S, S)`` bool per-target masks (step 6)."""
+    cfg = config or AnnotatorConfig()
+    soft = soft.detach().cpu().numpy()
+    contrast = batch.contrast.numpy()
+    inside = batch.inside.numpy()
+    out = batch.strict.copy()
+    for t in range(len(batch)):
+        cand = (soft[t] >= cfg.level) & (contrast[t] >= cfg.low_fraction) & inside[t]
+        labels, _ = ndi.label(cand, _EIGHT)
+        lab = labels[batch.peak[t, 0], batch.peak[t, 1]]
+        if lab == 0:
+            continue
+        grown = ndi.binary_fill_holes(labels == lab)
+        if not (grown & batch.ring[t]).any():  # leak guard
+            out[t] |= grown
+    return out
+
+
+def paste_masks(batch: TargetBatch, crops: np.ndarray, reduce: str = "or") -> list:
+    """Per-image ``(H, W)`` maps from ``(T, S, S)`` crops: ``or`` for bool masks, ``max`` for soft labels."""
+    maps = [np.zeros(shape, dtype=bool if reduce == "or" else np.float32) for shape in batch.image_shapes]
+    S = crops.shape[-1]
+    for t in range(len(batch)):
+        out = maps[batch.image_index[t]]
+        H, W = out.shape
+        oy, ox = batch.origin[t]
+        y0, y1, x0, x1 = max(oy, 0), min(oy + S, H), max(ox, 0), min(ox + S, W)
+        piece = crops[t, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        region = out[y0:y1, x0:x1]
+        if reduce == "or":
+            region |= piece
+        else:
+            np.maximum(region, piece, out=region)
+    return maps
+
+
+class Annotator:
+    """Single points to pseudo-masks, batched over images (see the module docstring).
+
+    Args:
+        config: :class:`AnnotatorConfig` (fixed settings).
+        params: :class:`DiffusionParams` (``theta``, learnable); a default one if omitted.
+    """
+
+    def __init__(self, config: AnnotatorConfig | None = None, params: DiffusionParams | None = None):
+        self.config = config or AnnotatorConfig()
+        self.params = params or DiffusionParams()
+        self.last_seconds: dict = {}
+
+    def prepare(self, images: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> TargetBatch:
+        return prepare_targets(images, points, self.config)
+
+    def soft(self, batch: TargetBatch) -> torch.Tensor:
+        """``(T, S, S)`` soft labels, differentiable in ``self.params``."""
+        return soft_labels(batch, self.params())
+
+    def masks(self, batch: TargetBatch) -> list:
+        """Per-image ``(H, W)`` bool pseudo-masks from prepared targets."""
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            soft = self.soft(batch)
+        t1 = time.perf_counter()
+        crops = binarize_targets(batch, soft, self.config)
+        maps = paste_masks(batch, crops)
+        t2 = time.perf_counter()
+        self.last_seconds = dict(batch.seconds, diffusion=t1 - t0, binarize=t2 - t1)
+        return maps
+
+    def annotate(self, images: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> list:
+        """``B`` images ``(H, W)`` in [0, 1] and their points ``(K, 2)`` (x, y) -> ``B`` bool masks."""
+        return self.masks(self.prepare(images, points))
+
+
+def config_from_dict(values: dict) -> AnnotatorConfig:
+    """An :class:`AnnotatorConfig` with some fields replaced (unknown names raise ``TypeError``)."""
+    names = {f.name for f in dataclasses.fields(AnnotatorConfig)}
+    unknown = set(values) - names
+    if unknown:
+        raise TypeError(f"unknown annotator settings: {sorted(unknown)}")
+    return dataclasses.replace(AnnotatorConfig(), **values)
