@@ -11,31 +11,33 @@ ground-truth mask. For each point:
    candidate is the 8-connected component of the peak above it, holes filled. The first window
    whose candidate does not reach the outer band is accepted (the *leak guard*: a component that
    touches the band has leaked into clutter); if none is, ``f`` rises by ``fraction_step`` and the
-   windows are tried again. This *strict component* never depends on ground truth: the window size
-   comes from the image around the point.
+   windows are tried again. Sides of a window that lie on the image's edge have no band (a target
+   cut by the edge has not leaked). This *strict component* never depends on ground truth: the
+   window size comes from the image around the point.
 2. **Conductance and rates.** In a crop around the peak (the *field window*: twice the strict
    component's extent, at least the accepted window) the contrast ``I' = (I - bg) / (peak - bg)``
    gives the conductance ``c = D0 exp(-beta (alpha |grad I'| + (1 - alpha) E / 8))`` with ``E`` the
    5x5 local entropy in bits (the paper's code). The jump rate from ``p`` to a 4-neighbour ``q`` is
    ``sqrt(c_p c_q) exp(gamma (I'_q - I'_p) / 2)``: symmetric diffusion times a drift toward bright
    pixels whose stationary law is ``exp(gamma I')`` (``gamma = 0`` is the paper's pure diffusion).
-   Rates are scaled per target so that ``tau * sum_d r = 0.9`` at the fastest pixel (``tau = 1``):
-   every target gets the same number of stable steps whatever its contrast.
+   Rates are scaled per target so that the fastest pixel's total is ``0.9 D0 / D0_max`` (with
+   ``tau = 1``): explicit steps stay stable whatever the target's contrast.
 3. **Heat.** A unit heat source at the peak, ``config.steps`` steps of :func:`d2d_ext.diffuse` for
    every target of every image in one call per step count; ``u`` is divided by its maximum. A
    target whose strict component spans more than ``steps_extent`` pixels needs a longer diffusion
    time (it grows as the square of the size): it gets ``steps`` times the power of two that
    covers ``(extent / steps_extent)^2`` (at most ``steps_max``).
 4. **Superpixel prior.** SLIC (scikit-image; ``slic_segments`` segments, ``slic_compactness``) of the
-   field window; ``C`` is the segment that holds the peak.
+   accepted window; ``C`` is the segment that holds the peak.
 5. **Fusion.** The soft pseudo-label ``y = rho u + (1 - rho) C``, divided by its maximum, in [0, 1].
    It is differentiable in ``theta = (D0, beta, rho, alpha, gamma)`` (:class:`DiffusionParams`)
    through the rates and the op.
-6. **Binarisation.** The *grown component* is the 8-connected component of the peak in
-   ``{y >= level} and {I' >= low_fraction}`` inside the field window, holes filled; it is kept only
-   if it does not reach the field window's outer band (leak guard again). The pseudo-mask of the
-   target is the strict component united with the grown one, and the targets of one image are
-   united into its mask.
+6. **Binarisation.** The *bright region* is the 8-connected component of the peak in
+   ``{I' >= low_fraction}`` inside the field window, holes filled. If it reaches the field
+   window's outer band it has leaked into clutter, and only the part the heat reached is kept:
+   the peak's component of ``{I' >= low_fraction} and {y >= level}``. The result is kept if it
+   stays off the band (leak guard again). The target's pseudo-mask is the strict component united
+   with it, and the targets of one image are united into its mask.
 
 Typical use::
 
@@ -91,7 +93,7 @@ class AnnotatorConfig:
     slic_segments: int = 16
     slic_compactness: float = 0.32
     low_fraction: float = 0.3  # grown component: contrast I' >= low_fraction
-    level: float = 0.02  # grown component: fused label y >= level (where the heat reached)
+    level: float = 0.1  # where the bright region leaks: keep fused label y >= level (where the heat reached)
 
 
 class DiffusionParams(torch.nn.Module):
@@ -171,9 +173,24 @@ def _snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
     return y0 + flat // (x1 - x0), x0 + flat % (x1 - x0)
 
 
-def _band(shape: tuple, width: int) -> np.ndarray:
-    band = np.ones(shape, dtype=bool)
-    band[width:-width or None, width:-width or None] = False
+def _band(box: tuple, width: int, H: int, W: int) -> np.ndarray:
+    """The outer band of window ``box`` (``(h, w)`` bool), on its sides inside the image only.
+
+    A side that lies on the image's edge has no background beyond it, and a target cut by the
+    edge has not leaked; if every side is on the edge, the whole border is the band.
+    """
+    y0, y1, x0, x1 = box
+    band = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    if y0 > 0:
+        band[:width] = True
+    if y1 < H:
+        band[-width:] = True
+    if x0 > 0:
+        band[:, :width] = True
+    if x1 < W:
+        band[:, -width:] = True
+    if not band.any():
+        band[:width] = band[-width:] = band[:, :width] = band[:, -width:] = True
     return band
 
 
@@ -182,16 +199,20 @@ def _box(py: int, px: int, half: int, H: int, W: int) -> tuple:
 
 
 def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig) -> tuple:
-    """Leak-guarded threshold component: ``(box, component (h, w) bool, bg, peak, accepted)``."""
+    """Leak-guarded threshold component: ``(box, component (h, w) bool, bg, peak)``.
+
+    If no window holds a component at any fraction below 1, the component is the peak pixel.
+    """
     H, W = image.shape
     peak = float(image[py, px])
     stats = {}
-    f = cfg.peak_fraction
-    while f < 1.0:
+    tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
+    for attempt in range(tries):
+        f = cfg.peak_fraction + attempt * cfg.fraction_step
         for half in cfg.half_sizes:
             box = _box(py, px, half, H, W)
             win = image[box[0]:box[1], box[2]:box[3]]
-            band = _band(win.shape, cfg.band)
+            band = _band(box, cfg.band, H, W)
             if half not in stats:
                 ring = win[band]
                 bg = float(np.median(ring))
@@ -206,13 +227,12 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig)
                 continue
             comp = labels == lab
             if not comp[band].any():
-                return box, ndi.binary_fill_holes(comp), bg, peak, True
-        f += cfg.fraction_step
+                return box, ndi.binary_fill_holes(comp), bg, peak
     box = _box(py, px, cfg.half_sizes[0], H, W)
     comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
     comp[py - box[0], px - box[2]] = True
     bg = stats[cfg.half_sizes[0]][0] if stats else peak
-    return box, comp, bg, peak, False
+    return box, comp, bg, peak
 
 
 def _check_points(points: np.ndarray, shape: tuple, index: int) -> np.ndarray:
@@ -247,11 +267,13 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         for x, y in _check_points(pts, image.shape, b):
             t0 = time.perf_counter()
             py, px = _snap(image, x, y, cfg.snap_radius)
-            box, comp, bg, peak, accepted = _strict_component(image, py, px, cfg)
+            box, comp, bg, peak = _strict_component(image, py, px, cfg)
             ys, xs = np.nonzero(comp)
             extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
-            half = int(max((box[1] - box[0]) // 2, (box[3] - box[2]) // 2, cfg.field_grow * extent + 3))
-            half = min(half, R)
+            # the field window holds the strict window (which the image's edge may have cut
+            # off-centre) and twice the strict component
+            reach = max(py - box[0], box[1] - 1 - py, px - box[2], box[3] - 1 - px)
+            half = min(max(reach, int(cfg.field_grow * extent + 3)), max(R, reach))
             fbox = _box(py, px, half, H, W)
             t1 = time.perf_counter()
             win = image[fbox[0]:fbox[1], fbox[2]:fbox[3]].astype(np.float64)
@@ -284,6 +306,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     peak = np.zeros((T, 2), np.int64)
     index = np.zeros(T, np.int64)
     steps = np.array([r[-1] for r in rows], np.int64)
+    batch_shapes = [np.asarray(im).shape for im in images]
     for t, (b, fbox, box, py, px, half, c, g, e, sp, comp, _) in enumerate(rows):
         oy, ox = py - R, px - R
         origin[t] = oy, ox
@@ -295,7 +318,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         grad[t, fy:fy + h, fx:fx + w] = g
         ent[t, fy:fy + h, fx:fx + w] = e
         inside[t, fy:fy + h, fx:fx + w] = True
-        ring[t, fy:fy + h, fx:fx + w] = _band((h, w), cfg.band)
+        ring[t, fy:fy + h, fx:fx + w] = _band(fbox, cfg.band, *batch_shapes[b])
         strict[t, box[0] - oy:box[1] - oy, box[2] - ox:box[3] - ox] = comp
         sup[t, box[0] - oy:box[1] - oy, box[2] - ox:box[3] - ox] = sp
     shapes = [tuple(np.asarray(im).shape) for im in images]
@@ -407,15 +430,22 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
     inside = batch.inside.numpy()
     out = batch.strict.copy()
     for t in range(len(batch)):
-        cand = (soft[t] >= cfg.level) & (contrast[t] >= cfg.low_fraction) & inside[t]
-        labels, _ = ndi.label(cand, _EIGHT)
-        lab = labels[batch.peak[t, 0], batch.peak[t, 1]]
-        if lab == 0:
-            continue
-        grown = ndi.binary_fill_holes(labels == lab)
-        if not (grown & batch.ring[t]).any():  # leak guard
+        peak = tuple(batch.peak[t])
+        bright = (contrast[t] >= cfg.low_fraction) & inside[t]
+        grown = _component(bright, peak)
+        if grown is not None and (grown & batch.ring[t]).any() and cfg.level > 0:
+            # the bright region leaks out of the window: keep the part the heat reached
+            grown = _component(bright & (soft[t] >= cfg.level), peak)
+        if grown is not None and not (grown & batch.ring[t]).any():  # leak guard
             out[t] |= grown
     return out
+
+
+def _component(mask: np.ndarray, seed: tuple) -> np.ndarray | None:
+    """The 8-connected component of ``mask`` that holds pixel ``seed``, holes filled (or None)."""
+    labels, _ = ndi.label(mask, _EIGHT)
+    lab = labels[seed]
+    return ndi.binary_fill_holes(labels == lab) if lab else None
 
 
 def paste_masks(batch: TargetBatch, crops: np.ndarray, reduce: str = "or") -> list:

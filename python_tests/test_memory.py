@@ -42,12 +42,15 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_checkpointed_backward_peak_memory_cpu():
+def test_checkpointed_backward_peak_memory_cpu(tmp_path):
     # float32 (16, 256, 256), 1024 steps. Every state of the batch: 1024 * 4 MiB = 4 GiB. The CPU
     # kernel runs one sample per thread; keeping all of a sample's 1024 padded states would take
     # 1024 * 258^2 * 4 B = 273 MiB per thread (545 MiB for 2 threads). With checkpoints (segments
     # of 32: 14 + 32 + 32 planes) it is 21 MiB per thread, plus 20 MiB of gradients.
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+    # cwd away from the repository root, whose d2d_ext source folder (no _C unless built in
+    # place) would shadow the installed package under `python -c`.
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     growth_mib = result["growth"] / 2**20
