@@ -52,6 +52,25 @@ def test_two_targets_of_one_image_combine_and_background_stays_empty():
     assert (mask == truth).all()
 
 
+@pytest.mark.parametrize("corner", [(0, 0), (0, 60), (60, 0), (60, 60)])
+def test_targets_cut_by_the_image_edge_are_kept_whole(corner):
+    """A window side on the image's edge is no leak: a target there keeps all its pixels."""
+    image = np.full((64, 64), 0.1, np.float32) + np.random.default_rng(2).normal(0, 0.01, (64, 64)).astype(np.float32)
+    y, x = corner
+    image[y:y + 4, x:x + 4] = 0.9
+    (mask,) = Annotator().annotate([image], [np.array([[x + 1.0, y + 1.0]])])
+    truth = np.zeros_like(mask)
+    truth[y:y + 4, x:x + 4] = True
+    assert (mask == truth).all()
+
+
+def test_target_along_the_top_edge():
+    image = np.full((64, 64), 0.1, np.float32) + np.random.default_rng(3).normal(0, 0.01, (64, 64)).astype(np.float32)
+    image[0:3, 20:26] = 0.9
+    (mask,) = Annotator().annotate([image], [np.array([[22.0, 1.0]])])
+    assert mask.sum() == 18 and mask[0:3, 20:26].all()
+
+
 def test_image_without_points_gives_an_empty_mask():
     image = np.random.default_rng(1).random((40, 50)).astype(np.float32)
     masks = Annotator().annotate([image, image], [np.zeros((0, 2)), np.array([[3.0, 4.0]])])
