@@ -1,0 +1,625 @@
+"""The bi-level trainer (the paper's Sections 3.1 and 3.3): detectors from single points.
+
+One epoch of ``mode="bilevel"``, after ``warmup_epochs`` epochs of plain training:
+
+- **Inner level (dynamic aggregation).** Every iteration the detector weights ``w`` take an
+  AdamW step on ``L_tr(w; alpha, theta) + beta * L_val(w; theta)``: ``L_tr`` is
+  :func:`d2d_ext.weighted_soft_iou` of a training batch against its pseudo-labels with the
+  sample weights ``alpha``, ``L_val`` the soft-IoU of a validation batch against *its*
+  pseudo-labels (no ground truth anywhere).
+- **Sample weights.** A meta-classifier (an MLP, :class:`MetaWeighter`) maps per-sample training
+  statistics (:func:`sample_statistics`) to ``alpha_i = sigmoid(z_i / 0.25)`` divided by the
+  batch mean. Every ``meta_every`` iterations it takes a step on the exact one-step hypergradient
+  ``d L_val(w - lr * grad_w mean_i(alpha_i l_i)) / d phi`` (double backward through one SGD step
+  of the detector: the "learning to reweight" form, not its first-order approximation). The
+  losses inside that look-ahead use the plain-torch soft-IoU, which is twice differentiable.
+- **Diffusion parameters.** Every ``theta_every`` epochs, ``theta`` takes one Adam step on
+  ``L_val(M(y; theta), y_hat) + L_val(M(y; theta), y)`` where ``y`` is the detector's
+  probability map on each target's crop, ``y_hat`` the current soft pseudo-label and
+  ``M(y; theta) = normalise(rho * normalise(diffuse(y, rates(theta))) + (1 - rho) * C)``
+  (:func:`surrogate`). Then the training and validation pseudo-labels are regenerated from the
+  cached image-only target data (only the diffusion, fusion and binarisation re-run); the time
+  this takes is logged as ``label_update_seconds``.
+
+Other modes: ``full`` (ground-truth masks), ``naive`` (the point pixels as the label), ``fixed``
+(the initial pseudo-labels, plain training). Ablation switches: ``balance=False`` (alpha = 1),
+``online_labels=False`` (theta never updated), ``beta=0``, ``joint=True`` (direct joint learning:
+alpha and theta follow the gradient of the *training* loss at every step, no look-ahead).
+
+Validation data come from the training split (``val_fraction`` of it, or an explicit split) and
+are labelled by the annotator; the best checkpoint is the one with the lowest validation loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from .annotate import Annotator, AnnotatorConfig, DiffusionParams, TargetBatch, prepare_targets, soft_labels, target_rates
+from .data import DataError, IRDataset, write_bytes_atomic
+from .diffusion import diffuse
+from .metrics import ISTDMetrics
+from .models import build_model, final_logits
+from .reference import soft_iou_reference
+from .soft_iou import soft_iou, weighted_soft_iou
+
+MODES = ("bilevel", "full", "naive", "fixed")
+N_STATS = 12
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (stored in every checkpoint)."""
+
+    mode: str = "bilevel"
+    model: str = "unet"
+    points: str = "centroid"
+    epochs: int = 40
+    warmup_epochs: int = 8  # the paper: 80 of 400
+    theta_every: int = 2  # epochs between theta updates (the paper: 20 of 400)
+    meta_every: int = 4  # iterations between meta-classifier updates (the reference code: 4)
+    beta: float = 0.1  # weight of L_val in the inner update
+    balance: bool = True  # learn alpha (False: alpha = 1)
+    online_labels: bool = True  # update theta and regenerate labels
+    joint: bool = False  # direct joint learning (ablation)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    meta_lr: float = 1e-3
+    theta_lr: float = 1e-2
+    inner_lr: float = 1e-3  # the look-ahead SGD step: small, in the linear regime (0.1 overshoots and inverts the weights)
+    batch_size: int = 8
+    crop_size: int = 128
+    val_fraction: float = 0.2
+    val_split: str = ""  # an explicit validation split (else a seeded share of the training split)
+    surrogate_steps: int = 16
+    seed: int = 0
+    train_split: str = "train"
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.crop_size % 16:
+            raise ValueError(f"crop_size must be a multiple of 16, got {self.crop_size}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError("epochs must be >= 0 and batch_size >= 1")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """Images, points, labels of one set of samples (numpy, native resolution)."""
+
+    ids: list
+    images: list  # (H, W) float32
+    points: list  # (K, 2) (x, y)
+    gts: list  # (H, W) bool or None
+    targets: TargetBatch | None = None  # the annotator's cached image-only data
+    labels: list | None = None  # (H, W) float32 current training labels
+
+
+def normalise_image(image: np.ndarray) -> np.ndarray:
+    """Per-image standardisation (no dataset statistics to recompute or store)."""
+    return ((image - image.mean()) / (image.std() + 1e-6)).astype(np.float32)
+
+
+def point_label(shape: tuple, points: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float32 with 1 at each point's pixel (the naive point supervision)."""
+    out = np.zeros(shape, np.float32)
+    if len(points):
+        ys = np.clip(np.floor(points[:, 1] + 0.5).astype(int), 0, shape[0] - 1)
+        xs = np.clip(np.floor(points[:, 0] + 0.5).astype(int), 0, shape[1] - 1)
+        out[ys, xs] = 1.0
+    return out
+
+
+def random_crops(split: Split, indices: np.ndarray, size: int, rng: np.random.Generator):
+    """``(B, 1, size, size)`` images and labels: random crops (zero-padded), random flips."""
+    xs, ys = [], []
+    for i in indices:
+        img, lab = normalise_image(split.images[i]), split.labels[i]
+        H, W = img.shape
+        ph, pw = max(size - H, 0), max(size - W, 0)
+        if ph or pw:
+            img = np.pad(img, ((0, ph), (0, pw)))
+            lab = np.pad(lab, ((0, ph), (0, pw)))
+        y0 = int(rng.integers(0, img.shape[0] - size + 1))
+        x0 = int(rng.integers(0, img.shape[1] - size + 1))
+        ci, cl = img[y0:y0 + size, x0:x0 + size], lab[y0:y0 + size, x0:x0 + size]
+        if rng.random() < 0.5:
+            ci, cl = ci[:, ::-1], cl[:, ::-1]
+        if rng.random() < 0.5:
+            ci, cl = ci[::-1], cl[::-1]
+        xs.append(np.ascontiguousarray(ci))
+        ys.append(np.ascontiguousarray(cl))
+    return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))[:, None]
+
+
+def pad16(image: np.ndarray) -> torch.Tensor:
+    """``(1, 1, H16, W16)`` normalised image, zero-padded to multiples of 16."""
+    H, W = image.shape
+    img = np.pad(normalise_image(image), ((0, (-H) % 16), (0, (-W) % 16)))
+    return torch.from_numpy(img)[None, None]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float32 probabilities of ``model`` on a whole image."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits = final_logits(model(pad16(image).to(device)))
+    model.train(was_training)
+    H, W = image.shape
+    return torch.sigmoid(logits)[0, 0, :H, :W].float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample weights
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_statistics(logits: torch.Tensor, labels: torch.Tensor, ema: torch.Tensor) -> torch.Tensor:
+    """``(B, 12)`` per-sample training statistics (no gradient) for the meta-classifier.
+
+    Mean probability, mean binary entropy, L1 and L2 residuals, top-10% residual, soft-IoU loss,
+    Dice, boundary-band error, log label area, log predicted area, agreement (mean of p inside the
+    label), and the sample's EMA loss. ``logits``, ``labels``: ``(B, 1, h, w)``; ``ema``: ``(B,)``.
+    """
+    with torch.no_grad():
+        p = torch.sigmoid(logits.float()).flatten(1)
+        y = labels.float().flatten(1)
+        r = (p - y).abs()
+        ent = -(p * torch.log(p + 1e-6) + (1 - p) * torch.log(1 - p + 1e-6)).mean(1)
+        k = max(1, r.shape[1] // 10)
+        top = r.topk(k, dim=1).values.mean(1)
+        inter = (p * y).sum(1)
+        loss = 1 - (inter + 1) / (p.sum(1) + y.sum(1) - inter + 1)
+        dice = (2 * inter + 1) / (p.sum(1) + y.sum(1) + 1)
+        lab = labels.float()
+        band = (F.max_pool2d(lab, 5, 1, 2) - (-F.max_pool2d(-lab, 5, 1, 2))).flatten(1)
+        band_err = (r * band).sum(1) / (band.sum(1) + 1)
+        area_y = torch.log1p(y.sum(1)) / 10
+        area_p = torch.log1p(p.sum(1)) / 10
+        inside = (p * y).sum(1) / (y.sum(1) + 1e-6)
+        return torch.stack([p.mean(1) * 100, ent, r.mean(1) * 100, (r ** 2).mean(1) * 100, top, loss,
+                            dice, band_err, area_y, area_p, inside, ema], 1)
+
+
+class MetaWeighter(torch.nn.Module):
+    """``alpha = sigmoid(MLP(stats) / 0.25)`` normalised to mean 1 over the batch; stats ``(B, 12)``."""
+
+    def __init__(self, n_stats: int = N_STATS, hidden: int = 32, temperature: float = 0.25):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(n_stats, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        self.temperature = temperature
+
+    def forward(self, stats: torch.Tensor) -> torch.Tensor:
+        w = torch.sigmoid(self.net(stats).squeeze(1) / self.temperature)
+        return w / w.mean().clamp_min(1e-6)
+
+
+def hypergradient_step(model, meta, meta_opt, x, y, ema, vx, vy, inner_lr: float, before_step=None) -> float:
+    """One step of the meta-classifier ``meta`` on the exact one-step hypergradient.
+
+    ``alpha = meta(stats(model(x), y))``; ``w' = w - inner_lr * grad_w mean_i(alpha_i l_i(w))``;
+    the step follows ``d L_val(w') / d phi`` (double backward through the look-ahead; the detector's
+    own weights and buffers are left untouched). ``x, y``: ``(B, 1, h, w)`` training crops and
+    labels, ``ema``: ``(B,)``; ``vx, vy``: validation crops. Returns ``L_val(w')``.
+    """
+    params = dict(model.named_parameters())
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    logits = final_logits(functional_call(model, (params, buffers), (x,)))
+    alpha = meta(sample_statistics(logits, y, ema))
+    losses = soft_iou_reference(logits, y)  # twice differentiable (the op's backward is not)
+    grads = torch.autograd.grad((alpha * losses).mean(), list(params.values()), create_graph=True, allow_unused=True)
+    ahead = {k: (p - inner_lr * g if g is not None else p) for (k, p), g in zip(params.items(), grads)}
+    val_loss = soft_iou_reference(final_logits(functional_call(model, (ahead, buffers), (vx,))), vy).mean()
+    meta_opt.zero_grad()
+    val_loss.backward(inputs=list(meta.parameters()))
+    if before_step is not None:  # e.g. averaging the gradients over ranks
+        before_step()
+    meta_opt.step()
+    model.zero_grad(set_to_none=True)
+    return float(val_loss.detach())
+
+
+# ----------------------------------------------------------------------------------------------
+# The diffusion surrogate
+# ----------------------------------------------------------------------------------------------
+
+
+def crops_of(maps: list, batch: TargetBatch) -> torch.Tensor:
+    """``(T, S, S)`` float32 crops of per-image maps at the targets' crop windows (zero outside)."""
+    S = batch.contrast.shape[-1]
+    out = np.zeros((len(batch), S, S), np.float32)
+    for t in range(len(batch)):
+        m = maps[batch.image_index[t]]
+        H, W = m.shape
+        oy, ox = batch.origin[t]
+        y0, y1, x0, x1 = max(oy, 0), min(oy + S, H), max(ox, 0), min(ox + S, W)
+        out[t, y0 - oy:y1 - oy, x0 - ox:x1 - ox] = m[y0:y1, x0:x1]
+    return torch.from_numpy(out) * batch.inside
+
+
+def soft_iou_prob(p: torch.Tensor, t: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """``(N,)`` soft-IoU loss of probability maps ``p`` (no sigmoid) against ``t``, ``(N, ...)``."""
+    p, t = p.flatten(1), t.flatten(1)
+    inter = (p * t).sum(1)
+    return 1 - (inter + smooth) / (p.sum(1) + t.sum(1) - inter + smooth)
+
+
+def surrogate(pred: torch.Tensor, batch: TargetBatch, theta: dict, steps: int) -> torch.Tensor:
+    """``M(y; theta)``: ``(T, S, S)`` soft masks from the detector's crops ``pred`` ``(T, S, S)``.
+
+    ``steps`` steps of :func:`d2d_ext.diffuse` with the targets' rates under ``theta``, normalised,
+    fused with the superpixel prior as the pseudo-labels are; differentiable in ``theta``.
+    """
+    rates = target_rates(batch, theta)
+    u = diffuse(pred.to(rates.dtype), rates, 1.0, steps)
+    u = u / u.amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+    rho = theta["rho"].to(u.dtype)
+    m = rho * u + (1 - rho) * batch.superpixel
+    return m / m.amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+
+
+def _distributed_setup() -> tuple:
+    """``(rank, world_size, device)``: joins the process group that ``torchrun`` describes
+    (``WORLD_SIZE`` > 1: NCCL on GPUs, gloo on CPUs); one process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world, device
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+FORMAT = "d2d_ext.train/1"
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: written to a temporary file in the same folder, then renamed over ``path``."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(path) -> dict:
+    """Load a checkpoint without running code from it (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors, truncated files, foreign formats
+        raise DataError(f"cannot load checkpoint {path}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DataError(f"{path} is not a d2d_ext training checkpoint (format {FORMAT})")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains a detector on a dataset folder; writes ``RUN/`` (see :func:`train`)."""
+
+    def __init__(self, dataset, run_dir, config: TrainConfig, annotator_config: AnnotatorConfig | None = None,
+                 progress: bool = True, log=print):
+        config.validate()
+        self.cfg = config
+        self.ds = IRDataset(dataset)
+        self.run = Path(run_dir)
+        self.progress = progress
+        self.log = log
+        self.rank, self.world, self.device = _distributed_setup()
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model).to(self.device)
+        self.net = self.model  # what the training step calls: the DDP wrapper when distributed
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.meta = MetaWeighter().to(self.device)
+        self.meta_opt = torch.optim.Adam(self.meta.parameters(), lr=config.meta_lr)
+        self.annotator = Annotator(annotator_config or AnnotatorConfig(), DiffusionParams())
+        self.theta_opt = torch.optim.Adam(self.annotator.params.parameters(), lr=config.theta_lr)
+        self.epoch = 0
+        self.best_val = math.inf
+        self._load_data()
+
+    # -- data ------------------------------------------------------------------------------
+    def _load_split(self, ids) -> Split:
+        ds, cfg = self.ds, self.cfg
+        images = [ds.load_image(i) for i in ids]
+        points = [ds.points(i, cfg.points, seed=cfg.seed) for i in ids]
+        gts = [ds.load_mask(i) if ds.has_mask(i) else None for i in ids]
+        return Split(list(ids), images, points, gts)
+
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        ids = self.ds.ids(cfg.train_split)
+        if cfg.val_split:
+            val_ids = self.ds.ids(cfg.val_split)
+            train_ids = [i for i in ids if i not in set(val_ids)]
+        else:
+            order = np.random.default_rng([cfg.seed, 7]).permutation(len(ids))
+            n_val = max(1, int(round(cfg.val_fraction * len(ids))))
+            val_ids = sorted(ids[j] for j in order[:n_val])
+            train_ids = sorted(ids[j] for j in order[n_val:])
+        if not train_ids:
+            raise DataError(f"no training images left in split {cfg.train_split!r} after taking validation images")
+        self.train_set, self.val_set = self._load_split(train_ids), self._load_split(val_ids)
+        for split in (self.train_set, self.val_set):
+            split.targets = prepare_targets(split.images, split.points, self.annotator.config)
+        self.ema = torch.zeros(len(self.train_set.ids))
+        self.refresh_labels()
+
+    def refresh_labels(self) -> float:
+        """(Re)make every training and validation label under the current theta; returns seconds."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        for split, is_train in ((self.train_set, True), (self.val_set, False)):
+            if is_train and cfg.mode == "full":
+                missing = [i for i, g in zip(split.ids, split.gts) if g is None]
+                if missing:
+                    raise DataError(f"mode 'full' needs ground-truth masks; missing for {missing[:5]}")
+                split.labels = [g.astype(np.float32) for g in split.gts]
+            elif is_train and cfg.mode == "naive":
+                split.labels = [point_label(im.shape, p) for im, p in zip(split.images, split.points)]
+            else:  # pseudo-labels (also for validation in every mode: no ground truth there)
+                split.labels = [m.astype(np.float32) for m in self.annotator.masks(split.targets)]
+        return time.perf_counter() - t0
+
+    # -- steps -----------------------------------------------------------------------------
+    def _outer_active(self) -> bool:
+        return self.cfg.mode == "bilevel" and self.epoch >= self.cfg.warmup_epochs
+
+    def _alpha(self, logits, labels, idx) -> torch.Tensor:
+        if not (self._outer_active() and self.cfg.balance):
+            return torch.ones(labels.shape[0], device=labels.device)
+        return self.meta(sample_statistics(logits, labels, self.ema[idx].to(labels.device)))
+
+    def _meta_step(self, x, y, idx, vx, vy) -> None:
+        reduce = (lambda: self._all_reduce_grads(self.meta)) if self.world > 1 else None
+        hypergradient_step(self.model, self.meta, self.meta_opt, x, y, self.ema[idx].to(self.device), vx, vy,
+                           self.cfg.inner_lr, before_step=reduce)
+
+    def _all_reduce_grads(self, module: torch.nn.Module) -> None:
+        """Average the gradients of ``module`` over the ranks (no-op in one process)."""
+        if self.world == 1:
+            return
+        for p in module.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= self.world
+
+    def _theta_step(self) -> dict:
+        """One Adam step of theta on the surrogate objective over the validation targets."""
+        # theta follows the validation targets; in direct joint learning, the training ones
+        split = self.train_set if self.cfg.joint or not len(self.val_set.targets) else self.val_set
+        batch = split.targets
+        if len(batch) == 0:
+            return {}
+        pred = crops_of([predict(self.model, im) for im in split.images], batch)
+        theta = self.annotator.params()
+        with torch.no_grad():
+            target = soft_labels(batch, {k: v.detach() for k, v in theta.items()})
+        m = surrogate(pred, batch, theta, self.cfg.surrogate_steps)
+        loss = soft_iou_prob(m, target.to(m.dtype)).mean() + soft_iou_prob(m, pred.to(m.dtype)).mean()
+        self.theta_opt.zero_grad()
+        loss.backward()
+        self._all_reduce_grads(self.annotator.params)
+        self.theta_opt.step()
+        return {"surrogate_loss": float(loss.detach())}
+
+    def train_epoch(self) -> dict:
+        cfg, tr, va = self.cfg, self.train_set, self.val_set
+        order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(tr.ids))
+        rng = np.random.default_rng([cfg.seed, self.epoch, self.rank])  # this rank's crops
+        torch.manual_seed(cfg.seed * 100003 + self.epoch)
+        self.model.train()
+        # every rank runs the same number of iterations on its own share of the batches
+        n_batches = max(1, len(order) // (cfg.batch_size * self.world))
+        t0 = time.perf_counter()
+        sums = {"train_loss": 0.0, "alpha": []}
+        dev = self.device
+        for b in range(n_batches):
+            start = (b * self.world + self.rank) * cfg.batch_size
+            idx = order[start:start + cfg.batch_size]
+            if len(idx) == 0:
+                idx = order[:cfg.batch_size]
+            tidx = torch.from_numpy(idx)
+            x, y = (t.to(dev) for t in random_crops(tr, idx, cfg.crop_size, rng))
+            vidx = rng.integers(0, len(va.ids), size=min(cfg.batch_size, len(va.ids)))
+            vx, vy = (t.to(dev) for t in random_crops(va, vidx, cfg.crop_size, rng))
+            if self._outer_active() and cfg.balance and not cfg.joint and b % cfg.meta_every == 0:
+                self._meta_step(x, y, tidx, vx, vy)
+            with_val = cfg.mode == "bilevel" and cfg.beta > 0
+            # one forward pass for the training and validation crops (DDP counts one per backward)
+            out = self.net(torch.cat([x, vx]) if with_val else x)
+            outs = list(out) if isinstance(out, (list, tuple)) else [out]
+            B = x.shape[0]
+            logits = outs[-1][:B]
+            alpha = self._alpha(logits.detach(), y, tidx)
+            if not (self._outer_active() and cfg.joint):
+                alpha = alpha.detach()
+            loss = weighted_soft_iou([o[:B] for o in outs], y, alpha)
+            total = loss
+            if with_val:
+                total = total + cfg.beta * soft_iou(outs[-1][B:], vy).mean()
+            self.opt.zero_grad()
+            self.meta_opt.zero_grad()
+            total.backward()
+            self.opt.step()
+            if self._outer_active() and cfg.joint and cfg.balance:
+                self._all_reduce_grads(self.meta)
+                self.meta_opt.step()
+            with torch.no_grad():
+                delta = torch.zeros_like(self.ema)
+                delta[tidx] = 0.1 * (soft_iou(logits.detach(), y).cpu() - self.ema[tidx])
+                if self.world > 1:
+                    torch.distributed.all_reduce(delta)
+                self.ema += delta
+            sums["train_loss"] += float(loss.detach())
+            sums["alpha"].append(alpha.detach().cpu())
+        if self.world > 1:  # BatchNorm statistics: each rank's last batch moved its own; take rank 0's
+            for buf in self.model.buffers():
+                torch.distributed.broadcast(buf, 0)
+        record = {"epoch": self.epoch, "train_loss": sums["train_loss"] / n_batches}
+        alphas = torch.cat(sums["alpha"])
+        record["alpha_mean"], record["alpha_std"] = float(alphas.mean()), float(alphas.std()) if len(alphas) > 1 else 0.0
+        record["label_update_seconds"] = 0.0
+        self.epoch += 1
+        if (cfg.mode == "bilevel" and cfg.online_labels and self.epoch > cfg.warmup_epochs
+                and (self.epoch - cfg.warmup_epochs) % cfg.theta_every == 0):
+            record.update(self._theta_step())
+            record["label_update_seconds"] = self.refresh_labels()
+        record["theta"] = self.annotator.params.values()
+        record.update(self.validate())
+        record["epoch_seconds"] = time.perf_counter() - t0
+        return record
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation loss and metrics against the validation pseudo-labels (no ground truth)."""
+        va = self.val_set
+        metrics = ISTDMetrics()
+        losses = []
+        for img, lab in zip(va.images, va.labels):
+            prob = predict(self.model, img)
+            losses.append(float(soft_iou_prob(torch.from_numpy(prob)[None], torch.from_numpy(lab)[None])[0]))
+            metrics.update(prob, lab > 0.5)
+        m = metrics.compute()
+        return {"val_loss": float(np.mean(losses)), "val_iou": m["iou"], "val_niou": m["niou"], "val_pd": m["pd"], "val_fa": m["fa"]}
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "format": FORMAT, "epoch": self.epoch, "config": dataclasses.asdict(self.cfg),
+            "annotator_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.annotator.config).items()},
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "meta": self.meta.state_dict(), "meta_opt": self.meta_opt.state_dict(),
+            "theta": self.annotator.params.state_dict(), "theta_opt": self.theta_opt.state_dict(),
+            "ema": self.ema.clone(), "best_val": self.best_val,
+        }
+
+    def load_state(self, state: dict) -> None:
+        if state["config"] != dataclasses.asdict(self.cfg):
+            diff = {k: (state["config"].get(k), v) for k, v in dataclasses.asdict(self.cfg).items() if state["config"].get(k) != v}
+            raise DataError(f"--resume: the run was started with other settings (saved, now): {diff}")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.meta.load_state_dict(state["meta"])
+        self.meta_opt.load_state_dict(state["meta_opt"])
+        self.annotator.params.load_state_dict(state["theta"])
+        self.theta_opt.load_state_dict(state["theta_opt"])
+        self.ema = state["ema"].clone()
+        self.best_val = float(state["best_val"])
+        self.epoch = int(state["epoch"])
+        self.refresh_labels()
+
+    def fit(self) -> list:
+        """Train to ``cfg.epochs``, writing ``log.jsonl``, ``last.pt``, ``best.pt``, ``alpha.csv``, plots."""
+        self.run.mkdir(parents=True, exist_ok=True)
+        log_path = self.run / "log.jsonl"
+        records = []
+        if log_path.is_file():  # keep the epochs done before (a resumed run)
+            records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+            records = [r for r in records if r["epoch"] < self.epoch]
+        while self.epoch < self.cfg.epochs:
+            record = self.train_epoch()
+            records.append(record)
+            improved = record["val_loss"] < self.best_val
+            if improved:
+                self.best_val = record["val_loss"]
+            if self.rank == 0:  # every rank holds the same state; one writes it
+                if improved:
+                    save_checkpoint(self.run / "best.pt", self.state())
+                save_checkpoint(self.run / "last.pt", self.state())
+                write_bytes_atomic(log_path, "".join(json.dumps(r) + "\n" for r in records).encode())
+            if self.progress and self.rank == 0:
+                self.log(f"epoch {record['epoch'] + 1}/{self.cfg.epochs}: train {record['train_loss']:.4f} "
+                         f"val {record['val_loss']:.4f} val IoU {record['val_iou']:.2f} "
+                         f"({record['epoch_seconds']:.1f} s)")
+        if self.rank == 0:
+            self.write_alpha()
+        if self.world > 1:
+            torch.distributed.barrier()
+        return records
+
+    @torch.no_grad()
+    def write_alpha(self) -> Path:
+        """``RUN/alpha.csv``: every training sample's learned weight (on its whole image) and the
+        area of its pseudo-label."""
+        tr = self.train_set
+        stats = []
+        for k, (img, lab) in enumerate(zip(tr.images, tr.labels)):
+            x = pad16(img).to(self.device)
+            y = torch.from_numpy(np.pad(lab, ((0, x.shape[2] - lab.shape[0]), (0, x.shape[3] - lab.shape[1]))))[None, None]
+            self.model.eval()
+            logits = final_logits(self.model(x))
+            stats.append(sample_statistics(logits, y.to(self.device), self.ema[k:k + 1].to(self.device)).cpu())
+        self.model.train()
+        z = torch.sigmoid(self.meta.net(torch.cat(stats).to(self.device)).squeeze(1).cpu() / self.meta.temperature)
+        alpha = (z / z.mean()).numpy() if (self.cfg.balance and self.cfg.mode == "bilevel") else np.ones(len(tr.ids))
+        rows = ["id,alpha,label_area,targets"] + [
+            f"{i},{a:.6f},{int((lab > 0.5).sum())},{len(p)}" for i, a, lab, p in zip(tr.ids, alpha, tr.labels, tr.points)]
+        path = self.run / "alpha.csv"
+        write_bytes_atomic(path, ("\n".join(rows) + "\n").encode())
+        return path
+
+
+def select_top(run_dir, top: float, out) -> list:
+    """Write the ids of the ``top`` fraction of training samples by learned weight to ``out``."""
+    path = Path(run_dir) / "alpha.csv"
+    if not path.is_file():
+        raise DataError(f"no alpha.csv in {run_dir} (train first)")
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line.strip()]
+    rows.sort(key=lambda r: -float(r[1]))
+    keep = [r[0] for r in rows[:max(1, int(round(top * len(rows))))]]
+    write_bytes_atomic(out, ("\n".join(keep) + "\n").encode())
+    return keep
+
+
+def evaluate_checkpoint(checkpoint, dataset, split: str = "test") -> dict:
+    """IoU, nIoU, Pd, Fa of a checkpoint's detector against the ground truth of ``split``."""
+    state = load_checkpoint(checkpoint)
+    model = build_model(state["config"]["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise DataError(f"{checkpoint}: the weights do not fit model {state['config']['model']!r}: {err}") from err
+    ds = IRDataset(dataset)
+    metrics = ISTDMetrics()
+    for i in ds.ids(split):
+        metrics.update(predict(model, ds.load_image(i)), ds.load_mask(i))
+    return metrics.compute()

@@ -1,0 +1,258 @@
+"""The bi-level trainer (d2d_ext.bilevel) and the train / test / select commands."""
+
+import json
+from itertools import product
+
+import numpy as np
+import pytest
+import torch
+
+import d2d_ext
+from d2d_ext.bilevel import (
+    MetaWeighter,
+    Trainer,
+    TrainConfig,
+    hypergradient_step,
+    load_checkpoint,
+    sample_statistics,
+    select_top,
+    soft_iou_prob,
+    surrogate,
+    evaluate_checkpoint,
+)
+from d2d_ext.cli import main
+from d2d_ext.data import DataError
+from d2d_ext.soft_iou import weighted_soft_iou
+from d2d_ext.synthetic import write_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data") / "SYN", n_images=16, seed=0, height=64, width=64)
+
+
+def tiny(**kw):
+    base = dict(epochs=3, warmup_epochs=1, theta_every=1, batch_size=4, crop_size=32, seed=0, meta_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _blobs(rng, n, size=32):
+    images, masks = [], []
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(n):
+        img = rng.normal(0, 0.1, (size, size)).astype(np.float32)
+        cy, cx = rng.integers(6, size - 6, 2)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(2, 4) ** 2
+        img[disc] += 1.0
+        images.append(img)
+        masks.append(disc.astype(np.float32))
+    return torch.tensor(np.stack(images))[:, None], torch.tensor(np.stack(masks))[:, None]
+
+
+@pytest.mark.slow
+def test_learned_weights_rank_clean_samples_above_corrupted_ones():
+    """A quarter of the training labels are moved off their targets: the meta-classifier, trained
+    on the one-step hypergradient of a clean validation set, must weight them down (AUC)."""
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    X, Y = _blobs(rng, 48)
+    corrupted = np.arange(48) % 4 == 0
+    for i in np.flatnonzero(corrupted):
+        Y[i, 0] = torch.roll(Y[i, 0], shifts=(int(rng.integers(8, 16)), int(rng.integers(8, 16))), dims=(0, 1))
+    VX, VY = _blobs(rng, 12)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 3, padding=1))
+    meta = MetaWeighter()
+    meta_opt = torch.optim.Adam(meta.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ema = torch.zeros(48)
+    for it in range(90):
+        idx = torch.from_numpy(rng.choice(48, 12, replace=False))
+        x, y = X[idx], Y[idx]
+        if it >= 45:
+            hypergradient_step(model, meta, meta_opt, x, y, ema[idx], VX, VY, inner_lr=1e-3)
+        out = model(x)
+        alpha = torch.ones(12) if it < 45 else meta(sample_statistics(out.detach(), y, ema[idx])).detach()
+        opt.zero_grad()
+        weighted_soft_iou(out, y, alpha).backward()
+        opt.step()
+        with torch.no_grad():
+            ema[idx] = 0.9 * ema[idx] + 0.1 * d2d_ext.soft_iou(out.detach(), y)
+    with torch.no_grad():
+        alpha = meta(sample_statistics(model(X), Y, ema)).numpy()
+    auc = np.mean([(c > b) + 0.5 * (c == b) for c, b in product(alpha[~corrupted], alpha[corrupted])])
+    assert auc >= 0.9, f"AUC {auc:.3f}"
+    assert alpha[corrupted].mean() < 0.5 * alpha[~corrupted].mean()
+
+
+def test_theta_step_lowers_the_surrogate_objective_and_labels_are_regenerated(dataset, tmp_path):
+    trainer = Trainer(dataset, tmp_path / "run", tiny(epochs=2), progress=False)
+    trainer.epoch = 1  # past warm-up
+    batch = trainer.val_set.targets
+    theta0 = trainer.annotator.params.values()
+    from d2d_ext.bilevel import crops_of, predict
+
+    pred = crops_of([predict(trainer.model, im) for im in trainer.val_set.images], batch)
+
+    def objective():
+        with torch.no_grad():
+            theta = trainer.annotator.params()
+            from d2d_ext.annotate import soft_labels
+
+            target = soft_labels(batch, theta)
+            m = surrogate(pred, batch, theta, trainer.cfg.surrogate_steps)
+            return float(soft_iou_prob(m, target.to(m.dtype)).mean() + soft_iou_prob(m, pred.to(m.dtype)).mean())
+
+    for g in trainer.theta_opt.param_groups:
+        g["lr"] = 1e-3  # a small step: the objective must go down
+    before = objective()
+    trainer._theta_step()
+    assert objective() < before
+    assert trainer.annotator.params.values() != theta0
+    labels_before = [lab.copy() for lab in trainer.train_set.labels]
+    seconds = trainer.refresh_labels()
+    assert seconds > 0 and len(trainer.train_set.labels) == len(labels_before)
+    assert all(lab is not old for lab, old in zip(trainer.train_set.labels, labels_before))
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+
+
+def test_resumed_run_matches_an_uninterrupted_one(dataset, tmp_path):
+    torch.set_num_threads(1)
+    full = Trainer(dataset, tmp_path / "a", tiny(), progress=False)
+    records_a = full.fit()
+
+    class Killed(Exception):
+        pass
+
+    part = Trainer(dataset, tmp_path / "b", tiny(), progress=False)
+    original = part.train_epoch
+
+    def dying_epoch():
+        if part.epoch == 2:
+            raise Killed
+        return original()
+
+    part.train_epoch = dying_epoch
+    with pytest.raises(Killed):
+        part.fit()
+    resumed = Trainer(dataset, tmp_path / "b", tiny(), progress=False)
+    resumed.load_state(load_checkpoint(tmp_path / "b" / "last.pt"))
+    assert resumed.epoch == 2
+    records_b = resumed.fit()
+    assert _strip(records_a) == _strip(records_b)
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("mode", ["full", "naive", "fixed", "bilevel"])
+def test_modes_train_and_log(dataset, tmp_path, mode):
+    trainer = Trainer(dataset, tmp_path / mode, tiny(mode=mode, epochs=2), progress=False)
+    if mode == "naive":  # the label is the point pixels
+        assert all(lab.sum() == len(p) for lab, p in zip(trainer.train_set.labels, trainer.train_set.points))
+    if mode == "full":
+        assert all((lab > 0.5).sum() == g.sum() for lab, g in zip(trainer.train_set.labels, trainer.train_set.gts))
+    records = trainer.fit()
+    keys = {"epoch", "train_loss", "val_loss", "theta", "alpha_mean", "alpha_std", "label_update_seconds",
+            "epoch_seconds", "val_iou", "val_niou", "val_pd", "val_fa"}
+    assert keys <= set(records[-1])
+    assert (tmp_path / mode / "last.pt").is_file() and (tmp_path / mode / "best.pt").is_file()
+    rows = (tmp_path / mode / "alpha.csv").read_text().splitlines()
+    assert rows[0] == "id,alpha,label_area,targets" and len(rows) == 1 + len(trainer.train_set.ids)
+    if mode == "bilevel":
+        assert records[-1]["label_update_seconds"] > 0
+        assert records[-1]["theta"] != records[0]["theta"] or records[0]["label_update_seconds"] > 0
+    else:
+        assert all(r["label_update_seconds"] == 0 for r in records)
+        assert records[-1]["alpha_std"] == 0
+
+
+def test_validation_never_reads_ground_truth(dataset, tmp_path):
+    trainer = Trainer(dataset, tmp_path / "r", tiny(mode="full", epochs=1), progress=False)
+    for lab, img, pts in zip(trainer.val_set.labels, trainer.val_set.images, trainer.val_set.points):
+        expected = trainer.annotator.annotate([img], [pts])[0]
+        assert ((lab > 0.5) == expected).all()
+
+
+def test_cli_train_test_select_and_resume_guard(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--dataset", str(dataset), "--epochs", "2", "--warmup-epochs", "1", "--theta-every", "1",
+            "--batch-size", "4", "--crop-size", "32", "--out", str(run), "--quiet", "--threads", "1"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["epochs"] == 2
+    assert (run / "plots" / "curves.png").stat().st_size > 1000
+    assert (run / "plots" / "alpha_vs_size.png").stat().st_size > 1000
+    assert main(args) == 2  # an existing run without --resume is refused
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # nothing left to do: finishes at once
+    capsys.readouterr()
+    assert main(["test", "--checkpoint", str(run / "best.pt"), "--dataset", str(dataset), "--split", "test", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"iou", "niou", "pd", "fa", "images", "targets"} <= set(result)
+    assert main(["select", "--run", str(run), "--top", "0.3", "--out", str(tmp_path / "top.txt")]) == 0
+    ids = (tmp_path / "top.txt").read_text().split()
+    rows = [line.split(",") for line in (run / "alpha.csv").read_text().splitlines()[1:]]
+    assert len(ids) == round(0.3 * len(rows))
+    best = sorted(rows, key=lambda r: -float(r[1]))[:len(ids)]
+    assert ids == [r[0] for r in best]
+
+
+def test_checkpoints_are_loaded_safely(tmp_path):
+    bad = tmp_path / "evil.pt"
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"format": "d2d_ext.train/1", "x": Boom()}, bad)
+    with pytest.raises(DataError, match="cannot load checkpoint"):
+        load_checkpoint(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(1)}, other)
+    with pytest.raises(DataError, match="not a d2d_ext training checkpoint"):
+        load_checkpoint(other)
+    with pytest.raises(DataError, match="not found"):
+        evaluate_checkpoint(tmp_path / "missing.pt", tmp_path)
+
+
+DDP_SCRIPT = """
+import sys, torch
+from d2d_ext.bilevel import Trainer, TrainConfig
+cfg = TrainConfig(epochs=2, warmup_epochs=1, theta_every=1, batch_size=2, crop_size=32, meta_every=1)
+trainer = Trainer(sys.argv[1], sys.argv[2], cfg, progress=False)
+trainer.fit()
+state = {"model": trainer.model.state_dict(), "meta": trainer.meta.state_dict(),
+         "theta": trainer.annotator.params.state_dict(), "world": trainer.world}
+torch.save(state, f"{sys.argv[2]}/rank{trainer.rank}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_agrees_on_the_weights(dataset, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(dataset), str(run)],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    states = [torch.load(run / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert states[0]["world"] == states[1]["world"] == 2
+    for part in ("model", "meta", "theta"):
+        for key, value in states[0][part].items():
+            torch.testing.assert_close(value, states[1][part][key], rtol=0, atol=0, msg=f"{part}.{key}")
+    assert (run / "last.pt").is_file() and (run / "alpha.csv").is_file()
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
