@@ -23,7 +23,6 @@ Default dataset: ``<workspace>/shared/data/SIRST-v1`` if it exists, else 40 synt
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shlex
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import machine  # benchmarks/machine.py (this script's folder is on sys.path)
 
 from d2d_ext.annotate import Annotator, prepare_targets, soft_labels
 from d2d_ext.baselines import (
@@ -51,16 +52,7 @@ DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"
 
 
 def cpu_summary() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical cores (torch threads {torch.get_num_threads()})"
+    return machine.cpu_summary(torch.get_num_threads())
 
 
 def run_chunked(fn, images, points):

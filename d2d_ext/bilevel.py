@@ -50,6 +50,7 @@ from .data import DataError, IRDataset, write_bytes_atomic
 from .diffusion import diffuse
 from .metrics import ISTDMetrics
 from .models import build_model, final_logits
+from .progress import Progress
 from .reference import soft_iou_reference
 from .soft_iou import soft_iou, weighted_soft_iou
 
@@ -452,6 +453,7 @@ class Trainer:
         t0 = time.perf_counter()
         sums = {"train_loss": 0.0, "alpha": []}
         dev = self.device
+        bar = Progress(n_batches, f"epoch {self.epoch + 1}/{cfg.epochs}") if self.progress and self.rank == 0 else None
         for b in range(n_batches):
             start = (b * self.world + self.rank) * cfg.batch_size
             idx = order[start:start + cfg.batch_size]
@@ -491,6 +493,10 @@ class Trainer:
                 self.ema += delta
             sums["train_loss"] += float(loss.detach())
             sums["alpha"].append(alpha.detach().cpu())
+            if bar:
+                bar.update()
+        if bar:
+            bar.close()
         if self.world > 1:  # BatchNorm statistics: each rank's last batch moved its own; take rank 0's
             for buf in self.model.buffers():
                 torch.distributed.broadcast(buf, 0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -22,39 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataError, IRDataset, read_gray, write_bytes_atomic, write_png_atomic
+from .progress import Progress
 
 MANIFEST = ".d2d-annotate.json"
-
-
-class Progress:
-    """A plain progress bar on stderr (redrawn in place on a terminal, a few lines otherwise)."""
-
-    def __init__(self, total: int, label: str, stream=None):
-        self.total, self.label, self.done = max(int(total), 0), label, 0
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.start = time.perf_counter()
-        self._last_pct = -1
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        pct = 100 * self.done // max(self.total, 1)
-        if self.tty:
-            width = 30
-            fill = width * self.done // max(self.total, 1)
-            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] "
-                              f"{self.done}/{self.total} ({rate:.1f}/s)")
-            self.stream.flush()
-        elif pct // 25 != self._last_pct // 25 or self.done == self.total:
-            self.stream.write(f"{self.label}: {self.done}/{self.total}\n")
-            self.stream.flush()
-        self._last_pct = pct
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -203,6 +174,7 @@ def _cmd_evaluate(args) -> dict:
 
 
 def _cmd_demo(args) -> dict:
+    import torch
 
     from .synthetic import write_dataset
 
@@ -219,10 +191,34 @@ def _cmd_demo(args) -> dict:
     ev = evaluate_dataset(root, "all", workdir / "pseudo_masks", progress=not args.quiet)
     print(f"demo: pseudo-masks in {workdir / 'pseudo_masks'}, overlays in {workdir / 'overlays'}",
           file=sys.stderr)
-    print(f"demo: IoU {ev['iou']:.2f}  nIoU {ev['niou']:.2f}  Pd {ev['pd']:.2f}%  Fa {ev['fa']:.2f}e-6  "
-          f"{ann['ms_per_target']} ms per target", file=sys.stderr)
-    return {**ev, "ms_per_target": ann["ms_per_target"], "out": str(workdir),
-            "seconds_total": round(time.perf_counter() - t0, 2)}
+    print(f"demo: pseudo-masks IoU {ev['iou']:.2f}  nIoU {ev['niou']:.2f}  Pd {ev['pd']:.2f}%  "
+          f"Fa {ev['fa']:.2f}e-6  {ann['ms_per_target']} ms per target", file=sys.stderr)
+    result = {**ev, "ms_per_target": ann["ms_per_target"]}
+    if args.train_epochs > 0:
+        from .bilevel import Trainer, TrainConfig, evaluate_checkpoint
+        from .plots import alpha_scatter, training_curves
+
+        # the training step is cheap enough for both cores here
+        torch.set_num_threads(max(torch.get_num_threads(), min(2, os.cpu_count() or 1)))
+        run = workdir / "run"
+        config = TrainConfig(mode="bilevel", model="unet", epochs=args.train_epochs,
+                             warmup_epochs=max(1, args.train_epochs // 5), theta_every=max(1, args.train_epochs // 5),
+                             lr=5e-3, batch_size=4, crop_size=128, seed=args.seed)
+        trainer = Trainer(root, run, config, progress=not args.quiet,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+        if (run / "last.pt").is_file():
+            from .bilevel import load_checkpoint
+
+            trainer.load_state(load_checkpoint(run / "last.pt"))
+        records = trainer.fit()
+        if records:
+            training_curves(records, run / "plots" / "curves.png")
+        alpha_scatter(run / "alpha.csv", run / "plots" / "alpha_vs_size.png")
+        det = evaluate_checkpoint(run / "best.pt", root, "test")
+        print(f"demo: detector trained from points, test split: IoU {det['iou']:.2f}  nIoU {det['niou']:.2f}  "
+              f"Pd {det['pd']:.2f}%  Fa {det['fa']:.2f}e-6 (run in {run})", file=sys.stderr)
+        result["detector"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in det.items()}
+    return {**result, "out": str(workdir), "seconds_total": round(time.perf_counter() - t0, 2)}
 
 
 def _cmd_train(args) -> dict:
@@ -366,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="work folder (default: a new temporary folder)")
     d.add_argument("--images", type=int, default=40)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--train-epochs", type=int, default=10, help="bi-level training epochs after annotating (0: skip)")
     d.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)

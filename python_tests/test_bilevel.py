@@ -15,7 +15,6 @@ from d2d_ext.bilevel import (
     hypergradient_step,
     load_checkpoint,
     sample_statistics,
-    select_top,
     soft_iou_prob,
     surrogate,
     evaluate_checkpoint,

@@ -108,10 +108,13 @@ def test_point_outside_its_image_stops_and_keeps_what_was_written(dataset, tmp_p
 
 def test_module_entry_point_demo_runs(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "d2d_ext", "demo", "--images", "6", "--out", str(tmp_path / "d"), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "d2d_ext", "demo", "--images", "6", "--train-epochs", "2", "--out", str(tmp_path / "d"), "--quiet"],
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = _last_json(proc.stdout)
     assert result["images"] == 6 and result["targets"] > 0
     assert 0 < result["iou"] <= 100 and result["pd"] >= 50
     assert len(list((tmp_path / "d" / "pseudo_masks").glob("*.png"))) == 6
+    assert set(result["detector"]) == {"iou", "niou", "pd", "fa", "images", "targets"}
+    assert result["detector"]["images"] == 3  # the test half
+    assert (tmp_path / "d" / "run" / "plots" / "curves.png").is_file()
