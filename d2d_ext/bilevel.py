@@ -74,6 +74,7 @@ class TrainConfig:
     online_labels: bool = True  # update theta and regenerate labels
     joint: bool = False  # direct joint learning (ablation)
     lr: float = 1e-3
+    schedule: str = "cosine"  # "cosine": lr decays to 0 over the epochs (half a cosine); "constant"
     weight_decay: float = 1e-4
     meta_lr: float = 1e-3
     theta_lr: float = 1e-2
@@ -89,6 +90,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.crop_size % 16:
             raise ValueError(f"crop_size must be a multiple of 16, got {self.crop_size}")
         if self.epochs < 0 or self.batch_size < 1:
@@ -400,6 +403,12 @@ class Trainer:
         return time.perf_counter() - t0
 
     # -- steps -----------------------------------------------------------------------------
+    def learning_rate(self) -> float:
+        """The detector's learning rate for the current epoch."""
+        if self.cfg.schedule == "constant" or self.cfg.epochs <= 1:
+            return self.cfg.lr
+        return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * self.epoch / self.cfg.epochs))
+
     def _outer_active(self) -> bool:
         return self.cfg.mode == "bilevel" and self.epoch >= self.cfg.warmup_epochs
 
@@ -447,6 +456,8 @@ class Trainer:
         order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(tr.ids))
         rng = np.random.default_rng([cfg.seed, self.epoch, self.rank])  # this rank's crops
         torch.manual_seed(cfg.seed * 100003 + self.epoch)
+        for group in self.opt.param_groups:  # a function of the epoch: nothing to save for --resume
+            group["lr"] = self.learning_rate()
         self.model.train()
         # every rank runs the same number of iterations on its own share of the batches
         n_batches = max(1, len(order) // (cfg.batch_size * self.world))
@@ -500,7 +511,7 @@ class Trainer:
         if self.world > 1:  # BatchNorm statistics: each rank's last batch moved its own; take rank 0's
             for buf in self.model.buffers():
                 torch.distributed.broadcast(buf, 0)
-        record = {"epoch": self.epoch, "train_loss": sums["train_loss"] / n_batches}
+        record = {"epoch": self.epoch, "lr": self.learning_rate(), "train_loss": sums["train_loss"] / n_batches}
         alphas = torch.cat(sums["alpha"])
         record["alpha_mean"], record["alpha_std"] = float(alphas.mean()), float(alphas.std()) if len(alphas) > 1 else 0.0
         record["label_update_seconds"] = 0.0

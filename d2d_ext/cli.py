@@ -231,7 +231,7 @@ def _cmd_train(args) -> dict:
             mode=args.mode, model=args.model, points=args.points, epochs=args.epochs,
             warmup_epochs=args.warmup_epochs, theta_every=args.theta_every, beta=args.beta,
             balance=not args.no_balance, online_labels=not args.no_online_labels, joint=args.joint,
-            lr=args.lr, batch_size=args.batch_size, crop_size=args.crop_size, seed=args.seed,
+            lr=args.lr, schedule=args.schedule, batch_size=args.batch_size, crop_size=args.crop_size, seed=args.seed,
             train_split=args.split, val_split=args.val_split or "")
         config.validate()
     except ValueError as err:
@@ -335,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop-size", type=int, default=128)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--schedule", default="cosine", help="cosine (decays to 0 over the epochs) | constant")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     t.add_argument("--no-balance", action="store_true", help="ablation: alpha = 1")
