@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from .annotate import Annotator, AnnotatorConfig, DiffusionParams, TargetBatch, prepare_targets, soft_labels, target_rates
-from .data import DataError, IRDataset, write_bytes_atomic
+from .data import DataError, IRDataset, json_line, remove_stale_temps, write_bytes_atomic
 from .diffusion import diffuse
 from .metrics import ISTDMetrics
 from .models import build_model, final_logits
@@ -311,15 +311,27 @@ def save_checkpoint(path: Path, state: dict) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
+def _one_line(text, limit: int = 400) -> str:
+    """``text`` on one line (torch's messages span several), at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def load_checkpoint(path) -> dict:
     """Load a checkpoint without running code from it (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"cannot load checkpoint {path}: the file is empty")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors, truncated files, foreign formats
-        raise DataError(f"cannot load checkpoint {path}: {err}") from err
+        # torch's own text runs over several lines and may suggest weights_only=False: keep the cause
+        text = str(err).split("WeightsUnpickler error:", 1)[-1]
+        cause = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+        raise DataError(f"cannot load checkpoint {path}: not a PyTorch checkpoint of tensors and plain data, "
+                        f"or a damaged one ({_one_line(cause.split('. ')[0])})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path} is not a d2d_ext training checkpoint (format {FORMAT})")
     return state
@@ -553,20 +565,26 @@ class Trainer:
         if state["config"] != dataclasses.asdict(self.cfg):
             diff = {k: (state["config"].get(k), v) for k, v in dataclasses.asdict(self.cfg).items() if state["config"].get(k) != v}
             raise DataError(f"--resume: the run was started with other settings (saved, now): {diff}")
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
-        self.meta.load_state_dict(state["meta"])
-        self.meta_opt.load_state_dict(state["meta_opt"])
-        self.annotator.params.load_state_dict(state["theta"])
-        self.theta_opt.load_state_dict(state["theta_opt"])
-        self.ema = state["ema"].clone()
-        self.best_val = float(state["best_val"])
-        self.epoch = int(state["epoch"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+            self.meta.load_state_dict(state["meta"])
+            self.meta_opt.load_state_dict(state["meta_opt"])
+            self.annotator.params.load_state_dict(state["theta"])
+            self.theta_opt.load_state_dict(state["theta_opt"])
+            self.ema = state["ema"].clone()
+            self.best_val = float(state["best_val"])
+            self.epoch = int(state["epoch"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise DataError(f"the checkpoint's weights do not fit this run (model {self.cfg.model!r}): "
+                            f"{_one_line(err)}") from err
         self.refresh_labels()
 
     def fit(self) -> list:
         """Train to ``cfg.epochs``, writing ``log.jsonl``, ``last.pt``, ``best.pt``, ``alpha.csv``, plots."""
         self.run.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            remove_stale_temps(self.run)  # temporary files of a run killed mid-write
         log_path = self.run / "log.jsonl"
         records = []
         if log_path.is_file():  # keep the epochs done before (a resumed run)
@@ -579,10 +597,12 @@ class Trainer:
             if improved:
                 self.best_val = record["val_loss"]
             if self.rank == 0:  # every rank holds the same state; one writes it
+                # the log first: a crash after it leaves last.pt an epoch behind, and --resume
+                # redoes that epoch and its record; last.pt first would lose the record
+                write_bytes_atomic(log_path, "".join(json_line(r) + "\n" for r in records).encode())
                 if improved:
                     save_checkpoint(self.run / "best.pt", self.state())
                 save_checkpoint(self.run / "last.pt", self.state())
-                write_bytes_atomic(log_path, "".join(json.dumps(r) + "\n" for r in records).encode())
             if self.progress and self.rank == 0:
                 self.log(f"epoch {record['epoch'] + 1}/{self.cfg.epochs}: train {record['train_loss']:.4f} "
                          f"val {record['val_loss']:.4f} val IoU {record['val_iou']:.2f} "
@@ -630,11 +650,12 @@ def select_top(run_dir, top: float, out) -> list:
 def evaluate_checkpoint(checkpoint, dataset, split: str = "test") -> dict:
     """IoU, nIoU, Pd, Fa of a checkpoint's detector against the ground truth of ``split``."""
     state = load_checkpoint(checkpoint)
-    model = build_model(state["config"]["model"])
     try:
+        model = build_model(state["config"]["model"])
         model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise DataError(f"{checkpoint}: the weights do not fit model {state['config']['model']!r}: {err}") from err
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{checkpoint}: the weights do not fit model {state.get('config', {}).get('model')!r}: "
+                        f"{_one_line(err)}") from err
     ds = IRDataset(dataset)
     metrics = ISTDMetrics()
     for i in ds.ids(split):

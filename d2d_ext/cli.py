@@ -7,7 +7,9 @@
   its points, evaluate, print the metrics.
 
 Commands that report print one JSON object as their last stdout line; progress goes to stderr.
-Bad input stops with ``error: ...`` naming the file and exit code 2; files already written stay.
+Bad input stops with ``error: ...`` naming the file and exit code 2; an output that cannot be
+written (full disk, read-only folder) with ``error: ...`` naming it and exit code 1. Files already
+written stay complete, and temporary files of a killed run are removed when it is run again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, IRDataset, read_gray, write_bytes_atomic, write_png_atomic
+from .data import (
+    DataError,
+    IRDataset,
+    json_line,
+    read_gray,
+    remove_stale_temps,
+    write_bytes_atomic,
+    write_png_atomic,
+)
 from .progress import Progress
 
 MANIFEST = ".d2d-annotate.json"
@@ -91,6 +101,9 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
             )
     else:
         write_bytes_atomic(manifest, (json.dumps(settings, indent=1) + "\n").encode())
+    for folder in (out, overlay):  # temporary files of a run killed mid-write
+        if folder is not None:
+            remove_stale_temps(folder)
     todo = [i for i in ids if not (out / f"{i}.png").is_file()]
     bar = Progress(len(ids), "annotate") if progress else None
     if bar:
@@ -243,7 +256,11 @@ def _cmd_train(args) -> dict:
     trainer = Trainer(args.dataset, run, config, progress=not args.quiet,
                       log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.resume and last.is_file():
-        trainer.load_state(load_checkpoint(last))
+        try:
+            trainer.load_state(load_checkpoint(last))
+        except DataError as err:
+            message = str(err)
+            raise DataError(message if str(last) in message else f"{last}: {message}") from None
         print(f"train: resuming {run} at epoch {trainer.epoch}", file=sys.stderr)
     records = trainer.fit()
     if records:
@@ -380,13 +397,19 @@ def main(argv=None) -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # an output that cannot be written: full disk, read-only folder
+        message = err.strerror or str(err)
+        if err.filename:
+            message += f": {err.filename}"
+        print(f"error: {message} (files written before are complete)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: files written so far are complete; run the same command to resume",
               file=sys.stderr)
         return 130
     finally:
         torch.set_num_threads(threads)
-    print(json.dumps(result))
+    print(json_line(result))
     return 0
 
 

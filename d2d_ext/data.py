@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import secrets
 import zlib
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "read_gray",
     "write_png_atomic",
     "write_bytes_atomic",
+    "remove_stale_temps",
     "connected_points",
     "label_targets",
 ]
@@ -127,23 +129,93 @@ def write_bytes_atomic(path, data: bytes) -> Path:
     flushed to disk and moved over ``path`` with :func:`os.replace`, so readers (and an
     interrupted run) never see a partial file. Creates missing parent directories."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open with mode 0o666 honours the umask (mkstemp would make the file 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with mode 0o666 honours the umask (mkstemp would make the file 0600).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise _write_error(path, err) from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from err
         raise
     return path
+
+
+def _write_error(path: Path, err: OSError) -> OSError:
+    """The same kind of ``OSError`` (``errno`` kept: a full disk stays ``ENOSPC``, a read-only
+    folder ``PermissionError``), its message naming the file that could not be written."""
+    if err.errno is None:
+        return OSError(f"cannot write {path}: {err}")
+    return OSError(err.errno, f"cannot write {path}: {err.strerror or err}")
+
+
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def remove_stale_temps(folder) -> list:
+    """Delete the temporary files that :func:`write_bytes_atomic` leaves in ``folder`` when its
+    process dies mid-write (``kill -9``, power loss): ``.<name>.<pid>.<8 hex>.tmp`` whose process
+    is gone (or is this one, which is not writing now). Files of a live process are kept. Returns
+    the paths removed."""
+    folder = Path(folder)
+    removed = []
+    try:
+        candidates = sorted(folder.glob(".*.tmp"))
+    except OSError:
+        return removed
+    for p in candidates:
+        m = _TEMP_NAME.fullmatch(p.name)
+        if not m:
+            continue
+        pid = int(m.group("pid"))
+        if pid != os.getpid() and _process_alive(pid):
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:  # gone already, or a folder we may not write (the write will say so)
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def json_line(obj) -> str:
+    """``obj`` as one line of strict JSON: non-finite floats (an undefined metric, e.g. Pd of a
+    split without targets) become ``null``, which every JSON parser reads."""
+    import json
+    import math
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), allow_nan=False)
 
 
 def write_png_atomic(path, array) -> Path:
