@@ -126,8 +126,8 @@ void adjoint_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
 // Two ways to run steps, chosen by sample size:
 // - plane sweep (small samples, which stay in cache): one step at a time over the padded plane
 //   as a single 1-D range from the first to the last inner pixel, ghost columns between rows
-//   included. There every coefficient is zero, so they stay exactly zero (for finite data), and
-//   the long branch-free loop vectorises far better than short rows.
+//   included. There every coefficient is zero; they are reset to zero after each step (see
+//   clear_ghosts), and the long branch-free loop vectorises far better than short rows.
 // - row wavefront (large samples): S steps in one pass over the rows. At time t, level s
 //   (1 <= s <= S) computes its row t - s + 1 from rows t - s .. t - s + 2 of level s - 1, so only
 //   a band of about S rows of every plane is in use at a time and it stays in cache.
@@ -152,6 +152,16 @@ struct Stepper {
 
   int64_t sweep_begin() const { return g.row(0); }
   int64_t sweep_len() const { return g.row(g.H - 1) + g.W - g.row(0); }
+
+  // A plane sweep also writes the ghost columns between rows: 0 * x there, which is 0 only for
+  // finite x. Resetting them after every step keeps a NaN or Inf from jumping to the next row
+  // (or, through reused buffers, to the next sample).
+  void clear_ghosts(T* plane) const {
+    for (int64_t y = 0; y + 1 < g.H; ++y) {
+      plane[g.row(y) + g.W] = T(0);
+      plane[g.row(y + 1) - 1] = T(0);
+    }
+  }
 
   // One wavefront pass of S <= depth levels: level 0 is the plane src, level s the row
   // level_row(s, y); rows outside the image read as zeros.
@@ -188,6 +198,7 @@ struct Stepper {
       for (int64_t s = 1; s <= S; ++s) {
         T* out = plane_for(s, s);
         forward_run(c, b, len, cur + b - g.Wp, cur + b, cur + b + g.Wp, out + b);
+        clear_ghosts(out);
         cur = out;
       }
       return;
@@ -222,6 +233,7 @@ struct Stepper {
         T* out = (S - s) % 2 == 0 ? gout : gtmp;
         adjoint_run(c, b, len, cur + b - g.Wp, cur + b, cur + b + g.Wp, state(s) + b, out + b, acc,
                     g.P);
+        clear_ghosts(out);
         cur = out;
       }
       return;
