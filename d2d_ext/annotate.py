@@ -70,6 +70,9 @@ __all__ = [
     "soft_labels",
     "binarize_targets",
     "paste_masks",
+    "crop_maps",
+    "fuse_prior",
+    "point_pixel",
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -161,10 +164,16 @@ class TargetBatch:
             entropy=self.entropy.to(dtype), superpixel=self.superpixel.to(dtype))
 
 
+def point_pixel(x: float, y: float, H: int, W: int) -> tuple:
+    """``(row, col)`` of the pixel that holds point ``(x, y)`` (rounded half up, clamped to the image)."""
+    row = min(max(int(math.floor(float(y) + 0.5)), 0), H - 1)
+    col = min(max(int(math.floor(float(x) + 0.5)), 0), W - 1)
+    return row, col
+
+
 def _snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
     H, W = image.shape
-    py = min(max(int(math.floor(y + 0.5)), 0), H - 1)
-    px = min(max(int(math.floor(x + 0.5)), 0), W - 1)
+    py, px = point_pixel(x, y, H, W)
     if radius <= 0:
         return py, px
     y0, y1 = max(py - radius, 0), min(py + radius + 1, H)
@@ -416,10 +425,16 @@ def soft_labels(batch: TargetBatch, theta: dict) -> torch.Tensor:
         for k in counts:
             sel = torch.from_numpy(np.flatnonzero(batch.steps == k))
             u = u.index_copy(0, sel, diffuse(u0[sel], rates[sel], 1.0, int(k)))
-    u = u / u.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
-    rho = theta["rho"].to(u.dtype)
-    y = rho * u + (1 - rho) * batch.superpixel
-    return y / y.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    return fuse_prior(u, batch, theta["rho"])
+
+
+def fuse_prior(u: torch.Tensor, batch: TargetBatch, rho: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    """Step 5: ``normalise(rho * normalise(u) + (1 - rho) * C)`` for heat fields ``u`` ``(T, S, S)``
+    and the batch's superpixel priors ``C``; each map divided by its maximum (at least ``eps``)."""
+    u = u / u.amax(dim=(1, 2), keepdim=True).clamp_min(eps)
+    rho = rho.to(u.dtype)
+    y = rho * u + (1 - rho) * batch.superpixel.to(u.dtype)
+    return y / y.amax(dim=(1, 2), keepdim=True).clamp_min(eps)
 
 
 def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorConfig | None = None) -> np.ndarray:
@@ -448,22 +463,39 @@ def _component(mask: np.ndarray, seed: tuple) -> np.ndarray | None:
     return ndi.binary_fill_holes(labels == lab) if lab else None
 
 
+def _crop_window(batch: TargetBatch, t: int, S: int, H: int, W: int) -> tuple:
+    """Where target ``t``'s ``S x S`` crop meets its ``H x W`` image: ``(image slices, crop slices)``."""
+    oy, ox = batch.origin[t]
+    y0, y1, x0, x1 = max(oy, 0), min(oy + S, H), max(ox, 0), min(ox + S, W)
+    return (slice(y0, y1), slice(x0, x1)), (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
+
+
 def paste_masks(batch: TargetBatch, crops: np.ndarray, reduce: str = "or") -> list:
     """Per-image ``(H, W)`` maps from ``(T, S, S)`` crops: ``or`` for bool masks, ``max`` for soft labels."""
     maps = [np.zeros(shape, dtype=bool if reduce == "or" else np.float32) for shape in batch.image_shapes]
     S = crops.shape[-1]
     for t in range(len(batch)):
         out = maps[batch.image_index[t]]
-        H, W = out.shape
-        oy, ox = batch.origin[t]
-        y0, y1, x0, x1 = max(oy, 0), min(oy + S, H), max(ox, 0), min(ox + S, W)
-        piece = crops[t, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
-        region = out[y0:y1, x0:x1]
+        in_image, in_crop = _crop_window(batch, t, S, *out.shape)
+        piece = crops[t][in_crop]
+        region = out[in_image]
         if reduce == "or":
             region |= piece
         else:
             np.maximum(region, piece, out=region)
     return maps
+
+
+def crop_maps(maps: list, batch: TargetBatch) -> torch.Tensor:
+    """The inverse of :func:`paste_masks`: ``(T, S, S)`` float32 crops of per-image ``(H, W)`` maps
+    at the targets' crop windows, zero outside each target's field window."""
+    S = batch.contrast.shape[-1]
+    out = np.zeros((len(batch), S, S), np.float32)
+    for t in range(len(batch)):
+        m = maps[batch.image_index[t]]
+        in_image, in_crop = _crop_window(batch, t, S, *m.shape)
+        out[t][in_crop] = m[in_image]
+    return torch.from_numpy(out) * batch.inside
 
 
 class Annotator:

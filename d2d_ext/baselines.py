@@ -16,7 +16,6 @@ allowed); images are ``(H, W)`` float arrays in ``[0, 1]``; masks are ``(H, W)``
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -28,7 +27,9 @@ from .annotate import (
     DiffusionParams,
     TargetBatch,
     binarize_targets,
+    fuse_prior,
     paste_masks,
+    point_pixel,
     prepare_targets,
     target_rates,
 )
@@ -131,11 +132,7 @@ def monte_carlo_labels(batch: TargetBatch, theta: dict, config: AnnotatorConfig 
     steps = getattr(batch, "steps", None)
     steps = int(cfg.steps) if steps is None else np.asarray(steps, dtype=np.int64)
     counts = monte_carlo_walk(rates, batch.peak, steps, particles, seed)
-    u = torch.from_numpy(counts).to(rates.dtype)
-    u = u / u.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
-    rho = theta["rho"].detach().to(u.dtype)
-    y = rho * u + (1 - rho) * batch.superpixel.to(u.dtype)
-    return y / y.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    return fuse_prior(torch.from_numpy(counts).to(rates.dtype), batch, theta["rho"].detach())
 
 
 def monte_carlo_masks(images: Sequence[np.ndarray], points: Sequence[np.ndarray], config: AnnotatorConfig | None = None,
@@ -162,13 +159,6 @@ def superpixel_masks(images: Sequence[np.ndarray], points: Sequence[np.ndarray],
     return paste_masks(batch, batch.superpixel.numpy() > 0.5)
 
 
-def _point_pixel(x: float, y: float, H: int, W: int) -> tuple:
-    """``(row, col)`` of the pixel that holds ``(x, y)`` (rounded half up, clamped to the image)."""
-    row = min(max(int(math.floor(float(y) + 0.5)), 0), H - 1)
-    col = min(max(int(math.floor(float(x) + 0.5)), 0), W - 1)
-    return row, col
-
-
 def local_threshold_masks(images: Sequence[np.ndarray], points: Sequence[np.ndarray], window: int = 15, k: float = 1.0) -> list:
     """``B`` ``(H, W)`` bool masks by a local threshold around each point.
 
@@ -187,7 +177,7 @@ def local_threshold_masks(images: Sequence[np.ndarray], points: Sequence[np.ndar
         H, W = image.shape
         mask = np.zeros((H, W), dtype=bool)
         for x, y in np.asarray(pts, dtype=np.float64).reshape(-1, 2):
-            row, col = _point_pixel(x, y, H, W)
+            row, col = point_pixel(x, y, H, W)
             y0, y1 = max(row - half, 0), min(row + half + 1, H)
             x0, x1 = max(col - half, 0), min(col + half + 1, W)
             box = image[y0:y1, x0:x1]
@@ -208,6 +198,6 @@ def point_masks(images: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> l
         H, W = np.shape(image)
         mask = np.zeros((H, W), dtype=bool)
         for x, y in np.asarray(pts, dtype=np.float64).reshape(-1, 2):
-            mask[_point_pixel(x, y, H, W)] = True
+            mask[point_pixel(x, y, H, W)] = True
         out.append(mask)
     return out

@@ -45,7 +45,18 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from .annotate import Annotator, AnnotatorConfig, DiffusionParams, TargetBatch, prepare_targets, soft_labels, target_rates
+from .annotate import (
+    Annotator,
+    AnnotatorConfig,
+    DiffusionParams,
+    TargetBatch,
+    crop_maps,
+    fuse_prior,
+    prepare_targets,
+    soft_labels,
+    target_rates,
+)
+from .baselines import point_masks
 from .data import DataError, IRDataset, json_line, remove_stale_temps, write_bytes_atomic
 from .diffusion import diffuse
 from .metrics import ISTDMetrics
@@ -118,16 +129,6 @@ class Split:
 def normalise_image(image: np.ndarray) -> np.ndarray:
     """Per-image standardisation (no dataset statistics to recompute or store)."""
     return ((image - image.mean()) / (image.std() + 1e-6)).astype(np.float32)
-
-
-def point_label(shape: tuple, points: np.ndarray) -> np.ndarray:
-    """``(H, W)`` float32 with 1 at each point's pixel (the naive point supervision)."""
-    out = np.zeros(shape, np.float32)
-    if len(points):
-        ys = np.clip(np.floor(points[:, 1] + 0.5).astype(int), 0, shape[0] - 1)
-        xs = np.clip(np.floor(points[:, 0] + 0.5).astype(int), 0, shape[1] - 1)
-        out[ys, xs] = 1.0
-    return out
 
 
 def random_crops(split: Split, indices: np.ndarray, size: int, rng: np.random.Generator):
@@ -246,19 +247,6 @@ def hypergradient_step(model, meta, meta_opt, x, y, ema, vx, vy, inner_lr: float
 # ----------------------------------------------------------------------------------------------
 
 
-def crops_of(maps: list, batch: TargetBatch) -> torch.Tensor:
-    """``(T, S, S)`` float32 crops of per-image maps at the targets' crop windows (zero outside)."""
-    S = batch.contrast.shape[-1]
-    out = np.zeros((len(batch), S, S), np.float32)
-    for t in range(len(batch)):
-        m = maps[batch.image_index[t]]
-        H, W = m.shape
-        oy, ox = batch.origin[t]
-        y0, y1, x0, x1 = max(oy, 0), min(oy + S, H), max(ox, 0), min(ox + S, W)
-        out[t, y0 - oy:y1 - oy, x0 - ox:x1 - ox] = m[y0:y1, x0:x1]
-    return torch.from_numpy(out) * batch.inside
-
-
 def soft_iou_prob(p: torch.Tensor, t: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """``(N,)`` soft-IoU loss of probability maps ``p`` (no sigmoid) against ``t``, ``(N, ...)``."""
     p, t = p.flatten(1), t.flatten(1)
@@ -274,10 +262,7 @@ def surrogate(pred: torch.Tensor, batch: TargetBatch, theta: dict, steps: int) -
     """
     rates = target_rates(batch, theta)
     u = diffuse(pred.to(rates.dtype), rates, 1.0, steps)
-    u = u / u.amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
-    rho = theta["rho"].to(u.dtype)
-    m = rho * u + (1 - rho) * batch.superpixel
-    return m / m.amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+    return fuse_prior(u, batch, theta["rho"], eps=1e-6)
 
 
 def _distributed_setup() -> tuple:
@@ -409,7 +394,7 @@ class Trainer:
                     raise DataError(f"mode 'full' needs ground-truth masks; missing for {missing[:5]}")
                 split.labels = [g.astype(np.float32) for g in split.gts]
             elif is_train and cfg.mode == "naive":
-                split.labels = [point_label(im.shape, p) for im, p in zip(split.images, split.points)]
+                split.labels = [m.astype(np.float32) for m in point_masks(split.images, split.points)]
             else:  # pseudo-labels (also for validation in every mode: no ground truth there)
                 split.labels = [m.astype(np.float32) for m in self.annotator.masks(split.targets)]
         return time.perf_counter() - t0
@@ -444,14 +429,17 @@ class Trainer:
             torch.distributed.all_reduce(p.grad)
             p.grad /= self.world
 
-    def _theta_step(self) -> dict:
-        """One Adam step of theta on the surrogate objective over the validation targets."""
+    def _theta_step(self, val_probs: list | None = None) -> dict:
+        """One Adam step of theta on the surrogate objective over the validation targets
+        (``val_probs``: the detector's ``(H, W)`` probabilities on them, if already computed)."""
         # theta follows the validation targets; in direct joint learning, the training ones
         split = self.train_set if self.cfg.joint or not len(self.val_set.targets) else self.val_set
         batch = split.targets
         if len(batch) == 0:
             return {}
-        pred = crops_of([predict(self.model, im) for im in split.images], batch)
+        if split is not self.val_set or val_probs is None:
+            val_probs = [predict(self.model, im) for im in split.images]
+        pred = crop_maps(val_probs, batch)
         theta = self.annotator.params()
         with torch.no_grad():
             target = soft_labels(batch, {k: v.detach() for k, v in theta.items()})
@@ -528,23 +516,27 @@ class Trainer:
         record["alpha_mean"], record["alpha_std"] = float(alphas.mean()), float(alphas.std()) if len(alphas) > 1 else 0.0
         record["label_update_seconds"] = 0.0
         self.epoch += 1
+        # the theta step and the validation both need the detector on the validation images
+        val_probs = [predict(self.model, im) for im in va.images]
         if (cfg.mode == "bilevel" and cfg.online_labels and self.epoch > cfg.warmup_epochs
                 and (self.epoch - cfg.warmup_epochs) % cfg.theta_every == 0):
-            record.update(self._theta_step())
+            record.update(self._theta_step(val_probs))
             record["label_update_seconds"] = self.refresh_labels()
         record["theta"] = self.annotator.params.values()
-        record.update(self.validate())
+        record.update(self.validate(val_probs))
         record["epoch_seconds"] = time.perf_counter() - t0
         return record
 
     @torch.no_grad()
-    def validate(self) -> dict:
-        """Validation loss and metrics against the validation pseudo-labels (no ground truth)."""
+    def validate(self, probs: list | None = None) -> dict:
+        """Validation loss and metrics against the validation pseudo-labels (no ground truth);
+        ``probs``: the detector's ``(H, W)`` probabilities on the validation images, if computed."""
         va = self.val_set
+        if probs is None:
+            probs = [predict(self.model, im) for im in va.images]
         metrics = ISTDMetrics()
         losses = []
-        for img, lab in zip(va.images, va.labels):
-            prob = predict(self.model, img)
+        for prob, lab in zip(probs, va.labels):
             losses.append(float(soft_iou_prob(torch.from_numpy(prob)[None], torch.from_numpy(lab)[None])[0]))
             metrics.update(prob, lab > 0.5)
         m = metrics.compute()

@@ -58,16 +58,6 @@ def overlay_rgb(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None) -> n
     return rgb
 
 
-def _write_rgb_png(path: Path, rgb: np.ndarray) -> None:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
-    write_bytes_atomic(path, buf.getvalue())
-
-
 def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int = 0,
                      batch_images: int = 16, annotator=None, progress: bool = True) -> dict:
     """Annotate ``split`` of the dataset at ``root`` into ``out/<id>.png`` (0/255).
@@ -124,7 +114,7 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
         for i, image, mask in zip(chunk, images, masks):
             if overlay is not None:
                 gt = ds.load_mask(i) if ds.has_mask(i) else None
-                _write_rgb_png(Path(overlay) / f"{i}.png", overlay_rgb(image, mask, gt))
+                write_png_atomic(Path(overlay) / f"{i}.png", overlay_rgb(image, mask, gt))
             write_png_atomic(out / f"{i}.png", mask.astype(np.uint8) * 255)
             if bar:
                 bar.update()

@@ -219,17 +219,19 @@ def json_line(obj) -> str:
 
 
 def write_png_atomic(path, array) -> Path:
-    """Write a ``(H, W)`` uint8 array as an 8-bit greyscale PNG at ``path``, atomically (see
-    :func:`write_bytes_atomic`); creates parent directories. The bytes depend only on the array
-    (no timestamps), so equal arrays give byte-identical files. Returns ``path``."""
+    """Write a ``(H, W)`` uint8 array as an 8-bit greyscale PNG (or ``(H, W, 3)`` as RGB) at
+    ``path``, atomically (see :func:`write_bytes_atomic`); creates parent directories. The bytes
+    depend only on the array (no timestamps), so equal arrays give byte-identical files.
+    Returns ``path``."""
     a = np.asarray(array)
-    if a.ndim != 2 or a.dtype != np.uint8:
+    rgb = a.ndim == 3 and a.shape[2] == 3
+    if not (a.ndim == 2 or rgb) or a.dtype != np.uint8:
         raise ValueError(
-            f"write_png_atomic({path}): expected a 2-D uint8 array, got shape {a.shape} "
-            f"dtype {a.dtype}"
+            f"write_png_atomic({path}): expected a (H, W) or (H, W, 3) uint8 array, got shape "
+            f"{a.shape} dtype {a.dtype}"
         )
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(a), mode="L").save(buf, format="PNG", compress_level=6)
+    Image.fromarray(np.ascontiguousarray(a), mode="RGB" if rgb else "L").save(buf, format="PNG", compress_level=6)
     return write_bytes_atomic(path, buf.getvalue())
 
 

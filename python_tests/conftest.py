@@ -68,3 +68,21 @@ def assert_close_rel(actual, expected, rtol, msg=""):
     scale = expected.abs().max().item() if expected.numel() else 0.0
     err = (actual - expected).abs().max().item() if expected.numel() else 0.0
     assert err <= rtol * max(scale, 1e-300), f"{msg}: max abs error {err:.3e}, scale {scale:.3e}"
+
+
+class Killed(BaseException):
+    """Stands for the process dying (a BaseException: no ``except Exception`` swallows it)."""
+
+
+def fit_until(trainer, epoch):
+    """Run ``trainer.fit()`` and stop it, as a kill would, when it is about to train ``epoch``."""
+    original = trainer.train_epoch
+
+    def dying_epoch():
+        if trainer.epoch == epoch:
+            raise Killed
+        return original()
+
+    trainer.train_epoch = dying_epoch
+    with pytest.raises(Killed):
+        trainer.fit()

@@ -19,6 +19,7 @@ from d2d_ext.bilevel import (
     surrogate,
     evaluate_checkpoint,
 )
+from conftest import fit_until
 from d2d_ext.cli import main
 from d2d_ext.data import DataError
 from d2d_ext.soft_iou import weighted_soft_iou
@@ -90,9 +91,10 @@ def test_theta_step_lowers_the_surrogate_objective_and_labels_are_regenerated(da
     trainer.epoch = 1  # past warm-up
     batch = trainer.val_set.targets
     theta0 = trainer.annotator.params.values()
-    from d2d_ext.bilevel import crops_of, predict
+    from d2d_ext.annotate import crop_maps
+    from d2d_ext.bilevel import predict
 
-    pred = crops_of([predict(trainer.model, im) for im in trainer.val_set.images], batch)
+    pred = crop_maps([predict(trainer.model, im) for im in trainer.val_set.images], batch)
 
     def objective():
         with torch.no_grad():
@@ -124,20 +126,7 @@ def test_resumed_run_matches_an_uninterrupted_one(dataset, tmp_path):
     full = Trainer(dataset, tmp_path / "a", tiny(), progress=False)
     records_a = full.fit()
 
-    class Killed(Exception):
-        pass
-
-    part = Trainer(dataset, tmp_path / "b", tiny(), progress=False)
-    original = part.train_epoch
-
-    def dying_epoch():
-        if part.epoch == 2:
-            raise Killed
-        return original()
-
-    part.train_epoch = dying_epoch
-    with pytest.raises(Killed):
-        part.fit()
+    fit_until(Trainer(dataset, tmp_path / "b", tiny(), progress=False), 2)
     resumed = Trainer(dataset, tmp_path / "b", tiny(), progress=False)
     resumed.load_state(load_checkpoint(tmp_path / "b" / "last.pt"))
     assert resumed.epoch == 2

@@ -33,6 +33,7 @@ from scipy import ndimage
 
 import d2d_ext.bilevel as B
 import d2d_ext.data as D
+from conftest import Killed, fit_until
 from d2d_ext.bilevel import TrainConfig, Trainer, load_checkpoint
 from d2d_ext.cli import MANIFEST, main
 from d2d_ext.data import (
@@ -505,10 +506,6 @@ def test_train_killed_mid_run_resumes_to_identical_weights_and_log(tmp_path):
     assert _temps(run) == []
 
 
-class Killed(BaseException):
-    pass
-
-
 @pytest.mark.parametrize("after", ["last.pt", "log.jsonl"])
 def test_a_crash_between_the_files_of_an_epoch_loses_no_log_record(train_root, tmp_path, monkeypatch, after):
     """The process dies right after writing ``after`` in epoch 2 of 3; the resumed run's
@@ -549,17 +546,7 @@ def interrupted_run(train_root, tmp_path_factory):
     run = tmp_path_factory.mktemp("interrupted") / "run"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    trainer = Trainer(train_root, run, tiny(2), progress=False)
-    original = trainer.train_epoch
-
-    def one_epoch_only():
-        if trainer.epoch == 1:
-            raise Killed
-        return original()
-
-    trainer.train_epoch = one_epoch_only
-    with pytest.raises(Killed):
-        trainer.fit()
+    fit_until(Trainer(train_root, run, tiny(2), progress=False), 1)
     torch.set_num_threads(n)
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
     return run
