@@ -57,13 +57,26 @@ inline void check_soft_iou_args(const at::Tensor& logits, const at::Tensor& targ
               smooth);
 }
 
-inline void check_soft_iou_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits,
-                                         const at::Tensor& target, double smooth) {
-  check_soft_iou_args(logits, target, smooth);
-  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == logits.size(0),
-              "d2d.soft_iou_backward: grad_loss must have shape (", logits.size(0), ",), got ",
-              grad_loss.sizes());
-  check_same(grad_loss, logits, "d2d.soft_iou_backward", "grad_loss", "logits");
+inline void check_soft_iou_backward_args(const at::Tensor& grad_loss, const at::Tensor& prob,
+                                         const at::Tensor& target, const at::Tensor& sums,
+                                         double smooth) {
+  const char* op = "d2d.soft_iou_backward";
+  TORCH_CHECK(prob.dim() >= 1, op, ": prob must have shape (N, ...), got a 0-d tensor");
+  TORCH_CHECK(prob.sizes() == target.sizes(), op, ": prob ", prob.sizes(), " and target ",
+              target.sizes(), " must have the same shape");
+  check_float_dtype(prob, op, "prob");
+  check_same(prob, target, op, "prob", "target");
+  TORCH_CHECK(std::isfinite(smooth) && smooth >= 0, op, ": smooth must be finite and >= 0, got ",
+              smooth);
+  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == prob.size(0), op,
+              ": grad_loss must have shape (", prob.size(0), ",), got ", grad_loss.sizes());
+  check_same(grad_loss, prob, op, "grad_loss", "prob");
+  TORCH_CHECK(sums.dim() == 2 && sums.size(0) == prob.size(0) && sums.size(1) == 3, op,
+              ": sums must have shape (", prob.size(0), ", 3), got ", sums.sizes());
+  TORCH_CHECK(sums.scalar_type() == at::kDouble, op, ": sums must be float64, got ",
+              sums.scalar_type());
+  TORCH_CHECK(sums.device() == prob.device(), op, ": sums and prob must be on the same device, got ",
+              sums.device(), " and ", prob.device());
 }
 
 }  // namespace d2d

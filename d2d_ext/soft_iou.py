@@ -59,32 +59,44 @@ def weighted_soft_iou(
     return total / len(outputs)
 
 
-@torch.library.register_fake("d2d::soft_iou")
-def _soft_iou_fake(logits, target, smooth):
+# d2d::soft_iou itself is CompositeImplicitAutograd (csrc/d2d.cpp): the loss output of
+# d2d::soft_iou_forward, which also returns p = sigmoid(logits) (N, ...) and the per-sample sums
+# (N, 3) float64 (sum p t, sum p, sum t) for the one-pass backward.
+
+
+@torch.library.register_fake("d2d::soft_iou_forward")
+def _soft_iou_forward_fake(logits, target, smooth):
     torch._check(logits.dim() >= 1, lambda: "d2d.soft_iou: logits must have shape (N, ...)")
-    return logits.new_empty((logits.shape[0],))
+    n = logits.shape[0]
+    return (
+        logits.new_empty((n,)),
+        logits.new_empty(logits.shape),
+        logits.new_empty((n, 3), dtype=torch.float64),
+    )
 
 
 @torch.library.register_fake("d2d::soft_iou_backward")
-def _soft_iou_backward_fake(grad_loss, logits, target, smooth, output_mask):
+def _soft_iou_backward_fake(grad_loss, prob, target, sums, smooth, output_mask):
     # Gradients not asked for come back as empty (0,) tensors.
     return (
-        logits.new_empty(logits.shape if output_mask[0] else (0,)),
+        prob.new_empty(prob.shape if output_mask[0] else (0,)),
         target.new_empty(target.shape if output_mask[1] else (0,)),
     )
 
 
 def _soft_iou_setup_context(ctx, inputs, output):
-    logits, target, smooth = inputs
-    ctx.save_for_backward(logits, target)
+    _, target, smooth = inputs
+    _, prob, sums = output
+    ctx.mark_non_differentiable(prob, sums)
+    ctx.save_for_backward(prob, target, sums)
     ctx.smooth = smooth
 
 
-def _soft_iou_backward(ctx, grad):
-    logits, target = ctx.saved_tensors
+def _soft_iou_backward(ctx, grad, _grad_prob, _grad_sums):
+    prob, target, sums = ctx.saved_tensors
     mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
     grad_logits, grad_target = torch.ops.d2d.soft_iou_backward.default(
-        grad, logits, target, ctx.smooth, mask
+        grad, prob, target, sums, ctx.smooth, mask
     )
     return (
         grad_logits if ctx.needs_input_grad[0] else None,
@@ -94,5 +106,5 @@ def _soft_iou_backward(ctx, grad):
 
 
 torch.library.register_autograd(
-    "d2d::soft_iou", _soft_iou_backward, setup_context=_soft_iou_setup_context
+    "d2d::soft_iou_forward", _soft_iou_backward, setup_context=_soft_iou_setup_context
 )

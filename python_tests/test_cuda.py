@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import d2d_ext
-from conftest import assert_close_rel, make_generator, random_problem, requires_cuda
+from conftest import assert_close_rel, make_generator, random_problem, requires_cuda, soft_iou_backward
 
 OPS = torch.ops.d2d
-OP_NAMES = ["diffuse", "diffuse_backward", "soft_iou", "soft_iou_backward"]
+OP_NAMES = ["diffuse", "diffuse_backward", "soft_iou_forward", "soft_iou_backward"]
 TAU = 0.5
 
 # GPU tests need both a device and the compiled CUDA kernels (a D2D_FORCE_CPU build has none;
@@ -28,6 +28,12 @@ cuda_kernels = pytest.mark.skipif(not d2d_ext.WITH_CUDA, reason="d2d_ext was bui
 def test_kernels_registered(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"d2d::{op}", "CPU")
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"d2d::{op}", "CUDA") == d2d_ext.WITH_CUDA
+
+
+def test_soft_iou_is_its_forward_ops_loss():
+    # no backend kernel of its own: it decomposes into soft_iou_forward on every device
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("d2d::soft_iou", "CompositeImplicitAutograd")
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key("d2d::soft_iou", "CPU")
 
 
 def test_with_cuda_when_toolkit_present():
@@ -208,8 +214,8 @@ def test_soft_iou_cuda_vs_cpu(dtype, shape):
     torch.testing.assert_close(loss.cpu(), d2d_ext.soft_iou(x, t, 1.0), **tol)
     go = torch.randn(shape[0], dtype=torch.float64, generator=make_generator(1)).to(dtype)
     for mask in ([True, True], [True, False], [False, True]):
-        got = OPS.soft_iou_backward.default(go.cuda(), x.cuda(), t.cuda(), 1.0, mask)
-        ref = OPS.soft_iou_backward.default(go, x, t, 1.0, mask)
+        got = soft_iou_backward(go.cuda(), x.cuda(), t.cuda(), 1.0, mask)
+        ref = soft_iou_backward(go, x, t, 1.0, mask)
         for a, b in zip(got, ref):
             assert a.is_cuda and a.shape == b.shape
             assert_close_rel(a.cpu().double(), b.double(), 1e-11 if dtype == torch.float64 else 1e-4, str(mask))
@@ -242,11 +248,13 @@ def test_soft_iou_gradcheck_and_opcheck_cuda():
     x, t = soft_iou_problem((3, 2, 4), torch.float64, seed=4)
     xc, tc = x.cuda().requires_grad_(True), t.cuda().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: d2d_ext.soft_iou(a, b, 1.0), (xc, tc))
-    torch.library.opcheck(torch.ops.d2d.soft_iou.default, (xc, tc, 1.0))
-    torch.library.opcheck(torch.ops.d2d.soft_iou.default, (xc.detach(), tc.detach(), 0.5))
+    for op in (OPS.soft_iou, OPS.soft_iou_forward):
+        torch.library.opcheck(op.default, (xc, tc, 1.0))
+        torch.library.opcheck(op.default, (xc.detach(), tc.detach(), 0.5))
     go = torch.randn(3, dtype=torch.float64, device="cuda")
+    _, prob, sums = OPS.soft_iou_forward.default(xc.detach(), tc.detach(), 1.0)
     for mask in ([True, True], [True, False], [False, True], [False, False]):
-        torch.library.opcheck(torch.ops.d2d.soft_iou_backward.default, (go, xc.detach(), tc.detach(), 1.0, mask))
+        torch.library.opcheck(OPS.soft_iou_backward.default, (go, prob, tc.detach(), sums, 1.0, mask))
 
 
 @requires_cuda
@@ -255,5 +263,8 @@ def test_soft_iou_device_mismatch():
     x = torch.rand((2, 3), dtype=torch.float64)
     with pytest.raises(RuntimeError, match=re.escape("d2d.soft_iou: logits and target must be on the same device, got cuda:0 and cpu")):
         d2d_ext.soft_iou(x.cuda(), x, 1.0)
-    with pytest.raises(RuntimeError, match=re.escape("d2d.soft_iou_backward: grad_loss and logits must be on the same device")):
-        OPS.soft_iou_backward.default(torch.ones(2, dtype=torch.float64), x.cuda(), x.cuda(), 1.0, [True, True])
+    go, sums = torch.ones(2, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=re.escape("d2d.soft_iou_backward: grad_loss and prob must be on the same device")):
+        OPS.soft_iou_backward.default(go, x.cuda(), x.cuda(), sums.cuda(), 1.0, [True, True])
+    with pytest.raises(RuntimeError, match=re.escape("d2d.soft_iou_backward: sums and prob must be on the same device")):
+        OPS.soft_iou_backward.default(go.cuda(), x.cuda(), x.cuda(), sums, 1.0, [True, True])

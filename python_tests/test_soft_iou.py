@@ -1,4 +1,4 @@
-"""Tests of d2d_ext.soft_iou / weighted_soft_iou / torch.ops.d2d.soft_iou(_backward) on the CPU."""
+"""Tests of d2d_ext.soft_iou / weighted_soft_iou / torch.ops.d2d.soft_iou(_forward, _backward) on the CPU."""
 
 import re
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import d2d_ext
-from conftest import assert_close_rel, make_generator, vjp_reference
+from conftest import assert_close_rel, make_generator, soft_iou_backward, vjp_reference
 from d2d_ext.reference import soft_iou_reference
 
 OPS = torch.ops.d2d
@@ -19,8 +19,7 @@ def problem(shape, dtype=torch.float64, seed=0, scale=3.0):
     return logits, target
 
 
-def bwd(grad_loss, logits, target, smooth, mask=(True, True)):
-    return OPS.soft_iou_backward.default(grad_loss, logits, target, float(smooth), list(mask))
+bwd = soft_iou_backward
 
 
 def reference(logits, target, smooth):
@@ -186,15 +185,32 @@ def _opcheck_args():
 
 
 @pytest.mark.parametrize("case", range(5))
-def test_opcheck_soft_iou(case):
-    torch.library.opcheck(torch.ops.d2d.soft_iou.default, _opcheck_args()[case])
+@pytest.mark.parametrize("op", ["soft_iou", "soft_iou_forward"])
+def test_opcheck_soft_iou(case, op):
+    torch.library.opcheck(getattr(OPS, op).default, _opcheck_args()[case])
 
 
 @pytest.mark.parametrize("mask", [(True, True), (True, False), (False, True), (False, False)])
 def test_opcheck_soft_iou_backward(mask):
     x, t = problem((3, 2, 4), seed=11)
     go = torch.randn(3, dtype=torch.float64, generator=make_generator(12))
-    torch.library.opcheck(torch.ops.d2d.soft_iou_backward.default, (go, x, t, 1.0, list(mask)))
+    _, prob, sums = OPS.soft_iou_forward.default(x, t, 1.0)
+    torch.library.opcheck(OPS.soft_iou_backward.default, (go, prob, t, sums, 1.0, list(mask)))
+
+
+def test_forward_saves_prob_and_sums():
+    x, t = problem((3, 2, 50, 60), seed=13)  # several reduction blocks per sample
+    loss, prob, sums = OPS.soft_iou_forward.default(x, t, 0.5)
+    torch.testing.assert_close(prob, torch.sigmoid(x), rtol=1e-15, atol=0)
+    p, tt = torch.sigmoid(x).flatten(1), t.flatten(1)
+    want = torch.stack([(p * tt).sum(1), p.sum(1), tt.sum(1)], 1)
+    assert sums.dtype == torch.float64 and sums.shape == (3, 3)
+    torch.testing.assert_close(sums, want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(loss, OPS.soft_iou.default(x, t, 0.5), rtol=0, atol=0)
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        _, prob_g, sums_g = OPS.soft_iou_forward.default(xg, t, 0.5)
+    assert not prob_g.requires_grad and not sums_g.requires_grad
 
 
 def test_output_mask():
@@ -295,6 +311,7 @@ def test_weighted_empty_list(empty):
 
 def _error_cases():
     x = torch.rand((2, 3, 4), dtype=torch.float64)
+    go, sums = torch.ones(2, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
     S = "d2d.soft_iou: "
     return {
         "shape_mismatch": (lambda: d2d_ext.soft_iou(x, x[:, :2], 1.0), re.escape(S + "logits [2, 3, 4] and target [2, 2, 4] must have the same shape")),
@@ -312,9 +329,24 @@ def _error_cases():
         ),
         "bwd_grad_loss_dtype": (
             lambda: bwd(torch.ones(2), x, x, 1.0),
-            re.escape("d2d.soft_iou_backward: grad_loss and logits must have the same dtype, got Float and Double"),
+            re.escape("d2d.soft_iou_backward: grad_loss and prob must have the same dtype, got Float and Double"),
         ),
-        "bwd_checks_args": (lambda: bwd(torch.ones(2, dtype=torch.float64), x, x, -2.0), re.escape(S + "smooth must be finite and >= 0, got -2")),
+        "bwd_smooth": (
+            lambda: OPS.soft_iou_backward.default(go, x, x, sums, -2.0, [True, True]),
+            re.escape("d2d.soft_iou_backward: smooth must be finite and >= 0, got -2"),
+        ),
+        "bwd_sums_shape": (
+            lambda: OPS.soft_iou_backward.default(go, x, x, sums[:, :2], 1.0, [True, True]),
+            re.escape("d2d.soft_iou_backward: sums must have shape (2, 3), got [2, 2]"),
+        ),
+        "bwd_sums_dtype": (
+            lambda: OPS.soft_iou_backward.default(go, x, x, sums.float(), 1.0, [True, True]),
+            re.escape("d2d.soft_iou_backward: sums must be float64, got Float"),
+        ),
+        "bwd_prob_target_shape": (
+            lambda: OPS.soft_iou_backward.default(go, x, x[:, :2], sums, 1.0, [True, True]),
+            re.escape("d2d.soft_iou_backward: prob [2, 3, 4] and target [2, 2, 4] must have the same shape"),
+        ),
     }
 
 

@@ -1,10 +1,9 @@
-// CPU kernels of d2d::soft_iou and d2d::soft_iou_backward.
+// CPU kernels of d2d::soft_iou_forward and d2d::soft_iou_backward.
 //
 // Inputs are viewed as (N, M). The per-sample sums are reduced over blocks of kBlock elements (so
 // a batch smaller than the thread pool still uses every thread): kLanes partial sums per block,
-// which vectorise, combined in double. The backward makes one pass that reduces the sums and
-// stores p (1 - p) and p in the gradient buffers, then one cheap pass that scales them in place,
-// so each element's sigmoid is evaluated once per call.
+// which vectorise, combined in double. The forward stores p = sigmoid(logits) as it goes; the
+// backward reads p back and makes one pass with no exp.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -12,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <tuple>
 #include <vector>
 
@@ -28,11 +28,10 @@ struct Sums {
   double inter, sum_p, sum_t;
 };
 
-// Sums of p*t, p and t over x[lo, hi), t[lo, hi). If q_out (p_out) is given, it receives
-// p (1 - p) (p) at the same positions.
-template <typename T, bool kStoreQ, bool kStoreP>
+// Sums of p*t, p and t over x[lo, hi), t[lo, hi); p_out receives p at the same positions.
+template <typename T>
 Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, int64_t hi,
-                T* __restrict__ q_out, T* __restrict__ p_out) {
+                T* __restrict__ p_out) {
   T ai[kLanes] = {}, ap[kLanes] = {}, at[kLanes] = {};
   int64_t j = lo;
   for (; j + kLanes <= hi; j += kLanes) {
@@ -42,8 +41,7 @@ Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, in
       ai[l] += p * tv;
       ap[l] += p;
       at[l] += tv;
-      if (kStoreQ) q_out[j + l] = p * (T(1) - p);
-      if (kStoreP) p_out[j + l] = p;
+      p_out[j + l] = p;
     }
   }
   Sums s{0, 0, 0};
@@ -52,8 +50,7 @@ Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, in
     s.inter += double(p) * double(t[j]);
     s.sum_p += p;
     s.sum_t += t[j];
-    if (kStoreQ) q_out[j] = p * (T(1) - p);
-    if (kStoreP) p_out[j] = p;
+    p_out[j] = p;
   }
   for (int l = 0; l < kLanes; ++l) {
     s.inter += ai[l];
@@ -65,34 +62,34 @@ Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, in
 
 int64_t blocks_per_sample(int64_t M) { return std::max<int64_t>(1, (M + kBlock - 1) / kBlock); }
 
-// Per-sample sums for x, t viewed as (N, M); optionally stores q = p (1 - p) and p (N, M).
-template <typename T, bool kStoreQ = false, bool kStoreP = false>
-std::vector<Sums> sample_sums(const T* x, const T* t, int64_t N, int64_t M, T* q = nullptr,
-                              T* p = nullptr) {
+// Per-sample sums for x, t viewed as (N, M), written to sums (N, 3); p (N, M) receives sigmoid(x).
+template <typename T>
+void sample_sums(const T* x, const T* t, int64_t N, int64_t M, T* p, double* sums) {
   const int64_t per_sample = blocks_per_sample(M);
   std::vector<Sums> partial(N * per_sample, Sums{0, 0, 0});
   at::parallel_for(0, N * per_sample, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t lo = (b / per_sample) * M + (b % per_sample) * kBlock;
       const int64_t hi = std::min((b / per_sample + 1) * M, lo + kBlock);
-      partial[b] = block_sums<T, kStoreQ, kStoreP>(x, t, lo, hi, q, p);
+      partial[b] = block_sums<T>(x, t, lo, hi, p);
     }
   });
-  std::vector<Sums> sums(N, Sums{0, 0, 0});
+  std::fill(sums, sums + 3 * N, 0.0);
   for (int64_t b = 0; b < N * per_sample; ++b) {
-    Sums& s = sums[b / per_sample];
-    s.inter += partial[b].inter;
-    s.sum_p += partial[b].sum_p;
-    s.sum_t += partial[b].sum_t;
+    double* s = sums + 3 * (b / per_sample);
+    s[0] += partial[b].inter;
+    s[1] += partial[b].sum_p;
+    s[2] += partial[b].sum_t;
   }
-  return sums;
 }
 
 int64_t sample_numel(const at::Tensor& logits) {
   return logits.size(0) == 0 ? 0 : logits.numel() / logits.size(0);
 }
 
-at::Tensor soft_iou_cpu(const at::Tensor& logits_in, const at::Tensor& target_in, double smooth) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_iou_forward_cpu(const at::Tensor& logits_in,
+                                                                     const at::Tensor& target_in,
+                                                                     double smooth) {
   check_soft_iou_args(logits_in, target_in, smooth);
   TORCH_CHECK(logits_in.device().is_cpu(), "d2d.soft_iou: the CPU kernel got a tensor on ",
               logits_in.device());
@@ -100,56 +97,52 @@ at::Tensor soft_iou_cpu(const at::Tensor& logits_in, const at::Tensor& target_in
   const at::Tensor target = target_in.contiguous();
   const int64_t N = logits.size(0), M = sample_numel(logits);
   at::Tensor loss = at::empty({N}, logits.options());
-  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_cpu", [&] {
-    const auto sums = sample_sums(logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), N, M);
+  at::Tensor prob = at::empty(logits.sizes(), logits.options());
+  at::Tensor sums = at::empty({N, 3}, logits.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_forward_cpu", [&] {
+    double* s = sums.data_ptr<double>();
+    sample_sums(logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), N, M,
+                prob.data_ptr<scalar_t>(), s);
     scalar_t* lp = loss.data_ptr<scalar_t>();
     for (int64_t n = 0; n < N; ++n) {
-      lp[n] = scalar_t(soft_iou_loss(sums[n].inter, sums[n].sum_p, sums[n].sum_t, smooth));
+      lp[n] = scalar_t(soft_iou_loss(s[3 * n], s[3 * n + 1], s[3 * n + 2], smooth));
     }
   });
-  return loss;
+  return {loss, prob, sums};
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cpu(const at::Tensor& grad_in,
-                                                          const at::Tensor& logits_in,
+                                                          const at::Tensor& prob_in,
                                                           const at::Tensor& target_in,
-                                                          double smooth,
+                                                          const at::Tensor& sums_in, double smooth,
                                                           std::array<bool, 2> output_mask) {
-  check_soft_iou_backward_args(grad_in, logits_in, target_in, smooth);
-  TORCH_CHECK(logits_in.device().is_cpu(), "d2d.soft_iou_backward: the CPU kernel got a tensor on ",
-              logits_in.device());
+  check_soft_iou_backward_args(grad_in, prob_in, target_in, sums_in, smooth);
+  TORCH_CHECK(prob_in.device().is_cpu(), "d2d.soft_iou_backward: the CPU kernel got a tensor on ",
+              prob_in.device());
   const at::Tensor grad = grad_in.contiguous();
-  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor prob = prob_in.contiguous();
   const at::Tensor target = target_in.contiguous();
-  const int64_t N = logits.size(0), M = sample_numel(logits);
+  const at::Tensor sums = sums_in.contiguous();
+  const int64_t N = prob.size(0), M = sample_numel(prob);
   const bool need_x = output_mask[0], need_t = output_mask[1];
-  at::Tensor grad_logits = at::empty(need_x ? logits.sizes() : at::IntArrayRef{0}, logits.options());
+  at::Tensor grad_logits = at::empty(need_x ? prob.sizes() : at::IntArrayRef{0}, prob.options());
   at::Tensor grad_target = at::empty(need_t ? target.sizes() : at::IntArrayRef{0}, target.options());
   if (!need_x && !need_t) return {grad_logits, grad_target};
-  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(prob.scalar_type(), "d2d_soft_iou_backward_cpu", [&] {
     using T = scalar_t;
-    const T* x = logits.data_ptr<T>();
+    const T* p = prob.data_ptr<T>();
     const T* t = target.data_ptr<T>();
     const T* go = grad.data_ptr<T>();
+    const double* s = sums.data_ptr<double>();
     T* gx = need_x ? grad_logits.data_ptr<T>() : nullptr;
     T* gt = need_t ? grad_target.data_ptr<T>() : nullptr;
-    // Pass 1: sums, with q = p (1 - p) parked in gx and p in gt.
-    std::vector<Sums> sums;
-    if (need_x && need_t) {
-      sums = sample_sums<T, true, true>(x, t, N, M, gx, gt);
-    } else if (need_x) {
-      sums = sample_sums<T, true, false>(x, t, N, M, gx, nullptr);
-    } else {
-      sums = sample_sums<T, false, true>(x, t, N, M, nullptr, gt);
-    }
     std::vector<T> d_inter(N), d_sum(N);
     for (int64_t n = 0; n < N; ++n) {
       double di, ds;
-      soft_iou_dsums(sums[n].inter, sums[n].sum_p, sums[n].sum_t, smooth, double(go[n]), &di, &ds);
+      soft_iou_dsums(s[3 * n], s[3 * n + 1], s[3 * n + 2], smooth, double(go[n]), &di, &ds);
       d_inter[n] = T(di);
       d_sum[n] = T(ds);
     }
-    // Pass 2: scale in place.
     const int64_t per_sample = blocks_per_sample(M);
     at::parallel_for(0, N * per_sample, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
@@ -157,10 +150,12 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cpu(const at::Tensor& grad_
         const int64_t hi = std::min(n * M + M, lo + kBlock);
         const T di = d_inter[n], ds = d_sum[n];
         if (need_x) {
-          for (int64_t j = lo; j < hi; ++j) gx[j] = soft_iou_grad_logit(gx[j], t[j], di, ds);
+          for (int64_t j = lo; j < hi; ++j) {
+            gx[j] = soft_iou_grad_logit(p[j] * (T(1) - p[j]), t[j], di, ds);
+          }
         }
         if (need_t) {
-          for (int64_t j = lo; j < hi; ++j) gt[j] = soft_iou_grad_target(gt[j], di, ds);
+          for (int64_t j = lo; j < hi; ++j) gt[j] = soft_iou_grad_target(p[j], di, ds);
         }
       }
     });
@@ -171,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cpu(const at::Tensor& grad_
 }  // namespace
 
 TORCH_LIBRARY_IMPL(d2d, CPU, m) {
-  m.impl("soft_iou", &soft_iou_cpu);
+  m.impl("soft_iou_forward", &soft_iou_forward_cpu);
   m.impl("soft_iou_backward", &soft_iou_backward_cpu);
 }
 

@@ -44,10 +44,9 @@ D2D_HD T soft_iou_grad_target(T p, T d_inter, T d_sum) {
   return d_inter * p + d_sum;
 }
 
-// Both gradients of one element from its logit.
+// Both gradients of one element from its probability p = sigmoid(logit) (saved by the forward).
 template <typename T>
-D2D_HD void soft_iou_grad_px(T logit, T target, T d_inter, T d_sum, T* g_logit, T* g_target) {
-  const T p = sigmoid(logit);
+D2D_HD void soft_iou_grad_px(T p, T target, T d_inter, T d_sum, T* g_logit, T* g_target) {
   *g_logit = soft_iou_grad_logit(p * (T(1) - p), target, d_inter, d_sum);
   *g_target = soft_iou_grad_target(p, d_inter, d_sum);
 }
