@@ -388,14 +388,16 @@ class Trainer:
         t0 = time.perf_counter()
         cfg = self.cfg
         for split, is_train in ((self.train_set, True), (self.val_set, False)):
-            if is_train and cfg.mode == "full":
+            # the full-supervision baseline has masks everywhere: it validates (and so picks
+            # best.pt) on them too, not on pseudo-labels it would never have
+            if cfg.mode == "full":
                 missing = [i for i, g in zip(split.ids, split.gts) if g is None]
                 if missing:
                     raise DataError(f"mode 'full' needs ground-truth masks; missing for {missing[:5]}")
                 split.labels = [g.astype(np.float32) for g in split.gts]
             elif is_train and cfg.mode == "naive":
                 split.labels = [m.astype(np.float32) for m in point_masks(split.images, split.points)]
-            else:  # pseudo-labels (also for validation in every mode: no ground truth there)
+            else:  # pseudo-labels (also for validation in every point-supervised mode)
                 split.labels = [m.astype(np.float32) for m in self.annotator.masks(split.targets)]
         return time.perf_counter() - t0
 
@@ -529,7 +531,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, probs: list | None = None) -> dict:
-        """Validation loss and metrics against the validation pseudo-labels (no ground truth);
+        """Validation loss and metrics against the validation labels (pseudo-labels; the masks in
+        ``full`` mode);
         ``probs``: the detector's ``(H, W)`` probabilities on the validation images, if computed."""
         va = self.val_set
         if probs is None:
@@ -551,12 +554,19 @@ class Trainer:
             "meta": self.meta.state_dict(), "meta_opt": self.meta_opt.state_dict(),
             "theta": self.annotator.params.state_dict(), "theta_opt": self.theta_opt.state_dict(),
             "ema": self.ema.clone(), "best_val": self.best_val,
+            "train_ids": list(self.train_set.ids), "val_ids": list(self.val_set.ids),
         }
 
     def load_state(self, state: dict) -> None:
         if state["config"] != dataclasses.asdict(self.cfg):
             diff = {k: (state["config"].get(k), v) for k, v in dataclasses.asdict(self.cfg).items() if state["config"].get(k) != v}
             raise DataError(f"--resume: the run was started with other settings (saved, now): {diff}")
+        for name, split in (("train", self.train_set), ("val", self.val_set)):
+            saved = state.get(f"{name}_ids")
+            if saved is not None and list(saved) != list(split.ids):
+                gone, new = sorted(set(saved) - set(split.ids)), sorted(set(split.ids) - set(saved))
+                raise DataError(f"--resume: the {name} split changed since the run started "
+                                f"({len(saved)} images then, {len(split.ids)} now; gone {gone[:5]}, new {new[:5]})")
         try:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])

@@ -1,5 +1,7 @@
 """``d2d_ext.diffuse``: the conservative heat/drift transport op, its autograd and fake kernel."""
 
+import operator
+
 import torch
 
 __all__ = ["diffuse"]
@@ -28,7 +30,11 @@ def diffuse(u0: torch.Tensor, rates: torch.Tensor, tau: float, steps: int) -> to
     Differentiable in ``u0`` and ``rates`` (hand-written backward; the intermediate states are
     checkpointed and recomputed, so memory grows as ``sqrt(steps)``, not ``steps``).
     """
-    return torch.ops.d2d.diffuse.default(u0, rates, float(tau), int(steps))
+    try:
+        steps = operator.index(steps)  # an int (or numpy integer); 2.5 or "3" is refused, not rounded
+    except TypeError:
+        raise TypeError(f"d2d.diffuse: steps must be an integer, got {steps!r}") from None
+    return torch.ops.d2d.diffuse.default(u0, rates, float(tau), steps)
 
 
 @torch.library.register_fake("d2d::diffuse")

@@ -41,8 +41,10 @@ def diffuse_reference(u0: torch.Tensor, rates: torch.Tensor, tau: float, steps: 
 
 def soft_iou_reference(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """``(N,)`` per-sample soft-IoU loss, as :func:`d2d_ext.soft_iou`."""
-    p = torch.sigmoid(logits).reshape(logits.shape[0], -1)
-    t = target.reshape(target.shape[0], -1)
+    n = logits.shape[0]
+    m = logits[0].numel() if n else 0  # reshape(0, -1) is ambiguous
+    p = torch.sigmoid(logits).reshape(n, m)
+    t = target.reshape(n, m)
     inter = (p * t).sum(1)
     union = p.sum(1) + t.sum(1) - inter
     return 1 - (inter + smooth) / (union + smooth)

@@ -1,6 +1,8 @@
 """The bi-level trainer (d2d_ext.bilevel) and the train / test / select commands."""
 
 import json
+import re
+import shutil
 from itertools import product
 
 import numpy as np
@@ -160,11 +162,20 @@ def test_modes_train_and_log(dataset, tmp_path, mode):
         assert records[-1]["alpha_std"] == 0
 
 
-def test_validation_never_reads_ground_truth(dataset, tmp_path):
-    trainer = Trainer(dataset, tmp_path / "r", tiny(mode="full", epochs=1), progress=False)
+@pytest.mark.parametrize("mode", ["fixed", "bilevel", "naive"])
+def test_point_modes_validate_on_pseudo_labels(dataset, tmp_path, mode):
+    trainer = Trainer(dataset, tmp_path / "r", tiny(mode=mode, epochs=1), progress=False)
     for lab, img, pts in zip(trainer.val_set.labels, trainer.val_set.images, trainer.val_set.points):
         expected = trainer.annotator.annotate([img], [pts])[0]
         assert ((lab > 0.5) == expected).all()
+
+
+def test_full_supervision_validates_on_masks(dataset, tmp_path):
+    trainer = Trainer(dataset, tmp_path / "r", tiny(mode="full", epochs=1), progress=False)
+    pseudo = trainer.annotator.annotate(trainer.val_set.images, trainer.val_set.points)
+    assert any(((lab > 0.5) != p).any() for lab, p in zip(trainer.val_set.labels, pseudo))
+    for lab, gt in zip(trainer.val_set.labels, trainer.val_set.gts):
+        assert ((lab > 0.5) == gt).all()
 
 
 def test_cli_train_test_select_and_resume_guard(dataset, tmp_path, capsys):
@@ -189,6 +200,21 @@ def test_cli_train_test_select_and_resume_guard(dataset, tmp_path, capsys):
     assert len(ids) == round(0.3 * len(rows))
     best = sorted(rows, key=lambda r: -float(r[1]))[:len(ids)]
     assert ids == [r[0] for r in best]
+
+
+def test_resume_refuses_a_changed_split(dataset, tmp_path):
+    data = tmp_path / "SYN"
+    shutil.copytree(dataset, data)
+    run = tmp_path / "run"
+    trainer = Trainer(data, run, tiny(epochs=2), progress=False)
+    fit_until(trainer, 1)
+    split = next((data / "img_idx").glob("train_*.txt"))
+    ids = split.read_text().split()
+    split.write_text("\n".join(ids[:-1]) + "\n")
+    changed = Trainer(data, run, tiny(epochs=2), progress=False)
+    n_then, n_now = len(trainer.train_set.ids), len(changed.train_set.ids)
+    with pytest.raises(DataError, match=re.escape(f"--resume: the train split changed since the run started ({n_then} images then, {n_now} now")):
+        changed.load_state(load_checkpoint(run / "last.pt"))
 
 
 def test_checkpoints_are_loaded_safely(tmp_path):

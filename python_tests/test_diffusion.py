@@ -663,3 +663,16 @@ def test_error_with_requires_grad_inputs():
     r = torch.rand((2, 3, 3, 4), dtype=torch.float64, requires_grad=True)
     with pytest.raises(RuntimeError, match=re.escape("d2d.diffuse: rates must have shape (N, 4, H, W)")):
         d2d_ext.diffuse(u, r, 0.1, 1)
+
+
+@pytest.mark.parametrize("steps", [2.5, 3.0, "3", None])
+def test_non_integer_steps_are_refused(steps):
+    u, r = torch.rand((1, 3, 4), dtype=torch.float64), torch.rand((1, 4, 3, 4), dtype=torch.float64)
+    with pytest.raises(TypeError, match=re.escape(f"d2d.diffuse: steps must be an integer, got {steps!r}")):
+        d2d_ext.diffuse(u, r, 0.1, steps)
+
+
+def test_numpy_integer_steps_are_accepted():
+    np = pytest.importorskip("numpy")
+    u, r = torch.rand((1, 3, 4), dtype=torch.float64), torch.rand((1, 4, 3, 4), dtype=torch.float64)
+    torch.testing.assert_close(d2d_ext.diffuse(u, r, 0.1, np.int64(3)), d2d_ext.diffuse(u, r, 0.1, 3), rtol=0, atol=0)

@@ -105,6 +105,7 @@ def test_empty_batch(dtype):
     target = torch.zeros((0, 3, 4), dtype=dtype)
     loss = d2d_ext.soft_iou(logits, target, 1.0)
     assert loss.shape == (0,) and loss.dtype == dtype
+    assert soft_iou_reference(logits, target, 1.0).shape == (0,)
     loss.sum().backward()
     assert logits.grad.shape == (0, 3, 4)
 
