@@ -91,6 +91,23 @@ def test_diffuse_backward_cuda_vs_cpu(dtype, size, steps):
 
 @requires_cuda
 @cuda_kernels
+@pytest.mark.parametrize("size,where", [((2, 9, 7), (0, 4, 6)), ((1, 130, 120), (0, 64, 0)), ((1, 130, 120), (0, 31, 47))],
+                         ids=["crop-edge", "tile-image-edge", "tile-corner"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_diffuse_nonfinite_reach_cuda(size, where, value):
+    """A NaN / Inf in u0 reaches the same pixels on the GPU as on the CPU (which matches the
+    reference): no leak through the tiles' shared-memory ring or halos, none across rows."""
+    u0, rates, _, _ = cuda_problem(size, torch.float32, seed=5)
+    u0[where] = value
+    for steps in (1, 7, 40):
+        out = d2d_ext.diffuse(u0.cuda(), rates.cuda(), TAU, steps).cpu()
+        ref = d2d_ext.diffuse(u0, rates, TAU, steps)
+        assert torch.equal(out.isfinite(), ref.isfinite()), steps
+        torch.testing.assert_close(out[ref.isfinite()], ref[ref.isfinite()], **TOL[torch.float32])
+
+
+@requires_cuda
+@cuda_kernels
 def test_diffuse_checkpointed_backward_float64():
     # (1, 257, 300) float64, 1000 steps: 1000 * 257 * 300 * 8 bytes = 617 MB > 256 MB, so the CUDA
     # backward checkpoints (segments of 32 steps), with tiles and several launches per segment.
