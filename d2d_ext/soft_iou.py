@@ -88,11 +88,14 @@ def _soft_iou_setup_context(ctx, inputs, output):
     _, target, smooth = inputs
     _, prob, sums = output
     ctx.mark_non_differentiable(prob, sums)
+    ctx.set_materialize_grads(False)  # else every backward zero-fills a grad the size of prob
     ctx.save_for_backward(prob, target, sums)
     ctx.smooth = smooth
 
 
 def _soft_iou_backward(ctx, grad, _grad_prob, _grad_sums):
+    if grad is None:  # only the non-differentiable outputs were used
+        return None, None, None
     prob, target, sums = ctx.saved_tensors
     mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
     grad_logits, grad_target = torch.ops.d2d.soft_iou_backward.default(
