@@ -59,6 +59,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import slic
 
 from .diffusion import diffuse
+from .metrics import EIGHT_CONNECTED
 
 __all__ = [
     "AnnotatorConfig",
@@ -74,8 +75,6 @@ __all__ = [
     "fuse_prior",
     "point_pixel",
 ]
-
-_EIGHT = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -230,7 +229,7 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig)
             thr = bg + max(cfg.k_sigma * sd, f * (peak - bg))
             if peak <= thr:  # faint target: the peak-relative part alone
                 thr = bg + f * (peak - bg)
-            labels, _ = ndi.label(win > thr, _EIGHT)
+            labels, _ = ndi.label(win > thr, EIGHT_CONNECTED)
             lab = labels[py - box[0], px - box[2]]
             if lab == 0:
                 continue
@@ -458,7 +457,7 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
 
 def _component(mask: np.ndarray, seed: tuple) -> np.ndarray | None:
     """The 8-connected component of ``mask`` that holds pixel ``seed``, holes filled (or None)."""
-    labels, _ = ndi.label(mask, _EIGHT)
+    labels, _ = ndi.label(mask, EIGHT_CONNECTED)
     lab = labels[seed]
     return ndi.binary_fill_holes(labels == lab) if lab else None
 

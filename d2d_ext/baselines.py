@@ -33,6 +33,7 @@ from .annotate import (
     prepare_targets,
     target_rates,
 )
+from .metrics import EIGHT_CONNECTED
 
 __all__ = [
     "monte_carlo_walk",
@@ -42,8 +43,6 @@ __all__ = [
     "local_threshold_masks",
     "point_masks",
 ]
-
-_EIGHT = np.ones((3, 3), dtype=bool)
 
 
 def monte_carlo_walk(rates, peak: np.ndarray, steps, particles: int = 1000, seed: int = 0) -> np.ndarray:
@@ -181,7 +180,7 @@ def local_threshold_masks(images: Sequence[np.ndarray], points: Sequence[np.ndar
             y0, y1 = max(row - half, 0), min(row + half + 1, H)
             x0, x1 = max(col - half, 0), min(col + half + 1, W)
             box = image[y0:y1, x0:x1]
-            labels, _ = ndi.label(box > box.mean() + k * box.std(), _EIGHT)
+            labels, _ = ndi.label(box > box.mean() + k * box.std(), EIGHT_CONNECTED)
             lab = labels[row - y0, col - x0]
             if lab == 0:
                 mask[row, col] = True

@@ -30,6 +30,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from .metrics import EIGHT_CONNECTED
+
 __all__ = [
     "DataError",
     "IRDataset",
@@ -46,7 +48,6 @@ __all__ = [
 POINT_SOURCES = ("centroid", "coarse", "csv:FILE", "gen-centroid", "gen-coarse")
 
 # 8-connectivity for scipy.ndimage.label.
-_EIGHT = np.ones((3, 3), dtype=bool)
 
 # LESPS coarse protocol: offsets are (bbox_extent / 2) * N(0, 1/4), i.e. std 0.5 * extent / 2.
 _COARSE_STD = 0.5
@@ -246,7 +247,7 @@ def label_targets(mask) -> tuple[np.ndarray, int]:
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 2:
         raise ValueError(f"expected a 2-D mask, got shape {m.shape}")
-    labels, n = ndimage.label(m, structure=_EIGHT)
+    labels, n = ndimage.label(m, structure=EIGHT_CONNECTED)
     return labels.astype(np.int32, copy=False), int(n)
 
 

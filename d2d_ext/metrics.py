@@ -56,7 +56,9 @@ from scipy import ndimage
 
 __all__ = ["binarize", "match_targets", "IoUMetric", "PdFaMetric", "ISTDMetrics"]
 
-_STRUCTURE_8 = np.ones((3, 3), dtype=bool)
+#: The 3x3 structuring element of 8-connectivity: what a "target" (a connected component) is,
+#: here and everywhere in d2d_ext that labels components.
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -138,7 +140,7 @@ def _components(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         ``(areas, cy, cx)``: per component (in label order) its pixel count and the mean row and
         column of its pixels; each of shape ``(n,)``.
     """
-    labels, n = ndimage.label(mask, structure=_STRUCTURE_8)
+    labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
     if n == 0:
         empty = np.zeros(0, dtype=np.float64)
         return np.zeros(0, dtype=np.int64), empty, empty

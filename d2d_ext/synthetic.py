@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from .data import write_bytes_atomic, write_png_atomic
+from .metrics import EIGHT_CONNECTED
 
 __all__ = ["Scene", "make_scene", "write_dataset", "BACKGROUNDS", "MASK_FRACTION"]
 
@@ -264,7 +265,7 @@ def _target_patch(rng, area, psf):
         # The patch must hold the whole mask with margin, as one 8-connected blob.
         if mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
             continue
-        _, ncomp = ndimage.label(mask, structure=np.ones((3, 3), bool))
+        _, ncomp = ndimage.label(mask, structure=EIGHT_CONNECTED)
         if ncomp == 1:
             return sig, mask, r
     raise RuntimeError("could not draw a single-blob target")  # pragma: no cover
