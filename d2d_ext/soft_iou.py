@@ -20,7 +20,9 @@ def soft_iou(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) ->
         ``p = sigmoid(logits)`` and sums over every non-batch element of sample ``i``.
 
     Differentiable in ``logits`` and in ``target`` (the target may be a differentiable
-    pseudo-label); first-order only.
+    pseudo-label); first-order only. For the backward, autograd keeps ``p`` (a tensor the size of
+    ``logits``, as autograd through plain torch does) and the ``(N, 3)`` sums, so the backward is
+    one pass without an exponential.
     """
     return torch.ops.d2d.soft_iou.default(logits, target, float(smooth))
 
