@@ -17,6 +17,13 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: takes several seconds (still runs by default; deselect with -m 'not slow')"
     )
+    # torch.compile's on-disk caches outlive a rebuild of the ops: a cached graph calls an op with
+    # the schema it had when it was cached. The tests compile afresh.
+    import torch._functorch.config
+    import torch._inductor.config
+
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
 
 
 def make_generator(seed=0):
