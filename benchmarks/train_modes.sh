@@ -3,29 +3,35 @@
 # validation taken from it), bilevel for EPOCHS epochs and every plain mode for PLAIN_EPOCHS
 # (default 2.7 x EPOCHS: a bi-level epoch costs about 2.7 plain ones), two runs at a time on one
 # thread each; then each best checkpoint tested on the test split. Usage:
-#   bash benchmarks/train_modes.sh [DATASET] [RUNS_DIR] [EPOCHS] [PLAIN_EPOCHS]
+#   [SEED=0] [MODES="bilevel full fixed naive"] bash benchmarks/train_modes.sh [DATASET] [RUNS_DIR] [EPOCHS] [PLAIN_EPOCHS]
 # Each run's summed epoch seconds (its CPU budget) is printed with its test result.
 set -euo pipefail
 DATA=${1:-../shared/data/SIRST-v1}
 RUNS=${2:-runs}
 EPOCHS=${3:-40}
 PLAIN=${4:-$((EPOCHS * 27 / 10))}
+SEED=${SEED:-0}
+read -r -a MODES <<< "${MODES:-bilevel full fixed naive}"
 PY=${PY:-.venv/bin/python}
 mkdir -p "$RUNS"
 
-train() {  # mode epochs: resumes an interrupted run, skips a finished one
-  local mode=$1 epochs=$2 resume=""
+train() {  # mode: resumes an interrupted run, skips a finished one
+  local mode=$1 epochs=$PLAIN resume=""
+  [ "$mode" = bilevel ] && epochs=$EPOCHS
   [ -f "$RUNS/$mode/alpha.csv" ] && return 0
   [ -f "$RUNS/$mode/last.pt" ] && resume="--resume"
   $PY -m d2d_ext train --dataset "$DATA" --mode "$mode" --model unet --epochs "$epochs" --lr 5e-3 \
-    --warmup-epochs $((epochs / 5)) --theta-every $((epochs / 10)) --out "$RUNS/$mode" --threads 1 \
-    --quiet $resume > "$RUNS/$mode.out" 2>&1
+    --warmup-epochs $((epochs / 5)) --theta-every $((epochs / 10)) --seed "$SEED" --out "$RUNS/$mode" \
+    --threads 1 --quiet $resume > "$RUNS/$mode.out" 2>&1
 }
 
-train bilevel "$EPOCHS" & train full "$PLAIN" & wait
-train fixed "$PLAIN" & train naive "$PLAIN" & wait
-for mode in bilevel full fixed naive; do
+for ((i = 0; i < ${#MODES[@]}; i += 2)); do  # two at a time
+  train "${MODES[i]}" &
+  if ((i + 1 < ${#MODES[@]})); then train "${MODES[i + 1]}" & fi
+  wait
+done
+for mode in "${MODES[@]}"; do
   seconds=$($PY -c "import json,sys; print(round(sum(json.loads(l)['epoch_seconds'] for l in open(sys.argv[1]))))" "$RUNS/$mode/log.jsonl")
-  echo "$mode ${seconds}s $($PY -m d2d_ext test --checkpoint "$RUNS/$mode/best.pt" --dataset "$DATA" --split test --json | tail -1)" \
+  echo "$mode seed $SEED ${seconds}s $($PY -m d2d_ext test --checkpoint "$RUNS/$mode/best.pt" --dataset "$DATA" --split test --json | tail -1)" \
     | tee -a "$RUNS/test_results.txt"
 done
