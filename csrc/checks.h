@@ -45,29 +45,28 @@ inline void check_diffuse_backward_args(const at::Tensor& grad_out, const at::Te
   check_same(grad_out, u0, "d2d.diffuse_backward", "grad_out", "u0");
 }
 
-inline void check_soft_iou_args(const at::Tensor& logits, const at::Tensor& target,
-                                double smooth) {
-  const char* op = "d2d.soft_iou";
-  TORCH_CHECK(logits.dim() >= 1, op, ": logits must have shape (N, ...), got a 0-d tensor");
-  TORCH_CHECK(logits.sizes() == target.sizes(), op, ": logits ", logits.sizes(), " and target ",
+// x (the logits, or the backward's prob) and target of shape (N, ...), and smooth.
+inline void check_soft_iou_inputs(const at::Tensor& x, const at::Tensor& target, double smooth,
+                                  const char* op, const char* name) {
+  TORCH_CHECK(x.dim() >= 1, op, ": ", name, " must have shape (N, ...), got a 0-d tensor");
+  TORCH_CHECK(x.sizes() == target.sizes(), op, ": ", name, " ", x.sizes(), " and target ",
               target.sizes(), " must have the same shape");
-  check_float_dtype(logits, op, "logits");
-  check_same(logits, target, op, "logits", "target");
+  check_float_dtype(x, op, name);
+  check_same(x, target, op, name, "target");
   TORCH_CHECK(std::isfinite(smooth) && smooth >= 0, op, ": smooth must be finite and >= 0, got ",
               smooth);
+}
+
+inline void check_soft_iou_args(const at::Tensor& logits, const at::Tensor& target,
+                                double smooth) {
+  check_soft_iou_inputs(logits, target, smooth, "d2d.soft_iou", "logits");
 }
 
 inline void check_soft_iou_backward_args(const at::Tensor& grad_loss, const at::Tensor& prob,
                                          const at::Tensor& target, const at::Tensor& sums,
                                          double smooth) {
   const char* op = "d2d.soft_iou_backward";
-  TORCH_CHECK(prob.dim() >= 1, op, ": prob must have shape (N, ...), got a 0-d tensor");
-  TORCH_CHECK(prob.sizes() == target.sizes(), op, ": prob ", prob.sizes(), " and target ",
-              target.sizes(), " must have the same shape");
-  check_float_dtype(prob, op, "prob");
-  check_same(prob, target, op, "prob", "target");
-  TORCH_CHECK(std::isfinite(smooth) && smooth >= 0, op, ": smooth must be finite and >= 0, got ",
-              smooth);
+  check_soft_iou_inputs(prob, target, smooth, op, "prob");
   TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == prob.size(0), op,
               ": grad_loss must have shape (", prob.size(0), ",), got ", grad_loss.sizes());
   check_same(grad_loss, prob, op, "grad_loss", "prob");
