@@ -649,14 +649,15 @@ def test_steps_beyond_int64_are_refused_by_the_schema():
         d2d_ext.diffuse(u0, rates, 0.1, 2**63)
 
 
-def test_fractional_steps_wrapper_truncates_op_refuses():
-    """Current behaviour (questionable): the Python wrapper applies int(), so 2.7 runs 2 steps;
-    the op itself refuses a float."""
+def test_fractional_steps_are_refused_by_wrapper_and_op():
+    """2.7 steps is an error, not 2 steps: the Python wrapper raises TypeError, the op refuses a
+    float; NaN too."""
     u0, rates = _small_problem()
-    assert torch.equal(d2d_ext.diffuse(u0, rates, 0.1, 2.7), d2d_ext.diffuse(u0, rates, 0.1, 2))
+    with pytest.raises(TypeError, match="d2d.diffuse: steps must be an integer, got 2.7"):
+        d2d_ext.diffuse(u0, rates, 0.1, 2.7)
     with pytest.raises(RuntimeError, match="Expected a value of type 'int' for argument 'steps'"):
         OPS.diffuse.default(u0, rates, 0.1, 2.7)
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="d2d.diffuse: steps must be an integer, got nan"):
         d2d_ext.diffuse(u0, rates, 0.1, NAN)
 
 
