@@ -1,0 +1,60 @@
+"""Where the time of soft-IoU forward+backward goes, ours against the plain-torch reference.
+
+    python benchmarks/soft_iou_breakdown.py [--threads 2]
+
+Medians of 300 calls on the benchmark's input (16x1x256x256 float32): each of our two ops alone,
+``torch.sigmoid`` on the same tensor (a part of the reference), forward+backward through
+``torch.autograd.grad`` for both, and the same on a 16x1x4x4 input (the fixed autograd cost).
+"""
+
+import argparse
+import time
+
+import torch
+
+import d2d_ext
+from d2d_ext.reference import soft_iou_reference
+
+
+def median_ms(fn, calls=300):
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ops = torch.ops.d2d
+    rows = []
+    for shape in [(16, 1, 256, 256), (16, 1, 4, 4)]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g) * 3
+        t = (torch.rand(shape, generator=g) > 0.9).float()
+        xg = x.clone().requires_grad_(True)
+        name = "x".join(map(str, shape))
+        if shape[-1] > 4:
+            _, prob, sums = ops.soft_iou_forward.default(x, t, 1.0)
+            go = torch.ones(shape[0])
+            rows.append((f"d2d::soft_iou_forward, {name}", median_ms(lambda: ops.soft_iou_forward.default(x, t, 1.0))))
+            rows.append((f"d2d::soft_iou_backward (logits), {name}", median_ms(
+                lambda: ops.soft_iou_backward.default(go, prob, t, sums, 1.0, [True, False]))))
+            rows.append((f"torch.sigmoid, {name}", median_ms(lambda: torch.sigmoid(x))))
+        rows.append((f"ours forward+backward, {name}", median_ms(
+            lambda: torch.autograd.grad(d2d_ext.soft_iou(xg, t, 1.0).sum(), [xg]))))
+        rows.append((f"reference forward+backward, {name}", median_ms(
+            lambda: torch.autograd.grad(soft_iou_reference(xg, t, 1.0).sum(), [xg]))))
+    print(f"torch threads {args.threads}\n\n| what | median ms |\n|---|---|")
+    for what, ms in rows:
+        print(f"| {what} | {ms:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
