@@ -47,8 +47,6 @@ __all__ = [
 #: The point sources of :meth:`IRDataset.points` (``"csv:FILE"`` takes a file name after the colon).
 POINT_SOURCES = ("centroid", "coarse", "csv:FILE", "gen-centroid", "gen-coarse")
 
-# 8-connectivity for scipy.ndimage.label.
-
 # LESPS coarse protocol: offsets are (bbox_extent / 2) * N(0, 1/4), i.e. std 0.5 * extent / 2.
 _COARSE_STD = 0.5
 _COARSE_MAX_DRAWS = 100
