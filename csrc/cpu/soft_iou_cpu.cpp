@@ -150,9 +150,7 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cpu(const at::Tensor& grad_
         const int64_t hi = std::min(n * M + M, lo + kBlock);
         const T di = d_inter[n], ds = d_sum[n];
         if (need_x) {
-          for (int64_t j = lo; j < hi; ++j) {
-            gx[j] = soft_iou_grad_logit(p[j] * (T(1) - p[j]), t[j], di, ds);
-          }
+          for (int64_t j = lo; j < hi; ++j) gx[j] = soft_iou_grad_logit(p[j], t[j], di, ds);
         }
         if (need_t) {
           for (int64_t j = lo; j < hi; ++j) gt[j] = soft_iou_grad_target(p[j], di, ds);

@@ -32,11 +32,11 @@ D2D_HD void soft_iou_dsums(A inter, A sum_p, A sum_t, A smooth, A go, A* d_inter
   *d_sum = go * num * inv2;
 }
 
-// dL/dlogit of one element from q = p (1 - p), and dL/dtarget from p, given the sum derivatives
-// of its sample.
+// dL/dlogit and dL/dtarget of one element from its probability p = sigmoid(logit) (saved by the
+// forward), given the sum derivatives of its sample.
 template <typename T>
-D2D_HD T soft_iou_grad_logit(T q, T target, T d_inter, T d_sum) {
-  return (d_inter * target + d_sum) * q;
+D2D_HD T soft_iou_grad_logit(T p, T target, T d_inter, T d_sum) {
+  return (d_inter * target + d_sum) * (p * (T(1) - p));
 }
 
 template <typename T>
@@ -44,10 +44,10 @@ D2D_HD T soft_iou_grad_target(T p, T d_inter, T d_sum) {
   return d_inter * p + d_sum;
 }
 
-// Both gradients of one element from its probability p = sigmoid(logit) (saved by the forward).
+// Both gradients of one element.
 template <typename T>
 D2D_HD void soft_iou_grad_px(T p, T target, T d_inter, T d_sum, T* g_logit, T* g_target) {
-  *g_logit = soft_iou_grad_logit(p * (T(1) - p), target, d_inter, d_sum);
+  *g_logit = soft_iou_grad_logit(p, target, d_inter, d_sum);
   *g_target = soft_iou_grad_target(p, d_inter, d_sum);
 }
 
