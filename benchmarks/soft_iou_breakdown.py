@@ -4,10 +4,13 @@
 
 Medians of 300 calls on the benchmark's input (16x1x256x256 float32): each of our two ops alone,
 ``torch.sigmoid`` on the same tensor (a part of the reference), forward+backward through
-``torch.autograd.grad`` for both, and the same on a 16x1x4x4 input (the fixed autograd cost).
+``torch.autograd.grad`` for both, and the same on a 16x1x4x4 input (the fixed autograd cost); with
+the minor page faults per call (fresh pages of newly allocated tensors, which the allocator gets
+from the kernel: a large part of the time of a call that allocates several 4 MB tensors).
 """
 
 import argparse
+import resource
 import time
 
 import torch
@@ -17,14 +20,17 @@ from d2d_ext.reference import soft_iou_reference
 
 
 def median_ms(fn, calls=300):
+    """``(median milliseconds, minor page faults per call)`` of ``calls`` calls of ``fn``."""
     for _ in range(10):
         fn()
     times = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(calls):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1e3
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return sorted(times)[len(times) // 2] * 1e3, faults / calls
 
 
 def main():
@@ -41,19 +47,19 @@ def main():
         xg = x.clone().requires_grad_(True)
         name = "x".join(map(str, shape))
         if shape[-1] > 4:
-            _, prob, sums = ops.soft_iou_forward.default(x, t, 1.0)
+            _, sums = ops.soft_iou_forward.default(x, t, 1.0)
             go = torch.ones(shape[0])
             rows.append((f"d2d::soft_iou_forward, {name}", median_ms(lambda: ops.soft_iou_forward.default(x, t, 1.0))))
             rows.append((f"d2d::soft_iou_backward (logits), {name}", median_ms(
-                lambda: ops.soft_iou_backward.default(go, prob, t, sums, 1.0, [True, False]))))
+                lambda: ops.soft_iou_backward.default(go, x, t, sums, 1.0, [True, False]))))
             rows.append((f"torch.sigmoid, {name}", median_ms(lambda: torch.sigmoid(x))))
         rows.append((f"ours forward+backward, {name}", median_ms(
             lambda: torch.autograd.grad(d2d_ext.soft_iou(xg, t, 1.0).sum(), [xg]))))
         rows.append((f"reference forward+backward, {name}", median_ms(
             lambda: torch.autograd.grad(soft_iou_reference(xg, t, 1.0).sum(), [xg]))))
-    print(f"torch threads {args.threads}\n\n| what | median ms |\n|---|---|")
-    for what, ms in rows:
-        print(f"| {what} | {ms:.3f} |")
+    print(f"torch threads {args.threads}\n\n| what | median ms | page faults per call |\n|---|---|---|")
+    for what, (ms, faults) in rows:
+        print(f"| {what} | {ms:.3f} | {faults:.0f} |")
 
 
 if __name__ == "__main__":

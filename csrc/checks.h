@@ -45,7 +45,7 @@ inline void check_diffuse_backward_args(const at::Tensor& grad_out, const at::Te
   check_same(grad_out, u0, "d2d.diffuse_backward", "grad_out", "u0");
 }
 
-// x (the logits, or the backward's prob) and target of shape (N, ...), and smooth.
+// x (the logits) and target of shape (N, ...), and smooth.
 inline void check_soft_iou_inputs(const at::Tensor& x, const at::Tensor& target, double smooth,
                                   const char* op, const char* name) {
   TORCH_CHECK(x.dim() >= 1, op, ": ", name, " must have shape (N, ...), got a 0-d tensor");
@@ -62,20 +62,20 @@ inline void check_soft_iou_args(const at::Tensor& logits, const at::Tensor& targ
   check_soft_iou_inputs(logits, target, smooth, "d2d.soft_iou", "logits");
 }
 
-inline void check_soft_iou_backward_args(const at::Tensor& grad_loss, const at::Tensor& prob,
+inline void check_soft_iou_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits,
                                          const at::Tensor& target, const at::Tensor& sums,
                                          double smooth) {
   const char* op = "d2d.soft_iou_backward";
-  check_soft_iou_inputs(prob, target, smooth, op, "prob");
-  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == prob.size(0), op,
-              ": grad_loss must have shape (", prob.size(0), ",), got ", grad_loss.sizes());
-  check_same(grad_loss, prob, op, "grad_loss", "prob");
-  TORCH_CHECK(sums.dim() == 2 && sums.size(0) == prob.size(0) && sums.size(1) == 3, op,
-              ": sums must have shape (", prob.size(0), ", 3), got ", sums.sizes());
+  check_soft_iou_inputs(logits, target, smooth, op, "logits");
+  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == logits.size(0), op,
+              ": grad_loss must have shape (", logits.size(0), ",), got ", grad_loss.sizes());
+  check_same(grad_loss, logits, op, "grad_loss", "logits");
+  TORCH_CHECK(sums.dim() == 2 && sums.size(0) == logits.size(0) && sums.size(1) == 3, op,
+              ": sums must have shape (", logits.size(0), ", 3), got ", sums.sizes());
   TORCH_CHECK(sums.scalar_type() == at::kDouble, op, ": sums must be float64, got ",
               sums.scalar_type());
-  TORCH_CHECK(sums.device() == prob.device(), op, ": sums and prob must be on the same device, got ",
-              sums.device(), " and ", prob.device());
+  TORCH_CHECK(sums.device() == logits.device(), op, ": sums and logits must be on the same device, got ",
+              sums.device(), " and ", logits.device());
 }
 
 }  // namespace d2d

@@ -12,14 +12,15 @@ TORCH_LIBRARY(d2d, m) {
   m.def(
       "diffuse_backward(Tensor grad_out, Tensor u0, Tensor rates, float tau, int steps) "
       "-> (Tensor, Tensor)");
-  // soft_iou is soft_iou_forward's loss (CompositeImplicitAutograd below): the forward keeps
-  // p = sigmoid(logits) and the per-sample sums, so the backward is one pass without an exp.
+  // soft_iou is soft_iou_forward's loss (CompositeImplicitAutograd below): the forward also
+  // returns the per-sample sums, so the backward is one elementwise pass over the logits (it
+  // recomputes the sigmoid instead of keeping a tensor of probabilities alive).
   m.def("soft_iou(Tensor logits, Tensor target, float smooth) -> Tensor");
   m.def(
       "soft_iou_forward(Tensor logits, Tensor target, float smooth) "
-      "-> (Tensor loss, Tensor prob, Tensor sums)");
+      "-> (Tensor loss, Tensor sums)");
   m.def(
-      "soft_iou_backward(Tensor grad_loss, Tensor prob, Tensor target, Tensor sums, float smooth, "
+      "soft_iou_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor sums, float smooth, "
       "bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
@@ -27,7 +28,7 @@ TORCH_LIBRARY_IMPL(d2d, CompositeImplicitAutograd, m) {
   m.impl("soft_iou", [](const at::Tensor& logits, const at::Tensor& target, double smooth) {
     static const auto forward = c10::Dispatcher::singleton()
                                     .findSchemaOrThrow("d2d::soft_iou_forward", "")
-                                    .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                    .typed<std::tuple<at::Tensor, at::Tensor>(
                                         const at::Tensor&, const at::Tensor&, double)>();
     return std::get<0>(forward.call(logits, target, smooth));
   });

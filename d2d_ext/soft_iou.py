@@ -20,9 +20,9 @@ def soft_iou(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) ->
         ``p = sigmoid(logits)`` and sums over every non-batch element of sample ``i``.
 
     Differentiable in ``logits`` and in ``target`` (the target may be a differentiable
-    pseudo-label); first-order only. For the backward, autograd keeps ``p`` (a tensor the size of
-    ``logits``, as autograd through plain torch does) and the ``(N, 3)`` sums, so the backward is
-    one pass without an exponential.
+    pseudo-label); first-order only. For the backward, autograd keeps the ``(N, 3)`` sums and
+    references to ``logits`` and ``target`` (no tensor of probabilities: the backward recomputes
+    the sigmoid in its one pass, which costs less than allocating and keeping ``p``).
     """
     return torch.ops.d2d.soft_iou.default(logits, target, float(smooth))
 
@@ -62,46 +62,42 @@ def weighted_soft_iou(
 
 
 # d2d::soft_iou itself is CompositeImplicitAutograd (csrc/d2d.cpp): the loss output of
-# d2d::soft_iou_forward, which also returns p = sigmoid(logits) (N, ...) and the per-sample sums
-# (N, 3) float64 (sum p t, sum p, sum t) for the one-pass backward.
+# d2d::soft_iou_forward, which also returns the per-sample sums (N, 3) float64 (sum p t, sum p,
+# sum t) for the one-pass backward.
 
 
 @torch.library.register_fake("d2d::soft_iou_forward")
 def _soft_iou_forward_fake(logits, target, smooth):
     torch._check(logits.dim() >= 1, lambda: "d2d.soft_iou: logits must have shape (N, ...)")
     n = logits.shape[0]
-    return (
-        logits.new_empty((n,)),
-        logits.new_empty(logits.shape),
-        logits.new_empty((n, 3), dtype=torch.float64),
-    )
+    return logits.new_empty((n,)), logits.new_empty((n, 3), dtype=torch.float64)
 
 
 @torch.library.register_fake("d2d::soft_iou_backward")
-def _soft_iou_backward_fake(grad_loss, prob, target, sums, smooth, output_mask):
+def _soft_iou_backward_fake(grad_loss, logits, target, sums, smooth, output_mask):
     # Gradients not asked for come back as empty (0,) tensors.
     return (
-        prob.new_empty(prob.shape if output_mask[0] else (0,)),
+        logits.new_empty(logits.shape if output_mask[0] else (0,)),
         target.new_empty(target.shape if output_mask[1] else (0,)),
     )
 
 
 def _soft_iou_setup_context(ctx, inputs, output):
-    _, target, smooth = inputs
-    _, prob, sums = output
-    ctx.mark_non_differentiable(prob, sums)
-    ctx.set_materialize_grads(False)  # else every backward zero-fills a grad the size of prob
-    ctx.save_for_backward(prob, target, sums)
+    logits, target, smooth = inputs
+    _, sums = output
+    ctx.mark_non_differentiable(sums)
+    ctx.set_materialize_grads(False)  # a grad for sums is never used: do not zero-fill one
+    ctx.save_for_backward(logits, target, sums)
     ctx.smooth = smooth
 
 
-def _soft_iou_backward(ctx, grad, _grad_prob, _grad_sums):
-    if grad is None:  # only the non-differentiable outputs were used
+def _soft_iou_backward(ctx, grad, _grad_sums):
+    if grad is None:  # only the sums were used
         return None, None, None
-    prob, target, sums = ctx.saved_tensors
+    logits, target, sums = ctx.saved_tensors
     mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
     grad_logits, grad_target = torch.ops.d2d.soft_iou_backward.default(
-        grad, prob, target, sums, ctx.smooth, mask
+        grad, logits, target, sums, ctx.smooth, mask
     )
     return (
         grad_logits if ctx.needs_input_grad[0] else None,

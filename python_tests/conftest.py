@@ -69,9 +69,9 @@ def vjp_reference(fn, inputs, grad_out):
 
 
 def soft_iou_backward(grad_loss, logits, target, smooth, mask=(True, True)):
-    """The backward op from the logits: the forward op's saved p and sums, then the backward."""
-    _, prob, sums = torch.ops.d2d.soft_iou_forward.default(logits, target, float(smooth))
-    return torch.ops.d2d.soft_iou_backward.default(grad_loss, prob, target, sums, float(smooth), list(mask))
+    """The backward op from the logits: the forward op's sums, then the backward."""
+    _, sums = torch.ops.d2d.soft_iou_forward.default(logits, target, float(smooth))
+    return torch.ops.d2d.soft_iou_backward.default(grad_loss, logits, target, sums, float(smooth), list(mask))
 
 
 def assert_close_rel(actual, expected, rtol, msg=""):

@@ -269,9 +269,9 @@ def test_soft_iou_gradcheck_and_opcheck_cuda():
         torch.library.opcheck(op.default, (xc, tc, 1.0))
         torch.library.opcheck(op.default, (xc.detach(), tc.detach(), 0.5))
     go = torch.randn(3, dtype=torch.float64, device="cuda")
-    _, prob, sums = OPS.soft_iou_forward.default(xc.detach(), tc.detach(), 1.0)
+    _, sums = OPS.soft_iou_forward.default(xc.detach(), tc.detach(), 1.0)
     for mask in ([True, True], [True, False], [False, True], [False, False]):
-        torch.library.opcheck(OPS.soft_iou_backward.default, (go, prob, tc.detach(), sums, 1.0, mask))
+        torch.library.opcheck(OPS.soft_iou_backward.default, (go, xc.detach(), tc.detach(), sums, 1.0, mask))
 
 
 @requires_cuda
@@ -281,7 +281,7 @@ def test_soft_iou_device_mismatch():
     with pytest.raises(RuntimeError, match=re.escape("d2d.soft_iou: logits and target must be on the same device, got cuda:0 and cpu")):
         d2d_ext.soft_iou(x.cuda(), x, 1.0)
     go, sums = torch.ones(2, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match=re.escape("d2d.soft_iou_backward: grad_loss and prob must be on the same device")):
+    with pytest.raises(RuntimeError, match=re.escape("d2d.soft_iou_backward: grad_loss and logits must be on the same device")):
         OPS.soft_iou_backward.default(go, x.cuda(), x.cuda(), sums.cuda(), 1.0, [True, True])
-    with pytest.raises(RuntimeError, match=re.escape("d2d.soft_iou_backward: sums and prob must be on the same device")):
+    with pytest.raises(RuntimeError, match=re.escape("d2d.soft_iou_backward: sums and logits must be on the same device")):
         OPS.soft_iou_backward.default(go.cuda(), x.cuda(), x.cuda(), sums, 1.0, [True, True])

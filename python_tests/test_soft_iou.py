@@ -195,14 +195,13 @@ def test_opcheck_soft_iou(case, op):
 def test_opcheck_soft_iou_backward(mask):
     x, t = problem((3, 2, 4), seed=11)
     go = torch.randn(3, dtype=torch.float64, generator=make_generator(12))
-    _, prob, sums = OPS.soft_iou_forward.default(x, t, 1.0)
-    torch.library.opcheck(OPS.soft_iou_backward.default, (go, prob, t, sums, 1.0, list(mask)))
+    _, sums = OPS.soft_iou_forward.default(x, t, 1.0)
+    torch.library.opcheck(OPS.soft_iou_backward.default, (go, x, t, sums, 1.0, list(mask)))
 
 
-def test_forward_saves_prob_and_sums():
+def test_forward_returns_sums():
     x, t = problem((3, 2, 50, 60), seed=13)  # several reduction blocks per sample
-    loss, prob, sums = OPS.soft_iou_forward.default(x, t, 0.5)
-    torch.testing.assert_close(prob, torch.sigmoid(x), rtol=1e-15, atol=0)
+    loss, sums = OPS.soft_iou_forward.default(x, t, 0.5)
     p, tt = torch.sigmoid(x).flatten(1), t.flatten(1)
     want = torch.stack([(p * tt).sum(1), p.sum(1), tt.sum(1)], 1)
     assert sums.dtype == torch.float64 and sums.shape == (3, 3)
@@ -210,8 +209,19 @@ def test_forward_saves_prob_and_sums():
     torch.testing.assert_close(loss, OPS.soft_iou.default(x, t, 0.5), rtol=0, atol=0)
     with torch.enable_grad():
         xg = x.clone().requires_grad_(True)
-        _, prob_g, sums_g = OPS.soft_iou_forward.default(xg, t, 0.5)
-    assert not prob_g.requires_grad and not sums_g.requires_grad
+        loss_g, sums_g = OPS.soft_iou_forward.default(xg, t, 0.5)
+    assert loss_g.requires_grad and not sums_g.requires_grad
+
+
+def test_autograd_keeps_no_probabilities():
+    # The graph holds the inputs themselves and the (N, 3) sums: no tensor of sigmoid(logits).
+    x, t = problem((3, 2, 50, 60), seed=14)
+    xg, tg = x.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    loss = d2d_ext.soft_iou(xg, tg, 1.0)
+    saved = loss.grad_fn.saved_tensors
+    assert len(saved) == 3
+    assert saved[0].data_ptr() == xg.data_ptr() and saved[1].data_ptr() == tg.data_ptr()
+    assert saved[2].shape == (3, 3) and saved[2].dtype == torch.float64
 
 
 def test_output_mask():
@@ -330,7 +340,7 @@ def _error_cases():
         ),
         "bwd_grad_loss_dtype": (
             lambda: bwd(torch.ones(2), x, x, 1.0),
-            re.escape("d2d.soft_iou_backward: grad_loss and prob must have the same dtype, got Float and Double"),
+            re.escape("d2d.soft_iou_backward: grad_loss and logits must have the same dtype, got Float and Double"),
         ),
         "bwd_smooth": (
             lambda: OPS.soft_iou_backward.default(go, x, x, sums, -2.0, [True, True]),
@@ -344,9 +354,9 @@ def _error_cases():
             lambda: OPS.soft_iou_backward.default(go, x, x, sums.float(), 1.0, [True, True]),
             re.escape("d2d.soft_iou_backward: sums must be float64, got Float"),
         ),
-        "bwd_prob_target_shape": (
+        "bwd_logits_target_shape": (
             lambda: OPS.soft_iou_backward.default(go, x, x[:, :2], sums, 1.0, [True, True]),
-            re.escape("d2d.soft_iou_backward: prob [2, 3, 4] and target [2, 2, 4] must have the same shape"),
+            re.escape("d2d.soft_iou_backward: logits [2, 3, 4] and target [2, 2, 4] must have the same shape"),
         ),
     }
 

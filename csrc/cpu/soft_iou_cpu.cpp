@@ -2,8 +2,9 @@
 //
 // Inputs are viewed as (N, M). The per-sample sums are reduced over blocks of kBlock elements (so
 // a batch smaller than the thread pool still uses every thread): kLanes partial sums per block,
-// which vectorise, combined in double. The forward stores p = sigmoid(logits) as it goes; the
-// backward reads p back and makes one pass with no exp.
+// which vectorise, combined in double. The forward only reads (logits, target); the backward is
+// one pass over them that recomputes the sigmoid (keeping p from the forward would hold a tensor the
+// size of the logits from the forward to the backward, and allocating it costs more than the exp).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -28,10 +29,9 @@ struct Sums {
   double inter, sum_p, sum_t;
 };
 
-// Sums of p*t, p and t over x[lo, hi), t[lo, hi); p_out receives p at the same positions.
+// Sums of p*t, p and t over x[lo, hi), t[lo, hi).
 template <typename T>
-Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, int64_t hi,
-                T* __restrict__ p_out) {
+Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, int64_t hi) {
   T ai[kLanes] = {}, ap[kLanes] = {}, at[kLanes] = {};
   int64_t j = lo;
   for (; j + kLanes <= hi; j += kLanes) {
@@ -41,7 +41,6 @@ Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, in
       ai[l] += p * tv;
       ap[l] += p;
       at[l] += tv;
-      p_out[j + l] = p;
     }
   }
   Sums s{0, 0, 0};
@@ -50,7 +49,6 @@ Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, in
     s.inter += double(p) * double(t[j]);
     s.sum_p += p;
     s.sum_t += t[j];
-    p_out[j] = p;
   }
   for (int l = 0; l < kLanes; ++l) {
     s.inter += ai[l];
@@ -62,16 +60,16 @@ Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, in
 
 int64_t blocks_per_sample(int64_t M) { return std::max<int64_t>(1, (M + kBlock - 1) / kBlock); }
 
-// Per-sample sums for x, t viewed as (N, M), written to sums (N, 3); p (N, M) receives sigmoid(x).
+// Per-sample sums for x, t viewed as (N, M), written to sums (N, 3).
 template <typename T>
-void sample_sums(const T* x, const T* t, int64_t N, int64_t M, T* p, double* sums) {
+void sample_sums(const T* x, const T* t, int64_t N, int64_t M, double* sums) {
   const int64_t per_sample = blocks_per_sample(M);
   std::vector<Sums> partial(N * per_sample, Sums{0, 0, 0});
   at::parallel_for(0, N * per_sample, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t lo = (b / per_sample) * M + (b % per_sample) * kBlock;
       const int64_t hi = std::min((b / per_sample + 1) * M, lo + kBlock);
-      partial[b] = block_sums<T>(x, t, lo, hi, p);
+      partial[b] = block_sums<T>(x, t, lo, hi);
     }
   });
   std::fill(sums, sums + 3 * N, 0.0);
@@ -87,9 +85,9 @@ int64_t sample_numel(const at::Tensor& logits) {
   return logits.size(0) == 0 ? 0 : logits.numel() / logits.size(0);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_iou_forward_cpu(const at::Tensor& logits_in,
-                                                                     const at::Tensor& target_in,
-                                                                     double smooth) {
+std::tuple<at::Tensor, at::Tensor> soft_iou_forward_cpu(const at::Tensor& logits_in,
+                                                        const at::Tensor& target_in,
+                                                        double smooth) {
   check_soft_iou_args(logits_in, target_in, smooth);
   TORCH_CHECK(logits_in.device().is_cpu(), "d2d.soft_iou: the CPU kernel got a tensor on ",
               logits_in.device());
@@ -97,40 +95,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_iou_forward_cpu(const at::Te
   const at::Tensor target = target_in.contiguous();
   const int64_t N = logits.size(0), M = sample_numel(logits);
   at::Tensor loss = at::empty({N}, logits.options());
-  at::Tensor prob = at::empty(logits.sizes(), logits.options());
   at::Tensor sums = at::empty({N, 3}, logits.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_forward_cpu", [&] {
     double* s = sums.data_ptr<double>();
-    sample_sums(logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), N, M,
-                prob.data_ptr<scalar_t>(), s);
+    sample_sums(logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), N, M, s);
     scalar_t* lp = loss.data_ptr<scalar_t>();
     for (int64_t n = 0; n < N; ++n) {
       lp[n] = scalar_t(soft_iou_loss(s[3 * n], s[3 * n + 1], s[3 * n + 2], smooth));
     }
   });
-  return {loss, prob, sums};
+  return {loss, sums};
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cpu(const at::Tensor& grad_in,
-                                                          const at::Tensor& prob_in,
+                                                          const at::Tensor& logits_in,
                                                           const at::Tensor& target_in,
                                                           const at::Tensor& sums_in, double smooth,
                                                           std::array<bool, 2> output_mask) {
-  check_soft_iou_backward_args(grad_in, prob_in, target_in, sums_in, smooth);
-  TORCH_CHECK(prob_in.device().is_cpu(), "d2d.soft_iou_backward: the CPU kernel got a tensor on ",
-              prob_in.device());
+  check_soft_iou_backward_args(grad_in, logits_in, target_in, sums_in, smooth);
+  TORCH_CHECK(logits_in.device().is_cpu(), "d2d.soft_iou_backward: the CPU kernel got a tensor on ",
+              logits_in.device());
   const at::Tensor grad = grad_in.contiguous();
-  const at::Tensor prob = prob_in.contiguous();
+  const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.contiguous();
   const at::Tensor sums = sums_in.contiguous();
-  const int64_t N = prob.size(0), M = sample_numel(prob);
+  const int64_t N = logits.size(0), M = sample_numel(logits);
   const bool need_x = output_mask[0], need_t = output_mask[1];
-  at::Tensor grad_logits = at::empty(need_x ? prob.sizes() : at::IntArrayRef{0}, prob.options());
+  at::Tensor grad_logits = at::empty(need_x ? logits.sizes() : at::IntArrayRef{0}, logits.options());
   at::Tensor grad_target = at::empty(need_t ? target.sizes() : at::IntArrayRef{0}, target.options());
   if (!need_x && !need_t) return {grad_logits, grad_target};
-  AT_DISPATCH_FLOATING_TYPES(prob.scalar_type(), "d2d_soft_iou_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_backward_cpu", [&] {
     using T = scalar_t;
-    const T* p = prob.data_ptr<T>();
+    const T* x = logits.data_ptr<T>();
     const T* t = target.data_ptr<T>();
     const T* go = grad.data_ptr<T>();
     const double* s = sums.data_ptr<double>();
@@ -149,11 +145,17 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cpu(const at::Tensor& grad_
         const int64_t n = b / per_sample, lo = n * M + (b % per_sample) * kBlock;
         const int64_t hi = std::min(n * M + M, lo + kBlock);
         const T di = d_inter[n], ds = d_sum[n];
-        if (need_x) {
-          for (int64_t j = lo; j < hi; ++j) gx[j] = soft_iou_grad_logit(p[j], t[j], di, ds);
-        }
-        if (need_t) {
-          for (int64_t j = lo; j < hi; ++j) gt[j] = soft_iou_grad_target(p[j], di, ds);
+        // one loop per output set, so that each vectorises without a branch inside
+        if (need_x && need_t) {
+          for (int64_t j = lo; j < hi; ++j) soft_iou_grad_px(x[j], t[j], di, ds, gx + j, gt + j);
+        } else if (need_x) {
+          for (int64_t j = lo; j < hi; ++j) {
+            T p, slope;
+            sigmoid_slope(x[j], &p, &slope);
+            gx[j] = soft_iou_grad_logit(slope, t[j], di, ds);
+          }
+        } else {
+          for (int64_t j = lo; j < hi; ++j) gt[j] = soft_iou_grad_target(sigmoid(x[j]), di, ds);
         }
       }
     });

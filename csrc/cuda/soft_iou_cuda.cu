@@ -1,8 +1,8 @@
 // CUDA kernels of d2d::soft_iou_forward and d2d::soft_iou_backward.
 //
-// Inputs are viewed as (N, M). The forward's reduction kernel stores p = sigmoid(x) and
-// accumulates the three per-sample sums in double (block reduction, then one atomicAdd per block
-// and sum); the backward is one elementwise pass over the saved p. The per-element math comes from
+// Inputs are viewed as (N, M). The forward's reduction kernel accumulates the three per-sample
+// sums in double (block reduction, then one atomicAdd per block and sum) and writes nothing the
+// size of the input; the backward is one elementwise pass over the logits that recomputes p. The per-element math comes from
 // kernels/soft_iou_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -31,21 +31,18 @@ __device__ double warp_sum(double v) {
   return v;
 }
 
-// sums[n] += (sum p*t, sum p, sum t) over sample n = n0 + blockIdx.y; prob receives p.
+// sums[n] += (sum p*t, sum p, sum t) over sample n = n0 + blockIdx.y.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     soft_iou_sums_kernel(const T* __restrict__ x, const T* __restrict__ t, int64_t M, int64_t n0,
-                         T* __restrict__ prob, double* __restrict__ sums) {
+                         double* __restrict__ sums) {
   const int64_t n = n0 + blockIdx.y;
   const T* xs = x + n * M;
   const T* ts = t + n * M;
-  T* ps = prob + n * M;
   double v[3] = {0, 0, 0};
   for (int64_t j = int64_t(blockIdx.x) * kThreads + threadIdx.x; j < M;
        j += int64_t(gridDim.x) * kThreads) {
-    const T pv = sigmoid(xs[j]);
-    ps[j] = pv;
-    const double p = pv;
+    const double p = sigmoid(xs[j]);
     const double tv = ts[j];
     v[0] += p * tv;
     v[1] += p;
@@ -89,14 +86,14 @@ __global__ void soft_iou_dsums_kernel(const double* __restrict__ sums, const T* 
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    soft_iou_grad_kernel(const T* __restrict__ p, const T* __restrict__ t,
+    soft_iou_grad_kernel(const T* __restrict__ x, const T* __restrict__ t,
                          const T* __restrict__ d, int64_t M, int64_t total, T* __restrict__ gx,
                          T* __restrict__ gt) {
   for (int64_t j = int64_t(blockIdx.x) * kThreads + threadIdx.x; j < total;
        j += int64_t(gridDim.x) * kThreads) {
     const int64_t n = j / M;
     T gl, gtv;
-    soft_iou_grad_px(p[j], t[j], d[2 * n], d[2 * n + 1], &gl, &gtv);
+    soft_iou_grad_px(x[j], t[j], d[2 * n], d[2 * n + 1], &gl, &gtv);
     if (gx != nullptr) gx[j] = gl;
     if (gt != nullptr) gt[j] = gtv;
   }
@@ -110,9 +107,9 @@ int64_t sample_numel(const at::Tensor& logits) {
   return logits.size(0) == 0 ? 0 : logits.numel() / logits.size(0);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::Tensor& logits_in,
-                                                                      const at::Tensor& target_in,
-                                                                      double smooth) {
+std::tuple<at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::Tensor& logits_in,
+                                                         const at::Tensor& target_in,
+                                                         double smooth) {
   check_soft_iou_args(logits_in, target_in, smooth);
   TORCH_CHECK(logits_in.is_cuda(), "d2d.soft_iou: the CUDA kernel got a tensor on ",
               logits_in.device());
@@ -121,9 +118,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::T
   const at::Tensor target = target_in.contiguous();
   const int64_t N = logits.size(0), M = sample_numel(logits);
   at::Tensor loss = at::empty({N}, logits.options());
-  at::Tensor prob = at::empty(logits.sizes(), logits.options());
   at::Tensor sums = at::zeros({N, 3}, logits.options().dtype(at::kDouble));
-  if (N == 0) return {loss, prob, sums};
+  if (N == 0) return {loss, sums};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_forward_cuda", [&] {
     if (M > 0) {
@@ -132,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::T
         const dim3 grid(bx, static_cast<unsigned>(std::min(kMaxGridY, N - n0)));
         soft_iou_sums_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
             logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), M, n0,
-            prob.data_ptr<scalar_t>(), sums.data_ptr<double>());
+            sums.data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
@@ -140,37 +136,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::T
         sums.data_ptr<double>(), N, smooth, loss.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {loss, prob, sums};
+  return {loss, sums};
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cuda(const at::Tensor& grad_in,
-                                                           const at::Tensor& prob_in,
+                                                           const at::Tensor& logits_in,
                                                            const at::Tensor& target_in,
                                                            const at::Tensor& sums_in,
                                                            double smooth,
                                                            std::array<bool, 2> output_mask) {
-  check_soft_iou_backward_args(grad_in, prob_in, target_in, sums_in, smooth);
-  TORCH_CHECK(prob_in.is_cuda(), "d2d.soft_iou_backward: the CUDA kernel got a tensor on ",
-              prob_in.device());
-  const c10::cuda::CUDAGuard guard(prob_in.device());
+  check_soft_iou_backward_args(grad_in, logits_in, target_in, sums_in, smooth);
+  TORCH_CHECK(logits_in.is_cuda(), "d2d.soft_iou_backward: the CUDA kernel got a tensor on ",
+              logits_in.device());
+  const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor grad = grad_in.contiguous();
-  const at::Tensor prob = prob_in.contiguous();
+  const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.contiguous();
   const at::Tensor sums = sums_in.contiguous();
-  const int64_t N = prob.size(0), M = sample_numel(prob);
+  const int64_t N = logits.size(0), M = sample_numel(logits);
   const bool need_x = output_mask[0], need_t = output_mask[1];
-  at::Tensor grad_logits = at::empty(need_x ? prob.sizes() : at::IntArrayRef{0}, prob.options());
+  at::Tensor grad_logits = at::empty(need_x ? logits.sizes() : at::IntArrayRef{0}, logits.options());
   at::Tensor grad_target = at::empty(need_t ? target.sizes() : at::IntArrayRef{0}, target.options());
   if ((!need_x && !need_t) || N * M == 0) return {grad_logits, grad_target};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(prob.scalar_type(), "d2d_soft_iou_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_backward_cuda", [&] {
     using T = scalar_t;
-    at::Tensor d = at::empty({N, 2}, prob.options());
+    at::Tensor d = at::empty({N, 2}, logits.options());
     soft_iou_dsums_kernel<T><<<(N + 255) / 256, 256, 0, stream>>>(
         sums.data_ptr<double>(), grad.data_ptr<T>(), N, smooth, d.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     soft_iou_grad_kernel<T><<<num_blocks(N * M), kThreads, 0, stream>>>(
-        prob.data_ptr<T>(), target.data_ptr<T>(), d.data_ptr<T>(), M, N * M,
+        logits.data_ptr<T>(), target.data_ptr<T>(), d.data_ptr<T>(), M, N * M,
         need_x ? grad_logits.data_ptr<T>() : nullptr, need_t ? grad_target.data_ptr<T>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

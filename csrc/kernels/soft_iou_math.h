@@ -9,12 +9,21 @@
 
 namespace d2d {
 
-// Overflow-free, branch-free logistic function (vectorises on the CPU).
+// p = sigmoid(x) and its slope p (1 - p) = e / (1 + e)^2 (e = exp(-|x|)): overflow-free and
+// branch-free (vectorises on the CPU), the slope without the cancellation of 1 - p near p = 1.
+template <typename T>
+D2D_HD void sigmoid_slope(T x, T* p, T* slope) {
+  const T e = exp_nonpositive(x >= T(0) ? -x : x);  // in (0, 1]
+  const T s = T(1) / (T(1) + e);
+  *p = x >= T(0) ? s : e * s;
+  *slope = e * s * s;
+}
+
 template <typename T>
 D2D_HD T sigmoid(T x) {
-  const T e = exp_nonpositive(x >= T(0) ? -x : x);  // exp(-|x|) in (0, 1]
-  const T s = T(1) / (T(1) + e);
-  return x >= T(0) ? s : e * s;
+  T p, slope;  // the unused slope is optimised away
+  sigmoid_slope(x, &p, &slope);
+  return p;
 }
 
 template <typename A>
@@ -32,11 +41,11 @@ D2D_HD void soft_iou_dsums(A inter, A sum_p, A sum_t, A smooth, A go, A* d_inter
   *d_sum = go * num * inv2;
 }
 
-// dL/dlogit and dL/dtarget of one element from its probability p = sigmoid(logit) (saved by the
-// forward), given the sum derivatives of its sample.
+// dL/dlogit and dL/dtarget of one element with p = sigmoid(logit) and slope = p (1 - p), given
+// the sum derivatives of its sample.
 template <typename T>
-D2D_HD T soft_iou_grad_logit(T p, T target, T d_inter, T d_sum) {
-  return (d_inter * target + d_sum) * (p * (T(1) - p));
+D2D_HD T soft_iou_grad_logit(T slope, T target, T d_inter, T d_sum) {
+  return (d_inter * target + d_sum) * slope;
 }
 
 template <typename T>
@@ -44,10 +53,13 @@ D2D_HD T soft_iou_grad_target(T p, T d_inter, T d_sum) {
   return d_inter * p + d_sum;
 }
 
-// Both gradients of one element.
+// Both gradients of one element from its logit (the backward recomputes the sigmoid: cheaper than
+// keeping p, a tensor the size of the logits, alive from the forward to the backward).
 template <typename T>
-D2D_HD void soft_iou_grad_px(T p, T target, T d_inter, T d_sum, T* g_logit, T* g_target) {
-  *g_logit = soft_iou_grad_logit(p, target, d_inter, d_sum);
+D2D_HD void soft_iou_grad_px(T logit, T target, T d_inter, T d_sum, T* g_logit, T* g_target) {
+  T p, slope;
+  sigmoid_slope(logit, &p, &slope);
+  *g_logit = soft_iou_grad_logit(slope, target, d_inter, d_sum);
   *g_target = soft_iou_grad_target(p, d_inter, d_sum);
 }
 
