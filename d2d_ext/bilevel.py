@@ -62,7 +62,7 @@ from .diffusion import diffuse
 from .metrics import ISTDMetrics
 from .models import build_model, final_logits
 from .progress import Progress
-from .reference import soft_iou_reference
+from .reference import soft_iou_of_probabilities, soft_iou_reference
 from .soft_iou import soft_iou, weighted_soft_iou
 
 MODES = ("bilevel", "full", "naive", "fixed")
@@ -245,13 +245,6 @@ def hypergradient_step(model, meta, meta_opt, x, y, ema, vx, vy, inner_lr: float
 # ----------------------------------------------------------------------------------------------
 # The diffusion surrogate
 # ----------------------------------------------------------------------------------------------
-
-
-def soft_iou_prob(p: torch.Tensor, t: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """``(N,)`` soft-IoU loss of probability maps ``p`` (no sigmoid) against ``t``, ``(N, ...)``."""
-    p, t = p.flatten(1), t.flatten(1)
-    inter = (p * t).sum(1)
-    return 1 - (inter + smooth) / (p.sum(1) + t.sum(1) - inter + smooth)
 
 
 def surrogate(pred: torch.Tensor, batch: TargetBatch, theta: dict, steps: int) -> torch.Tensor:
@@ -446,7 +439,7 @@ class Trainer:
         with torch.no_grad():
             target = soft_labels(batch, {k: v.detach() for k, v in theta.items()})
         m = surrogate(pred, batch, theta, self.cfg.surrogate_steps)
-        loss = soft_iou_prob(m, target.to(m.dtype)).mean() + soft_iou_prob(m, pred.to(m.dtype)).mean()
+        loss = soft_iou_of_probabilities(m, target.to(m.dtype)).mean() + soft_iou_of_probabilities(m, pred.to(m.dtype)).mean()
         self.theta_opt.zero_grad()
         loss.backward()
         self._all_reduce_grads(self.annotator.params)
@@ -540,7 +533,7 @@ class Trainer:
         metrics = ISTDMetrics()
         losses = []
         for prob, lab in zip(probs, va.labels):
-            losses.append(float(soft_iou_prob(torch.from_numpy(prob)[None], torch.from_numpy(lab)[None])[0]))
+            losses.append(float(soft_iou_of_probabilities(torch.from_numpy(prob)[None], torch.from_numpy(lab)[None])[0]))
             metrics.update(prob, lab > 0.5)
         m = metrics.compute()
         return {"val_loss": float(np.mean(losses)), "val_iou": m["iou"], "val_niou": m["niou"], "val_pd": m["pd"], "val_fa": m["fa"]}

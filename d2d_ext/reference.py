@@ -6,7 +6,7 @@ and differentiate through torch autograd, which keeps every intermediate state.
 
 import torch
 
-__all__ = ["diffuse_reference", "soft_iou_reference", "boundary_mask"]
+__all__ = ["diffuse_reference", "soft_iou_reference", "soft_iou_of_probabilities", "boundary_mask"]
 
 
 def boundary_mask(shape, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -39,12 +39,17 @@ def diffuse_reference(u0: torch.Tensor, rates: torch.Tensor, tau: float, steps: 
     return u
 
 
-def soft_iou_reference(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """``(N,)`` per-sample soft-IoU loss, as :func:`d2d_ext.soft_iou`."""
-    n = logits.shape[0]
-    m = logits[0].numel() if n else 0  # reshape(0, -1) is ambiguous
-    p = torch.sigmoid(logits).reshape(n, m)
-    t = target.reshape(n, m)
+def soft_iou_of_probabilities(p: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """``(N,)`` per-sample soft-IoU loss of probability maps ``p`` (no sigmoid) against ``target``,
+    both ``(N, ...)``; twice differentiable."""
+    n = p.shape[0]
+    m = p[0].numel() if n else 0  # reshape(0, -1) is ambiguous
+    p, t = p.reshape(n, m), target.reshape(n, m)
     inter = (p * t).sum(1)
     union = p.sum(1) + t.sum(1) - inter
     return 1 - (inter + smooth) / (union + smooth)
+
+
+def soft_iou_reference(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """``(N,)`` per-sample soft-IoU loss, as :func:`d2d_ext.soft_iou`."""
+    return soft_iou_of_probabilities(torch.sigmoid(logits), target, smooth)

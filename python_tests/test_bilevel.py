@@ -17,13 +17,13 @@ from d2d_ext.bilevel import (
     hypergradient_step,
     load_checkpoint,
     sample_statistics,
-    soft_iou_prob,
     surrogate,
     evaluate_checkpoint,
 )
 from conftest import fit_until
 from d2d_ext.cli import main
 from d2d_ext.data import DataError
+from d2d_ext.reference import soft_iou_of_probabilities
 from d2d_ext.soft_iou import weighted_soft_iou
 from d2d_ext.synthetic import write_dataset
 
@@ -105,7 +105,7 @@ def test_theta_step_lowers_the_surrogate_objective_and_labels_are_regenerated(da
 
             target = soft_labels(batch, theta)
             m = surrogate(pred, batch, theta, trainer.cfg.surrogate_steps)
-            return float(soft_iou_prob(m, target.to(m.dtype)).mean() + soft_iou_prob(m, pred.to(m.dtype)).mean())
+            return float(soft_iou_of_probabilities(m, target.to(m.dtype)).mean() + soft_iou_of_probabilities(m, pred.to(m.dtype)).mean())
 
     for g in trainer.theta_opt.param_groups:
         g["lr"] = 1e-3  # a small step: the objective must go down

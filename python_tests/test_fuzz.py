@@ -22,7 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import d2d_ext
-from d2d_ext.reference import boundary_mask, diffuse_reference, soft_iou_reference
+from d2d_ext.reference import (
+    boundary_mask,
+    diffuse_reference,
+    soft_iou_of_probabilities,
+    soft_iou_reference,
+)
 
 OPS = torch.ops.d2d
 NAN = float("nan")
@@ -269,13 +274,6 @@ def test_diffuse_backward_matches_autograd_through_reference(case, dtype):
 EXTREMES = [80.0, -80.0, 1e4, -1e4]
 
 
-def soft_iou_ref(logits, target, smooth):
-    """The reference, which cannot reshape an N = 0 batch (``reshape(0, -1)`` is ambiguous)."""
-    if logits.shape[0] == 0:
-        return (logits.reshape(-1)[:0] + target.reshape(-1)[:0]).sum(0, keepdim=True)[:0]
-    return soft_iou_reference(logits, target, smooth)
-
-
 def exact_sigmoid(x):
     """``sigmoid(x)`` whose autograd slope is ``e / (1 + e)^2`` with ``e = exp(-|x|)``: exact where
     ``torch.sigmoid``'s ``p (1 - p)`` rounds to 0 (p = 1 in float64 from x = 37 on), as the op's is."""
@@ -286,11 +284,7 @@ def exact_sigmoid(x):
 
 def soft_iou_exact_slope(logits, target, smooth):
     """The soft-IoU formula on ``exact_sigmoid``: the reference for the op's gradients."""
-    n = logits.shape[0]
-    m = logits[0].numel() if n else 0
-    p, t = exact_sigmoid(logits).reshape(n, m), target.reshape(n, m)
-    inter = (p * t).sum(1)
-    return 1 - (inter + smooth) / (p.sum(1) + t.sum(1) - inter + smooth)
+    return soft_iou_of_probabilities(exact_sigmoid(logits), target, smooth)
 
 
 @st.composite
@@ -347,7 +341,7 @@ def build_soft_iou(case, dtype, requires_grad=False):
 def test_soft_iou_forward_matches_reference(case, dtype):
     x, t, _ = build_soft_iou(case, dtype)
     loss = d2d_ext.soft_iou(x, t, case["smooth"])
-    ref = soft_iou_ref(x.double(), t.double(), case["smooth"])
+    ref = soft_iou_reference(x.double(), t.double(), case["smooth"])
     assert loss.shape == (case["shape"][0],) and loss.dtype == dtype
     assert not loss.isnan().any()
     assert (loss >= 0).all() and (loss <= 1).all(), loss
