@@ -4,7 +4,8 @@
 # (default 2.7 x EPOCHS: a bi-level epoch costs about 2.7 plain ones), two runs at a time on one
 # thread each; then each best checkpoint tested on the test split. Usage:
 #   [SEED=0] [MODES="bilevel full fixed naive"] bash benchmarks/train_modes.sh [DATASET] [RUNS_DIR] [EPOCHS] [PLAIN_EPOCHS]
-# Each run's summed epoch seconds (its CPU budget) is printed with its test result.
+# Each run's summed epoch seconds (its CPU budget) is printed with its test result and appended to
+# RUNS_DIR/test_results.txt; benchmarks/train_summary.py averages those files over seeds.
 set -euo pipefail
 DATA=${1:-../shared/data/SIRST-v1}
 RUNS=${2:-runs}

@@ -1,0 +1,38 @@
+"""benchmarks/train_summary.py: the seed summary of issue 4's comparison."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_summary.py"
+spec = importlib.util.spec_from_file_location("train_summary", SCRIPT)
+train_summary = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_summary)
+
+
+def line(mode, seed, seconds, iou):
+    metrics = {"iou": iou, "niou": iou + 1, "pd": 90.0, "fa": 10.0, "images": 2, "targets": 2}
+    return f"{mode}{'' if seed is None else f' seed {seed}'} {seconds}s {json.dumps(metrics)}\n"
+
+
+def test_summary_means_ratio_and_paired_differences(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(line("bilevel", None, 100, 50.0) + line("full", None, 120, 60.0) + line("fixed", None, 110, 40.0))
+    # seed 1; a later line for the same run replaces the earlier one
+    b.write_text(line("bilevel", 1, 100, 1.0) + line("bilevel", 1, 100, 40.0) + line("full", 1, 120, 50.0)
+                 + line("fixed", 1, 110, 45.0))
+    runs = train_summary.read_results([a, b])
+    assert runs[("bilevel", 0)][1]["iou"] == 50.0 and runs[("bilevel", 1)][1]["iou"] == 40.0
+    text = train_summary.summarise(runs)
+    assert "| bilevel | 0, 1 | 45.00 | 7.07 |" in text
+    assert "bi-level mean / full mean: 81.8%" in text  # 45 / 55
+    assert "bi-level - fixed on seeds 0, 1: +10.00, -5.00 (mean +2.50; bi-level ahead on 1 of 2)" in text
+
+
+def test_a_foreign_line_is_refused_with_its_place(tmp_path):
+    p = tmp_path / "r.txt"
+    p.write_text(line("full", 0, 5, 1.0) + "Traceback (most recent call last):\n")
+    with pytest.raises(SystemExit, match="r.txt:2: not a train_modes.sh result line"):
+        train_summary.read_results([p])
