@@ -12,7 +12,9 @@ One epoch of ``mode="bilevel"``, after ``warmup_epochs`` epochs of plain trainin
   batch mean. Every ``meta_every`` iterations it takes a step on the exact one-step hypergradient
   ``d L_val(w - lr * grad_w mean_i(alpha_i l_i)) / d phi`` (double backward through one SGD step
   of the detector: the "learning to reweight" form, not its first-order approximation). The
-  losses inside that look-ahead use the plain-torch soft-IoU, which is twice differentiable.
+  losses inside that look-ahead use the plain-torch soft-IoU, which is twice differentiable;
+  ``L_val`` there is the mean of the validation crops' losses, or with ``meta_loss="pooled"`` one
+  soft-IoU over the whole validation batch (:func:`validation_loss`).
 - **Diffusion parameters.** Every ``theta_every`` epochs, ``theta`` takes one Adam step on
   ``L_val(M(y; theta), y_hat) + L_val(M(y; theta), y)`` where ``y`` is the detector's
   probability map on each target's crop, ``y_hat`` the current soft pseudo-label and
@@ -66,6 +68,7 @@ from .reference import soft_iou_of_probabilities, soft_iou_reference
 from .soft_iou import soft_iou, weighted_soft_iou
 
 MODES = ("bilevel", "full", "naive", "fixed")
+META_LOSSES = ("per-sample", "pooled")
 N_STATS = 12
 
 
@@ -90,6 +93,7 @@ class TrainConfig:
     meta_lr: float = 1e-3
     theta_lr: float = 1e-2
     inner_lr: float = 1e-3  # the look-ahead SGD step: small, in the linear regime (0.1 overshoots and inverts the weights)
+    meta_loss: str = "per-sample"  # the meta-classifier's validation loss: "per-sample" | "pooled"
     batch_size: int = 8
     crop_size: int = 128
     val_fraction: float = 0.2
@@ -101,6 +105,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.meta_loss not in META_LOSSES:
+            raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.crop_size % 16:
@@ -217,13 +223,25 @@ class MetaWeighter(torch.nn.Module):
         return w / w.mean().clamp_min(1e-6)
 
 
-def hypergradient_step(model, meta, meta_opt, x, y, ema, vx, vy, inner_lr: float, before_step=None) -> float:
+def validation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "per-sample") -> torch.Tensor:
+    """0-d soft-IoU loss of a validation batch, twice differentiable; ``logits``, ``labels``
+    ``(B, ...)``. ``"per-sample"``: the mean of the samples' losses (every crop counts the same);
+    ``"pooled"``: one soft-IoU of the whole batch (sums over every pixel of every crop), so a sample
+    counts by its pixels, as in the dataset-level IoU that detectors are scored by."""
+    if kind == "pooled":
+        return soft_iou_reference(logits.reshape(1, -1), labels.reshape(1, -1))[0]
+    return soft_iou_reference(logits, labels).mean()
+
+
+def hypergradient_step(model, meta, meta_opt, x, y, ema, vx, vy, inner_lr: float, before_step=None,
+                       meta_loss: str = "per-sample") -> float:
     """One step of the meta-classifier ``meta`` on the exact one-step hypergradient.
 
     ``alpha = meta(stats(model(x), y))``; ``w' = w - inner_lr * grad_w mean_i(alpha_i l_i(w))``;
     the step follows ``d L_val(w') / d phi`` (double backward through the look-ahead; the detector's
     own weights and buffers are left untouched). ``x, y``: ``(B, 1, h, w)`` training crops and
-    labels, ``ema``: ``(B,)``; ``vx, vy``: validation crops. Returns ``L_val(w')``.
+    labels, ``ema``: ``(B,)``; ``vx, vy``: validation crops; ``meta_loss``: the form of ``L_val``
+    (:func:`validation_loss`). Returns ``L_val(w')``.
     """
     params = dict(model.named_parameters())
     buffers = {k: v.clone() for k, v in model.named_buffers()}
@@ -232,7 +250,7 @@ def hypergradient_step(model, meta, meta_opt, x, y, ema, vx, vy, inner_lr: float
     losses = soft_iou_reference(logits, y)  # twice differentiable (the op's backward is not)
     grads = torch.autograd.grad((alpha * losses).mean(), list(params.values()), create_graph=True, allow_unused=True)
     ahead = {k: (p - inner_lr * g if g is not None else p) for (k, p), g in zip(params.items(), grads)}
-    val_loss = soft_iou_reference(final_logits(functional_call(model, (ahead, buffers), (vx,))), vy).mean()
+    val_loss = validation_loss(final_logits(functional_call(model, (ahead, buffers), (vx,))), vy, meta_loss)
     meta_opt.zero_grad()
     val_loss.backward(inputs=list(meta.parameters()))
     if before_step is not None:  # e.g. averaging the gradients over ranks
@@ -412,7 +430,7 @@ class Trainer:
     def _meta_step(self, x, y, idx, vx, vy) -> None:
         reduce = (lambda: self._all_reduce_grads(self.meta)) if self.world > 1 else None
         hypergradient_step(self.model, self.meta, self.meta_opt, x, y, self.ema[idx].to(self.device), vx, vy,
-                           self.cfg.inner_lr, before_step=reduce)
+                           self.cfg.inner_lr, before_step=reduce, meta_loss=self.cfg.meta_loss)
 
     def _all_reduce_grads(self, module: torch.nn.Module) -> None:
         """Average the gradients of ``module`` over the ranks (no-op in one process)."""
@@ -551,8 +569,10 @@ class Trainer:
         }
 
     def load_state(self, state: dict) -> None:
-        if state["config"] != dataclasses.asdict(self.cfg):
-            diff = {k: (state["config"].get(k), v) for k, v in dataclasses.asdict(self.cfg).items() if state["config"].get(k) != v}
+        # a setting added since the run started took its default, the old behaviour
+        saved = {**dataclasses.asdict(TrainConfig()), **state["config"]}
+        if saved != dataclasses.asdict(self.cfg):
+            diff = {k: (saved.get(k), v) for k, v in dataclasses.asdict(self.cfg).items() if saved.get(k) != v}
             raise DataError(f"--resume: the run was started with other settings (saved, now): {diff}")
         for name, split in (("train", self.train_set), ("val", self.val_set)):
             saved = state.get(f"{name}_ids")

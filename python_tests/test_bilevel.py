@@ -19,11 +19,12 @@ from d2d_ext.bilevel import (
     sample_statistics,
     surrogate,
     evaluate_checkpoint,
+    validation_loss,
 )
 from conftest import fit_until
 from d2d_ext.cli import main
 from d2d_ext.data import DataError
-from d2d_ext.reference import soft_iou_of_probabilities
+from d2d_ext.reference import soft_iou_of_probabilities, soft_iou_reference
 from d2d_ext.soft_iou import weighted_soft_iou
 from d2d_ext.synthetic import write_dataset
 
@@ -270,3 +271,43 @@ def test_two_process_gloo_run_agrees_on_the_weights(dataset, tmp_path):
     assert (run / "last.pt").is_file() and (run / "alpha.csv").is_file()
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1]
+
+
+def test_pooled_validation_loss_counts_samples_by_their_pixels():
+    # One crop with a large target predicted well, one with a one-pixel target missed.
+    logits = torch.full((2, 1, 8, 8), -8.0, dtype=torch.float64)
+    labels = torch.zeros_like(logits)
+    labels[0, 0, :6, :6] = 1
+    logits[0, 0, :6, :6] = 8.0
+    labels[1, 0, 3, 3] = 1
+    per_sample = validation_loss(logits, labels, "per-sample")
+    pooled = validation_loss(logits, labels, "pooled")
+    torch.testing.assert_close(per_sample, soft_iou_reference(logits, labels).mean())
+    p = torch.sigmoid(logits)
+    inter = (p * labels).sum()
+    torch.testing.assert_close(pooled, 1 - (inter + 1) / (p.sum() + labels.sum() - inter + 1))
+    assert pooled < 0.1 < per_sample  # the missed pixel is 1 of 37 target pixels, but 1 of 2 samples
+    # both forms are twice differentiable (the hypergradient differentiates through a gradient)
+    x = logits.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(validation_loss(x, labels, "pooled"), x, create_graph=True)
+    assert g.requires_grad
+
+
+def test_meta_loss_setting(dataset, tmp_path):
+    with pytest.raises(ValueError, match="meta_loss must be one of"):
+        tiny(meta_loss="mean").validate()
+    trainer = Trainer(dataset, tmp_path / "pooled", tiny(epochs=2, meta_loss="pooled"), progress=False)
+    records = trainer.fit()
+    assert all(np.isfinite(r["val_loss"]) for r in records) and records[-1]["alpha_std"] > 0
+
+
+def test_a_run_from_before_a_setting_existed_resumes_with_its_default(dataset, tmp_path):
+    run = tmp_path / "run"
+    fit_until(Trainer(dataset, run, tiny(epochs=2), progress=False), 1)
+    state = load_checkpoint(run / "last.pt")
+    del state["config"]["meta_loss"]  # as written by an older version
+    resumed = Trainer(dataset, run, tiny(epochs=2), progress=False)
+    resumed.load_state(state)
+    assert resumed.epoch == 1
+    with pytest.raises(DataError, match=re.escape("'meta_loss': ('per-sample', 'pooled')")):
+        Trainer(dataset, run, tiny(epochs=2, meta_loss="pooled"), progress=False).load_state(state)
