@@ -22,7 +22,7 @@ def soft_iou(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) ->
     Differentiable in ``logits`` and in ``target`` (the target may be a differentiable
     pseudo-label); first-order only. For the backward, autograd keeps the ``(N, 3)`` sums and
     references to ``logits`` and ``target`` (no tensor of probabilities: the backward recomputes
-    the sigmoid in its one pass, which costs less than allocating and keeping ``p``).
+    the sigmoid in its one pass).
     """
     return torch.ops.d2d.soft_iou.default(logits, target, float(smooth))
 

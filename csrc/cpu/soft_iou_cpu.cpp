@@ -3,8 +3,9 @@
 // Inputs are viewed as (N, M). The per-sample sums are reduced over blocks of kBlock elements (so
 // a batch smaller than the thread pool still uses every thread): kLanes partial sums per block,
 // which vectorise, combined in double. The forward only reads (logits, target); the backward is
-// one pass over them that recomputes the sigmoid (keeping p from the forward would hold a tensor the
-// size of the logits from the forward to the backward, and allocating it costs more than the exp).
+// one pass over them that recomputes the sigmoid. Keeping p from the forward instead would hold a
+// tensor the size of the logits until the backward; writing and reading it back costs about what
+// the second exp does, and allocating it can cost more (fresh pages).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

@@ -53,8 +53,8 @@ D2D_HD T soft_iou_grad_target(T p, T d_inter, T d_sum) {
   return d_inter * p + d_sum;
 }
 
-// Both gradients of one element from its logit (the backward recomputes the sigmoid: cheaper than
-// keeping p, a tensor the size of the logits, alive from the forward to the backward).
+// Both gradients of one element from its logit (the backward recomputes the sigmoid rather than
+// keep p, a tensor the size of the logits, alive from the forward to the backward).
 template <typename T>
 D2D_HD void soft_iou_grad_px(T logit, T target, T d_inter, T d_sum, T* g_logit, T* g_target) {
   T p, slope;
