@@ -570,9 +570,9 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         # a setting added since the run started took its default, the old behaviour
-        saved = {**dataclasses.asdict(TrainConfig()), **state["config"]}
-        if saved != dataclasses.asdict(self.cfg):
-            diff = {k: (saved.get(k), v) for k, v in dataclasses.asdict(self.cfg).items() if saved.get(k) != v}
+        config = {**dataclasses.asdict(TrainConfig()), **state["config"]}
+        if config != dataclasses.asdict(self.cfg):
+            diff = {k: (config.get(k), v) for k, v in dataclasses.asdict(self.cfg).items() if config.get(k) != v}
             raise DataError(f"--resume: the run was started with other settings (saved, now): {diff}")
         for name, split in (("train", self.train_set), ("val", self.val_set)):
             saved = state.get(f"{name}_ids")
