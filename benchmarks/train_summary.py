@@ -16,6 +16,7 @@ import statistics
 import sys
 
 LINE = re.compile(r"^(\w+)(?: seed (\d+))? (\d+)s (\{.*\})\s*$")
+ORDER = ("bilevel", "full", "fixed", "naive")  # table order; other modes follow by name
 
 
 def read_results(paths):
@@ -39,8 +40,7 @@ def mean_std(values):
 
 
 def summarise(runs) -> str:
-    modes = sorted({mode for mode, _ in runs}, key=lambda m: ("bilevel", "full", "fixed", "naive", m).index(m)
-                   if m in ("bilevel", "full", "fixed", "naive") else 4)
+    modes = sorted({mode for mode, _ in runs}, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
     out = ["| mode | seed | test IoU | nIoU | Pd | Fa (1e-6) | CPU seconds |", "|---|---|---|---|---|---|---|"]
     for mode in modes:
         for seed in sorted(s for m, s in runs if m == mode):
