@@ -6,7 +6,9 @@ Each line of a ``test_results.txt`` reads ``MODE [seed S] SECONDSs {"iou": ...}`
 ``seed`` is seed 0); a later line for the same mode and seed replaces an earlier one. Prints every
 run, then per mode the mean and sample standard deviation of the test IoU over its seeds, and the
 two goals: bi-level's mean as a share of full supervision's, and bi-level against each baseline
-on the seeds both have.
+on the seeds both have. Each goal is also a paired difference per seed (``bilevel - 0.9 * full``,
+``bilevel - fixed``), given with a 95% confidence interval from Student's t over the seeds: the
+goal holds with that confidence only where the whole interval lies above 0.
 """
 
 import argparse
@@ -17,6 +19,10 @@ import sys
 
 LINE = re.compile(r"^(\w+)(?: seed (\d+))? (\d+)s (\{.*\})\s*$")
 ORDER = ("bilevel", "full", "fixed", "naive")  # table order; other modes follow by name
+# Student's t, two-sided 95% (the 0.975 quantile), by degrees of freedom 1..30
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042)
 
 
 def read_results(paths):
@@ -37,6 +43,25 @@ def read_results(paths):
 
 def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def mean_ci95(values):
+    """``(mean, half-width)`` of the 95% confidence interval of the mean (Student's t; the
+    half-width is ``nan`` for a single value, 1.96 standard errors beyond 31 values)."""
+    mu, sd = mean_std(values)
+    n = len(values)
+    if n < 2:
+        return mu, float("nan")
+    t = T975[n - 2] if n - 1 <= len(T975) else 1.960
+    return mu, t * sd / n ** 0.5
+
+
+def paired_line(label, seeds, diffs) -> str:
+    """One summary line for the paired differences ``diffs`` over ``seeds``."""
+    mu, hw = mean_ci95(diffs)
+    ci = "one seed: no interval" if hw != hw else f"95% CI {mu - hw:+.2f} to {mu + hw:+.2f}"
+    return (f"- {label} on seeds {', '.join(map(str, seeds))}: " + ", ".join(f"{d:+.2f}" for d in diffs)
+            + f" (mean {mu:+.2f}, {ci}; above 0 on {sum(d > 0 for d in diffs)} of {len(diffs)})")
 
 
 def summarise(runs) -> str:
@@ -60,14 +85,12 @@ def summarise(runs) -> str:
         if "full" in iou:
             ratio = statistics.mean(bi.values()) / statistics.mean(iou["full"].values())
             out.append(f"- bi-level mean / full mean: {100 * ratio:.1f}% (goal: at least 90%)")
+            common = sorted(set(bi) & set(iou["full"]))
+            out.append(paired_line("bi-level - 0.9 x full", common, [bi[s] - 0.9 * iou["full"][s] for s in common]))
         for base in ("fixed", "naive"):
             common = sorted(set(bi) & set(iou.get(base, {})))
             if common:
-                diffs = [bi[s] - iou[base][s] for s in common]
-                wins = sum(d > 0 for d in diffs)
-                out.append(f"- bi-level - {base} on seeds {', '.join(map(str, common))}: "
-                           + ", ".join(f"{d:+.2f}" for d in diffs)
-                           + f" (mean {statistics.mean(diffs):+.2f}; bi-level ahead on {wins} of {len(common)})")
+                out.append(paired_line(f"bi-level - {base}", common, [bi[s] - iou[base][s] for s in common]))
     return "\n".join(out)
 
 

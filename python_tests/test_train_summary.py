@@ -28,7 +28,17 @@ def test_summary_means_ratio_and_paired_differences(tmp_path):
     text = train_summary.summarise(runs)
     assert "| bilevel | 0, 1 | 45.00 | 7.07 |" in text
     assert "bi-level mean / full mean: 81.8%" in text  # 45 / 55
-    assert "bi-level - fixed on seeds 0, 1: +10.00, -5.00 (mean +2.50; bi-level ahead on 1 of 2)" in text
+    # 50 - 54 and 40 - 45; each interval is the mean -/+ t(1 df) * sd / sqrt(2), t(1 df) = 12.706
+    assert "bi-level - 0.9 x full on seeds 0, 1: -4.00, -5.00 (mean -4.50, 95% CI -10.85 to +1.85; above 0 on 0 of 2)" in text
+    assert "bi-level - fixed on seeds 0, 1: +10.00, -5.00 (mean +2.50, 95% CI -92.79 to +97.79; above 0 on 1 of 2)" in text
+
+
+def test_confidence_interval_of_the_mean():
+    mu, hw = train_summary.mean_ci95([1.0, 2.0, 3.0])  # sd 1, t(2 df) = 4.303
+    assert mu == 2.0 and hw == pytest.approx(4.303 / 3 ** 0.5)
+    mu, hw = train_summary.mean_ci95([float(v) for v in range(40)])  # beyond the table: 1.96
+    assert hw == pytest.approx(1.96 * train_summary.statistics.stdev(range(40)) / 40 ** 0.5)
+    assert train_summary.mean_ci95([5.0])[1] != train_summary.mean_ci95([5.0])[1]  # nan: one value
 
 
 def test_a_foreign_line_is_refused_with_its_place(tmp_path):
