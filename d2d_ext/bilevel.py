@@ -11,10 +11,12 @@ One epoch of ``mode="bilevel"``, after ``warmup_epochs`` epochs of plain trainin
   statistics (:func:`sample_statistics`) to ``alpha_i = sigmoid(z_i / 0.25)`` divided by the
   batch mean. Every ``meta_every`` iterations it takes a step on the exact one-step hypergradient
   ``d L_val(w - lr * grad_w mean_i(alpha_i l_i)) / d phi`` (double backward through one SGD step
-  of the detector: the "learning to reweight" form, not its first-order approximation). The
-  losses inside that look-ahead use the plain-torch soft-IoU, which is twice differentiable;
-  ``L_val`` there is the mean of the validation crops' losses, or with ``meta_loss="pooled"`` one
-  soft-IoU over the whole validation batch (:func:`validation_loss`).
+  of the detector: the "learning to reweight" form). The losses inside that look-ahead use the
+  plain-torch soft-IoU, which is twice differentiable; ``L_val`` there is the mean of the
+  validation crops' losses, or with ``meta_loss="pooled"`` one soft-IoU over the whole validation
+  batch (:func:`validation_loss`). ``hypergradient="first-order"`` takes the gradient-alignment
+  form instead: the same sum with ``grad L_val`` at ``w`` rather than at the look-ahead ``w'``
+  (they differ by O(lr); per-sample alignments from one forward-mode pass, no double backward).
 - **Diffusion parameters.** Every ``theta_every`` epochs, ``theta`` takes one Adam step on
   ``L_val(M(y; theta), y_hat) + L_val(M(y; theta), y)`` where ``y`` is the detector's
   probability map on each target's crop, ``y_hat`` the current soft pseudo-label and
@@ -39,6 +41,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +72,7 @@ from .soft_iou import soft_iou, weighted_soft_iou
 
 MODES = ("bilevel", "full", "naive", "fixed")
 META_LOSSES = ("per-sample", "pooled")
+HYPERGRADIENTS = ("exact", "first-order")
 N_STATS = 12
 
 
@@ -94,6 +98,7 @@ class TrainConfig:
     theta_lr: float = 1e-2
     inner_lr: float = 1e-3  # the look-ahead SGD step: small, in the linear regime (0.1 overshoots and inverts the weights)
     meta_loss: str = "per-sample"  # the meta-classifier's validation loss: "per-sample" | "pooled"
+    hypergradient: str = "exact"  # the meta-classifier's step: "exact" | "first-order"
     batch_size: int = 8
     crop_size: int = 128
     val_fraction: float = 0.2
@@ -107,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.meta_loss not in META_LOSSES:
             raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
+        if self.hypergradient not in HYPERGRADIENTS:
+            raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, got {self.hypergradient!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.crop_size % 16:
@@ -234,25 +241,56 @@ def validation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "per
 
 
 def hypergradient_step(model, meta, meta_opt, x, y, ema, vx, vy, inner_lr: float, before_step=None,
-                       meta_loss: str = "per-sample") -> float:
-    """One step of the meta-classifier ``meta`` on the exact one-step hypergradient.
+                       meta_loss: str = "per-sample", form: str = "exact") -> float:
+    """One step of the meta-classifier ``meta`` on the one-step hypergradient.
 
     ``alpha = meta(stats(model(x), y))``; ``w' = w - inner_lr * grad_w mean_i(alpha_i l_i(w))``;
-    the step follows ``d L_val(w') / d phi`` (double backward through the look-ahead; the detector's
-    own weights and buffers are left untouched). ``x, y``: ``(B, 1, h, w)`` training crops and
-    labels, ``ema``: ``(B,)``; ``vx, vy``: validation crops; ``meta_loss``: the form of ``L_val``
-    (:func:`validation_loss`). Returns ``L_val(w')``.
+    the step follows ``d L_val(w') / d phi = -inner_lr / B * sum_i <grad L_val(w'), grad l_i(w)>
+    d alpha_i / d phi``. ``form="exact"``: double backward through the look-ahead.
+    ``form="first-order"``: ``grad L_val`` taken at ``w`` instead of ``w'`` (gradient alignment;
+    the two differ by O(inner_lr)); the B alignments ``<grad L_val(w), grad l_i(w)>`` come from one
+    forward-mode pass (a Jacobian-vector product of the per-sample losses along ``grad L_val``),
+    about half the cost of the exact form. Either way the detector's own weights and buffers are
+    left untouched. ``x, y``: ``(B, 1, h, w)`` training crops and labels, ``ema``: ``(B,)``;
+    ``vx, vy``: validation crops; ``meta_loss``: the form of ``L_val`` (:func:`validation_loss`).
+    Returns ``L_val`` at ``w'`` (exact) or at ``w`` (first-order).
     """
+    if form not in HYPERGRADIENTS:
+        raise ValueError(f"hypergradient form must be one of {HYPERGRADIENTS}, got {form!r}")
     params = dict(model.named_parameters())
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    logits = final_logits(functional_call(model, (params, buffers), (x,)))
-    alpha = meta(sample_statistics(logits, y, ema))
-    losses = soft_iou_reference(logits, y)  # twice differentiable (the op's backward is not)
-    grads = torch.autograd.grad((alpha * losses).mean(), list(params.values()), create_graph=True, allow_unused=True)
-    ahead = {k: (p - inner_lr * g if g is not None else p) for (k, p), g in zip(params.items(), grads)}
-    val_loss = validation_loss(final_logits(functional_call(model, (ahead, buffers), (vx,))), vy, meta_loss)
+
+    def fresh_buffers():  # BatchNorm's running statistics move in train mode: on copies
+        return {k: v.clone() for k, v in model.named_buffers()}
+
+    if form == "exact":
+        logits = final_logits(functional_call(model, (params, fresh_buffers()), (x,)))
+        alpha = meta(sample_statistics(logits, y, ema))
+        losses = soft_iou_reference(logits, y)  # twice differentiable (the op's backward is not)
+        grads = torch.autograd.grad((alpha * losses).mean(), list(params.values()), create_graph=True,
+                                    allow_unused=True)
+        ahead = {k: (p - inner_lr * g if g is not None else p) for (k, p), g in zip(params.items(), grads)}
+        val_loss = validation_loss(final_logits(functional_call(model, (ahead, fresh_buffers()), (vx,))), vy, meta_loss)
+        objective = val_loss
+    else:
+        val_loss = validation_loss(final_logits(functional_call(model, (params, fresh_buffers()), (vx,))), vy, meta_loss)
+        grads = torch.autograd.grad(val_loss, list(params.values()), allow_unused=True)
+        direction = {k: (g if g is not None else torch.zeros_like(p)) for (k, p), g in zip(params.items(), grads)}
+
+        def per_sample_losses(p):
+            logits = final_logits(functional_call(model, (p, fresh_buffers()), (x,)))
+            return soft_iou_reference(logits, y), logits
+
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch registers its forward-mode decompositions with torch.jit.script on the first
+            # jvp and warns that jit.script is deprecated: torch's internals, nothing a user can act on
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+            _, align, logits = torch.func.jvp(per_sample_losses, ({k: p.detach() for k, p in params.items()},),
+                                              (direction,), has_aux=True)
+        alpha = meta(sample_statistics(logits, y, ema))
+        # d L_val(w') / d alpha_i to first order, times alpha_i: its gradient in phi is the step's
+        objective = -inner_lr * (alpha * align).mean()
     meta_opt.zero_grad()
-    val_loss.backward(inputs=list(meta.parameters()))
+    objective.backward(inputs=list(meta.parameters()))
     if before_step is not None:  # e.g. averaging the gradients over ranks
         before_step()
     meta_opt.step()
@@ -430,7 +468,8 @@ class Trainer:
     def _meta_step(self, x, y, idx, vx, vy) -> None:
         reduce = (lambda: self._all_reduce_grads(self.meta)) if self.world > 1 else None
         hypergradient_step(self.model, self.meta, self.meta_opt, x, y, self.ema[idx].to(self.device), vx, vy,
-                           self.cfg.inner_lr, before_step=reduce, meta_loss=self.cfg.meta_loss)
+                           self.cfg.inner_lr, before_step=reduce, meta_loss=self.cfg.meta_loss,
+                           form=self.cfg.hypergradient)
 
     def _all_reduce_grads(self, module: torch.nn.Module) -> None:
         """Average the gradients of ``module`` over the ranks (no-op in one process)."""

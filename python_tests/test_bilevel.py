@@ -54,7 +54,8 @@ def _blobs(rng, n, size=32):
 
 
 @pytest.mark.slow
-def test_learned_weights_rank_clean_samples_above_corrupted_ones():
+@pytest.mark.parametrize("form", ["exact", "first-order"])
+def test_learned_weights_rank_clean_samples_above_corrupted_ones(form):
     """A quarter of the training labels are moved off their targets: the meta-classifier, trained
     on the one-step hypergradient of a clean validation set, must weight them down (AUC)."""
     rng = np.random.default_rng(0)
@@ -74,7 +75,7 @@ def test_learned_weights_rank_clean_samples_above_corrupted_ones():
         idx = torch.from_numpy(rng.choice(48, 12, replace=False))
         x, y = X[idx], Y[idx]
         if it >= 45:
-            hypergradient_step(model, meta, meta_opt, x, y, ema[idx], VX, VY, inner_lr=1e-3)
+            hypergradient_step(model, meta, meta_opt, x, y, ema[idx], VX, VY, inner_lr=1e-3, form=form)
         out = model(x)
         alpha = torch.ones(12) if it < 45 else meta(sample_statistics(out.detach(), y, ema[idx])).detach()
         opt.zero_grad()
@@ -87,6 +88,41 @@ def test_learned_weights_rank_clean_samples_above_corrupted_ones():
     auc = np.mean([(c > b) + 0.5 * (c == b) for c, b in product(alpha[~corrupted], alpha[corrupted])])
     assert auc >= 0.9, f"AUC {auc:.3f}"
     assert alpha[corrupted].mean() < 0.5 * alpha[~corrupted].mean()
+
+
+def test_first_order_hypergradient_matches_the_exact_one():
+    """The gradient-alignment form differs from the exact one-step hypergradient only by grad L_val
+    taken at w instead of w - inner_lr * (...): with a small inner_lr the meta-classifier's
+    gradients agree; both leave the detector (weights and BatchNorm buffers) untouched."""
+    torch.manual_seed(0)
+    model = d2d_ext.models.build_model("unet").double()
+    meta = MetaWeighter().double()
+    x, vx = torch.randn(2, 6, 1, 32, 32, dtype=torch.float64)
+    y, vy = (torch.rand(2, 6, 1, 32, 32) > 0.9).double()
+    ema = torch.rand(6, dtype=torch.float64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads, val = {}, {}
+    for form in ("exact", "first-order"):
+        frozen = torch.optim.SGD(meta.parameters(), lr=0.0)  # keeps the gradient, moves nothing
+        val[form] = hypergradient_step(model, meta, frozen, x, y, ema, vx, vy, 1e-3, form=form)
+        grads[form] = torch.cat([p.grad.flatten() for p in meta.parameters()])
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
+    a, b = grads["exact"], grads["first-order"]
+    assert a.norm() > 0
+    assert (a - b).norm() < 1e-3 * a.norm()
+    # the exact form reports L_val after the look-ahead, the first-order one before it
+    assert val["exact"] != val["first-order"] and abs(val["exact"] - val["first-order"]) < 1e-3
+    with pytest.raises(ValueError, match="hypergradient form must be one of"):
+        hypergradient_step(model, meta, frozen, x, y, ema, vx, vy, 1e-3, form="second-order")
+
+
+def test_hypergradient_setting(dataset, tmp_path):
+    with pytest.raises(ValueError, match="hypergradient must be one of"):
+        tiny(hypergradient="approximate").validate()
+    trainer = Trainer(dataset, tmp_path / "fo", tiny(epochs=2, hypergradient="first-order"), progress=False)
+    records = trainer.fit()
+    assert all(np.isfinite(r["val_loss"]) for r in records) and records[-1]["alpha_std"] > 0
 
 
 def test_theta_step_lowers_the_surrogate_objective_and_labels_are_regenerated(dataset, tmp_path):
