@@ -341,7 +341,8 @@ def test_a_run_from_before_a_setting_existed_resumes_with_its_default(dataset, t
     run = tmp_path / "run"
     fit_until(Trainer(dataset, run, tiny(epochs=2), progress=False), 1)
     state = load_checkpoint(run / "last.pt")
-    del state["config"]["meta_loss"]  # as written by an older version
+    for added in ("meta_loss", "hypergradient"):  # as written by an older version
+        del state["config"][added]
     resumed = Trainer(dataset, run, tiny(epochs=2), progress=False)
     resumed.load_state(state)
     assert resumed.epoch == 1
