@@ -157,6 +157,20 @@ def test_diffuse_mass_conservation_cuda(dtype):
 
 @requires_cuda
 @cuda_kernels
+def test_diffuse_tall_image_cuda():
+    """More tiles down an image than grid.y allows (65535): the tiles of a sample go in grid.x."""
+    u0, rates, u0c, ratesc = cuda_problem((1, 3_300_000, 1), torch.float32, seed=8)
+    torch.testing.assert_close(d2d_ext.diffuse(u0c, ratesc, TAU, 9).cpu(), d2d_ext.diffuse(u0, rates, TAU, 9),
+                               **TOL[torch.float32])
+    go = torch.randn(u0.shape, generator=make_generator(9))
+    gu, gr = OPS.diffuse_backward.default(go.cuda(), u0c, ratesc, TAU, 9)
+    ref_u, ref_r = OPS.diffuse_backward.default(go, u0, rates, TAU, 9)
+    assert_close_rel(gu.cpu(), ref_u, GRAD_RTOL[torch.float32], "grad_u0")
+    assert_close_rel(gr.cpu(), ref_r, GRAD_RTOL[torch.float32], "grad_rates")
+
+
+@requires_cuda
+@cuda_kernels
 def test_diffuse_noncontiguous_cuda():
     u0, rates, u0c, ratesc = cuda_problem((3, 70, 90), torch.float64, seed=8)
     u_nc = u0c.transpose(1, 2).contiguous().transpose(1, 2)
@@ -236,6 +250,25 @@ def test_soft_iou_cuda_vs_cpu(dtype, shape):
         for a, b in zip(got, ref):
             assert a.is_cuda and a.shape == b.shape
             assert_close_rel(a.cpu().double(), b.double(), 1e-11 if dtype == torch.float64 else 1e-4, str(mask))
+
+
+@requires_cuda
+@cuda_kernels
+def test_soft_iou_cuda_is_deterministic():
+    """Blocks write partial sums that one kernel adds in a fixed order (no atomics): repeated calls
+    agree to the bit, also under torch.use_deterministic_algorithms."""
+    x, t = soft_iou_problem((3, 1, 700, 900), torch.float32, seed=6)  # many blocks per sample
+    x, t = x.cuda(), t.cuda()
+    first_loss, first_sums = OPS.soft_iou_forward.default(x, t, 1.0)
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(3):
+            loss, sums = OPS.soft_iou_forward.default(x, t, 1.0)
+            assert torch.equal(loss, first_loss) and torch.equal(sums, first_sums)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    _, ref_sums = OPS.soft_iou_forward.default(x.cpu(), t.cpu(), 1.0)
+    torch.testing.assert_close(first_sums.cpu(), ref_sums, rtol=1e-6, atol=1e-6)
 
 
 @requires_cuda

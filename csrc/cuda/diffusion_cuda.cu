@@ -58,7 +58,12 @@ int region_side() {
 }
 
 template <typename T>
-Geom make_geom(int H, int W, int64_t steps) {
+Geom make_geom(int64_t H64, int64_t W64, int64_t steps) {
+  // Pixel coordinates are int in the kernels, with room for a tile past the edge.
+  TORCH_CHECK(H64 <= INT32_MAX - kMaxRegion && W64 <= INT32_MAX - kMaxRegion,
+              "d2d.diffuse (CUDA): H and W must be below ", INT32_MAX - kMaxRegion, ", got H=", H64,
+              ", W=", W64);
+  const int H = static_cast<int>(H64), W = static_cast<int>(W64);
   const int R = region_side<T>();
   Geom g{};
   g.H = H;
@@ -78,6 +83,11 @@ Geom make_geom(int H, int W, int64_t steps) {
   g.tiles_x = (W + g.tile_w - 1) / g.tile_w;
   g.load_h = std::min(H, g.tile_h + 2 * g.halo_y);
   g.load_w = std::min(W, g.tile_w + 2 * g.halo_x);
+  // the adjoint kernel's per-thread accumulators cover kMaxRegion x kMaxRegion pixels
+  TORCH_INTERNAL_ASSERT(g.load_h <= kMaxRegion && g.load_w <= kMaxRegion);
+  // the tiles of a sample go in grid.x (limit 2^31 - 1; grid.y would be 65535)
+  TORCH_CHECK(int64_t(g.tiles_y) * g.tiles_x <= INT32_MAX,
+              "d2d.diffuse (CUDA): too many tiles per sample (", int64_t(g.tiles_y) * g.tiles_x, ")");
   return g;
 }
 
@@ -92,8 +102,8 @@ struct Tile {
   T* cf;  // 5 coefficient planes of P, indexed ly * load_w + lx
 
   __device__ Tile(const Geom& g, T* smem) {
-    iy0 = blockIdx.y * g.tile_h;
-    ix0 = blockIdx.x * g.tile_w;
+    iy0 = static_cast<int>(blockIdx.x / g.tiles_x) * g.tile_h;
+    ix0 = static_cast<int>(blockIdx.x % g.tiles_x) * g.tile_w;
     iy1 = min(iy0 + g.tile_h, g.H);
     ix1 = min(ix0 + g.tile_w, g.W);
     ly0 = max(iy0 - g.halo_y, 0);
@@ -126,7 +136,7 @@ __global__ void __launch_bounds__(kBX* kBY)
                            T* __restrict__ u_out, T* __restrict__ states, int64_t every,
                            int64_t k0, int64_t limit, int nsteps, int64_t n0, int64_t N, T tau,
                            Geom g) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // used as T*, T up to double
   Tile<T> t(g, reinterpret_cast<T*>(smem_raw));
   const int64_t n = n0 + blockIdx.z;
   const int64_t HW = int64_t(g.H) * g.W;
@@ -194,7 +204,7 @@ __global__ void __launch_bounds__(kBX* kBY)
                            const T* __restrict__ states, T* __restrict__ g_out,
                            T* __restrict__ grad_rates, int nsteps, int64_t n0, int64_t N, T tau,
                            Geom g) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // used as T*, T up to double
   Tile<T> t(g, reinterpret_cast<T*>(smem_raw));
   const int64_t n = n0 + blockIdx.z;
   const int64_t HW = int64_t(g.H) * g.W;
@@ -291,7 +301,7 @@ struct Launcher {
         tau(T(tau_d)),
         rates(rates_t.data_ptr<T>()),
         stream(c10::cuda::getCurrentCUDAStream()) {
-    g = make_geom<T>(static_cast<int>(rates_t.size(2)), static_cast<int>(rates_t.size(3)), steps);
+    g = make_geom<T>(rates_t.size(2), rates_t.size(3), steps);
     smem = smem_bytes<T>(g.load_h, g.load_w);
     C10_CUDA_CHECK(cudaFuncSetAttribute(diffuse_forward_kernel<T>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
@@ -317,7 +327,8 @@ struct Launcher {
   void launch_forward(const T* u_in, T* u_out, T* states, int64_t every, int64_t k0,
                       int64_t limit, int nsteps) {
     for (int64_t n0 = 0; n0 < N; n0 += kMaxGridZ) {
-      const dim3 grid(g.tiles_x, g.tiles_y, static_cast<unsigned>(std::min(kMaxGridZ, N - n0)));
+      const dim3 grid(static_cast<unsigned>(g.tiles_x * g.tiles_y), 1,
+                      static_cast<unsigned>(std::min(kMaxGridZ, N - n0)));
       diffuse_forward_kernel<T><<<grid, dim3(kBX, kBY), smem, stream>>>(
           u_in, rates, u_out, states, every, k0, limit, nsteps, n0, N, tau, g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -326,7 +337,8 @@ struct Launcher {
 
   void launch_adjoint(const T* g_in, const T* states, T* g_out, T* grad_rates, int nsteps) {
     for (int64_t n0 = 0; n0 < N; n0 += kMaxGridZ) {
-      const dim3 grid(g.tiles_x, g.tiles_y, static_cast<unsigned>(std::min(kMaxGridZ, N - n0)));
+      const dim3 grid(static_cast<unsigned>(g.tiles_x * g.tiles_y), 1,
+                      static_cast<unsigned>(std::min(kMaxGridZ, N - n0)));
       diffuse_adjoint_kernel<T><<<grid, dim3(kBX, kBY), smem, stream>>>(
           g_in, rates, states, g_out, grad_rates, nsteps, n0, N, tau, g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -377,19 +389,22 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cuda(const at::Tensor& grad_
     Launcher<T> L(rates, steps, tau);
     const SegmentPlan plan =
         plan_segments(steps, NHW * static_cast<int64_t>(sizeof(T)), kCudaStateBudgetBytes);
-    // Work planes: 2 forward scratch, 2 adjoint ping-pong, (num_segments - 1) checkpoints
-    // u^{j * len}, j >= 1, and segment_len segment states.
+    // Work planes: 2 forward scratch, (num_segments - 1) checkpoints u^{j * len}, j >= 1, and
+    // segment_len segment states; the adjoint ping-pongs between two tensors of its own, one of
+    // which is returned (no copy, and the work planes are freed on return).
     const int64_t n_ckpt = plan.num_segments - 1;
-    at::Tensor work = at::empty({4 + n_ckpt + plan.segment_len, NHW}, u0.options());
+    at::Tensor work = at::empty({2 + n_ckpt + plan.segment_len, NHW}, u0.options());
+    const at::Tensor gplanes[2] = {at::empty(u0.sizes(), u0.options()), at::empty(u0.sizes(), u0.options())};
     T* w = work.data_ptr<T>();
     T* scratch0 = w;
     T* scratch1 = w + NHW;
-    T* gbuf[2] = {w + 2 * NHW, w + 3 * NHW};
-    T* ckpt = w + 4 * NHW;                // ckpt + (j - 1) * NHW holds u^{j * len}
+    T* gbuf[2] = {gplanes[0].data_ptr<T>(), gplanes[1].data_ptr<T>()};
+    T* ckpt = w + 2 * NHW;                // ckpt + (j - 1) * NHW holds u^{j * len}
     T* seg = ckpt + n_ckpt * NHW;         // seg + m * NHW holds u^{j * len + m}
     const T* u0p = u0.data_ptr<T>();
-    if (plan.num_segments > 1) {
-      L.forward(u0p, nullptr, steps, ckpt, plan.segment_len, 0, steps, scratch0, scratch1);
+    if (plan.num_segments > 1) {  // up to the last checkpoint u^{n_ckpt * len}, no further
+      L.forward(u0p, nullptr, n_ckpt * plan.segment_len, ckpt, plan.segment_len, 0, steps, scratch0,
+                scratch1);
     }
     const T* g_cur = grad.data_ptr<T>();
     int which = 0;
@@ -412,7 +427,7 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cuda(const at::Tensor& grad_
         hi = lo;
       }
     }
-    grad_u0 = work[g_cur == gbuf[0] ? 2 : 3].view(u0.sizes()).clone();
+    grad_u0 = gplanes[g_cur == gbuf[0] ? 0 : 1];
   });
   return {grad_u0, grad_rates};
 }

@@ -1,8 +1,10 @@
 // CUDA kernels of d2d::soft_iou_forward and d2d::soft_iou_backward.
 //
 // Inputs are viewed as (N, M). The forward's reduction kernel accumulates the three per-sample
-// sums in double (block reduction, then one atomicAdd per block and sum) and writes nothing the
-// size of the input; the backward is one elementwise pass over the logits that recomputes p. The per-element math comes from
+// sums in double, each block writing its partial sums (no atomics: the result does not depend on
+// the order blocks finish, so the op is deterministic), and a second kernel adds a sample's
+// partials in a fixed order; nothing the size of the input is written. The backward is one
+// elementwise pass over the logits that recomputes p. The per-element math comes from
 // kernels/soft_iou_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -31,11 +33,12 @@ __device__ double warp_sum(double v) {
   return v;
 }
 
-// sums[n] += (sum p*t, sum p, sum t) over sample n = n0 + blockIdx.y.
+// out[n][blockIdx.x] = (sum p*t, sum p, sum t) over this block's share of sample
+// n = n0 + blockIdx.y; out is (N, gridDim.x, 3).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    soft_iou_sums_kernel(const T* __restrict__ x, const T* __restrict__ t, int64_t M, int64_t n0,
-                         double* __restrict__ sums) {
+    soft_iou_partial_kernel(const T* __restrict__ x, const T* __restrict__ t, int64_t M, int64_t n0,
+                            double* __restrict__ out) {
   const int64_t n = n0 + blockIdx.y;
   const T* xs = x + n * M;
   const T* ts = t + n * M;
@@ -59,16 +62,23 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < 3; ++c) {
       double w = lane < kThreads / 32 ? partial[c][lane] : 0.0;
       w = warp_sum(w);
-      if (lane == 0) atomicAdd(&sums[n * 3 + c], w);
+      if (lane == 0) out[(n * gridDim.x + blockIdx.x) * 3 + c] = w;
     }
   }
 }
 
+// sums[n] = the sum of sample n's `blocks` partials, in block order; loss[n] from them.
 template <typename T>
-__global__ void soft_iou_loss_kernel(const double* __restrict__ sums, int64_t N, double smooth,
-                                     T* __restrict__ loss) {
+__global__ void soft_iou_loss_kernel(const double* __restrict__ partial, int blocks, int64_t N,
+                                     double smooth, double* __restrict__ sums, T* __restrict__ loss) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n < N) loss[n] = T(soft_iou_loss(sums[3 * n], sums[3 * n + 1], sums[3 * n + 2], smooth));
+  if (n >= N) return;
+  double s[3] = {0, 0, 0};
+  for (int b = 0; b < blocks; ++b) {
+    for (int c = 0; c < 3; ++c) s[c] += partial[(n * blocks + b) * 3 + c];
+  }
+  for (int c = 0; c < 3; ++c) sums[3 * n + c] = s[c];
+  loss[n] = T(soft_iou_loss(s[0], s[1], s[2], smooth));
 }
 
 // d[n] = (dL/dI, dL/dSp) scaled by the upstream gradient go[n].
@@ -118,22 +128,25 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::Tensor& logit
   const at::Tensor target = target_in.contiguous();
   const int64_t N = logits.size(0), M = sample_numel(logits);
   at::Tensor loss = at::empty({N}, logits.options());
-  at::Tensor sums = at::zeros({N, 3}, logits.options().dtype(at::kDouble));
+  at::Tensor sums = at::empty({N, 3}, logits.options().dtype(at::kDouble));
   if (N == 0) return {loss, sums};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // blocks per sample; M == 0 leaves one zero partial per sample
+  const int bx = M > 0 ? std::min(num_blocks(M), 256) : 1;
+  at::Tensor partial = M > 0 ? at::empty({N, bx, 3}, sums.options()) : at::zeros({N, bx, 3}, sums.options());
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_forward_cuda", [&] {
     if (M > 0) {
-      const int bx = std::min(num_blocks(M), 256);
       for (int64_t n0 = 0; n0 < N; n0 += kMaxGridY) {
         const dim3 grid(bx, static_cast<unsigned>(std::min(kMaxGridY, N - n0)));
-        soft_iou_sums_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+        soft_iou_partial_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
             logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), M, n0,
-            sums.data_ptr<double>());
+            partial.data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
     soft_iou_loss_kernel<scalar_t><<<(N + 255) / 256, 256, 0, stream>>>(
-        sums.data_ptr<double>(), N, smooth, loss.data_ptr<scalar_t>());
+        partial.data_ptr<double>(), bx, N, smooth, sums.data_ptr<double>(),
+        loss.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss, sums};
