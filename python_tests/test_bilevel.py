@@ -117,14 +117,6 @@ def test_first_order_hypergradient_matches_the_exact_one():
         hypergradient_step(model, meta, frozen, x, y, ema, vx, vy, 1e-3, form="second-order")
 
 
-def test_hypergradient_setting(dataset, tmp_path):
-    with pytest.raises(ValueError, match="hypergradient must be one of"):
-        tiny(hypergradient="approximate").validate()
-    trainer = Trainer(dataset, tmp_path / "fo", tiny(epochs=2, hypergradient="first-order"), progress=False)
-    records = trainer.fit()
-    assert all(np.isfinite(r["val_loss"]) for r in records) and records[-1]["alpha_std"] > 0
-
-
 def test_theta_step_lowers_the_surrogate_objective_and_labels_are_regenerated(dataset, tmp_path):
     trainer = Trainer(dataset, tmp_path / "run", tiny(epochs=2), progress=False)
     trainer.epoch = 1  # past warm-up
@@ -329,10 +321,12 @@ def test_pooled_validation_loss_counts_samples_by_their_pixels():
     assert g.requires_grad
 
 
-def test_meta_loss_setting(dataset, tmp_path):
-    with pytest.raises(ValueError, match="meta_loss must be one of"):
-        tiny(meta_loss="mean").validate()
-    trainer = Trainer(dataset, tmp_path / "pooled", tiny(epochs=2, meta_loss="pooled"), progress=False)
+@pytest.mark.parametrize("setting,bad,other", [("meta_loss", "mean", "pooled"),
+                                               ("hypergradient", "approximate", "first-order")])
+def test_meta_classifier_settings(dataset, tmp_path, setting, bad, other):
+    with pytest.raises(ValueError, match=f"{setting} must be one of"):
+        tiny(**{setting: bad}).validate()
+    trainer = Trainer(dataset, tmp_path / other, tiny(epochs=2, **{setting: other}), progress=False)
     records = trainer.fit()
     assert all(np.isfinite(r["val_loss"]) for r in records) and records[-1]["alpha_std"] > 0
 
