@@ -3,7 +3,9 @@
     python benchmarks/report.py [--out FILE.md] [--json FILE.json] [-k EXPR]
 
 Each benchmark group holds our op and its plain-torch reference, measured in the same process
-one after the other; the table gives both medians and the ratio reference / ours.
+one after the other; the table gives both medians and the ratio reference / ours. On a GPU the
+rows of our ops also give the share of the device's binding bandwidth that the median implies
+(shared memory for the diffusion forward, DRAM for soft-IoU; the model is in gpu_limits.py).
 """
 
 import argparse
@@ -12,6 +14,8 @@ import os
 import subprocess
 import sys
 import tempfile
+
+from gpu_limits import peak_bandwidths, share_of_peak  # benchmarks/ (this script's folder)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,6 +33,13 @@ def machine_summary():
     )
 
 
+def gpu_peaks():
+    """The GPU's peak bandwidths (:mod:`gpu_limits`), or None without a GPU."""
+    import torch
+
+    return peak_bandwidths(torch.cuda.get_device_properties(0)) if torch.cuda.is_available() else None
+
+
 def run_benchmarks(json_path, select):
     cmd = [
         sys.executable, "-m", "pytest", HERE, "--benchmark-only", "-q", "-p", "no:cacheprovider",
@@ -40,7 +51,9 @@ def run_benchmarks(json_path, select):
     return subprocess.call(cmd, cwd=HERE)
 
 
-def table(data):
+def table(data, peaks=None):
+    """The markdown table of pytest-benchmark's JSON ``data``; with ``peaks``
+    (:func:`gpu_limits.peak_bandwidths`), GPU rows also give the share of the binding bandwidth."""
     groups = {}
     for b in data["benchmarks"]:
         impl = b["name"].split("[", 1)[1].split("-", 1)[0]
@@ -57,9 +70,12 @@ def table(data):
         ours = row["d2d"]["stats"]["median"]
         ref = row["reference"]["stats"]["median"]
         extra = row["d2d"].get("extra_info", {})
-        rate = ""
+        notes = []
         if "pixel_steps" in extra:
-            rate = f" ({extra['pixel_steps'] / ours / 1e9:.2f} G pixel-steps/s)"
+            notes.append(f"{extra['pixel_steps'] / ours / 1e9:.2f} G pixel-steps/s")
+        if peaks and "traffic" in extra:
+            notes.append(share_of_peak(extra["traffic"], ours, peaks))
+        rate = f" ({'; '.join(notes)})" if notes else ""
         lines.append(f"| {group} | {ours * 1e3:.2f} ms{rate} | {ref * 1e3:.2f} ms | {ref / ours:.1f}x |")
     return "\n".join(lines)
 
@@ -77,7 +93,7 @@ def main(argv=None):
         return code
     with open(json_path) as f:
         data = json.load(f)
-    text = machine_summary() + "\n\n" + table(data) + "\n"
+    text = machine_summary() + "\n\n" + table(data, gpu_peaks()) + "\n"
     print()
     print(text)
     if args.out:

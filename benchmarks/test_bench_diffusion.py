@@ -9,6 +9,7 @@ import torch
 import d2d_ext
 from d2d_ext.reference import diffuse_reference
 
+from gpu_limits import diffuse_forward_traffic
 from cases import DIFFUSE_CASES, DIFFUSE_STEPS, DIFFUSE_TAU, devices, diffuse_inputs, sync
 
 IMPLS = {"d2d": d2d_ext.diffuse, "torch-reference": diffuse_reference}
@@ -22,6 +23,8 @@ def test_diffuse_forward(benchmark, impl, case, device):
     fn = IMPLS[impl]
     benchmark.group = f"diffuse forward, {case}, {DIFFUSE_STEPS} steps, {device}"
     benchmark.extra_info["pixel_steps"] = u0.numel() * DIFFUSE_STEPS
+    if device == "cuda" and impl == "d2d":  # the GPU limit it is held against (report.py)
+        benchmark.extra_info["traffic"] = diffuse_forward_traffic(u0.numel() * DIFFUSE_STEPS, u0.element_size())
 
     def run():
         out = fn(u0, rates, DIFFUSE_TAU, DIFFUSE_STEPS)
