@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 2's GPU figures in one call on a lent GPU machine (the device tool's `run`, from the
+# repository root; that machine has its own python3 with torch, nvcc and no network): builds the
+# extension in place for its GPU with its torch, runs the GPU tests, then the benchmark report
+# (our ops against plain torch, both on the GPU, with the share of the binding bandwidth).
+# Results in $OUT (default gpu_out/): build.log, gpu_tests.log, gpu_bench.md, gpu_bench.json.
+#   bash benchmarks/gpu_session.sh
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+  echo "gpu_session.sh: $PY's torch sees no CUDA device" >&2
+  exit 2
+fi
+arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+echo "GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null);" \
+     "torch $($PY -c 'import torch; print(torch.__version__)'); building for sm_${arch/./}"
+if ! TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} D2D_FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} \
+    $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+  tail -30 "$OUT/build.log"
+  exit 1
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the in-place build
+$PY -m pytest -q -p no:cacheprovider python_tests/test_cuda.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+tests=${PIPESTATUS[0]}
+$PY benchmarks/report.py --out "$OUT/gpu_bench.md" --json "$OUT/gpu_bench.json" -k cuda
+bench=$?
+echo "gpu_session.sh: GPU tests exit $tests, benchmarks exit $bench"
+exit $((tests || bench))
