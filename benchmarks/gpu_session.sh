@@ -3,7 +3,8 @@
 # repository root; that machine has its own python3 with torch, nvcc and no network): builds the
 # extension in place for its GPU with its torch, runs the GPU tests, then the benchmark report
 # (our ops against plain torch, both on the GPU, with the share of the binding bandwidth).
-# Results in $OUT (default gpu_out/): build.log, gpu_tests.log, gpu_bench.md, gpu_bench.json.
+# Results in $OUT (default gpu_out/): build.log, gpu_tests.log, gpu_bench.md, gpu_bench.json, and
+# tile_sides.md (the diffusion forward at each D2D_CUDA_TILE_SIDE).
 #   bash benchmarks/gpu_session.sh
 set -uo pipefail
 OUT=${OUT:-gpu_out}
@@ -27,5 +28,12 @@ $PY -m pytest -q -p no:cacheprovider python_tests/test_cuda.py 2>&1 | tee "$OUT/
 tests=${PIPESTATUS[0]}
 $PY benchmarks/report.py --out "$OUT/gpu_bench.md" --json "$OUT/gpu_bench.json" -k cuda
 bench=$?
+# which tile side suits this GPU best (the default takes the largest that fits: 64 for float)
+for side in 64 48 32; do
+  echo "## D2D_CUDA_TILE_SIDE=$side" >> "$OUT/tile_sides.md"
+  D2D_CUDA_TILE_SIDE=$side $PY benchmarks/report.py -k "test_diffuse_forward and not backward and cuda" \
+    | grep "^| diffuse" >> "$OUT/tile_sides.md" || bench=1
+done
+cat "$OUT/tile_sides.md"
 echo "gpu_session.sh: GPU tests exit $tests, benchmarks exit $bench"
 exit $((tests || bench))

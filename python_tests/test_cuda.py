@@ -3,6 +3,8 @@
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -167,6 +169,37 @@ def test_diffuse_tall_image_cuda():
     ref_u, ref_r = OPS.diffuse_backward.default(go, u0, rates, TAU, 9)
     assert_close_rel(gu.cpu(), ref_u, GRAD_RTOL[torch.float32], "grad_u0")
     assert_close_rel(gr.cpu(), ref_r, GRAD_RTOL[torch.float32], "grad_rates")
+
+
+TILE_SIDE_CHECK = """
+import torch, d2d_ext
+torch.manual_seed(0)
+for shape, steps in (((2, 70, 90), 9), ((1, 130, 33), 20), ((3, 40, 17), 5)):
+    u0 = torch.rand(shape, dtype=torch.float64)
+    rates = torch.rand(shape[0], 4, *shape[1:], dtype=torch.float64) * 0.4
+    go = torch.randn(shape, dtype=torch.float64)
+    out = d2d_ext.diffuse(u0.cuda(), rates.cuda(), 0.5, steps).cpu()
+    torch.testing.assert_close(out, d2d_ext.diffuse(u0, rates, 0.5, steps), rtol=1e-12, atol=1e-13)
+    got = torch.ops.d2d.diffuse_backward.default(go.cuda(), u0.cuda(), rates.cuda(), 0.5, steps)
+    ref = torch.ops.d2d.diffuse_backward.default(go, u0, rates, 0.5, steps)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-10, atol=1e-12)
+print("ok")
+"""
+
+
+@requires_cuda
+@cuda_kernels
+@pytest.mark.parametrize("side", ["16", "32", "48", "64", "40"])
+def test_diffuse_every_tile_side_cuda(side):
+    """D2D_CUDA_TILE_SIDE caps the tiles (read once per process, so each side runs in its own);
+    every side gives the CPU's results, and a side the kernels lack is refused by name."""
+    proc = subprocess.run([sys.executable, "-c", TILE_SIDE_CHECK], capture_output=True, text=True,
+                          env={**os.environ, "D2D_CUDA_TILE_SIDE": side}, timeout=600)
+    if side == "40":
+        assert proc.returncode != 0 and "D2D_CUDA_TILE_SIDE must be 16, 32, 48 or 64, got '40'" in proc.stderr
+    else:
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 @requires_cuda

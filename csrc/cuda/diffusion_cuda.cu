@@ -15,6 +15,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -45,14 +47,29 @@ int64_t smem_bytes(int load_h, int load_w) {
   return (2 * int64_t(load_h + 2) * (load_w + 2) + 5 * int64_t(load_h) * load_w) * sizeof(T);
 }
 
-// Largest square tile side (64, 48 or 32) whose shared memory fits the device.
+// The environment's cap on the tile side: D2D_CUDA_TILE_SIDE = 16, 32, 48 or 64 (default 64), for
+// measuring which side is fastest on a GPU (a larger side wastes less on halos, a smaller one
+// lets more blocks share a multiprocessor).
+int tile_side_cap() {
+  static const int cap = [] {
+    const char* v = std::getenv("D2D_CUDA_TILE_SIDE");
+    if (v == nullptr || *v == '\0') return kMaxRegion;
+    const std::string s(v);
+    TORCH_CHECK(s == "16" || s == "32" || s == "48" || s == "64",
+                "D2D_CUDA_TILE_SIDE must be 16, 32, 48 or 64, got '", s, "'");
+    return std::stoi(s);
+  }();
+  return cap;
+}
+
+// Largest square tile side (64, 48, 32 or 16, at most the cap) whose shared memory fits the device.
 template <typename T>
 int region_side() {
   int dev = 0, optin = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   for (int side : {64, 48, 32}) {
-    if (smem_bytes<T>(side, side) <= optin) return side;
+    if (side <= tile_side_cap() && smem_bytes<T>(side, side) <= optin) return side;
   }
   return 16;
 }
