@@ -7,6 +7,14 @@ DIFFUSE_CASES = {"crops-1024x32x32": (1024, 32, 32), "images-16x256x256": (16, 2
 DIFFUSE_STEPS = 64
 DIFFUSE_TAU = 1.0
 SOFT_IOU_SHAPE = (16, 1, 256, 256)
+# GPU only: inputs of 256 MiB each, past an H100's 50 MB L2 cache, so that DRAM bounds the op
+SOFT_IOU_GPU_SHAPE = (64, 1, 1024, 1024)
+
+
+def soft_iou_cases():
+    """``(device, shape)`` pairs: the issue's shape on every device, the large one on the GPU."""
+    cases = [(d, SOFT_IOU_SHAPE) for d in devices()]
+    return cases + ([("cuda", SOFT_IOU_GPU_SHAPE)] if "cuda" in devices() else [])
 
 
 def devices():
@@ -22,10 +30,10 @@ def diffuse_inputs(case, device, dtype=torch.float32, seed=0):
     return u0.to(device), rates.to(device)
 
 
-def soft_iou_inputs(device, dtype=torch.float32, seed=0):
+def soft_iou_inputs(device, shape=SOFT_IOU_SHAPE, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(*SOFT_IOU_SHAPE, generator=g, dtype=dtype) * 3
-    target = (torch.rand(*SOFT_IOU_SHAPE, generator=g, dtype=dtype) > 0.9).to(dtype)
+    logits = torch.randn(*shape, generator=g, dtype=dtype) * 3
+    target = (torch.rand(*shape, generator=g, dtype=dtype) > 0.9).to(dtype)
     return logits.to(device), target.to(device)
 
 

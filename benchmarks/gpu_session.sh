@@ -10,6 +10,7 @@ set -uo pipefail
 OUT=${OUT:-gpu_out}
 PY=${PY:-python3}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # absolute: report.py runs pytest from benchmarks/
 export PYTHONUNBUFFERED=1
 if ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   echo "gpu_session.sh: $PY's torch sees no CUDA device" >&2
@@ -29,7 +30,8 @@ tests=${PIPESTATUS[0]}
 $PY benchmarks/report.py --out "$OUT/gpu_bench.md" --json "$OUT/gpu_bench.json" -k cuda
 bench=$?
 # which tile side suits this GPU best (the default takes the largest that fits: 64 for float)
-for side in 64 48 32; do
+: > "$OUT/tile_sides.md"
+for side in 64 48 32 16; do
   echo "## D2D_CUDA_TILE_SIDE=$side" >> "$OUT/tile_sides.md"
   D2D_CUDA_TILE_SIDE=$side $PY benchmarks/report.py -k "test_diffuse_forward and not backward and cuda" \
     | grep "^| diffuse" >> "$OUT/tile_sides.md" || bench=1

@@ -37,7 +37,13 @@ def gpu_peaks():
     """The GPU's peak bandwidths (:mod:`gpu_limits`), or None without a GPU."""
     import torch
 
-    return peak_bandwidths(torch.cuda.get_device_properties(0)) if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    needed = ("clock_rate", "memory_clock_rate", "memory_bus_width", "multi_processor_count")
+    if not all(hasattr(props, name) for name in needed):  # an older torch: no shares, still the table
+        return None
+    return peak_bandwidths(props)
 
 
 def run_benchmarks(json_path, select):
@@ -86,7 +92,8 @@ def main(argv=None):
     parser.add_argument("--json", help="keep pytest-benchmark's JSON here")
     parser.add_argument("-k", dest="select", help="pytest -k expression to run a subset")
     args = parser.parse_args(argv)
-    json_path = args.json or os.path.join(tempfile.mkdtemp(prefix="d2d-bench-"), "bench.json")
+    # absolute: pytest runs in benchmarks/ (run_benchmarks) and writes the file from there
+    json_path = os.path.abspath(args.json) if args.json else os.path.join(tempfile.mkdtemp(prefix="d2d-bench-"), "bench.json")
     code = run_benchmarks(json_path, args.select)
     if code != 0:
         print(f"benchmarks failed (pytest exit code {code})", file=sys.stderr)

@@ -7,24 +7,23 @@ import d2d_ext
 from d2d_ext.reference import soft_iou_reference
 
 from gpu_limits import soft_iou_traffic
-from cases import SOFT_IOU_SHAPE, devices, soft_iou_inputs, sync
+from cases import soft_iou_cases, soft_iou_inputs, sync
 
 IMPLS = {"d2d": d2d_ext.soft_iou, "torch-reference": soft_iou_reference}
-SHAPE = "x".join(map(str, SOFT_IOU_SHAPE))
 
 
-@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("device,shape", soft_iou_cases(), ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
 @pytest.mark.parametrize("grads", ["logits", "logits+target"])
 @pytest.mark.parametrize("impl", list(IMPLS))
-def test_soft_iou_forward_backward(benchmark, impl, grads, device):
-    logits, target = soft_iou_inputs(device)
+def test_soft_iou_forward_backward(benchmark, impl, grads, device, shape):
+    logits, target = soft_iou_inputs(device, shape)
     logits.requires_grad_(True)
     inputs = [logits]
     if grads == "logits+target":
         target.requires_grad_(True)
         inputs.append(target)
     fn = IMPLS[impl]
-    benchmark.group = f"soft-IoU forward+backward ({grads}), {SHAPE}, {device}"
+    benchmark.group = f"soft-IoU forward+backward ({grads}), {'x'.join(map(str, shape))}, {device}"
     benchmark.extra_info["elements"] = logits.numel()
     if device == "cuda" and impl == "d2d":  # the GPU limit it is held against (report.py)
         benchmark.extra_info["traffic"] = soft_iou_traffic(logits.numel(), logits.element_size(), len(inputs) == 2)

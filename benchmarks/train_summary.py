@@ -86,7 +86,8 @@ def summarise(runs) -> str:
             ratio = statistics.mean(bi.values()) / statistics.mean(iou["full"].values())
             out.append(f"- bi-level mean / full mean: {100 * ratio:.1f}% (goal: at least 90%)")
             common = sorted(set(bi) & set(iou["full"]))
-            out.append(paired_line("bi-level - 0.9 x full", common, [bi[s] - 0.9 * iou["full"][s] for s in common]))
+            if common:
+                out.append(paired_line("bi-level - 0.9 x full", common, [bi[s] - 0.9 * iou["full"][s] for s in common]))
         for base in ("fixed", "naive"):
             common = sorted(set(bi) & set(iou.get(base, {})))
             if common:

@@ -46,7 +46,7 @@ def test_table_gives_speed_up_rate_and_the_gpu_share():
     text = report.table(data, peaks)
     share = 44e9 / 0.004 / peaks["smem"]  # 11 TB/s of 33.5
     assert (f"| diffuse forward, cuda | 4.00 ms (250.00 G pixel-steps/s; {100 * share:.0f}% of shared-memory "
-            f"bandwidth (11.0 of 33.5 TB/s)) | 200.00 ms | 50.0x |") in text
+            f"bandwidth in useful pixel-steps (11.0 of 33.5 TB/s)) | 200.00 ms | 50.0x |") in text
     assert "| diffuse forward, cpu | 500.00 ms (2.00 G pixel-steps/s) | 5000.00 ms | 10.0x |" in text
     assert "ours only" not in text
     # without a GPU (peaks None) the rows carry no share

@@ -191,11 +191,12 @@ print("ok")
 @requires_cuda
 @cuda_kernels
 @pytest.mark.parametrize("side", ["16", "32", "48", "64", "40"])
-def test_diffuse_every_tile_side_cuda(side):
+def test_diffuse_every_tile_side_cuda(side, tmp_path):
     """D2D_CUDA_TILE_SIDE caps the tiles (read once per process, so each side runs in its own);
     every side gives the CPU's results, and a side the kernels lack is refused by name."""
+    # cwd: not the repository root, whose source d2d_ext (no _C) would shadow the installed one
     proc = subprocess.run([sys.executable, "-c", TILE_SIDE_CHECK], capture_output=True, text=True,
-                          env={**os.environ, "D2D_CUDA_TILE_SIDE": side}, timeout=600)
+                          env={**os.environ, "D2D_CUDA_TILE_SIDE": side}, cwd=tmp_path, timeout=600)
     if side == "40":
         assert proc.returncode != 0 and "D2D_CUDA_TILE_SIDE must be 16, 32, 48 or 64, got '40'" in proc.stderr
     else:

@@ -41,6 +41,14 @@ def test_confidence_interval_of_the_mean():
     assert train_summary.mean_ci95([5.0])[1] != train_summary.mean_ci95([5.0])[1]  # nan: one value
 
 
+def test_modes_without_a_common_seed_give_no_paired_line(tmp_path):
+    p = tmp_path / "r.txt"
+    p.write_text(line("bilevel", 0, 100, 50.0) + line("full", 1, 120, 60.0) + line("fixed", 2, 110, 40.0))
+    text = train_summary.summarise(train_summary.read_results([p]))
+    assert "bi-level mean / full mean: 83.3%" in text
+    assert "0.9 x full on" not in text and "bi-level - fixed" not in text
+
+
 def test_a_foreign_line_is_refused_with_its_place(tmp_path):
     p = tmp_path / "r.txt"
     p.write_text(line("full", 0, 5, 1.0) + "Traceback (most recent call last):\n")
