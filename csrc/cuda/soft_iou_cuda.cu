@@ -113,6 +113,19 @@ int num_blocks(int64_t work) {
   return static_cast<int>(std::clamp<int64_t>((work + kThreads * 4 - 1) / (kThreads * 4), 1, 4096));
 }
 
+// Blocks per sample of the forward's reduction: enough for about 16 blocks of 256 threads per
+// multiprocessor over the whole batch (a full GPU; the grid-stride loop covers the rest), none
+// with fewer than about 1024 elements. So the partial sums take N * blocks * 24 bytes, at most
+// about N * 24 + 16 * SMs * 24.
+int blocks_per_sample(int64_t N, int64_t M) {
+  if (M == 0) return 1;  // one zero partial per sample
+  int dev = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int64_t fill = (16 * int64_t(sms) + N - 1) / N;
+  return static_cast<int>(std::min<int64_t>(num_blocks(M), fill));
+}
+
 int64_t sample_numel(const at::Tensor& logits) {
   return logits.size(0) == 0 ? 0 : logits.numel() / logits.size(0);
 }
@@ -131,8 +144,7 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::Tensor& logit
   at::Tensor sums = at::empty({N, 3}, logits.options().dtype(at::kDouble));
   if (N == 0) return {loss, sums};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  // blocks per sample; M == 0 leaves one zero partial per sample
-  const int bx = M > 0 ? std::min(num_blocks(M), 256) : 1;
+  const int bx = blocks_per_sample(N, M);
   at::Tensor partial = M > 0 ? at::empty({N, bx, 3}, sums.options()) : at::zeros({N, bx, 3}, sums.options());
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_forward_cuda", [&] {
     if (M > 0) {
