@@ -27,7 +27,7 @@ def test_summary_means_ratio_and_paired_differences(tmp_path):
     assert runs[("bilevel", 0)][1]["iou"] == 50.0 and runs[("bilevel", 1)][1]["iou"] == 40.0
     text = train_summary.summarise(runs)
     assert "| bilevel | 0, 1 | 45.00 | 7.07 |" in text
-    assert "bi-level mean / full mean: 81.8%" in text  # 45 / 55
+    assert "bi-level mean / full mean on seeds 0, 1: 81.8%" in text  # 45 / 55
     # 50 - 54 and 40 - 45; each interval is the mean -/+ t(1 df) * sd / sqrt(2), t(1 df) = 12.706
     assert "bi-level - 0.9 x full on seeds 0, 1: -4.00, -5.00 (mean -4.50, 95% CI -10.85 to +1.85; above 0 on 0 of 2)" in text
     assert "bi-level - fixed on seeds 0, 1: +10.00, -5.00 (mean +2.50, 95% CI -92.79 to +97.79; above 0 on 1 of 2)" in text
@@ -41,12 +41,13 @@ def test_confidence_interval_of_the_mean():
     assert train_summary.mean_ci95([5.0])[1] != train_summary.mean_ci95([5.0])[1]  # nan: one value
 
 
-def test_modes_without_a_common_seed_give_no_paired_line(tmp_path):
+def test_goals_use_only_the_seeds_both_modes_have(tmp_path):
     p = tmp_path / "r.txt"
-    p.write_text(line("bilevel", 0, 100, 50.0) + line("full", 1, 120, 60.0) + line("fixed", 2, 110, 40.0))
+    p.write_text(line("bilevel", 0, 100, 50.0) + line("full", 1, 120, 60.0) + line("fixed", 2, 110, 40.0)
+                 + line("bilevel", 3, 100, 40.0) + line("full", 3, 120, 50.0))
     text = train_summary.summarise(train_summary.read_results([p]))
-    assert "bi-level mean / full mean: 83.3%" in text
-    assert "0.9 x full on" not in text and "bi-level - fixed" not in text
+    assert "bi-level mean / full mean on seeds 3: 80.0%" in text  # not 45 / 55 over unpaired seeds
+    assert "bi-level - fixed" not in text
 
 
 def test_a_foreign_line_is_refused_with_its_place(tmp_path):
