@@ -13,6 +13,7 @@ goal holds with that confidence only where the whole interval lies above 0.
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -59,7 +60,7 @@ def mean_ci95(values):
 def paired_line(label, seeds, diffs) -> str:
     """One summary line for the paired differences ``diffs`` over ``seeds``."""
     mu, hw = mean_ci95(diffs)
-    ci = "one seed: no interval" if hw != hw else f"95% CI {mu - hw:+.2f} to {mu + hw:+.2f}"
+    ci = "one seed: no interval" if math.isnan(hw) else f"95% CI {mu - hw:+.2f} to {mu + hw:+.2f}"
     return (f"- {label} on seeds {', '.join(map(str, seeds))}: " + ", ".join(f"{d:+.2f}" for d in diffs)
             + f" (mean {mu:+.2f}, {ci}; above 0 on {sum(d > 0 for d in diffs)} of {len(diffs)})")
 

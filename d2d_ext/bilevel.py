@@ -259,25 +259,26 @@ def hypergradient_step(model, meta, meta_opt, x, y, ema, vx, vy, inner_lr: float
         raise ValueError(f"hypergradient form must be one of {HYPERGRADIENTS}, got {form!r}")
     params = dict(model.named_parameters())
 
-    def fresh_buffers():  # BatchNorm's running statistics move in train mode: on copies
-        return {k: v.clone() for k, v in model.named_buffers()}
+    def logits_at(weights, inputs):  # BatchNorm's running statistics move in train mode: on copies
+        buffers = {k: v.clone() for k, v in model.named_buffers()}
+        return final_logits(functional_call(model, (weights, buffers), (inputs,)))
 
     if form == "exact":
-        logits = final_logits(functional_call(model, (params, fresh_buffers()), (x,)))
+        logits = logits_at(params, x)
         alpha = meta(sample_statistics(logits, y, ema))
         losses = soft_iou_reference(logits, y)  # twice differentiable (the op's backward is not)
         grads = torch.autograd.grad((alpha * losses).mean(), list(params.values()), create_graph=True,
                                     allow_unused=True)
         ahead = {k: (p - inner_lr * g if g is not None else p) for (k, p), g in zip(params.items(), grads)}
-        val_loss = validation_loss(final_logits(functional_call(model, (ahead, fresh_buffers()), (vx,))), vy, meta_loss)
+        val_loss = validation_loss(logits_at(ahead, vx), vy, meta_loss)
         objective = val_loss
     else:
-        val_loss = validation_loss(final_logits(functional_call(model, (params, fresh_buffers()), (vx,))), vy, meta_loss)
+        val_loss = validation_loss(logits_at(params, vx), vy, meta_loss)
         grads = torch.autograd.grad(val_loss, list(params.values()), allow_unused=True)
         direction = {k: (g if g is not None else torch.zeros_like(p)) for (k, p), g in zip(params.items(), grads)}
 
-        def per_sample_losses(p):
-            logits = final_logits(functional_call(model, (p, fresh_buffers()), (x,)))
+        def per_sample_losses(weights):
+            logits = logits_at(weights, x)
             return soft_iou_reference(logits, y), logits
 
         with torch.no_grad(), warnings.catch_warnings():
