@@ -3,7 +3,8 @@
 # validation taken from it), bilevel for EPOCHS epochs and every plain mode for PLAIN_EPOCHS
 # (default 2.7 x EPOCHS: a bi-level epoch costs about 2.7 plain ones), two runs at a time on one
 # thread each; then each best checkpoint tested on the test split. Usage:
-#   [SEED=0] [MODES="bilevel full fixed naive"] bash benchmarks/train_modes.sh [DATASET] [RUNS_DIR] [EPOCHS] [PLAIN_EPOCHS]
+#   [SEED=0] [MODES="bilevel full fixed naive"] [EXTRA="--weight-ema 0.99"] bash benchmarks/train_modes.sh [DATASET] [RUNS_DIR] [EPOCHS] [PLAIN_EPOCHS]
+# (EXTRA: more `train` options, the same for every mode.)
 # Each run's summed epoch seconds (its CPU budget) is printed with its test result and appended to
 # RUNS_DIR/test_results.txt; benchmarks/train_summary.py averages those files over seeds.
 set -euo pipefail
@@ -12,6 +13,7 @@ RUNS=${2:-runs}
 EPOCHS=${3:-40}
 PLAIN=${4:-$((EPOCHS * 27 / 10))}
 SEED=${SEED:-0}
+read -r -a EXTRA <<< "${EXTRA:-}"
 read -r -a MODES <<< "${MODES:-bilevel full fixed naive}"
 PY=${PY:-.venv/bin/python}
 mkdir -p "$RUNS"
@@ -23,7 +25,7 @@ train() {  # mode: resumes an interrupted run, skips a finished one
   [ -f "$RUNS/$mode/last.pt" ] && resume="--resume"
   $PY -m d2d_ext train --dataset "$DATA" --mode "$mode" --model unet --epochs "$epochs" --lr 5e-3 \
     --warmup-epochs $((epochs / 5)) --theta-every $((epochs / 10)) --seed "$SEED" --out "$RUNS/$mode" \
-    --threads 1 --quiet $resume > "$RUNS/$mode.out" 2>&1
+    --threads 1 --quiet ${EXTRA[@]+"${EXTRA[@]}"} $resume > "$RUNS/$mode.out" 2>&1
 }
 
 for ((i = 0; i < ${#MODES[@]}; i += 2)); do  # two at a time

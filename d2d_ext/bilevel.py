@@ -32,6 +32,9 @@ alpha and theta follow the gradient of the *training* loss at every step, no loo
 
 Validation data come from the training split (``val_fraction`` of it, or an explicit split) and
 are labelled by the annotator; the best checkpoint is the one with the lowest validation loss.
+With ``weight_ema`` (any mode) an exponential moving average of the detector's weights, updated
+after every step (``torch.optim.swa_utils.AveragedModel``), is what validates, guides theta and
+is tested.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .annotate import (
     Annotator,
@@ -99,6 +103,10 @@ class TrainConfig:
     inner_lr: float = 1e-3  # the look-ahead SGD step: small, in the linear regime (0.1 overshoots and inverts the weights)
     meta_loss: str = "per-sample"  # the meta-classifier's validation loss: "per-sample" | "pooled"
     hypergradient: str = "exact"  # the meta-classifier's step: "exact" | "first-order"
+    # decay per iteration of an exponential moving average of the detector's weights and BatchNorm
+    # statistics (0: off); where on, the average is what validates (and so picks best.pt), what
+    # the theta step reads and what a checkpoint's `test` scores; the training steps move the live weights
+    weight_ema: float = 0.0
     batch_size: int = 8
     crop_size: int = 128
     val_fraction: float = 0.2
@@ -118,6 +126,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.crop_size % 16:
             raise ValueError(f"crop_size must be a multiple of 16, got {self.crop_size}")
+        if not 0.0 <= self.weight_ema < 1.0:
+            raise ValueError(f"weight_ema must be in [0, 1) (0: off), got {self.weight_ema}")
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch_size >= 1")
 
@@ -237,6 +247,8 @@ def validation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "per
     counts by its pixels, as in the dataset-level IoU that detectors are scored by."""
     if kind == "pooled":
         return soft_iou_reference(logits.reshape(1, -1), labels.reshape(1, -1))[0]
+    if kind != "per-sample":
+        raise ValueError(f"validation_loss: kind must be one of {META_LOSSES}, got {kind!r}")
     return soft_iou_reference(logits, labels).mean()
 
 
@@ -398,6 +410,10 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.averaged = None
+        if config.weight_ema > 0:
+            self.averaged = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.weight_ema),
+                                          use_buffers=True)
         self.meta = MetaWeighter().to(self.device)
         self.meta_opt = torch.optim.Adam(self.meta.parameters(), lr=config.meta_lr)
         self.annotator = Annotator(annotator_config or AnnotatorConfig(), DiffusionParams())
@@ -451,6 +467,12 @@ class Trainer:
                 split.labels = [m.astype(np.float32) for m in self.annotator.masks(split.targets)]
         return time.perf_counter() - t0
 
+    @property
+    def detector(self) -> torch.nn.Module:
+        """The weights that validate, guide theta and are tested: the running average where
+        ``weight_ema`` is on, else the live model."""
+        return self.averaged.module if self.averaged is not None else self.model
+
     # -- steps -----------------------------------------------------------------------------
     def learning_rate(self) -> float:
         """The detector's learning rate for the current epoch."""
@@ -491,7 +513,7 @@ class Trainer:
         if len(batch) == 0:
             return {}
         if split is not self.val_set or val_probs is None:
-            val_probs = [predict(self.model, im) for im in split.images]
+            val_probs = [predict(self.detector, im) for im in split.images]
         pred = crop_maps(val_probs, batch)
         theta = self.annotator.params()
         with torch.no_grad():
@@ -546,6 +568,8 @@ class Trainer:
             self.meta_opt.zero_grad()
             total.backward()
             self.opt.step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.model)
             if self._outer_active() and cfg.joint and cfg.balance:
                 self._all_reduce_grads(self.meta)
                 self.meta_opt.step()
@@ -564,13 +588,16 @@ class Trainer:
         if self.world > 1:  # BatchNorm statistics: each rank's last batch moved its own; take rank 0's
             for buf in self.model.buffers():
                 torch.distributed.broadcast(buf, 0)
+            if self.averaged is not None:  # its averaged BatchNorm statistics too
+                for buf in self.averaged.module.buffers():
+                    torch.distributed.broadcast(buf, 0)
         record = {"epoch": self.epoch, "lr": self.learning_rate(), "train_loss": sums["train_loss"] / n_batches}
         alphas = torch.cat(sums["alpha"])
         record["alpha_mean"], record["alpha_std"] = float(alphas.mean()), float(alphas.std()) if len(alphas) > 1 else 0.0
         record["label_update_seconds"] = 0.0
         self.epoch += 1
         # the theta step and the validation both need the detector on the validation images
-        val_probs = [predict(self.model, im) for im in va.images]
+        val_probs = [predict(self.detector, im) for im in va.images]
         if (cfg.mode == "bilevel" and cfg.online_labels and self.epoch > cfg.warmup_epochs
                 and (self.epoch - cfg.warmup_epochs) % cfg.theta_every == 0):
             record.update(self._theta_step(val_probs))
@@ -587,7 +614,7 @@ class Trainer:
         ``probs``: the detector's ``(H, W)`` probabilities on the validation images, if computed."""
         va = self.val_set
         if probs is None:
-            probs = [predict(self.model, im) for im in va.images]
+            probs = [predict(self.detector, im) for im in va.images]
         metrics = ISTDMetrics()
         losses = []
         for prob, lab in zip(probs, va.labels):
@@ -598,7 +625,13 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------
     def state(self) -> dict:
-        return {
+        """The run's whole state; ``model`` holds the live weights (what training resumes from),
+        ``averaged_model`` and ``n_averaged`` the running average where ``weight_ema`` is on."""
+        averaged = {}
+        if self.averaged is not None:
+            averaged = {"averaged_model": self.averaged.module.state_dict(),
+                        "n_averaged": int(self.averaged.n_averaged)}
+        return {**averaged,
             "format": FORMAT, "epoch": self.epoch, "config": dataclasses.asdict(self.cfg),
             "annotator_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.annotator.config).items()},
             "model": self.model.state_dict(), "opt": self.opt.state_dict(),
@@ -628,6 +661,9 @@ class Trainer:
             self.annotator.params.load_state_dict(state["theta"])
             self.theta_opt.load_state_dict(state["theta_opt"])
             self.ema = state["ema"].clone()
+            if self.averaged is not None:
+                self.averaged.module.load_state_dict(state["averaged_model"])
+                self.averaged.n_averaged.fill_(int(state["n_averaged"]))
             self.best_val = float(state["best_val"])
             self.epoch = int(state["epoch"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -703,11 +739,12 @@ def select_top(run_dir, top: float, out) -> list:
 
 
 def evaluate_checkpoint(checkpoint, dataset, split: str = "test") -> dict:
-    """IoU, nIoU, Pd, Fa of a checkpoint's detector against the ground truth of ``split``."""
+    """IoU, nIoU, Pd, Fa of a checkpoint's detector against the ground truth of ``split``: its
+    averaged weights where the run kept an average (``weight_ema``), else its weights."""
     state = load_checkpoint(checkpoint)
     try:
         model = build_model(state["config"]["model"])
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("averaged_model", state["model"]))
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"{checkpoint}: the weights do not fit model {state.get('config', {}).get('model')!r}: "
                         f"{_one_line(err)}") from err

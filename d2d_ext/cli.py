@@ -234,7 +234,7 @@ def _cmd_train(args) -> dict:
             mode=args.mode, model=args.model, points=args.points, epochs=args.epochs,
             warmup_epochs=args.warmup_epochs, theta_every=args.theta_every, beta=args.beta,
             balance=not args.no_balance, online_labels=not args.no_online_labels, joint=args.joint,
-            meta_loss=args.meta_loss, hypergradient=args.hypergradient,
+            meta_loss=args.meta_loss, hypergradient=args.hypergradient, weight_ema=args.weight_ema,
             lr=args.lr, schedule=args.schedule, batch_size=args.batch_size, crop_size=args.crop_size, seed=args.seed,
             train_split=args.split, val_split=args.val_split or "")
         config.validate()
@@ -355,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hypergradient", default="exact",
                    help="the meta-classifier's step: exact (double backward through the look-ahead) | "
                         "first-order (gradient alignment at the current weights; about half the cost)")
+    t.add_argument("--weight-ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the detector's weights with this decay per "
+                        "iteration (e.g. 0.99); it validates, picks best.pt, guides theta and is what `test` "
+                        "scores (default 0: off)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)

@@ -152,19 +152,24 @@ def _strip(records):
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
 
 
-def test_resumed_run_matches_an_uninterrupted_one(dataset, tmp_path):
+@pytest.mark.parametrize("weight_ema", [0.0, 0.5])
+def test_resumed_run_matches_an_uninterrupted_one(dataset, tmp_path, weight_ema):
     torch.set_num_threads(1)
-    full = Trainer(dataset, tmp_path / "a", tiny(), progress=False)
+    full = Trainer(dataset, tmp_path / "a", tiny(weight_ema=weight_ema), progress=False)
     records_a = full.fit()
 
-    fit_until(Trainer(dataset, tmp_path / "b", tiny(), progress=False), 2)
-    resumed = Trainer(dataset, tmp_path / "b", tiny(), progress=False)
+    fit_until(Trainer(dataset, tmp_path / "b", tiny(weight_ema=weight_ema), progress=False), 2)
+    resumed = Trainer(dataset, tmp_path / "b", tiny(weight_ema=weight_ema), progress=False)
     resumed.load_state(load_checkpoint(tmp_path / "b" / "last.pt"))
     assert resumed.epoch == 2
     records_b = resumed.fit()
     assert _strip(records_a) == _strip(records_b)
     for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    if weight_ema:  # the average resumes too
+        assert int(resumed.averaged.n_averaged) == int(full.averaged.n_averaged) > 0
+        for (k, a), (_, b) in zip(full.detector.state_dict().items(), resumed.detector.state_dict().items()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2]
 
@@ -267,11 +272,13 @@ def test_checkpoints_are_loaded_safely(tmp_path):
 DDP_SCRIPT = """
 import sys, torch
 from d2d_ext.bilevel import Trainer, TrainConfig
-cfg = TrainConfig(epochs=2, warmup_epochs=1, theta_every=1, batch_size=2, crop_size=32, meta_every=1)
+cfg = TrainConfig(epochs=2, warmup_epochs=1, theta_every=1, batch_size=2, crop_size=32, meta_every=1,
+                  weight_ema=0.9)
 trainer = Trainer(sys.argv[1], sys.argv[2], cfg, progress=False)
 trainer.fit()
 state = {"model": trainer.model.state_dict(), "meta": trainer.meta.state_dict(),
-         "theta": trainer.annotator.params.state_dict(), "world": trainer.world}
+         "theta": trainer.annotator.params.state_dict(), "averaged": trainer.detector.state_dict(),
+         "world": trainer.world}
 torch.save(state, f"{sys.argv[2]}/rank{trainer.rank}.pt")
 """
 
@@ -293,7 +300,7 @@ def test_two_process_gloo_run_agrees_on_the_weights(dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     states = [torch.load(run / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert states[0]["world"] == states[1]["world"] == 2
-    for part in ("model", "meta", "theta"):
+    for part in ("model", "meta", "theta", "averaged"):
         for key, value in states[0][part].items():
             torch.testing.assert_close(value, states[1][part][key], rtol=0, atol=0, msg=f"{part}.{key}")
     assert (run / "last.pt").is_file() and (run / "alpha.csv").is_file()
@@ -315,6 +322,8 @@ def test_pooled_validation_loss_counts_samples_by_their_pixels():
     inter = (p * labels).sum()
     torch.testing.assert_close(pooled, 1 - (inter + 1) / (p.sum() + labels.sum() - inter + 1))
     assert pooled < 0.1 < per_sample  # the missed pixel is 1 of 37 target pixels, but 1 of 2 samples
+    with pytest.raises(ValueError, match="kind must be one of"):
+        validation_loss(logits, labels, "pixel")
     # both forms are twice differentiable (the hypergradient differentiates through a gradient)
     x = logits.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(validation_loss(x, labels, "pooled"), x, create_graph=True)
@@ -342,3 +351,49 @@ def test_a_run_from_before_a_setting_existed_resumes_with_its_default(dataset, t
     assert resumed.epoch == 1
     with pytest.raises(DataError, match=re.escape("'meta_loss': ('per-sample', 'pooled')")):
         Trainer(dataset, run, tiny(epochs=2, meta_loss="pooled"), progress=False).load_state(state)
+
+
+def test_weight_ema_averages_every_step_and_is_what_validates_and_tests(dataset, tmp_path):
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="weight_ema must be in"):
+            tiny(weight_ema=bad).validate()
+    decay = 0.6
+    trainer = Trainer(dataset, tmp_path / "r", tiny(mode="fixed", epochs=2, batch_size=2, weight_ema=decay), progress=False)
+    live_after_steps = []
+    step = trainer.opt.step
+
+    def recording_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        live_after_steps.append([p.detach().clone() for p in trainer.model.parameters()])
+        return out
+
+    trainer.opt.step = recording_step
+    records = trainer.fit()
+    # the running average of the live weights after each step: the first copied, then lerp
+    expected = live_after_steps[0]
+    for params in live_after_steps[1:]:
+        expected = [e + (1 - decay) * (p - e) for e, p in zip(expected, params)]
+    assert int(trainer.averaged.n_averaged) == len(live_after_steps) > 2
+    for e, a in zip(expected, trainer.detector.parameters()):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(trainer.detector.parameters(), trainer.model.parameters()))
+    # validation reads the average ...
+    assert records[-1]["val_loss"] == trainer.validate()["val_loss"]
+    live = trainer.averaged
+    trainer.averaged = None
+    assert trainer.validate()["val_loss"] != records[-1]["val_loss"]
+    trainer.averaged = live
+    # ... and so does `test`: the checkpoint keeps both, the live weights for --resume
+    state = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert state["n_averaged"] == len(live_after_steps)
+    for k, v in trainer.detector.state_dict().items():
+        torch.testing.assert_close(state["averaged_model"][k], v, rtol=0, atol=0, msg=k)
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(state["model"][k], v, rtol=0, atol=0, msg=k)
+    from d2d_ext.metrics import ISTDMetrics
+    from d2d_ext.bilevel import predict
+
+    metrics = ISTDMetrics()
+    for i in trainer.ds.ids("test"):
+        metrics.update(predict(trainer.detector, trainer.ds.load_image(i)), trainer.ds.load_mask(i))
+    assert evaluate_checkpoint(tmp_path / "r" / "last.pt", dataset, "test") == metrics.compute()
