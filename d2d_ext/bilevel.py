@@ -108,6 +108,10 @@ class TrainConfig:
     # the theta step reads and what a checkpoint's `test` scores; the training steps move the live weights
     weight_ema: float = 0.0
     batch_size: int = 8
+    # validation crops per bi-level iteration (the beta term and the meta step); 0: batch_size.
+    # They are most of a bi-level iteration's cost beyond a plain one: the beta term's forward and
+    # backward run on training and validation crops together
+    val_batch_size: int = 0
     crop_size: int = 128
     val_fraction: float = 0.2
     val_split: str = ""  # an explicit validation split (else a seeded share of the training split)
@@ -128,8 +132,8 @@ class TrainConfig:
             raise ValueError(f"crop_size must be a multiple of 16, got {self.crop_size}")
         if not 0.0 <= self.weight_ema < 1.0:
             raise ValueError(f"weight_ema must be in [0, 1) (0: off), got {self.weight_ema}")
-        if self.epochs < 0 or self.batch_size < 1:
-            raise ValueError("epochs must be >= 0 and batch_size >= 1")
+        if self.epochs < 0 or self.batch_size < 1 or self.val_batch_size < 0:
+            raise ValueError("epochs must be >= 0, batch_size >= 1 and val_batch_size >= 0")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,7 +551,7 @@ class Trainer:
                 idx = order[:cfg.batch_size]
             tidx = torch.from_numpy(idx)
             x, y = (t.to(dev) for t in random_crops(tr, idx, cfg.crop_size, rng))
-            vidx = rng.integers(0, len(va.ids), size=min(cfg.batch_size, len(va.ids)))
+            vidx = rng.integers(0, len(va.ids), size=min(cfg.val_batch_size or cfg.batch_size, len(va.ids)))
             vx, vy = (t.to(dev) for t in random_crops(va, vidx, cfg.crop_size, rng))
             if self._outer_active() and cfg.balance and not cfg.joint and b % cfg.meta_every == 0:
                 self._meta_step(x, y, tidx, vx, vy)

@@ -235,7 +235,7 @@ def _cmd_train(args) -> dict:
             warmup_epochs=args.warmup_epochs, theta_every=args.theta_every, beta=args.beta,
             balance=not args.no_balance, online_labels=not args.no_online_labels, joint=args.joint,
             meta_loss=args.meta_loss, hypergradient=args.hypergradient, weight_ema=args.weight_ema,
-            lr=args.lr, schedule=args.schedule, batch_size=args.batch_size, crop_size=args.crop_size, seed=args.seed,
+            lr=args.lr, schedule=args.schedule, batch_size=args.batch_size, val_batch_size=args.val_batch_size, crop_size=args.crop_size, seed=args.seed,
             train_split=args.split, val_split=args.val_split or "")
         config.validate()
     except ValueError as err:
@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta", type=float, default=0.1)
     t.add_argument("--crop-size", type=int, default=128)
     t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--val-batch-size", type=int, default=0,
+                   help="validation crops per bi-level iteration, for the beta term and the meta step "
+                        "(default 0: --batch-size); fewer make a bi-level iteration cheaper")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--schedule", default="cosine", help="cosine (decays to 0 over the epochs) | constant")
     t.add_argument("--seed", type=int, default=0)

@@ -397,3 +397,24 @@ def test_weight_ema_averages_every_step_and_is_what_validates_and_tests(dataset,
     for i in trainer.ds.ids("test"):
         metrics.update(predict(trainer.detector, trainer.ds.load_image(i)), trainer.ds.load_mask(i))
     assert evaluate_checkpoint(tmp_path / "r" / "last.pt", dataset, "test") == metrics.compute()
+
+
+def test_val_batch_size_sets_the_validation_crops_of_each_iteration(dataset, tmp_path):
+    with pytest.raises(ValueError, match="val_batch_size >= 0"):
+        tiny(val_batch_size=-1).validate()
+    trainer = Trainer(dataset, tmp_path / "r", tiny(epochs=2, val_batch_size=2), progress=False)
+    meta_batches, forward_batches = [], []
+    meta_step, net = trainer._meta_step, trainer.net
+
+    def recording_meta_step(x, y, idx, vx, vy):
+        meta_batches.append((x.shape[0], vx.shape[0]))
+        return meta_step(x, y, idx, vx, vy)
+
+    def recording_net(inputs):
+        forward_batches.append(inputs.shape[0])
+        return net(inputs)
+
+    trainer._meta_step, trainer.net = recording_meta_step, recording_net
+    trainer.fit()
+    assert meta_batches and all(m == (4, 2) for m in meta_batches)
+    assert forward_batches and all(n == 4 + 2 for n in forward_batches)  # training and validation crops
