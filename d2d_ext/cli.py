@@ -235,7 +235,8 @@ def _cmd_train(args) -> dict:
             warmup_epochs=args.warmup_epochs, theta_every=args.theta_every, beta=args.beta,
             balance=not args.no_balance, online_labels=not args.no_online_labels, joint=args.joint,
             meta_loss=args.meta_loss, hypergradient=args.hypergradient, weight_ema=args.weight_ema,
-            lr=args.lr, schedule=args.schedule, batch_size=args.batch_size, val_batch_size=args.val_batch_size, crop_size=args.crop_size, seed=args.seed,
+            lr=args.lr, schedule=args.schedule, batch_size=args.batch_size, val_batch_size=args.val_batch_size,
+            crop_size=args.crop_size, seed=args.seed,
             train_split=args.split, val_split=args.val_split or "")
         config.validate()
     except ValueError as err:

@@ -236,6 +236,17 @@ def test_cli_train_test_select_and_resume_guard(dataset, tmp_path, capsys):
     assert ids == [r[0] for r in best]
 
 
+def test_cli_passes_the_training_recipe_options(dataset, tmp_path, capsys):
+    args = ["train", "--dataset", str(dataset), "--epochs", "1", "--batch-size", "4", "--crop-size", "32",
+            "--quiet", "--threads", "1"]
+    assert main(args + ["--out", str(tmp_path / "run"), "--weight-ema", "0.9", "--val-batch-size", "2"]) == 0
+    config = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
+    assert config["weight_ema"] == 0.9 and config["val_batch_size"] == 2
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "bad"), "--weight-ema", "1"]) == 2
+    assert "weight_ema must be in [0, 1)" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_changed_split(dataset, tmp_path):
     data = tmp_path / "SYN"
     shutil.copytree(dataset, data)
