@@ -31,7 +31,8 @@ Other modes: ``full`` (ground-truth masks), ``naive`` (the point pixels as the l
 alpha and theta follow the gradient of the *training* loss at every step, no look-ahead).
 
 Validation data come from the training split (``val_fraction`` of it, or an explicit split) and
-are labelled by the annotator; the best checkpoint is the one with the lowest validation loss.
+are labelled by the annotator; the best checkpoint is the one with the lowest validation loss
+(``select="val-loss"``) or the highest validation IoU (``select="val-iou"``).
 With ``weight_ema`` (any mode) an exponential moving average of the detector's weights, updated
 after every step (``torch.optim.swa_utils.AveragedModel``), is what validates, guides theta and
 is tested.
@@ -77,6 +78,7 @@ from .soft_iou import soft_iou, weighted_soft_iou
 MODES = ("bilevel", "full", "naive", "fixed")
 META_LOSSES = ("per-sample", "pooled")
 HYPERGRADIENTS = ("exact", "first-order")
+SELECTIONS = ("val-loss", "val-iou")
 N_STATS = 12
 
 
@@ -107,6 +109,10 @@ class TrainConfig:
     # statistics (0: off); where on, the average is what validates (and so picks best.pt), what
     # the theta step reads and what a checkpoint's `test` scores; the training steps move the live weights
     weight_ema: float = 0.0
+    # what picks best.pt: "val-loss" (the lowest mean per-image soft-IoU loss on the validation
+    # images) or "val-iou" (the highest IoU over the validation set, pixels pooled as the test
+    # scores them); against the validation labels either way (pseudo-labels in point modes)
+    select: str = "val-loss"
     batch_size: int = 8
     # validation crops per bi-level iteration (the beta term and the meta step); 0: batch_size.
     # They are most of a bi-level iteration's cost beyond a plain one: the beta term's forward and
@@ -126,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
         if self.hypergradient not in HYPERGRADIENTS:
             raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, got {self.hypergradient!r}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.crop_size % 16:
@@ -329,6 +337,13 @@ def surrogate(pred: torch.Tensor, batch: TargetBatch, theta: dict, steps: int) -
     rates = target_rates(batch, theta)
     u = diffuse(pred.to(rates.dtype), rates, 1.0, steps)
     return fuse_prior(u, batch, theta["rho"], eps=1e-6)
+
+
+def selection_score(record: dict, select: str) -> float:
+    """What best.pt minimises: the epoch's validation loss, or minus its validation IoU
+    (``select`` is ``"val-loss"`` or ``"val-iou"``); an undefined value (NaN) never wins."""
+    value = record["val_loss"] if select == "val-loss" else -record["val_iou"]
+    return math.inf if value is None or math.isnan(value) else float(value)
 
 
 def _distributed_setup() -> tuple:
@@ -688,9 +703,10 @@ class Trainer:
         while self.epoch < self.cfg.epochs:
             record = self.train_epoch()
             records.append(record)
-            improved = record["val_loss"] < self.best_val
+            score = selection_score(record, self.cfg.select)
+            improved = score < self.best_val
             if improved:
-                self.best_val = record["val_loss"]
+                self.best_val = score
             if self.rank == 0:  # every rank holds the same state; one writes it
                 # the log first: a crash after it leaves last.pt an epoch behind, and --resume
                 # redoes that epoch and its record; last.pt first would lose the record

@@ -225,7 +225,7 @@ def _cmd_demo(args) -> dict:
 
 
 def _cmd_train(args) -> dict:
-    from .bilevel import Trainer, TrainConfig, load_checkpoint
+    from .bilevel import Trainer, TrainConfig, load_checkpoint, selection_score
     from .plots import alpha_scatter, training_curves
 
     _set_threads(args.threads)
@@ -235,6 +235,7 @@ def _cmd_train(args) -> dict:
             warmup_epochs=args.warmup_epochs, theta_every=args.theta_every, beta=args.beta,
             balance=not args.no_balance, online_labels=not args.no_online_labels, joint=args.joint,
             meta_loss=args.meta_loss, hypergradient=args.hypergradient, weight_ema=args.weight_ema,
+            select=args.select,
             lr=args.lr, schedule=args.schedule, batch_size=args.batch_size, val_batch_size=args.val_batch_size,
             crop_size=args.crop_size, seed=args.seed,
             train_split=args.split, val_split=args.val_split or "")
@@ -259,7 +260,9 @@ def _cmd_train(args) -> dict:
         training_curves(records, run / "plots" / "curves.png")
     alpha_scatter(run / "alpha.csv", run / "plots" / "alpha_vs_size.png")
     last_record = records[-1] if records else {}
-    return {"run": str(run), "epochs": trainer.epoch, "best_val_loss": trainer.best_val,
+    best = min(records, key=lambda r: selection_score(r, config.select)) if records else {}
+    return {"run": str(run), "epochs": trainer.epoch, "select": config.select, "best_epoch": best.get("epoch"),
+            "best_val_loss": best.get("val_loss"), "best_val_iou": best.get("val_iou"),
             **{k: last_record.get(k) for k in ("train_loss", "val_loss", "val_iou", "theta")}}
 
 
@@ -363,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep an exponential moving average of the detector's weights with this decay per "
                         "iteration (e.g. 0.99); it validates, picks best.pt, guides theta and is what `test` "
                         "scores (default 0: off)")
+    t.add_argument("--select", default="val-loss",
+                   help="what picks best.pt: val-loss (lowest mean per-image soft-IoU loss on the validation "
+                        "images) | val-iou (highest validation IoU, pixels pooled as the test scores them)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)

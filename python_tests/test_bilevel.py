@@ -239,12 +239,16 @@ def test_cli_train_test_select_and_resume_guard(dataset, tmp_path, capsys):
 def test_cli_passes_the_training_recipe_options(dataset, tmp_path, capsys):
     args = ["train", "--dataset", str(dataset), "--epochs", "1", "--batch-size", "4", "--crop-size", "32",
             "--quiet", "--threads", "1"]
-    assert main(args + ["--out", str(tmp_path / "run"), "--weight-ema", "0.9", "--val-batch-size", "2"]) == 0
+    assert main(args + ["--out", str(tmp_path / "run"), "--weight-ema", "0.9", "--val-batch-size", "2",
+                        "--select", "val-iou"]) == 0
     config = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
-    assert config["weight_ema"] == 0.9 and config["val_batch_size"] == 2
-    capsys.readouterr()
+    assert config["weight_ema"] == 0.9 and config["val_batch_size"] == 2 and config["select"] == "val-iou"
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["select"] == "val-iou" and out["best_epoch"] == 0
     assert main(args + ["--out", str(tmp_path / "bad"), "--weight-ema", "1"]) == 2
     assert "weight_ema must be in [0, 1)" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "bad"), "--select", "val-pd"]) == 2
+    assert "select must be one of" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_changed_split(dataset, tmp_path):
@@ -355,7 +359,7 @@ def test_a_run_from_before_a_setting_existed_resumes_with_its_default(dataset, t
     run = tmp_path / "run"
     fit_until(Trainer(dataset, run, tiny(epochs=2), progress=False), 1)
     state = load_checkpoint(run / "last.pt")
-    for added in ("meta_loss", "hypergradient"):  # as written by an older version
+    for added in ("meta_loss", "hypergradient", "select"):  # as written by an older version
         del state["config"][added]
     resumed = Trainer(dataset, run, tiny(epochs=2), progress=False)
     resumed.load_state(state)
@@ -429,3 +433,18 @@ def test_val_batch_size_sets_the_validation_crops_of_each_iteration(dataset, tmp
     trainer.fit()
     assert meta_batches and all(m == (4, 2) for m in meta_batches)
     assert forward_batches and all(n == 4 + 2 for n in forward_batches)  # training and validation crops
+
+
+def test_select_picks_best_pt_by_the_validation_loss_or_iou(dataset, tmp_path):
+    with pytest.raises(ValueError, match="select must be one of"):
+        tiny(select="test-iou").validate()
+    # scripted validation results, so that the two criteria disagree (and an undefined IoU appears)
+    losses, ious = [0.5, 0.4, 0.45, 0.3], [10.0, 30.0, float("nan"), 20.0]
+    for select, best in (("val-loss", 3), ("val-iou", 1)):
+        trainer = Trainer(dataset, tmp_path / select, tiny(mode="fixed", epochs=4, select=select), progress=False)
+        trainer.validate = lambda probs=None, t=trainer: {"val_loss": losses[t.epoch - 1], "val_iou": ious[t.epoch - 1]}
+        records = trainer.fit()
+        assert [r["val_iou"] for r in records][:2] == ious[:2]
+        state = load_checkpoint(tmp_path / select / "best.pt")
+        assert state["epoch"] == best + 1  # the epochs done when it was written
+        assert state["best_val"] == (losses[best] if select == "val-loss" else -ious[best])
