@@ -3,8 +3,13 @@
 # validation taken from it), bilevel for EPOCHS epochs and every plain mode for PLAIN_EPOCHS
 # (default 2.7 x EPOCHS: a bi-level epoch costs about 2.7 plain ones), two runs at a time on one
 # thread each; then each best checkpoint tested on the test split. Usage:
-#   [SEED=0] [MODES="bilevel full fixed naive"] [EXTRA="--weight-ema 0.99"] bash benchmarks/train_modes.sh [DATASET] [RUNS_DIR] [EPOCHS] [PLAIN_EPOCHS]
-# (EXTRA: more `train` options, the same for every mode.)
+#   [SEED=0] [MODES="bilevel full fixed naive"] [LR=5e-3] [EXTRA="--weight-ema 0.99"] bash benchmarks/train_modes.sh [DATASET] [RUNS_DIR] [EPOCHS] [PLAIN_EPOCHS]
+# (LR: the detector's peak learning rate, 5e-3 by default as in the first comparisons; EXTRA: more
+# `train` options, the same for every mode; PY: the Python to run, .venv/bin/python by default.)
+# From the repository root `python -m d2d_ext` imports the source folder: that needs the in-place
+# build (`pip install --no-build-isolation -e .`); with a plain install, run it from another folder
+# with PY set, e.g. PY="env PYTHONPATH=/path/to/copy /abs/.venv/bin/python" for a frozen copy of
+# the package that rebuilding cannot touch mid-run.
 # Each run's summed epoch seconds (its CPU budget) is printed with its test result and appended to
 # RUNS_DIR/test_results.txt; benchmarks/train_summary.py averages those files over seeds.
 set -euo pipefail
@@ -13,6 +18,7 @@ RUNS=${2:-runs}
 EPOCHS=${3:-40}
 PLAIN=${4:-$((EPOCHS * 27 / 10))}
 SEED=${SEED:-0}
+LR=${LR:-5e-3}
 read -r -a EXTRA <<< "${EXTRA:-}"
 read -r -a MODES <<< "${MODES:-bilevel full fixed naive}"
 PY=${PY:-.venv/bin/python}
@@ -23,7 +29,7 @@ train() {  # mode: resumes an interrupted run, skips a finished one
   [ "$mode" = bilevel ] && epochs=$EPOCHS
   [ -f "$RUNS/$mode/alpha.csv" ] && return 0
   [ -f "$RUNS/$mode/last.pt" ] && resume="--resume"
-  $PY -m d2d_ext train --dataset "$DATA" --mode "$mode" --model unet --epochs "$epochs" --lr 5e-3 \
+  $PY -m d2d_ext train --dataset "$DATA" --mode "$mode" --model unet --epochs "$epochs" --lr "$LR" \
     --warmup-epochs $((epochs / 5)) --theta-every $((epochs / 10)) --seed "$SEED" --out "$RUNS/$mode" \
     --threads 1 --quiet ${EXTRA[@]+"${EXTRA[@]}"} $resume > "$RUNS/$mode.out" 2>&1
 }
