@@ -342,8 +342,10 @@ def surrogate(pred: torch.Tensor, batch: TargetBatch, theta: dict, steps: int) -
 def selection_score(record: dict, select: str) -> float:
     """What best.pt minimises: the epoch's validation loss, or minus its validation IoU
     (``select`` is ``"val-loss"`` or ``"val-iou"``); an undefined value (NaN) never wins."""
-    value = record["val_loss"] if select == "val-loss" else -record["val_iou"]
-    return math.inf if value is None or math.isnan(value) else float(value)
+    value = record["val_loss"] if select == "val-loss" else record["val_iou"]
+    if value is None or math.isnan(value):  # None: a NaN as log.jsonl writes it (a resumed run)
+        return math.inf
+    return float(value) if select == "val-loss" else -float(value)
 
 
 def _distributed_setup() -> tuple:

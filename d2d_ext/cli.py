@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -261,6 +262,8 @@ def _cmd_train(args) -> dict:
     alpha_scatter(run / "alpha.csv", run / "plots" / "alpha_vs_size.png")
     last_record = records[-1] if records else {}
     best = min(records, key=lambda r: selection_score(r, config.select)) if records else {}
+    if best and selection_score(best, config.select) == math.inf:  # no epoch wrote best.pt
+        best = {}
     return {"run": str(run), "epochs": trainer.epoch, "select": config.select, "best_epoch": best.get("epoch"),
             "best_val_loss": best.get("val_loss"), "best_val_iou": best.get("val_iou"),
             **{k: last_record.get(k) for k in ("train_loss", "val_loss", "val_iou", "theta")}}

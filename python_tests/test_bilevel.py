@@ -1,6 +1,7 @@
 """The bi-level trainer (d2d_ext.bilevel) and the train / test / select commands."""
 
 import json
+import math
 import re
 import shutil
 from itertools import product
@@ -17,6 +18,7 @@ from d2d_ext.bilevel import (
     hypergradient_step,
     load_checkpoint,
     sample_statistics,
+    selection_score,
     surrogate,
     evaluate_checkpoint,
     validation_loss,
@@ -448,3 +450,7 @@ def test_select_picks_best_pt_by_the_validation_loss_or_iou(dataset, tmp_path):
         state = load_checkpoint(tmp_path / select / "best.pt")
         assert state["epoch"] == best + 1  # the epochs done when it was written
         assert state["best_val"] == (losses[best] if select == "val-loss" else -ious[best])
+    # a resumed run reads its records back from log.jsonl, where an undefined value is null
+    assert selection_score({"val_loss": 0.2, "val_iou": None}, "val-iou") == math.inf
+    assert selection_score({"val_loss": None, "val_iou": 5.0}, "val-loss") == math.inf
+    assert selection_score({"val_loss": 0.2, "val_iou": 5.0}, "val-iou") == -5.0
