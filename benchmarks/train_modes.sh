@@ -30,7 +30,7 @@ train() {  # mode: resumes an interrupted run, skips a finished one
   [ -f "$RUNS/$mode/alpha.csv" ] && return 0
   [ -f "$RUNS/$mode/last.pt" ] && resume="--resume"
   $PY -m d2d_ext train --dataset "$DATA" --mode "$mode" --model unet --epochs "$epochs" --lr "$LR" \
-    --warmup-epochs $((epochs / 5)) --theta-every $((epochs / 10)) --seed "$SEED" --out "$RUNS/$mode" \
+    --warmup-epochs $((epochs / 5)) --theta-every $((epochs >= 20 ? epochs / 10 : 1)) --seed "$SEED" --out "$RUNS/$mode" \
     --threads 1 --quiet ${EXTRA[@]+"${EXTRA[@]}"} $resume > "$RUNS/$mode.out" 2>&1
 }
 

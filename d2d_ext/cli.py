@@ -233,7 +233,7 @@ def _cmd_train(args) -> dict:
     try:
         config = TrainConfig(
             mode=args.mode, model=args.model, points=args.points, epochs=args.epochs,
-            warmup_epochs=args.warmup_epochs, theta_every=args.theta_every, beta=args.beta,
+            warmup_epochs=args.warmup_epochs, theta_every=args.theta_every, meta_every=args.meta_every, beta=args.beta,
             balance=not args.no_balance, online_labels=not args.no_online_labels, joint=args.joint,
             meta_loss=args.meta_loss, hypergradient=args.hypergradient, weight_ema=args.weight_ema,
             select=args.select,
@@ -346,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mode", default="bilevel", help="bilevel | full | naive | fixed")
     t.add_argument("--warmup-epochs", type=int, default=8)
     t.add_argument("--theta-every", type=int, default=2)
+    t.add_argument("--meta-every", type=int, default=4,
+                   help="iterations between meta-classifier steps (bi-level; more make an epoch cheaper)")
     t.add_argument("--beta", type=float, default=0.1)
     t.add_argument("--crop-size", type=int, default=128)
     t.add_argument("--batch-size", type=int, default=8)
