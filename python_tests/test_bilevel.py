@@ -249,8 +249,9 @@ def test_cli_passes_the_training_recipe_options(dataset, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["select"] == "val-iou" and out["best_epoch"] == 0
     assert main(args + ["--out", str(tmp_path / "bad"), "--weight-ema", "1"]) == 2
-    assert main(args + ["--out", str(tmp_path / "bad"), "--meta-every", "0"]) == 2
     assert "weight_ema must be in [0, 1)" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "bad"), "--meta-every", "0"]) == 2
+    assert "meta_every and theta_every must be >= 1" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "bad"), "--select", "val-pd"]) == 2
     assert "select must be one of" in capsys.readouterr().err
 
