@@ -140,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"crop_size must be a multiple of 16, got {self.crop_size}")
         if not 0.0 <= self.weight_ema < 1.0:
             raise ValueError(f"weight_ema must be in [0, 1) (0: off), got {self.weight_ema}")
+        if not self.theta_lr >= 0:
+            raise ValueError(f"theta_lr must be >= 0, got {self.theta_lr}")
         if self.meta_every < 1 or self.theta_every < 1:
             raise ValueError(f"meta_every and theta_every must be >= 1, got {self.meta_every} and {self.theta_every}")
         if self.epochs < 0 or self.batch_size < 1 or self.val_batch_size < 0:

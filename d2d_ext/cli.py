@@ -234,6 +234,7 @@ def _cmd_train(args) -> dict:
         config = TrainConfig(
             mode=args.mode, model=args.model, points=args.points, epochs=args.epochs,
             warmup_epochs=args.warmup_epochs, theta_every=args.theta_every, meta_every=args.meta_every, beta=args.beta,
+            theta_lr=args.theta_lr,
             balance=not args.no_balance, online_labels=not args.no_online_labels, joint=args.joint,
             meta_loss=args.meta_loss, hypergradient=args.hypergradient, weight_ema=args.weight_ema,
             select=args.select,
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-every", type=int, default=4,
                    help="iterations between meta-classifier steps (bi-level; more make an epoch cheaper)")
     t.add_argument("--beta", type=float, default=0.1)
+    t.add_argument("--theta-lr", type=float, default=1e-2,
+                   help="Adam's learning rate for the diffusion parameters theta (bi-level); its first steps "
+                        "move each parameter by about this much whatever the gradient's size")
     t.add_argument("--crop-size", type=int, default=128)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--val-batch-size", type=int, default=0,

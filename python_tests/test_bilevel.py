@@ -242,16 +242,18 @@ def test_cli_passes_the_training_recipe_options(dataset, tmp_path, capsys):
     args = ["train", "--dataset", str(dataset), "--epochs", "1", "--batch-size", "4", "--crop-size", "32",
             "--quiet", "--threads", "1"]
     assert main(args + ["--out", str(tmp_path / "run"), "--weight-ema", "0.9", "--val-batch-size", "2",
-                        "--select", "val-iou", "--meta-every", "8"]) == 0
+                        "--select", "val-iou", "--meta-every", "8", "--theta-lr", "0.05"]) == 0
     config = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
     assert config["weight_ema"] == 0.9 and config["val_batch_size"] == 2 and config["select"] == "val-iou"
-    assert config["meta_every"] == 8
+    assert config["meta_every"] == 8 and config["theta_lr"] == 0.05
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["select"] == "val-iou" and out["best_epoch"] == 0
     assert main(args + ["--out", str(tmp_path / "bad"), "--weight-ema", "1"]) == 2
     assert "weight_ema must be in [0, 1)" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "bad"), "--meta-every", "0"]) == 2
     assert "meta_every and theta_every must be >= 1" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "bad"), "--theta-lr", "-1"]) == 2
+    assert "theta_lr must be >= 0" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "bad"), "--select", "val-pd"]) == 2
     assert "select must be one of" in capsys.readouterr().err
 
