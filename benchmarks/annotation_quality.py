@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
+
 from d2d_ext.annotate import Annotator, DiffusionParams, config_from_dict
-from d2d_ext.data import IRDataset, write_bytes_atomic
+from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics
 
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"
@@ -68,19 +69,10 @@ def main(argv=None):
     for name, config, theta in ablations:
         for split in ("train", "test"):
             rows.append((f"{name}, {split}, centroid", run(ds, ds.ids(split), "centroid", config, theta)))
-    lines = [
-        f"dataset {ds.root} ({ds.name}); command: python {' '.join(shlex.quote(a) for a in sys.argv)}",
-        "",
-        "| annotator, split, points | IoU | nIoU | Pd | Fa (1e-6) | targets | ms/target |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, r in rows:
-        lines.append(f"| {name} | {r['iou']:.2f} | {r['niou']:.2f} | {r['pd']:.2f} | {r['fa']:.2f} | "
-                     f"{r['targets']} | {r['ms']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        write_bytes_atomic(args.out, text.encode())
+    header = ["annotator, split, points", "IoU", "nIoU", "Pd", "Fa (1e-6)", "targets", "ms/target"]
+    table = [[name, f"{r['iou']:.2f}", f"{r['niou']:.2f}", f"{r['pd']:.2f}", f"{r['fa']:.2f}", r["targets"], f"{r['ms']:.2f}"]
+             for name, r in rows]
+    emit(f"dataset {ds.root} ({ds.name}); command: {command_line()}", header, table, args.out)
     return 0
 
 
