@@ -53,15 +53,16 @@ def compare(default: list, masks: list, gts: list) -> dict:
             "images_changed": sum(bool((a ^ b).any()) for a, b in zip(default, masks))}
 
 
-def run_direction(run: Path, names: tuple) -> np.ndarray:
-    """tanh of the raw theta a run ended at, from its log (values back through the bounds)."""
+def run_direction(run: Path) -> np.ndarray:
+    """tanh of the raw theta a run ended at, ``(5,)`` in ``DiffusionParams.NAMES`` order, from its
+    log (values back through the bounds)."""
     log = run / "log.jsonl"
     lines = [line for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     if not lines:
         raise SystemExit(f"{log}: no epochs logged")
     theta = json.loads(lines[-1])["theta"]
     ref = DiffusionParams()
-    return np.array([(theta[n] - float(ref.center[i])) / float(ref.spread[i]) for i, n in enumerate(names)])
+    return np.array([(theta[n] - float(ref.center[i])) / float(ref.spread[i]) for i, n in enumerate(ref.NAMES)])
 
 
 def main(argv=None):
@@ -75,7 +76,6 @@ def main(argv=None):
     ds = IRDataset(args.dataset)
     ids = ds.ids(args.split)
     ann = Annotator()
-    names = DiffusionParams.NAMES
     batches = []
     for s in range(0, len(ids), 16):
         chunk = ids[s:s + 16]
@@ -83,14 +83,14 @@ def main(argv=None):
     gts = [ds.load_mask(i) for i in ids]
     variants = [("default", np.zeros(5))]
     ref = DiffusionParams()
-    for k, name in enumerate(names):
+    for k, name in enumerate(ref.NAMES):
         for end in (-1.0, 1.0):
             v = np.zeros(5)
             v[k] = end
             value = float(ref.center[k] + ref.spread[k] * end)
             variants.append((f"{name} = {value:.3g} (range {'low' if end < 0 else 'high'} end)", v))
     for run in args.run:
-        t = run_direction(Path(run), names)
+        t = run_direction(Path(run))
         variants.append((f"{run}: its final theta", t))
         if np.abs(t).max() > 0:
             for reach in (0.5, 1.0):

@@ -69,7 +69,7 @@ def test_theta_sensitivity_rows(dataset, tmp_path):
     # a run that ended with beta at 6 (1 + 0.3 * 0.5): tanh(raw) = 0.5 for beta, 0 elsewhere
     theta = {"D0": 3.2, "beta": 6.9, "rho": 0.84, "alpha": 0.6, "gamma": 4.0, "D0_max": 4.16}
     (run / "log.jsonl").write_text(json.dumps({"epoch": 0, "theta": theta}) + "\n")
-    assert theta_sensitivity.run_direction(run, theta_sensitivity.DiffusionParams.NAMES) == pytest.approx([0, 0.5, 0, 0, 0])
+    assert theta_sensitivity.run_direction(run) == pytest.approx([0, 0.5, 0, 0, 0])
     out = tmp_path / "table.md"
     assert theta_sensitivity.main(["--dataset", str(dataset), "--run", str(run), "--out", str(out)]) == 0
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
