@@ -12,8 +12,15 @@ ground-truth mask. For each point:
    whose candidate does not reach the outer band is accepted (the *leak guard*: a component that
    touches the band has leaked into clutter); if none is, ``f`` rises by ``fraction_step`` and the
    windows are tried again. Sides of a window that lie on the image's edge have no band (a target
-   cut by the edge has not leaked). This *strict component* never depends on ground truth: the
-   window size comes from the image around the point.
+   cut by the edge has not leaked). An extended target puts the first windows' bands on its own
+   hull, so the accepted window grows, through ``half_sizes`` and the wider ``wide_half_sizes``,
+   while the next window's band lies more than ``settle_fraction`` of the amplitude below its
+   own (or the peak did not clear its band): a larger window replaces it where its component is
+   clear of its band, holds most of the smaller window's band and changes by at most 25% in the
+   window after. A target wider than every window of ``half_sizes`` gets the wide ones when
+   nothing else holds it. The accepted window is then cut down to the smallest that holds the
+   component (the background level stays the wide one's). This *strict component* never depends
+   on ground truth: the window size comes from the image around the point.
 2. **Conductance and rates.** In a crop around the peak (the *field window*: twice the strict
    component's extent, at least the accepted window) the contrast ``I' = (I - bg) / (peak - bg)``
    gives the conductance ``c = D0 exp(-beta (alpha |grad I'| + (1 - alpha) E / 8))`` with ``E`` the
@@ -83,6 +90,12 @@ class AnnotatorConfig:
 
     snap_radius: int = 1  # the point moves to the brightest pixel within this Chebyshev radius
     half_sizes: tuple = (6, 8, 10, 13, 16, 20, 24)  # windows tried, smallest first
+    # larger windows (extended targets): an accepted window grows through them while its band
+    # lies on the target's hull, and they are tried when no window above holds a component
+    wide_half_sizes: tuple = (32, 48, 64, 96)
+    # the accepted window grows to the next one while the next band's median lies more than this
+    # fraction of (peak - bg) below its own: its band is still on the target (0: never grows)
+    settle_fraction: float = 0.2
     band: int = 2  # width of a window's outer band (background statistics, leak guard)
     k_sigma: float = 2.0  # strict threshold: bg + max(k_sigma * sd, f * (peak - bg))
     peak_fraction: float = 0.3  # f, first try
@@ -209,38 +222,101 @@ def _box(py: int, px: int, half: int, H: int, W: int) -> tuple:
 def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig) -> tuple:
     """Leak-guarded threshold component: ``(box, component (h, w) bool, bg, peak)``.
 
-    If no window holds a component at any fraction below 1, the component is the peak pixel.
+    The first window of ``half_sizes`` that holds a component is accepted, then grown through the
+    larger windows while its band still sits on the target's hull (see :class:`AnnotatorConfig`,
+    ``settle_fraction``). If no window of ``half_sizes`` holds a component at any fraction, the
+    ``wide_half_sizes`` are tried too; if none does, the component is the peak pixel.
     """
     H, W = image.shape
     peak = float(image[py, px])
     stats = {}
+
+    def window(half: int, f: float, sd_of: int | None = None):
+        """``(box, bg, faint, component or None, band)``: no component when the peak's reaches
+        the band; ``faint`` when the peak does not clear ``bg + k_sigma * sd`` (``sd`` of window
+        ``sd_of``'s band if given, else of its own)."""
+        box = _box(py, px, half, H, W)
+        win = image[box[0]:box[1], box[2]:box[3]]
+        band = _band(box, cfg.band, H, W)
+        if half not in stats:
+            ring = win[band]
+            bg = float(np.median(ring))
+            stats[half] = (bg, 1.4826 * float(np.median(np.abs(ring - bg))))
+        bg, sd = stats[half]
+        if sd_of is not None:
+            sd = stats[sd_of][1]
+        thr = bg + max(cfg.k_sigma * sd, f * (peak - bg))
+        faint = peak <= thr
+        if faint:  # faint target: the peak-relative part alone
+            thr = bg + f * (peak - bg)
+        labels, _ = ndi.label(win > thr, EIGHT_CONNECTED)
+        lab = labels[py - box[0], px - box[2]]
+        comp = labels == lab if lab else None
+        return box, bg, faint, (None if comp is None or comp[band].any() else comp), band
+
+    def covers(outer: tuple, inner: tuple) -> bool:
+        """Whether ``outer``'s component holds most of ``inner``'s band (it lay on the target)."""
+        oy, ox = inner[0][0] - outer[0][0], inner[0][2] - outer[0][2]
+        h, w = inner[4].shape
+        return outer[3][oy:oy + h, ox:ox + w][inner[4]].mean() >= 0.5
+
+    def stable(half: int, f: float, cand: tuple) -> bool:
+        """Whether the next larger window finds about the same component (within 25%), with
+        ``cand``'s band spread: what is tested is the shift of the background level."""
+        larger = [h for h in cfg.half_sizes + cfg.wide_half_sizes if h > half]
+        if not larger or _box(py, px, larger[0], H, W) == cand[0]:
+            return True
+        nxt = window(larger[0], f, sd_of=half)
+        return nxt[3] is not None and abs(int(nxt[3].sum()) - int(cand[3].sum())) <= 0.25 * cand[3].sum()
+
+    def grow(half: int, f: float, found: tuple) -> tuple:
+        """Grow the accepted window while its band lies on the target's hull: the next band lies
+        well below it, or the peak did not clear it (a plateau), and a larger window's component
+        (clear of its own band, the peak clearing it, stable in the window after) holds most of it."""
+        for nxt in [h for h in cfg.half_sizes + cfg.wide_half_sizes if h > half]:
+            if _box(py, px, nxt, H, W) == found[0]:  # the image's edge stops the growth
+                break
+            cand = window(nxt, f)
+            settled = found[1] - cand[1] <= cfg.settle_fraction * (peak - cand[1])
+            if settled and not found[2]:
+                break
+            if cand[3] is not None and not cand[2] and covers(cand, found) and stable(nxt, f, cand):
+                found = cand
+        return found
+
     tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
-    for attempt in range(tries):
-        f = cfg.peak_fraction + attempt * cfg.fraction_step
-        for half in cfg.half_sizes:
-            box = _box(py, px, half, H, W)
-            win = image[box[0]:box[1], box[2]:box[3]]
-            band = _band(box, cfg.band, H, W)
-            if half not in stats:
-                ring = win[band]
-                bg = float(np.median(ring))
-                stats[half] = (bg, 1.4826 * float(np.median(np.abs(ring - bg))))
-            bg, sd = stats[half]
-            thr = bg + max(cfg.k_sigma * sd, f * (peak - bg))
-            if peak <= thr:  # faint target: the peak-relative part alone
-                thr = bg + f * (peak - bg)
-            labels, _ = ndi.label(win > thr, EIGHT_CONNECTED)
-            lab = labels[py - box[0], px - box[2]]
-            if lab == 0:
-                continue
-            comp = labels == lab
-            if not comp[band].any():
-                return box, ndi.binary_fill_holes(comp), bg, peak
+    for halves in (cfg.half_sizes, cfg.wide_half_sizes):
+        for attempt in range(tries):
+            f = cfg.peak_fraction + attempt * cfg.fraction_step
+            for half in halves:
+                found = window(half, f)
+                if found[3] is not None:
+                    if cfg.settle_fraction > 0:
+                        found = grow(half, f, found)
+                    box, bg, _, comp, _ = found
+                    box, comp = _tighten(box, comp, py, px, cfg, H, W)
+                    return box, ndi.binary_fill_holes(comp), bg, peak
     box = _box(py, px, cfg.half_sizes[0], H, W)
     comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
     comp[py - box[0], px - box[2]] = True
     bg = stats[cfg.half_sizes[0]][0] if stats else peak
     return box, comp, bg, peak
+
+
+def _tighten(box: tuple, comp: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, H: int, W: int) -> tuple:
+    """The smallest window of the configured sizes, no larger than ``box``, that holds ``comp``
+    clear of its band: ``(box, comp cropped to it)``. A window grown for its background level
+    then does not widen the field window (and the bright region's reach) beyond the target."""
+    ys, xs = np.nonzero(comp)
+    reach = max(py - box[0] - ys.min(), ys.max() + box[0] - py, px - box[2] - xs.min(), xs.max() + box[2] - px)
+    for half in sorted(cfg.half_sizes + cfg.wide_half_sizes):
+        inner = _box(py, px, half, H, W)
+        if half >= reach + cfg.band + 1 or inner == box:
+            if inner[1] - inner[0] > box[1] - box[0] or inner[3] - inner[2] > box[3] - box[2]:
+                break
+            y0, x0 = inner[0] - box[0], inner[2] - box[2]
+            return inner, comp[y0:y0 + inner[1] - inner[0], x0:x0 + inner[3] - inner[2]]
+    return box, comp
 
 
 def _check_points(points: np.ndarray, shape: tuple, index: int) -> np.ndarray:

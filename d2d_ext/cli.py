@@ -160,7 +160,7 @@ def _cmd_annotate(args) -> dict:
 
     _set_threads(args.threads)
     try:
-        config = config_from_dict(_parse_settings(args.set))
+        config = config_from_dict(parse_settings(args.set))
     except (TypeError, ValueError) as err:
         raise DataError(f"--set: {err}") from None
     annotator = Annotator(config, DiffusionParams())
@@ -295,7 +295,8 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _parse_settings(items) -> dict:
+def parse_settings(items) -> dict:
+    """``--set NAME=VALUE`` items -> ``{name: value}`` (JSON values; lists become tuples)."""
     out = {}
     for item in items or []:
         if "=" not in item:

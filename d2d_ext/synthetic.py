@@ -36,7 +36,7 @@ from scipy import ndimage
 from .data import write_bytes_atomic, write_png_atomic
 from .metrics import EIGHT_CONNECTED
 
-__all__ = ["Scene", "make_scene", "write_dataset", "BACKGROUNDS", "MASK_FRACTION"]
+__all__ = ["Scene", "make_scene", "write_dataset", "BACKGROUNDS", "MASK_FRACTION", "AREA_RANGE"]
 
 #: Background kinds of :func:`make_scene`.
 BACKGROUNDS = ("sky", "sea", "ground", "mixed")
@@ -49,7 +49,8 @@ GAP = 3
 
 _MIXED_P = {"sky": 0.45, "sea": 0.25, "ground": 0.30}
 _N_TARGETS_P = np.array([0.50, 0.22, 0.12, 0.08, 0.05, 0.03])  # P(1..6 targets)
-_AREA_RANGE = (2.0, 200.0)  # log-uniform target area (pixels) before the mask threshold
+#: Default log-uniform range of target areas (pixels, before the mask threshold).
+AREA_RANGE = (2.0, 200.0)
 _SNR_RANGE = (2.5, 30.0)  # log-uniform local SNR (peak / local background std)
 _LN_THR = float(np.log(1.0 / MASK_FRACTION))
 
@@ -289,7 +290,7 @@ def _human_point(mask_local, y0, x0):
 
 
 def make_scene(
-    rng_or_seed=None, height=256, width=256, background="mixed", n_targets=None
+    rng_or_seed=None, height=256, width=256, background="mixed", n_targets=None, area_range=AREA_RANGE
 ) -> Scene:
     """Draw one synthetic infrared scene (see the module doc for the model).
 
@@ -297,9 +298,13 @@ def make_scene(
     ``numpy.random.default_rng`` takes (an int seed, a list of ints). ``height``, ``width``: image
     size in pixels (at least 24 each). ``background``: ``"sky"``, ``"sea"``, ``"ground"`` or
     ``"mixed"`` (one of the three at random). ``n_targets``: the number of targets (default: 1 to 6
-    at random, mostly 1 or 2, fewer in small images). Returns a :class:`Scene`; the same seed
-    gives the same scene. Raises ``ValueError`` for bad arguments or when ``n_targets`` targets
-    cannot be placed without touching (far too many for the image).
+    at random, mostly 1 or 2, fewer in small images). ``area_range``: ``(low, high)`` pixels, the
+    log-uniform range of the targets' areas (drawn before the mask threshold; the default
+    :data:`AREA_RANGE` is SIRST-like, most targets small; a larger ``high`` gives the extended
+    targets of IRSTD-1k-like data, in images large enough to hold them). Returns a
+    :class:`Scene`; the same seed and arguments give the same scene. Raises ``ValueError`` for bad
+    arguments or when ``n_targets`` targets cannot be placed without touching (far too many for
+    the image).
     """
     rng = np.random.default_rng(rng_or_seed)
     h, w = int(height), int(width)
@@ -317,6 +322,9 @@ def make_scene(
     n_targets = int(n_targets)
     if n_targets < 0:
         raise ValueError(f"make_scene: n_targets must be >= 0, got {n_targets}")
+    area_lo, area_hi = (float(a) for a in area_range)
+    if not 1.0 <= area_lo <= area_hi < np.inf:
+        raise ValueError(f"make_scene: area_range must be (low, high) with 1 <= low <= high, got {tuple(area_range)}")
 
     yy, xx = _grid(h, w)
     if background == "sky":
@@ -340,7 +348,7 @@ def make_scene(
     forbidden = np.zeros((h, w), dtype=bool)  # within GAP of an existing target's mask
     signal = np.zeros((h, w))
     points, snrs = [], []
-    lo_a, hi_a = np.log(_AREA_RANGE[0]), np.log(_AREA_RANGE[1])
+    lo_a, hi_a = np.log(area_lo), np.log(area_hi)
     box = np.ones((2 * GAP + 1, 2 * GAP + 1), dtype=bool)
     for k in range(n_targets):
         placed = False

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from d2d_ext.annotate import (
     Annotator,
@@ -111,6 +112,69 @@ def test_synthetic_quality():
         p[np.floor(s.points[:, 1] + 0.5).astype(int), np.floor(s.points[:, 0] + 0.5).astype(int)] = True
         points_only.update(p, s.mask)
     assert result["iou"] > points_only.compute()["iou"] + 30
+
+
+def _extended_target(kind, radius, seed, size=200, amp=12.0):
+    """A noisy image (noise std 1) holding one extended target of peak ``amp`` at its centre:
+    ``"gauss"`` (0.3-level radius ``radius``) or a flat-topped ``"disc"``; ``(image, mask, point)``
+    with the mask where the target's own signal exceeds 0.3 of its peak (as make_scene does)."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    cy, cx = size / 2 + 0.3, size / 2 - 0.4
+    d = np.hypot(yy - cy, xx - cx)
+    signal = 1 / (1 + np.exp((d - radius) / 0.7)) if kind == "disc" else np.exp(-(d * 1.55 / radius) ** 2 / 2)
+    image = np.random.default_rng(seed).normal(0, 1, (size, size)) + amp * signal
+    image = ((image - image.min()) / np.ptp(image)).astype(np.float32)
+    return image, signal > 0.3, np.array([[cx, cy]])
+
+
+@pytest.mark.parametrize("kind, radius, floor", [("gauss", 11, 0.7), ("gauss", 16, 0.7), ("disc", 30, 0.9), ("disc", 40, 0.9)])
+def test_extended_targets_are_found_whole(kind, radius, floor):
+    """Targets larger than the first windows: a smooth one puts the small windows' bands on its
+    own hull, a flat one wider than every window of ``half_sizes`` leaves no window that holds
+    it. The window grows (``settle_fraction``, ``wide_half_sizes``) until its band is on the
+    background; without the growth the mask is a small core (IoU below 0.3)."""
+    fixed = Annotator(AnnotatorConfig(settle_fraction=0.0, wide_half_sizes=()))
+    for seed in range(2):
+        image, truth, point = _extended_target(kind, radius, seed)
+        (mask,) = Annotator().annotate([image], [point])
+        assert (mask & truth).sum() / (mask | truth).sum() >= floor, (kind, radius, seed)
+        (core,) = fixed.annotate([image], [point])
+        assert (core & truth).sum() / (core | truth).sum() < 0.3
+
+
+@pytest.mark.parametrize("cloud_amp, cloud_sigma", [(6, 10), (12, 6), (12, 20)])
+def test_small_target_on_a_bright_cloud_does_not_grow_into_it(cloud_amp, cloud_sigma):
+    """A point target on a smooth bright cloud: the small window's band lies on the cloud, whose
+    level falls off outward like a target's hull would; the growth must not take the cloud."""
+    yy, xx = np.mgrid[:160, :160].astype(np.float64)
+    target = np.exp(-((yy - 80) ** 2 + (xx - 80) ** 2) / (2 * 1.2 ** 2))
+    cloud = cloud_amp * np.exp(-((yy - 80) ** 2 + (xx - 85) ** 2) / (2 * cloud_sigma ** 2))
+    image = np.random.default_rng(0).normal(0, 1, yy.shape) + cloud + 10 * target
+    image = ((image - image.min()) / np.ptp(image)).astype(np.float32)
+    (mask,) = Annotator().annotate([image], [np.array([[80.0, 80.0]])])
+    assert mask.sum() <= 60, mask.sum()  # the target's 0.3-level set is 9 pixels, the cloud's thousands
+    assert mask[80, 80]
+
+
+def test_large_targets_of_synthetic_scenes():
+    """Synthetic 384x384 scenes with target areas up to 3000 pixels (``area_range``): the
+    targets over 200 pixels reach a mean IoU of 0.55 (0.62 when written), clearly above the fixed
+    small windows (0.51)."""
+    scenes = [make_scene(np.random.default_rng([11, i]), 384, 384, area_range=(2.0, 3000.0)) for i in range(16)]
+    images, points = [s.image for s in scenes], [s.points for s in scenes]
+    ious = {}
+    for name, ann in [("grown", Annotator()), ("fixed", Annotator(AnnotatorConfig(settle_fraction=0.0, wide_half_sizes=())))]:
+        vals = []
+        for s, m in zip(scenes, ann.annotate(images, points)):
+            comp, _ = ndimage.label(m, np.ones((3, 3)))
+            for k in range(1, s.labels.max() + 1):
+                t = s.labels == k
+                if t.sum() > 200:  # the predicted components that touch the target, against it
+                    p = np.isin(comp, np.unique(comp[t & (comp > 0)]))
+                    vals.append((p & t).sum() / (p | t).sum())
+        ious[name] = float(np.mean(vals))
+    assert len(vals) >= 8
+    assert ious["grown"] >= 0.55 and ious["grown"] >= ious["fixed"] + 0.08, ious
 
 
 def test_heat_field_is_the_op_applied_to_the_rates():

@@ -1,5 +1,6 @@
 """benchmarks/theta_sensitivity.py and benchmarks/alpha_label_quality.py: the diagnoses of what
-bi-level training's two outer levers (theta, the sample weights) can act on."""
+bi-level training's two outer levers (theta, the sample weights) can act on; and
+benchmarks/annotation_scale.py, the annotator by target size."""
 
 import importlib.util
 import json
@@ -24,6 +25,7 @@ def load(name):
 
 theta_sensitivity = load("theta_sensitivity")
 alpha_label_quality = load("alpha_label_quality")
+annotation_scale = load("annotation_scale")
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +86,26 @@ def test_theta_sensitivity_rows(dataset, tmp_path):
     empty.mkdir()
     with pytest.raises(SystemExit, match="no epochs logged"):
         theta_sensitivity.main(["--dataset", str(dataset), "--run", str(empty)])
+
+
+def test_per_target_scores_the_components_that_touch_each_target():
+    labels = np.zeros((20, 20), int)
+    labels[2:6, 2:6] = 1  # 16 pixels
+    labels[12:16, 12:16] = 2
+    pred = np.zeros((20, 20), bool)
+    pred[2:6, 2:8] = True  # target 1 and 8 pixels more, one component
+    pred[0, 19] = True  # a false alarm touching no target
+    assert annotation_scale.per_target(pred, labels) == [(16, 16, 24), (16, 0, 16)]
+    rows = annotation_scale.bin_rows("m", [(16, 16, 24), (16, 0, 16), (400, 300, 500)])
+    assert rows[0] == ["m", "0-50", 2, f"{100 * (16 / 24) / 2:.1f}", "50.0", f"{100 * 16 / 40:.1f}"]
+    assert rows[1][:3] == ["m", "200-800", 1] and rows[-1][:3] == ["m", "all", 3]
+
+
+def test_annotation_scale_table(tmp_path, capsys):
+    out = tmp_path / "scale.md"
+    assert annotation_scale.main(["--scenes", "3", "--size", "128", "--max-area", "400", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert capsys.readouterr().out.strip() == text.strip()  # print adds a newline
+    assert "| ours | all |" in text and "| ours, windows not grown | all |" in text and "| local threshold | all |" in text
+    assert annotation_scale.main(["--scenes", "2", "--size", "96", "--set", "settle_fraction=0"]) == 0
+    assert "settle_fraction=0" in capsys.readouterr().out

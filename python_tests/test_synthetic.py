@@ -9,7 +9,7 @@ from PIL import Image
 from scipy import ndimage
 
 from d2d_ext.data import IRDataset
-from d2d_ext.synthetic import GAP, Scene, make_scene, write_dataset
+from d2d_ext.synthetic import AREA_RANGE, GAP, Scene, make_scene, write_dataset
 
 EIGHT = np.ones((3, 3), dtype=bool)
 N_SCENES = 40
@@ -51,6 +51,9 @@ def test_bad_arguments():
         make_scene(0, background="space")
     with pytest.raises(ValueError):
         make_scene(0, height=8, width=8)
+    for bad in [(0.5, 10.0), (50.0, 10.0), (2.0, float("inf"))]:
+        with pytest.raises(ValueError, match="area_range"):
+            make_scene(0, area_range=bad)
 
 
 def test_masks_components_points(scenes):
@@ -118,6 +121,19 @@ def test_area_distribution(scenes):
     assert areas.max() >= 80
     assert 8 <= np.median(areas) <= 60
     assert (areas < 40).mean() > 0.5  # most are small
+
+
+def test_area_range_draws_extended_targets():
+    """The default range is AREA_RANGE (the same scenes as before it was a parameter); a wider
+    one gives IRSTD-1k-like extended targets, each still one blob clear of the border."""
+    np.testing.assert_array_equal(make_scene(5).image, make_scene(5, area_range=AREA_RANGE).image)
+    big = [make_scene(np.random.default_rng([4, i]), 384, 384, area_range=(200.0, 3000.0)) for i in range(6)]
+    areas = np.concatenate([sc.areas for sc in big])
+    assert areas.min() >= 100 and areas.max() >= 1000
+    for sc in big:
+        _, n = ndimage.label(sc.mask, EIGHT)
+        assert n == len(sc.points)
+        assert not sc.mask[:4].any() and not sc.mask[-4:].any() and not sc.mask[:, :4].any() and not sc.mask[:, -4:].any()
 
 
 def test_targets_visible_and_contrast_varied(scenes):
