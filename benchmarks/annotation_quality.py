@@ -6,7 +6,8 @@ Rows: the default annotator on the train split (where its settings were chosen),
 (held out) and all images, with the human points (``centroid``) and the LESPS ``gen-centroid``
 and ``gen-coarse`` points (seed 0); then ablations on all images with human points: no heat
 gate (``level=0``: the contrast alone), pure diffusion (``gamma -> 0``), no superpixel prior
-(``rho = 1``). Metrics: ``d2d_ext.metrics.ISTDMetrics`` at native resolution; time: annotation
+(``rho = 1``), windows not grown for extended targets (``settle_fraction=0``, no
+``wide_half_sizes``). Metrics: ``d2d_ext.metrics.ISTDMetrics`` at native resolution; time: annotation
 compute per target (file I/O excluded), one torch thread.
 """
 
@@ -65,6 +66,7 @@ def main(argv=None):
         ("no heat gate (level=0)", {"level": 0.0}, None),
         ("pure diffusion (gamma=1e-6)", None, {"gamma": 1e-6}),
         ("no superpixel prior (rho=1)", None, {"rho": 1.0}),
+        ("windows not grown (settle_fraction=0, no wide windows)", {"settle_fraction": 0.0, "wide_half_sizes": ()}, None),
     ]
     for name, config, theta in ablations:
         for split in ("train", "test"):
