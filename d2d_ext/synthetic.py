@@ -13,10 +13,11 @@ The physics, in units of the sensor's temporal noise (std 1):
   rectangles and lines, sometimes a skyline), ``"mixed"`` (one of the three at random).
 - Optics and sensor: the scene is blurred by a Gaussian PSF (std 0.35-0.75 px), then Gaussian noise
   and a fixed-pattern column stripe are added.
-- Targets: 1 to 6, area log-uniform (most small, median ~20 px, from 1 px to 100+ px), shapes from
-  Gaussian point targets to elongated flat-topped or irregular extended blobs, blurred by the same
-  PSF, with a peak of ``snr`` times the local background std (``snr`` from ~2.5, faint, to 30,
-  bright); some are placed next to clutter (strong background edges).
+- Targets: 1 to 6, area log-uniform (by default most small, median ~20 px, from 1 px to 100+ px;
+  ``area_range`` sets the range), shapes from Gaussian point targets to elongated flat-topped or
+  irregular extended blobs, blurred by the same PSF, with a peak of ``snr`` times the local
+  background std (``snr`` from ~2.5, faint, to 30, bright); some are placed next to clutter
+  (strong background edges).
 - Ground truth: a target's mask is exactly the set of pixels where its own added (blurred) signal
   exceeds 0.3 of its peak; it is one 8-connected component, at least 4 px from the border, with at
   least 3 background pixels between any two targets' masks.
@@ -322,6 +323,8 @@ def make_scene(
     n_targets = int(n_targets)
     if n_targets < 0:
         raise ValueError(f"make_scene: n_targets must be >= 0, got {n_targets}")
+    if len(area_range) != 2:
+        raise ValueError(f"make_scene: area_range must be (low, high), got {area_range!r}")
     area_lo, area_hi = (float(a) for a in area_range)
     if not 1.0 <= area_lo <= area_hi < np.inf:
         raise ValueError(f"make_scene: area_range must be (low, high) with 1 <= low <= high, got {tuple(area_range)}")

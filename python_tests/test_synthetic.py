@@ -51,7 +51,7 @@ def test_bad_arguments():
         make_scene(0, background="space")
     with pytest.raises(ValueError):
         make_scene(0, height=8, width=8)
-    for bad in [(0.5, 10.0), (50.0, 10.0), (2.0, float("inf"))]:
+    for bad in [(0.5, 10.0), (50.0, 10.0), (2.0, float("inf")), (2.0, 10.0, 20.0)]:
         with pytest.raises(ValueError, match="area_range"):
             make_scene(0, area_range=bad)
 
