@@ -16,8 +16,8 @@ ground-truth mask. For each point:
    hull, so the accepted window grows, through ``half_sizes`` and the wider ``wide_half_sizes``,
    while the next window's band lies more than ``settle_fraction`` of the amplitude below its
    own (or the peak did not clear its band): a larger window replaces it where its component is
-   clear of its band, holds most of the smaller window's band and changes by at most 25% in the
-   window after. A target wider than every window of ``half_sizes`` gets the wide ones when
+   clear of its band, holds most of the smaller window's band, holds no other point of the image
+   (that would merge two targets) and changes by at most 25% in the window after. A target wider than every window of ``half_sizes`` gets the wide ones when
    nothing else holds it. The accepted window is then cut down to the smallest that holds the
    component (the background level stays the wide one's). This *strict component* never depends
    on ground truth: the window size comes from the image around the point.
@@ -219,13 +219,15 @@ def _box(py: int, px: int, half: int, H: int, W: int) -> tuple:
     return max(py - half, 0), min(py + half + 1, H), max(px - half, 0), min(px + half + 1, W)
 
 
-def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig) -> tuple:
+def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = ()) -> tuple:
     """Leak-guarded threshold component: ``(box, component (h, w) bool, bg, peak)``.
 
     The first window of ``half_sizes`` that holds a component is accepted, then grown through the
     larger windows while its band still sits on the target's hull (see :class:`AnnotatorConfig`,
-    ``settle_fraction``). If no window of ``half_sizes`` holds a component at any fraction, the
-    ``wide_half_sizes`` are tried too; if none does, the component is the peak pixel.
+    ``settle_fraction``); a larger window whose component holds one of ``others`` (the other
+    targets' peaks ``(row, col)`` in this image) would merge two targets and is not taken. If no
+    window of ``half_sizes`` holds a component at any fraction, the ``wide_half_sizes`` are tried
+    too; if none does, the component is the peak pixel.
     """
     H, W = image.shape
     peak = float(image[py, px])
@@ -269,6 +271,11 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig)
         nxt = window(larger[0], f, sd_of=half)
         return nxt[3] is not None and abs(int(nxt[3].sum()) - int(cand[3].sum())) <= 0.25 * cand[3].sum()
 
+    def merges(cand: tuple) -> bool:
+        """Whether ``cand``'s component holds another target's peak."""
+        y0, y1, x0, x1 = cand[0]
+        return any(y0 <= oy < y1 and x0 <= ox < x1 and cand[3][oy - y0, ox - x0] for oy, ox in others)
+
     def grow(half: int, f: float, found: tuple) -> tuple:
         """Grow the accepted window while its band lies on the target's hull: the next band lies
         well below it, or the peak did not clear it (a plateau), and a larger window's component
@@ -280,7 +287,8 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig)
             settled = found[1] - cand[1] <= cfg.settle_fraction * (peak - cand[1])
             if settled and not found[2]:
                 break
-            if cand[3] is not None and not cand[2] and covers(cand, found) and stable(nxt, f, cand):
+            if (cand[3] is not None and not cand[2] and covers(cand, found) and not merges(cand)
+                    and stable(nxt, f, cand)):
                 found = cand
         return found
 
@@ -348,10 +356,11 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
             raise ValueError(f"annotate: image {b} must have shape (H, W), got {image.shape}")
         image = image.astype(np.float32, copy=False)
         H, W = image.shape
-        for x, y in _check_points(pts, image.shape, b):
+        peaks = [_snap(image, x, y, cfg.snap_radius) for x, y in _check_points(pts, image.shape, b)]
+        for py, px in peaks:
             t0 = time.perf_counter()
-            py, px = _snap(image, x, y, cfg.snap_radius)
-            box, comp, bg, peak = _strict_component(image, py, px, cfg)
+            others = [q for q in peaks if q != (py, px)]
+            box, comp, bg, peak = _strict_component(image, py, px, cfg, others)
             ys, xs = np.nonzero(comp)
             extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
             # the field window holds the strict window (which the image's edge may have cut

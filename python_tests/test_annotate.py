@@ -156,6 +156,21 @@ def test_small_target_on_a_bright_cloud_does_not_grow_into_it(cloud_amp, cloud_s
     assert mask[80, 80]
 
 
+@pytest.mark.parametrize("radius, distance", [(11, 24), (14, 32)])
+def test_close_extended_targets_are_not_grown_into_one(radius, distance):
+    """Two extended targets whose hulls meet: a grown window whose component holds the other
+    target's peak would merge them (one component: a target lost to Pd), so it is not taken."""
+    yy, xx = np.mgrid[:160, :160].astype(np.float64)
+    centres = [(80.0, 80.0 - distance / 2), (80.0, 80.0 + distance / 2)]
+    image = np.random.default_rng(0).normal(0, 1, yy.shape)
+    for cy, cx in centres:
+        image += 12 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) * 1.55 ** 2 / radius ** 2 / 2)
+    image = ((image - image.min()) / np.ptp(image)).astype(np.float32)
+    (mask,) = Annotator().annotate([image], [np.array([[cx, cy] for cy, cx in centres])])
+    labels, n = ndimage.label(mask, np.ones((3, 3)))
+    assert n == 2 and labels[80, int(centres[0][1])] != labels[80, int(centres[1][1])]
+
+
 def test_large_targets_of_synthetic_scenes():
     """Synthetic 384x384 scenes with target areas up to 3000 pixels (``area_range``): the
     targets over 200 pixels reach a mean IoU of 0.55 (0.62 when written), clearly above the fixed
