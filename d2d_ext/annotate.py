@@ -17,9 +17,10 @@ ground-truth mask. For each point:
    while the next window's band lies more than ``settle_fraction`` of the amplitude below its
    own (or the peak did not clear its band): a larger window replaces it where its component is
    clear of its band, holds most of the smaller window's band, holds no other point of the image
-   (that would merge two targets) and changes by at most 25% in the window after. A target wider than every window of ``half_sizes`` gets the wide ones when
-   nothing else holds it. The accepted window is then cut down to the smallest that holds the
-   component (the background level stays the wide one's). This *strict component* never depends
+   (that would merge two targets) and changes by at most 25% in the window after. A target wider
+   than every window of ``half_sizes`` gets the wide ones when nothing else holds it. The
+   accepted window is then cut down to the smallest that holds the component (the background
+   level stays the wide one's). This *strict component* never depends
    on ground truth: the window size comes from the image around the point.
 2. **Conductance and rates.** In a crop around the peak (the *field window*: twice the strict
    component's extent, at least the accepted window) the contrast ``I' = (I - bg) / (peak - bg)``
