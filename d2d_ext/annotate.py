@@ -20,8 +20,8 @@ ground-truth mask. For each point:
    (that would merge two targets) and changes by at most 25% in the window after. A target wider
    than every window of ``half_sizes`` gets the wide ones when nothing else holds it. The
    accepted window is then cut down to the smallest that holds the component (the background
-   level stays the wide one's). This *strict component* never depends
-   on ground truth: the window size comes from the image around the point.
+   level stays the wide one's). This *strict component* never depends on ground truth: the
+   window size comes from the image around the point.
 2. **Conductance and rates.** In a crop around the peak (the *field window*: twice the strict
    component's extent, at least the accepted window) the contrast ``I' = (I - bg) / (peak - bg)``
    gives the conductance ``c = D0 exp(-beta (alpha |grad I'| + (1 - alpha) E / 8))`` with ``E`` the
@@ -59,7 +59,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -220,6 +220,16 @@ def _box(py: int, px: int, half: int, H: int, W: int) -> tuple:
     return max(py - half, 0), min(py + half + 1, H), max(px - half, 0), min(px + half + 1, W)
 
 
+class _Window(NamedTuple):
+    """One window tried around a peak (see :func:`_strict_component`)."""
+
+    box: tuple  # (y0, y1, x0, x1) in the image
+    bg: float  # median of its band
+    faint: bool  # the peak does not clear bg + k_sigma * sd
+    comp: np.ndarray | None  # the peak's component, None where it reaches the band (or is empty)
+    band: np.ndarray  # (h, w) bool, the outer band
+
+
 def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = ()) -> tuple:
     """Leak-guarded threshold component: ``(box, component (h, w) bool, bg, peak)``.
 
@@ -234,10 +244,13 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig,
     peak = float(image[py, px])
     stats = {}
 
-    def window(half: int, f: float, sd_of: int | None = None):
-        """``(box, bg, faint, component or None, band)``: no component when the peak's reaches
-        the band; ``faint`` when the peak does not clear ``bg + k_sigma * sd`` (``sd`` of window
-        ``sd_of``'s band if given, else of its own)."""
+    def larger(half: int) -> list:
+        """The configured half-sizes above ``half``, in the order they are tried."""
+        return [h for h in cfg.half_sizes + cfg.wide_half_sizes if h > half]
+
+    def window(half: int, f: float, sd_of: int | None = None) -> _Window:
+        """The window of half-size ``half`` at fraction ``f`` (the band spread of window
+        ``sd_of`` if given, else its own)."""
         box = _box(py, px, half, H, W)
         win = image[box[0]:box[1], box[2]:box[3]]
         band = _band(box, cfg.band, H, W)
@@ -255,40 +268,40 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig,
         labels, _ = ndi.label(win > thr, EIGHT_CONNECTED)
         lab = labels[py - box[0], px - box[2]]
         comp = labels == lab if lab else None
-        return box, bg, faint, (None if comp is None or comp[band].any() else comp), band
+        return _Window(box, bg, faint, None if comp is None or comp[band].any() else comp, band)
 
-    def covers(outer: tuple, inner: tuple) -> bool:
+    def covers(outer: _Window, inner: _Window) -> bool:
         """Whether ``outer``'s component holds most of ``inner``'s band (it lay on the target)."""
-        oy, ox = inner[0][0] - outer[0][0], inner[0][2] - outer[0][2]
-        h, w = inner[4].shape
-        return outer[3][oy:oy + h, ox:ox + w][inner[4]].mean() >= 0.5
+        oy, ox = inner.box[0] - outer.box[0], inner.box[2] - outer.box[2]
+        h, w = inner.band.shape
+        return outer.comp[oy:oy + h, ox:ox + w][inner.band].mean() >= 0.5
 
-    def stable(half: int, f: float, cand: tuple) -> bool:
+    def stable(half: int, f: float, cand: _Window) -> bool:
         """Whether the next larger window finds about the same component (within 25%), with
         ``cand``'s band spread: what is tested is the shift of the background level."""
-        larger = [h for h in cfg.half_sizes + cfg.wide_half_sizes if h > half]
-        if not larger or _box(py, px, larger[0], H, W) == cand[0]:
+        up = larger(half)
+        if not up or _box(py, px, up[0], H, W) == cand.box:
             return True
-        nxt = window(larger[0], f, sd_of=half)
-        return nxt[3] is not None and abs(int(nxt[3].sum()) - int(cand[3].sum())) <= 0.25 * cand[3].sum()
+        nxt = window(up[0], f, sd_of=half)
+        return nxt.comp is not None and abs(int(nxt.comp.sum()) - int(cand.comp.sum())) <= 0.25 * cand.comp.sum()
 
-    def merges(cand: tuple) -> bool:
+    def merges(cand: _Window) -> bool:
         """Whether ``cand``'s component holds another target's peak."""
-        y0, y1, x0, x1 = cand[0]
-        return any(y0 <= oy < y1 and x0 <= ox < x1 and cand[3][oy - y0, ox - x0] for oy, ox in others)
+        y0, y1, x0, x1 = cand.box
+        return any(y0 <= oy < y1 and x0 <= ox < x1 and cand.comp[oy - y0, ox - x0] for oy, ox in others)
 
-    def grow(half: int, f: float, found: tuple) -> tuple:
+    def grow(half: int, f: float, found: _Window) -> _Window:
         """Grow the accepted window while its band lies on the target's hull: the next band lies
         well below it, or the peak did not clear it (a plateau), and a larger window's component
         (clear of its own band, the peak clearing it, stable in the window after) holds most of it."""
-        for nxt in [h for h in cfg.half_sizes + cfg.wide_half_sizes if h > half]:
-            if _box(py, px, nxt, H, W) == found[0]:  # the image's edge stops the growth
+        for nxt in larger(half):
+            if _box(py, px, nxt, H, W) == found.box:  # the image's edge stops the growth
                 break
             cand = window(nxt, f)
-            settled = found[1] - cand[1] <= cfg.settle_fraction * (peak - cand[1])
-            if settled and not found[2]:
+            settled = found.bg - cand.bg <= cfg.settle_fraction * (peak - cand.bg)
+            if settled and not found.faint:
                 break
-            if (cand[3] is not None and not cand[2] and covers(cand, found) and not merges(cand)
+            if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
                     and stable(nxt, f, cand)):
                 found = cand
         return found
@@ -299,12 +312,11 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig,
             f = cfg.peak_fraction + attempt * cfg.fraction_step
             for half in halves:
                 found = window(half, f)
-                if found[3] is not None:
+                if found.comp is not None:
                     if cfg.settle_fraction > 0:
                         found = grow(half, f, found)
-                    box, bg, _, comp, _ = found
-                    box, comp = _tighten(box, comp, py, px, cfg, H, W)
-                    return box, ndi.binary_fill_holes(comp), bg, peak
+                    box, comp = _tighten(found.box, found.comp, py, px, cfg, H, W)
+                    return box, ndi.binary_fill_holes(comp), found.bg, peak
     box = _box(py, px, cfg.half_sizes[0], H, W)
     comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
     comp[py - box[0], px - box[2]] = True
