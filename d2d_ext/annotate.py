@@ -16,9 +16,14 @@ ground-truth mask. For each point:
    hull, so the accepted window grows, through ``half_sizes`` and the wider ``wide_half_sizes``,
    while the next window's band lies more than ``settle_fraction`` of the amplitude below its
    own (or the peak did not clear its band): a larger window replaces it where its component is
-   clear of its band, holds most of the smaller window's band, holds no other point of the image
-   (that would merge two targets) and changes by at most 25% in the window after. A target wider
-   than every window of ``half_sizes`` gets the wide ones when nothing else holds it. The
+   clear of its band, holds most of the smaller window's band and at least ``side_cover`` of each
+   of its sides (a target surrounds its peak; a building or cloud beside the point lies on one
+   side), reaches no image edge the smaller component did not (an edge has no band, so a
+   component that runs off the image is unguarded), holds no other point of the image (that
+   would merge two targets) and changes by at most 25% in the window after. A target wider than
+   every window of ``half_sizes`` gets the wide ones when nothing else holds it, under the same
+   two tests against the smallest window (a faint point on a cloud's rim is held by no small
+   window, and the cloud must not stand in for it). The
    accepted window is then cut down to the smallest that holds the component (the background
    level stays the wide one's). This *strict component* never depends on ground truth: the
    window size comes from the image around the point.
@@ -97,6 +102,9 @@ class AnnotatorConfig:
     # the accepted window grows to the next one while the next band's median lies more than this
     # fraction of (peak - bg) below its own: its band is still on the target (0: never grows)
     settle_fraction: float = 0.2
+    # ... and only where the larger window's component holds at least this share of each side of
+    # the smaller window's band: a target surrounds its peak, a structure beside it does not
+    side_cover: float = 0.25
     band: int = 2  # width of a window's outer band (background statistics, leak guard)
     k_sigma: float = 2.0  # strict threshold: bg + max(k_sigma * sd, f * (peak - bg))
     peak_fraction: float = 0.3  # f, first try
@@ -165,6 +173,7 @@ class TargetBatch:
     superpixel: torch.Tensor  # (T, S, S) float32: the SLIC segment of the peak (0/1)
     strict: np.ndarray  # (T, S, S) bool: the leak-guarded threshold component
     ring: np.ndarray  # (T, S, S) bool: the field window's outer band (leak guard of the grown component)
+    fraction: np.ndarray  # (T,) float64: the peak fraction f at which the strict window was accepted
     seconds: dict = field(default_factory=dict)  # time per stage
 
     def __len__(self) -> int:
@@ -220,6 +229,16 @@ def _box(py: int, px: int, half: int, H: int, W: int) -> tuple:
     return max(py - half, 0), min(py + half + 1, H), max(px - half, 0), min(px + half + 1, W)
 
 
+class Strict(NamedTuple):
+    """The leak-guarded threshold component of one target (see :func:`_strict_component`)."""
+
+    box: tuple  # (y0, y1, x0, x1): the accepted window in the image
+    comp: np.ndarray  # (h, w) bool: the peak's component in that window, holes filled
+    bg: float  # background level (median of the accepted window's band)
+    peak: float  # the peak's intensity
+    fraction: float  # f at which the window was accepted (higher where lower ones leaked)
+
+
 class _Window(NamedTuple):
     """One window tried around a peak (see :func:`_strict_component`)."""
 
@@ -230,8 +249,8 @@ class _Window(NamedTuple):
     band: np.ndarray  # (h, w) bool, the outer band
 
 
-def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = ()) -> tuple:
-    """Leak-guarded threshold component: ``(box, component (h, w) bool, bg, peak)``.
+def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = ()) -> Strict:
+    """Leak-guarded threshold component of the peak at ``(py, px)`` (a :class:`Strict`).
 
     The first window of ``half_sizes`` that holds a component is accepted, then grown through the
     larger windows while its band still sits on the target's hull (see :class:`AnnotatorConfig`,
@@ -271,10 +290,24 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig,
         return _Window(box, bg, faint, None if comp is None or comp[band].any() else comp, band)
 
     def covers(outer: _Window, inner: _Window) -> bool:
-        """Whether ``outer``'s component holds most of ``inner``'s band (it lay on the target)."""
+        """Whether ``outer``'s component holds most of ``inner``'s band, and at least
+        ``side_cover`` of each of its sides: the band lay on the target's hull all around the
+        peak. A point beside a larger bright structure (a building, a cloud's edge) has that
+        structure on one or two sides only."""
         oy, ox = inner.box[0] - outer.box[0], inner.box[2] - outer.box[2]
         h, w = inner.band.shape
-        return outer.comp[oy:oy + h, ox:ox + w][inner.band].mean() >= 0.5
+        held = outer.comp[oy:oy + h, ox:ox + w]
+        b = cfg.band
+        sides = [(slice(None, b), slice(None)), (slice(h - b, None), slice(None)),
+                 (slice(None), slice(None, b)), (slice(None), slice(w - b, None))]
+        per = [held[s][inner.band[s]].mean() for s in sides if inner.band[s].any()]
+        return min(per) >= cfg.side_cover and held[inner.band].mean() >= 0.5
+
+    def touches_edge(win: _Window) -> tuple:
+        """The image edges (top, bottom, left, right) that ``win``'s component reaches."""
+        y0, y1, x0, x1 = win.box
+        c = win.comp
+        return (y0 == 0 and c[0].any(), y1 == H and c[-1].any(), x0 == 0 and c[:, 0].any(), x1 == W and c[:, -1].any())
 
     def stable(half: int, f: float, cand: _Window) -> bool:
         """Whether the next larger window finds about the same component (within 25%), with
@@ -302,26 +335,33 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig,
             if settled and not found.faint:
                 break
             if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
+                    and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
                     and stable(nxt, f, cand)):
                 found = cand
         return found
 
+    def target_like(cand: _Window) -> bool:
+        """Whether a wide window's component can be the point's target although no smaller window
+        held a component: it surrounds the peak on every side (the smallest window's band) and
+        stays off the image's edges (a bright structure the point merely touches does neither)."""
+        return covers(cand, window(cfg.half_sizes[0], f)) and not any(touches_edge(cand))
+
     tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
-    for halves in (cfg.half_sizes, cfg.wide_half_sizes):
+    for wide, halves in ((False, cfg.half_sizes), (True, cfg.wide_half_sizes)):
         for attempt in range(tries):
             f = cfg.peak_fraction + attempt * cfg.fraction_step
             for half in halves:
                 found = window(half, f)
-                if found.comp is not None:
+                if found.comp is not None and (not wide or target_like(found)):
                     if cfg.settle_fraction > 0:
                         found = grow(half, f, found)
                     box, comp = _tighten(found.box, found.comp, py, px, cfg, H, W)
-                    return box, ndi.binary_fill_holes(comp), found.bg, peak
+                    return Strict(box, ndi.binary_fill_holes(comp), found.bg, peak, f)
     box = _box(py, px, cfg.half_sizes[0], H, W)
     comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
     comp[py - box[0], px - box[2]] = True
     bg = stats[cfg.half_sizes[0]][0] if stats else peak
-    return box, comp, bg, peak
+    return Strict(box, comp, bg, peak, 1.0)
 
 
 def _tighten(box: tuple, comp: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, H: int, W: int) -> tuple:
@@ -350,6 +390,24 @@ def _check_points(points: np.ndarray, shape: tuple, index: int) -> np.ndarray:
     return pts
 
 
+class _Target(NamedTuple):
+    """One target's image-only data before the batch's crops are laid out."""
+
+    image: int  # index of its image in the batch
+    fbox: tuple  # field window (y0, y1, x0, x1) in the image
+    box: tuple  # accepted strict window
+    py: int  # peak row
+    px: int  # peak column
+    half: int  # field window half-size
+    contrast: np.ndarray  # (h, w) over the field window, as the features below
+    grad: np.ndarray
+    entropy: np.ndarray
+    superpixel: np.ndarray  # over the strict window, as comp
+    comp: np.ndarray
+    fraction: float
+    steps: int
+
+
 def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], config: AnnotatorConfig | None = None) -> TargetBatch:
     """Image-only work for every target of a batch of images (steps 1, 2's features and 4).
 
@@ -373,7 +431,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         for py, px in peaks:
             t0 = time.perf_counter()
             others = [q for q in peaks if q != (py, px)]
-            box, comp, bg, peak = _strict_component(image, py, px, cfg, others)
+            box, comp, bg, peak, fraction = _strict_component(image, py, px, cfg, others)
             ys, xs = np.nonzero(comp)
             extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
             # the field window holds the strict window (which the image's edge may have cut
@@ -396,10 +454,10 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
             t_window += t1 - t0
             t_features += t2 - t1
             t_slic += t3 - t2
-            rows.append((b, fbox, box, py, px, half, contrast, np.hypot(gy, gx), entropy, sp, comp,
-                         target_steps(extent, cfg)))
+            rows.append(_Target(b, fbox, box, py, px, half, contrast, np.hypot(gy, gx), entropy, sp, comp,
+                                fraction, target_steps(extent, cfg)))
     T = len(rows)
-    R = max([r[5] for r in rows], default=1)  # crops as small as the batch's largest field window
+    R = max([r.half for r in rows], default=1)  # crops as small as the batch's largest field window
     S = 2 * R + 1
     contrast = np.zeros((T, S, S), np.float32)
     grad = np.zeros((T, S, S), np.float32)
@@ -411,9 +469,10 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     origin = np.zeros((T, 2), np.int64)
     peak = np.zeros((T, 2), np.int64)
     index = np.zeros(T, np.int64)
-    steps = np.array([r[-1] for r in rows], np.int64)
+    steps = np.array([r.steps for r in rows], np.int64)
+    fractions = np.array([r.fraction for r in rows], np.float64)
     batch_shapes = [np.asarray(im).shape for im in images]
-    for t, (b, fbox, box, py, px, half, c, g, e, sp, comp, _) in enumerate(rows):
+    for t, (b, fbox, box, py, px, half, c, g, e, sp, comp, _, _) in enumerate(rows):
         oy, ox = py - R, px - R
         origin[t] = oy, ox
         peak[t] = R, R
@@ -432,7 +491,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         image_index=index, steps=steps, image_shapes=shapes, origin=origin, peak=peak,
         contrast=torch.from_numpy(contrast), grad=torch.from_numpy(grad), entropy=torch.from_numpy(ent),
         inside=torch.from_numpy(inside), superpixel=torch.from_numpy(sup), strict=strict, ring=ring,
-        seconds={"window": t_window, "features": t_features, "superpixel": t_slic},
+        fraction=fractions, seconds={"window": t_window, "features": t_features, "superpixel": t_slic},
     )
 
 
@@ -617,19 +676,28 @@ class Annotator:
 
     def masks(self, batch: TargetBatch) -> list:
         """Per-image ``(H, W)`` bool pseudo-masks from prepared targets."""
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            soft = self.soft(batch)
-        t1 = time.perf_counter()
-        crops = binarize_targets(batch, soft, self.config)
-        maps = paste_masks(batch, crops)
-        t2 = time.perf_counter()
-        self.last_seconds = dict(batch.seconds, diffusion=t1 - t0, binarize=t2 - t1)
-        return maps
+        return self.masks_and_soft(batch, fields=False)[0]
 
     def annotate(self, images: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> list:
         """``B`` images ``(H, W)`` in [0, 1] and their points ``(K, 2)`` (x, y) -> ``B`` bool masks."""
         return self.masks(self.prepare(images, points))
+
+    def masks_and_soft(self, batch: TargetBatch, fields: bool = True) -> tuple:
+        """``(masks, fields)`` per image from one diffusion pass: the ``(H, W)`` bool pseudo-masks
+        and (``fields``, else None) the ``(H, W)`` float32 soft labels in [0, 1], the targets'
+        fused fields combined by maximum (zero outside every target's field window)."""
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            soft = self.soft(batch)
+        t1 = time.perf_counter()
+        maps = paste_masks(batch, binarize_targets(batch, soft, self.config))
+        t2 = time.perf_counter()
+        self.last_seconds = dict(batch.seconds, diffusion=t1 - t0, binarize=t2 - t1)
+        if not fields:
+            return maps, None
+        soft_maps = paste_masks(batch, (soft * batch.inside).float().numpy(), reduce="max")
+        self.last_seconds["soft"] = time.perf_counter() - t2
+        return maps, soft_maps
 
 
 def config_from_dict(values: dict) -> AnnotatorConfig:

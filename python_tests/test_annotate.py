@@ -171,6 +171,42 @@ def test_close_extended_targets_are_not_grown_into_one(radius, distance):
     assert n == 2 and labels[80, int(centres[0][1])] != labels[80, int(centres[1][1])]
 
 
+def _point_target_beside(structure: np.ndarray, target_amp: float, seed: int):
+    """A point target (Gaussian, sigma 1.5 px) at row 80, column 60 of a smooth 160x160 scene:
+    ``structure`` plus weak spatially correlated noise (real infrared clutter is smooth, so the
+    bands' spreads are small), scaled to [0, 1]."""
+    yy, xx = np.mgrid[:160, :160].astype(np.float64)
+    target = np.exp(-((yy - 80) ** 2 + (xx - 60) ** 2) / (2 * 1.5 ** 2))
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 1, yy.shape), 1.5)
+    image = 0.05 * noise / noise.std() + structure + target_amp * target
+    return ((image - image.min()) / np.ptp(image)).astype(np.float32), np.array([[60.0, 80.0]])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_point_target_touching_a_large_bright_building_stays_small(seed):
+    """A point target on the side of a large bright block that runs to the image's edge (a
+    building): the small windows' bands lie on the block on one side. The window growth took the
+    whole block (6,500 pixels); a target must surround its peak and stay off the image's edge."""
+    yy, xx = np.mgrid[:160, :160].astype(np.float64)
+    block = 0.8 * ndimage.gaussian_filter(((yy > 50) & (xx >= 61) & (xx < 120)).astype(float), 1.5)
+    block += 0.2 * (1 - xx / 160) * (yy > 50)  # the building's own shading
+    image, point = _point_target_beside(block, 1.0, seed)
+    (mask,) = Annotator().annotate([image], [point])
+    assert mask[80, 60] and mask.sum() <= 60, mask.sum()
+
+
+@pytest.mark.parametrize("cloud, target", [(0.8, 0.2), (0.8, 0.4), (0.6, 0.15)])
+def test_target_at_the_top_of_a_bright_cloud_does_not_take_the_cloud(cloud, target):
+    """A faint point target just inside a bright cloud that runs off the image: no small window
+    separates it from the cloud, and the wide windows' components (the cloud, ending on the
+    image's edge where no band guards it) were taken as the target (9,500 pixels)."""
+    yy, xx = np.mgrid[:160, :160].astype(np.float64)
+    shape = ((yy - 160) ** 2 / 84 ** 2 + (xx - 70) ** 2 / 70 ** 2) <= 1
+    image, point = _point_target_beside(cloud * ndimage.gaussian_filter(shape.astype(float), 5), target, 1)
+    (mask,) = Annotator().annotate([image], [point])
+    assert mask[80, 60] and mask.sum() <= 60, mask.sum()
+
+
 def test_large_targets_of_synthetic_scenes():
     """Synthetic 384x384 scenes with target areas up to 3000 pixels (``area_range``): the
     targets over 200 pixels reach a mean IoU of 0.55 (0.62 when written), clearly above the fixed
@@ -290,3 +326,46 @@ def test_sirst_v1_goal_with_human_points():
     assert result["targets"] == 533
     assert result["iou"] >= 75.0, result
     assert result["pd"] >= 97.0, result
+
+
+DATA = SIRST.parent
+needs_nudt = pytest.mark.skipif(not (DATA / "NUDT-SIRST/images").is_dir(), reason=f"NUDT-SIRST not found at {DATA}")
+needs_mdfa = pytest.mark.skipif(not (DATA / "MDFA/images").is_dir(), reason=f"MDFA not found at {DATA}")
+
+
+@pytest.mark.parametrize("name, ids", [
+    pytest.param("NUDT-SIRST", ["000621", "000306", "000911"], marks=needs_nudt),
+    pytest.param("MDFA", ["train_009290", "train_005219", "train_004506", "train_002655"], marks=needs_mdfa),
+])
+def test_real_targets_beside_buildings_and_clouds_keep_small_masks(name, ids):
+    """Real images where a target's mask took a whole building, cloud or sky gradient (2,600 to
+    13,000 pixels against targets of 5 to 160): every mask stays near its targets' size."""
+    ds = IRDataset(DATA / name)
+    images = [ds.load_image(i) for i in ids]
+    masks = Annotator().annotate(images, [ds.points(i, "centroid") for i in ids])
+    for i, m in zip(ids, masks):
+        gt = ds.load_mask(i)
+        assert m.sum() <= 3 * gt.sum() + 60, (i, int(m.sum()), int(gt.sum()))
+
+
+@pytest.mark.parametrize("name, floor", [pytest.param("NUDT-SIRST", 62.0, marks=needs_nudt),
+                                         pytest.param("MDFA", 73.0, marks=needs_mdfa)])
+def test_real_datasets_have_no_catastrophic_mask(name, floor):
+    """Every image of the split: dataset IoU above a floor (64.7 and 76.2 measured; the window
+    growth had dropped them to 47 and 43) and no image with more than 600 false-alarm pixels
+    (13,363 before)."""
+    ds = IRDataset(DATA / name)
+    ids = ds.ids("train")
+    ann = Annotator()
+    metrics, worst = ISTDMetrics(), 0
+    for s in range(0, len(ids), 64):
+        chunk = ids[s:s + 64]
+        masks = ann.annotate([ds.load_image(i) for i in chunk], [ds.points(i, "centroid") for i in chunk])
+        for i, m in zip(chunk, masks):
+            gt = ds.load_mask(i)
+            metrics.update(m, gt)
+            one = ISTDMetrics()
+            one.update(m, gt)
+            worst = max(worst, one.compute()["fa"] * m.size / 1e6)
+    r = metrics.compute()
+    assert r["iou"] >= floor and worst <= 600, (r, worst)

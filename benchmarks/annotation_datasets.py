@@ -1,0 +1,190 @@
+"""Pseudo-mask quality of the annotator on every dataset, each reported apart (markdown table).
+
+    python benchmarks/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1] [--worst 3]
+        [--set NAME=VALUE ...] [--settings FILE.json] [--out FILE.md]
+
+Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
+BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
+train/test halves, the other datasets' one listed split), with the LESPS centroid points
+(``masks_centroid``); then, per ``--synthetic-seeds`` seed, 60 SIRST-like 256x256 scenes and 24
+512x512 scenes with extended targets (areas log-uniform 2 to 3000 px), from their human-like
+points. On each set, side by side in one process: ours (with ``--set`` / ``--settings``) and the
+local-threshold baseline (mean + 1 std in 15x15, the component of the point).
+
+Columns: IoU (pooled over the set), nIoU, Pd, Fa (``d2d_ext.metrics.ISTDMetrics``, native
+resolution), pixel precision and recall (pooled), the worst image's false-alarm pixels (pixels of
+its predicted components that match no target, as Fa counts them) and ms per target (compute only,
+one torch thread, chunks of 16 images). ``--worst K`` lists each set's K images with the most
+false-alarm pixels under the table: a mean hides them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
+
+from d2d_ext.annotate import Annotator, config_from_dict
+from d2d_ext.baselines import local_threshold_masks
+from d2d_ext.cli import parse_settings
+from d2d_ext.data import IRDataset
+from d2d_ext.metrics import ISTDMetrics
+from d2d_ext.synthetic import make_scene
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data"
+CHUNK = 16
+
+
+@dataclass
+class EvalSet:
+    """One scored set: images ``(H, W)`` in [0, 1], points ``(K, 2)`` (x, y), ground-truth masks."""
+
+    name: str
+    ids: list
+    images: list
+    points: list
+    masks: list
+
+    @property
+    def targets(self) -> int:
+        return sum(len(p) for p in self.points)
+
+
+@dataclass
+class Score:
+    """A method's result on one set."""
+
+    iou: float
+    niou: float
+    pd: float
+    fa: float
+    precision: float
+    recall: float
+    worst: list  # [(false-alarm pixels, image id)], most first
+    ms: float  # per target
+
+
+def real_sets(data: Path, names=None) -> list:
+    """Every ``DATA/<name>`` dataset, split by split (SIRST-v1's LESPS halves, else its splits)."""
+    out = []
+    for root in sorted(p for p in Path(data).iterdir() if (p / "images").is_dir()):
+        if names and root.name not in names:
+            continue
+        ds = IRDataset(root)
+        # the dataset's own split files (<split>_<name>.txt; SIRST-v1 also lists other splits'
+        # files), else every split file
+        files = [f for f in ds.split_files() if f.name.endswith(f"_{ds.name}.txt")] or ds.split_files()
+        order = {"train": 0, "val": 1, "test": 2}
+        for f in sorted(files, key=lambda f: (order.get(f.name.split("_")[0], 3), f.name)):
+            ids = ds.ids(str(f))
+            out.append(EvalSet(f"{ds.name} {f.name.split('_')[0]}", ids, [ds.load_image(i) for i in ids],
+                               [ds.points(i, "centroid") for i in ids], [ds.load_mask(i) for i in ids]))
+    return out
+
+
+def synthetic_sets(seeds) -> list:
+    out = []
+    for seed in seeds:
+        for label, n, size, area in (("SIRST-like 256", 60, 256, None), ("extended 512", 24, 512, (2.0, 3000.0))):
+            kw = {} if area is None else {"area_range": area}
+            scenes = [make_scene(np.random.default_rng([seed, 7, i]), size, size, "mixed", **kw) for i in range(n)]
+            out.append(EvalSet(f"synthetic {label}, seed {seed}", [f"scene{i}" for i in range(n)],
+                               [s.image for s in scenes], [s.points for s in scenes], [s.mask > 0 for s in scenes]))
+    return out
+
+
+def false_alarm_pixels(pred: np.ndarray, gt: np.ndarray) -> int:
+    """Pixels of ``pred``'s components that match no target of ``gt`` (what Fa counts)."""
+    m = ISTDMetrics()
+    m.update(pred, gt)
+    return int(round(m.compute()["fa"] * pred.size / 1e6))
+
+
+def score(s: EvalSet, masks: list, seconds: float, worst: int = 3) -> Score:
+    metrics = ISTDMetrics()
+    tp = npred = ngt = 0
+    fa = []
+    for i, p, g in zip(s.ids, masks, s.masks):
+        metrics.update(p, g)
+        tp += int((p & g).sum())
+        npred += int(p.sum())
+        ngt += int(g.sum())
+        fa.append((false_alarm_pixels(p, g), i))
+    r = metrics.compute()
+    fa.sort(key=lambda x: -x[0])
+    return Score(r["iou"], r["niou"], r["pd"], r["fa"], 100 * tp / max(npred, 1), 100 * tp / max(ngt, 1),
+                 fa[:max(worst, 1)], 1e3 * seconds / max(s.targets, 1))
+
+
+def run(fn, s: EvalSet) -> tuple:
+    """``fn(images, points) -> masks`` over ``s`` in chunks: ``(masks, seconds)``."""
+    masks, seconds = [], 0.0
+    for k in range(0, len(s.images), CHUNK):
+        t0 = time.perf_counter()
+        masks += fn(s.images[k:k + CHUNK], s.points[k:k + CHUNK])
+        seconds += time.perf_counter() - t0
+    return masks, seconds
+
+
+def evaluate(sets: list, settings: dict | None = None, worst: int = 3, baseline: bool = True) -> list:
+    """``[(set, method, Score)]``: ours with ``settings`` and (``baseline``) the local threshold."""
+    ann = Annotator(config_from_dict(settings or {}))
+    ann.annotate([sets[0].images[0]], [sets[0].points[0]])  # warm-up
+    out = []
+    for s in sets:
+        out.append((s.name, "ours", score(s, *run(ann.annotate, s), worst)))
+        if baseline:
+            out.append((s.name, "local threshold", score(s, *run(local_threshold_masks, s), worst)))
+    return out
+
+
+def table_rows(results: list) -> list:
+    return [[name, method, f"{r.iou:.2f}", f"{r.niou:.2f}", f"{r.pd:.2f}", f"{r.fa:.1f}", f"{r.precision:.1f}",
+             f"{r.recall:.1f}", r.worst[0][0], f"{r.ms:.2f}"] for name, method, r in results]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="folder of datasets (BasicIRSTD / LESPS layout)")
+    ap.add_argument("--datasets", help="comma-separated dataset names under --data (default: all)")
+    ap.add_argument("--synthetic-seeds", default="0,1", help="comma-separated seeds ('' for none)")
+    ap.add_argument("--worst", type=int, default=3, help="images listed per set, most false-alarm pixels first")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an AnnotatorConfig setting")
+    ap.add_argument("--settings", help="a JSON file of AnnotatorConfig settings (as d2d calibrate writes); --set wins")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    settings = {}
+    if args.settings:
+        settings.update(json.loads(Path(args.settings).read_text())["settings"])
+    settings.update(parse_settings(args.set))
+    sets = []
+    if Path(args.data).is_dir():
+        sets += real_sets(Path(args.data), args.datasets.split(",") if args.datasets else None)
+    else:
+        print(f"no datasets: {args.data} is not a folder; synthetic scenes only", file=sys.stderr)
+    sets += synthetic_sets([int(s) for s in args.synthetic_seeds.split(",") if s.strip()])
+    results = evaluate(sets, settings, args.worst)
+    header = ["set", "method", "IoU", "nIoU", "Pd", "Fa (1e-6)", "precision", "recall", "worst image's Fa px", "ms/target"]
+    counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
+    text = emit(f"settings {settings or 'default'}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
+    worst = ["", "Worst images (false-alarm pixels, image):", ""]
+    worst += [f"- {name}, {method}: " + ", ".join(f"{n} {i}" for n, i in r.worst)
+              for name, method, r in results if method == "ours"]
+    print("\n".join(worst))
+    if args.out:
+        from d2d_ext.data import write_bytes_atomic
+        write_bytes_atomic(args.out, (text + "\n".join(worst) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
