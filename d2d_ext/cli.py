@@ -1,6 +1,8 @@
 """Command line: ``python -m d2d_ext <command>`` (also installed as ``d2d``).
 
 - ``annotate``: single points to pseudo-masks for a dataset split (atomic, resumable).
+- ``calibrate``: fit a few binarisation settings of the annotator on N ground-truth masks of a
+  split (:mod:`d2d_ext.calibrate`), for ``annotate --settings``.
 - ``evaluate``: IoU, nIoU, Pd and Fa of a folder of predicted masks against the ground truth.
 - ``train``, ``test``, ``select``: the bi-level trainer (:mod:`d2d_ext.bilevel`).
 - ``demo``: the main job on embedded data: write a synthetic infrared dataset, annotate it from
@@ -59,27 +61,15 @@ def overlay_rgb(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None) -> n
     return rgb
 
 
-def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int = 0,
-                     batch_images: int = 16, annotator=None, progress: bool = True) -> dict:
-    """Annotate ``split`` of the dataset at ``root`` into ``out/<id>.png`` (0/255).
+def soft_png(field: np.ndarray) -> np.ndarray:
+    """``(H, W)`` soft label in [0, 1] -> ``(H, W)`` uint16 ``round(65535 y)`` (a 16-bit PNG)."""
+    return np.round(np.clip(field, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
-    Resumes: ids whose PNG exists are skipped (every PNG is written atomically, so an existing
-    file is complete). ``out/.d2d-annotate.json`` records the settings; a folder made with other
-    settings is refused rather than mixed. Returns the summary dict (``images``, ``targets``,
-    ``seconds``: annotation compute only, ``ms_per_target``, ``skipped``).
-    """
-    from .annotate import Annotator
 
-    ds = IRDataset(root)
-    ids = ds.ids(split)
-    annotator = annotator or Annotator()
-    out = Path(out)
-    settings = {
-        "dataset": ds.name, "split": split, "points": points, "seed": int(seed),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(annotator.config).items()},
-        "theta": annotator.params.values(),
-    }
-    manifest = out / MANIFEST
+def _claim(folder: Path, settings: dict) -> None:
+    """Record ``settings`` in ``folder``'s manifest, or check that the one there matches: a folder
+    filled with other settings is refused rather than mixed."""
+    manifest = folder / MANIFEST
     if manifest.is_file():
         try:
             previous = json.loads(manifest.read_text())
@@ -87,15 +77,51 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
             raise DataError(f"cannot read {manifest}: {err}") from err
         if previous != json.loads(json.dumps(settings)):
             raise DataError(
-                f"{out} holds masks made with other settings ({manifest}); "
-                "use another --out folder or delete it"
+                f"{folder} holds files made with other settings ({manifest}); "
+                "use another folder or delete it"
             )
     else:
         write_bytes_atomic(manifest, (json.dumps(settings, indent=1) + "\n").encode())
-    for folder in (out, overlay):  # temporary files of a run killed mid-write
+
+
+def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int = 0,
+                     batch_images: int = 16, annotator=None, progress: bool = True, soft=None) -> dict:
+    """Annotate ``split`` of the dataset at ``root`` into ``out/<id>.png`` (0/255).
+
+    ``overlay``: also ``overlay/<id>.png`` (see :func:`overlay_rgb`). ``soft``: also
+    ``soft/<id>.png``, the image's soft label (the targets' fused fields, combined by maximum,
+    zero outside their field windows) as a 16-bit PNG ``round(65535 y)``, from the same diffusion
+    pass as the mask.
+
+    Resumes: an id is done when each of its requested files exists (every PNG is written
+    atomically, so an existing file is complete); an id that is not is annotated again and only its
+    missing files are written. ``.d2d-annotate.json`` in ``out`` (and in ``soft``) records the
+    settings; a folder made with other settings is refused rather than mixed. Returns the summary
+    dict (``images``, ``targets``, ``seconds``: annotation compute only, ``ms_per_target``,
+    ``skipped``, ``out``; ``soft`` when given).
+    """
+    from .annotate import Annotator
+
+    ds = IRDataset(root)
+    ids = ds.ids(split)
+    annotator = annotator or Annotator()
+    out = Path(out)
+    overlay = None if overlay is None else Path(overlay)
+    soft = None if soft is None else Path(soft)
+    if soft is not None and soft.resolve() in {out.resolve(), *([overlay.resolve()] if overlay else [])}:
+        raise DataError(f"--soft {soft} must be another folder than --out and --overlay (the files share names)")
+    settings = {
+        "dataset": ds.name, "split": split, "points": points, "seed": int(seed),
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(annotator.config).items()},
+        "theta": annotator.params.values(),
+    }
+    for folder in (out, soft):
         if folder is not None:
-            remove_stale_temps(folder)
-    todo = [i for i in ids if not (out / f"{i}.png").is_file()]
+            _claim(folder, settings)
+    folders = [f for f in (overlay, soft, out) if f is not None]
+    for folder in folders:  # temporary files of a run killed mid-write
+        remove_stale_temps(folder)
+    todo = [i for i in ids if not all((f / f"{i}.png").is_file() for f in folders)]
     bar = Progress(len(ids), "annotate") if progress else None
     if bar:
         bar.update(len(ids) - len(todo))
@@ -109,14 +135,20 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
         images = [ds.load_image(i) for i in chunk]
         pts = [ds.points(i, points, seed=seed) for i in chunk]
         t0 = time.perf_counter()
-        masks = annotator.annotate(images, pts)
+        if soft is None:
+            masks, fields = annotator.annotate(images, pts), [None] * len(chunk)
+        else:  # one diffusion pass for both
+            masks, fields = annotator.masks_and_soft(annotator.prepare(images, pts))
         seconds += time.perf_counter() - t0
         n_targets += sum(len(p) for p in pts)
-        for i, image, mask in zip(chunk, images, masks):
-            if overlay is not None:
+        for i, image, mask, field in zip(chunk, images, masks, fields):
+            if overlay is not None and not (overlay / f"{i}.png").is_file():
                 gt = ds.load_mask(i) if ds.has_mask(i) else None
-                write_png_atomic(Path(overlay) / f"{i}.png", overlay_rgb(image, mask, gt))
-            write_png_atomic(out / f"{i}.png", mask.astype(np.uint8) * 255)
+                write_png_atomic(overlay / f"{i}.png", overlay_rgb(image, mask, gt))
+            if soft is not None and not (soft / f"{i}.png").is_file():
+                write_png_atomic(soft / f"{i}.png", soft_png(field))
+            if not (out / f"{i}.png").is_file():
+                write_png_atomic(out / f"{i}.png", mask.astype(np.uint8) * 255)
             if bar:
                 bar.update()
     if bar:
@@ -124,7 +156,7 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
     return {
         "images": len(todo), "targets": n_targets, "seconds": round(seconds, 6),
         "ms_per_target": round(1e3 * seconds / n_targets, 4) if n_targets else None,
-        "skipped": len(ids) - len(todo), "out": str(out),
+        "skipped": len(ids) - len(todo), "out": str(out), **({"soft": str(soft)} if soft is not None else {}),
     }
 
 
@@ -159,14 +191,31 @@ def _cmd_annotate(args) -> dict:
     from .annotate import Annotator, DiffusionParams, config_from_dict
 
     _set_threads(args.threads)
+    values = {}
+    if args.settings:
+        from .calibrate import load_settings
+
+        values.update(load_settings(args.settings))
+    values.update(parse_settings(args.set))  # --set wins over --settings
     try:
-        config = config_from_dict(parse_settings(args.set))
+        config = config_from_dict(values)
     except (TypeError, ValueError) as err:
         raise DataError(f"--set: {err}") from None
     annotator = Annotator(config, DiffusionParams())
     return annotate_dataset(args.dataset, args.split, args.points, args.out, args.overlay,
                             seed=args.seed, batch_images=args.batch_images, annotator=annotator,
-                            progress=not args.quiet)
+                            progress=not args.quiet, soft=args.soft)
+
+
+def _cmd_calibrate(args) -> dict:
+    from .calibrate import calibrate
+
+    _set_threads(args.threads)
+    result = calibrate(args.dataset, args.split, args.masks, seed=args.seed, points=args.points,
+                       log=None if args.quiet else lambda m: print(m, file=sys.stderr, flush=True))
+    # the file holds exactly what the JSON line says (an undefined IoU as null in both)
+    write_bytes_atomic(args.out, (json.dumps(json.loads(json_line(result)), indent=1) + "\n").encode())
+    return result
 
 
 def _cmd_evaluate(args) -> dict:
@@ -325,9 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="seed of gen-coarse points")
     a.add_argument("--batch-images", type=int, default=16, help="images per annotator call")
     a.add_argument("--set", action="append", metavar="NAME=VALUE", help="an AnnotatorConfig setting")
+    a.add_argument("--settings", metavar="FILE.json",
+                   help='AnnotatorConfig settings: the "settings" object of a JSON file (as calibrate writes); --set wins')
+    a.add_argument("--soft", metavar="DIR", help="also write each image's soft label as a 16-bit PNG, round(65535 y)")
     a.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_cmd_annotate)
+
+    k = sub.add_parser("calibrate", help="fit a few binarisation settings on N ground-truth masks")
+    k.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
+    k.add_argument("--split", default="train", help="the split the masks are drawn from (as annotate's --split)")
+    k.add_argument("--masks", type=int, required=True, metavar="N", help="ground-truth masks to read (ids drawn at random)")
+    k.add_argument("--seed", type=int, default=0, help="seed of the draw (and of gen-coarse points)")
+    k.add_argument("--points", default="centroid", help="point source, as annotate's --points")
+    k.add_argument("--out", required=True, metavar="FILE.json", help="where the settings go (for annotate --settings)")
+    k.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    k.add_argument("--quiet", action="store_true", help="no progress lines")
+    k.set_defaults(func=_cmd_calibrate)
 
     e = sub.add_parser("evaluate", help="IoU, nIoU, Pd, Fa of predicted masks")
     e.add_argument("--dataset", required=True)

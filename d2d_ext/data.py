@@ -218,19 +218,25 @@ def json_line(obj) -> str:
 
 
 def write_png_atomic(path, array) -> Path:
-    """Write a ``(H, W)`` uint8 array as an 8-bit greyscale PNG (or ``(H, W, 3)`` as RGB) at
-    ``path``, atomically (see :func:`write_bytes_atomic`); creates parent directories. The bytes
-    depend only on the array (no timestamps), so equal arrays give byte-identical files.
+    """Write a ``(H, W)`` uint8 array as an 8-bit greyscale PNG, a ``(H, W)`` uint16 array as a
+    16-bit greyscale one (:func:`read_gray` divides it by 65535) or a ``(H, W, 3)`` uint8 array as
+    RGB at ``path``, atomically (see :func:`write_bytes_atomic`); creates parent directories. The
+    bytes depend only on the array (no timestamps), so equal arrays give byte-identical files.
     Returns ``path``."""
     a = np.asarray(array)
-    rgb = a.ndim == 3 and a.shape[2] == 3
-    if not (a.ndim == 2 or rgb) or a.dtype != np.uint8:
+    rgb = a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8
+    wide = a.ndim == 2 and a.dtype.kind == "u" and a.dtype.itemsize == 2  # uint16, either byte order
+    if not ((a.ndim == 2 and a.dtype == np.uint8) or rgb or wide):
         raise ValueError(
-            f"write_png_atomic({path}): expected a (H, W) or (H, W, 3) uint8 array, got shape "
-            f"{a.shape} dtype {a.dtype}"
+            f"write_png_atomic({path}): expected a (H, W) uint8 or uint16 or a (H, W, 3) uint8 array, "
+            f"got shape {a.shape} dtype {a.dtype}"
         )
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(a), mode="RGB" if rgb else "L").save(buf, format="PNG", compress_level=6)
+    if wide:  # Pillow's "I;16" is little-endian 16-bit grey, saved as a 16-bit PNG
+        image = Image.fromarray(np.ascontiguousarray(a, dtype="<u2"))
+    else:
+        image = Image.fromarray(np.ascontiguousarray(a), mode="RGB" if rgb else "L")
+    image.save(buf, format="PNG", compress_level=6)
     return write_bytes_atomic(path, buf.getvalue())
 
 

@@ -118,3 +118,217 @@ def test_module_entry_point_demo_runs(tmp_path):
     assert set(result["detector"]) == {"iou", "niou", "pd", "fa", "images", "targets"}
     assert result["detector"]["images"] == 3  # the test half
     assert (tmp_path / "d" / "run" / "plots" / "curves.png").is_file()
+
+
+# ---- annotate --soft: the soft labels as 16-bit PNGs ---------------------------------------
+
+
+def _u16(path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.mode == "I;16", f"{path} has mode {img.mode}"
+        return np.asarray(img)
+
+
+def _prepared(dataset, i, config=None):
+    from d2d_ext.annotate import Annotator
+
+    ds = IRDataset(dataset)
+    ann = Annotator(config)
+    batch = ann.prepare([ds.load_image(i)], [ds.points(i, "centroid")])
+    return ann, batch, ann.soft(batch).detach()
+
+
+def _alone(batch, crops, t):
+    """Target ``t``'s crop pasted into its image, every other target's left out."""
+    from d2d_ext.annotate import paste_masks
+
+    only = np.zeros_like(crops)
+    only[t] = crops[t]
+    return paste_masks(batch, only, reduce="max")[batch.image_index[t]]
+
+
+@pytest.fixture(scope="module")
+def soft_run(dataset, tmp_path_factory):
+    """``annotate --soft`` over the whole dataset and the same run without it."""
+    work = tmp_path_factory.mktemp("soft")
+    assert main(["annotate", "--dataset", str(dataset), "--out", str(work / "m"), "--soft", str(work / "s"),
+                 "--quiet"]) == 0
+    assert main(["annotate", "--dataset", str(dataset), "--out", str(work / "plain"), "--quiet"]) == 0
+    return work
+
+
+def test_soft_labels_are_16_bit_max_combined_fields(dataset, soft_run):
+    from d2d_ext.annotate import paste_masks
+    from d2d_ext.cli import soft_png
+
+    ds = IRDataset(dataset)
+    for i in ds.ids("all"):
+        png = _u16(soft_run / "s" / f"{i}.png")
+        assert png.dtype == np.uint16 and png.shape == ds.load_image(i).shape
+        # read_gray reads it back as y = value / 65535
+        assert np.array_equal(np.round(read_gray(soft_run / "s" / f"{i}.png") * 65535).astype(np.uint16), png)
+        _, batch, soft = _prepared(dataset, i)
+        crops = soft.numpy()
+        assert np.array_equal(png, soft_png(paste_masks(batch, crops, reduce="max")[0]))
+        # zero outside every target's field window
+        windows = paste_masks(batch, batch.inside.numpy())[0]
+        assert not png[~windows].any()
+        for t in range(len(batch)):
+            field = _alone(batch, crops, t)
+            assert (png >= soft_png(field)).all()  # targets combined by maximum
+            # each target's field reaches 1 (65535) at its own maximum; the clicked pixel is
+            # usually but not always that maximum (the drift may carry the heat to a brighter one)
+            assert png.flat[int(np.argmax(field))] == 65535
+
+
+def test_soft_output_leaves_the_masks_as_they_were(dataset, soft_run):
+    for i in IRDataset(dataset).ids("all"):
+        assert (soft_run / "m" / f"{i}.png").read_bytes() == (soft_run / "plain" / f"{i}.png").read_bytes()
+    assert (json.loads((soft_run / "s" / ".d2d-annotate.json").read_text())
+            == json.loads((soft_run / "m" / ".d2d-annotate.json").read_text()))
+
+
+def _close_pair_dataset(root):
+    """One 64x64 image with two bright blobs 8 pixels apart (their field windows overlap)."""
+    from d2d_ext.data import write_bytes_atomic, write_png_atomic
+
+    yy, xx = np.mgrid[:64, :64]
+    image = 0.2 + 0.02 * np.random.default_rng(0).standard_normal((64, 64))
+    clicks = np.zeros((64, 64), np.uint8)
+    for cy, cx in ((32, 28), (32, 36)):
+        image += 0.6 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.5 ** 2))
+        clicks[cy, cx] = 255
+    image8 = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+    write_png_atomic(root / "images" / "pair.png", image8)
+    write_png_atomic(root / "masks" / "pair.png", (image8 > 120).astype(np.uint8) * 255)
+    write_png_atomic(root / "masks_centroid" / "pair.png", clicks)
+    write_bytes_atomic(root / "img_idx" / f"test_{root.name}.txt", b"pair\n")
+    return root
+
+
+def test_overlapping_fields_take_the_maximum_not_the_sum(tmp_path):
+    from d2d_ext.cli import soft_png
+
+    root = _close_pair_dataset(tmp_path / "PAIR")
+    assert main(["annotate", "--dataset", str(root), "--out", str(tmp_path / "m"), "--soft", str(tmp_path / "s"),
+                 "--quiet"]) == 0
+    png = _u16(tmp_path / "s" / "pair.png")
+    _, batch, soft = _prepared(root, "pair")
+    assert len(batch) == 2
+    a, b = (_alone(batch, soft.numpy(), t) for t in range(2))
+    both = np.minimum(a, b) > 1e-3  # 65 and more in the 16-bit scale
+    assert both.sum() >= 5  # the fields overlap ...
+    assert np.array_equal(png, soft_png(np.maximum(a, b)))  # ... and are combined by maximum
+    assert (png[both] < soft_png(a + b)[both]).any()
+
+
+def test_rebinarising_from_the_written_soft_labels_gives_the_masks(dataset, tmp_path):
+    """The soft PNG is the field the mask's heat gate thresholds: where a target's bright region
+    leaks (many do at low_fraction=0.1), the mask beyond its strict component lies where the
+    written soft label is >= level (holes filled: the drift leaves dim pixels inside a target with
+    little heat), and binarising from the written labels gives the same masks
+    (targets whose field windows overlap no other target's; quantisation is far below any change)."""
+    from scipy.ndimage import binary_fill_holes, label
+
+    from d2d_ext.annotate import binarize_targets, config_from_dict, crop_maps, paste_masks
+
+    config = config_from_dict({"low_fraction": 0.1})
+    assert main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "m"), "--soft", str(tmp_path / "s"),
+                 "--set", "low_fraction=0.1", "--quiet"]) == 0
+    gated = compared = 0
+    for i in IRDataset(dataset).ids("all"):
+        _, batch, soft = _prepared(dataset, i, config)
+        written = crop_maps([read_gray(tmp_path / "s" / f"{i}.png")], batch)
+        exact = binarize_targets(batch, soft, config)
+        again = binarize_targets(batch, written, config)
+        assert np.array_equal(paste_masks(batch, exact)[0], read_gray(tmp_path / "m" / f"{i}.png") > 0.5)
+        inside = batch.inside.numpy()
+        windows = [_alone(batch, inside.astype(np.float32), t) > 0 for t in range(len(batch))]
+        for t in range(len(batch)):
+            if any((windows[u] & windows[t]).any() for u in range(len(batch)) if u != t):
+                continue
+            compared += 1
+            assert np.array_equal(again[t], exact[t])
+            labels, _ = label((batch.contrast[t].numpy() >= config.low_fraction) & inside[t], np.ones((3, 3)))
+            bright = labels == labels[tuple(batch.peak[t])]
+            if (bright & batch.ring[t]).any():  # the bright region leaked: the heat gate decided
+                beyond = exact[t] & ~batch.strict[t]
+                assert not (beyond & ~binary_fill_holes(written[t].numpy() >= config.level)).any()
+                gated += int(beyond.any())
+    assert compared >= 10 and gated >= 1
+
+
+def test_one_diffusion_pass_gives_masks_and_soft_labels(dataset, tmp_path, monkeypatch):
+    import d2d_ext.annotate
+
+    calls = []
+    soft_labels = d2d_ext.annotate.soft_labels
+
+    def counting(batch, theta):
+        calls.append(len(batch))
+        return soft_labels(batch, theta)
+
+    monkeypatch.setattr(d2d_ext.annotate, "soft_labels", counting)
+    annotate_dataset(dataset, "all", "centroid", tmp_path / "a", progress=False)
+    without = list(calls)
+    calls.clear()
+    annotate_dataset(dataset, "all", "centroid", tmp_path / "b", progress=False, soft=tmp_path / "s")
+    assert calls == without
+
+
+def test_killed_soft_run_resumes_to_identical_files(dataset, soft_run, tmp_path, monkeypatch):
+    import d2d_ext.cli
+    from conftest import Killed
+
+    out, soft = tmp_path / "m", tmp_path / "s"
+    write_png = d2d_ext.cli.write_png_atomic
+    written = []
+
+    def dying_write(path, array):  # the process dies after 5 files: in the middle of an id's pair
+        if len(written) == 5:
+            raise Killed
+        written.append(path)
+        return write_png(path, array)
+
+    monkeypatch.setattr(d2d_ext.cli, "write_png_atomic", dying_write)
+    with pytest.raises(Killed):
+        annotate_dataset(dataset, "all", "centroid", out, progress=False, soft=soft)
+    monkeypatch.setattr(d2d_ext.cli, "write_png_atomic", write_png)
+    assert len(list(soft.glob("*.png"))) == 3 and len(list(out.glob("*.png"))) == 2  # soft first, then the mask
+    kept = {p: p.stat().st_mtime_ns for p in written}
+    second = annotate_dataset(dataset, "all", "centroid", out, progress=False, soft=soft)
+    ids = IRDataset(dataset).ids("all")
+    assert second["images"] == len(ids) - 2 and second["skipped"] == 2
+    for folder, reference in ((out, soft_run / "m"), (soft, soft_run / "s")):
+        assert sorted(p.name for p in folder.glob("*.png")) == [f"{i}.png" for i in ids]
+        for i in ids:
+            assert (folder / f"{i}.png").read_bytes() == (reference / f"{i}.png").read_bytes()
+        assert not list(folder.glob(".*.tmp"))
+    for p, t in kept.items():  # files already complete were not written again
+        assert p.stat().st_mtime_ns == t
+
+
+def test_soft_labels_can_be_added_to_a_finished_folder(dataset, soft_run, tmp_path):
+    out = tmp_path / "m"
+    annotate_dataset(dataset, "all", "centroid", out, progress=False)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    result = annotate_dataset(dataset, "all", "centroid", out, progress=False, soft=tmp_path / "s")
+    assert result["images"] == len(mtimes) and result["soft"] == str(tmp_path / "s")
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == mtimes  # masks untouched
+    for p in (soft_run / "s").glob("*.png"):
+        assert (tmp_path / "s" / p.name).read_bytes() == p.read_bytes()
+    (tmp_path / "s" / p.name).unlink()  # one soft label lost: only that image is redone
+    again = annotate_dataset(dataset, "all", "centroid", out, progress=False, soft=tmp_path / "s")
+    assert again["images"] == 1 and (tmp_path / "s" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_soft_folder_must_differ_and_match_its_settings(dataset, soft_run, tmp_path, capsys):
+    code = main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "m"), "--soft", str(tmp_path / "m"),
+                 "--quiet"])
+    assert code == 2 and "--soft" in capsys.readouterr().err
+    code = main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "m2"), "--soft", str(soft_run / "s"),
+                 "--set", "level=0.2", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "other settings" in err and str(soft_run / "s") in err

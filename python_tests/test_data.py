@@ -395,6 +395,23 @@ def test_write_png_atomic_roundtrip(tmp_path):
         write_png_atomic(tmp_path / "y.png", a.astype(np.float32))
 
 
+def test_write_png_atomic_16_bit_roundtrip(tmp_path):
+    a = np.random.default_rng(3).integers(0, 65536, (9, 13)).astype(np.uint16)
+    a[0, :3] = (0, 1, 65535)
+    p = tmp_path / "x16.png"
+    write_png_atomic(p, a)
+    with Image.open(p) as img:
+        assert img.mode == "I;16"
+        np.testing.assert_array_equal(np.asarray(img), a)
+    g = read_gray(p)  # value / 65535, every level kept
+    assert g.dtype == np.float32 and g[0, 2] == 1.0
+    np.testing.assert_array_equal(np.round(g.astype(np.float64) * 65535).astype(np.uint16), a)
+    write_png_atomic(tmp_path / "y16.png", a.byteswap().view(a.dtype.newbyteorder()))  # big-endian input
+    assert (tmp_path / "y16.png").read_bytes() == p.read_bytes()
+    with pytest.raises(ValueError):
+        write_png_atomic(tmp_path / "z.png", np.zeros((4, 4, 3), np.uint16))
+
+
 def test_write_png_atomic_interrupted(tmp_path, monkeypatch):
     p = tmp_path / "x.png"
     old = np.zeros((4, 4), np.uint8)

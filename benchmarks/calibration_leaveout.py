@@ -1,0 +1,92 @@
+"""Calibration on a few masks, scored on images it never saw (markdown table).
+
+    python benchmarks/calibration_leaveout.py [--data DIR] [--masks 20] [--seed 0] [--out FILE.md]
+
+For every dataset under ``--data`` (default ``<workspace>/shared/data``; the BasicIRSTD / LESPS
+layout): ``d2d_ext.calibrate.calibrate`` fits its settings on ``--masks`` ground-truth masks of the
+train split (ids drawn with ``--seed``), then the default and the calibrated annotator are scored
+on held-out images from the LESPS centroid points (``masks_centroid``): the test split where the
+dataset has one (SIRST-v1), else the train images not drawn for the calibration. Metrics:
+``d2d_ext.metrics.ISTDMetrics`` at native resolution; one torch thread. The calibration time is the
+whole of ``calibrate`` (loading the drawn images and masks included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
+
+from d2d_ext.annotate import Annotator, config_from_dict
+from d2d_ext.calibrate import calibrate
+from d2d_ext.data import IRDataset
+from d2d_ext.metrics import ISTDMetrics
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data"
+CHUNK = 16
+
+
+def held_out(ds: IRDataset, split: str, drawn: list) -> tuple:
+    """``(name, ids)`` of the images to score: the test split if the dataset has one, else the
+    images of ``split`` that were not ``drawn``."""
+    if (ds.idx_dir / f"test_{ds.name}.txt").is_file():
+        return "test", ds.ids("test")
+    used = set(drawn)
+    return f"{split} minus the {len(drawn)} drawn", [i for i in ds.ids(split) if i not in used]
+
+
+def score(ds: IRDataset, ids: list, settings: dict) -> dict:
+    """IoU, nIoU, Pd, Fa of the annotator with ``settings`` on ``ids`` (centroid points)."""
+    ann = Annotator(config_from_dict(settings))
+    metrics = ISTDMetrics()
+    for s in range(0, len(ids), CHUNK):
+        chunk = ids[s:s + CHUNK]
+        masks = ann.annotate([ds.load_image(i) for i in chunk], [ds.points(i, "centroid") for i in chunk])
+        for i, m in zip(chunk, masks):
+            metrics.update(m, ds.load_mask(i))
+    return metrics.compute()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="folder of datasets (BasicIRSTD / LESPS layout)")
+    ap.add_argument("--split", default="train", help="the split the calibration masks are drawn from")
+    ap.add_argument("--masks", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"no datasets: {data} is not a folder", file=sys.stderr)
+        return 2
+    rows, notes = [], []
+    for root in sorted(p for p in data.iterdir() if (p / "images").is_dir()):
+        ds = IRDataset(root)
+        t0 = time.perf_counter()
+        fit = calibrate(root, args.split, args.masks, seed=args.seed)
+        seconds = time.perf_counter() - t0
+        name, ids = held_out(ds, args.split, fit["ids"])
+        changed = {k: v for k, v in fit["settings"].items() if v != getattr(config_from_dict({}), k)}
+        notes.append(f"- {ds.name}: fitted {fit['settings']} on {fit['masks']} masks ({fit['targets']} targets) "
+                     f"in {seconds:.1f} s; their IoU {fit['iou_before']:.2f} -> {fit['iou_after']:.2f}")
+        for label, settings in (("default", {}), ("calibrated", fit["settings"])):
+            r = score(ds, ids, settings)
+            shown = ", ".join(f"{k}={v}" for k, v in changed.items()) or "(defaults kept)"
+            rows.append([ds.name, f"{name} ({len(ids)} images, {r['targets']} targets)", label,
+                         "" if label == "default" else shown,
+                         f"{r['iou']:.2f}", f"{r['niou']:.2f}", f"{r['pd']:.2f}", f"{r['fa']:.2f}"])
+    header = ["dataset", "scored on (held out)", "annotator", "settings changed", "IoU", "nIoU", "Pd", "Fa (1e-6)"]
+    title = (f"calibration on {args.masks} masks of {args.split} (seed {args.seed}), scored on held-out images; "
+             f"command: `{command_line()}`\n\n" + "\n".join(notes))
+    emit(title, header, rows, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""``d2d calibrate``: settings fitted on N seeded masks only, and ``d2d annotate --settings``."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import d2d_ext.data
+from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
+from d2d_ext.calibrate import GRIDS, STRICT, calibrate, load_settings
+from d2d_ext.cli import main
+from d2d_ext.data import DataError, IRDataset
+from d2d_ext.synthetic import write_dataset
+
+N = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the annotator's many small torch calls run fastest on one thread (as the CLI sets it)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    # 12 images: a train split of 6 to draw 3 from
+    return write_dataset(tmp_path_factory.mktemp("data") / "SYN", n_images=12, seed=5)
+
+
+def _calibrate_cli(capsys, root, out, masks=N, seed=0, split="train"):
+    code = main(["calibrate", "--dataset", str(root), "--split", split, "--masks", str(masks),
+                 "--seed", str(seed), "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured
+
+
+@pytest.fixture(scope="module")
+def fitted(dataset):
+    return calibrate(dataset, "train", N, seed=0)
+
+
+def test_ids_are_drawn_by_the_seed(dataset):
+    train = IRDataset(dataset).ids("train")
+    draws = {seed: calibrate(dataset, "train", N, seed=seed)["ids"] for seed in (0, 1)}
+    again = calibrate(dataset, "train", N, seed=0)["ids"]
+    assert again == draws[0]
+    assert draws[1] != draws[0]
+    for ids in (draws[0], draws[1]):
+        assert len(set(ids)) == N and set(ids) <= set(train)
+    # numpy's default_rng(seed), in the order drawn
+    assert draws[0] == [train[k] for k in np.random.default_rng(0).choice(len(train), N, replace=False)]
+
+
+def test_only_the_drawn_masks_are_read(dataset, monkeypatch):
+    loaded, read = [], []
+    load_mask, read_gray = IRDataset.load_mask, d2d_ext.data.read_gray
+
+    def counting_load_mask(self, id):
+        loaded.append(id)
+        return load_mask(self, id)
+
+    def recording_read_gray(path):
+        read.append(path)
+        return read_gray(path)
+
+    monkeypatch.setattr(IRDataset, "load_mask", counting_load_mask)
+    monkeypatch.setattr(d2d_ext.data, "read_gray", recording_read_gray)
+    result = calibrate(dataset, "train", N, seed=0)
+    assert sorted(loaded) == sorted(result["ids"]) and len(loaded) == N
+    masks_read = {p.stem for p in read if p.parent.name == "masks"}
+    assert masks_read == set(result["ids"])
+
+
+def test_the_other_masks_can_be_deleted(dataset, tmp_path, capsys):
+    full = tmp_path / "full.json"
+    assert _calibrate_cli(capsys, dataset, full)[0] == 0
+    drawn = set(json.loads(full.read_text())["ids"])
+    root = tmp_path / "SYN"  # the same dataset name: the same JSON
+    shutil.copytree(dataset, root)
+    removed = 0
+    for p in (root / "masks").glob("*.png"):
+        if p.stem not in drawn:
+            p.unlink()
+            removed += 1
+    assert removed == 12 - N
+    pruned = tmp_path / "pruned.json"
+    code, captured = _calibrate_cli(capsys, root, pruned)
+    assert code == 0, captured.err
+    assert pruned.read_bytes() == full.read_bytes()
+
+
+def test_the_fit_improves_and_stays_on_its_grids(dataset, fitted):
+    assert set(fitted["settings"]) == set(GRIDS)
+    assert fitted["iou_after"] >= fitted["iou_before"]
+    for name, value in fitted["settings"].items():
+        assert value in GRIDS[name] or value == getattr(AnnotatorConfig(), name)
+        assert fitted["bounds"][name] == [min(GRIDS[name]), max(GRIDS[name])]
+        assert min(GRIDS[name]) <= value <= max(GRIDS[name])
+    assert (fitted["dataset"], fitted["split"], fitted["masks"], fitted["seed"], fitted["points"]) == (
+        "SYN", "train", N, 0, "centroid")
+
+
+def _pooled_iou(dataset, ids, settings):
+    ds = IRDataset(dataset)
+    masks = Annotator(config_from_dict(settings)).annotate(
+        [ds.load_image(i) for i in ids], [ds.points(i, "centroid") for i in ids])
+    gts = [ds.load_mask(i) for i in ids]
+    return 100 * sum((m & g).sum() for m, g in zip(masks, gts)) / sum((m | g).sum() for m, g in zip(masks, gts))
+
+
+def test_the_cached_scores_are_the_annotators(dataset, fitted):
+    """The fit re-binarises cached batches; a fresh annotator with the settings agrees."""
+    assert fitted["iou_before"] == pytest.approx(_pooled_iou(dataset, fitted["ids"], {}), abs=1e-3)
+    assert fitted["iou_after"] == pytest.approx(_pooled_iou(dataset, fitted["ids"], fitted["settings"]), abs=1e-3)
+
+
+def test_a_large_margin_keeps_the_defaults(dataset):
+    result = calibrate(dataset, "train", N, seed=0, margin=1e9)
+    assert result["settings"] == {name: getattr(AnnotatorConfig(), name) for name in GRIDS}
+    assert result["iou_after"] == result["iou_before"]
+
+
+def test_strict_settings_are_prepared_once_per_pair(dataset, monkeypatch):
+    import d2d_ext.calibrate as cal
+
+    calls = []
+    prepare = cal.prepare_targets
+
+    def counting(images, points, config):
+        calls.append(tuple(getattr(config, k) for k in STRICT))
+        return prepare(images, points, config)
+
+    monkeypatch.setattr(cal, "prepare_targets", counting)
+    calibrate(dataset, "train", N, seed=0)
+    assert len(calls) == len(set(calls))  # N <= 16 images: one batch per pair
+
+
+def test_stdout_and_file_hold_the_same_json(dataset, tmp_path, capsys):
+    out = tmp_path / "settings.json"
+    code, captured = _calibrate_cli(capsys, dataset, out)
+    assert code == 0
+    line = json.loads(captured.out.strip().splitlines()[-1])
+    assert line == json.loads(out.read_text())
+    assert line["ids"] == calibrate(dataset, "train", N, seed=0)["ids"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_annotate_uses_the_settings_and_set_wins(dataset, tmp_path, capsys):
+    path = tmp_path / "settings.json"
+    settings = {"low_fraction": 0.45, "peak_fraction": 0.2, "level": 0.25, "k_sigma": 1.5}
+    path.write_text(json.dumps({"settings": settings, "iou_after": 1.0}))
+    out = tmp_path / "m"
+    assert main(["annotate", "--dataset", str(dataset), "--split", "test", "--out", str(out),
+                 "--settings", str(path), "--quiet"]) == 0
+    config = json.loads((out / ".d2d-annotate.json").read_text())["config"]
+    assert {k: config[k] for k in settings} == settings
+    out2 = tmp_path / "m2"
+    assert main(["annotate", "--dataset", str(dataset), "--split", "test", "--out", str(out2),
+                 "--settings", str(path), "--set", "level=0.05", "--quiet"]) == 0
+    config = json.loads((out2 / ".d2d-annotate.json").read_text())["config"]
+    assert config["level"] == 0.05 and config["low_fraction"] == 0.45
+    capsys.readouterr()
+
+
+def test_annotate_reads_what_calibrate_writes(dataset, tmp_path, capsys, fitted):
+    path = tmp_path / "settings.json"
+    assert _calibrate_cli(capsys, dataset, path)[0] == 0
+    out = tmp_path / "m"
+    assert main(["annotate", "--dataset", str(dataset), "--split", "test", "--out", str(out),
+                 "--settings", str(path), "--quiet"]) == 0
+    config = json.loads((out / ".d2d-annotate.json").read_text())["config"]
+    assert {k: config[k] for k in GRIDS} == fitted["settings"]
+
+
+@pytest.mark.parametrize("case", ["zero", "too_many", "negative"])
+def test_bad_mask_counts_are_clear_errors(dataset, tmp_path, capsys, case):
+    masks = {"zero": 0, "too_many": 7, "negative": -2}[case]
+    code, captured = _calibrate_cli(capsys, dataset, tmp_path / "s.json", masks=masks)
+    assert code == 2
+    assert captured.err.startswith("error: ") and "--masks" in captured.err and "Traceback" not in captured.err
+    if case == "too_many":
+        assert "6 images" in captured.err
+    assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "cannot read settings file"),
+    ("{not json", "not valid JSON"),
+    ('{"low_fraction": 0.2}', 'no "settings" object'),
+    ('{"settings": {"low_fraction": 0.2, "lowfraction": 0.3}}', "unknown annotator settings ['lowfraction']"),
+    ('{"settings": {"level": "high"}}', "level must be like its default"),
+    ('{"settings": {"half_sizes": [6, 8.5]}}', "half_sizes must be like its default"),
+])
+def test_bad_settings_files_are_clear_errors(dataset, tmp_path, capsys, content, expected):
+    path = tmp_path / "settings.json"
+    if content is not None:
+        path.write_text(content)
+    code = main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "m"), "--settings", str(path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and str(path) in err and expected in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()  # refused before anything is written
+
+
+def test_load_settings_gives_each_value_its_fields_type(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"settings": {"k_sigma": 2, "steps": 128.0, "half_sizes": [6, 10]}}))
+    values = load_settings(path)
+    assert values == {"k_sigma": 2.0, "steps": 128, "half_sizes": (6, 10)}
+    assert isinstance(values["k_sigma"], float) and isinstance(values["steps"], int)
+    path.write_text(json.dumps({"settings": {"steps": 64.5}}))
+    with pytest.raises(DataError, match="steps must be like its default"):
+        load_settings(path)
+
+
+def test_images_without_targets_give_an_undefined_iou_as_null(tmp_path, capsys):
+    root = write_dataset(tmp_path / "SYN", n_images=4, seed=5)
+    for p in (root / "masks").glob("*.png"):  # no targets anywhere: nothing to segment
+        d2d_ext.data.write_png_atomic(p, np.zeros((256, 256), np.uint8))
+    for p in (root / "masks_centroid").glob("*.png"):
+        d2d_ext.data.write_png_atomic(p, np.zeros((256, 256), np.uint8))
+    out = tmp_path / "s.json"
+    code, captured = _calibrate_cli(capsys, root, out, masks=2)
+    assert code == 0, captured.err
+    result = json.loads(out.read_text())
+    assert result["iou_before"] is None and result["iou_after"] is None
+    assert result["settings"] == {name: getattr(AnnotatorConfig(), name) for name in GRIDS}
