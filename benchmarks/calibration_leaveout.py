@@ -1,6 +1,6 @@
 """Calibration on a few masks, scored on images it never saw (markdown table).
 
-    python benchmarks/calibration_leaveout.py [--data DIR] [--masks 20] [--seed 0] [--out FILE.md]
+    python benchmarks/calibration_leaveout.py [--data DIR] [--masks 20] [--seed 0] [--margin M] [--out FILE.md]
 
 For every dataset under ``--data`` (default ``<workspace>/shared/data``; the BasicIRSTD / LESPS
 layout): ``d2d_ext.calibrate.calibrate`` fits its settings on ``--masks`` ground-truth masks of the
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="train", help="the split the calibration masks are drawn from")
     ap.add_argument("--masks", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--margin", type=float, default=None, help="calibrate's margin (default: its own)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
     for root in sorted(p for p in data.iterdir() if (p / "images").is_dir()):
         ds = IRDataset(root)
         t0 = time.perf_counter()
-        fit = calibrate(root, args.split, args.masks, seed=args.seed)
+        fit = calibrate(root, args.split, args.masks, seed=args.seed,
+                        **({} if args.margin is None else {"margin": args.margin}))
         seconds = time.perf_counter() - t0
         name, ids = held_out(ds, args.split, fit["ids"])
         changed = {k: v for k, v in fit["settings"].items() if v != getattr(config_from_dict({}), k)}

@@ -211,7 +211,9 @@ def _cmd_calibrate(args) -> dict:
     from .calibrate import calibrate
 
     _set_threads(args.threads)
-    result = calibrate(args.dataset, args.split, args.masks, seed=args.seed, points=args.points,
+    if not args.margin >= 0:
+        raise DataError(f"--margin must be >= 0 IoU points, got {args.margin}")
+    result = calibrate(args.dataset, args.split, args.masks, seed=args.seed, points=args.points, margin=args.margin,
                        log=None if args.quiet else lambda m: print(m, file=sys.stderr, flush=True))
     # the file holds exactly what the JSON line says (an undefined IoU as null in both)
     write_bytes_atomic(args.out, (json.dumps(json.loads(json_line(result)), indent=1) + "\n").encode())
@@ -387,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--masks", type=int, required=True, metavar="N", help="ground-truth masks to read (ids drawn at random)")
     k.add_argument("--seed", type=int, default=0, help="seed of the draw (and of gen-coarse points)")
     k.add_argument("--points", default="centroid", help="point source, as annotate's --points")
+    k.add_argument("--margin", type=float, default=0.5,
+                   help="IoU points a setting must gain (on the N masks, and on neither half lose) to move")
     k.add_argument("--out", required=True, metavar="FILE.json", help="where the settings go (for annotate --settings)")
     k.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     k.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -230,3 +230,29 @@ def test_images_without_targets_give_an_undefined_iou_as_null(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["iou_before"] is None and result["iou_after"] is None
     assert result["settings"] == {name: getattr(AnnotatorConfig(), name) for name in GRIDS}
+
+
+class _Counts:
+    """A scorer stand-in: per-image (intersection, union) by ``low_fraction``; the rest is flat."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def iou(self, values, images=slice(None)):
+        inter, union = np.asarray(self.table.get(values["low_fraction"], self.table[None]))[images].sum(0)
+        return 100.0 * inter / union
+
+
+def test_a_gain_that_one_half_of_the_masks_does_not_share_is_refused():
+    """Four images: low_fraction 0.1 lifts the pooled IoU by 10 points, all of it on the even
+    images (the odd ones lose); 0.5 lifts both halves. The descent takes 0.5, never 0.1."""
+    from d2d_ext.calibrate import GRIDS, _descend
+
+    start = {name: grid[len(grid) // 2] for name, grid in GRIDS.items()}
+    start["low_fraction"] = 0.3
+    flat = [(50, 100)] * 4
+    lopsided = _Counts({None: flat, 0.1: [(90, 100), (45, 100), (90, 100), (45, 100)]})
+    assert _descend(lopsided, start, sweeps=3, margin=0.5)["low_fraction"] == 0.3
+    both = _Counts({None: flat, 0.1: [(90, 100), (45, 100), (90, 100), (45, 100)],
+                    0.5: [(60, 100), (60, 100), (60, 100), (60, 100)]})
+    assert _descend(both, start, sweeps=3, margin=0.5)["low_fraction"] == 0.5
