@@ -26,6 +26,16 @@ def pytest_configure(config):
     torch._functorch.config.enable_autograd_cache = False
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for the module that asks for it, restored afterwards: small torch
+    calls on a 2-core machine shared with other work run fastest so (as the CLI sets it)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_generator(seed=0):
     """A fresh CPU generator with a fixed seed (tests draw all their data from one)."""
     return torch.Generator().manual_seed(seed)

@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 import d2d_ext.data
 from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
@@ -17,13 +16,7 @@ from d2d_ext.synthetic import write_dataset
 N = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the annotator's many small torch calls run fastest on one thread (as the CLI sets it)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
