@@ -4,7 +4,7 @@ rates, NaN / Inf, bad tau / smooth / steps, very many steps), and thread safety.
 
 Every hypothesis property runs with ``derandomize=True`` and no example database, so CI sees the
 same examples on every run. The tests run on the CPU kernels with one intra-op thread (the
-module fixture below); each input tensor is drawn from a ``torch.Generator`` seeded by the example.
+`one_torch_thread` fixture of conftest.py); each input tensor is drawn from a ``torch.Generator`` seeded by the example.
 """
 
 import concurrent.futures
