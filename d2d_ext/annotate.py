@@ -173,7 +173,6 @@ class TargetBatch:
     superpixel: torch.Tensor  # (T, S, S) float32: the SLIC segment of the peak (0/1)
     strict: np.ndarray  # (T, S, S) bool: the leak-guarded threshold component
     ring: np.ndarray  # (T, S, S) bool: the field window's outer band (leak guard of the grown component)
-    fraction: np.ndarray  # (T,) float64: the peak fraction f at which the strict window was accepted
     seconds: dict = field(default_factory=dict)  # time per stage
 
     def __len__(self) -> int:
@@ -236,7 +235,6 @@ class Strict(NamedTuple):
     comp: np.ndarray  # (h, w) bool: the peak's component in that window, holes filled
     bg: float  # background level (median of the accepted window's band)
     peak: float  # the peak's intensity
-    fraction: float  # f at which the window was accepted (higher where lower ones leaked)
 
 
 class _Window(NamedTuple):
@@ -356,12 +354,12 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig,
                     if cfg.settle_fraction > 0:
                         found = grow(half, f, found)
                     box, comp = _tighten(found.box, found.comp, py, px, cfg, H, W)
-                    return Strict(box, ndi.binary_fill_holes(comp), found.bg, peak, f)
+                    return Strict(box, ndi.binary_fill_holes(comp), found.bg, peak)
     box = _box(py, px, cfg.half_sizes[0], H, W)
     comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
     comp[py - box[0], px - box[2]] = True
     bg = stats[cfg.half_sizes[0]][0] if stats else peak
-    return Strict(box, comp, bg, peak, 1.0)
+    return Strict(box, comp, bg, peak)
 
 
 def _tighten(box: tuple, comp: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, H: int, W: int) -> tuple:
@@ -404,7 +402,6 @@ class _Target(NamedTuple):
     entropy: np.ndarray
     superpixel: np.ndarray  # over the strict window, as comp
     comp: np.ndarray
-    fraction: float
     steps: int
 
 
@@ -431,7 +428,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         for py, px in peaks:
             t0 = time.perf_counter()
             others = [q for q in peaks if q != (py, px)]
-            box, comp, bg, peak, fraction = _strict_component(image, py, px, cfg, others)
+            box, comp, bg, peak = _strict_component(image, py, px, cfg, others)
             ys, xs = np.nonzero(comp)
             extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
             # the field window holds the strict window (which the image's edge may have cut
@@ -455,7 +452,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
             t_features += t2 - t1
             t_slic += t3 - t2
             rows.append(_Target(b, fbox, box, py, px, half, contrast, np.hypot(gy, gx), entropy, sp, comp,
-                                fraction, target_steps(extent, cfg)))
+                                target_steps(extent, cfg)))
     T = len(rows)
     R = max([r.half for r in rows], default=1)  # crops as small as the batch's largest field window
     S = 2 * R + 1
@@ -470,9 +467,8 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     peak = np.zeros((T, 2), np.int64)
     index = np.zeros(T, np.int64)
     steps = np.array([r.steps for r in rows], np.int64)
-    fractions = np.array([r.fraction for r in rows], np.float64)
     batch_shapes = [np.asarray(im).shape for im in images]
-    for t, (b, fbox, box, py, px, half, c, g, e, sp, comp, _, _) in enumerate(rows):
+    for t, (b, fbox, box, py, px, half, c, g, e, sp, comp, _) in enumerate(rows):
         oy, ox = py - R, px - R
         origin[t] = oy, ox
         peak[t] = R, R
@@ -491,7 +487,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         image_index=index, steps=steps, image_shapes=shapes, origin=origin, peak=peak,
         contrast=torch.from_numpy(contrast), grad=torch.from_numpy(grad), entropy=torch.from_numpy(ent),
         inside=torch.from_numpy(inside), superpixel=torch.from_numpy(sup), strict=strict, ring=ring,
-        fraction=fractions, seconds={"window": t_window, "features": t_features, "superpixel": t_slic},
+        seconds={"window": t_window, "features": t_features, "superpixel": t_slic},
     )
 
 
