@@ -36,7 +36,7 @@ from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.cli import parse_settings
 from d2d_ext.data import IRDataset
-from d2d_ext.metrics import ISTDMetrics
+from d2d_ext.metrics import ISTDMetrics, match_targets
 from d2d_ext.synthetic import make_scene
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data"
@@ -101,13 +101,6 @@ def synthetic_sets(seeds) -> list:
     return out
 
 
-def false_alarm_pixels(pred: np.ndarray, gt: np.ndarray) -> int:
-    """Pixels of ``pred``'s components that match no target of ``gt`` (what Fa counts)."""
-    m = ISTDMetrics()
-    m.update(pred, gt)
-    return int(round(m.compute()["fa"] * pred.size / 1e6))
-
-
 def score(s: EvalSet, masks: list, seconds: float, worst: int = 3) -> Score:
     metrics = ISTDMetrics()
     tp = npred = ngt = 0
@@ -117,7 +110,7 @@ def score(s: EvalSet, masks: list, seconds: float, worst: int = 3) -> Score:
         tp += int((p & g).sum())
         npred += int(p.sum())
         ngt += int(g.sum())
-        fa.append((false_alarm_pixels(p, g), i))
+        fa.append((match_targets(p, g)[2], i))  # pixels of unmatched components, as Fa counts
     r = metrics.compute()
     fa.sort(key=lambda x: -x[0])
     return Score(r["iou"], r["niou"], r["pd"], r["fa"], 100 * tp / max(npred, 1), 100 * tp / max(ngt, 1),

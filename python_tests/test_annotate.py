@@ -19,7 +19,7 @@ from d2d_ext.annotate import (
     target_steps,
 )
 from d2d_ext.data import IRDataset
-from d2d_ext.metrics import ISTDMetrics
+from d2d_ext.metrics import ISTDMetrics, match_targets
 from d2d_ext.reference import diffuse_reference
 from d2d_ext.synthetic import make_scene, write_dataset
 
@@ -364,8 +364,6 @@ def test_real_datasets_have_no_catastrophic_mask(name, floor):
         for i, m in zip(chunk, masks):
             gt = ds.load_mask(i)
             metrics.update(m, gt)
-            one = ISTDMetrics()
-            one.update(m, gt)
-            worst = max(worst, one.compute()["fa"] * m.size / 1e6)
+            worst = max(worst, match_targets(m, gt)[2])  # the image's false-alarm pixels
     r = metrics.compute()
     assert r["iou"] >= floor and worst <= 600, (r, worst)
