@@ -84,10 +84,14 @@ def real_sets(data: Path, names=None) -> list:
         files = [f for f in ds.split_files() if f.name.endswith(f"_{ds.name}.txt")] or ds.split_files()
         order = {"train": 0, "val": 1, "test": 2}
         for f in sorted(files, key=lambda f: (order.get(f.name.split("_")[0], 3), f.name)):
-            ids = ds.ids(str(f))
-            out.append(EvalSet(f"{ds.name} {f.name.split('_')[0]}", ids, [ds.load_image(i) for i in ids],
-                               [ds.points(i, "centroid") for i in ids], [ds.load_mask(i) for i in ids]))
+            out.append(load_set(ds, f"{ds.name} {f.name.split('_')[0]}", ds.ids(str(f))))
     return out
+
+
+def load_set(ds: IRDataset, name: str, ids: list) -> EvalSet:
+    """Images ``ids`` of ``ds`` with their LESPS centroid points and masks, loaded once."""
+    return EvalSet(name, ids, [ds.load_image(i) for i in ids], [ds.points(i, "centroid") for i in ids],
+                   [ds.load_mask(i) for i in ids])
 
 
 def synthetic_sets(seeds) -> list:

@@ -22,13 +22,13 @@ import torch
 
 from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
 
+from annotation_datasets import load_set, run, score  # the scoring loop of every dataset benchmark
+
 from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.calibrate import calibrate
 from d2d_ext.data import IRDataset
-from d2d_ext.metrics import ISTDMetrics
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data"
-CHUNK = 16
 
 
 def held_out(ds: IRDataset, split: str, drawn: list) -> tuple:
@@ -38,18 +38,6 @@ def held_out(ds: IRDataset, split: str, drawn: list) -> tuple:
         return "test", ds.ids("test")
     used = set(drawn)
     return f"{split} minus the {len(drawn)} drawn", [i for i in ds.ids(split) if i not in used]
-
-
-def score(ds: IRDataset, ids: list, settings: dict) -> dict:
-    """IoU, nIoU, Pd, Fa of the annotator with ``settings`` on ``ids`` (centroid points)."""
-    ann = Annotator(config_from_dict(settings))
-    metrics = ISTDMetrics()
-    for s in range(0, len(ids), CHUNK):
-        chunk = ids[s:s + CHUNK]
-        masks = ann.annotate([ds.load_image(i) for i in chunk], [ds.points(i, "centroid") for i in chunk])
-        for i, m in zip(chunk, masks):
-            metrics.update(m, ds.load_mask(i))
-    return metrics.compute()
 
 
 def main(argv=None) -> int:
@@ -77,12 +65,13 @@ def main(argv=None) -> int:
         changed = {k: v for k, v in fit["settings"].items() if v != getattr(config_from_dict({}), k)}
         notes.append(f"- {ds.name}: fitted {fit['settings']} on {fit['masks']} masks ({fit['targets']} targets) "
                      f"in {seconds:.1f} s; their IoU {fit['iou_before']:.2f} -> {fit['iou_after']:.2f}")
+        held = load_set(ds, name, ids)
         for label, settings in (("default", {}), ("calibrated", fit["settings"])):
-            r = score(ds, ids, settings)
+            r = score(held, *run(Annotator(config_from_dict(settings)).annotate, held))
             shown = ", ".join(f"{k}={v}" for k, v in changed.items()) or "(defaults kept)"
-            rows.append([ds.name, f"{name} ({len(ids)} images, {r['targets']} targets)", label,
+            rows.append([ds.name, f"{name} ({len(ids)} images, {held.targets} targets)", label,
                          "" if label == "default" else shown,
-                         f"{r['iou']:.2f}", f"{r['niou']:.2f}", f"{r['pd']:.2f}", f"{r['fa']:.2f}"])
+                         f"{r.iou:.2f}", f"{r.niou:.2f}", f"{r.pd:.2f}", f"{r.fa:.2f}"])
     header = ["dataset", "scored on (held out)", "annotator", "settings changed", "IoU", "nIoU", "Pd", "Fa (1e-6)"]
     title = (f"calibration on {args.masks} masks of {args.split} (seed {args.seed}), scored on held-out images; "
              f"command: `{command_line()}`\n\n" + "\n".join(notes))
