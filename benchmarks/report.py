@@ -2,8 +2,9 @@
 
     python benchmarks/report.py [--out FILE.md] [--json FILE.json] [-k EXPR]
 
-Each benchmark group holds our op and its plain-torch reference, measured in the same process
-one after the other; the table gives both medians and the ratio reference / ours. On a GPU the
+Each benchmark group holds our op, its plain-torch reference and that reference under
+torch.compile, measured in the same process one after the other; the table gives the medians and
+the ratios reference / ours and compiled / ours, and the compiled function's first call apart. On a GPU the
 rows of our ops also give the share of the device's binding bandwidth that the median implies
 (shared memory for the diffusion forward, DRAM for soft-IoU; the model is in gpu_limits.py).
 """
@@ -57,24 +58,32 @@ def run_benchmarks(json_path, select):
     return subprocess.call(cmd, cwd=HERE)
 
 
+def impl_of(bench) -> str:
+    """``"d2d"``, ``"torch-reference"`` or ``"torch-compile"``: the benchmark's ``impl`` parameter."""
+    impl = bench.get("params", {}).get("impl")
+    if impl is None:  # the id's first field: test_x[torch-compile-case-cpu]
+        ident = bench["name"].split("[", 1)[1]
+        impl = next((name for name in ("torch-reference", "torch-compile") if ident.startswith(name)), "d2d")
+    return impl
+
+
 def table(data, peaks=None):
     """The markdown table of pytest-benchmark's JSON ``data``; with ``peaks``
-    (:func:`gpu_limits.peak_bandwidths`), GPU rows also give the share of the binding bandwidth."""
+    (:func:`gpu_limits.peak_bandwidths`), GPU rows also give the share of the binding bandwidth.
+    The torch.compile columns give its median and, apart, its first call (where it compiles)."""
     groups = {}
     for b in data["benchmarks"]:
-        impl = b["name"].split("[", 1)[1].split("-", 1)[0]
-        impl = "d2d" if impl == "d2d" else "reference"
-        groups.setdefault(b["group"], {})[impl] = b
+        groups.setdefault(b["group"], {})[impl_of(b)] = b
     lines = [
-        "| benchmark | d2d median | torch reference median | speed-up |",
-        "|---|---|---|---|",
+        "| benchmark | d2d median | torch reference median | speed-up | torch.compile median (first call) | speed-up vs compile |",
+        "|---|---|---|---|---|---|",
     ]
     for group in sorted(groups):
         row = groups[group]
-        if "d2d" not in row or "reference" not in row:
+        if "d2d" not in row or "torch-reference" not in row:
             continue
         ours = row["d2d"]["stats"]["median"]
-        ref = row["reference"]["stats"]["median"]
+        ref = row["torch-reference"]["stats"]["median"]
         extra = row["d2d"].get("extra_info", {})
         notes = []
         if "pixel_steps" in extra:
@@ -82,7 +91,14 @@ def table(data, peaks=None):
         if peaks and "traffic" in extra:
             notes.append(share_of_peak(extra["traffic"], ours, peaks))
         rate = f" ({'; '.join(notes)})" if notes else ""
-        lines.append(f"| {group} | {ours * 1e3:.2f} ms{rate} | {ref * 1e3:.2f} ms | {ref / ours:.1f}x |")
+        compiled = "not run | "
+        if "torch-compile" in row:
+            comp = row["torch-compile"]
+            median = comp["stats"]["median"]
+            first = comp.get("extra_info", {}).get("first_call_s")
+            first = f" ({first:.1f} s)" if first is not None else ""
+            compiled = f"{median * 1e3:.2f} ms{first} | {median / ours:.1f}x"
+        lines.append(f"| {group} | {ours * 1e3:.2f} ms{rate} | {ref * 1e3:.2f} ms | {ref / ours:.1f}x | {compiled} |")
     return "\n".join(lines)
 
 

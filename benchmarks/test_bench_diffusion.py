@@ -1,4 +1,5 @@
-"""d2d.diffuse against the plain-torch reference of the same formula, side by side.
+"""d2d.diffuse against the plain-torch reference of the same formula, eager and torch.compile'd,
+side by side.
 
 Run: pytest benchmarks --benchmark-only   (or python benchmarks/report.py for the ratio table)
 """
@@ -10,9 +11,12 @@ import d2d_ext
 from d2d_ext.reference import diffuse_reference
 
 from gpu_limits import diffuse_forward_traffic
-from cases import DIFFUSE_CASES, DIFFUSE_STEPS, DIFFUSE_TAU, devices, diffuse_inputs, sync
+from cases import (DIFFUSE_BACKWARD_CASES, DIFFUSE_CASES, DIFFUSE_STEPS, DIFFUSE_TAU, HEAVY_CASES, devices,
+                   diffuse_inputs, measure, sync)
+from compiled import compiled_diffuse
 
-IMPLS = {"d2d": d2d_ext.diffuse, "torch-reference": diffuse_reference}
+# impl -> a factory of the function (torch.compile's is built afresh for each benchmark)
+IMPLS = {"d2d": lambda: d2d_ext.diffuse, "torch-reference": lambda: diffuse_reference, "torch-compile": compiled_diffuse}
 
 
 @pytest.mark.parametrize("device", devices())
@@ -20,7 +24,7 @@ IMPLS = {"d2d": d2d_ext.diffuse, "torch-reference": diffuse_reference}
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_diffuse_forward(benchmark, impl, case, device):
     u0, rates = diffuse_inputs(case, device)
-    fn = IMPLS[impl]
+    fn = IMPLS[impl]()
     benchmark.group = f"diffuse forward, {case}, {DIFFUSE_STEPS} steps, {device}"
     benchmark.extra_info["pixel_steps"] = u0.numel() * DIFFUSE_STEPS
     if device == "cuda" and impl == "d2d":  # the GPU limit it is held against (report.py)
@@ -31,19 +35,19 @@ def test_diffuse_forward(benchmark, impl, case, device):
         sync(device)
         return out
 
-    out = benchmark(run)
+    out = measure(benchmark, run, heavy=case in HEAVY_CASES and device == "cpu")
     assert torch.allclose(out.sum(), u0.sum(), rtol=1e-3)  # mass is conserved
 
 
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("case", list(DIFFUSE_CASES))
+@pytest.mark.parametrize("case", DIFFUSE_BACKWARD_CASES)
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_diffuse_forward_backward(benchmark, impl, case, device):
     u0, rates = diffuse_inputs(case, device)
     u0.requires_grad_(True)
     rates.requires_grad_(True)
     weight = torch.rand_like(u0)
-    fn = IMPLS[impl]
+    fn = IMPLS[impl]()
     benchmark.group = f"diffuse forward+backward, {case}, {DIFFUSE_STEPS} steps, {device}"
     benchmark.extra_info["pixel_steps"] = u0.numel() * DIFFUSE_STEPS
 
@@ -53,5 +57,5 @@ def test_diffuse_forward_backward(benchmark, impl, case, device):
         sync(device)
         return grads
 
-    grad_u0, grad_rates = benchmark(run)
+    grad_u0, grad_rates = measure(benchmark, run, heavy=case in HEAVY_CASES and device == "cpu")
     assert grad_u0.shape == u0.shape and grad_rates.shape == rates.shape

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 4's CPU comparison at an equal CPU budget: the small U-Net on SIRST-v1 (train split,
+# The training modes compared at an equal CPU budget: the small U-Net on SIRST-v1 (train split,
 # validation taken from it), bilevel for EPOCHS epochs and every plain mode for PLAIN_EPOCHS
 # (default 2.7 x EPOCHS: a bi-level epoch costs about 2.7 plain ones), two runs at a time on one
 # thread each; then each best checkpoint tested on the test split. Usage:

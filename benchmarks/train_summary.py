@@ -1,4 +1,4 @@
-"""Summarise issue 4's equal-budget comparison over seeds (markdown, from train_modes.sh's output).
+"""Summarise the equal-budget training comparison over seeds (markdown, from train_modes.sh's output).
 
     python benchmarks/train_summary.py RUNS/test_results.txt [MORE/test_results.txt ...]
 

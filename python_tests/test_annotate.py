@@ -312,7 +312,7 @@ def test_ground_truth_is_never_read(tmp_path):
 @needs_sirst
 @pytest.mark.slow
 def test_sirst_v1_goal_with_human_points():
-    """All 427 SIRST-v1 images, human points: IoU >= 75 and Pd >= 97 (the issue's goal)."""
+    """All 427 SIRST-v1 images, human points: IoU >= 75 and Pd >= 97 (the quality goal)."""
     ds = IRDataset(SIRST)
     ids = ds.ids("all")
     ann = Annotator()

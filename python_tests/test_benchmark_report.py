@@ -41,13 +41,15 @@ def test_table_gives_speed_up_rate_and_the_gpu_share():
         bench("test_diffuse_forward[torch-reference-case-cuda]", "diffuse forward, cuda", 0.2, pixel_steps=steps),
         bench("test_diffuse_forward[d2d-case-cpu]", "diffuse forward, cpu", 0.5, pixel_steps=steps),
         bench("test_diffuse_forward[torch-reference-case-cpu]", "diffuse forward, cpu", 5.0, pixel_steps=steps),
+        bench("test_diffuse_forward[torch-compile-case-cpu]", "diffuse forward, cpu", 1.5, first_call_s=12.34),
         bench("test_soft_iou[d2d-cpu]", "soft-IoU, cpu, ours only", 1.0),  # no reference: left out
     ]}
     text = report.table(data, peaks)
     share = 44e9 / 0.004 / peaks["smem"]  # 11 TB/s of 33.5
     assert (f"| diffuse forward, cuda | 4.00 ms (250.00 G pixel-steps/s; {100 * share:.0f}% of shared-memory "
-            f"bandwidth in useful pixel-steps (11.0 of 33.5 TB/s)) | 200.00 ms | 50.0x |") in text
-    assert "| diffuse forward, cpu | 500.00 ms (2.00 G pixel-steps/s) | 5000.00 ms | 10.0x |" in text
+            f"bandwidth in useful pixel-steps (11.0 of 33.5 TB/s)) | 200.00 ms | 50.0x | not run |  |") in text
+    assert ("| diffuse forward, cpu | 500.00 ms (2.00 G pixel-steps/s) | 5000.00 ms | 10.0x "
+            "| 1500.00 ms (12.3 s) | 3.0x |") in text
     assert "ours only" not in text
     # without a GPU (peaks None) the rows carry no share
     assert "shared-memory" not in report.table(data, None)

@@ -18,7 +18,7 @@ from conftest import (
     symmetric_rates,
     vjp_reference,
 )
-from d2d_ext.reference import boundary_mask, diffuse_reference
+from d2d_ext.reference import boundary_mask, diffuse_reference, diffuse_step, diffuse_step_padded, diffuse_step_rates
 
 OPS = torch.ops.d2d
 TAU = 0.5
@@ -95,6 +95,18 @@ def test_forward_matches_reference_float32(size, steps):
     # Reference in float64 on the same (float32) inputs: the difference is the op's rounding.
     ref = diffuse_reference(u0.double(), rates.double(), TAU, steps)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(2, 9, 7), (1, 1, 5), (1, 6, 1)], ids=lambda s: "x".join(map(str, s)))
+def test_padded_step_is_the_reference_step(size):
+    """The step the benchmarks hand to torch.compile is the reference's step, written with pads."""
+    u0, rates = random_problem(*size, dtype=torch.float64, tau=TAU, generator=make_generator(5))
+    r, out_rate = diffuse_step_rates(u0, rates)
+    u = u0
+    for _ in range(3):
+        want = diffuse_step(u, r, out_rate, TAU)
+        torch.testing.assert_close(diffuse_step_padded(u, r, out_rate, TAU), want, rtol=1e-15, atol=1e-16)
+        u = want
 
 
 @pytest.mark.parametrize("vertical", [False, True])

@@ -1,4 +1,4 @@
-"""benchmarks/train_summary.py: the seed summary of issue 4's comparison."""
+"""benchmarks/train_summary.py: the seed summary of the equal-budget training comparison."""
 
 import importlib.util
 import json
