@@ -1,4 +1,4 @@
-// Op schemas of the d2d namespace and the Python module stub that loads them.
+// The d2d op library (schemas in schemas.h) and the Python module stub that loads it.
 // Backends register their kernels in cpu/*.cpp and cuda/*.cu with TORCH_LIBRARY_IMPL.
 #include <Python.h>
 #include <ATen/core/Tensor.h>
@@ -7,22 +7,9 @@
 
 #include <tuple>
 
-TORCH_LIBRARY(d2d, m) {
-  m.def("diffuse(Tensor u0, Tensor rates, float tau, int steps) -> Tensor");
-  m.def(
-      "diffuse_backward(Tensor grad_out, Tensor u0, Tensor rates, float tau, int steps) "
-      "-> (Tensor, Tensor)");
-  // soft_iou is soft_iou_forward's loss (CompositeImplicitAutograd below): the forward also
-  // returns the per-sample sums, so the backward is one elementwise pass over the logits (it
-  // recomputes the sigmoid instead of keeping a tensor of probabilities alive).
-  m.def("soft_iou(Tensor logits, Tensor target, float smooth) -> Tensor");
-  m.def(
-      "soft_iou_forward(Tensor logits, Tensor target, float smooth) "
-      "-> (Tensor loss, Tensor sums)");
-  m.def(
-      "soft_iou_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor sums, float smooth, "
-      "bool[2] output_mask) -> (Tensor, Tensor)");
-}
+#include "schemas.h"
+
+TORCH_LIBRARY(d2d, m) { d2d::define_schemas(m); }
 
 TORCH_LIBRARY_IMPL(d2d, CompositeImplicitAutograd, m) {
   m.impl("soft_iou", [](const at::Tensor& logits, const at::Tensor& target, double smooth) {

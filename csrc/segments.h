@@ -19,8 +19,12 @@ struct SegmentPlan {
 
 // Per-thread budget of the CPU path for keeping every state of a sample.
 constexpr int64_t kCpuStateBudgetBytes = int64_t(64) << 20;
-// Budget of the CUDA path for keeping every state of the whole batch.
-constexpr int64_t kCudaStateBudgetBytes = int64_t(256) << 20;
+// Budget of the CUDA path for keeping every state of the whole batch (the CUDA emulator lowers it,
+// so that small problems take the checkpointed path).
+#ifndef D2D_CUDA_STATE_BUDGET_BYTES
+#define D2D_CUDA_STATE_BUDGET_BYTES (int64_t(256) << 20)
+#endif
+constexpr int64_t kCudaStateBudgetBytes = D2D_CUDA_STATE_BUDGET_BYTES;
 
 inline SegmentPlan plan_segments(int64_t steps, int64_t bytes_per_state, int64_t budget_bytes) {
   if (steps <= 1 || steps <= budget_bytes / (bytes_per_state > 0 ? bytes_per_state : 1)) {

@@ -37,14 +37,12 @@ def diffuse(u0: torch.Tensor, rates: torch.Tensor, tau: float, steps: int) -> to
     return torch.ops.d2d.diffuse.default(u0, rates, float(tau), steps)
 
 
-@torch.library.register_fake("d2d::diffuse")
 def _diffuse_fake(u0, rates, tau, steps):
     torch._check(u0.dim() == 3, lambda: f"d2d.diffuse: u0 must have shape (N, H, W), got {tuple(u0.shape)}")
     torch._check(rates.dim() == 4, lambda: f"d2d.diffuse: rates must have shape (N, 4, H, W), got {tuple(rates.shape)}")
     return u0.new_empty(u0.shape)
 
 
-@torch.library.register_fake("d2d::diffuse_backward")
 def _diffuse_backward_fake(grad_out, u0, rates, tau, steps):
     return u0.new_empty(u0.shape), rates.new_empty(rates.shape)
 
@@ -56,17 +54,24 @@ def _diffuse_setup_context(ctx, inputs, output):
     ctx.steps = steps
 
 
-def _diffuse_backward(ctx, grad):
-    u0, rates = ctx.saved_tensors
-    grad_u0, grad_rates = torch.ops.d2d.diffuse_backward.default(grad, u0, rates, ctx.tau, ctx.steps)
-    return (
-        grad_u0 if ctx.needs_input_grad[0] else None,
-        grad_rates if ctx.needs_input_grad[1] else None,
-        None,
-        None,
-    )
+def register_python_parts(namespace: str) -> None:
+    """Fake kernels and autograd of ``<namespace>::diffuse`` and its backward: the library's own
+    ops (``d2d``, at import) and the tests' build of the CUDA kernels under the emulator."""
+    backward_op = getattr(torch.ops, namespace).diffuse_backward.default
+
+    def backward(ctx, grad):
+        u0, rates = ctx.saved_tensors
+        grad_u0, grad_rates = backward_op(grad, u0, rates, ctx.tau, ctx.steps)
+        return (
+            grad_u0 if ctx.needs_input_grad[0] else None,
+            grad_rates if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+        )
+
+    torch.library.register_fake(f"{namespace}::diffuse")(_diffuse_fake)
+    torch.library.register_fake(f"{namespace}::diffuse_backward")(_diffuse_backward_fake)
+    torch.library.register_autograd(f"{namespace}::diffuse", backward, setup_context=_diffuse_setup_context)
 
 
-torch.library.register_autograd(
-    "d2d::diffuse", _diffuse_backward, setup_context=_diffuse_setup_context
-)
+register_python_parts("d2d")

@@ -66,14 +66,12 @@ def weighted_soft_iou(
 # sum t) for the one-pass backward.
 
 
-@torch.library.register_fake("d2d::soft_iou_forward")
 def _soft_iou_forward_fake(logits, target, smooth):
     torch._check(logits.dim() >= 1, lambda: "d2d.soft_iou: logits must have shape (N, ...)")
     n = logits.shape[0]
     return logits.new_empty((n,)), logits.new_empty((n, 3), dtype=torch.float64)
 
 
-@torch.library.register_fake("d2d::soft_iou_backward")
 def _soft_iou_backward_fake(grad_loss, logits, target, sums, smooth, output_mask):
     # Gradients not asked for come back as empty (0,) tensors.
     return (
@@ -91,21 +89,28 @@ def _soft_iou_setup_context(ctx, inputs, output):
     ctx.smooth = smooth
 
 
-def _soft_iou_backward(ctx, grad, _grad_sums):
-    if grad is None:  # only the sums were used
-        return None, None, None
-    logits, target, sums = ctx.saved_tensors
-    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-    grad_logits, grad_target = torch.ops.d2d.soft_iou_backward.default(
-        grad, logits, target, sums, ctx.smooth, mask
-    )
-    return (
-        grad_logits if ctx.needs_input_grad[0] else None,
-        grad_target if ctx.needs_input_grad[1] else None,
-        None,
-    )
+def register_python_parts(namespace: str) -> None:
+    """Fake kernels and autograd of ``<namespace>::soft_iou_forward`` and its backward: the
+    library's own ops (``d2d``, at import) and the tests' build of the CUDA kernels under the
+    emulator."""
+    backward_op = getattr(torch.ops, namespace).soft_iou_backward.default
+
+    def backward(ctx, grad, _grad_sums):
+        if grad is None:  # only the sums were used
+            return None, None, None
+        logits, target, sums = ctx.saved_tensors
+        mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+        grad_logits, grad_target = backward_op(grad, logits, target, sums, ctx.smooth, mask)
+        return (
+            grad_logits if ctx.needs_input_grad[0] else None,
+            grad_target if ctx.needs_input_grad[1] else None,
+            None,
+        )
+
+    torch.library.register_fake(f"{namespace}::soft_iou_forward")(_soft_iou_forward_fake)
+    torch.library.register_fake(f"{namespace}::soft_iou_backward")(_soft_iou_backward_fake)
+    torch.library.register_autograd(f"{namespace}::soft_iou_forward", backward, setup_context=_soft_iou_setup_context)
 
 
-torch.library.register_autograd(
-    "d2d::soft_iou_forward", _soft_iou_backward, setup_context=_soft_iou_setup_context
-)
+register_python_parts("d2d")
+

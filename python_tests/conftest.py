@@ -84,6 +84,14 @@ def soft_iou_backward(grad_loss, logits, target, smooth, mask=(True, True)):
     return torch.ops.d2d.soft_iou_backward.default(grad_loss, logits, target, sums, float(smooth), list(mask))
 
 
+def soft_iou_problem(shape, dtype, seed=0):
+    """Logits (about N(0, 9)) and soft targets in [0, 1) of ``shape``, drawn in float64."""
+    g = make_generator(seed)
+    logits = (torch.randn(shape, dtype=torch.float64, generator=g) * 3).to(dtype)
+    target = torch.rand(shape, dtype=torch.float64, generator=g).to(dtype)
+    return logits, target
+
+
 def assert_close_rel(actual, expected, rtol, msg=""):
     """``max|actual - expected| <= rtol * max|expected|`` (a norm-wise relative check, for results
     whose entries span many orders of magnitude)."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import d2d_ext
-from conftest import assert_close_rel, make_generator, random_problem, requires_cuda, soft_iou_backward
+from conftest import assert_close_rel, make_generator, random_problem, requires_cuda, soft_iou_backward, soft_iou_problem
 
 OPS = torch.ops.d2d
 OP_NAMES = ["diffuse", "diffuse_backward", "soft_iou_forward", "soft_iou_backward"]
@@ -247,13 +247,6 @@ def test_diffuse_device_mismatch():
 # --------------------------------------------------------------------------------------------
 
 SOFT_IOU_SHAPES = [(4, 1, 9, 7), (3, 5), (2, 1, 1, 1), (2, 0), (0, 3, 4), (2, 3, 50, 60), (1, 300001), (70000, 3)]
-
-
-def soft_iou_problem(shape, dtype, seed=0):
-    g = make_generator(seed)
-    logits = (torch.randn(shape, dtype=torch.float64, generator=g) * 3).to(dtype)
-    target = torch.rand(shape, dtype=torch.float64, generator=g).to(dtype)
-    return logits, target
 
 
 @requires_cuda

@@ -23,6 +23,7 @@
 #include "../checks.h"
 #include "../kernels/diffusion_math.h"
 #include "../segments.h"
+#include "launch.h"
 
 namespace d2d {
 namespace {
@@ -31,7 +32,7 @@ constexpr int kBX = 32, kBY = 16;        // threads per block: 512, as a 32 x 16
 constexpr int kMaxRegion = 64;           // largest tile side (including the halo)
 constexpr int kPY = kMaxRegion / kBY;    // rows per thread at most
 constexpr int kPX = kMaxRegion / kBX;    // columns per thread at most
-constexpr int64_t kMaxGridZ = 65535;     // samples per launch (grid.z limit)
+constexpr int64_t kMaxGridZ = D2D_GRID_YZ_LIMIT;  // samples per launch (grid.z limit)
 
 // Launch geometry: tiles of tile_h x tile_w interior pixels, loaded with a halo of halo_y/halo_x.
 struct Geom {
@@ -153,7 +154,7 @@ __global__ void __launch_bounds__(kBX* kBY)
                            T* __restrict__ u_out, T* __restrict__ states, int64_t every,
                            int64_t k0, int64_t limit, int nsteps, int64_t n0, int64_t N, T tau,
                            Geom g) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];  // used as T*, T up to double
+  D2D_DYNAMIC_SMEM(smem_raw);  // used as T*, T up to double
   Tile<T> t(g, reinterpret_cast<T*>(smem_raw));
   const int64_t n = n0 + blockIdx.z;
   const int64_t HW = int64_t(g.H) * g.W;
@@ -221,7 +222,7 @@ __global__ void __launch_bounds__(kBX* kBY)
                            const T* __restrict__ states, T* __restrict__ g_out,
                            T* __restrict__ grad_rates, int nsteps, int64_t n0, int64_t N, T tau,
                            Geom g) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];  // used as T*, T up to double
+  D2D_DYNAMIC_SMEM(smem_raw);  // used as T*, T up to double
   Tile<T> t(g, reinterpret_cast<T*>(smem_raw));
   const int64_t n = n0 + blockIdx.z;
   const int64_t HW = int64_t(g.H) * g.W;
@@ -346,8 +347,8 @@ struct Launcher {
     for (int64_t n0 = 0; n0 < N; n0 += kMaxGridZ) {
       const dim3 grid(static_cast<unsigned>(g.tiles_x * g.tiles_y), 1,
                       static_cast<unsigned>(std::min(kMaxGridZ, N - n0)));
-      diffuse_forward_kernel<T><<<grid, dim3(kBX, kBY), smem, stream>>>(
-          u_in, rates, u_out, states, every, k0, limit, nsteps, n0, N, tau, g);
+      D2D_LAUNCH(diffuse_forward_kernel<T>, grid, dim3(kBX, kBY), smem, stream,
+                 u_in, rates, u_out, states, every, k0, limit, nsteps, n0, N, tau, g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
@@ -356,8 +357,8 @@ struct Launcher {
     for (int64_t n0 = 0; n0 < N; n0 += kMaxGridZ) {
       const dim3 grid(static_cast<unsigned>(g.tiles_x * g.tiles_y), 1,
                       static_cast<unsigned>(std::min(kMaxGridZ, N - n0)));
-      diffuse_adjoint_kernel<T><<<grid, dim3(kBX, kBY), smem, stream>>>(
-          g_in, rates, states, g_out, grad_rates, nsteps, n0, N, tau, g);
+      D2D_LAUNCH(diffuse_adjoint_kernel<T>, grid, dim3(kBX, kBY), smem, stream,
+                 g_in, rates, states, g_out, grad_rates, nsteps, n0, N, tau, g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }

@@ -21,12 +21,13 @@
 
 #include "../checks.h"
 #include "../kernels/soft_iou_math.h"
+#include "launch.h"
 
 namespace d2d {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxGridY = 65535;
+constexpr int64_t kMaxGridY = D2D_GRID_YZ_LIMIT;
 
 __device__ double warp_sum(double v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
@@ -150,15 +151,15 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::Tensor& logit
     if (M > 0) {
       for (int64_t n0 = 0; n0 < N; n0 += kMaxGridY) {
         const dim3 grid(bx, static_cast<unsigned>(std::min(kMaxGridY, N - n0)));
-        soft_iou_partial_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-            logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), M, n0,
-            partial.data_ptr<double>());
+        D2D_LAUNCH(soft_iou_partial_kernel<scalar_t>, grid, kThreads, 0, stream,
+                   logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), M, n0,
+                   partial.data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
-    soft_iou_loss_kernel<scalar_t><<<(N + 255) / 256, 256, 0, stream>>>(
-        partial.data_ptr<double>(), bx, N, smooth, sums.data_ptr<double>(),
-        loss.data_ptr<scalar_t>());
+    D2D_LAUNCH(soft_iou_loss_kernel<scalar_t>, (N + 255) / 256, 256, 0, stream,
+               partial.data_ptr<double>(), bx, N, smooth, sums.data_ptr<double>(),
+               loss.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss, sums};
@@ -187,12 +188,12 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cuda(const at::Tensor& grad
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_backward_cuda", [&] {
     using T = scalar_t;
     at::Tensor d = at::empty({N, 2}, logits.options());
-    soft_iou_dsums_kernel<T><<<(N + 255) / 256, 256, 0, stream>>>(
-        sums.data_ptr<double>(), grad.data_ptr<T>(), N, smooth, d.data_ptr<T>());
+    D2D_LAUNCH(soft_iou_dsums_kernel<T>, (N + 255) / 256, 256, 0, stream,
+               sums.data_ptr<double>(), grad.data_ptr<T>(), N, smooth, d.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    soft_iou_grad_kernel<T><<<num_blocks(N * M), kThreads, 0, stream>>>(
-        logits.data_ptr<T>(), target.data_ptr<T>(), d.data_ptr<T>(), M, N * M,
-        need_x ? grad_logits.data_ptr<T>() : nullptr, need_t ? grad_target.data_ptr<T>() : nullptr);
+    D2D_LAUNCH(soft_iou_grad_kernel<T>, num_blocks(N * M), kThreads, 0, stream,
+               logits.data_ptr<T>(), target.data_ptr<T>(), d.data_ptr<T>(), M, N * M,
+               need_x ? grad_logits.data_ptr<T>() : nullptr, need_t ? grad_target.data_ptr<T>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_logits, grad_target};

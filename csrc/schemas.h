@@ -1,0 +1,26 @@
+// The op schemas, declared once: the d2d library (d2d.cpp) and the CUDA emulator's test library
+// (csrc/emu/) define the same ops, each in its own namespace.
+#pragma once
+
+#include <torch/library.h>
+
+namespace d2d {
+
+inline void define_schemas(torch::Library& m) {
+  m.def("diffuse(Tensor u0, Tensor rates, float tau, int steps) -> Tensor");
+  m.def(
+      "diffuse_backward(Tensor grad_out, Tensor u0, Tensor rates, float tau, int steps) "
+      "-> (Tensor, Tensor)");
+  // soft_iou is soft_iou_forward's loss (CompositeImplicitAutograd, d2d.cpp): the forward also
+  // returns the per-sample sums, so the backward is one elementwise pass over the logits (it
+  // recomputes the sigmoid instead of keeping a tensor of probabilities alive).
+  m.def("soft_iou(Tensor logits, Tensor target, float smooth) -> Tensor");
+  m.def(
+      "soft_iou_forward(Tensor logits, Tensor target, float smooth) "
+      "-> (Tensor loss, Tensor sums)");
+  m.def(
+      "soft_iou_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor sums, float smooth, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
+}
+
+}  // namespace d2d
