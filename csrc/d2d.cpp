@@ -16,8 +16,8 @@ TORCH_LIBRARY_IMPL(d2d, CompositeImplicitAutograd, m) {
     static const auto forward = c10::Dispatcher::singleton()
                                     .findSchemaOrThrow("d2d::soft_iou_forward", "")
                                     .typed<std::tuple<at::Tensor, at::Tensor>(
-                                        const at::Tensor&, const at::Tensor&, double)>();
-    return std::get<0>(forward.call(logits, target, smooth));
+                                        const at::Tensor&, const at::Tensor&, double, bool)>();
+    return std::get<0>(forward.call(logits, target, smooth, true));
   });
 }
 

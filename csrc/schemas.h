@@ -15,12 +15,13 @@ inline void define_schemas(torch::Library& m) {
   // returns the per-sample sums, so the backward is one elementwise pass over the logits (it
   // recomputes the sigmoid instead of keeping a tensor of probabilities alive).
   m.def("soft_iou(Tensor logits, Tensor target, float smooth) -> Tensor");
+  // from_logits=False: the input is the probability itself (models that end in a sigmoid).
   m.def(
-      "soft_iou_forward(Tensor logits, Tensor target, float smooth) "
+      "soft_iou_forward(Tensor logits, Tensor target, float smooth, bool from_logits=True) "
       "-> (Tensor loss, Tensor sums)");
   m.def(
       "soft_iou_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor sums, float smooth, "
-      "bool[2] output_mask) -> (Tensor, Tensor)");
+      "bool[2] output_mask, bool from_logits=True) -> (Tensor, Tensor)");
 }
 
 }  // namespace d2d

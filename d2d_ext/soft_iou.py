@@ -4,7 +4,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-__all__ = ["soft_iou", "weighted_soft_iou"]
+__all__ = ["soft_iou", "soft_iou_loss", "weighted_soft_iou", "REDUCTIONS"]
 
 
 def soft_iou(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -27,6 +27,68 @@ def soft_iou(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) ->
     return torch.ops.d2d.soft_iou.default(logits, target, float(smooth))
 
 
+REDUCTIONS = ("mean", "sum", "none", "pooled")
+
+
+def soft_iou_loss(
+    pred: Union[torch.Tensor, Sequence[torch.Tensor]],
+    target: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
+    from_logits: bool = True,
+    smooth: float = 1.0,
+) -> torch.Tensor:
+    """Soft-IoU loss in the conventions of ISTD training code (the functional form of
+    :class:`d2d_ext.nn.SoftIoULoss`).
+
+    Args:
+        pred: ``(N, ...)`` logits (``from_logits=True``: the sigmoid is fused) or probabilities in
+            [0, 1] (``from_logits=False``: models that end in a sigmoid), or a list/tuple of them
+            (deep supervision: each has the target's shape; the result is the mean over outputs).
+        target: ``(N, ...)`` label in [0, 1] (differentiable).
+        weight: ``(N,)`` per-sample weights (differentiable) multiplying each sample's loss, or
+            ``None``; not with ``"pooled"``, which has no per-sample losses.
+        reduction: ``"mean"`` of the per-sample losses, their ``"sum"``, ``"none"`` (the
+            ``(N,)`` losses), or ``"pooled"``: one IoU of the whole batch, its sums taken over
+            every sample together.
+        smooth: additive smoothing (>= 0) of numerator and denominator.
+
+    Returns:
+        A 0-d tensor, or ``(N,)`` for ``"none"``.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"d2d.soft_iou_loss: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    outputs = list(pred) if isinstance(pred, (list, tuple)) else [pred]
+    if not outputs:
+        raise ValueError("d2d.soft_iou_loss: pred is an empty list")
+    if weight is not None:
+        if reduction == "pooled":
+            raise ValueError("d2d.soft_iou_loss: weight needs per-sample losses; reduction='pooled' has one loss per batch")
+        if weight.dim() != 1 or weight.shape[0] != target.shape[0]:
+            raise ValueError(
+                f"d2d.soft_iou_loss: weight must have shape ({target.shape[0]},), got {tuple(weight.shape)}"
+            )
+    forward = torch.ops.d2d.soft_iou_forward.default
+    total = None
+    for out in outputs:
+        if reduction == "pooled":  # the batch as one sample
+            if out.shape != target.shape:
+                raise ValueError(
+                    f"d2d.soft_iou_loss: pred and target must have the same shape, got {tuple(out.shape)} and {tuple(target.shape)}"
+                )
+            term = forward(out.reshape(1, -1), target.reshape(1, -1), float(smooth), bool(from_logits))[0][0]
+        else:
+            term = forward(out, target, float(smooth), bool(from_logits))[0]
+            if weight is not None:
+                term = term * weight
+            if reduction == "mean":
+                term = term.mean()
+            elif reduction == "sum":
+                term = term.sum()
+        total = term if total is None else total + term
+    return total / len(outputs)
+
+
 def weighted_soft_iou(
     logits: Union[torch.Tensor, Sequence[torch.Tensor]],
     target: torch.Tensor,
@@ -43,22 +105,9 @@ def weighted_soft_iou(
         smooth: as in :func:`soft_iou`.
 
     Returns:
-        A 0-d tensor.
+        A 0-d tensor (:func:`soft_iou_loss` with ``reduction="mean"``, from logits).
     """
-    outputs = list(logits) if isinstance(logits, (list, tuple)) else [logits]
-    if not outputs:
-        raise ValueError("d2d.weighted_soft_iou: logits is an empty list")
-    if weight is not None and (weight.dim() != 1 or weight.shape[0] != target.shape[0]):
-        raise ValueError(
-            f"d2d.weighted_soft_iou: weight must have shape ({target.shape[0]},), "
-            f"got {tuple(weight.shape)}"
-        )
-    total = None
-    for out in outputs:
-        loss = soft_iou(out, target, smooth)
-        term = (loss * weight).mean() if weight is not None else loss.mean()
-        total = term if total is None else total + term
-    return total / len(outputs)
+    return soft_iou_loss(logits, target, weight, "mean", True, smooth)
 
 
 # d2d::soft_iou itself is CompositeImplicitAutograd (csrc/d2d.cpp): the loss output of
@@ -66,13 +115,13 @@ def weighted_soft_iou(
 # sum t) for the one-pass backward.
 
 
-def _soft_iou_forward_fake(logits, target, smooth):
+def _soft_iou_forward_fake(logits, target, smooth, from_logits=True):
     torch._check(logits.dim() >= 1, lambda: "d2d.soft_iou: logits must have shape (N, ...)")
     n = logits.shape[0]
     return logits.new_empty((n,)), logits.new_empty((n, 3), dtype=torch.float64)
 
 
-def _soft_iou_backward_fake(grad_loss, logits, target, sums, smooth, output_mask):
+def _soft_iou_backward_fake(grad_loss, logits, target, sums, smooth, output_mask, from_logits=True):
     # Gradients not asked for come back as empty (0,) tensors.
     return (
         logits.new_empty(logits.shape if output_mask[0] else (0,)),
@@ -81,7 +130,8 @@ def _soft_iou_backward_fake(grad_loss, logits, target, sums, smooth, output_mask
 
 
 def _soft_iou_setup_context(ctx, inputs, output):
-    logits, target, smooth = inputs
+    logits, target, smooth, *rest = inputs  # from_logits is there when the caller passed it
+    ctx.from_logits = bool(rest[0]) if rest else True
     _, sums = output
     ctx.mark_non_differentiable(sums)
     ctx.set_materialize_grads(False)  # a grad for sums is never used: do not zero-fill one
@@ -97,13 +147,14 @@ def register_python_parts(namespace: str) -> None:
 
     def backward(ctx, grad, _grad_sums):
         if grad is None:  # only the sums were used
-            return None, None, None
+            return None, None, None, None
         logits, target, sums = ctx.saved_tensors
         mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        grad_logits, grad_target = backward_op(grad, logits, target, sums, ctx.smooth, mask)
+        grad_logits, grad_target = backward_op(grad, logits, target, sums, ctx.smooth, mask, ctx.from_logits)
         return (
             grad_logits if ctx.needs_input_grad[0] else None,
             grad_target if ctx.needs_input_grad[1] else None,
+            None,
             None,
         )
 

@@ -270,6 +270,25 @@ def test_soft_iou_cuda_vs_cpu(dtype, shape):
 
 @requires_cuda
 @cuda_kernels
+@pytest.mark.parametrize("shape", [(4, 1, 9, 7), (2, 3, 50, 60), (1, 300001)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_soft_iou_probabilities_cuda_vs_cpu(dtype, shape):
+    """from_logits=False: the input is the probability (models that end in a sigmoid)."""
+    x, t = soft_iou_problem(shape, dtype, seed=len(shape) + 10)
+    p = torch.sigmoid(x)
+    loss, sums = OPS.soft_iou_forward.default(p.cuda(), t.cuda(), 1.0, False)
+    ref_loss, ref_sums = OPS.soft_iou_forward.default(p, t, 1.0, False)
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss.cpu(), ref_loss, **tol)
+    go = torch.randn(shape[0], dtype=torch.float64, generator=make_generator(1)).to(dtype)
+    got = OPS.soft_iou_backward.default(go.cuda(), p.cuda(), t.cuda(), sums, 1.0, [True, True], False)
+    ref = OPS.soft_iou_backward.default(go, p, t, ref_sums, 1.0, [True, True], False)
+    for a, b in zip(got, ref):
+        assert_close_rel(a.cpu().double(), b.double(), 1e-11 if dtype == torch.float64 else 1e-4)
+
+
+@requires_cuda
+@cuda_kernels
 def test_soft_iou_cuda_is_deterministic():
     """Blocks write partial sums that one kernel adds in a fixed order (no atomics): repeated calls
     agree to the bit, also under torch.use_deterministic_algorithms."""

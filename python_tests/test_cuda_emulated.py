@@ -260,10 +260,13 @@ SOFT_IOU_SHAPES = [(4, 1, 9, 7), (3, 5), (2, 1, 1, 1), (2, 0), (0, 3, 4), (2, 3,
 
 @pytest.mark.parametrize("shape", SOFT_IOU_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_soft_iou_emulated_vs_cpu(emu, dtype, shape):
+@pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probabilities"])
+def test_soft_iou_emulated_vs_cpu(emu, from_logits, dtype, shape):
     x, t = soft_iou_problem(shape, dtype, seed=len(shape))
-    loss, sums = emu.soft_iou_forward(x, t, 1.0)
-    ref_loss, ref_sums = CPU.soft_iou_forward(x, t, 1.0)
+    if not from_logits:
+        x = torch.sigmoid(x)
+    loss, sums = emu.soft_iou_forward(x, t, 1.0, from_logits)
+    ref_loss, ref_sums = CPU.soft_iou_forward(x, t, 1.0, from_logits)
     assert loss.shape == (shape[0],)
     tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss, ref_loss, **tol)
@@ -271,8 +274,8 @@ def test_soft_iou_emulated_vs_cpu(emu, dtype, shape):
     torch.testing.assert_close(sums, ref_sums, **(dict(rtol=1e-12, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)))
     go = torch.randn(shape[0], dtype=torch.float64, generator=make_generator(1)).to(dtype)
     for mask in ([True, True], [True, False], [False, True]):
-        got = emu.soft_iou_backward(go, x, t, sums, 1.0, mask)
-        ref = soft_iou_backward(go, x, t, 1.0, mask)
+        got = emu.soft_iou_backward(go, x, t, sums, 1.0, mask, from_logits)
+        ref = CPU.soft_iou_backward(go, x, t, ref_sums, 1.0, mask, from_logits)
         for a, b in zip(got, ref):
             assert a.shape == b.shape
             assert_close_rel(a.double(), b.double(), 1e-11 if dtype == torch.float64 else 1e-4, str(mask))
@@ -327,8 +330,11 @@ def run_every_kernel(emu):
     go = torch.randn((2, 70, 90), dtype=torch.float64, generator=make_generator(12))
     x, t = soft_iou_problem((7, 1, 40, 50), torch.float32, seed=13)
     loss, sums = emu.soft_iou_forward(x, t, 1.0)
+    p = torch.sigmoid(x)
+    p_loss, p_sums = emu.soft_iou_forward(p, t, 1.0, False)
     return [emu.diffuse(u0, rates, 0.9, 20), *emu.diffuse_backward(go, u0, rates, 0.9, 20), loss, sums,
-            *emu.soft_iou_backward(torch.ones(7), x, t, sums, 1.0, [True, True])]
+            *emu.soft_iou_backward(torch.ones(7), x, t, sums, 1.0, [True, True]), p_loss, p_sums,
+            *emu.soft_iou_backward(torch.ones(7), p, t, p_sums, 1.0, [True, True], False)]
 
 
 def test_schedules_agree_bit_for_bit(emu):

@@ -336,14 +336,14 @@ def test_deep_supervision_is_mean_over_outputs(container):
 def test_weighted_bad_weight_shape(wshape):
     x, t = problem((3, 5), seed=23)
     w = torch.ones(wshape, dtype=torch.float64)
-    with pytest.raises(ValueError, match=re.escape(f"d2d.weighted_soft_iou: weight must have shape (3,), got {wshape}")):
+    with pytest.raises(ValueError, match=re.escape(f"d2d.soft_iou_loss: weight must have shape (3,), got {wshape}")):
         d2d_ext.weighted_soft_iou(x, t, w)
 
 
 @pytest.mark.parametrize("empty", [[], ()])
 def test_weighted_empty_list(empty):
     _, t = problem((3, 5), seed=24)
-    with pytest.raises(ValueError, match=re.escape("d2d.weighted_soft_iou: logits is an empty list")):
+    with pytest.raises(ValueError, match=re.escape("d2d.soft_iou_loss: pred is an empty list")):
         d2d_ext.weighted_soft_iou(empty, t)
 
 

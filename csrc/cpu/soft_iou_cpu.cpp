@@ -31,13 +31,13 @@ struct Sums {
 };
 
 // Sums of p*t, p and t over x[lo, hi), t[lo, hi).
-template <typename T>
+template <bool FromLogits, typename T>
 Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, int64_t hi) {
   T ai[kLanes] = {}, ap[kLanes] = {}, at[kLanes] = {};
   int64_t j = lo;
   for (; j + kLanes <= hi; j += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const T p = sigmoid(x[j + l]);
+      const T p = prediction<FromLogits>(x[j + l]);
       const T tv = t[j + l];
       ai[l] += p * tv;
       ap[l] += p;
@@ -46,7 +46,7 @@ Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, in
   }
   Sums s{0, 0, 0};
   for (; j < hi; ++j) {
-    const T p = sigmoid(x[j]);
+    const T p = prediction<FromLogits>(x[j]);
     s.inter += double(p) * double(t[j]);
     s.sum_p += p;
     s.sum_t += t[j];
@@ -62,7 +62,7 @@ Sums block_sums(const T* __restrict__ x, const T* __restrict__ t, int64_t lo, in
 int64_t blocks_per_sample(int64_t M) { return std::max<int64_t>(1, (M + kBlock - 1) / kBlock); }
 
 // Per-sample sums for x, t viewed as (N, M), written to sums (N, 3).
-template <typename T>
+template <bool FromLogits, typename T>
 void sample_sums(const T* x, const T* t, int64_t N, int64_t M, double* sums) {
   const int64_t per_sample = blocks_per_sample(M);
   std::vector<Sums> partial(N * per_sample, Sums{0, 0, 0});
@@ -70,7 +70,7 @@ void sample_sums(const T* x, const T* t, int64_t N, int64_t M, double* sums) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t lo = (b / per_sample) * M + (b % per_sample) * kBlock;
       const int64_t hi = std::min((b / per_sample + 1) * M, lo + kBlock);
-      partial[b] = block_sums<T>(x, t, lo, hi);
+      partial[b] = block_sums<FromLogits, T>(x, t, lo, hi);
     }
   });
   std::fill(sums, sums + 3 * N, 0.0);
@@ -86,9 +86,36 @@ int64_t sample_numel(const at::Tensor& logits) {
   return logits.size(0) == 0 ? 0 : logits.numel() / logits.size(0);
 }
 
+// Gradients of x, t viewed as (N, M) (gx / gt null where not asked for), from each sample's sum
+// derivatives d_inter[n], d_sum[n].
+template <bool FromLogits, typename T>
+void grad_pass(const T* x, const T* t, const T* d_inter, const T* d_sum, int64_t N, int64_t M,
+               T* gx, T* gt) {
+  const int64_t per_sample = blocks_per_sample(M);
+  at::parallel_for(0, N * per_sample, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = b / per_sample, lo = n * M + (b % per_sample) * kBlock;
+      const int64_t hi = std::min(n * M + M, lo + kBlock);
+      const T di = d_inter[n], ds = d_sum[n];
+      // one loop per output set, so that each vectorises without a branch inside
+      if (gx != nullptr && gt != nullptr) {
+        for (int64_t j = lo; j < hi; ++j) soft_iou_grad_px<FromLogits>(x[j], t[j], di, ds, gx + j, gt + j);
+      } else if (gx != nullptr) {
+        for (int64_t j = lo; j < hi; ++j) {
+          T p, slope;
+          prediction_slope<FromLogits>(x[j], &p, &slope);
+          gx[j] = soft_iou_grad_logit(slope, t[j], di, ds);
+        }
+      } else {
+        for (int64_t j = lo; j < hi; ++j) gt[j] = soft_iou_grad_target(prediction<FromLogits>(x[j]), di, ds);
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> soft_iou_forward_cpu(const at::Tensor& logits_in,
                                                         const at::Tensor& target_in,
-                                                        double smooth) {
+                                                        double smooth, bool from_logits) {
   check_soft_iou_args(logits_in, target_in, smooth);
   TORCH_CHECK(logits_in.device().is_cpu(), "d2d.soft_iou: the CPU kernel got a tensor on ",
               logits_in.device());
@@ -99,7 +126,11 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_forward_cpu(const at::Tensor& logits
   at::Tensor sums = at::empty({N, 3}, logits.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_forward_cpu", [&] {
     double* s = sums.data_ptr<double>();
-    sample_sums(logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), N, M, s);
+    if (from_logits) {
+      sample_sums<true>(logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), N, M, s);
+    } else {
+      sample_sums<false>(logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), N, M, s);
+    }
     scalar_t* lp = loss.data_ptr<scalar_t>();
     for (int64_t n = 0; n < N; ++n) {
       lp[n] = scalar_t(soft_iou_loss(s[3 * n], s[3 * n + 1], s[3 * n + 2], smooth));
@@ -112,7 +143,8 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cpu(const at::Tensor& grad_
                                                           const at::Tensor& logits_in,
                                                           const at::Tensor& target_in,
                                                           const at::Tensor& sums_in, double smooth,
-                                                          std::array<bool, 2> output_mask) {
+                                                          std::array<bool, 2> output_mask,
+                                                          bool from_logits) {
   check_soft_iou_backward_args(grad_in, logits_in, target_in, sums_in, smooth);
   TORCH_CHECK(logits_in.device().is_cpu(), "d2d.soft_iou_backward: the CPU kernel got a tensor on ",
               logits_in.device());
@@ -140,26 +172,11 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cpu(const at::Tensor& grad_
       d_inter[n] = T(di);
       d_sum[n] = T(ds);
     }
-    const int64_t per_sample = blocks_per_sample(M);
-    at::parallel_for(0, N * per_sample, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t n = b / per_sample, lo = n * M + (b % per_sample) * kBlock;
-        const int64_t hi = std::min(n * M + M, lo + kBlock);
-        const T di = d_inter[n], ds = d_sum[n];
-        // one loop per output set, so that each vectorises without a branch inside
-        if (need_x && need_t) {
-          for (int64_t j = lo; j < hi; ++j) soft_iou_grad_px(x[j], t[j], di, ds, gx + j, gt + j);
-        } else if (need_x) {
-          for (int64_t j = lo; j < hi; ++j) {
-            T p, slope;
-            sigmoid_slope(x[j], &p, &slope);
-            gx[j] = soft_iou_grad_logit(slope, t[j], di, ds);
-          }
-        } else {
-          for (int64_t j = lo; j < hi; ++j) gt[j] = soft_iou_grad_target(sigmoid(x[j]), di, ds);
-        }
-      }
-    });
+    if (from_logits) {
+      grad_pass<true>(x, t, d_inter.data(), d_sum.data(), N, M, gx, gt);
+    } else {
+      grad_pass<false>(x, t, d_inter.data(), d_sum.data(), N, M, gx, gt);
+    }
   });
   return {grad_logits, grad_target};
 }

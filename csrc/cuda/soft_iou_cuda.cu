@@ -4,8 +4,8 @@
 // sums in double, each block writing its partial sums (no atomics: the result does not depend on
 // the order blocks finish, so the op is deterministic), and a second kernel adds a sample's
 // partials in a fixed order; nothing the size of the input is written. The backward is one
-// elementwise pass over the logits that recomputes p. The per-element math comes from
-// kernels/soft_iou_math.h.
+// elementwise pass over the logits that recomputes p (with from_logits false the input is p
+// itself). The per-element math comes from kernels/soft_iou_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -36,7 +36,7 @@ __device__ double warp_sum(double v) {
 
 // out[n][blockIdx.x] = (sum p*t, sum p, sum t) over this block's share of sample
 // n = n0 + blockIdx.y; out is (N, gridDim.x, 3).
-template <typename T>
+template <typename T, bool FromLogits>
 __global__ void __launch_bounds__(kThreads)
     soft_iou_partial_kernel(const T* __restrict__ x, const T* __restrict__ t, int64_t M, int64_t n0,
                             double* __restrict__ out) {
@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kThreads)
   double v[3] = {0, 0, 0};
   for (int64_t j = int64_t(blockIdx.x) * kThreads + threadIdx.x; j < M;
        j += int64_t(gridDim.x) * kThreads) {
-    const double p = sigmoid(xs[j]);
+    const double p = prediction<FromLogits>(xs[j]);
     const double tv = ts[j];
     v[0] += p * tv;
     v[1] += p;
@@ -95,7 +95,7 @@ __global__ void soft_iou_dsums_kernel(const double* __restrict__ sums, const T* 
   }
 }
 
-template <typename T>
+template <typename T, bool FromLogits>
 __global__ void __launch_bounds__(kThreads)
     soft_iou_grad_kernel(const T* __restrict__ x, const T* __restrict__ t,
                          const T* __restrict__ d, int64_t M, int64_t total, T* __restrict__ gx,
@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads)
        j += int64_t(gridDim.x) * kThreads) {
     const int64_t n = j / M;
     T gl, gtv;
-    soft_iou_grad_px(x[j], t[j], d[2 * n], d[2 * n + 1], &gl, &gtv);
+    soft_iou_grad_px<FromLogits>(x[j], t[j], d[2 * n], d[2 * n + 1], &gl, &gtv);
     if (gx != nullptr) gx[j] = gl;
     if (gt != nullptr) gt[j] = gtv;
   }
@@ -133,7 +133,7 @@ int64_t sample_numel(const at::Tensor& logits) {
 
 std::tuple<at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::Tensor& logits_in,
                                                          const at::Tensor& target_in,
-                                                         double smooth) {
+                                                         double smooth, bool from_logits) {
   check_soft_iou_args(logits_in, target_in, smooth);
   TORCH_CHECK(logits_in.is_cuda(), "d2d.soft_iou: the CUDA kernel got a tensor on ",
               logits_in.device());
@@ -148,12 +148,13 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::Tensor& logit
   const int bx = blocks_per_sample(N, M);
   at::Tensor partial = M > 0 ? at::empty({N, bx, 3}, sums.options()) : at::zeros({N, bx, 3}, sums.options());
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "d2d_soft_iou_forward_cuda", [&] {
+    const auto partial_kernel = from_logits ? soft_iou_partial_kernel<scalar_t, true>
+                                            : soft_iou_partial_kernel<scalar_t, false>;
     if (M > 0) {
       for (int64_t n0 = 0; n0 < N; n0 += kMaxGridY) {
         const dim3 grid(bx, static_cast<unsigned>(std::min(kMaxGridY, N - n0)));
-        D2D_LAUNCH(soft_iou_partial_kernel<scalar_t>, grid, kThreads, 0, stream,
-                   logits.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), M, n0,
-                   partial.data_ptr<double>());
+        D2D_LAUNCH(partial_kernel, grid, kThreads, 0, stream, logits.data_ptr<scalar_t>(),
+                   target.data_ptr<scalar_t>(), M, n0, partial.data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
@@ -170,7 +171,8 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cuda(const at::Tensor& grad
                                                            const at::Tensor& target_in,
                                                            const at::Tensor& sums_in,
                                                            double smooth,
-                                                           std::array<bool, 2> output_mask) {
+                                                           std::array<bool, 2> output_mask,
+                                                           bool from_logits) {
   check_soft_iou_backward_args(grad_in, logits_in, target_in, sums_in, smooth);
   TORCH_CHECK(logits_in.is_cuda(), "d2d.soft_iou_backward: the CUDA kernel got a tensor on ",
               logits_in.device());
@@ -191,9 +193,11 @@ std::tuple<at::Tensor, at::Tensor> soft_iou_backward_cuda(const at::Tensor& grad
     D2D_LAUNCH(soft_iou_dsums_kernel<T>, (N + 255) / 256, 256, 0, stream,
                sums.data_ptr<double>(), grad.data_ptr<T>(), N, smooth, d.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    D2D_LAUNCH(soft_iou_grad_kernel<T>, num_blocks(N * M), kThreads, 0, stream,
-               logits.data_ptr<T>(), target.data_ptr<T>(), d.data_ptr<T>(), M, N * M,
-               need_x ? grad_logits.data_ptr<T>() : nullptr, need_t ? grad_target.data_ptr<T>() : nullptr);
+    T* gx = need_x ? grad_logits.data_ptr<T>() : nullptr;
+    T* gt = need_t ? grad_target.data_ptr<T>() : nullptr;
+    const auto grad_kernel = from_logits ? soft_iou_grad_kernel<T, true> : soft_iou_grad_kernel<T, false>;
+    D2D_LAUNCH(grad_kernel, num_blocks(N * M), kThreads, 0, stream, logits.data_ptr<T>(),
+               target.data_ptr<T>(), d.data_ptr<T>(), M, N * M, gx, gt);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_logits, grad_target};
