@@ -130,7 +130,8 @@ setup(
     "infrared small-target detection",
     packages=find_packages(include=["d2d_ext", "d2d_ext.*"]),
     python_requires=">=3.10",
-    install_requires=["torch==2.14.1", "numpy", "scikit-image", "matplotlib"],
+    # scipy (ndimage) and pillow (PNG I/O) are imported directly, not only through scikit-image
+    install_requires=["torch==2.14.1", "numpy", "scipy", "pillow", "scikit-image", "matplotlib"],
     entry_points={"console_scripts": ["d2d = d2d_ext.cli:main"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)},

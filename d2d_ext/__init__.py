@@ -4,6 +4,12 @@ Compiled ops (namespace ``torch.ops.d2d``) with autograd, and their Python wrapp
 
 - :func:`diffuse`: fused heat/drift transport on the pixel grid (the paper's Eq. 3).
 - :func:`soft_iou`, :func:`weighted_soft_iou`: per-sample soft-IoU loss, sigmoid fused.
+
+The submodules (``d2d_ext.metrics``, ``d2d_ext.models``, ``d2d_ext.data``, ...) are attributes
+of the package too, imported on first use: ``import d2d_ext`` stays as cheap as the compiled ops
+(no SciPy, scikit-image or Pillow until a submodule needs them). ``d2d_ext.soft_iou`` and
+``d2d_ext.diffuse`` stay the functions (their modules: ``sys.modules["d2d_ext.soft_iou"]`` and
+``d2d_ext.diffusion``).
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension)
@@ -27,3 +33,30 @@ __version__ = "0.1.0"
 WITH_CUDA = bool(_C.WITH_CUDA)
 
 __all__ = ["diffuse", "soft_iou", "weighted_soft_iou", "WITH_CUDA", "__version__"]
+
+# Submodules loaded when first read as attributes (PEP 562). Not in __all__: a star import would
+# load them all. "soft_iou" is absent on purpose: that name is the function.
+_LAZY_SUBMODULES = (
+    "annotate", "baselines", "bilevel", "calibrate", "cli", "data", "metrics", "models", "nn",
+    "plots", "progress", "reference", "synthetic",
+)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":  # a dependency of the submodule is missing: say so
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r} "
+                                 f"(this installation has no {__name__}/{name}.py)") from None
+        globals()[name] = module  # later reads skip this function
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

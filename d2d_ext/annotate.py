@@ -71,6 +71,7 @@ import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import slic
 
+from .data import INSIDE_RULE, points_inside
 from .diffusion import diffuse
 from .metrics import EIGHT_CONNECTED
 
@@ -186,7 +187,10 @@ class TargetBatch:
 
 
 def point_pixel(x: float, y: float, H: int, W: int) -> tuple:
-    """``(row, col)`` of the pixel that holds point ``(x, y)`` (rounded half up, clamped to the image)."""
+    """``(row, col)`` of the pixel that holds point ``(x, y)`` (rounded half up, clamped to the image).
+
+    The points the annotator accepts are those :func:`d2d_ext.data.points_inside` accepts, the
+    ones this rounding places without clamping."""
     row = min(max(int(math.floor(float(y) + 0.5)), 0), H - 1)
     col = min(max(int(math.floor(float(x) + 0.5)), 0), W - 1)
     return row, col
@@ -379,12 +383,15 @@ def _tighten(box: tuple, comp: np.ndarray, py: int, px: int, cfg: AnnotatorConfi
 
 
 def _check_points(points: np.ndarray, shape: tuple, index: int) -> np.ndarray:
+    """``(K, 2)`` float64 points of image ``index``, each inside it by the dataset's rule (a
+    point :func:`point_pixel` would have to clamp is refused, not moved)."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
     H, W = shape
-    bad = ~((pts[:, 0] >= -0.5) & (pts[:, 0] < W - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] < H - 0.5))
-    if bad.any() or not np.isfinite(pts).all():
-        x, y = pts[np.argmax(bad | ~np.isfinite(pts).all(1))]
-        raise ValueError(f"annotate: point (x={x}, y={y}) of image {index} lies outside the {W}x{H} image")
+    bad = ~points_inside(pts, shape)
+    if bad.any():
+        x, y = pts[int(np.flatnonzero(bad)[0])]
+        raise ValueError(f"annotate: point (x={x:g}, y={y:g}) of image {index} lies outside the {W}x{H} image "
+                         f"({INSIDE_RULE.format(w=W, h=H)})")
     return pts
 
 

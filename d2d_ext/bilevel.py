@@ -46,7 +46,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +67,18 @@ from .annotate import (
     target_rates,
 )
 from .baselines import point_masks
-from .data import DataError, IRDataset, json_line, remove_stale_temps, write_bytes_atomic
+from .data import (
+    POINT_SOURCES,
+    DataError,
+    IRDataset,
+    json_line,
+    remove_stale_temps,
+    valid_point_source,
+    write_bytes_atomic,
+)
 from .diffusion import diffuse
 from .metrics import ISTDMetrics
-from .models import build_model, final_logits
+from .models import MODEL_NAMES, ConvertedWeights, build_model, final_logits
 from .progress import Progress
 from .reference import soft_iou_of_probabilities, soft_iou_reference
 from .soft_iou import soft_iou, weighted_soft_iou
@@ -79,16 +87,23 @@ MODES = ("bilevel", "full", "naive", "fixed")
 META_LOSSES = ("per-sample", "pooled")
 HYPERGRADIENTS = ("exact", "first-order")
 SELECTIONS = ("val-loss", "val-iou")
+SCHEDULES = ("cosine", "constant")
 N_STATS = 12
+
+
+def _one_of(default: str, choices: tuple, ignore_case: bool = False):
+    """A setting that takes one of ``choices``: :meth:`TrainConfig.validate` checks it, and the
+    command line (:mod:`d2d_ext.cli`) builds its option from this field's default and choices."""
+    return field(default=default, metadata={"choices": choices, "ignore_case": ignore_case})
 
 
 @dataclass
 class TrainConfig:
     """Settings of a training run (stored in every checkpoint)."""
 
-    mode: str = "bilevel"
-    model: str = "unet"
-    points: str = "centroid"
+    mode: str = _one_of("bilevel", MODES)
+    model: str = _one_of("unet", MODEL_NAMES, ignore_case=True)  # as build_model reads it
+    points: str = "centroid"  # a point source of IRDataset.points
     epochs: int = 40
     warmup_epochs: int = 8  # the paper: 80 of 400
     theta_every: int = 2  # epochs between theta updates (the paper: 20 of 400)
@@ -98,13 +113,13 @@ class TrainConfig:
     online_labels: bool = True  # update theta and regenerate labels
     joint: bool = False  # direct joint learning (ablation)
     lr: float = 1e-3
-    schedule: str = "cosine"  # "cosine": lr decays to 0 over the epochs (half a cosine); "constant"
+    schedule: str = _one_of("cosine", SCHEDULES)  # "cosine": lr decays to 0 over the epochs (half a cosine)
     weight_decay: float = 1e-4
     meta_lr: float = 1e-3
     theta_lr: float = 1e-2
     inner_lr: float = 1e-3  # the look-ahead SGD step: small, in the linear regime (0.1 overshoots and inverts the weights)
-    meta_loss: str = "per-sample"  # the meta-classifier's validation loss: "per-sample" | "pooled"
-    hypergradient: str = "exact"  # the meta-classifier's step: "exact" | "first-order"
+    meta_loss: str = _one_of("per-sample", META_LOSSES)  # the meta-classifier's validation loss
+    hypergradient: str = _one_of("exact", HYPERGRADIENTS)  # the meta-classifier's step
     # decay per iteration of an exponential moving average of the detector's weights and BatchNorm
     # statistics (0: off); where on, the average is what validates (and so picks best.pt), what
     # the theta step reads and what a checkpoint's `test` scores; the training steps move the live weights
@@ -112,7 +127,7 @@ class TrainConfig:
     # what picks best.pt: "val-loss" (the lowest mean per-image soft-IoU loss on the validation
     # images) or "val-iou" (the highest IoU over the validation set, pixels pooled as the test
     # scores them); against the validation labels either way (pseudo-labels in point modes)
-    select: str = "val-loss"
+    select: str = _one_of("val-loss", SELECTIONS)
     batch_size: int = 8
     # validation crops per bi-level iteration (the beta term and the meta step); 0: batch_size.
     # They are most of a bi-level iteration's cost beyond a plain one: the beta term's forward and
@@ -126,16 +141,15 @@ class TrainConfig:
     train_split: str = "train"
 
     def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.meta_loss not in META_LOSSES:
-            raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
-        if self.hypergradient not in HYPERGRADIENTS:
-            raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, got {self.hypergradient!r}")
-        if self.select not in SELECTIONS:
-            raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if f.metadata.get("ignore_case"):
+                value = str(value).strip().lower()
+            if choices is not None and value not in choices:
+                raise ValueError(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
+        if not valid_point_source(self.points):
+            raise ValueError(f"points must be one of {POINT_SOURCES}, got {self.points!r}")
         if self.crop_size % 16:
             raise ValueError(f"crop_size must be a multiple of 16, got {self.crop_size}")
         if not 0.0 <= self.weight_ema < 1.0:
@@ -165,8 +179,15 @@ class Split:
     labels: list | None = None  # (H, W) float32 current training labels
 
 
-def normalise_image(image: np.ndarray) -> np.ndarray:
-    """Per-image standardisation (no dataset statistics to recompute or store)."""
+def normalise_image(image: np.ndarray, input_norm: dict | None = None) -> np.ndarray:
+    """Per-image standardisation (no dataset statistics to recompute or store).
+
+    ``input_norm = {"mean": m, "std": s}``: ``(255 * image - m) / s`` instead, the normalisation
+    of BasicIRSTD / LESPS (their ``img_norm_cfg``, in grey levels of 8-bit images) that a network
+    trained there expects (see :func:`imported_checkpoint`).
+    """
+    if input_norm is not None:
+        return ((255.0 * image - float(input_norm["mean"])) / float(input_norm["std"])).astype(np.float32)
     return ((image - image.mean()) / (image.std() + 1e-6)).astype(np.float32)
 
 
@@ -192,20 +213,22 @@ def random_crops(split: Split, indices: np.ndarray, size: int, rng: np.random.Ge
     return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))[:, None]
 
 
-def pad16(image: np.ndarray) -> torch.Tensor:
-    """``(1, 1, H16, W16)`` normalised image, zero-padded to multiples of 16."""
+def pad16(image: np.ndarray, input_norm: dict | None = None) -> torch.Tensor:
+    """``(1, 1, H16, W16)`` normalised image (see :func:`normalise_image`), zero-padded to
+    multiples of 16."""
     H, W = image.shape
-    img = np.pad(normalise_image(image), ((0, (-H) % 16), (0, (-W) % 16)))
+    img = np.pad(normalise_image(image, input_norm), ((0, (-H) % 16), (0, (-W) % 16)))
     return torch.from_numpy(img)[None, None]
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    """``(H, W)`` float32 probabilities of ``model`` on a whole image."""
+def predict(model: torch.nn.Module, image: np.ndarray, input_norm: dict | None = None) -> np.ndarray:
+    """``(H, W)`` float32 probabilities of ``model`` on a whole image (normalised as
+    :func:`normalise_image` does with ``input_norm``)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    logits = final_logits(model(pad16(image).to(device)))
+    parameter = next(model.parameters())
+    logits = final_logits(model(pad16(image, input_norm).to(parameter.device, parameter.dtype)))
     model.train(was_training)
     H, W = image.shape
     return torch.sigmoid(logits)[0, 0, :H, :W].float().cpu().numpy()
@@ -406,6 +429,28 @@ def load_checkpoint(path) -> dict:
                         f"or a damaged one ({_one_line(cause.split('. ')[0])})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path} is not a d2d_ext training checkpoint (format {FORMAT})")
+    return state
+
+
+def imported_checkpoint(converted: ConvertedWeights, source: str, input_norm: dict | None = None) -> dict:
+    """A checkpoint of d2d's format holding a detector's weights from elsewhere (see
+    :func:`d2d_ext.models.convert_checkpoint`), for ``d2d test`` / :func:`evaluate_checkpoint`.
+
+    It holds no trainer state (optimisers, theta, sample weights): a run cannot resume from it.
+    ``model_kwargs`` rebuilds the network; ``input_norm`` (``{"mean", "std"}`` in 8-bit grey
+    levels, as BasicIRSTD's ``img_norm_cfg``), where given, replaces the per-image
+    standardisation of the images fed to it; ``source`` records where the weights came from.
+    Images are zero-padded to multiples of 16 after normalisation (:func:`pad16`), theirs to
+    multiples of 32: images whose sides are multiples of 32 get their test code's maps, others
+    may differ near the bottom and right borders.
+    """
+    state = {"format": FORMAT, "config": {"model": converted.model}, "model_kwargs": dict(converted.kwargs),
+             "model": converted.state_dict, "source": str(source)}
+    if input_norm is not None:
+        mean, std = float(input_norm["mean"]), float(input_norm["std"])
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise DataError(f"input normalisation needs a finite mean and a std > 0, got mean {mean}, std {std}")
+        state["input_norm"] = {"mean": mean, "std": std}
     return state
 
 
@@ -667,6 +712,9 @@ class Trainer:
         }
 
     def load_state(self, state: dict) -> None:
+        if "opt" not in state:  # written by imported_checkpoint: weights, no trainer state
+            raise DataError(f"the checkpoint holds a detector's weights only (from {state.get('source', 'elsewhere')}), "
+                            "no training state: `d2d test` scores it, a run cannot resume from it")
         # a setting added since the run started took its default, the old behaviour
         config = {**dataclasses.asdict(TrainConfig()), **state["config"]}
         if config != dataclasses.asdict(self.cfg):
@@ -764,18 +812,21 @@ def select_top(run_dir, top: float, out) -> list:
     return keep
 
 
-def evaluate_checkpoint(checkpoint, dataset, split: str = "test") -> dict:
+def evaluate_checkpoint(checkpoint, dataset, split: str = "test", pd_match: str = "nearest") -> dict:
     """IoU, nIoU, Pd, Fa of a checkpoint's detector against the ground truth of ``split``: its
-    averaged weights where the run kept an average (``weight_ema``), else its weights."""
+    averaged weights where the run kept an average (``weight_ema``), else its weights. A
+    checkpoint of :func:`imported_checkpoint` brings its model's arguments and its input
+    normalisation. ``pd_match``: how a target picks among predictions (see
+    :class:`~d2d_ext.metrics.ISTDMetrics`)."""
     state = load_checkpoint(checkpoint)
     try:
-        model = build_model(state["config"]["model"])
+        model = build_model(state["config"]["model"], **state.get("model_kwargs", {}))
         model.load_state_dict(state.get("averaged_model", state["model"]))
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"{checkpoint}: the weights do not fit model {state.get('config', {}).get('model')!r}: "
                         f"{_one_line(err)}") from err
     ds = IRDataset(dataset)
-    metrics = ISTDMetrics()
+    metrics = ISTDMetrics(pd_match=pd_match)
     for i in ds.ids(split):
-        metrics.update(predict(model, ds.load_image(i)), ds.load_mask(i))
+        metrics.update(predict(model, ds.load_image(i), state.get("input_norm")), ds.load_mask(i))
     return metrics.compute()

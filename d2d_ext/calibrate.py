@@ -14,8 +14,9 @@ over the ``N`` images, percent) of the annotator's masks from the dataset's poin
 
 Each takes values on a small fixed grid (:data:`GRIDS`). The search is coordinate descent from the
 defaults: a setting moves to its grid's best value only where that beats the current pooled IoU by
-more than ``margin`` IoU points, so that a few masks' noise does not move the defaults; sweeps stop
-when one changes nothing. ``prepare_targets`` (strict component, features, superpixels) and the
+more than ``margin`` IoU points and does so on at least ``confidence`` of the bootstrap resamples
+of the drawn images, so that a gain a few of the masks carry does not move the defaults; sweeps
+stop when one changes nothing. ``prepare_targets`` (strict component, features, superpixels) and the
 diffusion depend on ``peak_fraction`` and ``k_sigma`` only; ``binarize_targets`` re-runs on a
 prepared batch and its soft labels for every ``(low_fraction, level)``, so the costly part is done
 once per ``(peak_fraction, k_sigma)`` pair visited.
@@ -122,35 +123,53 @@ class _Scorer:
         return 100.0 * inter / union if union else math.nan
 
 
-def _descend(scorer: _Scorer, start: dict, sweeps: int, margin: float, log=None) -> dict:
-    """Coordinate descent over :data:`GRIDS` from ``start``: per setting in turn, the grid's best
-    value is taken where it beats the current pooled IoU by more than ``margin`` and is no worse
-    on either half of the images (even and odd positions): a gain that only some of a few masks
-    show is their noise, not the dataset's style (ties: the value nearest the current one, then
-    the smaller). Stops after ``sweeps`` sweeps or one without a change."""
+#: Bootstrap resamples of the drawn images behind each move (:func:`_descend`).
+BOOTSTRAP = 1000
 
-    def score(values: dict, images=slice(None)) -> float:  # an undefined IoU never wins
-        s = scorer.iou(values, images)
+
+def _support(scorer: _Scorer, values: dict, current: dict, draws: np.ndarray) -> float:
+    """Share of the bootstrap resamples ``draws`` (``(B, N)`` image indices) of the drawn images
+    on which ``values`` gives a higher pooled IoU than ``current``."""
+    a = scorer.counts(values)[draws].sum(1).astype(np.float64)  # (B, 2): intersection, union
+    b = scorer.counts(current)[draws].sum(1).astype(np.float64)
+    # inter_a / union_a > inter_b / union_b without dividing by an empty union
+    return float(np.mean(a[:, 0] * b[:, 1] > b[:, 0] * a[:, 1]))
+
+
+def _descend(scorer: _Scorer, start: dict, sweeps: int, margin: float, confidence: float = 0.95,
+             log=None) -> dict:
+    """Coordinate descent over :data:`GRIDS` from ``start``: per setting in turn, the grid's best
+    value is taken where it beats the current pooled IoU by more than ``margin`` and does so on
+    at least ``confidence`` of :data:`BOOTSTRAP` resamples (with replacement, a fixed draw) of the
+    images: a gain that only some of a few masks show is their noise, not the dataset's style
+    (ties: the value nearest the current one, then the smaller). Stops after ``sweeps`` sweeps or
+    one without a change."""
+
+    def score(values: dict) -> float:  # an undefined IoU never wins
+        s = scorer.iou(values)
         return -math.inf if math.isnan(s) else s
 
-    def agrees(values: dict, current: dict) -> bool:
-        return all(score(values, half) >= score(current, half) for half in (slice(0, None, 2), slice(1, None, 2)))
-
+    n = len(scorer.counts(start))
+    draws = np.random.default_rng(0).integers(0, n, size=(BOOTSTRAP, n))
     current = dict(start)
     best = score(current)
     for sweep in range(sweeps):
         changed = False
         for name, grid in GRIDS.items():
             options = sorted(set(grid) | {current[name]}, key=lambda v: (abs(v - current[name]), v))
-            options = [v for v in options if v == current[name] or agrees({**current, name: v}, current)]
             scores = [score({**current, name: v}) for v in options]
-            k = int(np.argmax(scores))  # the first best: options run from the current value outwards
-            top, value = scores[k], options[k]
-            if top > best + margin:
-                if log:
-                    log(f"calibrate: sweep {sweep + 1}: {name} {current[name]} -> {value}, "
-                        f"IoU {best:.2f} -> {top:.2f}")
-                current[name], best, changed = value, top, True
+            # the best value the resamples back, trying values in order of score
+            for k in sorted(range(len(options)), key=lambda i: -scores[i]):  # stable: nearest first among ties
+                value, top = options[k], scores[k]
+                if not top > best + margin:
+                    break
+                support = _support(scorer, {**current, name: value}, current, draws)
+                if support >= confidence:
+                    if log:
+                        log(f"calibrate: sweep {sweep + 1}: {name} {current[name]} -> {value}, "
+                            f"IoU {best:.2f} -> {top:.2f} (ahead on {100 * support:.0f}% of resamples)")
+                    current[name], best, changed = value, top, True
+                    break
         if not changed:
             break
     return current
@@ -158,7 +177,7 @@ def _descend(scorer: _Scorer, start: dict, sweeps: int, margin: float, log=None)
 
 def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centroid",
               config: AnnotatorConfig | None = None, params: DiffusionParams | None = None,
-              sweeps: int = 3, margin: float = 0.5, log=None) -> dict:
+              sweeps: int = 3, margin: float = 0.5, confidence: float = 0.95, log=None) -> dict:
     """Fit the settings of :data:`GRIDS` on ``masks`` ground-truth masks of ``split`` (see the module
     docstring); ``config`` gives the other settings and the start (default :class:`AnnotatorConfig`),
     ``params`` the diffusion parameters (default :class:`DiffusionParams`). ``seed`` draws the ids
@@ -182,7 +201,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         scorer = _Scorer(images, pts, gts, base, params)
         start = {name: getattr(base, name) for name in GRIDS}
         before = scorer.iou(start)
-        fitted = _descend(scorer, start, sweeps, margin, log)
+        fitted = _descend(scorer, start, sweeps, margin, confidence, log)
     except ValueError as err:  # the annotator's own checks (a point outside its image)
         raise DataError(f"calibrate: {err}") from None
     after = scorer.iou(fitted)
@@ -193,7 +212,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         "settings": {name: fitted[name] for name in GRIDS},
         "iou_before": _round(before), "iou_after": _round(after),
         "ids": ids, "dataset": ds.name, "split": split, "masks": len(ids), "seed": int(seed), "points": points,
-        "targets": sum(len(p) for p in pts), "margin": margin,
+        "targets": sum(len(p) for p in pts), "margin": margin, "confidence": confidence,
         "bounds": {name: [min(grid), max(grid)] for name, grid in GRIDS.items()},
     }
 

@@ -5,13 +5,18 @@
   split (:mod:`d2d_ext.calibrate`), for ``annotate --settings``.
 - ``evaluate``: IoU, nIoU, Pd and Fa of a folder of predicted masks against the ground truth.
 - ``train``, ``test``, ``select``: the bi-level trainer (:mod:`d2d_ext.bilevel`).
+- ``convert-checkpoint``: a BasicIRSTD / LESPS DNANet checkpoint to d2d's format, for ``test``.
 - ``demo``: the main job on embedded data: write a synthetic infrared dataset, annotate it from
   its points, evaluate, print the metrics.
 
 Commands that report print one JSON object as their last stdout line; progress goes to stderr.
-Bad input stops with ``error: ...`` naming the file and exit code 2; an output that cannot be
-written (full disk, read-only folder) with ``error: ...`` naming it and exit code 1. Files already
-written stay complete, and temporary files of a killed run are removed when it is run again.
+``evaluate`` and ``test`` also print a readable summary line before it, which ``--json`` leaves
+out. Settings that take one of a few values (models, modes, point sources, ...) are checked when
+the command line is read: anything else stops with argparse's ``error: ...`` listing the valid
+values, exit code 2. Bad input stops with ``error: ...`` naming the file and exit code 2; an
+output that cannot be written (full disk, read-only folder) with ``error: ...`` naming it and
+exit code 1. Files already written stay complete, and temporary files of a killed run are
+removed when it is run again.
 """
 
 from __future__ import annotations
@@ -160,15 +165,23 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
     }
 
 
-def evaluate_dataset(root, split: str, pred, progress: bool = True) -> dict:
+def evaluate_dataset(root, split: str, pred, progress: bool = True, threshold: float = 0.5,
+                     pd_match: str = "nearest") -> dict:
     """IoU, nIoU, Pd (percent) and Fa (per 1e6 pixels) of ``pred/<id>.png`` against
-    ``root/masks/<id>.png`` over ``split``, at native resolution (see :mod:`d2d_ext.metrics`)."""
+    ``root/masks/<id>.png`` over ``split``, at native resolution (see :mod:`d2d_ext.metrics`).
+
+    A prediction pixel is target where its value as a fraction of the PNG's full scale
+    (:func:`~d2d_ext.data.read_gray`: 8-bit ``v / 255``, 16-bit ``v / 65535``) is above
+    ``threshold``: at 0.5 an 8-bit pixel counts from 128 up. BasicIRSTD's ``evaluate.py`` applies
+    the same rule to its 8-bit PNGs (``v / 255 > threshold``). ``pd_match``: ``"nearest"`` or
+    ``"first"`` (BasicIRSTD's matching; see :class:`~d2d_ext.metrics.ISTDMetrics`).
+    """
     from .metrics import ISTDMetrics
 
     ds = IRDataset(root)
     ids = ds.ids(split)
     pred = Path(pred)
-    metrics = ISTDMetrics()
+    metrics = ISTDMetrics(threshold=threshold, pd_match=pd_match)
     bar = Progress(len(ids), "evaluate") if progress else None
     for i in ids:
         path = pred / f"{i}.png"
@@ -213,18 +226,27 @@ def _cmd_calibrate(args) -> dict:
     _set_threads(args.threads)
     if not args.margin >= 0:
         raise DataError(f"--margin must be >= 0 IoU points, got {args.margin}")
+    if not 0 < args.confidence <= 1:
+        raise DataError(f"--confidence must be in (0, 1], got {args.confidence}")
     result = calibrate(args.dataset, args.split, args.masks, seed=args.seed, points=args.points, margin=args.margin,
+                       confidence=args.confidence,
                        log=None if args.quiet else lambda m: print(m, file=sys.stderr, flush=True))
     # the file holds exactly what the JSON line says (an undefined IoU as null in both)
     write_bytes_atomic(args.out, (json.dumps(json.loads(json_line(result)), indent=1) + "\n").encode())
     return result
 
 
+def _summary(result: dict) -> str:
+    """The readable line of ``evaluate`` and ``test``."""
+    return (f"IoU {result['iou']:.2f}  nIoU {result['niou']:.2f}  Pd {result['pd']:.2f}%  "
+            f"Fa {result['fa']:.2f}e-6  ({result['images']} images, {result['targets']} targets)")
+
+
 def _cmd_evaluate(args) -> dict:
-    result = evaluate_dataset(args.dataset, args.split, args.pred, progress=not args.quiet)
+    result = evaluate_dataset(args.dataset, args.split, args.pred, progress=not args.quiet,
+                              threshold=args.threshold, pd_match=args.pd_match)
     if not args.json:
-        print(f"IoU {result['iou']:.2f}  nIoU {result['niou']:.2f}  Pd {result['pd']:.2f}%  "
-              f"Fa {result['fa']:.2f}e-6  ({result['images']} images, {result['targets']} targets)")
+        print(_summary(result))
     return result
 
 
@@ -325,8 +347,28 @@ def _cmd_test(args) -> dict:
     from .bilevel import evaluate_checkpoint
 
     _set_threads(args.threads)
-    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.split)
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, pd_match=args.pd_match)
+    result = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+    if not args.json:
+        print(_summary(result))
+    return result
+
+
+def _cmd_convert_checkpoint(args) -> dict:
+    from .bilevel import imported_checkpoint, save_checkpoint
+    from .models import convert_checkpoint
+
+    source, out = Path(args.input), Path(args.output)
+    if out.exists() and out.resolve() == source.resolve():
+        raise DataError(f"{out}: the output would replace the checkpoint it is converted from; choose another path")
+    try:
+        converted = convert_checkpoint(source, args.model)
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(str(err)) from None
+    norm = None if args.img_norm is None else {"mean": args.img_norm[0], "std": args.img_norm[1]}
+    save_checkpoint(out, imported_checkpoint(converted, str(source), norm))
+    return {"out": str(out), "model": converted.model, "model_kwargs": converted.kwargs,
+            "tensors": len(converted.state_dict), "input_norm": norm}
 
 
 def _cmd_select(args) -> dict:
@@ -362,14 +404,60 @@ def parse_settings(items) -> dict:
     return out
 
 
+def _point_source(value: str) -> str:
+    """argparse ``type`` of ``--points``: checked before any file is written (a misspelt source
+    found later would leave a folder claimed with it)."""
+    from .data import POINT_SOURCES, valid_point_source
+
+    if not valid_point_source(value):
+        raise argparse.ArgumentTypeError(f"invalid point source {value!r} (choose from {', '.join(POINT_SOURCES)})")
+    return value
+
+
+def _finite(value: str) -> float:
+    """argparse ``type`` of a number that must be finite."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
+
+
+def _fraction(value: str) -> float:
+    """argparse ``type`` of a threshold in [0, 1]."""
+    number = _finite(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1] (a fraction of the PNG's full scale)")
+    return number
+
+
+def _train_choice(parser, flag: str, help: str) -> None:
+    """A ``train`` option for the :class:`~d2d_ext.bilevel.TrainConfig` setting of the same name
+    that takes one of a few values: its choices and default come from the dataclass."""
+    import dataclasses
+
+    from .bilevel import TrainConfig
+
+    name = flag[2:].replace("-", "_")
+    spec = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    lower = str.lower if spec.metadata.get("ignore_case") else str
+    parser.add_argument(flag, default=spec.default, type=lower, choices=spec.metadata["choices"],
+                        help=f"{help} (default {spec.default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .metrics import PD_MATCH_RULES
+    from .models import CHECKPOINT_MODELS
+
     parser = argparse.ArgumentParser(prog="d2d", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("annotate", help="single points to pseudo-masks")
     a.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
     a.add_argument("--split", default="all", help="all, train, test, ... (img_idx/<split>_<name>.txt) or a .txt file")
-    a.add_argument("--points", default="centroid",
+    a.add_argument("--points", default="centroid", type=_point_source,
                    help="centroid | coarse (point folders), csv:FILE, gen-centroid | gen-coarse (from masks, seeded)")
     a.add_argument("--out", required=True, help="folder for <id>.png masks (0/255)")
     a.add_argument("--overlay", help="folder for overlays: image, pseudo-mask (red), ground truth (green)")
@@ -388,9 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--split", default="train", help="the split the masks are drawn from (as annotate's --split)")
     k.add_argument("--masks", type=int, required=True, metavar="N", help="ground-truth masks to read (ids drawn at random)")
     k.add_argument("--seed", type=int, default=0, help="seed of the draw (and of gen-coarse points)")
-    k.add_argument("--points", default="centroid", help="point source, as annotate's --points")
-    k.add_argument("--margin", type=float, default=0.5,
-                   help="IoU points a setting must gain (on the N masks, and on neither half lose) to move")
+    k.add_argument("--points", default="centroid", type=_point_source, help="point source, as annotate's --points")
+    k.add_argument("--margin", type=float, default=0.5, help="IoU points a setting must gain on the N masks to move")
+    k.add_argument("--confidence", type=float, default=0.95,
+                   help="share of bootstrap resamples of the N masks on which a move must gain")
     k.add_argument("--out", required=True, metavar="FILE.json", help="where the settings go (for annotate --settings)")
     k.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     k.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -400,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", required=True)
     e.add_argument("--split", default="all")
     e.add_argument("--pred", required=True, help="folder of <id>.png predictions (0/255 or probabilities x 255)")
+    e.add_argument("--threshold", type=_fraction, default=0.5, metavar="T",
+                   help="a prediction pixel is target where value / full scale > T (8-bit PNGs: v / 255; "
+                        "16-bit: v / 65535), as BasicIRSTD's evaluate.py; default 0.5: 8-bit values from 128")
+    e.add_argument("--pd-match", choices=PD_MATCH_RULES, default="nearest",
+                   help="which predicted component within 3 px a target takes: the nearest, or the first in "
+                        "label order as BasicIRSTD / LESPS do (default nearest)")
     e.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
@@ -408,11 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", required=True)
     t.add_argument("--split", default="train", help="training split (validation is taken from it)")
     t.add_argument("--val-split", help="an explicit validation split instead of a share of --split")
-    t.add_argument("--model", default="unet", help="unet | dnanet | alclnet")
-    t.add_argument("--points", default="centroid")
+    _train_choice(t, "--model", "the detector")
+    t.add_argument("--points", default="centroid", type=_point_source, help="point source, as annotate's --points")
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--out", required=True, help="run folder: log.jsonl, last.pt, best.pt, alpha.csv, plots/")
-    t.add_argument("--mode", default="bilevel", help="bilevel | full | naive | fixed")
+    _train_choice(t, "--mode", "bilevel (the paper), or a baseline: full (ground-truth masks), naive (the point "
+                               "pixels), fixed (the first pseudo-labels)")
     t.add_argument("--warmup-epochs", type=int, default=8)
     t.add_argument("--theta-every", type=int, default=2)
     t.add_argument("--meta-every", type=int, default=4,
@@ -427,25 +523,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation crops per bi-level iteration, for the beta term and the meta step "
                         "(default 0: --batch-size); fewer make a bi-level iteration cheaper")
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--schedule", default="cosine", help="cosine (decays to 0 over the epochs) | constant")
+    _train_choice(t, "--schedule", "learning rate: cosine (decays to 0 over the epochs) or constant")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     t.add_argument("--no-balance", action="store_true", help="ablation: alpha = 1")
     t.add_argument("--no-online-labels", action="store_true", help="ablation: never update theta")
     t.add_argument("--joint", action="store_true", help="ablation: direct joint learning")
-    t.add_argument("--meta-loss", default="per-sample",
-                   help="the meta-classifier's validation loss: per-sample (mean of the crops' soft-IoU) | "
-                        "pooled (one soft-IoU over the validation batch)")
-    t.add_argument("--hypergradient", default="exact",
-                   help="the meta-classifier's step: exact (double backward through the look-ahead) | "
-                        "first-order (gradient alignment at the current weights; about half the cost)")
+    _train_choice(t, "--meta-loss", "the meta-classifier's validation loss: per-sample (mean of the crops' "
+                                    "soft-IoU) or pooled (one soft-IoU over the validation batch)")
+    _train_choice(t, "--hypergradient", "the meta-classifier's step: exact (double backward through the "
+                                        "look-ahead) or first-order (gradient alignment at the current weights; "
+                                        "about half the cost)")
     t.add_argument("--weight-ema", type=float, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the detector's weights with this decay per "
                         "iteration (e.g. 0.99); it validates, picks best.pt, guides theta and is what `test` "
                         "scores (default 0: off)")
-    t.add_argument("--select", default="val-loss",
-                   help="what picks best.pt: val-loss (lowest mean per-image soft-IoU loss on the validation "
-                        "images) | val-iou (highest validation IoU, pixels pooled as the test scores them)")
+    _train_choice(t, "--select", "what picks best.pt: val-loss (lowest mean per-image soft-IoU loss on the "
+                                 "validation images) or val-iou (highest validation IoU, pixels pooled as the test "
+                                 "scores them)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
@@ -454,9 +549,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", required=True)
     c.add_argument("--dataset", required=True)
     c.add_argument("--split", default="test")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--pd-match", choices=PD_MATCH_RULES, default="nearest", help="as evaluate's --pd-match")
+    c.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     c.add_argument("--threads", type=int, default=0)
     c.set_defaults(func=_cmd_test)
+
+    v = sub.add_parser("convert-checkpoint", help="a BasicIRSTD / LESPS DNANet checkpoint to d2d's format (for test)")
+    v.add_argument("input", metavar="IN", help="their .pth / .pth.tar (read as tensors and plain data, never code)")
+    v.add_argument("output", metavar="OUT", help="the d2d checkpoint to write (weights only: test scores it, "
+                                                 "train cannot resume from it)")
+    v.add_argument("--model", default="dnanet", type=str.lower, choices=CHECKPOINT_MODELS, help="their architecture")
+    v.add_argument("--img-norm", nargs=2, type=_finite, metavar=("MEAN", "STD"),
+                   help="their img_norm_cfg (8-bit grey levels, e.g. NUAA-SIRST 101.06 34.62): test then feeds "
+                        "(255 x image - MEAN) / STD as they do, instead of d2d's per-image standardisation")
+    v.set_defaults(func=_cmd_convert_checkpoint)
 
     s = sub.add_parser("select", help="write the top share of training samples by learned weight")
     s.add_argument("--run", required=True)
@@ -478,7 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     import torch
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # argparse printed its usage and error (or the help): return its code
+        return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 2
     threads = torch.get_num_threads()
     try:
         result = args.func(args)

@@ -10,7 +10,8 @@ Layout of a dataset root ``ROOT`` (the one ISTD users already have on disk)::
 
 Coordinates: points are ``(K, 2)`` float64 arrays with columns ``(x, y)`` in 0-based pixel units,
 ``(0, 0)`` being the centre of the top-left pixel, so a point on pixel ``(row, col)`` reads
-``(col, row)``. Images are ``(H, W)`` float32 in ``[0, 1]``; masks ``(H, W)`` bool.
+``(col, row)``; a point lies inside its image when it rounds to one of its pixels
+(:func:`points_inside`). Images are ``(H, W)`` float32 in ``[0, 1]``; masks ``(H, W)`` bool.
 
 Every problem with the input (missing file, unreadable or truncated PNG, size mismatch, bad split
 file, point outside its image) raises :class:`DataError` whose message names the offending file.
@@ -42,6 +43,8 @@ __all__ = [
     "remove_stale_temps",
     "connected_points",
     "label_targets",
+    "points_inside",
+    "valid_point_source",
 ]
 
 #: The point sources of :meth:`IRDataset.points` (``"csv:FILE"`` takes a file name after the colon).
@@ -470,13 +473,12 @@ class IRDataset:
         if len(pts) == 0:
             return
         h, w = self.image_size(id)
-        x, y = pts[:, 0], pts[:, 1]
-        bad = ~(np.isfinite(x) & np.isfinite(y) & (x >= 0) & (x < w) & (y >= 0) & (y < h))
+        bad = ~points_inside(pts, (h, w))
         if bad.any():
-            k = int(np.flatnonzero(bad)[0])
+            x, y = pts[int(np.flatnonzero(bad)[0])]
             raise DataError(
-                f"point (x={x[k]:g}, y={y[k]:g}) of image {id!r} lies outside the {w}x{h} (WxH) "
-                f"image {self.image_path(id)} (source {source!r}, file {path})"
+                f"point (x={x:g}, y={y:g}) of image {id!r} lies outside the {w}x{h} (WxH) "
+                f"image {self.image_path(id)} ({INSIDE_RULE.format(w=w, h=h)}; source {source!r}, file {path})"
             )
 
     def _csv_path(self, name: str) -> Path:
@@ -586,6 +588,38 @@ def coarse_points(mask, rng: np.random.Generator) -> np.ndarray:
             point = (int(xs[j]), int(ys[j]))
         out[k] = (point[0] + sl[1].start, point[1] + sl[0].start)
     return out
+
+
+def valid_point_source(source: str) -> bool:
+    """Whether ``source`` names a point source of :meth:`IRDataset.points` (one of
+    :data:`POINT_SOURCES`, ``csv:`` followed by a file name); whether the files exist is not
+    checked here."""
+    source = str(source)
+    fixed = [s for s in POINT_SOURCES if not s.endswith(":FILE")]
+    return source in fixed or (source.startswith("csv:") and len(source) > len("csv:"))
+
+
+#: What :func:`points_inside` accepts, for error messages (``.format(w=W, h=H)``).
+INSIDE_RULE = "a point lies inside when -0.5 <= x < {w} - 0.5 and -0.5 <= y < {h} - 0.5"
+
+
+def points_inside(points, shape) -> np.ndarray:
+    """Which of the ``(K, 2)`` ``(x, y)`` points lie inside an image of ``shape = (H, W)``:
+    ``(K,)`` bool.
+
+    Pixel centres sit at integer coordinates (see the module docstring), so pixel ``(row, col)``
+    covers ``[col - 0.5, col + 0.5) x [row - 0.5, row + 0.5)`` and a point belongs to pixel
+    ``(floor(y + 0.5), floor(x + 0.5))``: rounded half up, the rule the annotator places points
+    by (:func:`d2d_ext.annotate.point_pixel`). A point is inside when that pixel is:
+    ``-0.5 <= x < W - 0.5`` and ``-0.5 <= y < H - 0.5``. So ``x = -0.4`` (pixel 0) is inside and
+    ``x = W - 0.3`` or ``x = W - 0.5`` (pixel ``W``) is not; NaN and infinities are outside.
+    The dataset check and the annotator both use this one rule.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    H, W = shape
+    with np.errstate(invalid="ignore"):  # NaN compares False: outside, as it should
+        col, row = np.floor(pts[:, 0] + 0.5), np.floor(pts[:, 1] + 0.5)
+        return (col >= 0) & (col < W) & (row >= 0) & (row < H)
 
 
 def _short_list(items, limit: int = 10) -> str:

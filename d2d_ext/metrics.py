@@ -34,16 +34,27 @@ nIoU (mean of per-image IoU, percent)
 Pd and Fa (target level)
     Targets are the 8-connected components (``scipy.ndimage.label`` with a 3x3 structure of
     ones) of ``G``; predicted objects are the 8-connected components of ``P``. The centroid of
-    a component is the mean ``(y, x)`` of its pixels. Ground-truth targets are visited in label
-    order (raster order of their first pixel); each is matched to the *nearest* predicted
+    a component is the mean ``(y, x)`` of its pixels (not rounded). Ground-truth targets are
+    visited in label order (raster order of their first pixel); each is matched to one predicted
     component that is still unmatched and whose centroid lies at Euclidean distance strictly
-    less than ``match_distance`` (3 px by default) from the target's centroid (ties: the lower
-    predicted label). Matching is one-to-one.
+    less than ``match_distance`` (3 px by default) from the target's centroid. Which one is the
+    ``pd_match`` rule (:data:`PD_MATCH_RULES`):
+
+    * ``"nearest"`` (default): the nearest such component (ties: the lower predicted label);
+    * ``"first"``: the first such component in label order, as BasicIRSTD's and LESPS'
+      ``PD_FA.update`` takes it (it walks the remaining predicted regions in order and removes
+      the first one within the distance). The two differ only where two unmatched predicted
+      components lie within the distance of one target.
+
+    Matching is one-to-one.
 
     * ``pd = 100 * matched targets / all targets`` (percent; ``nan`` when there is no target);
     * ``fa = 1e6 * (pixels of unmatched predicted components) / (all pixels of all images)``
       (false-alarm pixels per million pixels; ``nan`` before any image). Pixels of matched
       predicted components are never false alarms, even where they lie outside the target.
+      (BasicIRSTD's and LESPS' code instead drops from Fa every unmatched component whose pixel
+      count equals that of a matched one in the same image; both rules count the unmatched
+      components here, so Fa differs from theirs only in such coincidences.)
 
 Counts
     ``images``: images passed to ``update``; ``targets``: ground-truth components counted.
@@ -54,7 +65,11 @@ from typing import Dict, Tuple
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["binarize", "match_targets", "IoUMetric", "PdFaMetric", "ISTDMetrics"]
+__all__ = ["binarize", "match_targets", "IoUMetric", "PdFaMetric", "ISTDMetrics", "PD_MATCH_RULES"]
+
+#: How a ground-truth target picks among the predicted components within the distance (see the
+#: module docstring): the nearest one, or the first in label order (BasicIRSTD / LESPS).
+PD_MATCH_RULES = ("nearest", "first")
 
 #: The 3x3 structuring element of 8-connectivity: what a "target" (a connected component) is,
 #: here and everywhere in d2d_ext that labels components.
@@ -154,20 +169,28 @@ def _components(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return areas.astype(np.int64), cy, cx
 
 
-def match_targets(pred_bool, gt_bool, max_distance: float = 3.0) -> Tuple[int, int, int]:
+def _check_pd_match(pd_match: str) -> str:
+    if pd_match not in PD_MATCH_RULES:
+        raise ValueError(f"d2d_ext.metrics: pd_match must be one of {PD_MATCH_RULES}, got {pd_match!r}")
+    return pd_match
+
+
+def match_targets(pred_bool, gt_bool, max_distance: float = 3.0, pd_match: str = "nearest") -> Tuple[int, int, int]:
     """Match the ground-truth targets of one image to its predicted components.
 
     Args:
         pred_bool: ``(H, W)`` predicted mask (bool; other dtypes go through :func:`binarize`).
         gt_bool: ``(H, W)`` ground-truth mask, same shape.
         max_distance: a match needs centroid distance strictly below this (pixels).
+        pd_match: ``"nearest"`` or ``"first"`` (see the module docstring).
 
     Returns:
         ``(n_targets, n_matched, false_alarm_pixels)``: the number of 8-connected ground-truth
-        components, how many of them were matched (greedy in label order, each to the nearest
-        still-unmatched predicted component, one-to-one), and the pixel count of the predicted
-        components left unmatched.
+        components, how many of them were matched (greedy in label order, each to the nearest,
+        or the first in label order, still-unmatched predicted component within the distance,
+        one-to-one), and the pixel count of the predicted components left unmatched.
     """
+    _check_pd_match(pd_match)
     p = binarize(pred_bool, name="pred")
     g = binarize(gt_bool, name="target")
     if p.ndim != 2 or g.ndim != 2 or p.shape != g.shape:
@@ -187,7 +210,8 @@ def match_targets(pred_bool, gt_bool, max_distance: float = 3.0) -> Tuple[int, i
     matched = 0
     for t in range(n_t):  # few targets per image; the greedy order is inherently sequential
         row = np.where(free, d2[t], np.inf)
-        j = int(np.argmin(row))
+        # argmin: the nearest (ties: lowest label); argmax of "within reach": the lowest label
+        j = int(np.argmin(row)) if pd_match == "nearest" else int(np.argmax(np.isfinite(row)))
         if np.isfinite(row[j]):
             free[j] = False
             matched += 1
@@ -237,13 +261,16 @@ class PdFaMetric:
 
     ``update(pred, target)`` takes ``(H, W)``, ``(B, H, W)`` or ``(B, 1, H, W)`` arrays/tensors;
     ``compute()`` returns ``{"pd": percent, "fa": false-alarm pixels per 1e6 pixels}``.
+    ``pd_match``: ``"nearest"`` (default) or ``"first"`` (BasicIRSTD's rule; see the module
+    docstring).
     """
 
-    def __init__(self, threshold: float = 0.5, match_distance: float = 3.0):
+    def __init__(self, threshold: float = 0.5, match_distance: float = 3.0, pd_match: str = "nearest"):
         if not match_distance > 0:
             raise ValueError(f"d2d_ext.metrics: match_distance must be > 0, got {match_distance}")
         self.threshold = float(threshold)
         self.match_distance = float(match_distance)
+        self.pd_match = _check_pd_match(pd_match)
         self.reset()
 
     def reset(self) -> None:
@@ -258,7 +285,7 @@ class PdFaMetric:
 
     def _update_bool(self, p: np.ndarray, g: np.ndarray) -> None:
         for pi, gi in zip(p, g):
-            n_t, n_m, fa_px = match_targets(pi, gi, self.match_distance)
+            n_t, n_m, fa_px = match_targets(pi, gi, self.match_distance, self.pd_match)
             self.n_targets += n_t
             self.n_matched += n_m
             self.false_alarm_pixels += fa_px
@@ -280,6 +307,8 @@ class ISTDMetrics:
         threshold: cut for float predictions (``pred > threshold``); ground truth always uses the
             default rules of :func:`binarize`.
         match_distance: centroid distance (pixels) below which a prediction detects a target.
+        pd_match: ``"nearest"`` (default): a target takes the nearest predicted component within
+            the distance; ``"first"``: the first in label order, as BasicIRSTD / LESPS do.
 
     ``update(pred, target)`` takes one image ``(H, W)`` or a batch ``(B, H, W)`` /
     ``(B, 1, H, W)``, as NumPy arrays or torch tensors. ``compute()`` returns
@@ -287,11 +316,12 @@ class ISTDMetrics:
     ``"targets"``. Definitions are in the module docstring.
     """
 
-    def __init__(self, threshold: float = 0.5, match_distance: float = 3.0):
+    def __init__(self, threshold: float = 0.5, match_distance: float = 3.0, pd_match: str = "nearest"):
         self.threshold = float(threshold)
         self.match_distance = float(match_distance)
+        self.pd_match = pd_match
         self.iou_metric = IoUMetric(threshold)
-        self.pdfa_metric = PdFaMetric(threshold, match_distance)
+        self.pdfa_metric = PdFaMetric(threshold, match_distance, pd_match)
         self.images = 0
 
     def reset(self) -> None:

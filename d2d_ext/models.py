@@ -20,12 +20,18 @@ RetinaNet-style prior for a task where almost every pixel is background: trainin
 "nothing here" instead of from a coin flip per pixel, which keeps the first soft-IoU gradients from
 being dominated by the background.
 
-Helpers: :func:`build_model` (by name), :func:`count_parameters`, :func:`final_logits`.
+Helpers: :func:`build_model` (by name), :func:`count_parameters`, :func:`final_logits`;
+``model.predict(x)`` of every model gives the single probability map of BasicIRSTD / LESPS test code;
+:func:`load_checkpoint` (and :func:`convert_checkpoint`) reads their DNANet checkpoints.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import List, NamedTuple, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -47,13 +53,21 @@ __all__ = [
     "DNANet",
     "ALCLNet",
     "MODEL_NAMES",
+    "DNANET_RESAMPLINGS",
+    "CHECKPOINT_MODELS",
+    "ConvertedWeights",
     "build_model",
     "count_parameters",
     "final_logits",
+    "convert_checkpoint",
+    "load_checkpoint",
 ]
 
 #: Initial bias of every output head: the logit of a ~1.8 % foreground prior.
 PRIOR_BIAS = -4.0
+
+#: :class:`DNANet`'s resampling conventions: d2d's own, or that of the authors' code.
+DNANET_RESAMPLINGS = ("d2d", "original")
 
 ModelOutput = Union[torch.Tensor, List[torch.Tensor]]
 
@@ -253,11 +267,16 @@ class LogitHead(nn.Conv2d):
         nn.init.constant_(self.bias, PRIOR_BIAS)
 
 
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize of ``(B, C, h, w)`` to ``(B, C, *size)`` (a no-op at the same size)."""
+def _resize(x: torch.Tensor, size, align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize of ``(B, C, h, w)`` to ``(B, C, *size)`` (a no-op at the same size).
+
+    With ``align_corners=True`` the corner pixels' centres map onto each other, so the result
+    equals ``nn.Upsample(scale_factor=s, mode="bilinear", align_corners=True)`` wherever
+    ``size = s * (h, w)``: that mode ignores the factor and uses ``(h - 1) / (size - 1)``.
+    """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -299,6 +318,23 @@ class _SegmentationNet(nn.Module):
         if isinstance(out, (list, tuple)):
             return [o[..., :H, :W] for o in out]
         return out[..., :H, :W]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The single-output convention of BasicIRSTD / LESPS test code: ``(B, C, H, W)`` to one
+        ``(B, 1, H, W)`` probability map in (0, 1), the sigmoid of the final output (the side
+        outputs of deep supervision are dropped).
+
+        Runs in eval mode (batch norms use their running statistics, so an image's map does not
+        depend on the rest of the batch) without autograd; the module's training flag is restored
+        afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.sigmoid(final_logits(self(x)))
+        finally:
+            self.train(was_training)
 
     def _forward(self, x: torch.Tensor) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -385,12 +421,19 @@ class DNANet(_SegmentationNet):
     about 4.7 M parameters (the paper's DNANet with ResNet-style CBAM blocks).
 
     Written from the paper (and its public description); differences: the convolutions in front
-    of batch norms have no bias (a few thousand parameters fewer); bilinear resizes use
-    ``align_corners=False`` and resize to the exact target size (so odd intermediate sizes also
-    work); all convolutions are Kaiming-initialised and the heads start from the background prior
-    (see the module docstring) instead of PyTorch's default initialisation; the output is logits
-    (the paper thresholds the sigmoid); the eight-connected clustering post-processing that turns
-    the map into target centroids is not part of the network.
+    of batch norms have no bias (a few thousand parameters fewer); with the default
+    ``resampling="d2d"`` bilinear resizes use ``align_corners=False`` and resize to the exact
+    target size (so odd intermediate sizes also work) and the shallower node enters a deeper one
+    through a 2x2 max pool; all convolutions are Kaiming-initialised and the heads start from the
+    background prior (see the module docstring) instead of PyTorch's default initialisation; the
+    output is logits (the paper thresholds the sigmoid); the eight-connected clustering
+    post-processing that turns the map into target centroids is not part of the network.
+
+    ``resampling="original"`` resamples as the authors' code does (also the DNANet of BasicIRSTD
+    and LESPS): every bilinear resize with ``align_corners=True``, and the shallower node enters
+    a deeper one through a bilinear half-size resize instead of the max pool. With it, weights
+    converted by :func:`load_checkpoint` give those codebases' outputs (bias-free convolutions
+    lose nothing: a bias in front of a batch norm folds into its running mean).
 
     Args:
         in_channels: input channels ``C``.
@@ -398,6 +441,7 @@ class DNANet(_SegmentationNet):
             ``2 ** (L - 1)``).
         blocks: ResCBAM blocks per node on levels ``1 .. L-1`` (``L - 1`` entries).
         deep_supervision: return the list of ``L - 1`` logit maps instead of the final one.
+        resampling: ``"d2d"`` or ``"original"`` (see above; one of :data:`DNANET_RESAMPLINGS`).
 
     Shapes: ``(B, C, H, W)`` to ``(B, 1, H, W)`` logits, or a list of ``L - 1`` of them.
     """
@@ -408,6 +452,7 @@ class DNANet(_SegmentationNet):
         filters: Sequence[int] = (16, 32, 64, 128, 256),
         blocks: Sequence[int] = (2, 2, 2, 2),
         deep_supervision: bool = True,
+        resampling: str = "d2d",
     ):
         super().__init__()
         filters = [int(f) for f in filters]
@@ -417,10 +462,13 @@ class DNANet(_SegmentationNet):
             raise ValueError(
                 f"need >= 2 filters and len(filters) - 1 block counts >= 1, got {filters}, {blocks}"
             )
+        if resampling not in DNANET_RESAMPLINGS:
+            raise ValueError(f"resampling must be one of {DNANET_RESAMPLINGS}, got {resampling!r}")
         self.in_channels = in_channels
         self.stride = 2 ** (L - 1)
         self.levels = L
         self.deep_supervision = bool(deep_supervision)
+        self.resampling = resampling
 
         def n_blocks(i: int) -> int:
             return 1 if i == 0 else blocks[i - 1]
@@ -441,8 +489,15 @@ class DNANet(_SegmentationNet):
             self.side_heads = nn.ModuleList([LogitHead(filters[0]) for _ in range(L - 2)])
         _init_weights(self)
 
+    def _down(self, x: torch.Tensor, size) -> torch.Tensor:
+        """The shallower node on its way into a deeper one: ``(B, C, 2h, 2w)`` to ``(B, C, h, w)``."""
+        if self.resampling == "original":
+            return _resize(x, size, align_corners=True)
+        return F.max_pool2d(x, 2)
+
     def _forward(self, x: torch.Tensor) -> ModelOutput:
         L = self.levels
+        corners = self.resampling == "original"
         X = [[None] * L for _ in range(L)]
         X[0][0] = self.nodes["0_0"](x)
         # Anti-diagonal order: X[k][0], then X[k-1][1], ..., X[0][k]; every input is ready.
@@ -451,12 +506,12 @@ class DNANet(_SegmentationNet):
             for j in range(1, k + 1):
                 i = k - j
                 size = X[i][0].shape[-2:]
-                parts = X[i][:j] + [_resize(X[i + 1][j - 1], size)]
+                parts = X[i][:j] + [_resize(X[i + 1][j - 1], size, corners)]
                 if i >= 1:
-                    parts.append(F.max_pool2d(X[i - 1][j], 2))
+                    parts.append(self._down(X[i - 1][j], size))
                 X[i][j] = self.nodes[f"{i}_{j}"](torch.cat(parts, dim=1))
         full = X[0][0].shape[-2:]
-        pyramid = [_resize(conv(X[L - 1 - k][k]), full) for k, conv in enumerate(self.pyramid)]
+        pyramid = [_resize(conv(X[L - 1 - k][k]), full, corners) for k, conv in enumerate(self.pyramid)]
         final = self.head(self.fuse(torch.cat(pyramid + [X[0][L - 1]], dim=1)))
         if not self.deep_supervision:
             return final
@@ -589,3 +644,263 @@ def final_logits(output: ModelOutput) -> torch.Tensor:
             raise ValueError("empty model output")
         return output[-1]
     return output
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints of BasicIRSTD / LESPS
+# ----------------------------------------------------------------------------------------------
+
+#: Architectures whose BasicIRSTD / LESPS checkpoints :func:`load_checkpoint` converts.
+CHECKPOINT_MODELS = ("dnanet",)
+
+# What their training code puts in front of the network's own names: LESPS' and BasicIRSTD's
+# ``Net`` holds the network as ``self.model``; ``nn.DataParallel`` adds ``module.``.
+_WRAPPER_PREFIXES = ("module.", "model.")
+
+# Their ``Res_CBAM_block`` part -> ours in :class:`ResCBAMBlock`.
+_BLOCK_PARTS = {
+    "conv1": "body.0.0",
+    "bn1": "body.0.1",
+    "conv2": "body.1",
+    "bn2": "body.2",
+    "shortcut.0": "shortcut.0",
+    "shortcut.1": "shortcut.1",
+    "ca.fc1": "channel_att.mlp.0",
+    "ca.fc2": "channel_att.mlp.2",
+    "sa.conv1": "spatial_att.conv",
+}
+# A block's convolutions that have a bias there (ours have none) -> the batch norm right after.
+_BIAS_INTO = {"conv1": "bn1", "conv2": "bn2", "shortcut.0": "shortcut.1"}
+
+
+class ConvertedWeights(NamedTuple):
+    """A foreign checkpoint in d2d's terms: ``build_model(model, **kwargs)`` then
+    ``load_state_dict(state_dict)`` rebuilds it."""
+
+    model: str  # d2d's model name (see :func:`build_model`)
+    kwargs: dict  # its constructor arguments (plain ints, lists, bools and strings)
+    state_dict: dict  # d2d's key names, conv biases folded into the batch norms
+
+
+def _short_list(items, limit: int = 5) -> str:
+    """At most ``limit`` items and how many there are in all: an error message stays one line
+    even when a whole network's keys do not fit."""
+    items = [str(i) for i in items]
+    head = ", ".join(items[:limit])
+    return head + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def _one_line(text, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _numpy_globals() -> list:
+    """The NumPy types a ``weights_only`` load must accept for LESPS checkpoints: they store
+    lists of NumPy scalars (``train_iou_list``) beside the weights. Data only, no code."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    dtypes = {type(np.dtype(c)) for c in "?bBhHiIlLqQefdg"}
+    # a file written under NumPy 1 names the scalar constructor by its old module
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
+
+
+def _read_checkpoint(source) -> dict:
+    """A state dict of tensors from a path or a mapping, unwrapped (``{'state_dict': ...}``,
+    ``{'net': ...}``) and without the wrappers' key prefixes (``module.``, ``model.``)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        try:
+            with torch.serialization.safe_globals(_numpy_globals()):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling errors, truncated files, foreign formats
+            cause = str(err).split("WeightsUnpickler error:", 1)[-1]
+            raise ValueError(f"cannot load checkpoint {path}: not a PyTorch file of tensors and plain data, "
+                             f"or a damaged one ({_one_line(cause)})") from err
+        where = str(path)
+    else:
+        state, where = source, "the state dict"
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{where}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}")
+    for wrapper in ("state_dict", "net"):
+        if isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
+    tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"{where} holds no tensors (top-level keys: {_short_list(state)})")
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _dnanet_layout(sd: dict, where: str) -> dict:
+    """The constructor arguments of the DNANet that ``sd`` (their key names) holds: levels and
+    widths from the backbone column ``conv{i}_0``, deep supervision from ``final1`` vs ``final``."""
+    levels = 0
+    while f"conv{levels}_0.0.conv1.weight" in sd:
+        levels += 1
+    if levels < 2:
+        raise ValueError(f"{where} is not a DNANet checkpoint of BasicIRSTD / LESPS: no backbone nodes "
+                         f"conv0_0.0.conv1.weight, conv1_0.0.conv1.weight (its keys: {_short_list(sorted(sd))})")
+    filters = [int(sd[f"conv{i}_0.0.conv1.weight"].shape[0]) for i in range(levels)]
+    blocks = []
+    for i in range(1, levels):
+        indices = {int(m.group(1)) for k in sd for m in [re.match(rf"conv{i}_0\.(\d+)\.", k)] if m}
+        blocks.append(max(indices) + 1)
+    return {
+        "in_channels": int(sd["conv0_0.0.conv1.weight"].shape[1]),
+        "filters": filters,
+        "blocks": blocks,
+        "deep_supervision": "final.weight" not in sd,
+    }
+
+
+def _block_part(rest: str):
+    """``'conv1.weight'`` -> ``('conv1', 'weight')``; ``None`` for a name no block has."""
+    for part in _BLOCK_PARTS:
+        if rest.startswith(part + "."):
+            return part, rest[len(part) + 1:]
+    return None
+
+
+def _dnanet_name(key: str, levels: int):
+    """Their key -> ``(our module prefix, their block part or None, parameter name)``, or
+    ``None`` where nothing of ours corresponds."""
+    m = re.fullmatch(r"conv(\d+)_(\d+)\.(\d+)\.(.+)", key)
+    if m:
+        i, j, k = int(m.group(1)), int(m.group(2)), m.group(3)
+        split = _block_part(m.group(4))
+        if split is None or i + j > levels - 1:
+            return None
+        return f"nodes.{i}_{j}.{k}", split[0], split[1]
+    m = re.fullmatch(r"conv0_(\d+)_final\.0\.(.+)", key)
+    if m:
+        split = _block_part(m.group(2))
+        if split is None or int(m.group(1)) != levels - 1:
+            return None
+        return "fuse", split[0], split[1]
+    m = re.fullmatch(r"conv0_(\d+)_1x1\.(weight|bias)", key)
+    if m:  # their projection of the level-m node is our pyramid entry L - 1 - m
+        level = int(m.group(1))
+        return (f"pyramid.{levels - 1 - level}", None, m.group(2)) if 1 <= level <= levels - 1 else None
+    m = re.fullmatch(r"final(\d*)\.(weight|bias)", key)
+    if m:
+        n = int(m.group(1) or levels - 1)
+        if not 1 <= n <= levels - 1:
+            return None
+        return ("head" if n == levels - 1 else f"side_heads.{n - 1}"), None, m.group(2)
+    return None
+
+
+def _convert_dnanet(sd: dict, levels: int) -> tuple:
+    """``(state dict in our names, their keys without a counterpart)``; every conv bias in front
+    of a batch norm is folded into that norm's running mean."""
+    out, biases, unmapped = {}, {}, []
+    for key, value in sd.items():
+        target = _dnanet_name(key, levels)
+        if target is None:
+            unmapped.append(key)
+            continue
+        prefix, part, param = target
+        if part in _BIAS_INTO and param == "bias":
+            biases[f"{prefix}.{_BLOCK_PARTS[_BIAS_INTO[part]]}.running_mean"] = (key, value)
+            continue
+        name = f"{prefix}.{_BLOCK_PARTS[part]}.{param}" if part else f"{prefix}.{param}"
+        out[name] = value
+    for mean_key, (key, bias) in biases.items():
+        if mean_key not in out:
+            unmapped.append(key)  # a bias whose batch norm is not in the file
+            continue
+        if out[mean_key].shape != bias.shape:
+            raise ValueError(f"{key} has shape {tuple(bias.shape)} but its batch norm's running mean "
+                             f"{tuple(out[mean_key].shape)}")
+        # in eval mode BN(conv(x) + b) = gamma * (conv(x) + b - mean) / sd + beta: the same norm
+        # with mean - b after the bias-free convolution (in train mode the batch mean absorbs b)
+        out[mean_key] = out[mean_key] - bias.to(out[mean_key].dtype)
+    return out, unmapped
+
+
+def _check_state(model: nn.Module, state: dict, unmapped: list, where: str) -> None:
+    """Raise one short ``ValueError`` listing what does not fit: keys of the file we cannot place,
+    our keys it lacks, and tensors of the wrong shape."""
+    ours = model.state_dict()
+    problems = []
+    extra = unmapped + sorted(set(state) - set(ours))
+    if extra:
+        problems.append(f"{len(extra)} keys without a counterpart in d2d's {type(model).__name__}: {_short_list(extra)}")
+    missing = sorted(set(ours) - set(state))
+    if missing:
+        problems.append(f"{len(missing)} of its keys missing: {_short_list(missing)}")
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(ours[k].shape)}"
+              for k in sorted(set(state) & set(ours)) if state[k].shape != ours[k].shape]
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches (file vs model): {_short_list(shapes, 3)}")
+    if problems:
+        raise ValueError(f"{where} does not fit: " + "; ".join(problems))
+
+
+def convert_checkpoint(source, model: str = "dnanet", **model_kwargs) -> ConvertedWeights:
+    """A BasicIRSTD / LESPS checkpoint in d2d's terms (see :func:`load_checkpoint`)."""
+    key = str(model).strip().lower()
+    if key not in CHECKPOINT_MODELS:
+        raise ValueError(f"cannot convert {model!r} checkpoints; valid models: {', '.join(CHECKPOINT_MODELS)}")
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "the state dict"
+    sd = _read_checkpoint(source)
+    kwargs = {**_dnanet_layout(sd, where), "resampling": "original", **model_kwargs}
+    net = build_model(key, **kwargs)
+    state, unmapped = _convert_dnanet(sd, net.levels)
+    _check_state(net, state, unmapped, where)
+    return ConvertedWeights(key, kwargs, state)
+
+
+def load_checkpoint(source, model: str = "dnanet", **model_kwargs) -> nn.Module:
+    """d2d's model with the weights of a BasicIRSTD / LESPS checkpoint, in eval mode.
+
+    Args:
+        source: a path to their ``.pth`` / ``.pth.tar`` file (read with ``weights_only=True``:
+            tensors and plain data, never code), or a state dict. The weights may be wrapped
+            (``{'state_dict': ...}`` as their training scripts save, or ``{'net': ...}``) and their
+            names may carry the prefixes ``model.`` (their ``Net`` wrapper) and ``module.``
+            (``nn.DataParallel``).
+        model: the architecture (one of :data:`CHECKPOINT_MODELS`; so far their ``DNANet``).
+        **model_kwargs: constructor arguments of d2d's model. By default they are read from the
+            weights (input channels, widths ``nb_filter``, blocks per level ``num_blocks``, deep
+            supervision from ``final1..final4`` vs ``final``) with ``resampling="original"``,
+            which gives their outputs; a value given here wins (a conflicting one is reported as
+            a mismatch).
+
+    Key names: their ``conv{i}_{j}`` stages become ``nodes["{i}_{j}"]``, ``conv0_4_final.0`` is
+    ``fuse``, ``conv0_{m}_1x1`` is ``pyramid[4 - m]``, ``final1..final3`` are ``side_heads`` and
+    ``final4`` (or ``final``) is ``head``; inside a ``Res_CBAM_block``, ``conv1/bn1/conv2/bn2``
+    are ``body``, ``ca.fc1/ca.fc2`` ``channel_att.mlp``, ``sa.conv1`` ``spatial_att.conv``. Their
+    convolutions in front of a batch norm have biases and ours do not: each bias ``b`` is folded
+    into the norm as ``running_mean - b``, which gives the same eval-mode output (and the same
+    train-mode output, where the batch mean absorbs ``b``).
+
+    What then still differs from their network: the output is logits (theirs ends in a
+    sigmoid: ``model.predict(x)`` gives their probabilities); deep supervision returns all four maps
+    in train and eval mode alike (theirs only the last one outside ``mode='train'``); inputs
+    whose sides are not multiples of 16 are padded by edge replication inside the model, where
+    their test loaders zero-pad the normalised image to multiples of 32 first (pad the input the
+    same way to get their numbers for such sizes).
+
+    The model takes the floating-point dtype of the file's weights and sits on the CPU.
+
+    Raises:
+        FileNotFoundError: ``source`` is a path that does not exist.
+        ValueError: an unreadable file, a file without tensors, an unknown ``model``, or weights
+            that do not fit; the message names the file and lists (a few of) the keys of theirs
+            we cannot place, ours they lack, and the tensors of the wrong shape.
+    """
+    converted = convert_checkpoint(source, model, **model_kwargs)
+    net = build_model(converted.model, **converted.kwargs)
+    # load_state_dict copies into the model's dtype: build it in the file's, so nothing is rounded
+    net.to(converted.state_dict["nodes.0_0.0.body.0.0.weight"].dtype)
+    net.load_state_dict(converted.state_dict)
+    return net.eval()

@@ -181,6 +181,15 @@ def test_bad_mask_counts_are_clear_errors(dataset, tmp_path, capsys, case):
     assert not (tmp_path / "s.json").exists()
 
 
+@pytest.mark.parametrize("flag, value", [("--confidence", "0"), ("--confidence", "1.5"), ("--margin", "-1")])
+def test_bad_margin_or_confidence_is_a_clear_error(dataset, tmp_path, capsys, flag, value):
+    code = main(["calibrate", "--dataset", str(dataset), "--masks", str(N), "--out", str(tmp_path / "s.json"),
+                 flag, value, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and flag in err and "Traceback" not in err
+    assert not (tmp_path / "s.json").exists()
+
+
 @pytest.mark.parametrize("content, expected", [
     (None, "cannot read settings file"),
     ("{not json", "not valid JSON"),
@@ -231,14 +240,18 @@ class _Counts:
     def __init__(self, table):
         self.table = table
 
+    def counts(self, values):
+        return np.asarray(self.table.get(values["low_fraction"], self.table[None]))
+
     def iou(self, values, images=slice(None)):
-        inter, union = np.asarray(self.table.get(values["low_fraction"], self.table[None]))[images].sum(0)
+        inter, union = self.counts(values)[images].sum(0)
         return 100.0 * inter / union
 
 
-def test_a_gain_that_one_half_of_the_masks_does_not_share_is_refused():
+def test_a_gain_that_some_of_the_masks_do_not_share_is_refused():
     """Four images: low_fraction 0.1 lifts the pooled IoU by 10 points, all of it on the even
-    images (the odd ones lose); 0.5 lifts both halves. The descent takes 0.5, never 0.1."""
+    images (the odd ones lose), so resamples that draw mostly odd images lose; 0.5 lifts every
+    image. The descent takes 0.5, never 0.1."""
     from d2d_ext.calibrate import GRIDS, _descend
 
     start = {name: grid[len(grid) // 2] for name, grid in GRIDS.items()}
@@ -249,3 +262,15 @@ def test_a_gain_that_one_half_of_the_masks_does_not_share_is_refused():
     both = _Counts({None: flat, 0.1: [(90, 100), (45, 100), (90, 100), (45, 100)],
                     0.5: [(60, 100), (60, 100), (60, 100), (60, 100)]})
     assert _descend(both, start, sweeps=3, margin=0.5)["low_fraction"] == 0.5
+
+
+def test_the_confidence_is_the_share_of_resamples_that_must_gain():
+    """The lopsided gain above wins on a resample of the four images unless it draws only odd
+    images (1 - 1/16 = 93.75% of resamples): a confidence of 0.9 takes it, 0.95 does not."""
+    from d2d_ext.calibrate import GRIDS, _descend
+
+    start = {name: grid[len(grid) // 2] for name, grid in GRIDS.items()}
+    start["low_fraction"] = 0.3
+    lopsided = _Counts({None: [(50, 100)] * 4, 0.1: [(90, 100), (45, 100), (90, 100), (45, 100)]})
+    assert _descend(lopsided, start, sweeps=3, margin=0.5, confidence=0.9)["low_fraction"] == 0.1
+    assert _descend(lopsided, start, sweeps=3, margin=0.5, confidence=0.95)["low_fraction"] == 0.3

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from d2d_ext.cli import annotate_dataset, main
 from d2d_ext.data import IRDataset, read_gray
@@ -332,3 +333,192 @@ def test_soft_folder_must_differ_and_match_its_settings(dataset, soft_run, tmp_p
                  "--set", "level=0.2", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "other settings" in err and str(soft_run / "s") in err
+
+
+# ------------------------------------------------------------------------------ settings with a few values
+
+BAD_CHOICES = [
+    (["train", "--dataset", "D", "--out", "O"], "--model", "unett", ["unet", "dnanet", "alclnet"]),
+    (["train", "--dataset", "D", "--out", "O"], "--mode", "semi", ["bilevel", "full", "naive", "fixed"]),
+    (["train", "--dataset", "D", "--out", "O"], "--schedule", "step", ["cosine", "constant"]),
+    (["train", "--dataset", "D", "--out", "O"], "--meta-loss", "mean", ["per-sample", "pooled"]),
+    (["train", "--dataset", "D", "--out", "O"], "--hypergradient", "approx", ["exact", "first-order"]),
+    (["train", "--dataset", "D", "--out", "O"], "--select", "val-pd", ["val-loss", "val-iou"]),
+    (["train", "--dataset", "D", "--out", "O"], "--points", "centriod", ["centroid", "coarse", "csv:FILE"]),
+    (["annotate", "--dataset", "D", "--out", "O"], "--points", "csv:", ["gen-centroid", "gen-coarse"]),
+    (["calibrate", "--dataset", "D", "--out", "O", "--masks", "3"], "--points", "points.csv", ["csv:FILE"]),
+    (["evaluate", "--dataset", "D", "--pred", "P"], "--pd-match", "closest", ["nearest", "first"]),
+    (["test", "--dataset", "D", "--checkpoint", "C"], "--pd-match", "closest", ["nearest", "first"]),
+    (["convert-checkpoint", "IN", "OUT"], "--model", "acm", ["dnanet"]),
+]
+
+
+@pytest.mark.parametrize("args, flag, bad, valid", BAD_CHOICES, ids=lambda v: v if isinstance(v, str) else None)
+def test_a_value_outside_the_choices_is_an_argparse_error(args, flag, bad, valid, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written anywhere
+    assert main(args + [flag, bad]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert f"error: argument {flag}: invalid" in last and repr(bad) in last
+    for name in valid:
+        assert name in last
+    assert not list(tmp_path.iterdir())
+
+
+def test_choices_come_from_the_training_settings():
+    from d2d_ext.bilevel import HYPERGRADIENTS, META_LOSSES, MODES, SCHEDULES, SELECTIONS, TrainConfig
+    from d2d_ext.cli import build_parser
+    from d2d_ext.models import MODEL_NAMES
+
+    base = ["train", "--dataset", "D", "--out", "O"]
+    defaults = vars(build_parser().parse_args(base))
+    for dest, choices in (("model", MODEL_NAMES), ("mode", MODES), ("schedule", SCHEDULES),
+                          ("meta_loss", META_LOSSES), ("hypergradient", HYPERGRADIENTS), ("select", SELECTIONS)):
+        assert defaults[dest] == getattr(TrainConfig(), dest), dest
+        flag = "--" + dest.replace("_", "-")
+        for value in choices:  # every value the trainer takes is offered
+            assert getattr(build_parser().parse_args(base + [flag, value]), dest) == value
+    # model names are read as build_model reads them, whatever the case
+    args = build_parser().parse_args(["train", "--dataset", "D", "--out", "O", "--model", "DNANet"])
+    assert args.model == "dnanet"
+    with pytest.raises(ValueError, match="model must be one of"):
+        TrainConfig(model="unett").validate()
+    with pytest.raises(ValueError, match="points must be one of"):
+        TrainConfig(points="centriod").validate()
+    TrainConfig(model="DNANet", points="csv:pts.csv").validate()
+
+
+def test_a_misspelt_point_source_claims_no_folder(dataset, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["annotate", "--dataset", str(dataset), "--points", "centriod", "--out", str(out), "--quiet"]) == 2
+    assert not out.exists()
+    capsys.readouterr()
+    assert main(["annotate", "--dataset", str(dataset), "--points", "centroid", "--out", str(out), "--quiet",
+                 "--split", "test"]) == 0
+
+
+# ------------------------------------------------------------------------------ evaluate --threshold --pd-match
+
+
+@pytest.fixture
+def two_targets(tmp_path):
+    """One 12x12 image, targets at (5,5) and (5,9) (row, column); the prediction PNG holds 200 at
+    (5,7) and 100 at (6,5)."""
+    from PIL import Image
+
+    root = tmp_path / "TWO"
+    for sub in ("images", "masks", "pred"):
+        (root / sub).mkdir(parents=True)
+    Image.fromarray(np.full((12, 12), 50, np.uint8)).save(root / "images" / "a.png")
+    gt = np.zeros((12, 12), np.uint8)
+    gt[5, 5] = gt[5, 9] = 255
+    Image.fromarray(gt).save(root / "masks" / "a.png")
+    pred = np.zeros((12, 12), np.uint8)
+    pred[5, 7], pred[6, 5] = 200, 100
+    Image.fromarray(pred).save(root / "pred" / "a.png")
+    return root
+
+
+@pytest.mark.parametrize("threshold, pd_match, pd, fa", [
+    # 0.5: only 200 / 255 = 0.78 counts: (5,7) is 2 px from both targets; the first takes it -> Pd 50
+    (0.5, "nearest", 50.0, 0.0),
+    (0.5, "first", 50.0, 0.0),
+    # 0.3: 100 / 255 = 0.39 counts too. nearest: (5,5) takes (6,5) at 1, (5,9) takes (5,7) -> Pd 100.
+    # first: (5,5) takes (5,7), the first label within 3 px; (5,9) has only (6,5), 4.12 away -> Pd 50,
+    # and (6,5) is 1 false-alarm pixel of 144: 6944.4444 per million
+    (0.3, "nearest", 100.0, 0.0),
+    (0.3, "first", 50.0, 6944.4444),
+    # 100 / 255 = 0.392 is above 0.39 and not above 0.4: the threshold is in full-scale units
+    (0.39, "nearest", 100.0, 0.0),
+    (0.4, "nearest", 50.0, 0.0),
+])
+def test_evaluate_threshold_and_pd_match(two_targets, capsys, threshold, pd_match, pd, fa):
+    root = two_targets
+    assert main(["evaluate", "--dataset", str(root), "--pred", str(root / "pred"), "--quiet", "--json",
+                 "--threshold", str(threshold), "--pd-match", pd_match]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # --json: only the JSON line
+    result = json.loads(out[0])
+    assert result["pd"] == pd and result["fa"] == fa and result["targets"] == 2
+
+
+def test_evaluate_threshold_out_of_range_is_an_argparse_error(two_targets, capsys):
+    for bad in ("1.5", "-0.1", "nan", "half"):
+        assert main(["evaluate", "--dataset", str(two_targets), "--pred", str(two_targets / "pred"),
+                     "--threshold", bad]) == 2
+        assert "error: argument --threshold" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ convert-checkpoint, test
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("small") / "SMALL", n_images=2, seed=3, height=64, width=64)
+
+
+def _their_checkpoint(path, image_net_input):
+    """A LESPS-style .pth.tar of a random BasicIRSTD DNANet whose final bias puts the 0.5 cut in
+    the widest gap between logits near their 70th percentile on ``image_net_input``: the decision
+    of no pixel hangs on rounding, and about 30 % of the pixels are target."""
+    from basicirstd_dnanet import their_net
+
+    net = their_net(seed=2)
+    with torch.no_grad():
+        logits = torch.logit(net.model(image_net_input)[-1]).flatten().sort().values
+        k = int(0.7 * logits.numel())
+        window = logits[k - 50:k + 50]
+        gap = int(torch.argmax(window[1:] - window[:-1]))
+        net.model.final4.bias -= (window[gap] + window[gap + 1]) / 2
+    net = net.float()
+    torch.save({"epoch": 400, "state_dict": net.state_dict(), "total_loss": [0.1]}, path)
+    return net
+
+
+def test_converted_checkpoint_is_scored_by_test_as_their_code_scores_it(small_dataset, tmp_path, capsys):
+    ds = IRDataset(small_dataset)
+    (test_id,) = ds.ids("test")
+    image = ds.load_image(test_id)
+    mean, std = 100.0, 30.0
+    x = torch.from_numpy((255.0 * image.astype(np.float64) - mean) / std)[None, None]
+    net = _their_checkpoint(tmp_path / "DNANet_LESPS_centroid.pth.tar", x)
+    assert main(["convert-checkpoint", str(tmp_path / "DNANet_LESPS_centroid.pth.tar"), str(tmp_path / "d2d.pt"),
+                 "--img-norm", str(mean), str(std)]) == 0
+    report = _last_json(capsys.readouterr().out)
+    assert report["model"] == "dnanet" and report["model_kwargs"]["resampling"] == "original"
+    assert report["input_norm"] == {"mean": mean, "std": std}
+
+    assert main(["test", "--checkpoint", str(tmp_path / "d2d.pt"), "--dataset", str(small_dataset), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    with torch.no_grad():
+        theirs = net.model(x.float())[-1][0, 0].numpy()
+    assert 0.2 < (theirs > 0.5).mean() < 0.4
+    metrics = ISTDMetrics()
+    metrics.update(theirs, ds.load_mask(test_id))
+    expected = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.compute().items()}
+    assert result == expected
+    # without --json: the readable line first, the JSON line last
+    assert main(["test", "--checkpoint", str(tmp_path / "d2d.pt"), "--dataset", str(small_dataset)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("IoU ") and json.loads(lines[1]) == expected
+    # weights only: a run cannot resume from it
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes((tmp_path / "d2d.pt").read_bytes())
+    assert main(["train", "--dataset", str(small_dataset), "--val-split", "test", "--out", str(run), "--model",
+                 "dnanet", "--resume", "--epochs", "1", "--quiet"]) == 2
+    assert "weights only" in capsys.readouterr().err
+
+
+def test_convert_checkpoint_errors_are_one_line(tmp_path, capsys):
+    assert main(["convert-checkpoint", str(tmp_path / "missing.pth"), str(tmp_path / "out.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: checkpoint not found: {tmp_path / 'missing.pth'}"]
+    torch.save({"state_dict": {"model.backbone.weight": torch.zeros(3)}}, tmp_path / "other.pth")
+    assert main(["convert-checkpoint", str(tmp_path / "other.pth"), str(tmp_path / "out.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other.pth" in err[0] and "no backbone nodes" in err[0]
+    assert not (tmp_path / "out.pt").exists()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from d2d_ext import data as D
-from d2d_ext.data import DataError, IRDataset, connected_points, read_gray, write_png_atomic
+from d2d_ext.data import DataError, IRDataset, connected_points, points_inside, read_gray, write_png_atomic
 
 SIRST_ROOT = Path(
     os.environ.get(
@@ -283,13 +283,52 @@ def test_points_csv_bad_header(tiny):
 
 
 def test_point_outside_image(tiny):
-    (tiny / "pts.csv").write_text(f"image,x,y\na,1,1\nd,{W},3\nb,2,-0.5\n")
+    (tiny / "pts.csv").write_text(f"image,x,y\na,1,1\nd,{W},3\nb,2,-0.6\n")
     ds = IRDataset(tiny)
     assert ds.points("a", "csv:pts.csv").shape == (1, 2)
     for i in ("d", "b"):
         with pytest.raises(DataError) as e:
             ds.points(i, "csv:pts.csv")
         assert f"'{i}'" in str(e.value) and "pts.csv" in str(e.value)
+
+
+# A point belongs to pixel floor(x + 0.5) (pixel centres at integers): inside iff
+# -0.5 <= x < W - 0.5 (and the same for y). Values on both sides of both edges.
+EDGE_X_INSIDE = [-0.5, -0.4, 0.0, W - 1, W - 0.51]
+EDGE_X_OUTSIDE = [-0.51, -1.0, W - 0.5, W - 0.3, W]
+
+
+def test_points_inside_rounds_to_the_pixel_index():
+    def as_y(x):  # the same place relative to the top or bottom edge
+        return x if x < W / 2 else x - W + H
+
+    for x in EDGE_X_INSIDE:
+        assert points_inside([[x, 3.0], [3.0, as_y(x)]], (H, W)).tolist() == [True, True], x
+    for x in EDGE_X_OUTSIDE + [float("nan"), float("inf"), -float("inf")]:
+        assert points_inside([[x, 3.0], [3.0, as_y(x)]], (H, W)).tolist() == [False, False], x
+    assert points_inside(np.zeros((0, 2)), (H, W)).shape == (0,)
+
+
+@pytest.mark.parametrize("x", EDGE_X_INSIDE + EDGE_X_OUTSIDE)
+def test_dataset_and_annotator_agree_on_edge_points(tiny, x):
+    """The dataset check passes exactly the points the annotator then accepts; a refused point
+    is named with its image id and file."""
+    from d2d_ext.annotate import Annotator
+
+    (tiny / "pts.csv").write_text(f"image,x,y\na,{x},3\n")
+    ds = IRDataset(tiny)
+    if x in EDGE_X_INSIDE:
+        pts = ds.points("a", "csv:pts.csv")
+        mask = Annotator().annotate([ds.load_image("a")], [pts])[0]
+        assert mask.shape == (H, W) and mask.any()
+    else:
+        with pytest.raises(DataError) as e:
+            ds.points("a", "csv:pts.csv")
+        message = str(e.value)
+        assert f"x={x:g}" in message and "'a'" in message and "pts.csv" in message
+        assert f"-0.5 <= x < {W} - 0.5" in message
+        with pytest.raises(ValueError, match=rf"point \(x={x:g}, y=3\) of image 0 lies outside the {W}x{H} image"):
+            Annotator().annotate([ds.load_image("a")], [np.array([[x, 3.0]])])
 
 
 def test_points_gen_centroid_is_floor(tiny):

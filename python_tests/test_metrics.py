@@ -206,6 +206,70 @@ def test_one_to_one():
     assert match_targets(mask(12, 12, [(5, 7), (5, 11)]), gt) == (2, 2, 0)
 
 
+def test_first_rule_takes_the_first_label_within_reach():
+    # Targets T1 (5,5) and T2 (5,9), labels 1 and 2. Predicted single pixels P1 (5,7) (label 1,
+    # raster order: row 5 comes first) and P2 (6,5) (label 2); they do not touch.
+    # Distances: T1-P1 2, T1-P2 1, T2-P1 2, T2-P2 sqrt(1 + 16) = 4.12 (out of reach).
+    gt = mask(12, 12, [(5, 5), (5, 9)])
+    pred = mask(12, 12, [(5, 7), (6, 5)])
+    # nearest: T1 takes P2 (1 < 2), T2 takes P1 -> both detected, no false alarm.
+    assert match_targets(pred, gt) == (2, 2, 0)
+    # first (BasicIRSTD): T1 takes P1, the first label within reach; T2 has only P2, 4.12 away ->
+    # missed, and P2's pixel is a false alarm.
+    assert match_targets(pred, gt, pd_match="first") == (2, 1, 1)
+    nearest, first = ISTDMetrics(), ISTDMetrics(pd_match="first")
+    for m in (nearest, first):
+        m.update(pred, gt)
+    assert nearest.compute()["pd"] == 100.0 and nearest.compute()["fa"] == 0.0
+    # Pd 1 / 2; Fa 1 / 144 pixels * 1e6 = 6944.44...
+    assert first.compute()["pd"] == 50.0 and first.compute()["fa"] == approx(1e6 / 144)
+    # One target, two components within reach: A (3,4),(3,5), label 1, centroid (3, 4.5), 2.06
+    # away; B (5,6), label 2, 1 away. nearest takes B (A's 2 px are false alarms), first takes A
+    # (B's 1 px is).
+    one = mask(10, 10, [(5, 5)])
+    two = mask(10, 10, [(3, 4), (3, 5), (5, 6)])
+    assert match_targets(two, one) == (1, 1, 2)
+    assert match_targets(two, one, pd_match="first") == (1, 1, 1)
+    pdfa = PdFaMetric(pd_match="first")
+    pdfa.update(two, one)
+    assert pdfa.compute() == {"pd": 100.0, "fa": 1e6 / 100}
+
+
+def _their_matches(pred, gt):
+    """BasicIRSTD's PD_FA matching written out: regionprops of both (8-connected, label order),
+    each target in turn takes the first remaining region whose centroid is closer than 3."""
+    from skimage import measure
+
+    regions = measure.regionprops(measure.label(pred, connectivity=2))
+    matched = 0
+    for target in measure.regionprops(measure.label(gt, connectivity=2)):
+        for m, region in enumerate(regions):
+            if np.linalg.norm(np.array(region.centroid) - np.array(target.centroid)) < 3:
+                matched += 1
+                del regions[m]
+                break
+    return matched
+
+
+def test_first_rule_agrees_with_basicirstd_on_random_scenes():
+    rng = np.random.default_rng(5)
+    differ = 0
+    for _ in range(60):
+        gt = rng.random((24, 24)) > 0.93
+        pred = gt & (rng.random((24, 24)) > 0.3) | (rng.random((24, 24)) > 0.92)
+        n_t, n_first, _ = match_targets(pred, gt, pd_match="first")
+        assert n_first == _their_matches(pred, gt)
+        differ += match_targets(pred, gt)[1] != n_first
+    assert differ > 0  # the scenes are crowded enough for the rules to disagree somewhere
+
+
+def test_unknown_pd_match_names_the_rules():
+    for make in (lambda: ISTDMetrics(pd_match="closest"), lambda: PdFaMetric(pd_match="closest"),
+                 lambda: match_targets(mask(4, 4, []), mask(4, 4, []), pd_match="closest")):
+        with pytest.raises(ValueError, match=r"pd_match must be one of \('nearest', 'first'\), got 'closest'"):
+            make()
+
+
 def test_eight_connectivity():
     diag = [(2, 2), (3, 3), (4, 4)]
     # Diagonal pixels form ONE gt target (4-connectivity would give 3).

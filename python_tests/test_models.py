@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import d2d_ext
+from basicirstd_dnanet import their_net as their_net_with
 from d2d_ext.models import (
     MODEL_NAMES,
     PRIOR_BIAS,
@@ -254,3 +255,121 @@ def test_build_model_rejects_unknown_names():
         assert valid in str(err.value)
     with pytest.raises(TypeError):
         build_model("unet", no_such_argument=1)
+
+
+# ------------------------------------------------------------------------------ predict
+
+
+@pytest.mark.parametrize("cid", CONFIG_IDS)
+def test_predict_is_the_sigmoid_of_the_final_output_in_eval_mode(cid):
+    name, kwargs, _ = dict(zip(CONFIG_IDS, CONFIGS))[cid]
+    torch.manual_seed(3)
+    model = build_model(name, **kwargs)
+    x = torch.randn(2, 1, 32, 48, generator=torch.Generator().manual_seed(4))
+    model.train()  # predict switches to eval (running statistics) and back
+    prob = model.predict(x)
+    assert model.training and not prob.requires_grad
+    with torch.no_grad():
+        expected = torch.sigmoid(final_logits(model.eval()(x)))
+    assert prob.shape == (2, 1, 32, 48)
+    torch.testing.assert_close(prob, expected, rtol=0, atol=0)
+    # eval mode: an image's map does not depend on the rest of the batch
+    torch.testing.assert_close(model.predict(x[:1]), prob[:1], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ BasicIRSTD / LESPS checkpoints
+
+
+@pytest.fixture(scope="module")
+def their_net(one_thread):
+    return their_net_with()
+
+
+def _their_image(batch=2, size=32):
+    return torch.randn(batch, 1, size, size, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+
+def test_basicirstd_dnanet_checkpoint_gives_their_outputs(their_net):
+    from d2d_ext.models import load_checkpoint
+
+    state = their_net.state_dict()
+    assert "model.conv0_0.0.conv1.bias" in state and "model.conv1_0.0.shortcut.0.bias" in state
+    assert state["model.conv0_0.0.conv1.bias"].abs().min() > 0
+    model = load_checkpoint({"epoch": 400, "state_dict": state})
+    assert model.head.weight.dtype == torch.float64  # the file's dtype: nothing rounded on the way
+    assert not model.training and model.deep_supervision and model.resampling == "original"
+    x = _their_image()
+    with torch.no_grad():
+        theirs = their_net.model(x)
+        ours = [torch.sigmoid(o) for o in model(x)]
+    assert len(ours) == len(theirs) == 4
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(model.predict(x), theirs[-1], rtol=0, atol=1e-12)
+    # the folded bias is exact in train mode too: the batch mean absorbs it
+    their_net.train()
+    model.train()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.sigmoid(model(x)[-1]), their_net.model(x)[-1], rtol=0, atol=1e-10)
+    their_net.eval()
+    # d2d's own resampling (max-pooled shallower node, align_corners=False) is another network
+    other = load_checkpoint(state, resampling="d2d")
+    assert (other.predict(x) - theirs[-1]).abs().max() > 1e-3
+
+
+def test_checkpoint_files_wrappers_and_prefixes(tmp_path, their_net):
+    """A path to a .pth.tar as LESPS writes it (NumPy scalars beside the weights), a {'net': ...}
+    wrapper, and DataParallel's 'module.' prefix all load to the same model."""
+    import numpy as np
+
+    from d2d_ext.models import load_checkpoint
+
+    state = their_net.state_dict()
+    path = tmp_path / "DNANet_LESPS_centroid.pth.tar"
+    torch.save({"epoch": 10, "state_dict": state, "total_loss": [0.5], "train_iou_list": [np.float64(0.61)]}, path)
+    x = _their_image(batch=1)
+    expected = their_net.model(x)[-1].detach()
+    parallel = {f"module.{k}": v for k, v in state.items()}
+    for source in (path, str(path), {"net": parallel}, parallel):
+        torch.testing.assert_close(load_checkpoint(source).predict(x), expected, rtol=0, atol=1e-12)
+
+
+def test_checkpoint_layout_is_read_from_the_weights():
+    from d2d_ext.models import convert_checkpoint, load_checkpoint
+
+    net = their_net_with(seed=1, num_blocks=(1, 2, 1, 3), deep_supervision=False)
+    converted = convert_checkpoint(net.state_dict())
+    assert converted.model == "dnanet"
+    assert converted.kwargs == {"in_channels": 1, "filters": [16, 32, 64, 128, 256], "blocks": [1, 2, 1, 3],
+                                "deep_supervision": False, "resampling": "original"}
+    model = load_checkpoint(net.state_dict())
+    x = _their_image(batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.sigmoid(model(x)), net.model(x)[-1], rtol=0, atol=1e-12)
+
+
+def test_checkpoint_that_does_not_fit_is_a_short_clear_error(tmp_path, their_net):
+    from d2d_ext.models import load_checkpoint
+
+    state = dict(their_net.state_dict())
+    state.pop("model.conv2_1.1.bn1.running_var")
+    state["model.conv9_9.0.conv1.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(state)
+    message = str(err.value)
+    assert "conv9_9.0.conv1.weight" in message and "nodes.2_1.1.body.0.1.running_var" in message
+    assert len(message) < 600 and "\n" not in message
+    with pytest.raises(ValueError, match=r"shape mismatches \(file vs model\): fuse\.body\.0\.0\.weight "
+                                         r"\(16, 80, 3, 3\) vs \(32, 160, 3, 3\)") as err:
+        load_checkpoint(their_net.state_dict(), filters=(32, 32, 64, 128, 256))
+    assert len(str(err.value)) < 800
+    with pytest.raises(ValueError, match="no backbone nodes"):
+        load_checkpoint({"state_dict": {"encoder.weight": torch.zeros(2)}})
+    with pytest.raises(ValueError, match="valid models: dnanet"):
+        load_checkpoint(their_net.state_dict(), model="acm")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_checkpoint(tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot load checkpoint .*bad.pth"):
+        load_checkpoint(bad)
