@@ -4,6 +4,8 @@ import operator
 
 import torch
 
+from ._fake_checks import check_float, check_same
+
 __all__ = ["diffuse"]
 
 
@@ -40,10 +42,14 @@ def diffuse(u0: torch.Tensor, rates: torch.Tensor, tau: float, steps: int) -> to
 def _diffuse_fake(u0, rates, tau, steps):
     torch._check(u0.dim() == 3, lambda: f"d2d.diffuse: u0 must have shape (N, H, W), got {tuple(u0.shape)}")
     torch._check(rates.dim() == 4, lambda: f"d2d.diffuse: rates must have shape (N, 4, H, W), got {tuple(rates.shape)}")
+    check_float("d2d.diffuse", "u0", u0)
+    check_same("d2d.diffuse", "u0", u0, "rates", rates)
     return u0.new_empty(u0.shape)
 
 
 def _diffuse_backward_fake(grad_out, u0, rates, tau, steps):
+    check_same("d2d.diffuse_backward", "grad_out", grad_out, "u0", u0)
+    check_same("d2d.diffuse", "u0", u0, "rates", rates)
     return u0.new_empty(u0.shape), rates.new_empty(rates.shape)
 
 

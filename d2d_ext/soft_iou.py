@@ -4,6 +4,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ._fake_checks import check_float, check_same
+
 __all__ = ["soft_iou", "soft_iou_loss", "weighted_soft_iou", "REDUCTIONS"]
 
 
@@ -117,11 +119,15 @@ def weighted_soft_iou(
 
 def _soft_iou_forward_fake(logits, target, smooth, from_logits=True):
     torch._check(logits.dim() >= 1, lambda: "d2d.soft_iou: logits must have shape (N, ...)")
+    check_float("d2d.soft_iou", "logits", logits)
+    check_same("d2d.soft_iou", "logits", logits, "target", target)
     n = logits.shape[0]
     return logits.new_empty((n,)), logits.new_empty((n, 3), dtype=torch.float64)
 
 
 def _soft_iou_backward_fake(grad_loss, logits, target, sums, smooth, output_mask, from_logits=True):
+    check_same("d2d.soft_iou_backward", "logits", logits, "target", target)
+    check_same("d2d.soft_iou_backward", "grad_loss", grad_loss, "logits", logits)
     # Gradients not asked for come back as empty (0,) tensors.
     return (
         logits.new_empty(logits.shape if output_mask[0] else (0,)),

@@ -158,3 +158,29 @@ def test_smooth_zero_with_nothing_predicted_or_labelled(dtype, from_logits):
     assert torch.isfinite(xg.grad).all()
     if empty:
         assert torch.equal(xg.grad, torch.zeros_like(x))
+
+
+# --------------------------------------------------------------------------------------------
+# The fake kernels refuse what the compiled kernels refuse
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: OPS.diffuse(torch.zeros(1, 3, 3), torch.zeros(1, 4, 3, 3, dtype=torch.float64), 0.5, 1),
+     "d2d.diffuse: u0 and rates must have the same dtype"),
+    (lambda: OPS.diffuse(torch.zeros(1, 3, 3, dtype=torch.int64), torch.zeros(1, 4, 3, 3, dtype=torch.int64), 0.5, 1),
+     "d2d.diffuse: u0 must be float32 or float64"),
+    (lambda: OPS.soft_iou_forward(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64), 1.0),
+     "d2d.soft_iou: logits and target must have the same dtype"),
+    (lambda: OPS.diffuse_backward(torch.zeros(1, 3, 3, dtype=torch.float64), torch.zeros(1, 3, 3),
+                                  torch.zeros(1, 4, 3, 3), 0.5, 1),
+     "d2d.diffuse_backward: grad_out and u0 must have the same dtype"),
+])
+def test_fake_kernels_check_dtypes_like_the_kernels(call, message):
+    """Eager and under FakeTensorMode (what torch.compile traces with): the same error."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with pytest.raises(RuntimeError, match=message):
+        call()
+    with FakeTensorMode(), pytest.raises(RuntimeError, match=message):
+        call()
