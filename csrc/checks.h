@@ -1,4 +1,4 @@
-// Argument checks shared by the CPU and CUDA entry points (host code only).
+// Argument checks and shape helpers shared by the CPU and CUDA entry points (host code only).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -56,6 +56,10 @@ inline void check_soft_iou_inputs(const at::Tensor& x, const at::Tensor& target,
   TORCH_CHECK(std::isfinite(smooth) && smooth >= 0, op, ": smooth must be finite and >= 0, got ",
               smooth);
 }
+
+// M of an (N, ...) input viewed as (N, M): the elements per sample (0 for an empty batch,
+// where numel / N is undefined).
+inline int64_t sample_numel(const at::Tensor& x) { return x.size(0) == 0 ? 0 : x.numel() / x.size(0); }
 
 inline void check_soft_iou_args(const at::Tensor& logits, const at::Tensor& target,
                                 double smooth) {

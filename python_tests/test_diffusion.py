@@ -422,6 +422,147 @@ def test_opcheck_diffuse_backward(steps):
 
 
 # --------------------------------------------------------------------------------------------
+# Threads: one large sample split into bands of rows
+# --------------------------------------------------------------------------------------------
+
+# With fewer samples than threads, the CPU kernel runs a sample that takes the row wavefront as
+# one band of rows per thread (each band recomputing a halo of rows), a wide sample also cut into
+# strips of columns. Every pixel gets the same arithmetic whichever band and strip compute it, so
+# the results must be the same bits for every thread count (1 thread: the whole sample on one).
+#   (1, 300, 1203) float32, 37 steps: over 8 MiB of planes, so passes of 16 steps (16, 16, 5) over
+#     2 strips (the second ends 3 columns into a vector); the backward keeps every state of its
+#     single segment, copying the tiles' own columns out of their halo.
+#   (1, 140, 700) float64, 20 steps: passes of 16 and 4 over 2 strips, up to 4 bands of 35 rows.
+#   (1, 256, 250) float32, 20 steps: stays in cache: passes of 3 steps over whole rows.
+#   (2, 300, 500) float32, 9 steps: two samples, banded at 3 and 4 threads.
+#   (1, 80, 2500) float32, 90 steps: checkpointed backward (90 * 82 * 2512 * 4 bytes = 74 MB over
+#     the 64 MiB budget: segments of 10 steps), its passes still over 2 strips.
+#   (1, 520, 1100) float64, 30 steps: checkpointed backward (segments of 6 steps over whole rows),
+#     forward passes over 2 strips.
+THREAD_COUNTS = [1, 2, 3, 4]
+THREAD_CASES = [
+    ((1, 300, 1203), torch.float32, 37),
+    ((1, 140, 700), torch.float64, 20),
+    ((1, 256, 250), torch.float32, 20),
+    ((2, 300, 500), torch.float32, 9),
+    ((1, 80, 2500), torch.float32, 90),
+    ((1, 520, 1100), torch.float64, 30),
+]
+
+
+def _thread_case_id(case):
+    size, dtype, steps = case
+    return f"{'x'.join(map(str, size))}-{str(dtype).split('.')[-1]}-{steps}"
+
+
+def _bits(t):
+    """The tensor's bit patterns, so that torch.equal also compares NaNs (payload and sign)."""
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+def _each_thread_count(fn):
+    """fn() under torch.set_num_threads(k) for each k in THREAD_COUNTS (restored afterwards)."""
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for k in THREAD_COUNTS:
+            torch.set_num_threads(k)
+            results.append(fn())
+        return results
+    finally:
+        torch.set_num_threads(before)
+
+
+def _assert_same_bits(results, what):
+    first = results[0]
+    for k, res in zip(THREAD_COUNTS[1:], results[1:]):
+        for name, a, b in zip(what, first, res):
+            assert torch.equal(_bits(a), _bits(b)), f"{name}: {k} threads differ from 1 thread"
+
+
+def _nonfinite_problem(size, dtype, steps, seed):
+    """u0 with NaN, +Inf and -Inf on rows at the band boundaries of 2, 3 and 4 bands (and next to
+    them) and on columns at strip boundaries and the image edges."""
+    N, H, W = size
+    g = make_generator(seed)
+    u0, rates = random_problem(*size, dtype=dtype, tau=TAU, generator=g)
+    go = torch.randn(size, dtype=torch.float64, generator=g).to(dtype)
+    rows = [0, H // 4 - 1, H // 3, H // 2 - 1, H // 2, 2 * H // 3 + 1, 3 * H // 4, H - 1]
+    cols = [0, W // 2 - 1, W // 2, W - 1, 344 % W, 592 % W, 591 % W]
+    specials = [float("nan"), float("inf"), -float("inf")]
+    for i, y in enumerate(rows):
+        u0[N - 1, y, cols[i % len(cols)]] = specials[i % 3]
+    return u0, rates, go
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=_thread_case_id)
+def test_one_sample_forward_same_bits_for_any_thread_count(case):
+    size, dtype, steps = case
+    u0, rates = random_problem(*size, dtype=dtype, tau=TAU, generator=make_generator(40))
+    outs = _each_thread_count(lambda: (d2d_ext.diffuse(u0, rates, TAU, steps),))
+    _assert_same_bits(outs, ["out"])
+    ref = diffuse_reference(u0.double(), rates.double(), TAU, steps)
+    if dtype == torch.float64:
+        torch.testing.assert_close(outs[0][0], ref, rtol=1e-12, atol=1e-13)
+    else:
+        torch.testing.assert_close(outs[0][0].double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=_thread_case_id)
+def test_one_sample_backward_same_bits_for_any_thread_count(case):
+    size, dtype, steps = case
+    g = make_generator(41)
+    u0, rates = random_problem(*size, dtype=dtype, tau=TAU, generator=g)
+    go = torch.randn(size, dtype=torch.float64, generator=g).to(dtype)
+    grads = _each_thread_count(lambda: bwd(go, u0, rates, TAU, steps))
+    _assert_same_bits(grads, ["grad_u0", "grad_rates"])
+    if size[1] * size[2] * steps <= 2_000_000:  # the autograd reference keeps every step
+        ref_u, ref_r = ref_vjp(u0.double(), rates.double(), TAU, steps, go.double())
+        rtol = 1e-11 if dtype == torch.float64 else 1e-4
+        assert_close_rel(grads[0][0].double(), ref_u, rtol, "grad_u0")
+        assert_close_rel(grads[0][1].double(), ref_r, rtol, "grad_rates")
+
+
+@pytest.mark.parametrize("case", [THREAD_CASES[0], THREAD_CASES[1]], ids=_thread_case_id)
+def test_one_sample_nonfinite_reach_same_pixels_for_any_thread_count(case):
+    size, dtype, steps = case
+    u0, rates, go = _nonfinite_problem(size, dtype, steps, seed=42)
+    outs = _each_thread_count(lambda: (d2d_ext.diffuse(u0, rates, TAU, steps),) + tuple(bwd(go, u0, rates, TAU, steps)))
+    _assert_same_bits(outs, ["out", "grad_u0", "grad_rates"])  # NaN, Inf and all, bit for bit
+    out = outs[0][0]
+    assert (~torch.isfinite(out)).sum() > 100  # the specials spread over many steps
+    assert torch.isfinite(out).sum() > out.numel() // 2
+    # The same pixels are not finite as in the reference; elsewhere the values agree.
+    ref = diffuse_reference(u0.double(), rates.double(), TAU, steps)
+    assert torch.equal(torch.isfinite(out), torch.isfinite(ref))
+    fin = torch.isfinite(ref)
+    torch.testing.assert_close(out.double()[fin], ref[fin], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", [THREAD_CASES[0], THREAD_CASES[1]], ids=_thread_case_id)
+def test_one_sample_steps_one_call_each_same_bits(case):
+    # The tiling depends on the steps of a pass: a single step (one pass of one step) covers whole
+    # rows, whereas these cases' passes of 16 steps cut each row into 2 strips, with halo columns.
+    # Chained one-step calls therefore check the strips (and bands) bit for bit: the forward, and
+    # the adjoint's grad_u0 (the rate gradient of a chain is summed in another order).
+    size, dtype, steps = case
+    g = make_generator(43)
+    u0, rates = random_problem(*size, dtype=dtype, tau=TAU, generator=g)
+    go = torch.randn(size, dtype=torch.float64, generator=g).to(dtype)
+    states = [u0]
+    for _ in range(steps):
+        states.append(d2d_ext.diffuse(states[-1], rates, TAU, 1))
+    assert torch.equal(_bits(d2d_ext.diffuse(u0, rates, TAU, steps)), _bits(states[-1]))
+    gu, gr = bwd(go, u0, rates, TAU, steps)
+    g_chain, gr_chain = go, torch.zeros_like(rates)
+    for k in range(steps, 0, -1):
+        g_chain, gr_k = bwd(g_chain, states[k - 1], rates, TAU, 1)
+        gr_chain += gr_k
+    assert torch.equal(_bits(gu), _bits(g_chain))
+    assert_close_rel(gr.double(), gr_chain.double(), 1e-11 if dtype == torch.float64 else 1e-4, "grad_rates")
+
+
+# --------------------------------------------------------------------------------------------
 # Properties
 # --------------------------------------------------------------------------------------------
 

@@ -799,17 +799,19 @@ def test_soft_iou_infinite_logits_act_as_saturated(sign, dtype):
 
 
 def test_soft_iou_smooth_zero_empty_prediction_and_target():
-    """smooth = 0 with an all-zero target and saturated-negative logits is 0 / 0: float64 returns
-    NaN (as the reference), float32 returns 1 because its sigmoid floors at exp(-87) > 0."""
+    """smooth = 0 with an all-zero target and saturated-negative logits: in float64 p underflows
+    to 0, the union is 0, and the op defines the loss as 0 (two empty sets match), where the
+    plain formula (the reference) gives 0 / 0 = NaN; float32 returns 1 because its sigmoid
+    floors at exp(-87) > 0, so its union is not 0."""
     x = torch.full((1, 4), -1e4, dtype=torch.float64)
     t = torch.zeros((1, 4), dtype=torch.float64)
-    assert d2d_ext.soft_iou(x, t, 0.0).isnan().all()
+    assert d2d_ext.soft_iou(x, t, 0.0).tolist() == [0.0]
     assert soft_iou_reference(x, t, 0.0).isnan().all()
     assert d2d_ext.soft_iou(x.float(), t.float(), 0.0).tolist() == [1.0]
-    # Empty samples: 1 - s / s = 0 for smooth > 0, 0 / 0 = NaN for smooth = 0.
+    # Empty samples: 1 - s / s = 0 for smooth > 0, and the empty union's 0 for smooth = 0.
     e = torch.zeros((2, 0), dtype=torch.float64)
     assert d2d_ext.soft_iou(e, e, 1.0).tolist() == [0.0, 0.0]
-    assert d2d_ext.soft_iou(e, e, 0.0).isnan().all()
+    assert d2d_ext.soft_iou(e, e, 0.0).tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])

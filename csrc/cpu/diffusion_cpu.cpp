@@ -1,8 +1,10 @@
 // CPU kernels of d2d::diffuse and d2d::diffuse_backward.
 //
-// Each sample runs all its steps on its own padded planes (one ghost ring of zeros), so its data
-// stays in cache across steps (see Stepper for the two traversal orders); samples run in parallel
-// with at::parallel_for. The inner loops are branch-free and vectorise.
+// Each sample runs all its steps on its own padded planes (one ghost ring of zeros), several steps
+// per pass over data held in cache (see Stepper for the two traversal orders). Samples run in
+// parallel with at::parallel_for; when there are fewer samples than threads, a large sample's
+// rows are split into bands that run in parallel (see Tiling). The inner loops are branch-free
+// and vectorise.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -10,11 +12,18 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <tuple>
+#include <utility>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "../checks.h"
 #include "../kernels/diffusion_math.h"
@@ -24,7 +33,9 @@ namespace d2d {
 namespace {
 
 constexpr int64_t kPlaneSweepMaxBytes = 48 * 1024;  // per state plane (see Stepper)
-constexpr int64_t kWavefrontBytes = 32 * 1024;      // one wavefront: about an L1 data cache
+constexpr int64_t kResidentBytes = 8 << 20;        // a sample's planes that stay in the LLC
+constexpr int64_t kShallowBytes = 32 * 1024;       // shallow wavefront: about an L1 cache
+constexpr int64_t kDeepBytes = 768 * 1024;         // deep wavefront tile: 3/4 of a 1 MiB L2
 constexpr int64_t kAlignBytes = 64;                 // a cache line, and an AVX-512 vector
 
 constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -33,9 +44,14 @@ constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // elements. Small grids (the plane sweep) have Wp = W + 2 and off = 1. Large grids (the row
 // wavefront) round Wp up to a whole number of cache lines and start each row off = one cache line
 // into its slot, so that in an aligned workspace every row of every plane starts on a cache line
-// and the inner loop's loads, all but two, do not split lines (about 15% faster).
+// and the inner loop's loads, all but two (four with 5 coefficient planes, see coef_planes), do
+// not split lines (about 15% faster).
+//
+// `resident`: the sample's coefficient and state planes (about 11) stay in the last-level cache
+// between passes of the wavefront (see Stepper); always true for the plane sweep.
 struct Grid {
   int64_t H, W, off, Wp, P;
+  bool resident = true;
   Grid(int64_t h, int64_t w, int64_t align)
       : H(h), W(w), off(align), Wp(round_up(w + 2, align)),
         P(round_up((h + 2) * Wp + align, align)) {}
@@ -47,18 +63,38 @@ template <typename T>
 Grid make_grid(int64_t H, int64_t W) {
   const Grid small(H, W, 1);
   if (small.P * int64_t(sizeof(T)) <= kPlaneSweepMaxBytes) return small;
-  return Grid(H, W, kAlignBytes / int64_t(sizeof(T)));
+  Grid g(H, W, kAlignBytes / int64_t(sizeof(T)));
+  g.resident = 11 * g.P * int64_t(sizeof(T)) <= kResidentBytes;
+  return g;
 }
 
-// n zero elements starting on a cache line.
+// n zero elements starting on a cache line. calloc hands out large blocks as fresh zero pages
+// without writing them again. The pages of a large block are asked to be huge ones: the kernel
+// clears every fresh page on its first touch, and with 4 KiB pages that (a fault per page) took
+// about three times as long as with 2 MiB ones where measured, longer than a 1024 x 1024
+// sample's first 16 steps.
 template <typename T>
 struct Workspace {
-  std::vector<T> buf;
+  void* raw;
   T* data;
-  explicit Workspace(int64_t n) : buf(n + kAlignBytes / sizeof(T), T(0)) {
-    const auto addr = reinterpret_cast<std::uintptr_t>(buf.data());
-    data = buf.data() + (kAlignBytes - addr % kAlignBytes) % kAlignBytes / sizeof(T);
+  explicit Workspace(int64_t n) {
+    const std::size_t bytes = std::size_t(n) * sizeof(T) + kAlignBytes;
+    raw = std::calloc(bytes, 1);
+    TORCH_CHECK(raw != nullptr, "d2d: could not allocate a workspace of ", bytes, " bytes");
+    const auto addr = reinterpret_cast<std::uintptr_t>(raw);
+    data = reinterpret_cast<T*>(round_up(int64_t(addr), kAlignBytes));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr std::uintptr_t kPage = 4096, kHuge = std::uintptr_t(2) << 20;
+    if (bytes >= 2 * kHuge) {
+      const std::uintptr_t begin = (addr + kPage - 1) / kPage * kPage;
+      const std::uintptr_t end = (addr + bytes) / kPage * kPage;
+      madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint only
+    }
+#endif
   }
+  ~Workspace() { std::free(raw); }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
 };
 
 // One row of coefficients: o_d and a at x in [x0, x1) (all with the same neighbour
@@ -78,17 +114,37 @@ void coef_row(const T* __restrict__ r0, const T* __restrict__ r1, const T* __res
   }
 }
 
-// Coefficient planes o0, o1, o2, o3, a, ie, iw (each g.P, ghost ring zero) from rates (4, H, W):
-// the out-coefficients and a, then the inflow coefficients from the east and west neighbours,
-// ie[p] = o1[p + 1] and iw[p] = o0[p - 1], stored at p so the forward's loads of them are aligned
-// (0 on the ghost columns too: o1 is 0 in the first column, o0 in the last).
-constexpr int64_t kCoefPlanes = 7;
+// Coefficient planes o0, o1, o2, o3, a (each g.P, ghost ring zero) from rates (4, H, W): the
+// out-coefficients and a. The forward also needs the inflow coefficients from the east and west
+// neighbours, o1[p + 1] and o0[p - 1]. For a sample that stays in cache they get planes of their
+// own, ie[p] = o1[p + 1] and iw[p] = o0[p - 1], stored at p so that the forward's loads of them
+// are aligned (0 on the ghost columns too: o1 is 0 in the first column, o0 in the last, so each
+// row's ie and iw come from that row's o1 and o0 alone); for a larger one, whose planes come from
+// memory on every pass, two planes fewer to build and stream save more than the aligned loads
+// do. The values are the same either way. build_coefs writes the part of the planes that rows
+// [y0, y1) own (see plane_span), so that bands of rows can build them in parallel.
+inline int64_t coef_planes(const Grid& g) { return g.resident ? 7 : 5; }
+
+// Elements of a padded plane that rows [y0, y1) own: from the start of row y0 to the start of
+// row y1 (the rows and the ghost columns after them), with the ghost rows and padding above row
+// 0 and below row H - 1 going to the first and last rows.
+inline std::pair<int64_t, int64_t> plane_span(const Grid& g, int64_t y0, int64_t y1) {
+  return {y0 == 0 ? 0 : g.row(y0), y1 == g.H ? g.P : g.row(y1)};
+}
+
+// Zeroes the ghost elements in the span of rows [y0, y1) (all of it but the rows themselves).
+template <typename T>
+void zero_ghosts(T* plane, const Grid& g, int64_t y0, int64_t y1) {
+  if (y0 == 0) std::fill(plane, plane + g.row(0), T(0));
+  for (int64_t y = y0; y < y1; ++y) std::fill(plane + g.row(y) + g.W, plane + g.row(y + 1), T(0));
+  if (y1 == g.H) std::fill(plane + g.row(g.H), plane + g.P, T(0));
+}
 
 template <typename T>
-void build_coefs(const T* r, const Grid& g, T tau, T* coefs) {
-  std::fill(coefs, coefs + kCoefPlanes * g.P, T(0));
+void build_coefs(const T* r, const Grid& g, T tau, T* coefs, int64_t y0, int64_t y1) {
+  for (int64_t k = 0; k < coef_planes(g); ++k) zero_ghosts(coefs + k * g.P, g, y0, y1);
   const int64_t HW = g.H * g.W;
-  for (int64_t y = 0; y < g.H; ++y) {
+  for (int64_t y = y0; y < y1; ++y) {
     const T* r0 = r + y * g.W;
     const int64_t row = g.row(y);
     T* o = coefs + row;
@@ -99,14 +155,16 @@ void build_coefs(const T* r, const Grid& g, T tau, T* coefs) {
     run(true, true, 1, g.W - 1);  // inner columns
     run(g.W > 1, false, 0, 1);
     if (g.W > 1) run(false, true, g.W - 1, g.W);
+    if (coef_planes(g) == 7) {
+      std::copy(o + g.P + 1, o + g.P + g.W, o + 5 * g.P);  // ie[x] = o1[x + 1], x < W - 1
+      o[5 * g.P + g.W - 1] = T(0);
+      o[6 * g.P] = T(0);
+      std::copy(o, o + g.W - 1, o + 6 * g.P + 1);  // iw[x] = o0[x - 1], x > 0
+    }
   }
-  const T* o0 = coefs;
-  const T* o1 = coefs + g.P;
-  std::copy(o1 + 1, o1 + g.P, coefs + 5 * g.P);
-  std::copy(o0, o0 + g.P - 1, coefs + 6 * g.P + 1);
 }
 
-// Views of the coefficient planes.
+// Views of the coefficient planes: the inflow coefficients at p are ie[p + ie_at], iw[p + iw_at].
 template <typename T>
 struct Coefs {
   const T* o0;
@@ -116,10 +174,12 @@ struct Coefs {
   const T* a;
   const T* ie;
   const T* iw;
+  int64_t ie_at, iw_at;
   int64_t Wp;
   Coefs(const T* base, const Grid& g)
       : o0(base), o1(base + g.P), o2(base + 2 * g.P), o3(base + 3 * g.P), a(base + 4 * g.P),
-        ie(base + 5 * g.P), iw(base + 6 * g.P), Wp(g.Wp) {}
+        ie(coef_planes(g) == 7 ? base + 5 * g.P : o1), iw(coef_planes(g) == 7 ? base + 6 * g.P : o0),
+        ie_at(coef_planes(g) == 7 ? 0 : 1), iw_at(coef_planes(g) == 7 ? 0 : -1), Wp(g.Wp) {}
 };
 
 // out[j] = (A u)[i0 + j] for j in [0, len): up, mid and down hold the rows above, at and below
@@ -129,8 +189,8 @@ template <typename T>
 void forward_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict__ up,
                  const T* __restrict__ mid, const T* __restrict__ down, T* __restrict__ out) {
   const T* __restrict__ a = c.a + i0;
-  const T* __restrict__ in_e = c.ie + i0;          // east neighbour's flow to the west
-  const T* __restrict__ in_w = c.iw + i0;          // west neighbour's flow to the east
+  const T* __restrict__ in_e = c.ie + (i0 + c.ie_at);  // east neighbour's flow to the west
+  const T* __restrict__ in_w = c.iw + (i0 + c.iw_at);  // west neighbour's flow to the east
   const T* __restrict__ in_s = c.o3 + i0 + c.Wp;   // south neighbour's flow to the north
   const T* __restrict__ in_n = c.o2 + i0 - c.Wp;   // north neighbour's flow to the south
   for (int64_t j = 0; j < len; ++j) {
@@ -140,21 +200,21 @@ void forward_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
 }
 
 // out = (A^T g)[i0 + j] for j in [0, len), with up/mid/down rows of g as in forward_run, and
-// acc_d[i0 + j] += u[j] * (g[q_d] - g[p]): the rate gradient of this step before the factor tau
-// and the boundary mask, which are applied once at the end.
+// acc[d * stride + j] += u[j] * (g[q_d] - g[p]): the rate gradient of this step before the factor
+// tau and the boundary mask, which are applied once at the end.
 template <typename T>
 void adjoint_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict__ up,
                  const T* __restrict__ mid, const T* __restrict__ down, const T* __restrict__ u,
-                 T* __restrict__ out, T* __restrict__ acc, int64_t P) {
+                 T* __restrict__ out, T* __restrict__ acc, int64_t stride) {
   const T* __restrict__ a = c.a + i0;
   const T* __restrict__ o0 = c.o0 + i0;
   const T* __restrict__ o1 = c.o1 + i0;
   const T* __restrict__ o2 = c.o2 + i0;
   const T* __restrict__ o3 = c.o3 + i0;
-  T* __restrict__ acc0 = acc + i0;
-  T* __restrict__ acc1 = acc + P + i0;
-  T* __restrict__ acc2 = acc + 2 * P + i0;
-  T* __restrict__ acc3 = acc + 3 * P + i0;
+  T* __restrict__ acc0 = acc;
+  T* __restrict__ acc1 = acc + stride;
+  T* __restrict__ acc2 = acc + 2 * stride;
+  T* __restrict__ acc3 = acc + 3 * stride;
   for (int64_t j = 0; j < len; ++j) {
     const T gp = mid[j], ge = mid[j + 1], gw = mid[j - 1], gs = down[j], gn = up[j];
     const T up_j = u[j];
@@ -166,30 +226,124 @@ void adjoint_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
   }
 }
 
+// A tile of the row wavefront: rows [y0, y1) and columns [x0, x1) of the image. Its pixels are the
+// only ones it writes to shared planes and, in the backward, to the rate-gradient accumulators.
+struct Tile {
+  int64_t y0, y1, x0, x1;
+};
+
+constexpr int64_t kMaxDepth = 16;  // steps per wavefront pass, at most
+
+// Columns per strip of a wavefront pass of n steps (see Stepper): whole rows for the shallow
+// passes of a sample that stays in cache, else about as many as fit the rows the pass has in use
+// (about 10 per step, and a few of the input and output planes) in kDeepBytes; a multiple of a
+// cache line.
+template <typename T>
+int64_t strip_cols(const Grid& g, int64_t n) {
+  constexpr int64_t line = kAlignBytes / int64_t(sizeof(T));
+  if (g.resident) return std::max(line, g.W);
+  const int64_t fit = kDeepBytes / ((10 * n + 18) * int64_t(sizeof(T)));
+  const int64_t strips = (g.W + fit - 1) / fit;
+  return std::max(line, g.W / strips / line * line);
+}
+
+// How the row wavefront covers a sample: `bands` horizontal bands of rows, each cut into strips of
+// strip[n] columns for a pass of n steps (the last strip also takes the remainder, so it is never
+// narrow). The tiles of a band run in order, using that band's ring rows; bands run in parallel
+// when `parallel`. A wavefront pass (see Stepper) has every tile compute a halo around itself, so
+// tiles of one pass never read each other's results; the end of a parallel_for separates the
+// passes.
+template <typename T>
+struct Tiling {
+  int64_t H, W, bands;
+  bool parallel;
+  T* const* rings;  // one set of ring rows per band
+  std::array<int64_t, kMaxDepth + 1> strip;
+
+  Tiling(const Grid& g, int64_t bands_, bool parallel_, T* const* rings_)
+      : H(g.H), W(g.W), bands(bands_), parallel(parallel_), rings(rings_) {
+    for (int64_t n = 1; n <= kMaxDepth; ++n) strip[n] = strip_cols<T>(g, n);
+  }
+  int64_t strips(int64_t n) const { return std::max<int64_t>(1, W / strip[n]); }
+  int64_t band_row(int64_t b) const { return H * b / bands; }
+  Tile tile(int64_t b, int64_t k, int64_t n) const {
+    return {band_row(b), band_row(b + 1), k * strip[n],
+            k + 1 == strips(n) ? W : (k + 1) * strip[n]};
+  }
+  template <typename Fn>
+  void for_bands(Fn&& fn) const {
+    if (!parallel) {
+      for (int64_t b = 0; b < bands; ++b) fn(b);
+      return;
+    }
+    at::parallel_for(0, bands, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) fn(b);
+    });
+  }
+  // fn(tile, ring) for every tile of a pass of n steps.
+  template <typename Fn>
+  void each_tile(int64_t n, Fn&& fn) const {
+    for_bands([&](int64_t b) {
+      for (int64_t k = 0; k < strips(n); ++k) fn(tile(b, k, n), rings[b]);
+    });
+  }
+  // fn(y0, y1) for the rows [y0, y1) of every band (per-row set-up and output work).
+  template <typename Fn>
+  void each_band(Fn&& fn) const {
+    for_bands([&](int64_t b) { fn(band_row(b), band_row(b + 1)); });
+  }
+};
+
 // Two ways to run steps, chosen by sample size:
 // - plane sweep (small samples, which stay in cache): one step at a time over the padded plane
 //   as a single 1-D range from the first to the last inner pixel, ghost columns between rows
 //   included. There every coefficient is zero; they are reset to zero after each step (see
 //   clear_ghosts), and the long branch-free loop vectorises far better than short rows.
-// - row wavefront (large samples): S steps in one pass over the rows. At time t, level s
-//   (1 <= s <= S) computes its row t - s + 1 from rows t - s .. t - s + 2 of level s - 1, so only
-//   a band of about S rows of every plane is in use at a time and it stays in cache.
+// - row wavefront (large samples): up to `depth` steps in one pass, tile by tile (see Tiling).
+//   Within a tile, at time t level s (1 <= s <= S) computes its row t - s + 1 from rows
+//   t - s .. t - s + 2 of level s - 1, so only about 10 S rows of the tile's width (S rows of the
+//   coefficient planes, 3 S ring rows) are in use at a time. A sample whose planes stay in the
+//   last-level cache takes shallow passes over whole rows that fit the L1 cache; a larger one
+//   takes deep passes (kMaxDepth steps, so that it is read from memory less often) over tiles
+//   that fit the L2 cache. Level s covers the tile widened by S - s rows and columns on each side
+//   (clipped to the image): what the levels above it read, so level S yields the tile's own
+//   pixels from the pass's input plane alone. Every pixel is computed by the same arithmetic
+//   whichever tile computes it (see wavefront on the columns), so the results depend neither on
+//   the tiling nor on the number of threads.
 template <typename T>
 struct Stepper {
   const Grid& g;
   Coefs<T> c;
   bool sweep;      // plane sweep, else wavefront
   int64_t depth;   // steps per wavefront pass
-  T* ring;         // wavefront: 3 rows for each of (depth - 1) intermediate levels
   const T* zero;   // a zero row of Wp (reads above the first row and below the last)
 
-  Stepper(const Grid& grid, const T* coefs, T* ring_rows, const T* zero_row)
-      : g(grid), c(coefs, grid), ring(ring_rows), zero(zero_row) {
-    sweep = !g.aligned();  // make_grid aligns the grids too large for the plane sweep
-    depth = std::clamp<int64_t>(kWavefrontBytes / (10 * g.Wp * int64_t(sizeof(T))), 2, 16);
+  static constexpr int64_t kLine = kAlignBytes / int64_t(sizeof(T));  // elements per cache line
+
+  // Steps per pass. A pass has about 10 rows per level in use (above) plus a few rows of the
+  // input and output planes.
+  static int64_t depth_of(const Grid& g) {
+    if (!g.resident) return kMaxDepth;
+    return std::clamp<int64_t>(kShallowBytes / (10 * g.Wp * int64_t(sizeof(T))), 2, kMaxDepth);
   }
-  static int64_t ring_elems(const Grid& g) { return 3 * 15 * g.Wp; }
+  // Bands for `threads` threads: at most one each, and at least 2 * depth rows high, so that the
+  // halo a band recomputes (depth - 1 rows per step on average) stays under half its work.
+  static int64_t bands_for(const Grid& g, int64_t threads) {
+    return std::clamp<int64_t>(g.H / (2 * depth_of(g)), 1, std::max<int64_t>(threads, 1));
+  }
+  // Ring rows of one band: 3 rows for each of (kMaxDepth - 1) intermediate levels, then 4 scratch
+  // rate-gradient rows (see adjoint), each a slot of Wp read from g.off on (one more slot, as
+  // g.off + W may exceed Wp).
+  static int64_t scratch_offset_of(const Grid& g) { return (3 * (kMaxDepth - 1) + 1) * g.Wp; }
+  static int64_t ring_elems(const Grid& g) { return scratch_offset_of(g) + 5 * g.Wp; }
+  int64_t scratch_offset() const { return scratch_offset_of(g) + g.off; }
   static int64_t zero_elems(const Grid& g) { return g.Wp + 2 * g.off; }
+
+  Stepper(const Grid& grid, const T* coefs, const T* zero_row)
+      : g(grid), c(coefs, grid), zero(zero_row) {
+    sweep = !g.aligned();  // make_grid aligns the grids too large for the plane sweep
+    depth = depth_of(g);
+  }
 
   int64_t sweep_begin() const { return g.row(0); }
   int64_t sweep_len() const { return g.row(g.H - 1) + g.W - g.row(0); }
@@ -204,32 +358,56 @@ struct Stepper {
     }
   }
 
-  // One wavefront pass of S <= depth levels: level 0 is the plane src, level s the row
-  // level_row(s, y); rows outside the image read as zeros.
-  template <typename RowFn, typename LevelRow>
-  void wavefront(int64_t S, const T* src, LevelRow&& level_row, RowFn&& fn) const {
+  // Row y of level s (1 <= s < depth) in a band's ring: column x at [x], written only for x in
+  // [0, W), so that [-1] and [W] stay zero (ring rows start zeroed).
+  T* ring_row(T* ring, int64_t s, int64_t y) const {
+    return ring + ((s - 1) * 3 + y % 3) * g.Wp + g.off;
+  }
+
+  // One wavefront pass of S <= depth levels over tile t: level 0 is the plane src, row y of level
+  // s < S is level_row(s, y) (a ring row, or a row of a plane the tile owns), row y of level S is
+  // dst_row(y) (only the tile's own pixels are written). fn(s, y, x0, x1, up, mid, down, out)
+  // computes row y of level s at columns [x0, x1) into out[x] from the rows above, at and below
+  // it of level s - 1 (rows outside the image read as zeros).
+  //
+  // The column runs start on a cache line of the row and end on one or at W, as a whole row's run
+  // does: the compiler's vector loop body and its scalar remainder may round differently (they
+  // contract multiply-adds differently), so a pixel must fall in the same one whichever tile
+  // computes it. Rounding the halo out to whole lines adds columns that are computed from
+  // whatever the ring holds there and that no level reads.
+  template <typename DstRow, typename LevelRow, typename RowFn>
+  void wavefront(int64_t S, const Tile& t, const T* src, DstRow&& dst_row, LevelRow&& level_row,
+                 RowFn&& fn) const {
+    std::array<int64_t, kMaxDepth + 1> lo, hi, x0, x1;  // rows and columns of each level
+    for (int64_t s = 1; s <= S; ++s) {
+      lo[s] = std::max<int64_t>(0, t.y0 - (S - s));
+      hi[s] = std::min<int64_t>(g.H, t.y1 + (S - s));
+      x0[s] = std::max<int64_t>(0, t.x0 - (S - s)) / kLine * kLine;
+      x1[s] = std::min(g.W, round_up(t.x1 + (S - s), kLine));
+    }
     auto input_row = [&](int64_t s, int64_t y) -> const T* {
       if (y < 0 || y >= g.H) return zero + g.off;
       return s == 0 ? src + g.row(y) : level_row(s, y);
     };
-    for (int64_t t = 0; t < g.H + S - 1; ++t) {
+    for (int64_t time = lo[1]; time < hi[1] + S - 1; ++time) {
       for (int64_t s = 1; s <= S; ++s) {
-        const int64_t y = t - (s - 1);
-        if (y < 0 || y >= g.H) continue;
-        fn(s, y, input_row(s - 1, y - 1), input_row(s - 1, y), input_row(s - 1, y + 1),
-           level_row(s, y));
+        const int64_t y = time - (s - 1);
+        if (y < lo[s] || y >= hi[s]) continue;
+        fn(s, y, x0[s], x1[s], input_row(s - 1, y - 1), input_row(s - 1, y),
+           input_row(s - 1, y + 1), s == S ? dst_row(y) : level_row(s, y));
       }
     }
-  }
-  T* ring_row(int64_t s, int64_t y) const {
-    return ring + ((s - 1) * 3 + y % 3) * g.Wp + g.off;
   }
 
   // S forward steps from the plane src into the plane dst. keep(s) names a plane that must
   // receive the state after step s (1 <= s < S), or nullptr; other intermediate states go to the
-  // scratch planes tmp[0], tmp[1] (plane sweep, wavefront pass ends) or ring rows.
+  // scratch planes tmp[0], tmp[1] (plane sweep, wavefront pass ends) or ring rows. tmp[0] is
+  // written first, so tmp[1] may be src. With out_rows (wavefront only), the result goes instead
+  // to the unpadded rows out_rows + y * W (rows on no cache line in general: the vector loop
+  // splits a run into body and remainder by its length alone, not by where it is stored).
   template <typename Keep>
-  void forward(int64_t S, const T* src, T* dst, Keep&& keep, T* const tmp[2]) const {
+  void forward(int64_t S, const T* src, T* dst, Keep&& keep, T* const tmp[2],
+               const Tiling<T>& tiling, T* out_rows = nullptr) const {
     auto plane_for = [&](int64_t s, int64_t parity) -> T* {
       if (s == S) return dst;
       T* k = keep(s);
@@ -239,7 +417,7 @@ struct Stepper {
       const int64_t b = sweep_begin(), len = sweep_len();
       const T* cur = src;
       for (int64_t s = 1; s <= S; ++s) {
-        T* out = plane_for(s, s);
+        T* out = plane_for(s, s - 1);
         forward_run(c, b, len, cur + b - g.Wp, cur + b, cur + b + g.Wp, out + b);
         clear_ghosts(out);
         cur = out;
@@ -250,32 +428,49 @@ struct Stepper {
     for (int64_t s0 = 0, pass = 0; s0 < S; ++pass) {
       const int64_t n = std::min(depth, S - s0);
       T* to = plane_for(s0 + n, pass);
-      auto level_row = [&](int64_t s, int64_t y) -> T* {
-        if (s == n) return to + g.row(y);
-        T* k = keep(s0 + s);
-        return k != nullptr ? k + g.row(y) : ring_row(s, y);
+      const bool last = s0 + n == S;
+      auto dst_row = [&](int64_t y) {
+        return last && out_rows != nullptr ? out_rows + y * g.W : to + g.row(y);
       };
-      wavefront(n, from, level_row,
-                [&](int64_t, int64_t y, const T* up, const T* mid, const T* down, T* out) {
-                  forward_run(c, g.row(y), g.W, up, mid, down, out);
-                });
+      tiling.each_tile(n, [&](const Tile& t, T* ring) {
+        // A kept state's rows that the tile owns: computed in place when the tile spans whole
+        // rows, else computed with their halo columns in the ring and copied.
+        const bool whole_rows = t.x0 == 0 && t.x1 == g.W;
+        auto level_row = [&](int64_t s, int64_t y) -> T* {
+          if (whole_rows && y >= t.y0 && y < t.y1) {
+            if (T* k = keep(s0 + s)) return k + g.row(y);
+          }
+          return ring_row(ring, s, y);
+        };
+        wavefront(n, t, from, dst_row, level_row,
+                  [&](int64_t s, int64_t y, int64_t x0, int64_t x1, const T* up, const T* mid,
+                      const T* down, T* row) {
+                    forward_run(c, g.row(y) + x0, x1 - x0, up + x0, mid + x0, down + x0, row + x0);
+                    if (whole_rows || s == n || y < t.y0 || y >= t.y1) return;
+                    if (T* k = keep(s0 + s)) {
+                      std::memcpy(k + g.row(y) + t.x0, row + t.x0, (t.x1 - t.x0) * sizeof(T));
+                    }
+                  });
+      });
       from = to;
       s0 += n;
     }
   }
 
   // S adjoint steps from gin (= g^{k+S}) into gout (= g^k), where state(s) is the plane of the
-  // forward state u^{k+S-s} that step s uses; accumulates the rate gradient into acc. gin, gout
-  // and gtmp are distinct planes; intermediate results alternate so the last lands in gout.
+  // forward state u^{k+S-s} that step s uses; accumulates the rate gradient into acc (each
+  // pixel's by the tile that owns it, in step order). gin, gout and gtmp are distinct planes;
+  // intermediate results alternate so the last lands in gout.
   template <typename State>
-  void adjoint(int64_t S, const T* gin, T* gout, State&& state, T* acc, T* gtmp) const {
+  void adjoint(int64_t S, const T* gin, T* gout, State&& state, T* acc, T* gtmp,
+               const Tiling<T>& tiling) const {
     if (sweep) {
       const int64_t b = sweep_begin(), len = sweep_len();
       const T* cur = gin;
       for (int64_t s = 1; s <= S; ++s) {
         T* out = (S - s) % 2 == 0 ? gout : gtmp;
-        adjoint_run(c, b, len, cur + b - g.Wp, cur + b, cur + b + g.Wp, state(s) + b, out + b, acc,
-                    g.P);
+        adjoint_run(c, b, len, cur + b - g.Wp, cur + b, cur + b + g.Wp, state(s) + b, out + b,
+                    acc + b, g.P);
         clear_ghosts(out);
         cur = out;
       }
@@ -286,14 +481,33 @@ struct Stepper {
     for (int64_t s0 = 0, pass = 0; s0 < S; ++pass) {
       const int64_t n = std::min(depth, S - s0);
       T* to = (passes - 1 - pass) % 2 == 0 ? gout : gtmp;
-      auto level_row = [&](int64_t s, int64_t y) -> T* {
-        return s == n ? to + g.row(y) : ring_row(s, y);
-      };
-      wavefront(n, from, level_row,
-                [&](int64_t s, int64_t y, const T* up, const T* mid, const T* down, T* out) {
-                  adjoint_run(c, g.row(y), g.W, up, mid, down, state(s0 + s) + g.row(y), out, acc,
-                              g.P);
-                });
+      tiling.each_tile(n, [&](const Tile& t, T* ring) {
+        auto level_row = [&](int64_t s, int64_t y) { return ring_row(ring, s, y); };
+        auto dst_row = [&](int64_t y) { return to + g.row(y); };
+        wavefront(n, t, from, dst_row, level_row,
+                  [&](int64_t s, int64_t y, int64_t x0, int64_t x1, const T* up, const T* mid,
+                      const T* down, T* out) {
+                    const T* u = state(s0 + s) + g.row(y);
+                    // Pixels of the halo add their rate gradients to the band's scratch rows
+                    // (never read) rather than skip them: the same loop for every pixel.
+                    T* scratch = ring + scratch_offset();
+                    auto run = [&](bool own, int64_t a, int64_t b) {
+                      if (a >= b) return;
+                      T* into = own ? acc + g.row(y) + a : scratch + a;
+                      adjoint_run(c, g.row(y) + a, b - a, up + a, mid + a, down + a, u + a, out + a,
+                                  into, own ? g.P : g.Wp);
+                    };
+                    if (y < t.y0 || y >= t.y1) {
+                      run(false, x0, x1);
+                    } else if (x0 == t.x0 && x1 == t.x1) {
+                      run(true, x0, x1);
+                    } else {
+                      run(false, x0, t.x0);
+                      run(true, t.x0, t.x1);
+                      run(false, t.x1, x1);
+                    }
+                  });
+      });
       from = to;
       s0 += n;
     }
@@ -301,14 +515,63 @@ struct Stepper {
 };
 
 template <typename T>
-void to_padded(const T* src, const Grid& g, T* dst) {
-  for (int64_t y = 0; y < g.H; ++y) std::memcpy(dst + g.row(y), src + y * g.W, g.W * sizeof(T));
+void to_padded(const T* src, const Grid& g, T* dst, int64_t y0, int64_t y1) {
+  for (int64_t y = y0; y < y1; ++y) std::memcpy(dst + g.row(y), src + y * g.W, g.W * sizeof(T));
 }
 
 template <typename T>
-void from_padded(const T* src, const Grid& g, T* dst) {
-  for (int64_t y = 0; y < g.H; ++y) std::memcpy(dst + y * g.W, src + g.row(y), g.W * sizeof(T));
+void from_padded(const T* src, const Grid& g, T* dst, int64_t y0, int64_t y1) {
+  for (int64_t y = y0; y < y1; ++y) std::memcpy(dst + y * g.W, src + g.row(y), g.W * sizeof(T));
 }
+
+// The per-sample work of the two ops, and its workspace. Samples either run one per thread
+// (Tiling::parallel false, one band) or, when there are fewer samples than threads and the grid
+// takes the wavefront, one after another with their bands in parallel.
+template <typename T>
+struct Samples {
+  Grid g;
+  bool banded;
+  int64_t bands;
+  Samples(int64_t N, int64_t H, int64_t W) : g(make_grid<T>(H, W)) {
+    const int64_t threads = at::get_num_threads();
+    banded = g.aligned() && N < threads && Stepper<T>::bands_for(g, threads) > 1;
+    bands = banded ? Stepper<T>::bands_for(g, threads) : 1;
+  }
+  // A workspace of `planes` planes, the zero row and the ring rows of each band, for one thread
+  // (or, banded, for the whole call); per_sample(n, tiling, work, zero_row) for each sample, with
+  // work the planes. All of them but perhaps those after the first `used` get written.
+  template <typename Fn>
+  void run(int64_t N, int64_t planes, int64_t used, Fn&& per_sample) const {
+    auto with_workspace = [&](int64_t begin, int64_t end, bool parallel) {
+      const int64_t ring = g.aligned() ? Stepper<T>::ring_elems(g) : 0;
+      const int64_t elems = planes * g.P + Stepper<T>::zero_elems(g) + bands * ring;
+      Workspace<T> work(elems);
+      T* base = work.data;
+      if (parallel) {
+        // The first touch of a page clears it (most of the set-up time of a large sample): in
+        // equal parts on all threads, rather than wherever each band's rows happen to fall.
+        constexpr int64_t kPage = 4096 / int64_t(sizeof(T));
+        at::parallel_for(0, (used * g.P + kPage - 1) / kPage, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p) base[p * kPage] = T(0);
+        });
+      }
+      const T* zero_row = base + planes * g.P;
+      std::vector<T*> rings(bands);
+      for (int64_t b = 0; b < bands; ++b) {
+        rings[b] = base + planes * g.P + Stepper<T>::zero_elems(g) + b * ring;
+      }
+      const Tiling<T> tiling(g, bands, parallel, rings.data());
+      for (int64_t n = begin; n < end; ++n) per_sample(n, tiling, base, zero_row);
+    };
+    if (banded) {
+      with_workspace(0, N, true);
+    } else {
+      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+        with_workspace(begin, end, false);
+      });
+    }
+  }
+};
 
 at::Tensor diffuse_cpu(const at::Tensor& u0_in, const at::Tensor& rates_in, double tau,
                        int64_t steps) {
@@ -327,21 +590,30 @@ at::Tensor diffuse_cpu(const at::Tensor& u0_in, const at::Tensor& rates_in, doub
     const T* u0p = u0.data_ptr<T>();
     const T* rp = rates.data_ptr<T>();
     T* outp = out.data_ptr<T>();
-    const Grid g = make_grid<T>(H, W);
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      // coefs, input, output, two scratch planes, ring rows, a zero row.
-      Workspace<T> work((kCoefPlanes + 4) * g.P + Stepper<T>::ring_elems(g) +
-                        Stepper<T>::zero_elems(g));
-      T* coefs = work.data;
-      T* in = coefs + kCoefPlanes * g.P;
-      T* res = in + g.P;
-      T* const tmp[2] = {res + g.P, res + 2 * g.P};
-      const Stepper<T> st(g, coefs, res + 3 * g.P, res + 3 * g.P + Stepper<T>::ring_elems(g));
-      for (int64_t n = begin; n < end; ++n) {
-        build_coefs(rp + n * 4 * H * W, g, T(tau), coefs);
-        to_padded(u0p + n * H * W, g, in);
-        st.forward(steps, in, res, [](int64_t) -> T* { return nullptr; }, tmp);
-        from_padded(res, g, outp + n * H * W);
+    const Samples<T> samples(N, H, W);
+    const Grid& g = samples.g;
+    const int64_t HW = H * W;
+    // coefs, input, a scratch plane (the input is the other one once read), and for the plane
+    // sweep the output (the wavefront writes its last pass to out directly).
+    const bool sweep = !g.aligned();
+    const int64_t planes = coef_planes(g) + (sweep ? 3 : 2);
+    samples.run(N, planes, planes, [&](int64_t n, const Tiling<T>& tiling, T* work,
+                                       const T* zero_row) {
+      T* coefs = work;
+      T* in = coefs + coef_planes(g) * g.P;
+      T* const tmp[2] = {in + g.P, in};
+      T* res = sweep ? in + 2 * g.P : nullptr;
+      const Stepper<T> st(g, coefs, zero_row);
+      tiling.each_band([&](int64_t y0, int64_t y1) {
+        build_coefs(rp + n * 4 * HW, g, T(tau), coefs, y0, y1);
+        to_padded(u0p + n * HW, g, in, y0, y1);
+      });
+      auto no_keep = [](int64_t) -> T* { return nullptr; };
+      if (sweep) {
+        st.forward(steps, in, res, no_keep, tmp, tiling);
+        from_padded(res, g, outp + n * HW, 0, H);
+      } else {
+        st.forward(steps, in, nullptr, no_keep, tmp, tiling, outp + n * HW);
       }
     });
   });
@@ -375,48 +647,55 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
     const T* rp = rates.data_ptr<T>();
     T* gu0p = grad_u0.data_ptr<T>();
     T* grp = grad_rates.data_ptr<T>();
-    const Grid g = make_grid<T>(H, W);
+    const Samples<T> samples(N, H, W);
+    const Grid& g = samples.g;
     const SegmentPlan plan =
         plan_segments(steps, g.P * static_cast<int64_t>(sizeof(T)), kCpuStateBudgetBytes);
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      // coefs, rate accumulators (4), adjoint planes (3), scratch (2), checkpoints
-      // u^{j * len}, segment states u^{j * len + m} (m >= 1), ring rows, a zero row.
-      const int64_t planes = kCoefPlanes + 9 + plan.num_segments + plan.segment_len;
-      Workspace<T> work(planes * g.P + Stepper<T>::ring_elems(g) + Stepper<T>::zero_elems(g));
-      T* coefs = work.data;
-      T* acc = coefs + kCoefPlanes * g.P;
+    const int64_t HW = H * W;
+    // coefs, rate accumulators (4), adjoint planes (3), checkpoints u^{j * len}, segment states
+    // u^{j * len + m} (1 <= m < len), and last two scratch planes, which only a forward of more
+    // steps than a pass writes.
+    const int64_t used = coef_planes(g) + 7 + plan.num_segments + (plan.segment_len - 1);
+    samples.run(N, used + 2, used, [&](int64_t n, const Tiling<T>& tiling, T* work,
+                                       const T* zero_row) {
+      T* coefs = work;
+      T* acc = coefs + coef_planes(g) * g.P;
       T* gplanes = acc + 4 * g.P;
-      T* const tmp[2] = {gplanes + 3 * g.P, gplanes + 4 * g.P};
-      T* ckpt = gplanes + 5 * g.P;
+      T* ckpt = gplanes + 3 * g.P;
       T* seg = ckpt + plan.num_segments * g.P;
-      T* ring = seg + plan.segment_len * g.P;
-      const Stepper<T> st(g, coefs, ring, ring + Stepper<T>::ring_elems(g));
+      T* const tmp[2] = {seg + (plan.segment_len - 1) * g.P, seg + plan.segment_len * g.P};
+      const Stepper<T> st(g, coefs, zero_row);
       auto no_keep = [](int64_t) -> T* { return nullptr; };
-      const int64_t HW = H * W;
-      for (int64_t n = begin; n < end; ++n) {
-        build_coefs(rp + n * 4 * HW, g, T(tau), coefs);
-        std::fill(acc, acc + 4 * g.P, T(0));
-        to_padded(u0p + n * HW, g, ckpt);
-        for (int64_t j = 0; j + 1 < plan.num_segments; ++j) {
-          st.forward(plan.segment_len, ckpt + j * g.P, ckpt + (j + 1) * g.P, no_keep, tmp);
+      T* gcur = gplanes;
+      T* gnext = gplanes + g.P;
+      tiling.each_band([&](int64_t y0, int64_t y1) {
+        build_coefs(rp + n * 4 * HW, g, T(tau), coefs, y0, y1);
+        const auto [b, e] = plane_span(g, y0, y1);
+        for (int64_t d = 0; d < 4; ++d) std::fill(acc + d * g.P + b, acc + d * g.P + e, T(0));
+        to_padded(u0p + n * HW, g, ckpt, y0, y1);
+        to_padded(gp + n * HW, g, gcur, y0, y1);
+      });
+      for (int64_t j = 0; j + 1 < plan.num_segments; ++j) {
+        st.forward(plan.segment_len, ckpt + j * g.P, ckpt + (j + 1) * g.P, no_keep, tmp, tiling);
+      }
+      for (int64_t j = plan.num_segments - 1; j >= 0; --j) {
+        const int64_t len = std::min(plan.segment_len, steps - j * plan.segment_len);
+        const T* start = ckpt + j * g.P;
+        auto state = [&](int64_t m) -> T* {
+          return m == 0 ? const_cast<T*>(start) : seg + (m - 1) * g.P;
+        };
+        if (len > 1) {
+          st.forward(len - 1, start, state(len - 1), [&](int64_t m) { return state(m); }, tmp,
+                     tiling);
         }
-        T* gcur = gplanes;
-        T* gnext = gplanes + g.P;
-        to_padded(gp + n * HW, g, gcur);
-        for (int64_t j = plan.num_segments - 1; j >= 0; --j) {
-          const int64_t len = std::min(plan.segment_len, steps - j * plan.segment_len);
-          const T* start = ckpt + j * g.P;
-          auto state = [&](int64_t m) -> T* { return m == 0 ? const_cast<T*>(start) : seg + m * g.P; };
-          if (len > 1) {
-            st.forward(len - 1, start, state(len - 1), [&](int64_t m) { return state(m); }, tmp);
-          }
-          st.adjoint(len, gcur, gnext, [&](int64_t s) -> const T* { return state(len - s); }, acc,
-                     gplanes + 2 * g.P);
-          std::swap(gcur, gnext);
-        }
-        from_padded(gcur, g, gu0p + n * HW);
-        T* out_r = grp + n * 4 * HW;
-        for (int64_t y = 0; y < H; ++y) {
+        st.adjoint(len, gcur, gnext, [&](int64_t s) -> const T* { return state(len - s); }, acc,
+                   gplanes + 2 * g.P, tiling);
+        std::swap(gcur, gnext);
+      }
+      T* out_r = grp + n * 4 * HW;
+      tiling.each_band([&](int64_t y0, int64_t y1) {
+        from_padded(gcur, g, gu0p + n * HW, y0, y1);
+        for (int64_t y = y0; y < y1; ++y) {
           for (int64_t x = 0; x < W; ++x) {
             const int64_t i = g.row(y) + x, s = y * W + x;
             out_r[s] = x + 1 < W ? T(tau) * acc[i] : T(0);
@@ -425,7 +704,7 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
             out_r[3 * HW + s] = y > 0 ? T(tau) * acc[3 * g.P + i] : T(0);
           }
         }
-      }
+      });
     });
   });
   return {grad_u0, grad_rates};

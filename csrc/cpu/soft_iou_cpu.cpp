@@ -82,10 +82,6 @@ void sample_sums(const T* x, const T* t, int64_t N, int64_t M, double* sums) {
   }
 }
 
-int64_t sample_numel(const at::Tensor& logits) {
-  return logits.size(0) == 0 ? 0 : logits.numel() / logits.size(0);
-}
-
 // Gradients of x, t viewed as (N, M) (gx / gt null where not asked for), from each sample's sum
 // derivatives d_inter[n], d_sum[n].
 template <bool FromLogits, typename T>

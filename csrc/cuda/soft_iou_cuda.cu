@@ -127,10 +127,6 @@ int blocks_per_sample(int64_t N, int64_t M) {
   return static_cast<int>(std::min<int64_t>(num_blocks(M), fill));
 }
 
-int64_t sample_numel(const at::Tensor& logits) {
-  return logits.size(0) == 0 ? 0 : logits.numel() / logits.size(0);
-}
-
 std::tuple<at::Tensor, at::Tensor> soft_iou_forward_cuda(const at::Tensor& logits_in,
                                                          const at::Tensor& target_in,
                                                          double smooth, bool from_logits) {
