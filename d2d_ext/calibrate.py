@@ -116,10 +116,10 @@ class _Scorer:
             self.scores[key] = np.array(rows, np.int64).reshape(-1, 2)
         return self.scores[key]
 
-    def iou(self, values: dict, images=slice(None)) -> float:
-        """Pooled IoU in percent over ``images`` (an index or slice of the N; default all);
-        ``nan`` when none has a target or a predicted pixel."""
-        inter, union = self.counts(values)[images].sum(0)
+    def iou(self, values: dict) -> float:
+        """Pooled IoU in percent over the N images; ``nan`` when none has a target or a
+        predicted pixel."""
+        inter, union = self.counts(values).sum(0)
         return 100.0 * inter / union if union else math.nan
 
 

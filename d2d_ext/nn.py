@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .soft_iou import REDUCTIONS, soft_iou_loss
+from .soft_iou import check_reduction, soft_iou_loss
 
 __all__ = ["SoftIoULoss"]
 
@@ -38,8 +38,7 @@ class SoftIoULoss(nn.Module):
 
     def __init__(self, reduction: str = "mean", from_logits: bool = True, smooth: float = 1.0):
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"SoftIoULoss: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+        check_reduction(reduction, "SoftIoULoss")  # at construction, not at the first batch
         if not smooth >= 0:
             raise ValueError(f"SoftIoULoss: smooth must be >= 0, got {smooth!r}")
         self.reduction = reduction

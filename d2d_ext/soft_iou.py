@@ -32,6 +32,13 @@ def soft_iou(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) ->
 REDUCTIONS = ("mean", "sum", "none", "pooled")
 
 
+def check_reduction(reduction: str, who: str) -> str:
+    """``reduction`` if it is one of :data:`REDUCTIONS`, else a ValueError naming ``who``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{who}: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    return reduction
+
+
 def soft_iou_loss(
     pred: Union[torch.Tensor, Sequence[torch.Tensor]],
     target: torch.Tensor,
@@ -58,8 +65,7 @@ def soft_iou_loss(
     Returns:
         A 0-d tensor, or ``(N,)`` for ``"none"``.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"d2d.soft_iou_loss: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    check_reduction(reduction, "d2d.soft_iou_loss")
     outputs = list(pred) if isinstance(pred, (list, tuple)) else [pred]
     if not outputs:
         raise ValueError("d2d.soft_iou_loss: pred is an empty list")

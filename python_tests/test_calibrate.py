@@ -243,8 +243,8 @@ class _Counts:
     def counts(self, values):
         return np.asarray(self.table.get(values["low_fraction"], self.table[None]))
 
-    def iou(self, values, images=slice(None)):
-        inter, union = self.counts(values)[images].sum(0)
+    def iou(self, values):
+        inter, union = self.counts(values).sum(0)
         return 100.0 * inter / union
 
 
