@@ -8,7 +8,7 @@ CPU kernels, so a run also says whether the results held while it watched).
 The cases cover each kernel path at a size a sanitized run finishes quickly: one tile and tiles
 with halos in both directions, several launches (more steps than one launch takes), the
 checkpointed backward (a state budget exceeded), both dtypes, and soft-IoU with one and with
-several blocks per sample. ``bash benchmarks/gpu_session.sh`` runs it under each tool
+several blocks per sample, from logits and from probabilities. ``bash benchmarks/gpu_session.sh`` runs it under each tool
 (STEPS=sanitize).
 """
 
@@ -17,6 +17,7 @@ import sys
 import torch
 
 import d2d_ext
+from d2d_ext.soft_iou import soft_iou_loss
 
 OPS = torch.ops.d2d
 
@@ -36,16 +37,18 @@ def diffuse_case(shape, steps, dtype, seed):
         torch.testing.assert_close(got.cpu(), want, rtol=tol, atol=tol)
 
 
-def soft_iou_case(shape, dtype, seed):
+def soft_iou_case(shape, dtype, seed, from_logits=True):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g, dtype=dtype) * 3
+    if not from_logits:
+        x = torch.sigmoid(x)  # the probability path reads p directly
     t = torch.rand(shape, generator=g, dtype=dtype)
     xc = x.cuda().requires_grad_(True)
     tc = t.cuda().requires_grad_(True)
-    d2d_ext.soft_iou(xc, tc, 1.0).sum().backward()
+    soft_iou_loss(xc, tc, smooth=1.0, reduction="sum", from_logits=from_logits).backward()
     xr = x.clone().requires_grad_(True)
     tr = t.clone().requires_grad_(True)
-    d2d_ext.soft_iou(xr, tr, 1.0).sum().backward()
+    soft_iou_loss(xr, tr, smooth=1.0, reduction="sum", from_logits=from_logits).backward()
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(xc.grad.cpu(), xr.grad, rtol=tol, atol=tol)
     torch.testing.assert_close(tc.grad.cpu(), tr.grad, rtol=tol, atol=tol)
@@ -61,8 +64,9 @@ def main():
             diffuse_case(shape, steps, dtype, seed=cases)
             cases += 1
         for shape in ((3, 1, 9, 7), (2, 1, 300, 400)):
-            soft_iou_case(shape, dtype, seed=cases)
-            cases += 1
+            for from_logits in (True, False):
+                soft_iou_case(shape, dtype, seed=cases, from_logits=from_logits)
+                cases += 1
     # 1024 * 1024 float32 states * 72 steps = 288 MiB > the 256 MiB state budget: checkpointed
     diffuse_case((1, 1024, 1024), 72, torch.float32, seed=cases)
     cases += 1
