@@ -1,7 +1,7 @@
 """Pseudo-mask quality of the annotator on every dataset, each reported apart (markdown table).
 
     python benchmarks/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1] [--worst 3]
-        [--set NAME=VALUE ...] [--settings FILE.json] [--out FILE.md]
+        [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -15,7 +15,9 @@ Columns: IoU (pooled over the set), nIoU, Pd, Fa (``d2d_ext.metrics.ISTDMetrics`
 resolution), pixel precision and recall (pooled), the worst image's false-alarm pixels (pixels of
 its predicted components that match no target, as Fa counts them) and ms per target (compute only,
 one torch thread, chunks of 16 images). ``--worst K`` lists each set's K images with the most
-false-alarm pixels under the table: a mean hides them.
+false-alarm pixels under the table: a mean hides them. ``--dilate N`` scores against every
+ground-truth mask grown by N pixels (8-connected): a stand-in for datasets whose annotators draw
+each target's glow, to see what a change costs them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
 
@@ -156,6 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worst", type=int, default=3, help="images listed per set, most false-alarm pixels first")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an AnnotatorConfig setting")
     ap.add_argument("--settings", help="a JSON file of AnnotatorConfig settings (as d2d calibrate writes); --set wins")
+    ap.add_argument("--dilate", type=int, default=0, help="grow every ground-truth mask by this many pixels")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -169,10 +173,14 @@ def main(argv=None) -> int:
     else:
         print(f"no datasets: {args.data} is not a folder; synthetic scenes only", file=sys.stderr)
     sets += synthetic_sets([int(s) for s in args.synthetic_seeds.split(",") if s.strip()])
+    if args.dilate > 0:
+        for s in sets:
+            s.masks = [ndimage.binary_dilation(m, np.ones((3, 3), bool), iterations=args.dilate) for m in s.masks]
     results = evaluate(sets, settings, args.worst)
     header = ["set", "method", "IoU", "nIoU", "Pd", "Fa (1e-6)", "precision", "recall", "worst image's Fa px", "ms/target"]
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
-    text = emit(f"settings {settings or 'default'}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
+    grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
+    text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{n} {i}" for n, i in r.worst)
               for name, method, r in results if method == "ours"]

@@ -49,8 +49,14 @@ ground-truth mask. For each point:
    ``{I' >= low_fraction}`` inside the field window, holes filled. If it reaches the field
    window's outer band it has leaked into clutter, and only the part the heat reached is kept:
    the peak's component of ``{I' >= low_fraction} and {y >= level}``. The result is kept if it
-   stays off the band (leak guard again). The target's pseudo-mask is the strict component united
-   with it, and the targets of one image are united into its mask.
+   stays off the band (leak guard again), and only the target's part of it: the strict
+   component's halo (the rings of pixels around it, outward while the region covers at least
+   ``halo_cover`` of each ring) and the further parts that end in an edge at least ``edge_ratio``
+   as steep as the strict component's. A dimmer structure touching the target (a roof, a cloud's
+   flank) lies on one side and fades out, so neither holds for it; a glow surrounds the target,
+   and a target's own extension ends as sharply as the target does. The target's pseudo-mask is
+   the strict component united with that part, and the targets of one image are united into its
+   mask.
 
 Typical use::
 
@@ -119,6 +125,14 @@ class AnnotatorConfig:
     slic_compactness: float = 0.32
     low_fraction: float = 0.3  # grown component: contrast I' >= low_fraction
     level: float = 0.1  # where the bright region leaks: keep fused label y >= level (where the heat reached)
+    # The bright region beyond the strict component stays where it is the target's halo (the rings
+    # of pixels around the strict component, outward until one ring is covered less than
+    # halo_cover) or where a part of it ends in an edge at least edge_ratio as steep as the strict
+    # component's own edge. A dimmer structure beside the target (a roof, a cloud's flank) lies on
+    # one side and fades out; a glow surrounds the target; a target's own extension (a ship's hull
+    # beside its superstructure) ends as sharply as the target does.
+    halo_cover: float = 0.4
+    edge_ratio: float = 0.6
 
 
 class DiffusionParams(torch.nn.Module):
@@ -601,6 +615,7 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
     cfg = config or AnnotatorConfig()
     soft = soft.detach().cpu().numpy()
     contrast = batch.contrast.numpy()
+    grad = batch.grad.numpy()
     inside = batch.inside.numpy()
     out = batch.strict.copy()
     for t in range(len(batch)):
@@ -611,8 +626,40 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
             # the bright region leaks out of the window: keep the part the heat reached
             grown = _component(bright & (soft[t] >= cfg.level), peak)
         if grown is not None and not (grown & batch.ring[t]).any():  # leak guard
-            out[t] |= grown
+            out[t] |= _target_part(grown, batch.strict[t], inside[t], grad[t], cfg)
     return out
+
+
+def _target_part(region: np.ndarray, core: np.ndarray, inside: np.ndarray, grad: np.ndarray,
+                 cfg: AnnotatorConfig) -> np.ndarray:
+    """The part of the bright ``region`` ``(S, S)`` bool that belongs to the target whose strict
+    component is ``core``: ``core``, its halo, and the region's further parts that end in a
+    target-like edge (see ``halo_cover`` and ``edge_ratio``), connected to ``core``, holes filled.
+    ``grad`` is ``|grad I'|`` (contrast per pixel); ``inside`` the field window."""
+    extra = region & ~core
+    if not extra.any():
+        return region | core
+    dist = ndi.distance_transform_cdt(~core, metric="chessboard")  # rings around the core
+    reach = 0
+    for d in range(1, int(dist[extra].max()) + 1):
+        ring = (dist == d) & inside
+        if not ring.any() or (region & ring).sum() < cfg.halo_cover * ring.sum():
+            break
+        reach = d
+    kept = core | (region & (dist <= reach))
+    rest = region & ~kept
+    if rest.any():
+        core_edge = grad[core & ndi.binary_dilation(~core, EIGHT_CONNECTED)].mean()
+        rim = rest & ndi.binary_dilation(~region, EIGHT_CONNECTED)  # where each part ends
+        labels, n = ndi.label(rest, EIGHT_CONNECTED)
+        for j in range(1, n + 1):
+            part = labels == j
+            end = part & rim
+            if end.any() and grad[end].mean() >= cfg.edge_ratio * core_edge:
+                kept |= part
+    labels, _ = ndi.label(kept, EIGHT_CONNECTED)
+    held = np.unique(labels[core])
+    return ndi.binary_fill_holes(np.isin(labels, held[held > 0]))
 
 
 def _component(mask: np.ndarray, seed: tuple) -> np.ndarray | None:

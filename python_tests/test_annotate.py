@@ -207,6 +207,54 @@ def test_target_at_the_top_of_a_bright_cloud_does_not_take_the_cloud(cloud, targ
     assert mask[80, 60] and mask.sum() <= 60, mask.sum()
 
 
+def _bar_with_neighbour(neighbour: str, level: float, seed: int):
+    """A flat-topped 5x19 target (row 70, columns 55-73, edges blurred by the optics) on a dark
+    128x128 scene with weak correlated noise, and beside it either a dimmer ``"roof"`` (a block
+    of ``level`` times the target's brightness above and left of it, touching it, larger than the
+    window search's windows, fading out over a few pixels) or a ``"hull"`` (a long bar to its left
+    nearly as bright as the target, joined to it by a dimmer neck, with edges as sharp as the
+    target's: one object, like a ship's hull beside its superstructure). Returns the image, the
+    point, the target and the neighbour's pixels."""
+    yy, xx = np.mgrid[:128, :128].astype(np.float64)
+    bar = (np.abs(yy - 70) <= 2) & (np.abs(xx - 64) <= 9)
+    if neighbour == "roof":
+        block = ((yy >= 42) & (yy <= 69) & (xx >= 38) & (xx <= 60)).astype(float)
+        extra = level * ndimage.gaussian_filter(block, 3.0)
+    else:
+        row = np.abs(yy - 71) <= 1
+        extra = 0.85 * (row & (xx >= 36) & (xx <= 52)) + 0.45 * (row & (xx >= 53) & (xx <= 54))
+    extra = ndimage.gaussian_filter(extra, 0.8)
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 1, yy.shape), 1.0)
+    image = 0.2 + 0.5 * (ndimage.gaussian_filter(bar.astype(float), 0.8) + extra) + 0.01 * noise / noise.std()
+    return image.astype(np.float32), np.array([[64.0, 70.0]]), bar, (extra > 0.3 * extra.max()) & ~bar
+
+
+@pytest.mark.parametrize("level", [0.4, 0.5, 0.6])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_target_beside_a_dimmer_roof_does_not_take_it(level, seed):
+    """A target touching a dimmer structure that lies on one side of it and fades out (a roof, a
+    cloud's flank): the bright region at ``low_fraction`` takes the roof (5 to 7 times the target's
+    95 pixels before the rule), which is neither the target's halo nor ends in an edge like the
+    target's, so the mask stays the target."""
+    image, point, bar, roof = _bar_with_neighbour("roof", level, seed)
+    (mask,) = Annotator().annotate([image], [point])
+    assert mask[bar].all() and (mask & roof).sum() <= 0.1 * roof.sum(), (int(mask.sum()), int((mask & roof).sum()))
+    assert mask.sum() <= 1.3 * bar.sum(), int(mask.sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_extension_that_ends_like_the_target_is_kept(seed):
+    """A one-sided extension nearly as bright as the target, joined through a dimmer neck and
+    ending in an edge as steep as the target's (a ship's hull beside its superstructure) is part
+    of the target: kept. It is the edge test that keeps it: the halo rings do not reach it, and
+    with an edge test no extension passes, it goes."""
+    image, point, bar, hull = _bar_with_neighbour("hull", 0.0, seed)
+    (mask,) = Annotator().annotate([image], [point])
+    assert mask[bar].all() and mask[hull].mean() >= 0.95, (int(mask.sum()), float(mask[hull].mean()))
+    (strict_only,) = Annotator(AnnotatorConfig(edge_ratio=100.0)).annotate([image], [point])
+    assert strict_only[hull].mean() <= 0.1 and strict_only[bar].mean() >= 0.95
+
+
 def test_large_targets_of_synthetic_scenes():
     """Synthetic 384x384 scenes with target areas up to 3000 pixels (``area_range``): the
     targets over 200 pixels reach a mean IoU of 0.55 (0.62 when written), clearly above the fixed
@@ -348,12 +396,13 @@ def test_real_targets_beside_buildings_and_clouds_keep_small_masks(name, ids):
         assert m.sum() <= 3 * gt.sum() + 60, (i, int(m.sum()), int(gt.sum()))
 
 
-@pytest.mark.parametrize("name, floor", [pytest.param("NUDT-SIRST", 62.0, marks=needs_nudt),
-                                         pytest.param("MDFA", 73.0, marks=needs_mdfa)])
-def test_real_datasets_have_no_catastrophic_mask(name, floor):
-    """Every image of the split: dataset IoU above a floor (64.7 and 76.2 measured; the window
-    growth had dropped them to 47 and 43) and no image with more than 600 false-alarm pixels
-    (13,363 before)."""
+@pytest.mark.parametrize("name, floor, pd_floor", [pytest.param("NUDT-SIRST", 66.5, 97.0, marks=needs_nudt),
+                                                   pytest.param("MDFA", 75.5, 99.0, marks=needs_mdfa)])
+def test_real_datasets_have_no_catastrophic_mask(name, floor, pd_floor):
+    """Every image of the split: dataset IoU and Pd above floors (IoU 67.6 and 76.8, Pd 97.6 and
+    99.9 measured; the window growth had dropped IoU to 47 and 43, and before the rule on dimmer
+    structures beside a target NUDT-SIRST stood at IoU 64.7, Pd 96.2) and no image with more than
+    600 false-alarm pixels (13,363 before)."""
     ds = IRDataset(DATA / name)
     ids = ds.ids("train")
     ann = Annotator()
@@ -366,4 +415,31 @@ def test_real_datasets_have_no_catastrophic_mask(name, floor):
             metrics.update(m, gt)
             worst = max(worst, match_targets(m, gt)[2])  # the image's false-alarm pixels
     r = metrics.compute()
-    assert r["iou"] >= floor and worst <= 600, (r, worst)
+    assert r["iou"] >= floor and r["pd"] >= pd_floor and worst <= 600, (r, worst)
+
+
+@pytest.mark.parametrize("name, ids", [
+    pytest.param("NUDT-SIRST", ["000970", "000429", "001061", "001015", "000251"], marks=needs_nudt),
+    pytest.param("MDFA", ["train_005355", "train_006332"], marks=needs_mdfa),
+])
+def test_real_targets_beside_dimmer_structures_keep_their_own_size(name, ids):
+    """Real targets whose masks took a dimmer roof or cloud flank beside them (masks of 150 to 350
+    pixels for targets of 30 to 70, the centroid pulled away so the target was also missed): each
+    mask now stays within 2.5 times its target (4 to 6 times before) and every target is matched."""
+    ds = IRDataset(DATA / name)
+    masks = Annotator().annotate([ds.load_image(i) for i in ids], [ds.points(i, "centroid") for i in ids])
+    for i, m in zip(ids, masks):
+        gt = ds.load_mask(i)
+        n_targets, matched, _ = match_targets(m, gt)
+        assert m.sum() <= 2.5 * gt.sum() and matched == n_targets, (i, int(m.sum()), int(gt.sum()), matched)
+
+
+@needs_sirst
+def test_real_ship_keeps_its_hull():
+    """SIRST-v1 Misc_4: a ship whose hull, nearly as bright as its superstructure and one-sided,
+    ends in a sharp edge: the rule against dimmer neighbours keeps it (IoU 0.84; 0.52 without
+    the hull)."""
+    ds = IRDataset(SIRST)
+    (m,) = Annotator().annotate([ds.load_image("Misc_4")], [ds.points("Misc_4", "centroid")])
+    gt = ds.load_mask("Misc_4")
+    assert (m & gt).sum() / (m | gt).sum() >= 0.8
