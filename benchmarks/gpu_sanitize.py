@@ -7,9 +7,9 @@ CPU kernels, so a run also says whether the results held while it watched).
 
 The cases cover each kernel path at a size a sanitized run finishes quickly: one tile and tiles
 with halos in both directions, several launches (more steps than one launch takes), the
-checkpointed backward (a state budget exceeded), both dtypes, and soft-IoU with one and with
-several blocks per sample, from logits and from probabilities. ``bash benchmarks/gpu_session.sh`` runs it under each tool
-(STEPS=sanitize).
+checkpointed backward (a state budget exceeded), the backward of u0 alone, both dtypes, and
+soft-IoU with one and with several blocks per sample, from logits and from probabilities.
+``bash benchmarks/gpu_session.sh`` runs it under each tool (STEPS=sanitize).
 """
 
 import sys
@@ -29,12 +29,14 @@ def diffuse_case(shape, steps, dtype, seed):
     go = torch.randn(shape, generator=g, dtype=dtype)
     out = d2d_ext.diffuse(u0.cuda(), rates.cuda(), 0.9, steps).cpu()
     grads = OPS.diffuse_backward.default(go.cuda(), u0.cuda(), rates.cuda(), 0.9, steps)
+    u0_only = OPS.diffuse_backward.default(go.cuda(), u0.cuda(), rates.cuda(), 0.9, steps, [True, False])[0]
     ref = d2d_ext.diffuse(u0, rates, 0.9, steps)
     ref_grads = OPS.diffuse_backward.default(go, u0, rates, 0.9, steps)
     tol = 1e-9 if dtype == torch.float64 else 1e-3
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got.cpu(), want, rtol=tol, atol=tol)
+    torch.testing.assert_close(u0_only.cpu(), ref_grads[0], rtol=tol, atol=tol)
 
 
 def soft_iou_case(shape, dtype, seed, from_logits=True):

@@ -59,3 +59,26 @@ def test_diffuse_forward_backward(benchmark, impl, case, device):
 
     grad_u0, grad_rates = measure(benchmark, run, heavy=case in HEAVY_CASES and device == "cpu")
     assert grad_u0.shape == u0.shape and grad_rates.shape == rates.shape
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("case", DIFFUSE_BACKWARD_CASES)
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_diffuse_forward_backward_u0(benchmark, impl, case, device):
+    """The gradient of u0 alone, rates fixed (a loss through a fixed field): ours runs the adjoint
+    chain without forward states; autograd through the references still keeps every step."""
+    u0, rates = diffuse_inputs(case, device)
+    u0.requires_grad_(True)
+    weight = torch.rand_like(u0)
+    fn = IMPLS[impl]()
+    benchmark.group = f"diffuse forward+backward of u0 alone, {case}, {DIFFUSE_STEPS} steps, {device}"
+    benchmark.extra_info["pixel_steps"] = u0.numel() * DIFFUSE_STEPS
+
+    def run():
+        out = fn(u0, rates, DIFFUSE_TAU, DIFFUSE_STEPS)
+        (grad,) = torch.autograd.grad((out * weight).sum(), [u0])
+        sync(device)
+        return grad
+
+    grad_u0 = measure(benchmark, run, heavy=case in HEAVY_CASES and device == "cpu")
+    assert grad_u0.shape == u0.shape

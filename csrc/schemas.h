@@ -8,9 +8,11 @@ namespace d2d {
 
 inline void define_schemas(torch::Library& m) {
   m.def("diffuse(Tensor u0, Tensor rates, float tau, int steps) -> Tensor");
+  // output_mask: which of (grad_u0, grad_rates) to compute; one not asked for comes back empty,
+  // shape (0,). grad_u0 alone is the adjoint chain by itself: no forward states, no recompute.
   m.def(
-      "diffuse_backward(Tensor grad_out, Tensor u0, Tensor rates, float tau, int steps) "
-      "-> (Tensor, Tensor)");
+      "diffuse_backward(Tensor grad_out, Tensor u0, Tensor rates, float tau, int steps, "
+      "bool[2] output_mask=[True, True]) -> (Tensor, Tensor)");
   // soft_iou is soft_iou_forward's loss (CompositeImplicitAutograd, d2d.cpp): the forward also
   // returns the per-sample sums, so the backward is one elementwise pass over the logits (it
   // recomputes the sigmoid instead of keeping a tensor of probabilities alive).

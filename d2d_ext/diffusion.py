@@ -30,7 +30,9 @@ def diffuse(u0: torch.Tensor, rates: torch.Tensor, tau: float, steps: int) -> to
         toward bright pixels. Negative rates are not checked: the same linear map is applied.
 
     Differentiable in ``u0`` and ``rates`` (hand-written backward; the intermediate states are
-    checkpointed and recomputed, so memory grows as ``sqrt(steps)``, not ``steps``).
+    checkpointed and recomputed, so memory grows as ``sqrt(steps)``, not ``steps``). When only
+    ``u0`` needs a gradient, the backward is the adjoint chain alone, about the cost of the
+    forward, with no forward state kept or recomputed.
     """
     try:
         steps = operator.index(steps)  # an int (or numpy integer); 2.5 or "3" is refused, not rounded
@@ -47,10 +49,11 @@ def _diffuse_fake(u0, rates, tau, steps):
     return u0.new_empty(u0.shape)
 
 
-def _diffuse_backward_fake(grad_out, u0, rates, tau, steps):
+def _diffuse_backward_fake(grad_out, u0, rates, tau, steps, output_mask=(True, True)):
     check_same("d2d.diffuse_backward", "grad_out", grad_out, "u0", u0)
     check_same("d2d.diffuse", "u0", u0, "rates", rates)
-    return u0.new_empty(u0.shape), rates.new_empty(rates.shape)
+    return (u0.new_empty(u0.shape if output_mask[0] else (0,)),
+            rates.new_empty(rates.shape if output_mask[1] else (0,)))
 
 
 def _diffuse_setup_context(ctx, inputs, output):
@@ -67,13 +70,10 @@ def register_python_parts(namespace: str) -> None:
 
     def backward(ctx, grad):
         u0, rates = ctx.saved_tensors
-        grad_u0, grad_rates = backward_op(grad, u0, rates, ctx.tau, ctx.steps)
-        return (
-            grad_u0 if ctx.needs_input_grad[0] else None,
-            grad_rates if ctx.needs_input_grad[1] else None,
-            None,
-            None,
-        )
+        need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+        # u0 alone (a loss through a fixed field): the adjoint chain without any forward state
+        grad_u0, grad_rates = backward_op(grad, u0, rates, ctx.tau, ctx.steps, need)
+        return grad_u0 if need[0] else None, grad_rates if need[1] else None, None, None
 
     torch.library.register_fake(f"{namespace}::diffuse")(_diffuse_fake)
     torch.library.register_fake(f"{namespace}::diffuse_backward")(_diffuse_backward_fake)

@@ -132,6 +132,28 @@ def test_diffuse_backward_emulated_vs_cpu(emu, dtype, size, steps):
     assert_close_rel(gr.double(), ref_r.double(), GRAD_RTOL[dtype], "grad_rates")
 
 
+@pytest.mark.parametrize("steps", [0, 1, 20])
+@pytest.mark.parametrize("size", SIZES[:6], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_diffuse_backward_u0_only_emulated_vs_cpu(emu, dtype, size, steps):
+    """output_mask [True, False]: the adjoint launches alone (no forward launch, no states)."""
+    u0, rates = random_problem(*size, dtype=dtype, tau=TAU, generator=make_generator(sum(size) + 3))
+    go = torch.randn(size, dtype=torch.float64, generator=make_generator(4)).to(dtype)
+    before = launches(emu)
+    gu, gr = emu.diffuse_backward(go, u0, rates, TAU, steps, [True, False])
+    if steps > 0:  # adjoint launches only: as many as the forward of the same steps takes
+        forward_launches = launches(emu)
+        emu.diffuse(u0, rates, TAU, steps)
+        assert forward_launches - before == launches(emu) - forward_launches
+    assert gr.shape == (0,) and gu.shape == u0.shape
+    ref_u, _ = CPU.diffuse_backward(go, u0, rates, TAU, steps)
+    assert_close_rel(gu.double(), ref_u.double(), GRAD_RTOL[dtype], "grad_u0")
+    empty_u, only_r = emu.diffuse_backward(go, u0, rates, TAU, steps, [False, True])
+    assert empty_u.shape == (0,)
+    assert_close_rel(only_r.double(), CPU.diffuse_backward(go, u0, rates, TAU, steps)[1].double(), GRAD_RTOL[dtype],
+                     "grad_rates")
+
+
 def test_more_samples_than_one_grid(emu):
     """7 samples with a grid limit of 3 take 3 launches per forward launch, and give the CPU's
     results (checked by the parity tests above for (7, 9, 11); here the launch count)."""

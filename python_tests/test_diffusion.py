@@ -627,6 +627,72 @@ def test_adjoint_identity(size, steps):
     assert abs(lhs - rhs) <= 1e-12 * scale, (lhs, rhs, scale)
 
 
+# --------------------------------------------------------------------------------------------
+# The gradient of u0 alone (output_mask): the adjoint chain without forward states
+# --------------------------------------------------------------------------------------------
+
+# Plane sweep, plane sweep checkpointed (2500 steps), wavefront over whole rows, wavefront in
+# strips with checkpoints, one row, one column.
+U0_ONLY_CASES = [((3, 20, 30), 7), ((1, 60, 60), 2500), ((1, 300, 280), 40), ((1, 520, 1100), 37),
+                 ((2, 1, 300), 5), ((2, 300, 1), 6)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size,steps", U0_ONLY_CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else str(c))
+def test_backward_output_mask(size, steps, dtype):
+    """[True, False] gives the full backward's grad_u0 (to rounding: its loop has no rate terms, so
+    the compiler may contract multiply-adds differently) and an empty grad_rates; [False, True]
+    the full backward's grad_rates bit for bit and an empty grad_u0; [False, False] two empties."""
+    g = make_generator(size[1] + steps)
+    u0, rates = random_problem(*size, tau=TAU, generator=g)
+    go = torch.randn(size, dtype=torch.float64, generator=g)
+    u0, rates, go = u0.to(dtype), rates.to(dtype), go.to(dtype)
+    full_u, full_r = bwd(go, u0, rates, TAU, steps)
+    only_u, empty_r = OPS.diffuse_backward.default(go, u0, rates, TAU, steps, [True, False])
+    empty_u, only_r = OPS.diffuse_backward.default(go, u0, rates, TAU, steps, [False, True])
+    none = OPS.diffuse_backward.default(go, u0, rates, TAU, steps, [False, False])
+    assert empty_r.shape == empty_u.shape == none[0].shape == none[1].shape == (0,)
+    assert only_u.shape == u0.shape and only_u.dtype == dtype and only_r.shape == rates.shape
+    assert torch.equal(only_r, full_r)
+    assert_close_rel(only_u.double(), full_u.double(), 1e-13 if dtype == torch.float64 else 2e-6, "grad_u0")
+    if size[1] * size[2] * steps <= 2_000_000:  # the autograd reference keeps every step
+        ref_u, _ = ref_vjp(u0.double(), rates.double(), TAU, steps, go.double())
+        assert_close_rel(only_u.double(), ref_u, 1e-11 if dtype == torch.float64 else 1e-4, "grad_u0")
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=_thread_case_id)
+def test_u0_only_backward_same_bits_for_any_thread_count(case):
+    size, dtype, steps = case
+    g = make_generator(43)
+    u0, rates = random_problem(*size, dtype=dtype, tau=TAU, generator=g)
+    go = torch.randn(size, dtype=torch.float64, generator=g).to(dtype)
+    grads = _each_thread_count(lambda: (OPS.diffuse_backward.default(go, u0, rates, TAU, steps, [True, False])[0],))
+    _assert_same_bits(grads, ["grad_u0"])
+
+
+def test_autograd_asks_for_what_is_needed():
+    """Autograd passes the output mask: with the rates fixed, the backward is the u0-only path,
+    whose grad_u0 gradcheck accepts; with u0 fixed, the rates' gradient is the full one's."""
+    g = make_generator(44)
+    u0, rates = random_problem(2, 9, 11, tau=TAU, generator=g)
+    torch.autograd.gradcheck(lambda x: d2d_ext.diffuse(x, rates, TAU, 13), (u0.clone().requires_grad_(True),))
+    go = torch.randn(u0.shape, dtype=torch.float64, generator=g)
+    x = u0.clone().requires_grad_(True)
+    d2d_ext.diffuse(x, rates, TAU, 13).backward(go)
+    torch.testing.assert_close(x.grad, bwd(go, u0, rates, TAU, 13)[0], rtol=1e-13, atol=0)
+    r = rates.clone().requires_grad_(True)
+    d2d_ext.diffuse(u0, r, TAU, 13).backward(go)
+    assert torch.equal(r.grad, bwd(go, u0, rates, TAU, 13)[1])
+
+
+@pytest.mark.parametrize("mask", [[True, False], [False, True], [False, False]])
+def test_opcheck_diffuse_backward_output_mask(mask):
+    g = make_generator(45)
+    u0, rates = random_problem(2, 5, 4, tau=TAU, generator=g)
+    go = torch.randn(u0.shape, dtype=torch.float64, generator=g)
+    torch.library.opcheck(torch.ops.d2d.diffuse_backward.default, (go, u0, rates, TAU, 6, mask))
+
+
 @pytest.mark.parametrize("element", [(1, SOUTH, 2, 3), (0, EAST, 4, 0), (1, WEST, 0, 5), (0, NORTH, 5, 6)])
 def test_rate_gradient_finite_difference(element):
     # d/dr of L(r) = <g, diffuse(u0, r)> at one element, against a central difference (the op is

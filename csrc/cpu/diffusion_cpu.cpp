@@ -200,9 +200,10 @@ void forward_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
 }
 
 // out = (A^T g)[i0 + j] for j in [0, len), with up/mid/down rows of g as in forward_run, and
-// acc[d * stride + j] += u[j] * (g[q_d] - g[p]): the rate gradient of this step before the factor
-// tau and the boundary mask, which are applied once at the end.
-template <typename T>
+// (kRates) acc[d * stride + j] += u[j] * (g[q_d] - g[p]): the rate gradient of this step before
+// the factor tau and the boundary mask, which are applied once at the end. Without kRates, u and
+// acc are not read.
+template <bool kRates, typename T>
 void adjoint_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict__ up,
                  const T* __restrict__ mid, const T* __restrict__ down, const T* __restrict__ u,
                  T* __restrict__ out, T* __restrict__ acc, int64_t stride) {
@@ -211,6 +212,13 @@ void adjoint_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
   const T* __restrict__ o1 = c.o1 + i0;
   const T* __restrict__ o2 = c.o2 + i0;
   const T* __restrict__ o3 = c.o3 + i0;
+  if constexpr (!kRates) {
+    for (int64_t j = 0; j < len; ++j) {
+      out[j] = diffuse_adjoint_px(a[j], mid[j], o0[j], mid[j + 1], o1[j], mid[j - 1], o2[j],
+                                  down[j], o3[j], up[j]);
+    }
+    return;
+  }
   T* __restrict__ acc0 = acc;
   T* __restrict__ acc1 = acc + stride;
   T* __restrict__ acc2 = acc + 2 * stride;
@@ -458,10 +466,11 @@ struct Stepper {
   }
 
   // S adjoint steps from gin (= g^{k+S}) into gout (= g^k), where state(s) is the plane of the
-  // forward state u^{k+S-s} that step s uses; accumulates the rate gradient into acc (each
-  // pixel's by the tile that owns it, in step order). gin, gout and gtmp are distinct planes;
-  // intermediate results alternate so the last lands in gout.
-  template <typename State>
+  // forward state u^{k+S-s} that step s uses; with kRates, accumulates the rate gradient into acc
+  // (each pixel's by the tile that owns it, in step order), else reads neither state nor acc.
+  // gin, gout and gtmp are distinct planes; intermediate results alternate so the last lands in
+  // gout.
+  template <bool kRates, typename State>
   void adjoint(int64_t S, const T* gin, T* gout, State&& state, T* acc, T* gtmp,
                const Tiling<T>& tiling) const {
     if (sweep) {
@@ -469,8 +478,10 @@ struct Stepper {
       const T* cur = gin;
       for (int64_t s = 1; s <= S; ++s) {
         T* out = (S - s) % 2 == 0 ? gout : gtmp;
-        adjoint_run(c, b, len, cur + b - g.Wp, cur + b, cur + b + g.Wp, state(s) + b, out + b,
-                    acc + b, g.P);
+        const T* u = nullptr;
+        if constexpr (kRates) u = state(s) + b;
+        adjoint_run<kRates>(c, b, len, cur + b - g.Wp, cur + b, cur + b + g.Wp, u, out + b,
+                            kRates ? acc + b : static_cast<T*>(nullptr), g.P);
         clear_ghosts(out);
         cur = out;
       }
@@ -487,6 +498,12 @@ struct Stepper {
         wavefront(n, t, from, dst_row, level_row,
                   [&](int64_t s, int64_t y, int64_t x0, int64_t x1, const T* up, const T* mid,
                       const T* down, T* out) {
+                    if constexpr (!kRates) {
+                      adjoint_run<false>(c, g.row(y) + x0, x1 - x0, up + x0, mid + x0, down + x0,
+                                         static_cast<const T*>(nullptr), out + x0,
+                                         static_cast<T*>(nullptr), 0);
+                      return;
+                    }
                     const T* u = state(s0 + s) + g.row(y);
                     // Pixels of the halo add their rate gradients to the band's scratch rows
                     // (never read) rather than skip them: the same loop for every pixel.
@@ -494,8 +511,8 @@ struct Stepper {
                     auto run = [&](bool own, int64_t a, int64_t b) {
                       if (a >= b) return;
                       T* into = own ? acc + g.row(y) + a : scratch + a;
-                      adjoint_run(c, g.row(y) + a, b - a, up + a, mid + a, down + a, u + a, out + a,
-                                  into, own ? g.P : g.Wp);
+                      adjoint_run<true>(c, g.row(y) + a, b - a, up + a, mid + a, down + a, u + a,
+                                        out + a, into, own ? g.P : g.Wp);
                     };
                     if (y < t.y0 || y >= t.y1) {
                       run(false, x0, x1);
@@ -620,23 +637,57 @@ at::Tensor diffuse_cpu(const at::Tensor& u0_in, const at::Tensor& rates_in, doub
   return out;
 }
 
+// The gradient of u0 alone: `steps` adjoint steps from grad_out, which need the coefficients
+// and three planes per sample, and no forward state.
+template <typename T>
+void adjoint_only(const T* gp, const T* rp, T* gu0p, int64_t N, int64_t H, int64_t W, T tau,
+                  int64_t steps) {
+  const Samples<T> samples(N, H, W);
+  const Grid& g = samples.g;
+  const int64_t HW = H * W;
+  const int64_t planes = coef_planes(g) + 3;
+  samples.run(N, planes, planes, [&](int64_t n, const Tiling<T>& tiling, T* work,
+                                     const T* zero_row) {
+    T* coefs = work;
+    T* gin = coefs + coef_planes(g) * g.P;
+    T* gout = gin + g.P;
+    const Stepper<T> st(g, coefs, zero_row);
+    tiling.each_band([&](int64_t y0, int64_t y1) {
+      build_coefs(rp + n * 4 * HW, g, tau, coefs, y0, y1);
+      to_padded(gp + n * HW, g, gin, y0, y1);
+    });
+    auto no_state = [](int64_t) -> const T* { return nullptr; };
+    st.template adjoint<false>(steps, gin, gout, no_state, nullptr, gout + g.P, tiling);
+    tiling.each_band([&](int64_t y0, int64_t y1) { from_padded(gout, g, gu0p + n * HW, y0, y1); });
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_in,
                                                          const at::Tensor& u0_in,
                                                          const at::Tensor& rates_in, double tau,
-                                                         int64_t steps) {
+                                                         int64_t steps,
+                                                         std::array<bool, 2> output_mask) {
   check_diffuse_backward_args(grad_in, u0_in, rates_in, tau, steps);
   TORCH_CHECK(u0_in.device().is_cpu(), "d2d.diffuse_backward: the CPU kernel got a tensor on ",
               u0_in.device());
+  const bool need_u0 = output_mask[0], need_rates = output_mask[1];
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor u0 = u0_in.contiguous();
   const at::Tensor rates = rates_in.contiguous();
-  at::Tensor grad_u0 = at::empty(u0.sizes(), u0.options());
-  at::Tensor grad_rates = at::empty(rates.sizes(), rates.options());
+  at::Tensor grad_u0 = at::empty(need_u0 ? u0.sizes() : at::IntArrayRef{0}, u0.options());
+  at::Tensor grad_rates = at::empty(need_rates ? rates.sizes() : at::IntArrayRef{0}, rates.options());
   const int64_t N = u0.size(0), H = u0.size(1), W = u0.size(2);
-  if (grad_u0.numel() == 0) return {grad_u0, grad_rates};
+  if (u0.numel() == 0 || !(need_u0 || need_rates)) return {grad_u0, grad_rates};
   if (steps == 0) {
-    grad_u0.copy_(grad);
-    grad_rates.zero_();
+    if (need_u0) grad_u0.copy_(grad);
+    if (need_rates) grad_rates.zero_();
+    return {grad_u0, grad_rates};
+  }
+  if (!need_rates) {
+    AT_DISPATCH_FLOATING_TYPES(u0.scalar_type(), "d2d_diffuse_backward_cpu", [&] {
+      adjoint_only<scalar_t>(grad.data_ptr<scalar_t>(), rates.data_ptr<scalar_t>(),
+                             grad_u0.data_ptr<scalar_t>(), N, H, W, scalar_t(tau), steps);
+    });
     return {grad_u0, grad_rates};
   }
 
@@ -645,7 +696,7 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
     const T* gp = grad.data_ptr<T>();
     const T* u0p = u0.data_ptr<T>();
     const T* rp = rates.data_ptr<T>();
-    T* gu0p = grad_u0.data_ptr<T>();
+    T* gu0p = need_u0 ? grad_u0.data_ptr<T>() : nullptr;
     T* grp = grad_rates.data_ptr<T>();
     const Samples<T> samples(N, H, W);
     const Grid& g = samples.g;
@@ -688,13 +739,14 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
           st.forward(len - 1, start, state(len - 1), [&](int64_t m) { return state(m); }, tmp,
                      tiling);
         }
-        st.adjoint(len, gcur, gnext, [&](int64_t s) -> const T* { return state(len - s); }, acc,
-                   gplanes + 2 * g.P, tiling);
+        st.template adjoint<true>(len, gcur, gnext,
+                                  [&](int64_t s) -> const T* { return state(len - s); }, acc,
+                                  gplanes + 2 * g.P, tiling);
         std::swap(gcur, gnext);
       }
       T* out_r = grp + n * 4 * HW;
       tiling.each_band([&](int64_t y0, int64_t y1) {
-        from_padded(gcur, g, gu0p + n * HW, y0, y1);
+        if (gu0p != nullptr) from_padded(gcur, g, gu0p + n * HW, y0, y1);
         for (int64_t y = y0; y < y1; ++y) {
           for (int64_t x = 0; x < W; ++x) {
             const int64_t i = g.row(y) + x, s = y * W + x;

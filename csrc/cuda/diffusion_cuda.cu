@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <string>
 #include <tuple>
@@ -214,9 +215,9 @@ __global__ void __launch_bounds__(kBX* kBY)
 }
 
 // Runs `nsteps` adjoint steps: from g_in = g^{k_lo + nsteps} down to g_out = g^{k_lo}, with the
-// forward states u^{k_lo + s} at states[s] (slots of N*H*W), and adds the rate gradient of
-// these steps to grad_rates (N, 4, H, W).
-template <typename T>
+// forward states u^{k_lo + s} at states[s] (slots of N*H*W), and (kRates) adds the rate gradient
+// of these steps to grad_rates (N, 4, H, W). Without kRates, states and grad_rates are not read.
+template <bool kRates, typename T>
 __global__ void __launch_bounds__(kBX* kBY)
     diffuse_adjoint_kernel(const T* __restrict__ g_in, const T* __restrict__ rates,
                            const T* __restrict__ states, T* __restrict__ g_out,
@@ -255,7 +256,7 @@ __global__ void __launch_bounds__(kBX* kBY)
   T* cur = t.buf0;
   T* nxt = t.buf1;
   for (int st = nsteps - 1; st >= 0; --st) {
-    const T* u = states + int64_t(st) * N * HW + n * HW;
+    const T* u = kRates ? states + int64_t(st) * N * HW + n * HW : nullptr;
 #pragma unroll
     for (int py = 0; py < kPY; ++py) {
 #pragma unroll
@@ -265,7 +266,7 @@ __global__ void __launch_bounds__(kBX* kBY)
           const int i = (ly + 1) * SW + lx + 1, c = ly * g.load_w + lx;
           const T gp = cur[i], ge = cur[i + 1], gw = cur[i - 1], gs = cur[i + SW], gn = cur[i - SW];
           const int gy = t.ly0 + ly, gx = t.lx0 + lx;
-          if (t.interior(gy, gx)) {
+          if (kRates && t.interior(gy, gx)) {
             const T up = u[int64_t(gy) * g.W + gx];
             acc[py][px][0] += diffuse_rate_grad_px(up, ge, gp);
             acc[py][px][1] += diffuse_rate_grad_px(up, gw, gp);
@@ -292,6 +293,7 @@ __global__ void __launch_bounds__(kBX* kBY)
         if (t.interior(gy, gx)) {
           const int64_t s = int64_t(gy) * g.W + gx;
           g_out[n * HW + s] = cur[(ly + 1) * SW + lx + 1];
+          if (!kRates) continue;
           T* gr = grad_rates + n * 4 * HW + s;
           const bool inside[4] = {gx + 1 < g.W, gx > 0, gy + 1 < g.H, gy > 0};
 #pragma unroll
@@ -323,7 +325,9 @@ struct Launcher {
     smem = smem_bytes<T>(g.load_h, g.load_w);
     C10_CUDA_CHECK(cudaFuncSetAttribute(diffuse_forward_kernel<T>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    C10_CUDA_CHECK(cudaFuncSetAttribute(diffuse_adjoint_kernel<T>,
+    C10_CUDA_CHECK(cudaFuncSetAttribute(diffuse_adjoint_kernel<true, T>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(diffuse_adjoint_kernel<false, T>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
 
@@ -353,11 +357,14 @@ struct Launcher {
     }
   }
 
+  // grad_rates == nullptr: the adjoint steps alone (states not read).
   void launch_adjoint(const T* g_in, const T* states, T* g_out, T* grad_rates, int nsteps) {
     for (int64_t n0 = 0; n0 < N; n0 += kMaxGridZ) {
       const dim3 grid(static_cast<unsigned>(g.tiles_x * g.tiles_y), 1,
                       static_cast<unsigned>(std::min(kMaxGridZ, N - n0)));
-      D2D_LAUNCH(diffuse_adjoint_kernel<T>, grid, dim3(kBX, kBY), smem, stream,
+      auto* adjoint_kernel =
+          grad_rates == nullptr ? &diffuse_adjoint_kernel<false, T> : &diffuse_adjoint_kernel<true, T>;
+      D2D_LAUNCH(adjoint_kernel, grid, dim3(kBX, kBY), smem, stream,
                  g_in, rates, states, g_out, grad_rates, nsteps, n0, N, tau, g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -388,17 +395,44 @@ at::Tensor diffuse_cuda(const at::Tensor& u0_in, const at::Tensor& rates_in, dou
 std::tuple<at::Tensor, at::Tensor> diffuse_backward_cuda(const at::Tensor& grad_in,
                                                           const at::Tensor& u0_in,
                                                           const at::Tensor& rates_in, double tau,
-                                                          int64_t steps) {
+                                                          int64_t steps,
+                                                          std::array<bool, 2> output_mask) {
   check_diffuse_backward_args(grad_in, u0_in, rates_in, tau, steps);
   TORCH_CHECK(u0_in.is_cuda(), "d2d.diffuse_backward: the CUDA kernel got a tensor on ",
               u0_in.device());
   const c10::cuda::CUDAGuard guard(u0_in.device());
+  const bool need_u0 = output_mask[0], need_rates = output_mask[1];
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor u0 = u0_in.contiguous();
   const at::Tensor rates = rates_in.contiguous();
-  at::Tensor grad_rates = at::zeros(rates.sizes(), rates.options());
-  if (u0.numel() == 0) return {at::empty(u0.sizes(), u0.options()), grad_rates};
-  if (steps == 0) return {grad.clone(), grad_rates};
+  at::Tensor grad_rates = need_rates ? at::zeros(rates.sizes(), rates.options())
+                                     : at::empty({0}, rates.options());
+  auto u0_result = [&](at::Tensor g) { return need_u0 ? g : at::empty({0}, u0.options()); };
+  if (u0.numel() == 0 || !(need_u0 || need_rates)) {
+    return {u0_result(at::empty(u0.sizes(), u0.options())), grad_rates};
+  }
+  if (steps == 0) return {u0_result(grad.clone()), grad_rates};
+  if (!need_rates) {  // the adjoint chain alone: no forward states
+    at::Tensor grad_u0;
+    AT_DISPATCH_FLOATING_TYPES(u0.scalar_type(), "d2d_diffuse_backward_cuda", [&] {
+      using T = scalar_t;
+      Launcher<T> L(rates, steps, tau);
+      const at::Tensor gplanes[2] = {at::empty(u0.sizes(), u0.options()),
+                                     at::empty(u0.sizes(), u0.options())};
+      T* gbuf[2] = {gplanes[0].data_ptr<T>(), gplanes[1].data_ptr<T>()};
+      const T* g_cur = grad.data_ptr<T>();
+      int which = 0;
+      for (int64_t hi = steps; hi > 0;) {
+        const int64_t lo = std::max<int64_t>(0, hi - L.g.steps_per_launch);
+        L.launch_adjoint(g_cur, nullptr, gbuf[which], nullptr, static_cast<int>(hi - lo));
+        g_cur = gbuf[which];
+        which ^= 1;
+        hi = lo;
+      }
+      grad_u0 = gplanes[g_cur == gbuf[0] ? 0 : 1];
+    });
+    return {grad_u0, grad_rates};
+  }
 
   at::Tensor grad_u0;
   AT_DISPATCH_FLOATING_TYPES(u0.scalar_type(), "d2d_diffuse_backward_cuda", [&] {
@@ -447,7 +481,7 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cuda(const at::Tensor& grad_
     }
     grad_u0 = gplanes[g_cur == gbuf[0] ? 0 : 1];
   });
-  return {grad_u0, grad_rates};
+  return {u0_result(grad_u0), grad_rates};
 }
 
 }  // namespace
