@@ -23,7 +23,10 @@ ground-truth mask. For each point:
    would merge two targets) and changes by at most 25% in the window after. A target wider than
    every window of ``half_sizes`` gets the wide ones when nothing else holds it, under the same
    two tests against the smallest window (a faint point on a cloud's rim is held by no small
-   window, and the cloud must not stand in for it). The
+   window, and the cloud must not stand in for it). Neither a grown window nor a wide one is
+   taken where its component is mostly a plateau just above its threshold (less than half of it
+   stays at a threshold ``plateau_step`` of the amplitude higher): a target's hull falls off
+   gradually, a bright sky or cloud around the target ends in a step. The
    accepted window is then cut down to the smallest that holds the component (the background
    level stays the wide one's). This *strict component* never depends on ground truth: the
    window size comes from the image around the point.
@@ -112,6 +115,10 @@ class AnnotatorConfig:
     # ... and only where the larger window's component holds at least this share of each side of
     # the smaller window's band: a target surrounds its peak, a structure beside it does not
     side_cover: float = 0.25
+    # ... and only where at a threshold plateau_step of the amplitude higher the larger window's
+    # component keeps at least half its pixels (a hull falls off gradually; a bright sky or cloud
+    # around the target is a plateau that a slightly higher threshold drops; 0: no test)
+    plateau_step: float = 0.15
     band: int = 2  # width of a window's outer band (background statistics, leak guard)
     k_sigma: float = 2.0  # strict threshold: bg + max(k_sigma * sd, f * (peak - bg))
     peak_fraction: float = 0.3  # f, first try
@@ -339,6 +346,16 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig,
         y0, y1, x0, x1 = cand.box
         return any(y0 <= oy < y1 and x0 <= ox < x1 and cand.comp[oy - y0, ox - x0] for oy, ox in others)
 
+    def plateau(half: int, f: float, cand: _Window) -> bool:
+        """Whether ``cand``'s component is mostly a plateau just above its threshold: at a
+        threshold ``plateau_step`` of the amplitude higher, less than half of it stays. A target's
+        hull falls off gradually; a bright region the target sits in (a sky, a cloud) ends in a
+        step, and a window whose threshold drops below its level takes all of it."""
+        if cfg.plateau_step <= 0:
+            return False
+        higher = window(half, f + cfg.plateau_step)
+        return higher.comp is None or (higher.comp & cand.comp).sum() < 0.5 * cand.comp.sum()
+
     def grow(half: int, f: float, found: _Window) -> _Window:
         """Grow the accepted window while its band lies on the target's hull: the next band lies
         well below it, or the peak did not clear it (a plateau), and a larger window's component
@@ -350,6 +367,8 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig,
             settled = found.bg - cand.bg <= cfg.settle_fraction * (peak - cand.bg)
             if settled and not found.faint:
                 break
+            if cand.comp is not None and plateau(nxt, f, cand):
+                continue
             if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
                     and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
                     and stable(nxt, f, cand)):
@@ -368,7 +387,7 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig,
             f = cfg.peak_fraction + attempt * cfg.fraction_step
             for half in halves:
                 found = window(half, f)
-                if found.comp is not None and (not wide or target_like(found)):
+                if found.comp is not None and (not wide or (target_like(found) and not plateau(half, f, found))):
                     if cfg.settle_fraction > 0:
                         found = grow(half, f, found)
                     box, comp = _tighten(found.box, found.comp, py, px, cfg, H, W)

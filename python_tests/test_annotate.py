@@ -434,6 +434,23 @@ def test_real_targets_beside_dimmer_structures_keep_their_own_size(name, ids):
         assert m.sum() <= 2.5 * gt.sum() and matched == n_targets, (i, int(m.sum()), int(gt.sum()), matched)
 
 
+@needs_mdfa
+@pytest.mark.parametrize("iid, fraction", [("train_008972", 0.45), ("train_008972", 0.5), ("train_002655", 0.35)])
+def test_real_target_inside_a_bright_region_at_raised_fractions(iid, fraction):
+    """MDFA targets inside a bright sky region: at a raised ``peak_fraction`` (as ``calibrate``
+    may choose) the larger windows' threshold fell below the region's level and the growth, or
+    the wide windows' stand-in, took the whole region (1,291 to 1,969 pixels for targets of 57
+    and 162); the region is a plateau that a threshold ``plateau_step`` higher drops, so it is
+    not taken. Without that test (``plateau_step=0``) the failure comes back."""
+    ds = IRDataset(DATA / "MDFA")
+    image, points, gt = ds.load_image(iid), ds.points(iid, "centroid"), ds.load_mask(iid)
+    (mask,) = Annotator(AnnotatorConfig(peak_fraction=fraction)).annotate([image], [points])
+    n_targets, matched, _ = match_targets(mask, gt)
+    assert mask.sum() <= 2 * gt.sum() and matched == n_targets, (int(mask.sum()), int(gt.sum()))
+    (unguarded,) = Annotator(AnnotatorConfig(peak_fraction=fraction, plateau_step=0.0)).annotate([image], [points])
+    assert unguarded.sum() > 2 * gt.sum()
+
+
 @needs_sirst
 def test_real_ship_keeps_its_hull():
     """SIRST-v1 Misc_4: a ship whose hull, nearly as bright as its superstructure and one-sided,
