@@ -39,46 +39,31 @@ def test_diffuse_forward(benchmark, impl, case, device):
     assert torch.allclose(out.sum(), u0.sum(), rtol=1e-3)  # mass is conserved
 
 
+# What the backward differentiates (the group's wording): both inputs, or u0 alone with the rates fixed (a loss through
+# a fixed field: ours then runs the adjoint chain without forward states, while autograd through
+# the references still keeps every step).
+GRAD_OF = {"both": "", "u0": " of u0 alone"}
+
+
+@pytest.mark.parametrize("grad_of", list(GRAD_OF))
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("case", DIFFUSE_BACKWARD_CASES)
 @pytest.mark.parametrize("impl", list(IMPLS))
-def test_diffuse_forward_backward(benchmark, impl, case, device):
+def test_diffuse_forward_backward(benchmark, impl, case, device, grad_of):
     u0, rates = diffuse_inputs(case, device)
-    u0.requires_grad_(True)
-    rates.requires_grad_(True)
+    inputs = [u0.requires_grad_(True)]
+    if grad_of == "both":
+        inputs.append(rates.requires_grad_(True))
     weight = torch.rand_like(u0)
     fn = IMPLS[impl]()
-    benchmark.group = f"diffuse forward+backward, {case}, {DIFFUSE_STEPS} steps, {device}"
+    benchmark.group = f"diffuse forward+backward{GRAD_OF[grad_of]}, {case}, {DIFFUSE_STEPS} steps, {device}"
     benchmark.extra_info["pixel_steps"] = u0.numel() * DIFFUSE_STEPS
 
     def run():
         out = fn(u0, rates, DIFFUSE_TAU, DIFFUSE_STEPS)
-        grads = torch.autograd.grad((out * weight).sum(), [u0, rates])
+        grads = torch.autograd.grad((out * weight).sum(), inputs)
         sync(device)
         return grads
 
-    grad_u0, grad_rates = measure(benchmark, run, heavy=case in HEAVY_CASES and device == "cpu")
-    assert grad_u0.shape == u0.shape and grad_rates.shape == rates.shape
-
-
-@pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("case", DIFFUSE_BACKWARD_CASES)
-@pytest.mark.parametrize("impl", list(IMPLS))
-def test_diffuse_forward_backward_u0(benchmark, impl, case, device):
-    """The gradient of u0 alone, rates fixed (a loss through a fixed field): ours runs the adjoint
-    chain without forward states; autograd through the references still keeps every step."""
-    u0, rates = diffuse_inputs(case, device)
-    u0.requires_grad_(True)
-    weight = torch.rand_like(u0)
-    fn = IMPLS[impl]()
-    benchmark.group = f"diffuse forward+backward of u0 alone, {case}, {DIFFUSE_STEPS} steps, {device}"
-    benchmark.extra_info["pixel_steps"] = u0.numel() * DIFFUSE_STEPS
-
-    def run():
-        out = fn(u0, rates, DIFFUSE_TAU, DIFFUSE_STEPS)
-        (grad,) = torch.autograd.grad((out * weight).sum(), [u0])
-        sync(device)
-        return grad
-
-    grad_u0 = measure(benchmark, run, heavy=case in HEAVY_CASES and device == "cpu")
-    assert grad_u0.shape == u0.shape
+    grads = measure(benchmark, run, heavy=case in HEAVY_CASES and device == "cpu")
+    assert [g.shape for g in grads] == [x.shape for x in inputs]

@@ -46,18 +46,23 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _measure(tmp_path, rates_grad: bool) -> dict:
+    """SCRIPT's result in a fresh interpreter, with or without the rates' gradient. cwd away from
+    the repository root, whose d2d_ext source folder (no _C unless built in place) would shadow
+    the installed package under `python -c`."""
+    proc = subprocess.run([sys.executable, "-c", f"RATES_GRAD = {rates_grad}\n" + SCRIPT], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_checkpointed_backward_peak_memory_cpu(tmp_path):
     # float32 (16, 256, 256), 1024 steps. Every state of the batch: 1024 * 4 MiB = 4 GiB. The CPU
     # kernel runs one sample per thread; keeping all of a sample's 1024 padded states would take
     # 1024 * 258^2 * 4 B = 273 MiB per thread (545 MiB for 2 threads). With checkpoints (segments
     # of 32: 14 + 32 + 32 planes) it is 21 MiB per thread, plus 20 MiB of gradients.
-    # cwd away from the repository root, whose d2d_ext source folder (no _C unless built in
-    # place) would shadow the installed package under `python -c`.
-    proc = subprocess.run([sys.executable, "-c", "RATES_GRAD = True\n" + SCRIPT], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = _measure(tmp_path, rates_grad=True)
     growth_mib = result["growth"] / 2**20
     assert result["finite"]
     assert result["grad_shapes"] == [[16, 256, 256], [16, 4, 256, 256]]
@@ -71,10 +76,7 @@ def test_u0_only_backward_keeps_no_state_cpu(tmp_path):
     # The same problem with the rates fixed: the backward is the adjoint chain alone, ten planes
     # per thread (2.6 MiB) beside the gradient, where the checkpointed one needs 21 MiB per thread
     # (the process grew by 3 MiB here and by 52 MiB with the rates' gradient, where measured).
-    proc = subprocess.run([sys.executable, "-c", "RATES_GRAD = False\n" + SCRIPT], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = _measure(tmp_path, rates_grad=False)
     assert result["finite"] and result["grad_shapes"] == [[16, 256, 256]]
     growth_mib = result["growth"] / 2**20
     assert growth_mib < 16, f"peak RSS grew by {growth_mib:.0f} MiB during the u0-only backward"
