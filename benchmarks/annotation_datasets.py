@@ -1,7 +1,8 @@
 """Pseudo-mask quality of the annotator on every dataset, each reported apart (markdown table).
 
     python benchmarks/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1] [--worst 3]
-        [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--out FILE.md]
+        [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--against FILE.py]
+        [--repeats N] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -17,12 +18,17 @@ its predicted components that match no target, as Fa counts them) and ms per tar
 one torch thread, chunks of 16 images). ``--worst K`` lists each set's K images with the most
 false-alarm pixels under the table: a mean hides them. ``--dilate N`` scores against every
 ground-truth mask grown by N pixels (8-connected): a stand-in for datasets whose annotators draw
-each target's glow, to see what a change costs them.
+each target's glow, to see what a change costs them. ``--against FILE.py`` adds the rows of another
+version of the annotator (its ``annotate.py``, e.g. ``git show REV:d2d_ext/annotate.py >
+FILE.py``), run in the same process, its passes interleaved with ours: run-to-run timing noise on
+a shared machine is larger than many changes. ``--repeats N`` times each method N times and
+keeps the fastest pass (quality is the same every time).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -73,6 +79,7 @@ class Score:
     recall: float
     worst: list  # [(false-alarm pixels, image id)], most first
     ms: float  # per target
+    stages: dict | None = None  # ms per target by stage of the annotator (its last_seconds), fastest pass
 
 
 def real_sets(data: Path, names=None) -> list:
@@ -108,7 +115,7 @@ def synthetic_sets(seeds) -> list:
     return out
 
 
-def score(s: EvalSet, masks: list, seconds: float, worst: int = 3) -> Score:
+def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict | None = None) -> Score:
     metrics = ISTDMetrics()
     tp = npred = ngt = 0
     fa = []
@@ -121,28 +128,59 @@ def score(s: EvalSet, masks: list, seconds: float, worst: int = 3) -> Score:
     r = metrics.compute()
     fa.sort(key=lambda x: -x[0])
     return Score(r["iou"], r["niou"], r["pd"], r["fa"], 100 * tp / max(npred, 1), 100 * tp / max(ngt, 1),
-                 fa[:max(worst, 1)], 1e3 * seconds / max(s.targets, 1))
+                 fa[:max(worst, 1)], 1e3 * seconds / max(s.targets, 1),
+                 {k: 1e3 * v / max(s.targets, 1) for k, v in stages.items()} if stages else None)
 
 
 def run(fn, s: EvalSet) -> tuple:
-    """``fn(images, points) -> masks`` over ``s`` in chunks: ``(masks, seconds)``."""
-    masks, seconds = [], 0.0
+    """``fn(images, points) -> masks`` over ``s`` in chunks: ``(masks, seconds, stages)``, where
+    ``stages`` sums the annotator's seconds by stage when ``fn`` is an annotator's method (else {})."""
+    masks, seconds, stages = [], 0.0, {}
+    owner = getattr(fn, "__self__", None)
     for k in range(0, len(s.images), CHUNK):
         t0 = time.perf_counter()
         masks += fn(s.images[k:k + CHUNK], s.points[k:k + CHUNK])
         seconds += time.perf_counter() - t0
-    return masks, seconds
+        for stage, t in getattr(owner, "last_seconds", {}).items():
+            stages[stage] = stages.get(stage, 0.0) + t
+    return masks, seconds, stages
 
 
-def evaluate(sets: list, settings: dict | None = None, worst: int = 3, baseline: bool = True) -> list:
-    """``[(set, method, Score)]``: ours with ``settings`` and (``baseline``) the local threshold."""
-    ann = Annotator(config_from_dict(settings or {}))
-    ann.annotate([sets[0].images[0]], [sets[0].points[0]])  # warm-up
+def load_annotator_module(path: str, index: int = 0):
+    """The annotator module in file ``path`` (an ``annotate.py`` of another version), imported as
+    module ``d2d_ext._against<index>`` of the installed package, so that its relative imports
+    resolve (and in ``sys.modules``, where its dataclasses look themselves up)."""
+    name = f"d2d_ext._against{index}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or not Path(path).is_file():
+        raise SystemExit(f"--against: cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def evaluate(sets: list, settings: dict | None = None, worst: int = 3, baseline: bool = True,
+             against: dict | None = None, repeats: int = 1) -> list:
+    """``[(set, method, Score)]``: ours with ``settings``, the annotators of ``against`` (label ->
+    module with ``Annotator`` and ``config_from_dict``) and (``baseline``) the local threshold.
+    Each method's time is its fastest of ``repeats`` passes, the methods' passes interleaved."""
+    methods = {"ours": Annotator(config_from_dict(settings or {})).annotate}
+    for label, module in (against or {}).items():
+        methods[label] = module.Annotator(module.config_from_dict(settings or {})).annotate
+    if baseline:
+        methods["local threshold"] = local_threshold_masks
+    for fn in methods.values():
+        fn([sets[0].images[0]], [sets[0].points[0]])  # warm-up
     out = []
     for s in sets:
-        out.append((s.name, "ours", score(s, *run(ann.annotate, s), worst)))
-        if baseline:
-            out.append((s.name, "local threshold", score(s, *run(local_threshold_masks, s), worst)))
+        masks, fastest = {}, {}
+        for _ in range(max(repeats, 1)):
+            for m, fn in methods.items():
+                masks[m], t, stages = run(fn, s)
+                if m not in fastest or t < fastest[m][0]:
+                    fastest[m] = (t, stages)
+        out += [(s.name, m, score(s, masks[m], *fastest[m][:1], worst, fastest[m][1])) for m in methods]
     return out
 
 
@@ -160,6 +198,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an AnnotatorConfig setting")
     ap.add_argument("--settings", help="a JSON file of AnnotatorConfig settings (as d2d calibrate writes); --set wins")
     ap.add_argument("--dilate", type=int, default=0, help="grow every ground-truth mask by this many pixels")
+    ap.add_argument("--against", action="append", default=[], metavar="FILE.py",
+                    help="also run the annotator of this annotate.py (another version), interleaved with ours")
+    ap.add_argument("--repeats", type=int, default=1, help="timed passes per method and set; the fastest is kept")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -176,14 +217,18 @@ def main(argv=None) -> int:
     if args.dilate > 0:
         for s in sets:
             s.masks = [ndimage.binary_dilation(m, np.ones((3, 3), bool), iterations=args.dilate) for m in s.masks]
-    results = evaluate(sets, settings, args.worst)
+    against = {f"ours at {Path(f).name}": load_annotator_module(f, i) for i, f in enumerate(args.against)}
+    results = evaluate(sets, settings, args.worst, against=against, repeats=args.repeats)
     header = ["set", "method", "IoU", "nIoU", "Pd", "Fa (1e-6)", "precision", "recall", "worst image's Fa px", "ms/target"]
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{n} {i}" for n, i in r.worst)
-              for name, method, r in results if method == "ours"]
+              for name, method, r in results if method.startswith("ours")]
+    worst += ["", "Time of ours by stage (ms per target, the fastest pass):", ""]
+    worst += [f"- {name}, {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
+              for name, method, r in results if method.startswith("ours") and r.stages]
     print("\n".join(worst))
     if args.out:
         from d2d_ext.data import write_bytes_atomic

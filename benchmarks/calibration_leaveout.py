@@ -96,7 +96,8 @@ def main(argv=None) -> int:
                      f"in {seconds:.1f} s; their IoU {fit['iou_before']:.2f} -> {fit['iou_after']:.2f}")
         held = load_set(ds, name, ids)
         for label, settings in (("default", {}), ("calibrated", fit["settings"])):
-            r = score(held, *run(Annotator(config_from_dict(settings)).annotate, held))
+            masks, seconds, _ = run(Annotator(config_from_dict(settings)).annotate, held)
+            r = score(held, masks, seconds)
             shown = ", ".join(f"{k}={v}" for k, v in changed.items()) or "(defaults kept)"
             rows.append([ds.name, f"{name} ({len(ids)} images, {held.targets} targets)", label,
                          "" if label == "default" else shown,

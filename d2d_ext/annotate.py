@@ -39,7 +39,8 @@ ground-truth mask. For each point:
    Rates are scaled per target so that the fastest pixel's total is ``0.9 D0 / D0_max`` (with
    ``tau = 1``): explicit steps stay stable whatever the target's contrast.
 3. **Heat.** A unit heat source at the peak, ``config.steps`` steps of :func:`d2d_ext.diffuse` for
-   every target of every image in one call per step count; ``u`` is divided by its maximum. A
+   every target of every image in one call per step count (on the smallest crop that holds those
+   targets' field windows); ``u`` is divided by its maximum. A
    target whose strict component spans more than ``steps_extent`` pixels needs a longer diffusion
    time (it grows as the square of the size): it gets ``steps`` times the power of two that
    covers ``(extent / steps_extent)^2`` (at most ``steps_max``).
@@ -187,7 +188,8 @@ class TargetBatch:
     steps: np.ndarray  # (T,) int64: diffusion steps this target needs (grows with its size)
     image_shapes: list  # per image (H, W)
     origin: np.ndarray  # (T, 2) int64: (row, col) of the crop's top-left pixel in the image
-    peak: np.ndarray  # (T, 2) int64: (row, col) of the heat source inside the crop
+    peak: np.ndarray  # (T, 2) int64: (row, col) of the heat source inside the crop: its centre
+    half: np.ndarray  # (T,) int64: field window half-size (the crop's centre +- half holds the field window)
     contrast: torch.Tensor  # (T, S, S) float32: I' = (I - bg) / (peak - bg)
     grad: torch.Tensor  # (T, S, S) float32: |grad I'| (per pixel)
     entropy: torch.Tensor  # (T, S, S) float32: 5x5 local entropy (bits)
@@ -199,6 +201,21 @@ class TargetBatch:
 
     def __len__(self) -> int:
         return int(self.image_index.shape[0])
+
+    def central(self, sel: np.ndarray, r: int) -> "TargetBatch":
+        """Targets ``sel`` on the ``(2 r + 1)^2`` centre of their crops (``r`` at least their
+        ``half``: the field windows stay whole); ``image_shapes`` and ``seconds`` are shared."""
+        c = self.contrast.shape[-1] // 2
+        if r > c:
+            raise ValueError(f"central: r = {r} exceeds the crops' half-size {c}")
+        cut = (sel, slice(c - r, c + r + 1), slice(c - r, c + r + 1))
+        index = torch.from_numpy(np.asarray(sel, np.int64))
+        tcut = (index,) + cut[1:]
+        return dataclasses.replace(
+            self, image_index=self.image_index[sel], steps=self.steps[sel], origin=self.origin[sel] + (c - r),
+            peak=self.peak[sel] - (c - r), half=self.half[sel], contrast=self.contrast[tcut], grad=self.grad[tcut],
+            entropy=self.entropy[tcut], inside=self.inside[tcut], superpixel=self.superpixel[tcut],
+            strict=self.strict[cut], ring=self.ring[cut])
 
     def to(self, dtype: torch.dtype) -> "TargetBatch":
         """A copy whose float tensors have ``dtype`` (float64 for gradient checks)."""
@@ -247,6 +264,14 @@ def _band(box: tuple, width: int, H: int, W: int) -> np.ndarray:
     if not band.any():
         band[:width] = band[-width:] = band[:, :width] = band[:, -width:] = True
     return band
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a small 1-d array, the same value without its per-call overhead (a target
+    tries several windows, each with two medians)."""
+    s = np.sort(values)
+    n = s.size
+    return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)
 
 
 def _box(py: int, px: int, half: int, H: int, W: int) -> tuple:
@@ -298,8 +323,8 @@ def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig,
         band = _band(box, cfg.band, H, W)
         if half not in stats:
             ring = win[band]
-            bg = float(np.median(ring))
-            stats[half] = (bg, 1.4826 * float(np.median(np.abs(ring - bg))))
+            bg = _median(ring)
+            stats[half] = (bg, 1.4826 * _median(np.abs(ring - bg)))
         bg, sd = stats[half]
         if sd_of is not None:
             sd = stats[sd_of][1]
@@ -505,6 +530,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     ring = np.zeros((T, S, S), bool)
     origin = np.zeros((T, 2), np.int64)
     peak = np.zeros((T, 2), np.int64)
+    halves = np.array([r.half for r in rows], np.int64)
     index = np.zeros(T, np.int64)
     steps = np.array([r.steps for r in rows], np.int64)
     batch_shapes = [np.asarray(im).shape for im in images]
@@ -524,7 +550,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         sup[t, box[0] - oy:box[1] - oy, box[2] - ox:box[3] - ox] = sp
     shapes = [tuple(np.asarray(im).shape) for im in images]
     return TargetBatch(
-        image_index=index, steps=steps, image_shapes=shapes, origin=origin, peak=peak,
+        image_index=index, steps=steps, image_shapes=shapes, origin=origin, peak=peak, half=halves,
         contrast=torch.from_numpy(contrast), grad=torch.from_numpy(grad), entropy=torch.from_numpy(ent),
         inside=torch.from_numpy(inside), superpixel=torch.from_numpy(sup), strict=strict, ring=ring,
         seconds={"window": t_window, "features": t_features, "superpixel": t_slic},
@@ -532,7 +558,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
 
 
 def local_entropy(values: np.ndarray, bins: int = 16, size: int = 5) -> np.ndarray:
-    """``(h, w)`` Shannon entropy (bits) of the ``size x size`` neighbourhood of every pixel.
+    """``(h, w)`` float32 Shannon entropy (bits) of the ``size x size`` neighbourhood of every pixel.
 
     ``values`` ``(h, w)`` are quantised into ``bins`` equal bins between their minimum and maximum;
     neighbours outside the array count for nothing (edge pixels see fewer neighbours).
@@ -541,14 +567,23 @@ def local_entropy(values: np.ndarray, bins: int = 16, size: int = 5) -> np.ndarr
     lo, hi = float(values.min()), float(values.max())
     q = np.minimum(((values - lo) / max(hi - lo, 1e-12) * bins).astype(np.intp), bins - 1)
     r = size // 2
-    onehot = np.zeros((bins, h + size, w + size), np.int16)  # zero margin: r + 1 before, r after
-    onehot[q, np.arange(h)[:, None] + r + 1, np.arange(w)[None, :] + r + 1] = 1
-    counts = np.cumsum(onehot, 1, dtype=np.int16)
-    counts = counts[:, size:] - counts[:, :-size]  # box sums along rows ...
-    counts = np.cumsum(counts, 2, dtype=np.int16)
-    counts = (counts[:, :, size:] - counts[:, :, :-size])[:, :h, :w].astype(np.float32)  # ... and columns
-    prob = counts / np.maximum(counts.sum(0), 1)
-    return -(prob * np.log2(np.where(prob > 0, prob, 1))).sum(0)
+    onehot = np.zeros((bins, h + 2 * r, w + 2 * r), np.uint8)  # zero margin of r on every side
+    onehot[q, np.arange(h)[:, None] + r, np.arange(w)[None, :] + r] = 1
+    # per-bin counts of each neighbourhood: box sums as shifted adds, rows then columns
+    rows = onehot[:, :h].copy()
+    for d in range(1, size):
+        rows += onehot[:, d:d + h]
+    counts = rows[:, :, :w].copy()
+    for d in range(1, size):
+        counts += rows[:, :, d:d + w]
+    # -sum p log2 p = log2 n - sum c log2 c / n, with c the bin counts and n their sum (the
+    # neighbours inside the array): one table lookup per count instead of a log per bin
+    c = np.arange(size * size + 1, dtype=np.float64)
+    c_log_c = c * np.log2(np.maximum(c, 1))
+    ny = np.minimum(np.arange(h) + r, h - 1) - np.maximum(np.arange(h) - r, 0) + 1
+    nx = np.minimum(np.arange(w) + r, w - 1) - np.maximum(np.arange(w) - r, 0) + 1
+    n = np.outer(ny, nx).astype(np.float64)
+    return (np.log2(n) - c_log_c[counts].sum(0) / n).astype(np.float32)
 
 
 def target_steps(extent: int, config: AnnotatorConfig) -> int:
@@ -604,20 +639,25 @@ def soft_labels(batch: TargetBatch, theta: dict) -> torch.Tensor:
     T, S = len(batch), batch.contrast.shape[-1]
     if T == 0:
         return torch.zeros(0, S, S)
-    rates = target_rates(batch, theta)
-    u0 = torch.zeros(T, S, S, dtype=rates.dtype)
-    u0[torch.arange(T), torch.from_numpy(batch.peak[:, 0]), torch.from_numpy(batch.peak[:, 1])] = 1.0
-    # One diffuse call per step count (usually one or two per batch); a target's result does not
-    # depend on which other targets share its batch.
-    counts = np.unique(batch.steps)
-    if len(counts) == 1:
-        u = diffuse(u0, rates, 1.0, int(counts[0]))
-    else:
-        u = torch.empty_like(u0)
-        for k in counts:
-            sel = torch.from_numpy(np.flatnonzero(batch.steps == k))
-            u = u.index_copy(0, sel, diffuse(u0[sel], rates[sel], 1.0, int(k)))
-    return fuse_prior(u, batch, theta["rho"])
+    # One diffuse call per step count (usually one or two per batch), each on the smallest central
+    # crop that holds its targets' field windows: the rates vanish outside a field window, so the
+    # heat never leaves it and the smaller crop changes no value, while most targets of a batch
+    # are far smaller than its largest. A target's result does not depend on its batch.
+    fields = []
+    for k in np.unique(batch.steps):
+        sel = np.flatnonzero(batch.steps == k)
+        sub = batch.central(sel, int(batch.half[sel].max()))
+        rates = target_rates(sub, theta)
+        u0 = torch.zeros(sub.contrast.shape, dtype=rates.dtype)
+        u0[torch.arange(len(sel)), torch.from_numpy(sub.peak[:, 0]), torch.from_numpy(sub.peak[:, 1])] = 1.0
+        pad = (S - sub.contrast.shape[-1]) // 2
+        fields.append((sel, torch.nn.functional.pad(fuse_prior(diffuse(u0, rates, 1.0, int(k)), sub, theta["rho"]), (pad,) * 4)))
+    if len(fields) == 1:
+        return fields[0][1]
+    y = fields[0][1].new_zeros(T, S, S)
+    for sel, part in fields:
+        y = y.index_copy(0, torch.from_numpy(sel), part)
+    return y
 
 
 def fuse_prior(u: torch.Tensor, batch: TargetBatch, rho: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
@@ -637,15 +677,20 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
     grad = batch.grad.numpy()
     inside = batch.inside.numpy()
     out = batch.strict.copy()
+    c = contrast.shape[-1] // 2
     for t in range(len(batch)):
-        peak = tuple(batch.peak[t])
-        bright = (contrast[t] >= cfg.low_fraction) & inside[t]
+        # the target's field window (the crop's centre +- half): nothing of it lies outside
+        h = int(batch.half[t])
+        win = (t, slice(c - h, c + h + 1), slice(c - h, c + h + 1))
+        peak = tuple(batch.peak[t] - (c - h))
+        ring, strict, within = batch.ring[win], batch.strict[win], inside[win]
+        bright = (contrast[win] >= cfg.low_fraction) & within
         grown = _component(bright, peak)
-        if grown is not None and (grown & batch.ring[t]).any() and cfg.level > 0:
+        if grown is not None and (grown & ring).any() and cfg.level > 0:
             # the bright region leaks out of the window: keep the part the heat reached
-            grown = _component(bright & (soft[t] >= cfg.level), peak)
-        if grown is not None and not (grown & batch.ring[t]).any():  # leak guard
-            out[t] |= _target_part(grown, batch.strict[t], inside[t], grad[t], cfg)
+            grown = _component(bright & (soft[win] >= cfg.level), peak)
+        if grown is not None and not (grown & ring).any():  # leak guard
+            out[win] |= _target_part(grown, strict, within, grad[win], cfg)
     return out
 
 
@@ -668,8 +713,9 @@ def _target_part(region: np.ndarray, core: np.ndarray, inside: np.ndarray, grad:
     kept = core | (region & (dist <= reach))
     rest = region & ~kept
     if rest.any():
-        core_edge = grad[core & ndi.binary_dilation(~core, EIGHT_CONNECTED)].mean()
-        rim = rest & ndi.binary_dilation(~region, EIGHT_CONNECTED)  # where each part ends
+        # outside the array is neither core nor region (border_value=1)
+        core_edge = grad[core & ndi.binary_dilation(~core, EIGHT_CONNECTED, border_value=1)].mean()
+        rim = rest & ndi.binary_dilation(~region, EIGHT_CONNECTED, border_value=1)  # where each part ends
         labels, n = ndi.label(rest, EIGHT_CONNECTED)
         for j in range(1, n + 1):
             part = labels == j

@@ -299,6 +299,34 @@ def test_heat_field_is_the_op_applied_to_the_rates():
     assert (rates.sum(1).amax(dim=(1, 2)) <= 0.9 + 1e-9).all()
 
 
+def test_each_step_count_diffuses_on_its_own_central_crop():
+    """A batch of point targets and one extended target: the point targets' step group diffuses
+    on a crop far smaller than the batch's, with the same fields as on the whole crop (the heat
+    never leaves a field window), and the fields are zero outside every field window."""
+    image, _, point = _extended_target("disc", 30, 0)
+    scenes = _scenes(2)
+    batch = prepare_targets([image] + [s.image for s in scenes], [point] + [s.points for s in scenes]).to(torch.float64)
+    theta = {k: v.detach() for k, v in DiffusionParams()().items()}
+    from d2d_ext.annotate import fuse_prior, target_rates
+    from d2d_ext.diffusion import diffuse
+
+    S = batch.contrast.shape[-1]
+    small = batch.steps == batch.steps.min()
+    assert small.sum() >= 3 and 2 * batch.half[small].max() + 1 < S / 2  # the crop really shrinks
+    soft = soft_labels(batch, theta)
+    rates = target_rates(batch, theta)  # on the whole crop
+    for k in np.unique(batch.steps):
+        sel = np.flatnonzero(batch.steps == k)
+        u0 = torch.zeros(len(sel), S, S, dtype=torch.float64)
+        u0[torch.arange(len(sel)), torch.from_numpy(batch.peak[sel, 0]), torch.from_numpy(batch.peak[sel, 1])] = 1
+        whole = diffuse(u0, rates[sel], 1.0, int(k))
+        sub = batch.central(sel, S // 2)
+        torch.testing.assert_close(soft[sel], fuse_prior(whole, sub, theta["rho"]), rtol=1e-10, atol=1e-13)
+    assert soft[~batch.inside].abs().max() == 0
+    with pytest.raises(ValueError, match="half-size"):
+        batch.central(np.arange(1), S)
+
+
 def test_soft_labels_are_differentiable_in_theta():
     scenes = _scenes(2, seed=5)
     cfg = AnnotatorConfig()

@@ -126,9 +126,12 @@ def test_labels_fuse_exactly_as_soft_labels(batch, theta, monkeypatch):
     calls = []
 
     def fake_diffuse(u0, r, tau, k):
-        rows = [next(t for t in range(len(batch)) if torch.equal(r[i], rates[t])) for i in range(r.shape[0])]
+        # soft_labels diffuses each step count on a central crop of the batch's crops
+        c, h = rates.shape[-1] // 2, r.shape[-1] // 2
+        centre = (slice(None), slice(c - h, c + h + 1), slice(c - h, c + h + 1))
+        rows = [next(t for t in range(len(batch)) if torch.equal(r[i], rates[t][centre])) for i in range(r.shape[0])]
         calls.append(k)
-        return field[rows].to(u0.dtype)
+        return field[rows][centre].to(u0.dtype)
 
     monkeypatch.setattr(annotate, "diffuse", fake_diffuse)
     expected = annotate.soft_labels(batch, theta).detach()

@@ -143,3 +143,25 @@ def test_annotation_datasets_end_to_end(dataset, tmp_path, capsys):
     names = {s.name for s in annotation_datasets.real_sets(data)}
     assert names and all(f"| {n} | ours |" in text and f"| {n} | local threshold |" in text for n in names)
     assert "Worst images" in text
+
+
+def test_annotation_datasets_against_another_version(dataset, tmp_path):
+    """``--against`` runs another annotate.py beside ours in one process: given a copy whose
+    default ``low_fraction`` is changed, its rows differ from ours; given an unchanged copy, they
+    are the same to the digit (quality does not depend on the interleaving)."""
+    data = Path(dataset).parent
+    source = (Path(__file__).resolve().parents[1] / "d2d_ext" / "annotate.py").read_text()
+    same, other = tmp_path / "same.py", tmp_path / "other.py"
+    same.write_text(source)
+    assert "low_fraction: float = 0.3" in source
+    other.write_text(source.replace("low_fraction: float = 0.3", "low_fraction: float = 0.9"))
+    out = tmp_path / "t.md"
+    argv = ["--data", str(data), "--synthetic-seeds", "", "--repeats", "2", "--out", str(out)]
+    assert annotation_datasets.main(argv + ["--against", str(same), "--against", str(other)]) == 0
+    rows = {tuple(line.split(" | ")[:2]): line.split(" | ")[2:-1] for line in out.read_text().splitlines()
+            if line.startswith("| ") and " | ours" in line}
+    names = {s.name for s in annotation_datasets.real_sets(data)}
+    for n in names:
+        ours = rows[(f"| {n}", "ours")]
+        assert rows[(f"| {n}", "ours at same.py")] == ours
+        assert rows[(f"| {n}", "ours at other.py")] != ours
