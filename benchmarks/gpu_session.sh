@@ -2,7 +2,7 @@
 # The GPU checks and figures in one go on a machine with a GPU, from the repository root (it needs
 # a python3 with a CUDA torch, and nvcc; no network): builds the extension in place for that GPU
 # with that torch, runs the GPU tests while compute-sanitizer watches every kernel once
-# (benchmarks/gpu_sanitize.py under memcheck and racecheck), then the benchmark report (our ops
+# (benchmarks/ops/gpu_sanitize.py under memcheck and racecheck), then the benchmark report (our ops
 # against plain torch, both on the GPU, with the share of the binding bandwidth).
 # Results in $OUT (default gpu_out/): build.log, gpu_tests.log, sanitize_memcheck.log,
 # sanitize_racecheck.log, gpu_bench.md, gpu_bench.json, and tile_sides.md (the diffusion forward
@@ -16,7 +16,7 @@ set -uo pipefail
 OUT=${OUT:-gpu_out}
 PY=${PY:-python3}
 mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)  # absolute: report.py runs pytest from benchmarks/
+OUT=$(cd "$OUT" && pwd)  # absolute: report.py runs pytest from benchmarks/ops/
 export PYTHONUNBUFFERED=1
 if ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   echo "gpu_session.sh: $PY's torch sees no CUDA device" >&2
@@ -45,7 +45,7 @@ if step sanitize; then  # in the background, beside the tests (neither is timed)
     sanitize=1
   else
     ( for tool in $TOOLS; do
-        timeout "$LIMIT" "$sanitizer" --tool "$tool" --error-exitcode 3 $PY benchmarks/gpu_sanitize.py \
+        timeout "$LIMIT" "$sanitizer" --tool "$tool" --error-exitcode 3 $PY benchmarks/ops/gpu_sanitize.py \
           > "$OUT/sanitize_$tool.log" 2>&1
         echo "exit $?" >> "$OUT/sanitize_$tool.log"
       done ) &
@@ -65,13 +65,13 @@ if [[ -n ${sanitize_pid:-} ]]; then
   done
 fi
 if step bench; then
-  timeout "$LIMIT" $PY benchmarks/report.py --out "$OUT/gpu_bench.md" --json "$OUT/gpu_bench.json" -k cuda || bench=1
+  timeout "$LIMIT" $PY benchmarks/ops/report.py --out "$OUT/gpu_bench.md" --json "$OUT/gpu_bench.json" -k cuda || bench=1
 fi
 if step tiles; then  # which tile side suits this GPU best (the default takes the largest that fits)
   : > "$OUT/tile_sides.md"
   for side in 64 48 32 16; do
     echo "## D2D_CUDA_TILE_SIDE=$side" >> "$OUT/tile_sides.md"
-    D2D_CUDA_TILE_SIDE=$side $PY benchmarks/report.py -k "test_diffuse_forward and not backward and cuda" \
+    D2D_CUDA_TILE_SIDE=$side $PY benchmarks/ops/report.py -k "test_diffuse_forward and not backward and cuda" \
       | grep "^| diffuse" >> "$OUT/tile_sides.md" || bench=1
   done
   cat "$OUT/tile_sides.md"

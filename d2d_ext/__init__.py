@@ -37,8 +37,8 @@ __all__ = ["diffuse", "soft_iou", "weighted_soft_iou", "WITH_CUDA", "__version__
 # Submodules loaded when first read as attributes (PEP 562). Not in __all__: a star import would
 # load them all. "soft_iou" is absent on purpose: that name is the function.
 _LAZY_SUBMODULES = (
-    "annotate", "baselines", "bilevel", "calibrate", "cli", "data", "metrics", "models", "nn",
-    "plots", "progress", "reference", "synthetic",
+    "annotate", "baselines", "bilevel", "calibrate", "cli", "data", "files", "jobs", "metrics", "models", "nn",
+    "plots", "points", "progress", "reference", "synthetic", "windows",
 )
 
 

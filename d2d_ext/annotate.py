@@ -4,32 +4,12 @@ Every target is one point ``(x, y)`` (0-based pixel coordinates, sub-pixel allow
 ``(H, W)`` float32 in [0, 1]. Only the image and the points are read; nothing here can see a
 ground-truth mask. For each point:
 
-1. **Snap and window.** The point moves to the brightest pixel of its 3x3 neighbourhood (the
-   peak). Square windows of growing half-size (``config.half_sizes``) are tried around it; in each,
-   the background ``bg`` and spread ``sd`` come from the window's outer band (median and 1.4826 x
-   median absolute deviation), the threshold is ``bg + max(k_sigma * sd, f * (peak - bg))`` and the
-   candidate is the 8-connected component of the peak above it, holes filled. The first window
-   whose candidate does not reach the outer band is accepted (the *leak guard*: a component that
-   touches the band has leaked into clutter); if none is, ``f`` rises by ``fraction_step`` and the
-   windows are tried again. Sides of a window that lie on the image's edge have no band (a target
-   cut by the edge has not leaked). An extended target puts the first windows' bands on its own
-   hull, so the accepted window grows, through ``half_sizes`` and the wider ``wide_half_sizes``,
-   while the next window's band lies more than ``settle_fraction`` of the amplitude below its
-   own (or the peak did not clear its band): a larger window replaces it where its component is
-   clear of its band, holds most of the smaller window's band and at least ``side_cover`` of each
-   of its sides (a target surrounds its peak; a building or cloud beside the point lies on one
-   side), reaches no image edge the smaller component did not (an edge has no band, so a
-   component that runs off the image is unguarded), holds no other point of the image (that
-   would merge two targets) and changes by at most 25% in the window after. A target wider than
-   every window of ``half_sizes`` gets the wide ones when nothing else holds it, under the same
-   two tests against the smallest window (a faint point on a cloud's rim is held by no small
-   window, and the cloud must not stand in for it). Neither a grown window nor a wide one is
-   taken where its component is mostly a plateau just above its threshold (less than half of it
-   stays at a threshold ``plateau_step`` of the amplitude higher): a target's hull falls off
-   gradually, a bright sky or cloud around the target ends in a step. The
-   accepted window is then cut down to the smallest that holds the component (the background
-   level stays the wide one's). This *strict component* never depends on ground truth: the
-   window size comes from the image around the point.
+1. **Snap and window** (:mod:`d2d_ext.windows`). The point moves to the brightest pixel of
+   its 3x3 neighbourhood (the peak); square windows of growing size are tried around it, each
+   thresholded between its outer band's background and the peak, until one holds the peak's
+   component clear of its band (the *leak guard*); an extended target grows the window while
+   its band still lies on the target's hull. The result is the target's *strict component* and
+   its background level, from the image alone.
 2. **Conductance and rates.** In a crop around the peak (the *field window*: twice the strict
    component's extent, at least the accepted window) the contrast ``I' = (I - bg) / (peak - bg)``
    gives the conductance ``c = D0 exp(-beta (alpha |grad I'| + (1 - alpha) E / 8))`` with ``E`` the
@@ -71,7 +51,6 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
@@ -81,9 +60,10 @@ import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import slic
 
-from .data import INSIDE_RULE, points_inside
+from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
 from .metrics import EIGHT_CONNECTED
+from .windows import check_points, outer_band, snap, strict_component, window_box
 
 __all__ = [
     "AnnotatorConfig",
@@ -224,250 +204,55 @@ class TargetBatch:
             entropy=self.entropy.to(dtype), superpixel=self.superpixel.to(dtype))
 
 
-def point_pixel(x: float, y: float, H: int, W: int) -> tuple:
-    """``(row, col)`` of the pixel that holds point ``(x, y)`` (rounded half up, clamped to the image).
-
-    The points the annotator accepts are those :func:`d2d_ext.data.points_inside` accepts, the
-    ones this rounding places without clamping."""
-    row = min(max(int(math.floor(float(y) + 0.5)), 0), H - 1)
-    col = min(max(int(math.floor(float(x) + 0.5)), 0), W - 1)
-    return row, col
-
-
-def _snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
-    H, W = image.shape
-    py, px = point_pixel(x, y, H, W)
-    if radius <= 0:
-        return py, px
-    y0, y1 = max(py - radius, 0), min(py + radius + 1, H)
-    x0, x1 = max(px - radius, 0), min(px + radius + 1, W)
-    flat = int(np.argmax(image[y0:y1, x0:x1]))
-    return y0 + flat // (x1 - x0), x0 + flat % (x1 - x0)
-
-
-def _band(box: tuple, width: int, H: int, W: int) -> np.ndarray:
-    """The outer band of window ``box`` (``(h, w)`` bool), on its sides inside the image only.
-
-    A side that lies on the image's edge has no background beyond it, and a target cut by the
-    edge has not leaked; if every side is on the edge, the whole border is the band.
-    """
-    y0, y1, x0, x1 = box
-    band = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-    if y0 > 0:
-        band[:width] = True
-    if y1 < H:
-        band[-width:] = True
-    if x0 > 0:
-        band[:, :width] = True
-    if x1 < W:
-        band[:, -width:] = True
-    if not band.any():
-        band[:width] = band[-width:] = band[:, :width] = band[:, -width:] = True
-    return band
-
-
-def _median(values: np.ndarray) -> float:
-    """``np.median`` of a small 1-d array, the same value without its per-call overhead (a target
-    tries several windows, each with two medians)."""
-    s = np.sort(values)
-    n = s.size
-    return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)
-
-
-def _box(py: int, px: int, half: int, H: int, W: int) -> tuple:
-    return max(py - half, 0), min(py + half + 1, H), max(px - half, 0), min(px + half + 1, W)
-
-
-class Strict(NamedTuple):
-    """The leak-guarded threshold component of one target (see :func:`_strict_component`)."""
-
-    box: tuple  # (y0, y1, x0, x1): the accepted window in the image
-    comp: np.ndarray  # (h, w) bool: the peak's component in that window, holes filled
-    bg: float  # background level (median of the accepted window's band)
-    peak: float  # the peak's intensity
-
-
-class _Window(NamedTuple):
-    """One window tried around a peak (see :func:`_strict_component`)."""
-
-    box: tuple  # (y0, y1, x0, x1) in the image
-    bg: float  # median of its band
-    faint: bool  # the peak does not clear bg + k_sigma * sd
-    comp: np.ndarray | None  # the peak's component, None where it reaches the band (or is empty)
-    band: np.ndarray  # (h, w) bool, the outer band
-
-
-def _strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = ()) -> Strict:
-    """Leak-guarded threshold component of the peak at ``(py, px)`` (a :class:`Strict`).
-
-    The first window of ``half_sizes`` that holds a component is accepted, then grown through the
-    larger windows while its band still sits on the target's hull (see :class:`AnnotatorConfig`,
-    ``settle_fraction``); a larger window whose component holds one of ``others`` (the other
-    targets' peaks ``(row, col)`` in this image) would merge two targets and is not taken. If no
-    window of ``half_sizes`` holds a component at any fraction, the ``wide_half_sizes`` are tried
-    too; if none does, the component is the peak pixel.
-    """
-    H, W = image.shape
-    peak = float(image[py, px])
-    stats = {}
-
-    def larger(half: int) -> list:
-        """The configured half-sizes above ``half``, in the order they are tried."""
-        return [h for h in cfg.half_sizes + cfg.wide_half_sizes if h > half]
-
-    def window(half: int, f: float, sd_of: int | None = None) -> _Window:
-        """The window of half-size ``half`` at fraction ``f`` (the band spread of window
-        ``sd_of`` if given, else its own)."""
-        box = _box(py, px, half, H, W)
-        win = image[box[0]:box[1], box[2]:box[3]]
-        band = _band(box, cfg.band, H, W)
-        if half not in stats:
-            ring = win[band]
-            bg = _median(ring)
-            stats[half] = (bg, 1.4826 * _median(np.abs(ring - bg)))
-        bg, sd = stats[half]
-        if sd_of is not None:
-            sd = stats[sd_of][1]
-        thr = bg + max(cfg.k_sigma * sd, f * (peak - bg))
-        faint = peak <= thr
-        if faint:  # faint target: the peak-relative part alone
-            thr = bg + f * (peak - bg)
-        labels, _ = ndi.label(win > thr, EIGHT_CONNECTED)
-        lab = labels[py - box[0], px - box[2]]
-        comp = labels == lab if lab else None
-        return _Window(box, bg, faint, None if comp is None or comp[band].any() else comp, band)
-
-    def covers(outer: _Window, inner: _Window) -> bool:
-        """Whether ``outer``'s component holds most of ``inner``'s band, and at least
-        ``side_cover`` of each of its sides: the band lay on the target's hull all around the
-        peak. A point beside a larger bright structure (a building, a cloud's edge) has that
-        structure on one or two sides only."""
-        oy, ox = inner.box[0] - outer.box[0], inner.box[2] - outer.box[2]
-        h, w = inner.band.shape
-        held = outer.comp[oy:oy + h, ox:ox + w]
-        b = cfg.band
-        sides = [(slice(None, b), slice(None)), (slice(h - b, None), slice(None)),
-                 (slice(None), slice(None, b)), (slice(None), slice(w - b, None))]
-        per = [held[s][inner.band[s]].mean() for s in sides if inner.band[s].any()]
-        return min(per) >= cfg.side_cover and held[inner.band].mean() >= 0.5
-
-    def touches_edge(win: _Window) -> tuple:
-        """The image edges (top, bottom, left, right) that ``win``'s component reaches."""
-        y0, y1, x0, x1 = win.box
-        c = win.comp
-        return (y0 == 0 and c[0].any(), y1 == H and c[-1].any(), x0 == 0 and c[:, 0].any(), x1 == W and c[:, -1].any())
-
-    def stable(half: int, f: float, cand: _Window) -> bool:
-        """Whether the next larger window finds about the same component (within 25%), with
-        ``cand``'s band spread: what is tested is the shift of the background level."""
-        up = larger(half)
-        if not up or _box(py, px, up[0], H, W) == cand.box:
-            return True
-        nxt = window(up[0], f, sd_of=half)
-        return nxt.comp is not None and abs(int(nxt.comp.sum()) - int(cand.comp.sum())) <= 0.25 * cand.comp.sum()
-
-    def merges(cand: _Window) -> bool:
-        """Whether ``cand``'s component holds another target's peak."""
-        y0, y1, x0, x1 = cand.box
-        return any(y0 <= oy < y1 and x0 <= ox < x1 and cand.comp[oy - y0, ox - x0] for oy, ox in others)
-
-    def plateau(half: int, f: float, cand: _Window) -> bool:
-        """Whether ``cand``'s component is mostly a plateau just above its threshold: at a
-        threshold ``plateau_step`` of the amplitude higher, less than half of it stays. A target's
-        hull falls off gradually; a bright region the target sits in (a sky, a cloud) ends in a
-        step, and a window whose threshold drops below its level takes all of it."""
-        if cfg.plateau_step <= 0:
-            return False
-        higher = window(half, f + cfg.plateau_step)
-        return higher.comp is None or (higher.comp & cand.comp).sum() < 0.5 * cand.comp.sum()
-
-    def grow(half: int, f: float, found: _Window) -> _Window:
-        """Grow the accepted window while its band lies on the target's hull: the next band lies
-        well below it, or the peak did not clear it (a plateau), and a larger window's component
-        (clear of its own band, the peak clearing it, stable in the window after) holds most of it."""
-        for nxt in larger(half):
-            if _box(py, px, nxt, H, W) == found.box:  # the image's edge stops the growth
-                break
-            cand = window(nxt, f)
-            settled = found.bg - cand.bg <= cfg.settle_fraction * (peak - cand.bg)
-            if settled and not found.faint:
-                break
-            if cand.comp is not None and plateau(nxt, f, cand):
-                continue
-            if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
-                    and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
-                    and stable(nxt, f, cand)):
-                found = cand
-        return found
-
-    def target_like(cand: _Window) -> bool:
-        """Whether a wide window's component can be the point's target although no smaller window
-        held a component: it surrounds the peak on every side (the smallest window's band) and
-        stays off the image's edges (a bright structure the point merely touches does neither)."""
-        return covers(cand, window(cfg.half_sizes[0], f)) and not any(touches_edge(cand))
-
-    tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
-    for wide, halves in ((False, cfg.half_sizes), (True, cfg.wide_half_sizes)):
-        for attempt in range(tries):
-            f = cfg.peak_fraction + attempt * cfg.fraction_step
-            for half in halves:
-                found = window(half, f)
-                if found.comp is not None and (not wide or (target_like(found) and not plateau(half, f, found))):
-                    if cfg.settle_fraction > 0:
-                        found = grow(half, f, found)
-                    box, comp = _tighten(found.box, found.comp, py, px, cfg, H, W)
-                    return Strict(box, ndi.binary_fill_holes(comp), found.bg, peak)
-    box = _box(py, px, cfg.half_sizes[0], H, W)
-    comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
-    comp[py - box[0], px - box[2]] = True
-    bg = stats[cfg.half_sizes[0]][0] if stats else peak
-    return Strict(box, comp, bg, peak)
-
-
-def _tighten(box: tuple, comp: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, H: int, W: int) -> tuple:
-    """The smallest window of the configured sizes, no larger than ``box``, that holds ``comp``
-    clear of its band: ``(box, comp cropped to it)``. A window grown for its background level
-    then does not widen the field window (and the bright region's reach) beyond the target."""
-    ys, xs = np.nonzero(comp)
-    reach = max(py - box[0] - ys.min(), ys.max() + box[0] - py, px - box[2] - xs.min(), xs.max() + box[2] - px)
-    for half in sorted(cfg.half_sizes + cfg.wide_half_sizes):
-        inner = _box(py, px, half, H, W)
-        if half >= reach + cfg.band + 1 or inner == box:
-            if inner[1] - inner[0] > box[1] - box[0] or inner[3] - inner[2] > box[3] - box[2]:
-                break
-            y0, x0 = inner[0] - box[0], inner[2] - box[2]
-            return inner, comp[y0:y0 + inner[1] - inner[0], x0:x0 + inner[3] - inner[2]]
-    return box, comp
-
-
-def _check_points(points: np.ndarray, shape: tuple, index: int) -> np.ndarray:
-    """``(K, 2)`` float64 points of image ``index``, each inside it by the dataset's rule (a
-    point :func:`point_pixel` would have to clamp is refused, not moved)."""
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
-    H, W = shape
-    bad = ~points_inside(pts, shape)
-    if bad.any():
-        x, y = pts[int(np.flatnonzero(bad)[0])]
-        raise ValueError(f"annotate: point (x={x:g}, y={y:g}) of image {index} lies outside the {W}x{H} image "
-                         f"({INSIDE_RULE.format(w=W, h=H)})")
-    return pts
-
-
 class _Target(NamedTuple):
     """One target's image-only data before the batch's crops are laid out."""
 
     image: int  # index of its image in the batch
     fbox: tuple  # field window (y0, y1, x0, x1) in the image
-    box: tuple  # accepted strict window
+    box: tuple  # accepted strict window (y0, y1, x0, x1) in the image
     py: int  # peak row
     px: int  # peak column
     half: int  # field window half-size
-    contrast: np.ndarray  # (h, w) over the field window, as the features below
-    grad: np.ndarray
-    entropy: np.ndarray
-    superpixel: np.ndarray  # over the strict window, as comp
-    comp: np.ndarray
-    steps: int
+    contrast: np.ndarray  # (h, w) over the field window: I' = (I - bg) / (peak - bg)
+    grad: np.ndarray  # (h, w) over the field window: |grad I'|
+    entropy: np.ndarray  # (h, w) over the field window: 5x5 local entropy (bits)
+    superpixel: np.ndarray  # (h', w') bool over the strict window: the peak's SLIC segment
+    comp: np.ndarray  # (h', w') bool over the strict window: the strict component
+    steps: int  # diffusion steps
+
+
+def _prepare_target(image: np.ndarray, b: int, py: int, px: int, others: list, cfg: AnnotatorConfig,
+                    seconds: dict) -> _Target:
+    """Steps 1, 2's features and 4 for the peak ``(py, px)`` of ``image`` (index ``b`` of the
+    batch; ``others``: the image's other peaks); adds each stage's time to ``seconds``."""
+    H, W = image.shape
+    t0 = time.perf_counter()
+    strict = strict_component(image, py, px, cfg, others)
+    box = strict.box
+    ys, xs = np.nonzero(strict.comp)
+    extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    # the field window holds the strict window (which the image's edge may have cut off-centre)
+    # and twice the strict component
+    reach = max(py - box[0], box[1] - 1 - py, px - box[2], box[3] - 1 - px)
+    half = min(max(reach, int(cfg.field_grow * extent + 3)), max(cfg.field_half_max, reach))
+    fbox = window_box(py, px, half, H, W)
+    t1 = time.perf_counter()
+    win = image[fbox[0]:fbox[1], fbox[2]:fbox[3]].astype(np.float64)
+    contrast = (win - strict.bg) / max(strict.peak - strict.bg, 1e-3)
+    gy, gx = np.gradient(contrast) if min(win.shape) > 1 else (np.zeros_like(win), np.zeros_like(win))
+    entropy = local_entropy(win)
+    t2 = time.perf_counter()
+    # the superpixel prior of the accepted window (the region the point's statistics came from)
+    swin = image[box[0]:box[1], box[2]:box[3]]
+    seg = slic(swin, n_segments=cfg.slic_segments, compactness=cfg.slic_compactness,
+               channel_axis=None, start_label=0, enforce_connectivity=True)
+    sp = seg == seg[py - box[0], px - box[2]]
+    t3 = time.perf_counter()
+    for stage, t in (("window", t1 - t0), ("features", t2 - t1), ("superpixel", t3 - t2)):
+        seconds[stage] += t
+    return _Target(image=b, fbox=fbox, box=box, py=py, px=px, half=half, contrast=contrast,
+                   grad=np.hypot(gy, gx), entropy=entropy, superpixel=sp, comp=strict.comp,
+                   steps=target_steps(extent, cfg))
 
 
 def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], config: AnnotatorConfig | None = None) -> TargetBatch:
@@ -480,46 +265,26 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     cfg = config or AnnotatorConfig()
     if len(images) != len(points):
         raise ValueError(f"annotate: {len(images)} images but {len(points)} point arrays")
-    R = cfg.field_half_max
     rows = []
-    t_window = t_features = t_slic = 0.0
+    seconds = {"window": 0.0, "features": 0.0, "superpixel": 0.0}
+    shapes = []
     for b, (image, pts) in enumerate(zip(images, points)):
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"annotate: image {b} must have shape (H, W), got {image.shape}")
         image = image.astype(np.float32, copy=False)
-        H, W = image.shape
-        peaks = [_snap(image, x, y, cfg.snap_radius) for x, y in _check_points(pts, image.shape, b)]
+        shapes.append(tuple(image.shape))
+        peaks = [snap(image, x, y, cfg.snap_radius) for x, y in check_points(pts, image.shape, b)]
         for py, px in peaks:
-            t0 = time.perf_counter()
-            others = [q for q in peaks if q != (py, px)]
-            box, comp, bg, peak = _strict_component(image, py, px, cfg, others)
-            ys, xs = np.nonzero(comp)
-            extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
-            # the field window holds the strict window (which the image's edge may have cut
-            # off-centre) and twice the strict component
-            reach = max(py - box[0], box[1] - 1 - py, px - box[2], box[3] - 1 - px)
-            half = min(max(reach, int(cfg.field_grow * extent + 3)), max(R, reach))
-            fbox = _box(py, px, half, H, W)
-            t1 = time.perf_counter()
-            win = image[fbox[0]:fbox[1], fbox[2]:fbox[3]].astype(np.float64)
-            contrast = (win - bg) / max(peak - bg, 1e-3)
-            gy, gx = np.gradient(contrast) if min(win.shape) > 1 else (np.zeros_like(win), np.zeros_like(win))
-            entropy = local_entropy(win)
-            t2 = time.perf_counter()
-            # the superpixel prior of the accepted window (the region the point's statistics came from)
-            swin = image[box[0]:box[1], box[2]:box[3]]
-            seg = slic(swin, n_segments=cfg.slic_segments, compactness=cfg.slic_compactness,
-                       channel_axis=None, start_label=0, enforce_connectivity=True)
-            sp = seg == seg[py - box[0], px - box[2]]
-            t3 = time.perf_counter()
-            t_window += t1 - t0
-            t_features += t2 - t1
-            t_slic += t3 - t2
-            rows.append(_Target(b, fbox, box, py, px, half, contrast, np.hypot(gy, gx), entropy, sp, comp,
-                                target_steps(extent, cfg)))
+            rows.append(_prepare_target(image, b, py, px, [q for q in peaks if q != (py, px)], cfg, seconds))
+    return _lay_out(rows, shapes, cfg, seconds)
+
+
+def _lay_out(rows: list, shapes: list, cfg: AnnotatorConfig, seconds: dict) -> TargetBatch:
+    """The targets ``rows`` (:class:`_Target`) on ``S x S`` crops centred on their peaks, ``S`` the
+    batch's largest field window (``shapes``: each image's ``(H, W)``)."""
     T = len(rows)
-    R = max([r.half for r in rows], default=1)  # crops as small as the batch's largest field window
+    R = max([r.half for r in rows], default=1)
     S = 2 * R + 1
     contrast = np.zeros((T, S, S), np.float32)
     grad = np.zeros((T, S, S), np.float32)
@@ -528,32 +293,27 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     sup = np.zeros((T, S, S), np.float32)
     strict = np.zeros((T, S, S), bool)
     ring = np.zeros((T, S, S), bool)
-    origin = np.zeros((T, 2), np.int64)
-    peak = np.zeros((T, 2), np.int64)
-    halves = np.array([r.half for r in rows], np.int64)
-    index = np.zeros(T, np.int64)
-    steps = np.array([r.steps for r in rows], np.int64)
-    batch_shapes = [np.asarray(im).shape for im in images]
-    for t, (b, fbox, box, py, px, half, c, g, e, sp, comp, _) in enumerate(rows):
-        oy, ox = py - R, px - R
-        origin[t] = oy, ox
-        peak[t] = R, R
-        index[t] = b
-        fy, fx = fbox[0] - oy, fbox[2] - ox
-        h, w = c.shape
-        contrast[t, fy:fy + h, fx:fx + w] = c
-        grad[t, fy:fy + h, fx:fx + w] = g
-        ent[t, fy:fy + h, fx:fx + w] = e
-        inside[t, fy:fy + h, fx:fx + w] = True
-        ring[t, fy:fy + h, fx:fx + w] = _band(fbox, cfg.band, *batch_shapes[b])
-        strict[t, box[0] - oy:box[1] - oy, box[2] - ox:box[3] - ox] = comp
-        sup[t, box[0] - oy:box[1] - oy, box[2] - ox:box[3] - ox] = sp
-    shapes = [tuple(np.asarray(im).shape) for im in images]
+    origin = np.array([(r.py - R, r.px - R) for r in rows], np.int64).reshape(T, 2)
+    for t, r in enumerate(rows):
+        oy, ox = origin[t]
+        fy, fx = r.fbox[0] - oy, r.fbox[2] - ox
+        h, w = r.contrast.shape
+        field = (t, slice(fy, fy + h), slice(fx, fx + w))
+        contrast[field] = r.contrast
+        grad[field] = r.grad
+        ent[field] = r.entropy
+        inside[field] = True
+        ring[field] = outer_band(r.fbox, cfg.band, *shapes[r.image])
+        window = (t, slice(r.box[0] - oy, r.box[1] - oy), slice(r.box[2] - ox, r.box[3] - ox))
+        strict[window] = r.comp
+        sup[window] = r.superpixel
     return TargetBatch(
-        image_index=index, steps=steps, image_shapes=shapes, origin=origin, peak=peak, half=halves,
+        image_index=np.array([r.image for r in rows], np.int64), steps=np.array([r.steps for r in rows], np.int64),
+        image_shapes=shapes, origin=origin, peak=np.full((T, 2), R, np.int64),
+        half=np.array([r.half for r in rows], np.int64),
         contrast=torch.from_numpy(contrast), grad=torch.from_numpy(grad), entropy=torch.from_numpy(ent),
         inside=torch.from_numpy(inside), superpixel=torch.from_numpy(sup), strict=strict, ring=ring,
-        seconds={"window": t_window, "features": t_features, "superpixel": t_slic},
+        seconds=seconds,
     )
 
 

@@ -29,10 +29,10 @@ from .annotate import (
     binarize_targets,
     fuse_prior,
     paste_masks,
-    point_pixel,
     prepare_targets,
     target_rates,
 )
+from .points import point_pixel
 from .metrics import EIGHT_CONNECTED
 
 __all__ = [

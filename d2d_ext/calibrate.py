@@ -44,7 +44,8 @@ from .annotate import (
     prepare_targets,
     soft_labels,
 )
-from .data import DataError, IRDataset
+from .data import IRDataset
+from .files import DataError
 
 __all__ = ["GRIDS", "STRICT", "pick_ids", "calibrate", "load_settings"]
 

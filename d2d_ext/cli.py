@@ -4,10 +4,15 @@
 - ``calibrate``: fit a few binarisation settings of the annotator on N ground-truth masks of a
   split (:mod:`d2d_ext.calibrate`), for ``annotate --settings``.
 - ``evaluate``: IoU, nIoU, Pd and Fa of a folder of predicted masks against the ground truth.
-- ``train``, ``test``, ``select``: the bi-level trainer (:mod:`d2d_ext.bilevel`).
+- ``train``, ``test``, ``select``: the bi-level trainer (:mod:`d2d_ext.bilevel`); ``train`` has
+  one option per training setting, made from the fields of
+  :class:`~d2d_ext.bilevel.config.TrainConfig` (their defaults and descriptions live there).
 - ``convert-checkpoint``: a BasicIRSTD / LESPS DNANet checkpoint to d2d's format, for ``test``.
 - ``demo``: the main job on embedded data: write a synthetic infrared dataset, annotate it from
   its points, evaluate, print the metrics.
+
+This module reads the command line and calls the library: the dataset jobs of ``annotate`` and
+``evaluate`` are :mod:`d2d_ext.jobs`.
 
 Commands that report print one JSON object as their last stdout line; progress goes to stderr.
 ``evaluate`` and ``test`` also print a readable summary line before it, which ``--json`` leaves
@@ -30,174 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from .data import (
-    DataError,
-    IRDataset,
-    json_line,
-    read_gray,
-    remove_stale_temps,
-    write_bytes_atomic,
-    write_png_atomic,
-)
-from .progress import Progress
-
-MANIFEST = ".d2d-annotate.json"
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage as ndi
-
-    return mask & ~ndi.binary_erosion(mask, border_value=0)
-
-
-def overlay_rgb(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None) -> np.ndarray:
-    """``(H, W, 3)`` uint8: the image in grey, the pseudo-mask outline in red and, where given,
-    the ground-truth outline in green (yellow where they coincide)."""
-    grey = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    p = _outline(pred)
-    rgb[p] = (255, 0, 0)
-    if gt is not None:
-        g = _outline(gt)
-        rgb[g] = (0, 255, 0)
-        rgb[g & p] = (255, 255, 0)
-    return rgb
-
-
-def soft_png(field: np.ndarray) -> np.ndarray:
-    """``(H, W)`` soft label in [0, 1] -> ``(H, W)`` uint16 ``round(65535 y)`` (a 16-bit PNG)."""
-    return np.round(np.clip(field, 0.0, 1.0) * 65535.0).astype(np.uint16)
-
-
-def _claim(folder: Path, settings: dict) -> None:
-    """Record ``settings`` in ``folder``'s manifest, or check that the one there matches: a folder
-    filled with other settings is refused rather than mixed."""
-    manifest = folder / MANIFEST
-    if manifest.is_file():
-        try:
-            previous = json.loads(manifest.read_text())
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read {manifest}: {err}") from err
-        if previous != json.loads(json.dumps(settings)):
-            raise DataError(
-                f"{folder} holds files made with other settings ({manifest}); "
-                "use another folder or delete it"
-            )
-    else:
-        write_bytes_atomic(manifest, (json.dumps(settings, indent=1) + "\n").encode())
-
-
-def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int = 0,
-                     batch_images: int = 16, annotator=None, progress: bool = True, soft=None) -> dict:
-    """Annotate ``split`` of the dataset at ``root`` into ``out/<id>.png`` (0/255).
-
-    ``overlay``: also ``overlay/<id>.png`` (see :func:`overlay_rgb`). ``soft``: also
-    ``soft/<id>.png``, the image's soft label (the targets' fused fields, combined by maximum,
-    zero outside their field windows) as a 16-bit PNG ``round(65535 y)``, from the same diffusion
-    pass as the mask.
-
-    Resumes: an id is done when each of its requested files exists (every PNG is written
-    atomically, so an existing file is complete); an id that is not is annotated again and only its
-    missing files are written. ``.d2d-annotate.json`` in ``out`` (and in ``soft``) records the
-    settings; a folder made with other settings is refused rather than mixed. Returns the summary
-    dict (``images``, ``targets``, ``seconds``: annotation compute only, ``ms_per_target``,
-    ``skipped``, ``out``; ``soft`` when given).
-    """
-    from .annotate import Annotator
-
-    ds = IRDataset(root)
-    ids = ds.ids(split)
-    annotator = annotator or Annotator()
-    out = Path(out)
-    overlay = None if overlay is None else Path(overlay)
-    soft = None if soft is None else Path(soft)
-    if soft is not None and soft.resolve() in {out.resolve(), *([overlay.resolve()] if overlay else [])}:
-        raise DataError(f"--soft {soft} must be another folder than --out and --overlay (the files share names)")
-    settings = {
-        "dataset": ds.name, "split": split, "points": points, "seed": int(seed),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(annotator.config).items()},
-        "theta": annotator.params.values(),
-    }
-    for folder in (out, soft):
-        if folder is not None:
-            _claim(folder, settings)
-    folders = [f for f in (overlay, soft, out) if f is not None]
-    for folder in folders:  # temporary files of a run killed mid-write
-        remove_stale_temps(folder)
-    todo = [i for i in ids if not all((f / f"{i}.png").is_file() for f in folders)]
-    bar = Progress(len(ids), "annotate") if progress else None
-    if bar:
-        bar.update(len(ids) - len(todo))
-    n_targets, seconds = 0, 0.0
-    if todo:  # one-time costs (first calls into torch, scipy, skimage) stay out of the timing
-        spot = np.zeros((24, 24), np.float32)
-        spot[11:13, 11:13] = 1.0
-        annotator.annotate([spot], [np.array([[11.5, 11.5]])])
-    for start in range(0, len(todo), batch_images):
-        chunk = todo[start:start + batch_images]
-        images = [ds.load_image(i) for i in chunk]
-        pts = [ds.points(i, points, seed=seed) for i in chunk]
-        t0 = time.perf_counter()
-        if soft is None:
-            masks, fields = annotator.annotate(images, pts), [None] * len(chunk)
-        else:  # one diffusion pass for both
-            masks, fields = annotator.masks_and_soft(annotator.prepare(images, pts))
-        seconds += time.perf_counter() - t0
-        n_targets += sum(len(p) for p in pts)
-        for i, image, mask, field in zip(chunk, images, masks, fields):
-            if overlay is not None and not (overlay / f"{i}.png").is_file():
-                gt = ds.load_mask(i) if ds.has_mask(i) else None
-                write_png_atomic(overlay / f"{i}.png", overlay_rgb(image, mask, gt))
-            if soft is not None and not (soft / f"{i}.png").is_file():
-                write_png_atomic(soft / f"{i}.png", soft_png(field))
-            if not (out / f"{i}.png").is_file():
-                write_png_atomic(out / f"{i}.png", mask.astype(np.uint8) * 255)
-            if bar:
-                bar.update()
-    if bar:
-        bar.close()
-    return {
-        "images": len(todo), "targets": n_targets, "seconds": round(seconds, 6),
-        "ms_per_target": round(1e3 * seconds / n_targets, 4) if n_targets else None,
-        "skipped": len(ids) - len(todo), "out": str(out), **({"soft": str(soft)} if soft is not None else {}),
-    }
-
-
-def evaluate_dataset(root, split: str, pred, progress: bool = True, threshold: float = 0.5,
-                     pd_match: str = "nearest") -> dict:
-    """IoU, nIoU, Pd (percent) and Fa (per 1e6 pixels) of ``pred/<id>.png`` against
-    ``root/masks/<id>.png`` over ``split``, at native resolution (see :mod:`d2d_ext.metrics`).
-
-    A prediction pixel is target where its value as a fraction of the PNG's full scale
-    (:func:`~d2d_ext.data.read_gray`: 8-bit ``v / 255``, 16-bit ``v / 65535``) is above
-    ``threshold``: at 0.5 an 8-bit pixel counts from 128 up. BasicIRSTD's ``evaluate.py`` applies
-    the same rule to its 8-bit PNGs (``v / 255 > threshold``). ``pd_match``: ``"nearest"`` or
-    ``"first"`` (BasicIRSTD's matching; see :class:`~d2d_ext.metrics.ISTDMetrics`).
-    """
-    from .metrics import ISTDMetrics
-
-    ds = IRDataset(root)
-    ids = ds.ids(split)
-    pred = Path(pred)
-    metrics = ISTDMetrics(threshold=threshold, pd_match=pd_match)
-    bar = Progress(len(ids), "evaluate") if progress else None
-    for i in ids:
-        path = pred / f"{i}.png"
-        if not path.is_file():
-            raise DataError(f"prediction not found: {path} (image id {i!r})")
-        p = read_gray(path)
-        gt = ds.load_mask(i)
-        if p.shape != gt.shape:
-            raise DataError(f"prediction {path} is {p.shape[1]}x{p.shape[0]} but the mask of {i!r} "
-                            f"is {gt.shape[1]}x{gt.shape[0]} (WxH)")
-        metrics.update(p, gt)
-        if bar:
-            bar.update()
-    if bar:
-        bar.close()
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.compute().items()}
+from .files import DataError, json_line, write_bytes_atomic
+from .jobs import annotate_dataset, evaluate_dataset
 
 
 def _cmd_annotate(args) -> dict:
@@ -304,16 +143,7 @@ def _cmd_train(args) -> dict:
 
     _set_threads(args.threads)
     try:
-        config = TrainConfig(
-            mode=args.mode, model=args.model, points=args.points, epochs=args.epochs,
-            warmup_epochs=args.warmup_epochs, theta_every=args.theta_every, meta_every=args.meta_every, beta=args.beta,
-            theta_lr=args.theta_lr,
-            balance=not args.no_balance, online_labels=not args.no_online_labels, joint=args.joint,
-            meta_loss=args.meta_loss, hypergradient=args.hypergradient, weight_ema=args.weight_ema,
-            select=args.select,
-            lr=args.lr, schedule=args.schedule, batch_size=args.batch_size, val_batch_size=args.val_batch_size,
-            crop_size=args.crop_size, seed=args.seed,
-            train_split=args.split, val_split=args.val_split or "")
+        config = _config_from_args(args, TrainConfig)
         config.validate()
     except ValueError as err:
         raise DataError(f"train: {err}") from None
@@ -380,7 +210,7 @@ def _cmd_select(args) -> dict:
 
 def _set_threads(n: int) -> None:
     # The annotator's torch work comes in many small calls: one thread avoids the OpenMP
-    # hand-offs that cost more than they save (8.6 vs 1.5 ms per target measured on 2 cores).
+    # hand-offs, which cost more than they save on calls that small.
     # main() restores the previous count, so calling it in-process leaves torch as it was.
     import torch
 
@@ -407,22 +237,16 @@ def parse_settings(items) -> dict:
 def _point_source(value: str) -> str:
     """argparse ``type`` of ``--points``: checked before any file is written (a misspelt source
     found later would leave a folder claimed with it)."""
-    from .data import POINT_SOURCES, valid_point_source
+    from .bilevel.config import point_source
 
-    if not valid_point_source(value):
-        raise argparse.ArgumentTypeError(f"invalid point source {value!r} (choose from {', '.join(POINT_SOURCES)})")
-    return value
+    return _argparse_type(point_source)(value)
 
 
 def _finite(value: str) -> float:
     """argparse ``type`` of a number that must be finite."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
-    return number
+    from .bilevel.config import finite_number
+
+    return _argparse_type(finite_number)(value)
 
 
 def _fraction(value: str) -> float:
@@ -433,21 +257,63 @@ def _fraction(value: str) -> float:
     return number
 
 
-def _train_choice(parser, flag: str, help: str) -> None:
-    """A ``train`` option for the :class:`~d2d_ext.bilevel.TrainConfig` setting of the same name
-    that takes one of a few values: its choices and default come from the dataclass."""
+def _argparse_type(parse):
+    """``parse`` (text to value, ``ValueError`` with a message on bad text) as an argparse
+    ``type``, so that its message is argparse's ``error: argument --flag: ...``. Built-in types
+    pass unchanged: argparse words their errors itself."""
+    if isinstance(parse, type) or parse is str.lower:
+        return parse
+
+    def read(text: str):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    read.__name__ = parse.__name__
+    return read
+
+
+def _config_flag(spec) -> str:
+    """The option of a settings dataclass's field: its ``flag`` metadata, else ``--name-with-dashes``;
+    a bool that defaults to true is switched off by ``--no-name``."""
+    if "flag" in spec.metadata:
+        return spec.metadata["flag"]
+    name = spec.name.replace("_", "-")
+    return f"--no-{name}" if spec.default is True else f"--{name}"
+
+
+def _add_config_options(parser, config_cls) -> None:
+    """One option per field of ``config_cls`` (:class:`~d2d_ext.bilevel.TrainConfig`), from the
+    field's default and metadata (see :mod:`d2d_ext.bilevel.config`): a bool is a flag that flips
+    its default; a setting with choices offers exactly those; any other reads its text with
+    :func:`~d2d_ext.bilevel.config.text_parser`."""
     import dataclasses
 
-    from .bilevel import TrainConfig
+    from .bilevel.config import text_parser
 
-    name = flag[2:].replace("-", "_")
-    spec = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
-    lower = str.lower if spec.metadata.get("ignore_case") else str
-    parser.add_argument(flag, default=spec.default, type=lower, choices=spec.metadata["choices"],
-                        help=f"{help} (default {spec.default})")
+    for spec in dataclasses.fields(config_cls):
+        flag, meta = _config_flag(spec), spec.metadata
+        help = meta["help"].replace("%", "%%")
+        if isinstance(spec.default, bool):
+            action = "store_false" if spec.default else "store_true"
+            parser.add_argument(flag, dest=spec.name, action=action, default=spec.default, help=help)
+            continue
+        if spec.default != "":
+            help += f" (default {spec.default})"
+        parser.add_argument(flag, dest=spec.name, default=spec.default, type=_argparse_type(text_parser(spec)),
+                            choices=meta.get("choices"), metavar=meta.get("metavar"), help=help)
+
+
+def _config_from_args(args, config_cls):
+    """The ``config_cls`` instance that the options of :func:`_add_config_options` describe."""
+    import dataclasses
+
+    return config_cls(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(config_cls)})
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bilevel import TrainConfig
     from .metrics import PD_MATCH_RULES
     from .models import CHECKPOINT_MODELS
 
@@ -500,47 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_evaluate)
 
     t = sub.add_parser("train", help="train a detector from points (bi-level, or a baseline mode)")
-    t.add_argument("--dataset", required=True)
-    t.add_argument("--split", default="train", help="training split (validation is taken from it)")
-    t.add_argument("--val-split", help="an explicit validation split instead of a share of --split")
-    _train_choice(t, "--model", "the detector")
-    t.add_argument("--points", default="centroid", type=_point_source, help="point source, as annotate's --points")
-    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
     t.add_argument("--out", required=True, help="run folder: log.jsonl, last.pt, best.pt, alpha.csv, plots/")
-    _train_choice(t, "--mode", "bilevel (the paper), or a baseline: full (ground-truth masks), naive (the point "
-                               "pixels), fixed (the first pseudo-labels)")
-    t.add_argument("--warmup-epochs", type=int, default=8)
-    t.add_argument("--theta-every", type=int, default=2)
-    t.add_argument("--meta-every", type=int, default=4,
-                   help="iterations between meta-classifier steps (bi-level; more make an epoch cheaper)")
-    t.add_argument("--beta", type=float, default=0.1)
-    t.add_argument("--theta-lr", type=float, default=1e-2,
-                   help="Adam's learning rate for the diffusion parameters theta (bi-level); its first steps "
-                        "move each parameter by about this much whatever the gradient's size")
-    t.add_argument("--crop-size", type=int, default=128)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--val-batch-size", type=int, default=0,
-                   help="validation crops per bi-level iteration, for the beta term and the meta step "
-                        "(default 0: --batch-size); fewer make a bi-level iteration cheaper")
-    t.add_argument("--lr", type=float, default=1e-3)
-    _train_choice(t, "--schedule", "learning rate: cosine (decays to 0 over the epochs) or constant")
-    t.add_argument("--seed", type=int, default=0)
+    _add_config_options(t, TrainConfig)  # every training setting, from its field in TrainConfig
     t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
-    t.add_argument("--no-balance", action="store_true", help="ablation: alpha = 1")
-    t.add_argument("--no-online-labels", action="store_true", help="ablation: never update theta")
-    t.add_argument("--joint", action="store_true", help="ablation: direct joint learning")
-    _train_choice(t, "--meta-loss", "the meta-classifier's validation loss: per-sample (mean of the crops' "
-                                    "soft-IoU) or pooled (one soft-IoU over the validation batch)")
-    _train_choice(t, "--hypergradient", "the meta-classifier's step: exact (double backward through the "
-                                        "look-ahead) or first-order (gradient alignment at the current weights; "
-                                        "about half the cost)")
-    t.add_argument("--weight-ema", type=float, default=0.0, metavar="DECAY",
-                   help="keep an exponential moving average of the detector's weights with this decay per "
-                        "iteration (e.g. 0.99); it validates, picks best.pt, guides theta and is what `test` "
-                        "scores (default 0: off)")
-    _train_choice(t, "--select", "what picks best.pt: val-loss (lowest mean per-image soft-IoU loss on the "
-                                 "validation images) or val-iou (highest validation IoU, pixels pooled as the test "
-                                 "scores them)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .data import write_bytes_atomic
+from .files import write_bytes_atomic
 
 
 def _figure():

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .data import write_bytes_atomic, write_png_atomic
+from .files import write_bytes_atomic, write_png_atomic
 from .metrics import EIGHT_CONNECTED
 
 __all__ = ["Scene", "make_scene", "write_dataset", "BACKGROUNDS", "MASK_FRACTION", "AREA_RANGE"]
@@ -441,7 +441,7 @@ def write_dataset(root, n_images=40, seed=0, height=256, width=256, name="SYNTH"
     Ids are ``<name>_0000``, ``<name>_0001``, ...; scene ``i`` is
     ``make_scene(numpy.random.default_rng([seed, i]), height, width, "mixed")``, so the same seed
     gives byte-identical files (on the same platform and numpy). Every file is written atomically
-    (:func:`d2d_ext.data.write_png_atomic`); files of the same name are replaced, others under
+    (:func:`d2d_ext.files.write_png_atomic`); files of the same name are replaced, others under
     ``root`` are left alone. Returns ``root`` as a :class:`~pathlib.Path`.
     """
     root = Path(root)

@@ -366,14 +366,14 @@ def test_target_steps_grow_with_size():
 
 def test_ground_truth_is_never_read(tmp_path):
     """Changing or deleting every mask changes no pseudo-label."""
-    from d2d_ext.cli import annotate_dataset
+    from d2d_ext.jobs import annotate_dataset
 
     root = write_dataset(tmp_path / "SYN", n_images=6, seed=2)
     first = annotate_dataset(root, "all", "centroid", tmp_path / "a", progress=False)
     for path in (root / "masks").iterdir():  # scramble every mask ...
         arr = np.zeros((256, 256), np.uint8)
         arr[::7, ::5] = 255
-        from d2d_ext.data import write_png_atomic
+        from d2d_ext.files import write_png_atomic
 
         write_png_atomic(path, arr)
     second = annotate_dataset(root, "all", "centroid", tmp_path / "b", progress=False)

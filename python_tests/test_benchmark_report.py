@@ -1,4 +1,4 @@
-"""benchmarks/report.py's table and the GPU bandwidth model it holds GPU rows against."""
+"""benchmarks/ops/report.py's table and the GPU bandwidth model it holds GPU rows against."""
 
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "ops"))  # report.py's folder
 import gpu_limits  # noqa: E402
 import report  # noqa: E402
 

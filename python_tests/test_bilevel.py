@@ -25,7 +25,7 @@ from d2d_ext.bilevel import (
 )
 from conftest import fit_until
 from d2d_ext.cli import main
-from d2d_ext.data import DataError
+from d2d_ext.files import DataError
 from d2d_ext.reference import soft_iou_of_probabilities, soft_iou_reference
 from d2d_ext.soft_iou import weighted_soft_iou
 from d2d_ext.synthetic import write_dataset
@@ -459,3 +459,32 @@ def test_select_picks_best_pt_by_the_validation_loss_or_iou(dataset, tmp_path):
     assert selection_score({"val_loss": 0.2, "val_iou": None}, "val-iou") == math.inf
     assert selection_score({"val_loss": None, "val_iou": 5.0}, "val-loss") == math.inf
     assert selection_score({"val_loss": 0.2, "val_iou": 5.0}, "val-iou") == -5.0
+
+
+def test_the_loss_average_is_saved_under_the_key_older_checkpoints_use(dataset, tmp_path):
+    """The per-sample running loss average (a meta-classifier input) is checkpointed as "ema", the
+    key checkpoints have always had, so that runs resume across versions."""
+    run = tmp_path / "run"
+    trainer = Trainer(dataset, run, tiny(epochs=2), progress=False)
+    trainer.fit()
+    state = load_checkpoint(run / "last.pt")
+    assert state["format"] == "d2d_ext.train/1"
+    assert torch.equal(state["ema"], trainer.loss_avg) and trainer.loss_avg.abs().sum() > 0
+    resumed = Trainer(dataset, run, tiny(epochs=2), progress=False)
+    resumed.load_state(state)
+    assert torch.equal(resumed.loss_avg, trainer.loss_avg)
+    # alpha.csv holds the meta-classifier's weights of the whole images: normalised to mean 1
+    alpha = np.array([float(line.split(",")[1]) for line in (run / "alpha.csv").read_text().splitlines()[1:]])
+    assert len(alpha) == len(trainer.train_set.ids) and alpha.std() > 0
+    assert abs(alpha.mean() - 1) < 1e-5
+
+
+def test_the_package_keeps_every_name_it_had():
+    import d2d_ext.bilevel as B
+    from d2d_ext.bilevel import checkpoint, config, labels, loop, reweight
+
+    for name in B.__all__:
+        assert getattr(B, name) is not None, name
+    assert B.Trainer is loop.Trainer and B.TrainConfig is config.TrainConfig
+    assert B.load_checkpoint is checkpoint.load_checkpoint and B.surrogate is labels.surrogate
+    assert B.MetaWeighter is reweight.MetaWeighter and B.hypergradient_step is reweight.hypergradient_step

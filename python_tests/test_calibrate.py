@@ -10,7 +10,8 @@ import d2d_ext.data
 from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
 from d2d_ext.calibrate import GRIDS, STRICT, calibrate, load_settings
 from d2d_ext.cli import main
-from d2d_ext.data import DataError, IRDataset
+from d2d_ext.data import IRDataset
+from d2d_ext.files import DataError
 from d2d_ext.synthetic import write_dataset
 
 N = 3
@@ -223,9 +224,9 @@ def test_load_settings_gives_each_value_its_fields_type(tmp_path):
 def test_images_without_targets_give_an_undefined_iou_as_null(tmp_path, capsys):
     root = write_dataset(tmp_path / "SYN", n_images=4, seed=5)
     for p in (root / "masks").glob("*.png"):  # no targets anywhere: nothing to segment
-        d2d_ext.data.write_png_atomic(p, np.zeros((256, 256), np.uint8))
+        d2d_ext.files.write_png_atomic(p, np.zeros((256, 256), np.uint8))
     for p in (root / "masks_centroid").glob("*.png"):
-        d2d_ext.data.write_png_atomic(p, np.zeros((256, 256), np.uint8))
+        d2d_ext.files.write_png_atomic(p, np.zeros((256, 256), np.uint8))
     out = tmp_path / "s.json"
     code, captured = _calibrate_cli(capsys, root, out, masks=2)
     assert code == 0, captured.err

@@ -1,4 +1,5 @@
-"""The command line: annotate (atomic, resumable), evaluate, demo."""
+"""The command line: annotate (atomic, resumable), evaluate, demo, and the train options made from
+TrainConfig."""
 
 import json
 import os
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from d2d_ext.cli import annotate_dataset, main
-from d2d_ext.data import IRDataset, read_gray
+from d2d_ext.cli import main
+from d2d_ext.data import IRDataset
+from d2d_ext.files import read_gray
+from d2d_ext.jobs import annotate_dataset
 from d2d_ext.metrics import ISTDMetrics
 from d2d_ext.synthetic import write_dataset
 
@@ -162,7 +165,7 @@ def soft_run(dataset, tmp_path_factory):
 
 def test_soft_labels_are_16_bit_max_combined_fields(dataset, soft_run):
     from d2d_ext.annotate import paste_masks
-    from d2d_ext.cli import soft_png
+    from d2d_ext.jobs import soft_png
 
     ds = IRDataset(dataset)
     for i in ds.ids("all"):
@@ -193,7 +196,7 @@ def test_soft_output_leaves_the_masks_as_they_were(dataset, soft_run):
 
 def _close_pair_dataset(root):
     """One 64x64 image with two bright blobs 8 pixels apart (their field windows overlap)."""
-    from d2d_ext.data import write_bytes_atomic, write_png_atomic
+    from d2d_ext.files import write_bytes_atomic, write_png_atomic
 
     yy, xx = np.mgrid[:64, :64]
     image = 0.2 + 0.02 * np.random.default_rng(0).standard_normal((64, 64))
@@ -210,7 +213,7 @@ def _close_pair_dataset(root):
 
 
 def test_overlapping_fields_take_the_maximum_not_the_sum(tmp_path):
-    from d2d_ext.cli import soft_png
+    from d2d_ext.jobs import soft_png
 
     root = _close_pair_dataset(tmp_path / "PAIR")
     assert main(["annotate", "--dataset", str(root), "--out", str(tmp_path / "m"), "--soft", str(tmp_path / "s"),
@@ -280,11 +283,11 @@ def test_one_diffusion_pass_gives_masks_and_soft_labels(dataset, tmp_path, monke
 
 
 def test_killed_soft_run_resumes_to_identical_files(dataset, soft_run, tmp_path, monkeypatch):
-    import d2d_ext.cli
+    import d2d_ext.jobs
     from conftest import Killed
 
     out, soft = tmp_path / "m", tmp_path / "s"
-    write_png = d2d_ext.cli.write_png_atomic
+    write_png = d2d_ext.jobs.write_png_atomic
     written = []
 
     def dying_write(path, array):  # the process dies after 5 files: in the middle of an id's pair
@@ -293,10 +296,10 @@ def test_killed_soft_run_resumes_to_identical_files(dataset, soft_run, tmp_path,
         written.append(path)
         return write_png(path, array)
 
-    monkeypatch.setattr(d2d_ext.cli, "write_png_atomic", dying_write)
+    monkeypatch.setattr(d2d_ext.jobs, "write_png_atomic", dying_write)
     with pytest.raises(Killed):
         annotate_dataset(dataset, "all", "centroid", out, progress=False, soft=soft)
-    monkeypatch.setattr(d2d_ext.cli, "write_png_atomic", write_png)
+    monkeypatch.setattr(d2d_ext.jobs, "write_png_atomic", write_png)
     assert len(list(soft.glob("*.png"))) == 3 and len(list(out.glob("*.png"))) == 2  # soft first, then the mask
     kept = {p: p.stat().st_mtime_ns for p in written}
     second = annotate_dataset(dataset, "all", "centroid", out, progress=False, soft=soft)
@@ -387,6 +390,101 @@ def test_choices_come_from_the_training_settings():
     with pytest.raises(ValueError, match="points must be one of"):
         TrainConfig(points="centriod").validate()
     TrainConfig(model="DNANet", points="csv:pts.csv").validate()
+
+
+# ------------------------------------------------------------------------------ train options from TrainConfig
+
+TRAIN = ["train", "--dataset", "D", "--out", "O"]
+
+# the train options that users' scripts pass: each keeps its name and meaning
+EXISTING_TRAIN_FLAGS = {
+    "--dataset", "--out", "--resume", "--threads", "--quiet", "--split", "--val-split", "--model", "--points",
+    "--epochs", "--mode", "--warmup-epochs", "--theta-every", "--meta-every", "--beta", "--theta-lr",
+    "--crop-size", "--batch-size", "--val-batch-size", "--lr", "--schedule", "--seed", "--no-balance",
+    "--no-online-labels", "--joint", "--meta-loss", "--hypergradient", "--weight-ema", "--select",
+}
+
+
+def _train_actions() -> dict:
+    """``{dest: argparse action}`` of the train command's options."""
+    import argparse
+
+    from d2d_ext.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices["train"]._actions}
+
+
+def _config_of(argv, monkeypatch, tmp_path):
+    """The TrainConfig that ``d2d train`` builds from ``argv`` (the trainer is stopped before it
+    reads anything)."""
+    import d2d_ext.bilevel
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def stopping_trainer(dataset, run, config, **kwargs):
+        seen["config"] = config
+        raise Stop
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(d2d_ext.bilevel, "Trainer", stopping_trainer)
+    with pytest.raises(Stop):
+        main(argv)
+    return seen["config"]
+
+
+def test_every_training_setting_has_a_train_option():
+    import dataclasses
+
+    from d2d_ext.bilevel import TrainConfig
+
+    actions = _train_actions()
+    for spec in dataclasses.fields(TrainConfig):
+        assert spec.name in actions, f"TrainConfig.{spec.name} has no train option"
+        assert actions[spec.name].option_strings and actions[spec.name].help, spec.name
+        assert actions[spec.name].default == spec.default, spec.name  # the default lives in the dataclass
+    flags = {flag for action in actions.values() for flag in action.option_strings}
+    assert EXISTING_TRAIN_FLAGS <= flags
+    assert {"--weight-decay", "--meta-lr", "--inner-lr", "--val-fraction", "--surrogate-steps"} <= flags
+
+
+def test_no_train_options_give_the_default_settings(monkeypatch, tmp_path):
+    from d2d_ext.bilevel import TrainConfig
+
+    assert _config_of(TRAIN, monkeypatch, tmp_path) == TrainConfig()
+
+
+def test_train_options_arrive_in_the_settings(monkeypatch, tmp_path):
+    from d2d_ext.bilevel import TrainConfig
+
+    config = _config_of(TRAIN + [
+        "--weight-decay", "0.01", "--meta-lr", "2e-3", "--inner-lr", "0.05", "--val-fraction", "0.3",
+        "--surrogate-steps", "6", "--split", "trainval", "--val-split", "test", "--no-balance",
+        "--no-online-labels", "--joint", "--model", "DNANet", "--weight-ema", "0.99", "--points", "gen-coarse",
+    ], monkeypatch, tmp_path)
+    assert config == TrainConfig(weight_decay=0.01, meta_lr=2e-3, inner_lr=0.05, val_fraction=0.3,
+                                 surrogate_steps=6, train_split="trainval", val_split="test", balance=False,
+                                 online_labels=False, joint=True, model="dnanet", weight_ema=0.99,
+                                 points="gen-coarse")
+
+
+@pytest.mark.parametrize("flag, bad, says", [
+    ("--weight-decay", "heavy", "is not a number"),
+    ("--meta-lr", "nan", "is not a finite number"),
+    ("--inner-lr", "inf", "is not a finite number"),
+    ("--val-fraction", "1.5", "is not in [0, 1]"),
+    ("--surrogate-steps", "2.5", "invalid int value"),
+    ("--epochs", "many", "invalid int value"),
+])
+def test_a_bad_train_value_is_an_argparse_error_naming_its_option(flag, bad, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written anywhere
+    assert main(TRAIN + [flag, bad]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("d2d train: error: ") and f"argument {flag}: " in last and says in last
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_misspelt_point_source_claims_no_folder(dataset, tmp_path, capsys):

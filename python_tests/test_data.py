@@ -1,4 +1,5 @@
-"""Tests of d2d_ext.data: the BasicIRSTD / LESPS dataset reader, point sources and PNG writing.
+"""Tests of d2d_ext.data, d2d_ext.points and d2d_ext.files: the BasicIRSTD / LESPS dataset reader,
+point sources and PNG writing.
 
 Tiny datasets are built in tmp_path; the real SIRST-v1 checks skip where ../shared/data is absent.
 """
@@ -10,8 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2d_ext import data as D
-from d2d_ext.data import DataError, IRDataset, connected_points, points_inside, read_gray, write_png_atomic
+from d2d_ext import files as F
+from d2d_ext import points as P
+from d2d_ext.data import IRDataset
+from d2d_ext.files import DataError, read_gray, write_png_atomic
+from d2d_ext.points import connected_points, points_inside
 
 SIRST_ROOT = Path(
     os.environ.get(
@@ -269,8 +273,8 @@ def test_points_csv_parsed_once(tiny, monkeypatch):
     (tiny / "pts.csv").write_text("image,x,y\na,1,2\n")
     ds = IRDataset(tiny)
     calls = []
-    real = D.read_points_csv
-    monkeypatch.setattr(D, "read_points_csv", lambda p: calls.append(p) or real(p))
+    real = P.read_points_csv
+    monkeypatch.setattr(P, "read_points_csv", lambda p: calls.append(p) or real(p))
     for i in ("a", "b", "a", "c"):
         ds.points(i, "csv:pts.csv")
     assert len(calls) == 1
@@ -382,7 +386,7 @@ def test_gen_coarse_spread_and_fallback():
     m = _blobby_mask() > 0
     # Many seeds: points scatter around the centroid of the rectangle (std ~ extent / 4 before
     # rejection), not all on one pixel; the single pixel target always gets its own pixel.
-    pts = np.stack([D.coarse_points(m, np.random.default_rng(s)) for s in range(200)])
+    pts = np.stack([P.coarse_points(m, np.random.default_rng(s)) for s in range(200)])
     rect = pts[:, 0]
     assert len({tuple(p) for p in rect}) > 10
     assert abs(rect[:, 0].mean() - 9.0) < 0.5 and abs(rect[:, 1].mean() - 6.0) < 0.5
@@ -393,11 +397,11 @@ def test_gen_coarse_spread_and_fallback():
         def normal(self, loc, scale, size):
             return np.full(size, 1e6)
 
-    np.testing.assert_array_equal(D.coarse_points(m[:12, :20], Far()), [[9.0, 6.0]])
+    np.testing.assert_array_equal(P.coarse_points(m[:12, :20], Far()), [[9.0, 6.0]])
     ring = np.zeros((10, 10), bool)
     ring[1:9, 1:9] = True
     ring[3:7, 3:7] = False  # centroid (4.5, 4.5) is off the ring
-    (x, y), = D.coarse_points(ring, Far())
+    (x, y), = P.coarse_points(ring, Far())
     assert ring[int(y), int(x)] and abs(x - 4.5) + abs(y - 4.5) == 3.0
 
 
@@ -459,7 +463,7 @@ def test_write_png_atomic_interrupted(tmp_path, monkeypatch):
     def boom(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(D.os, "replace", boom)
+    monkeypatch.setattr(F.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
         write_png_atomic(p, np.full((4, 4), 9, np.uint8))
     monkeypatch.undo()

@@ -1,7 +1,7 @@
-"""benchmarks/theta_sensitivity.py and benchmarks/alpha_label_quality.py: the diagnoses of what
-bi-level training's two outer levers (theta, the sample weights) can act on; and
-benchmarks/annotation_scale.py, the annotator by target size; benchmarks/annotation_datasets.py,
-the annotator on every dataset apart."""
+"""benchmarks/training/theta_sensitivity.py and benchmarks/training/alpha_label_quality.py: the
+diagnoses of what bi-level training's two outer levers (theta, the sample weights) can act on; and
+benchmarks/annotation/annotation_scale.py, the annotator by target size;
+benchmarks/annotation/annotation_datasets.py, the annotator on every dataset apart."""
 
 import importlib.util
 import json
@@ -14,21 +14,23 @@ import pytest
 from d2d_ext.synthetic import write_dataset
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))  # the scripts import benchmarks/md_table.py, as when run from there
 
 
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+def load(script):
+    """The module of ``benchmarks/<script>.py`` (``"training/theta_sensitivity"``), named after
+    its file; the scripts put ``benchmarks/common`` on ``sys.path`` themselves."""
+    name = Path(script).name
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-theta_sensitivity = load("theta_sensitivity")
-alpha_label_quality = load("alpha_label_quality")
-annotation_scale = load("annotation_scale")
-annotation_datasets = load("annotation_datasets")
+theta_sensitivity = load("training/theta_sensitivity")
+alpha_label_quality = load("training/alpha_label_quality")
+annotation_scale = load("annotation/annotation_scale")
+annotation_datasets = load("annotation/annotation_datasets")
 
 
 @pytest.fixture(scope="module")

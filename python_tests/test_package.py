@@ -12,9 +12,10 @@ import d2d_ext
 # Submodules that pull in SciPy / scikit-image / Pillow / matplotlib, or a lot of Python.
 HEAVY = ["d2d_ext.metrics", "d2d_ext.models", "d2d_ext.annotate", "d2d_ext.data", "d2d_ext.synthetic",
          "d2d_ext.bilevel", "d2d_ext.baselines", "d2d_ext.calibrate", "d2d_ext.cli", "d2d_ext.plots",
-         "d2d_ext.nn", "scipy", "skimage", "PIL", "matplotlib"]
+         "d2d_ext.nn", "d2d_ext.files", "d2d_ext.points", "d2d_ext.windows", "d2d_ext.jobs", "scipy", "skimage", "PIL",
+         "matplotlib"]
 LAZY = ["metrics", "models", "annotate", "data", "synthetic", "bilevel", "baselines", "calibrate", "cli",
-        "plots", "progress", "reference", "nn"]
+        "plots", "progress", "reference", "nn", "files", "points", "windows", "jobs"]
 
 
 def _python(code: str, tmp_path) -> subprocess.CompletedProcess:
@@ -44,8 +45,8 @@ def test_import_loads_no_heavy_submodule(tmp_path):
 
 @pytest.mark.parametrize("name", LAZY)
 def test_every_submodule_resolves_to_itself(name):
-    if not (Path(d2d_ext.__file__).parent / f"{name}.py").is_file():
-        pytest.skip(f"d2d_ext/{name}.py is not part of this tree yet")
+    here = Path(d2d_ext.__file__).parent
+    assert (here / f"{name}.py").is_file() or (here / name / "__init__.py").is_file(), name
     module = getattr(d2d_ext, name)
     assert module is sys.modules[f"d2d_ext.{name}"]
     assert name in dir(d2d_ext)
@@ -63,3 +64,66 @@ def test_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'metricz'"):
         d2d_ext.metricz
     assert not hasattr(d2d_ext, "no_such_module")
+
+
+def _architecture_table() -> dict:
+    """README's "Architecture" table: ``{module path: (allowed package modules, test files)}``."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`d2d_ext/"):
+            continue
+        names = lambda cell: {c.strip().strip("`") for c in cell.split(",") if c.strip()}
+        rows[cells[0].strip("`")] = (names(cells[2]), names(cells[3]))
+    return rows
+
+
+def _package_imports(path: Path, package_dir: Path) -> set:
+    """The top-level package modules (``annotate``, ``_C``, ...) that ``path`` imports, not counting
+    imports made for type checkers only (``if TYPE_CHECKING:``) or within its own subpackage."""
+    import ast
+
+    rel = path.relative_to(package_dir.parent).with_suffix("").parts  # ("d2d_ext", "bilevel", "loop")
+    own = rel[1] if len(rel) > 1 else ""
+    if own == "__init__":
+        own = ""
+    pkg = rel[:-1] if rel[-1] != "__init__" else rel[:-1]
+    found = set()
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.ImportFrom) and child.level:
+                base = list(pkg[:len(pkg) - (child.level - 1)])
+                targets = [base + child.module.split(".")] if child.module else [base + [a.name] for a in child.names]
+                found.update(t[1] for t in targets if len(t) > 1)
+            elif isinstance(child, ast.ImportFrom) and (child.module or "").startswith("d2d_ext."):
+                found.add(child.module.split(".")[1])
+            elif isinstance(child, ast.Import):
+                found.update(a.name.split(".")[1] for a in child.names if a.name.startswith("d2d_ext."))
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found - {own}
+
+
+def test_readme_architecture_is_true():
+    """Every module of the package has a row in README's "Architecture" table, imports only the
+    package modules its row allows, and its tests exist."""
+    here = Path(d2d_ext.__file__).resolve().parent
+    table = _architecture_table()
+    assert len(table) >= 20, "README's Architecture table was not found or lost its rows"
+    for path in sorted(here.rglob("*.py")):
+        rel = path.relative_to(here.parent).as_posix()
+        row = rel if rel in table else f"{path.parent.relative_to(here.parent).as_posix()}/"
+        assert row in table, f"{rel} has no row in README's Architecture table"
+        allowed, tests = table[row]
+        extra = _package_imports(path, here) - allowed
+        assert not extra, f"{rel} imports {sorted(extra)}, which README's Architecture table does not allow"
+        for t in tests:
+            assert (Path(__file__).parent / t).is_file(), f"README's Architecture row {row} names a missing test {t}"
+    for row in table:
+        assert (here.parent / row).exists(), f"README's Architecture table lists {row}, which does not exist"

@@ -31,18 +31,15 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-import d2d_ext.bilevel as B
-import d2d_ext.data as D
+import d2d_ext.bilevel.loop as B
+import d2d_ext.files as D
 from conftest import Killed, fit_until
 from d2d_ext.bilevel import TrainConfig, Trainer, load_checkpoint
-from d2d_ext.cli import MANIFEST, main
-from d2d_ext.data import (
-    IRDataset,
-    label_targets,
-    read_gray,
-    read_points_csv,
-    write_png_atomic,
-)
+from d2d_ext.cli import main
+from d2d_ext.jobs import MANIFEST
+from d2d_ext.data import IRDataset
+from d2d_ext.files import read_gray, write_png_atomic
+from d2d_ext.points import label_targets, read_points_csv
 from d2d_ext.models import build_model
 from d2d_ext.synthetic import write_dataset
 
@@ -350,7 +347,7 @@ BIG_SCRIPT = """
 import json, resource, sys, time
 import torch
 torch.set_num_threads(1)
-from d2d_ext.cli import annotate_dataset
+from d2d_ext.jobs import annotate_dataset
 
 def hwm_kb():  # the peak RSS of this process image alone (Linux)
     try:

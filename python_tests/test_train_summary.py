@@ -1,4 +1,4 @@
-"""benchmarks/train_summary.py: the seed summary of the equal-budget training comparison."""
+"""benchmarks/training/train_summary.py: the seed summary of the equal-budget training comparison."""
 
 import importlib.util
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_summary.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "training" / "train_summary.py"
 spec = importlib.util.spec_from_file_location("train_summary", SCRIPT)
 train_summary = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_summary)

@@ -45,7 +45,7 @@ constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // wavefront) round Wp up to a whole number of cache lines and start each row off = one cache line
 // into its slot, so that in an aligned workspace every row of every plane starts on a cache line
 // and the inner loop's loads, all but two (four with 5 coefficient planes, see coef_planes), do
-// not split lines (about 15% faster).
+// not split lines (a load that splits a line costs two).
 //
 // `resident`: the sample's coefficient and state planes (about 11) stay in the last-level cache
 // between passes of the wavefront (see Stepper); always true for the plane sweep.
@@ -70,9 +70,8 @@ Grid make_grid(int64_t H, int64_t W) {
 
 // n zero elements starting on a cache line. calloc hands out large blocks as fresh zero pages
 // without writing them again. The pages of a large block are asked to be huge ones: the kernel
-// clears every fresh page on its first touch, and with 4 KiB pages that (a fault per page) took
-// about three times as long as with 2 MiB ones where measured, longer than a 1024 x 1024
-// sample's first 16 steps.
+// clears every fresh page on its first touch, and with 4 KiB pages that costs a fault per page,
+// which for a large sample outweighs its first pass of steps.
 template <typename T>
 struct Workspace {
   void* raw;

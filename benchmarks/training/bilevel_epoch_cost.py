@@ -1,7 +1,7 @@
 """Seconds per training epoch of bi-level variants against a plain (fixed-label) epoch, side by
 side in one process on SIRST-v1 (or any dataset folder), one thread, after the warm-up.
 
-    python benchmarks/bilevel_epoch_cost.py ../shared/data/SIRST-v1 [--epochs 2]
+    python benchmarks/training/bilevel_epoch_cost.py ../shared/data/SIRST-v1 [--epochs 2]
 
 Each variant builds a fresh Trainer (seed 5, lr 1e-3, weight EMA 0.99, warm-up 0 so that the
 meta steps run from the first epoch, theta never stepped) and times ``--epochs`` epochs; an epoch

@@ -1,6 +1,6 @@
 """How ``d2d_ext.diffuse`` scales from 1 to 2 threads, per shape (markdown table).
 
-    python benchmarks/thread_scaling.py [--reps 15] [--threads 1,2] [--out FILE.md]
+    python benchmarks/ops/thread_scaling.py [--reps 15] [--threads 1,2] [--out FILE.md]
 
 Forward, and forward+backward (``diffuse`` then ``diffuse_backward``), 64 steps, float32, on the
 shapes where parallelism over samples alone falls short (one large frame) and on batches; the
@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table
+from md_table import command_line, emit  # noqa: E402
 
 import d2d_ext  # noqa: F401  (registers torch.ops.d2d)
 

@@ -1,6 +1,6 @@
 """Summarise the equal-budget training comparison over seeds (markdown, from train_modes.sh's output).
 
-    python benchmarks/train_summary.py RUNS/test_results.txt [MORE/test_results.txt ...]
+    python benchmarks/training/train_summary.py RUNS/test_results.txt [MORE/test_results.txt ...]
 
 Each line of a ``test_results.txt`` reads ``MODE [seed S] SECONDSs {"iou": ...}`` (a line without
 ``seed`` is seed 0); a later line for the same mode and seed replaces an earlier one. Prints every

@@ -1,6 +1,6 @@
 """Pseudo-mask quality of the annotator by split, point source and ablation (markdown table).
 
-    python benchmarks/annotation_quality.py [--dataset ROOT] [--out FILE.md]
+    python benchmarks/annotation/annotation_quality.py [--dataset ROOT] [--out FILE.md]
 
 Rows: the default annotator on the train split (where its settings were chosen), the test split
 (held out) and all images, with the human points (``centroid``) and the LESPS ``gen-centroid``
@@ -21,13 +21,15 @@ from pathlib import Path
 
 import torch
 
-from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table, workspace
+from md_table import command_line, emit  # noqa: E402
+from workspace import SHARED_DATA  # noqa: E402
 
 from d2d_ext.annotate import Annotator, DiffusionParams, config_from_dict
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics
 
-DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"
+DEFAULT_DATASET = SHARED_DATA / "SIRST-v1"
 
 
 def run(ds, ids, points, config=None, theta=None, seed=0):

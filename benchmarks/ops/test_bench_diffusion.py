@@ -1,7 +1,8 @@
 """d2d.diffuse against the plain-torch reference of the same formula, eager and torch.compile'd,
 side by side.
 
-Run: pytest benchmarks --benchmark-only   (or python benchmarks/report.py for the ratio table)
+Run: pytest benchmarks/ops --benchmark-only
+(or python benchmarks/ops/report.py for the ratio table)
 """
 
 import pytest

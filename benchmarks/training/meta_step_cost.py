@@ -1,6 +1,7 @@
 """The cost of a bi-level iteration by part, and of the two hypergradient forms, side by side.
 
-    python benchmarks/meta_step_cost.py [--threads 1] [--crop 128] [--batch 8] [--repeats 7]
+    python benchmarks/training/meta_step_cost.py [--threads 1] [--crop 128] [--batch 8]
+        [--repeats 7]
 
 The small U-Net on random crops: a plain training step (``batch`` crops), the bi-level inner step
 (training and validation crops in one forward pass), and the meta-classifier's step in its exact

@@ -1,7 +1,7 @@
 """Pseudo-mask quality of the annotator on every dataset, each reported apart (markdown table).
 
-    python benchmarks/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1] [--worst 3]
-        [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--against FILE.py]
+    python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
+        [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--against FILE.py]
         [--repeats N] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
@@ -39,7 +39,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table, workspace
+from md_table import command_line, emit  # noqa: E402
+from workspace import SHARED_DATA  # noqa: E402
 
 from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
@@ -48,7 +50,7 @@ from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics, match_targets
 from d2d_ext.synthetic import make_scene
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data"
+DEFAULT_DATA = SHARED_DATA
 CHUNK = 16
 
 
@@ -231,7 +233,7 @@ def main(argv=None) -> int:
               for name, method, r in results if method.startswith("ours") and r.stages]
     print("\n".join(worst))
     if args.out:
-        from d2d_ext.data import write_bytes_atomic
+        from d2d_ext.files import write_bytes_atomic
         write_bytes_atomic(args.out, (text + "\n".join(worst) + "\n").encode())
     return 0
 

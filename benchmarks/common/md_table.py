@@ -3,7 +3,7 @@
 import shlex
 import sys
 
-from d2d_ext.data import write_bytes_atomic
+from d2d_ext.files import write_bytes_atomic
 
 
 def command_line() -> str:

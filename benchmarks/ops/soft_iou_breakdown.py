@@ -1,6 +1,6 @@
 """Where the time of soft-IoU forward+backward goes, ours against the plain-torch reference.
 
-    python benchmarks/soft_iou_breakdown.py [--threads 2] [--only-autograd]
+    python benchmarks/ops/soft_iou_breakdown.py [--threads 2] [--only-autograd]
 
 Medians of 300 calls on the benchmark's input (16x1x256x256 float32): each of our two ops alone,
 ``torch.sigmoid`` on the same tensor (a part of the reference), forward+backward through

@@ -1,7 +1,7 @@
 """Calibration on a few masks, scored on images it never saw (markdown table).
 
-    python benchmarks/calibration_leaveout.py [--data DIR] [--masks 20] [--seed 0] [--margin M]
-        [--confidence C] [--dilate K] [--out FILE.md]
+    python benchmarks/annotation/calibration_leaveout.py [--data DIR] [--masks 20] [--seed 0]
+        [--margin M] [--confidence C] [--dilate K] [--out FILE.md]
 
 For every dataset under ``--data`` (default ``<workspace>/shared/data``; the BasicIRSTD / LESPS
 layout): ``d2d_ext.calibrate.calibrate`` fits its settings on ``--masks`` ground-truth masks of the
@@ -29,15 +29,18 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table, workspace
+from md_table import command_line, emit  # noqa: E402
+from workspace import SHARED_DATA  # noqa: E402
 
 from annotation_datasets import load_set, run, score  # the scoring loop of every dataset benchmark
 
 from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.calibrate import calibrate
-from d2d_ext.data import IRDataset, write_png_atomic
+from d2d_ext.data import IRDataset
+from d2d_ext.files import write_png_atomic
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data"
+DEFAULT_DATA = SHARED_DATA
 
 
 def held_out(ds: IRDataset, split: str, drawn: list) -> tuple:

@@ -4,7 +4,7 @@
 # (default 2.7 x EPOCHS: a bi-level epoch costs about 2.7 plain ones), two runs at a time on one
 # thread each; then each best checkpoint tested on the test split. Usage:
 #   [SEED=0] [MODES="bilevel full fixed naive"] [LR=5e-3] [EXTRA="--weight-ema 0.99"] [BILEVEL_EXTRA=...] \
-#     bash benchmarks/train_modes.sh [DATASET] [RUNS_DIR] [EPOCHS] [PLAIN_EPOCHS]
+#     bash benchmarks/training/train_modes.sh [DATASET] [RUNS_DIR] [EPOCHS] [PLAIN_EPOCHS]
 # (LR: the detector's peak learning rate, 5e-3 by default as in the first comparisons; EXTRA: more
 # `train` options, the same for every mode; BILEVEL_EXTRA: options for the bilevel run only; PY:
 # the Python to run, .venv/bin/python by default.) A cheaper bi-level iteration changes the cost
@@ -16,7 +16,7 @@
 # with PY set, e.g. PY="env PYTHONPATH=/path/to/copy /abs/.venv/bin/python" for a frozen copy of
 # the package that rebuilding cannot touch mid-run.
 # Each run's summed epoch seconds (its CPU budget) is printed with its test result and appended to
-# RUNS_DIR/test_results.txt; benchmarks/train_summary.py averages those files over seeds.
+# RUNS_DIR/test_results.txt; benchmarks/training/train_summary.py averages those files over seeds.
 set -euo pipefail
 DATA=${1:-../shared/data/SIRST-v1}
 RUNS=${2:-runs}

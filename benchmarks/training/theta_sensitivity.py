@@ -1,6 +1,7 @@
 """How far the online label update can move the pseudo-labels (markdown table).
 
-    python benchmarks/theta_sensitivity.py [--dataset ROOT] [--split train] [--run RUN ...] [--out FILE.md]
+    python benchmarks/training/theta_sensitivity.py [--dataset ROOT] [--split train] [--run RUN ...]
+        [--out FILE.md]
 
 The trainer's theta steps move the raw parameters of :class:`d2d_ext.annotate.DiffusionParams`,
 whose values are bounded (``center + spread * tanh(raw)``). Rows: the default theta; each
@@ -24,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table, workspace
+from md_table import command_line, emit  # noqa: E402
+from workspace import SHARED_DATA  # noqa: E402
 
 from d2d_ext.annotate import Annotator, DiffusionParams
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics
 
-DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"
+DEFAULT_DATASET = SHARED_DATA / "SIRST-v1"
 
 
 def label_sets(ann: Annotator, batches: list, variants: list) -> list:

@@ -1,7 +1,7 @@
 """Pseudo-mask quality by target size on synthetic scenes with extended targets (markdown table).
 
-    python benchmarks/annotation_scale.py [--scenes 60] [--size 512] [--max-area 3000] [--seed 0]
-        [--set NAME=VALUE ...] [--out FILE.md]
+    python benchmarks/annotation/annotation_scale.py [--scenes 60] [--size 512] [--max-area 3000]
+        [--seed 0] [--set NAME=VALUE ...] [--out FILE.md]
 
 SIRST-v1's targets are small (median 20 pixels, the largest 330), so it cannot show how the
 annotator handles the extended targets of IRSTD-1k-like data. This draws ``--scenes`` synthetic
@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table
+from md_table import command_line, emit  # noqa: E402
 
 from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.baselines import local_threshold_masks

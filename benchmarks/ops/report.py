@@ -1,6 +1,6 @@
 """Run the benchmarks side by side and print the speed-up table (markdown).
 
-    python benchmarks/report.py [--out FILE.md] [--json FILE.json] [-k EXPR]
+    python benchmarks/ops/report.py [--out FILE.md] [--json FILE.json] [-k EXPR]
 
 Each benchmark group holds our op, its plain-torch reference and that reference under
 torch.compile, measured in the same process one after the other; the table gives the medians and
@@ -15,8 +15,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
-from gpu_limits import peak_bandwidths, share_of_peak  # benchmarks/ (this script's folder)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: machine
+from gpu_limits import peak_bandwidths, share_of_peak  # noqa: E402  (benchmarks/ops/, this script's folder)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -54,7 +56,7 @@ def run_benchmarks(json_path, select):
     ]
     if select:
         cmd += ["-k", select]
-    # Run from the benchmarks folder so that the installed d2d_ext is imported, not the source.
+    # Run from this folder (benchmarks/ops/) so that the installed d2d_ext is imported, not the source.
     return subprocess.call(cmd, cwd=HERE)
 
 
@@ -108,7 +110,7 @@ def main(argv=None):
     parser.add_argument("--json", help="keep pytest-benchmark's JSON here")
     parser.add_argument("-k", dest="select", help="pytest -k expression to run a subset")
     args = parser.parse_args(argv)
-    # absolute: pytest runs in benchmarks/ (run_benchmarks) and writes the file from there
+    # absolute: pytest runs in benchmarks/ops/ (run_benchmarks) and writes the file from there
     json_path = os.path.abspath(args.json) if args.json else os.path.join(tempfile.mkdtemp(prefix="d2d-bench-"), "bench.json")
     code = run_benchmarks(json_path, args.select)
     if code != 0:

@@ -1,9 +1,9 @@
 """Every CUDA kernel once, on small inputs, for NVIDIA's compute-sanitizer (and checked against the
 CPU kernels, so a run also says whether the results held while it watched).
 
-    compute-sanitizer --tool memcheck  python3 benchmarks/gpu_sanitize.py
-    compute-sanitizer --tool racecheck python3 benchmarks/gpu_sanitize.py
-    compute-sanitizer --tool synccheck python3 benchmarks/gpu_sanitize.py
+    compute-sanitizer --tool memcheck  python3 benchmarks/ops/gpu_sanitize.py
+    compute-sanitizer --tool racecheck python3 benchmarks/ops/gpu_sanitize.py
+    compute-sanitizer --tool synccheck python3 benchmarks/ops/gpu_sanitize.py
 
 The cases cover each kernel path at a size a sanitized run finishes quickly: one tile and tiles
 with halos in both directions, several launches (more steps than one launch takes), the

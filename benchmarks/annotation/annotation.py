@@ -1,7 +1,7 @@
 """Pseudo-mask quality and speed of the annotator against its baselines, side by side.
 
-    python benchmarks/annotation.py [--dataset ROOT] [--split all] [--points centroid]
-                                    [--out FILE.md] [--particles 100,1000] [--seeds 3]
+    python benchmarks/annotation/annotation.py [--dataset ROOT] [--split all] [--points centroid]
+                                               [--out FILE.md] [--particles 100,1000] [--seeds 3]
 
 Methods, run one after the other in one process on the same loaded images and points:
 
@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import machine  # benchmarks/machine.py (this script's folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: machine, workspace
+import machine  # noqa: E402
+from workspace import SHARED_DATA  # noqa: E402
 
 from d2d_ext.annotate import Annotator, prepare_targets, soft_labels
 from d2d_ext.baselines import (
@@ -43,12 +45,13 @@ from d2d_ext.baselines import (
     point_masks,
     superpixel_masks,
 )
-from d2d_ext.data import IRDataset, write_bytes_atomic
+from d2d_ext.data import IRDataset
+from d2d_ext.files import write_bytes_atomic
 from d2d_ext.metrics import ISTDMetrics
 from d2d_ext.synthetic import make_scene, write_dataset
 
 CHUNK = 16
-DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"
+DEFAULT_DATASET = SHARED_DATA / "SIRST-v1"
 
 
 def cpu_summary() -> str:

@@ -1,6 +1,7 @@
 """Do a run's learned sample weights follow the quality of its pseudo-labels? (markdown table)
 
-    python benchmarks/alpha_label_quality.py RUN [RUN ...] [--dataset ROOT] [--bad 0.5] [--out FILE.md]
+    python benchmarks/training/alpha_label_quality.py RUN [RUN ...] [--dataset ROOT] [--bad 0.5]
+        [--out FILE.md]
 
 For each bi-level run folder: the weight of every training image from ``RUN/alpha.csv`` against
 the IoU of its initial pseudo-label (the default annotator, human ``centroid`` points) with its
@@ -21,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from md_table import command_line, emit  # benchmarks/md_table.py (this script's folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table, workspace
+from md_table import command_line, emit  # noqa: E402
+from workspace import SHARED_DATA  # noqa: E402
 
 from d2d_ext.annotate import Annotator
 from d2d_ext.data import IRDataset
 
-DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"
+DEFAULT_DATASET = SHARED_DATA / "SIRST-v1"
 
 
 def read_alpha(run: Path) -> tuple:

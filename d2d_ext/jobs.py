@@ -1,0 +1,173 @@
+"""Whole-dataset jobs behind ``d2d annotate`` and ``d2d evaluate``: annotate a split from its
+points into mask files (atomic, resumable), and score a folder of predicted masks against the
+ground truth."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import IRDataset
+from .files import DataError, read_gray, remove_stale_temps, write_bytes_atomic, write_png_atomic
+from .progress import Progress
+
+__all__ = ["MANIFEST", "annotate_dataset", "evaluate_dataset", "overlay_rgb", "soft_png"]
+
+MANIFEST = ".d2d-annotate.json"
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return mask & ~ndi.binary_erosion(mask, border_value=0)
+
+
+def overlay_rgb(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None) -> np.ndarray:
+    """``(H, W, 3)`` uint8: the image in grey, the pseudo-mask outline in red and, where given,
+    the ground-truth outline in green (yellow where they coincide)."""
+    grey = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    p = _outline(pred)
+    rgb[p] = (255, 0, 0)
+    if gt is not None:
+        g = _outline(gt)
+        rgb[g] = (0, 255, 0)
+        rgb[g & p] = (255, 255, 0)
+    return rgb
+
+
+def soft_png(field: np.ndarray) -> np.ndarray:
+    """``(H, W)`` soft label in [0, 1] -> ``(H, W)`` uint16 ``round(65535 y)`` (a 16-bit PNG)."""
+    return np.round(np.clip(field, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+def _claim(folder: Path, settings: dict) -> None:
+    """Record ``settings`` in ``folder``'s manifest, or check that the one there matches: a folder
+    filled with other settings is refused rather than mixed."""
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        try:
+            previous = json.loads(manifest.read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read {manifest}: {err}") from err
+        if previous != json.loads(json.dumps(settings)):
+            raise DataError(
+                f"{folder} holds files made with other settings ({manifest}); "
+                "use another folder or delete it"
+            )
+    else:
+        write_bytes_atomic(manifest, (json.dumps(settings, indent=1) + "\n").encode())
+
+
+def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int = 0,
+                     batch_images: int = 16, annotator=None, progress: bool = True, soft=None) -> dict:
+    """Annotate ``split`` of the dataset at ``root`` into ``out/<id>.png`` (0/255).
+
+    ``overlay``: also ``overlay/<id>.png`` (see :func:`overlay_rgb`). ``soft``: also
+    ``soft/<id>.png``, the image's soft label (the targets' fused fields, combined by maximum,
+    zero outside their field windows) as a 16-bit PNG ``round(65535 y)``, from the same diffusion
+    pass as the mask.
+
+    Resumes: an id is done when each of its requested files exists (every PNG is written
+    atomically, so an existing file is complete); an id that is not is annotated again and only its
+    missing files are written. ``.d2d-annotate.json`` in ``out`` (and in ``soft``) records the
+    settings; a folder made with other settings is refused rather than mixed. Returns the summary
+    dict (``images``, ``targets``, ``seconds``: annotation compute only, ``ms_per_target``,
+    ``skipped``, ``out``; ``soft`` when given).
+    """
+    from .annotate import Annotator
+
+    ds = IRDataset(root)
+    ids = ds.ids(split)
+    annotator = annotator or Annotator()
+    out = Path(out)
+    overlay = None if overlay is None else Path(overlay)
+    soft = None if soft is None else Path(soft)
+    if soft is not None and soft.resolve() in {out.resolve(), *([overlay.resolve()] if overlay else [])}:
+        raise DataError(f"--soft {soft} must be another folder than --out and --overlay (the files share names)")
+    settings = {
+        "dataset": ds.name, "split": split, "points": points, "seed": int(seed),
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(annotator.config).items()},
+        "theta": annotator.params.values(),
+    }
+    for folder in (out, soft):
+        if folder is not None:
+            _claim(folder, settings)
+    folders = [f for f in (overlay, soft, out) if f is not None]
+    for folder in folders:  # temporary files of a run killed mid-write
+        remove_stale_temps(folder)
+    todo = [i for i in ids if not all((f / f"{i}.png").is_file() for f in folders)]
+    bar = Progress(len(ids), "annotate") if progress else None
+    if bar:
+        bar.update(len(ids) - len(todo))
+    n_targets, seconds = 0, 0.0
+    if todo:  # one-time costs (first calls into torch, scipy, skimage) stay out of the timing
+        spot = np.zeros((24, 24), np.float32)
+        spot[11:13, 11:13] = 1.0
+        annotator.annotate([spot], [np.array([[11.5, 11.5]])])
+    for start in range(0, len(todo), batch_images):
+        chunk = todo[start:start + batch_images]
+        images = [ds.load_image(i) for i in chunk]
+        pts = [ds.points(i, points, seed=seed) for i in chunk]
+        t0 = time.perf_counter()
+        if soft is None:
+            masks, fields = annotator.annotate(images, pts), [None] * len(chunk)
+        else:  # one diffusion pass for both
+            masks, fields = annotator.masks_and_soft(annotator.prepare(images, pts))
+        seconds += time.perf_counter() - t0
+        n_targets += sum(len(p) for p in pts)
+        for i, image, mask, field in zip(chunk, images, masks, fields):
+            if overlay is not None and not (overlay / f"{i}.png").is_file():
+                gt = ds.load_mask(i) if ds.has_mask(i) else None
+                write_png_atomic(overlay / f"{i}.png", overlay_rgb(image, mask, gt))
+            if soft is not None and not (soft / f"{i}.png").is_file():
+                write_png_atomic(soft / f"{i}.png", soft_png(field))
+            if not (out / f"{i}.png").is_file():
+                write_png_atomic(out / f"{i}.png", mask.astype(np.uint8) * 255)
+            if bar:
+                bar.update()
+    if bar:
+        bar.close()
+    return {
+        "images": len(todo), "targets": n_targets, "seconds": round(seconds, 6),
+        "ms_per_target": round(1e3 * seconds / n_targets, 4) if n_targets else None,
+        "skipped": len(ids) - len(todo), "out": str(out), **({"soft": str(soft)} if soft is not None else {}),
+    }
+
+
+def evaluate_dataset(root, split: str, pred, progress: bool = True, threshold: float = 0.5,
+                     pd_match: str = "nearest") -> dict:
+    """IoU, nIoU, Pd (percent) and Fa (per 1e6 pixels) of ``pred/<id>.png`` against
+    ``root/masks/<id>.png`` over ``split``, at native resolution (see :mod:`d2d_ext.metrics`).
+
+    A prediction pixel is target where its value as a fraction of the PNG's full scale
+    (:func:`~d2d_ext.data.read_gray`: 8-bit ``v / 255``, 16-bit ``v / 65535``) is above
+    ``threshold``: at 0.5 an 8-bit pixel counts from 128 up. BasicIRSTD's ``evaluate.py`` applies
+    the same rule to its 8-bit PNGs (``v / 255 > threshold``). ``pd_match``: ``"nearest"`` or
+    ``"first"`` (BasicIRSTD's matching; see :class:`~d2d_ext.metrics.ISTDMetrics`).
+    """
+    from .metrics import ISTDMetrics
+
+    ds = IRDataset(root)
+    ids = ds.ids(split)
+    pred = Path(pred)
+    metrics = ISTDMetrics(threshold=threshold, pd_match=pd_match)
+    bar = Progress(len(ids), "evaluate") if progress else None
+    for i in ids:
+        path = pred / f"{i}.png"
+        if not path.is_file():
+            raise DataError(f"prediction not found: {path} (image id {i!r})")
+        p = read_gray(path)
+        gt = ds.load_mask(i)
+        if p.shape != gt.shape:
+            raise DataError(f"prediction {path} is {p.shape[1]}x{p.shape[0]} but the mask of {i!r} "
+                            f"is {gt.shape[1]}x{gt.shape[0]} (WxH)")
+        metrics.update(p, gt)
+        if bar:
+            bar.update()
+    if bar:
+        bar.close()
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.compute().items()}

@@ -1,0 +1,267 @@
+"""From a point to its strict component: the window search around the point (image only, numpy).
+
+The point moves to the brightest pixel of its 3x3 neighbourhood (the peak). Square windows of
+growing half-size (``config.half_sizes``) are tried around it; in each, the background ``bg`` and
+spread ``sd`` come from the window's outer band (median and 1.4826 x median absolute deviation),
+the threshold is ``bg + max(k_sigma * sd, f * (peak - bg))`` and the candidate is the 8-connected
+component of the peak above it, holes filled. The first window whose candidate does not reach the
+outer band is accepted (the *leak guard*: a component that touches the band has leaked into
+clutter); if none is, ``f`` rises by ``fraction_step`` and the windows are tried again. Sides of a
+window that lie on the image's edge have no band (a target cut by the edge has not leaked). An
+extended target puts the first windows' bands on its own hull, so the accepted window grows,
+through ``half_sizes`` and the wider ``wide_half_sizes``, while the next window's band lies more
+than ``settle_fraction`` of the amplitude below its own (or the peak did not clear its band): a
+larger window replaces it where its component is clear of its band, holds most of the smaller
+window's band and at least ``side_cover`` of each of its sides (a target surrounds its peak; a
+building or cloud beside the point lies on one side), reaches no image edge the smaller component
+did not (an edge has no band, so a component that runs off the image is unguarded), holds no other
+point of the image (that would merge two targets) and changes by at most 25% in the window after. A
+target wider than every window of ``half_sizes`` gets the wide ones when nothing else holds it,
+under the same two tests against the smallest window (a faint point on a cloud's rim is held by no
+small window, and the cloud must not stand in for it). Neither a grown window nor a wide one is
+taken where its component is mostly a plateau just above its threshold (less than half of it stays
+at a threshold ``plateau_step`` of the amplitude higher): a target's hull falls off gradually, a
+bright sky or cloud around the target ends in a step. The accepted window is then cut down to the
+smallest that holds the component (the background level stays the wide one's). This *strict
+component* never depends on ground truth: the window size comes from the image around the point.
+
+Everything here reads the image and the points only; the settings are an
+:class:`d2d_ext.annotate.AnnotatorConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .metrics import EIGHT_CONNECTED
+from .points import INSIDE_RULE, point_pixel, points_inside
+
+if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
+    from .annotate import AnnotatorConfig
+
+__all__ = ["Strict", "snap", "strict_component", "check_points", "window_box", "outer_band"]
+
+
+def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
+    """``(row, col)`` of the brightest pixel of ``image`` ``(H, W)`` within Chebyshev ``radius`` of
+    the pixel that holds point ``(x, y)`` (the target's peak)."""
+    H, W = image.shape
+    py, px = point_pixel(x, y, H, W)
+    if radius <= 0:
+        return py, px
+    y0, y1 = max(py - radius, 0), min(py + radius + 1, H)
+    x0, x1 = max(px - radius, 0), min(px + radius + 1, W)
+    flat = int(np.argmax(image[y0:y1, x0:x1]))
+    return y0 + flat // (x1 - x0), x0 + flat % (x1 - x0)
+
+
+def outer_band(box: tuple, width: int, H: int, W: int) -> np.ndarray:
+    """The outer band of window ``box`` (``(h, w)`` bool), on its sides inside the image only.
+
+    A side that lies on the image's edge has no background beyond it, and a target cut by the
+    edge has not leaked; if every side is on the edge, the whole border is the band.
+    """
+    y0, y1, x0, x1 = box
+    band = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    if y0 > 0:
+        band[:width] = True
+    if y1 < H:
+        band[-width:] = True
+    if x0 > 0:
+        band[:, :width] = True
+    if x1 < W:
+        band[:, -width:] = True
+    if not band.any():
+        band[:width] = band[-width:] = band[:, :width] = band[:, -width:] = True
+    return band
+
+
+def band_median(values: np.ndarray) -> float:
+    """``np.median`` of a small 1-d array, the same value without its per-call overhead (a target
+    tries several windows, each with two medians)."""
+    s = np.sort(values)
+    n = s.size
+    return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)
+
+
+def window_box(py: int, px: int, half: int, H: int, W: int) -> tuple:
+    return max(py - half, 0), min(py + half + 1, H), max(px - half, 0), min(px + half + 1, W)
+
+
+class Strict(NamedTuple):
+    """The leak-guarded threshold component of one target (see :func:`strict_component`)."""
+
+    box: tuple  # (y0, y1, x0, x1): the accepted window in the image
+    comp: np.ndarray  # (h, w) bool: the peak's component in that window, holes filled
+    bg: float  # background level (median of the accepted window's band)
+    peak: float  # the peak's intensity
+
+
+class _Window(NamedTuple):
+    """One window tried around a peak (see :func:`strict_component`)."""
+
+    box: tuple  # (y0, y1, x0, x1) in the image
+    bg: float  # median of its band
+    faint: bool  # the peak does not clear bg + k_sigma * sd
+    comp: np.ndarray | None  # the peak's component, None where it reaches the band (or is empty)
+    band: np.ndarray  # (h, w) bool, the outer band
+
+
+def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = ()) -> Strict:
+    """Leak-guarded threshold component of the peak at ``(py, px)`` (a :class:`Strict`).
+
+    The first window of ``half_sizes`` that holds a component is accepted, then grown through the
+    larger windows while its band still sits on the target's hull (see :class:`AnnotatorConfig`,
+    ``settle_fraction``); a larger window whose component holds one of ``others`` (the other
+    targets' peaks ``(row, col)`` in this image) would merge two targets and is not taken. If no
+    window of ``half_sizes`` holds a component at any fraction, the ``wide_half_sizes`` are tried
+    too; if none does, the component is the peak pixel.
+    """
+    H, W = image.shape
+    peak = float(image[py, px])
+    stats = {}
+
+    def larger(half: int) -> list:
+        """The configured half-sizes above ``half``, in the order they are tried."""
+        return [h for h in cfg.half_sizes + cfg.wide_half_sizes if h > half]
+
+    def window(half: int, f: float, sd_of: int | None = None) -> _Window:
+        """The window of half-size ``half`` at fraction ``f`` (the band spread of window
+        ``sd_of`` if given, else its own)."""
+        box = window_box(py, px, half, H, W)
+        win = image[box[0]:box[1], box[2]:box[3]]
+        band = outer_band(box, cfg.band, H, W)
+        if half not in stats:
+            ring = win[band]
+            bg = band_median(ring)
+            stats[half] = (bg, 1.4826 * band_median(np.abs(ring - bg)))
+        bg, sd = stats[half]
+        if sd_of is not None:
+            sd = stats[sd_of][1]
+        thr = bg + max(cfg.k_sigma * sd, f * (peak - bg))
+        faint = peak <= thr
+        if faint:  # faint target: the peak-relative part alone
+            thr = bg + f * (peak - bg)
+        labels, _ = ndi.label(win > thr, EIGHT_CONNECTED)
+        lab = labels[py - box[0], px - box[2]]
+        comp = labels == lab if lab else None
+        return _Window(box, bg, faint, None if comp is None or comp[band].any() else comp, band)
+
+    def covers(outer: _Window, inner: _Window) -> bool:
+        """Whether ``outer``'s component holds most of ``inner``'s band, and at least
+        ``side_cover`` of each of its sides: the band lay on the target's hull all around the
+        peak. A point beside a larger bright structure (a building, a cloud's edge) has that
+        structure on one or two sides only."""
+        oy, ox = inner.box[0] - outer.box[0], inner.box[2] - outer.box[2]
+        h, w = inner.band.shape
+        held = outer.comp[oy:oy + h, ox:ox + w]
+        b = cfg.band
+        sides = [(slice(None, b), slice(None)), (slice(h - b, None), slice(None)),
+                 (slice(None), slice(None, b)), (slice(None), slice(w - b, None))]
+        per = [held[s][inner.band[s]].mean() for s in sides if inner.band[s].any()]
+        return min(per) >= cfg.side_cover and held[inner.band].mean() >= 0.5
+
+    def touches_edge(win: _Window) -> tuple:
+        """The image edges (top, bottom, left, right) that ``win``'s component reaches."""
+        y0, y1, x0, x1 = win.box
+        c = win.comp
+        return (y0 == 0 and c[0].any(), y1 == H and c[-1].any(), x0 == 0 and c[:, 0].any(), x1 == W and c[:, -1].any())
+
+    def stable(half: int, f: float, cand: _Window) -> bool:
+        """Whether the next larger window finds about the same component (within 25%), with
+        ``cand``'s band spread: what is tested is the shift of the background level."""
+        up = larger(half)
+        if not up or window_box(py, px, up[0], H, W) == cand.box:
+            return True
+        nxt = window(up[0], f, sd_of=half)
+        return nxt.comp is not None and abs(int(nxt.comp.sum()) - int(cand.comp.sum())) <= 0.25 * cand.comp.sum()
+
+    def merges(cand: _Window) -> bool:
+        """Whether ``cand``'s component holds another target's peak."""
+        y0, y1, x0, x1 = cand.box
+        return any(y0 <= oy < y1 and x0 <= ox < x1 and cand.comp[oy - y0, ox - x0] for oy, ox in others)
+
+    def plateau(half: int, f: float, cand: _Window) -> bool:
+        """Whether ``cand``'s component is mostly a plateau just above its threshold: at a
+        threshold ``plateau_step`` of the amplitude higher, less than half of it stays. A target's
+        hull falls off gradually; a bright region the target sits in (a sky, a cloud) ends in a
+        step, and a window whose threshold drops below its level takes all of it."""
+        if cfg.plateau_step <= 0:
+            return False
+        higher = window(half, f + cfg.plateau_step)
+        return higher.comp is None or (higher.comp & cand.comp).sum() < 0.5 * cand.comp.sum()
+
+    def grow(half: int, f: float, found: _Window) -> _Window:
+        """Grow the accepted window while its band lies on the target's hull: the next band lies
+        well below it, or the peak did not clear it (a plateau), and a larger window's component
+        (clear of its own band, the peak clearing it, stable in the window after) holds most of it."""
+        for nxt in larger(half):
+            if window_box(py, px, nxt, H, W) == found.box:  # the image's edge stops the growth
+                break
+            cand = window(nxt, f)
+            settled = found.bg - cand.bg <= cfg.settle_fraction * (peak - cand.bg)
+            if settled and not found.faint:
+                break
+            if cand.comp is not None and plateau(nxt, f, cand):
+                continue
+            if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
+                    and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
+                    and stable(nxt, f, cand)):
+                found = cand
+        return found
+
+    def target_like(cand: _Window) -> bool:
+        """Whether a wide window's component can be the point's target although no smaller window
+        held a component: it surrounds the peak on every side (the smallest window's band) and
+        stays off the image's edges (a bright structure the point merely touches does neither)."""
+        return covers(cand, window(cfg.half_sizes[0], f)) and not any(touches_edge(cand))
+
+    tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
+    for wide, halves in ((False, cfg.half_sizes), (True, cfg.wide_half_sizes)):
+        for attempt in range(tries):
+            f = cfg.peak_fraction + attempt * cfg.fraction_step
+            for half in halves:
+                found = window(half, f)
+                if found.comp is not None and (not wide or (target_like(found) and not plateau(half, f, found))):
+                    if cfg.settle_fraction > 0:
+                        found = grow(half, f, found)
+                    box, comp = tighten(found.box, found.comp, py, px, cfg, H, W)
+                    return Strict(box, ndi.binary_fill_holes(comp), found.bg, peak)
+    box = window_box(py, px, cfg.half_sizes[0], H, W)
+    comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
+    comp[py - box[0], px - box[2]] = True
+    bg = stats[cfg.half_sizes[0]][0] if stats else peak
+    return Strict(box, comp, bg, peak)
+
+
+def tighten(box: tuple, comp: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, H: int, W: int) -> tuple:
+    """The smallest window of the configured sizes, no larger than ``box``, that holds ``comp``
+    clear of its band: ``(box, comp cropped to it)``. A window grown for its background level
+    then does not widen the field window (and the bright region's reach) beyond the target."""
+    ys, xs = np.nonzero(comp)
+    reach = max(py - box[0] - ys.min(), ys.max() + box[0] - py, px - box[2] - xs.min(), xs.max() + box[2] - px)
+    for half in sorted(cfg.half_sizes + cfg.wide_half_sizes):
+        inner = window_box(py, px, half, H, W)
+        if half >= reach + cfg.band + 1 or inner == box:
+            if inner[1] - inner[0] > box[1] - box[0] or inner[3] - inner[2] > box[3] - box[2]:
+                break
+            y0, x0 = inner[0] - box[0], inner[2] - box[2]
+            return inner, comp[y0:y0 + inner[1] - inner[0], x0:x0 + inner[3] - inner[2]]
+    return box, comp
+
+
+def check_points(points: np.ndarray, shape: tuple, index: int) -> np.ndarray:
+    """``(K, 2)`` float64 points of image ``index``, each inside it by the dataset's rule (a
+    point :func:`point_pixel` would have to clamp is refused, not moved)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
+    H, W = shape
+    bad = ~points_inside(pts, shape)
+    if bad.any():
+        x, y = pts[int(np.flatnonzero(bad)[0])]
+        raise ValueError(f"annotate: point (x={x:g}, y={y:g}) of image {index} lies outside the {W}x{H} image "
+                         f"({INSIDE_RULE.format(w=W, h=H)})")
+    return pts
