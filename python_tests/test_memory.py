@@ -74,8 +74,7 @@ def test_checkpointed_backward_peak_memory_cpu(tmp_path):
 
 def test_u0_only_backward_keeps_no_state_cpu(tmp_path):
     # The same problem with the rates fixed: the backward is the adjoint chain alone, ten planes
-    # per thread (2.6 MiB) beside the gradient, where the checkpointed one needs 21 MiB per thread
-    # (the process grew by 3 MiB here and by 52 MiB with the rates' gradient, where measured).
+    # per thread (2.6 MiB) beside the gradient, where the checkpointed one needs 21 MiB per thread.
     result = _measure(tmp_path, rates_grad=False)
     assert result["finite"] and result["grad_shapes"] == [[16, 256, 256]]
     growth_mib = result["growth"] / 2**20

@@ -35,8 +35,8 @@ CONFIG_IDS = [f"{n}-{'ds' if k else 'single'}" for n, _, k in CONFIGS]
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Run this module on one intra-op thread, restored afterwards: the networks are tiny here, and
-    on a 2-core machine shared with other work, two threads spin against each other (measured:
-    about 6 s for the module with one thread, 45 s with two while another process held a core)."""
+    on a 2-core machine shared with other work, two threads spin against each other and the module
+    runs several times slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
