@@ -237,7 +237,7 @@ def parse_settings(items) -> dict:
 def _point_source(value: str) -> str:
     """argparse ``type`` of ``--points``: checked before any file is written (a misspelt source
     found later would leave a folder claimed with it)."""
-    from .bilevel.config import point_source
+    from .points import point_source
 
     return _argparse_type(point_source)(value)
 

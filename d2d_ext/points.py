@@ -31,6 +31,7 @@ __all__ = [
     "coarse_points",
     "read_points_csv",
     "valid_point_source",
+    "point_source",
     "points_inside",
     "point_pixel",
 ]
@@ -252,6 +253,14 @@ def valid_point_source(source: str) -> bool:
     source = str(source)
     fixed = [s for s in POINT_SOURCES if not s.endswith(":FILE")]
     return source in fixed or (source.startswith("csv:") and len(source) > len("csv:"))
+
+
+def point_source(text: str) -> str:
+    """``text`` if it names a point source (:func:`valid_point_source`), else ``ValueError`` listing
+    the valid ones: the command line checks it before any file is written."""
+    if not valid_point_source(text):
+        raise ValueError(f"invalid point source {text!r} (choose from {', '.join(POINT_SOURCES)})")
+    return text
 
 
 #: What :func:`points_inside` accepts, for error messages (``.format(w=W, h=H)``).

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..models import MODEL_NAMES
-from ..points import POINT_SOURCES, valid_point_source
+from ..points import POINT_SOURCES, point_source, valid_point_source
 
 MODES = ("bilevel", "full", "naive", "fixed")
 META_LOSSES = ("per-sample", "pooled")
@@ -42,14 +42,6 @@ def unit_fraction(text: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise ValueError(f"{text} is not in [0, 1]")
     return number
-
-
-def point_source(text: str) -> str:
-    """``text`` if it names a point source of :meth:`~d2d_ext.data.IRDataset.points`
-    (``ValueError`` otherwise): checked before any file is written."""
-    if not valid_point_source(text):
-        raise ValueError(f"invalid point source {text!r} (choose from {', '.join(POINT_SOURCES)})")
-    return text
 
 
 def _setting(default, help: str, **spec):
