@@ -204,6 +204,11 @@ class TargetBatch:
             entropy=self.entropy.to(dtype), superpixel=self.superpixel.to(dtype))
 
 
+# The smallest amplitude (peak - background) a target's contrast is divided by, as a fraction of its
+# image's range (a point on a flat background would otherwise divide by zero).
+AMPLITUDE_FLOOR = 1e-3
+
+
 class _Target(NamedTuple):
     """One target's image-only data before the batch's crops are laid out."""
 
@@ -222,9 +227,10 @@ class _Target(NamedTuple):
 
 
 def _prepare_target(image: np.ndarray, b: int, py: int, px: int, others: list, cfg: AnnotatorConfig,
-                    seconds: dict) -> _Target:
+                    seconds: dict, span: float) -> _Target:
     """Steps 1, 2's features and 4 for the peak ``(py, px)`` of ``image`` (index ``b`` of the
-    batch; ``others``: the image's other peaks); adds each stage's time to ``seconds``."""
+    batch; ``others``: the image's other peaks; ``span``: its maximum minus its minimum); adds
+    each stage's time to ``seconds``."""
     H, W = image.shape
     t0 = time.perf_counter()
     strict = strict_component(image, py, px, cfg, others)
@@ -238,7 +244,10 @@ def _prepare_target(image: np.ndarray, b: int, py: int, px: int, others: list, c
     fbox = window_box(py, px, half, H, W)
     t1 = time.perf_counter()
     win = image[fbox[0]:fbox[1], fbox[2]:fbox[3]].astype(np.float64)
-    contrast = (win - strict.bg) / max(strict.peak - strict.bg, 1e-3)
+    # The amplitude's floor (a point on a flat background) is a fraction of the image's own range,
+    # so that no setting depends on the sensor's gain and offset: a 16-bit frame whose values span
+    # a few hundred counts gives the masks of the same frame stretched to [0, 1].
+    contrast = (win - strict.bg) / max(strict.peak - strict.bg, AMPLITUDE_FLOOR * span)
     gy, gx = np.gradient(contrast) if min(win.shape) > 1 else (np.zeros_like(win), np.zeros_like(win))
     entropy = local_entropy(win)
     t2 = time.perf_counter()
@@ -275,8 +284,9 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         image = image.astype(np.float32, copy=False)
         shapes.append(tuple(image.shape))
         peaks = [snap(image, x, y, cfg.snap_radius) for x, y in check_points(pts, image.shape, b)]
+        span = max(float(image.max()) - float(image.min()), 1e-12) if peaks else 1.0
         for py, px in peaks:
-            rows.append(_prepare_target(image, b, py, px, [q for q in peaks if q != (py, px)], cfg, seconds))
+            rows.append(_prepare_target(image, b, py, px, [q for q in peaks if q != (py, px)], cfg, seconds, span))
     return _lay_out(rows, shapes, cfg, seconds)
 
 

@@ -87,6 +87,20 @@ def test_point_outside_the_image_raises_naming_it():
         Annotator().annotate([np.zeros((2, 3, 4))], [np.zeros((0, 2))])
 
 
+@pytest.mark.parametrize("offset, gain", [(0.1, 0.002), (0.5, 0.0005)])
+def test_masks_do_not_depend_on_the_sensors_gain_and_offset(offset, gain):
+    """A frame whose values span a few hundred counts of a 16-bit range (``offset + gain * I``)
+    gets the masks of the same frame stretched to [0, 1]: no setting is an absolute intensity
+    (float32 rounding of the mapped values may move a tie, hence the 1% allowance; an absolute
+    amplitude floor of 1e-3 changed 15 to 19% of these pixels)."""
+    scenes = _scenes(12, seed=3)
+    ann = Annotator()
+    base = ann.annotate([s.image for s in scenes], [s.points for s in scenes])
+    mapped = ann.annotate([np.float32(offset + gain * s.image) for s in scenes], [s.points for s in scenes])
+    differing = sum(int((a != b).sum()) for a, b in zip(mapped, base))
+    assert differing <= 0.01 * sum(int(m.sum()) for m in base), differing
+
+
 def test_result_does_not_depend_on_the_batch():
     scenes = _scenes(6)
     ann = Annotator()
