@@ -2,7 +2,7 @@
 
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--against FILE.py]
-        [--repeats N] [--out FILE.md]
+        [--repeats N] [--map OFFSET,GAIN] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -22,7 +22,11 @@ each target's glow, to see what a change costs them. ``--against FILE.py`` adds 
 version of the annotator (its ``annotate.py``, e.g. ``git show REV:d2d_ext/annotate.py >
 FILE.py``), run in the same process, its passes interleaved with ours: run-to-run timing noise on
 a shared machine is larger than many changes. ``--repeats N`` times each method N times and
-keeps the fastest pass (quality is the same every time).
+keeps the fastest pass (quality is the same every time). ``--map OFFSET,GAIN`` annotates every
+image as ``OFFSET + GAIN * I`` (float32): a stand-in for a sensor whose frames span a few hundred
+counts of a 16-bit range, to see that nothing depends on an absolute intensity. (An ``annotate.py``
+of a commit before the package's modules moved imports names that no longer exist: ``--against``
+runs versions of the current layout.)
 """
 
 from __future__ import annotations
@@ -203,6 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--against", action="append", default=[], metavar="FILE.py",
                     help="also run the annotator of this annotate.py (another version), interleaved with ours")
     ap.add_argument("--repeats", type=int, default=1, help="timed passes per method and set; the fastest is kept")
+    ap.add_argument("--map", metavar="OFFSET,GAIN", help="annotate OFFSET + GAIN * image instead of the image")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -216,6 +221,10 @@ def main(argv=None) -> int:
     else:
         print(f"no datasets: {args.data} is not a folder; synthetic scenes only", file=sys.stderr)
     sets += synthetic_sets([int(s) for s in args.synthetic_seeds.split(",") if s.strip()])
+    if args.map:
+        offset, gain = (float(v) for v in args.map.split(","))
+        for s in sets:
+            s.images = [np.float32(offset + gain * im) for im in s.images]
     if args.dilate > 0:
         for s in sets:
             s.masks = [ndimage.binary_dilation(m, np.ones((3, 3), bool), iterations=args.dilate) for m in s.masks]
@@ -224,6 +233,7 @@ def main(argv=None) -> int:
     header = ["set", "method", "IoU", "nIoU", "Pd", "Fa (1e-6)", "precision", "recall", "worst image's Fa px", "ms/target"]
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
+    grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{n} {i}" for n, i in r.worst)
