@@ -28,9 +28,10 @@ from .files import DataError, image_size, read_gray
 from .points import PointLabels
 
 # Reading and writing files (d2d_ext.files) and point labels (d2d_ext.points) have modules of
-# their own; the names users know from here stay importable from here.
+# their own; the names users (and earlier versions of annotate.py) know from here stay importable
+# from here.
 from .files import remove_stale_temps, write_bytes_atomic, write_png_atomic  # noqa: F401
-from .points import POINT_SOURCES, connected_points, label_targets, points_inside, valid_point_source  # noqa: F401
+from .points import INSIDE_RULE, POINT_SOURCES, connected_points, label_targets, points_inside, valid_point_source  # noqa: F401
 
 __all__ = [
     "DataError",

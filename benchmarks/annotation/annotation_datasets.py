@@ -24,9 +24,7 @@ FILE.py``), run in the same process, its passes interleaved with ours: run-to-ru
 a shared machine is larger than many changes. ``--repeats N`` times each method N times and
 keeps the fastest pass (quality is the same every time). ``--map OFFSET,GAIN`` annotates every
 image as ``OFFSET + GAIN * I`` (float32): a stand-in for a sensor whose frames span a few hundred
-counts of a 16-bit range, to see that nothing depends on an absolute intensity. (An ``annotate.py``
-of a commit before the package's modules moved imports names that no longer exist: ``--against``
-runs versions of the current layout.)
+counts of a 16-bit range, to see that nothing depends on an absolute intensity.
 """
 
 from __future__ import annotations
