@@ -371,6 +371,37 @@ struct Launcher {
   }
 };
 
+// The adjoint's running gradient, from the op's incoming gradient down to u0's: it ping-pongs
+// between two tensors of its own, so that the last one is returned without a copy.
+template <typename T>
+struct AdjointChain {
+  at::Tensor planes[2];
+  T* buf[2];
+  const T* cur;
+  int which = 0;  // the plane written next
+
+  AdjointChain(const at::Tensor& grad, const at::Tensor& like)
+      : planes{at::empty(like.sizes(), like.options()), at::empty(like.sizes(), like.options())},
+        buf{planes[0].data_ptr<T>(), planes[1].data_ptr<T>()},
+        cur(grad.data_ptr<T>()) {}
+
+  // Adjoint steps len .. 1 of a stretch whose forward states u^s lie at states + s * NHW
+  // (nullptr: u0's gradient alone, no states), in launches of at most steps_per_launch steps.
+  void run(Launcher<T>& L, int64_t len, const T* states, int64_t NHW, T* grad_rates) {
+    for (int64_t hi = len; hi > 0;) {
+      const int64_t lo = std::max<int64_t>(0, hi - L.g.steps_per_launch);
+      L.launch_adjoint(cur, states == nullptr ? nullptr : states + lo * NHW, buf[which],
+                       grad_rates, static_cast<int>(hi - lo));
+      cur = buf[which];
+      which ^= 1;
+      hi = lo;
+    }
+  }
+
+  // The gradient after the last run (at least one step run).
+  at::Tensor result() const { return planes[cur == buf[0] ? 0 : 1]; }
+};
+
 at::Tensor diffuse_cuda(const at::Tensor& u0_in, const at::Tensor& rates_in, double tau,
                         int64_t steps) {
   check_diffuse_args(u0_in, rates_in, tau, steps);
@@ -417,19 +448,9 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cuda(const at::Tensor& grad_
     AT_DISPATCH_FLOATING_TYPES(u0.scalar_type(), "d2d_diffuse_backward_cuda", [&] {
       using T = scalar_t;
       Launcher<T> L(rates, steps, tau);
-      const at::Tensor gplanes[2] = {at::empty(u0.sizes(), u0.options()),
-                                     at::empty(u0.sizes(), u0.options())};
-      T* gbuf[2] = {gplanes[0].data_ptr<T>(), gplanes[1].data_ptr<T>()};
-      const T* g_cur = grad.data_ptr<T>();
-      int which = 0;
-      for (int64_t hi = steps; hi > 0;) {
-        const int64_t lo = std::max<int64_t>(0, hi - L.g.steps_per_launch);
-        L.launch_adjoint(g_cur, nullptr, gbuf[which], nullptr, static_cast<int>(hi - lo));
-        g_cur = gbuf[which];
-        which ^= 1;
-        hi = lo;
-      }
-      grad_u0 = gplanes[g_cur == gbuf[0] ? 0 : 1];
+      AdjointChain<T> chain(grad, u0);
+      chain.run(L, steps, nullptr, 0, nullptr);
+      grad_u0 = chain.result();
     });
     return {grad_u0, grad_rates};
   }
@@ -442,15 +463,13 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cuda(const at::Tensor& grad_
     const SegmentPlan plan =
         plan_segments(steps, NHW * static_cast<int64_t>(sizeof(T)), kCudaStateBudgetBytes);
     // Work planes: 2 forward scratch, (num_segments - 1) checkpoints u^{j * len}, j >= 1, and
-    // segment_len segment states; the adjoint ping-pongs between two tensors of its own, one of
-    // which is returned (no copy, and the work planes are freed on return).
+    // segment_len segment states (freed on return; the chain's planes are its own).
     const int64_t n_ckpt = plan.num_segments - 1;
     at::Tensor work = at::empty({2 + n_ckpt + plan.segment_len, NHW}, u0.options());
-    const at::Tensor gplanes[2] = {at::empty(u0.sizes(), u0.options()), at::empty(u0.sizes(), u0.options())};
+    AdjointChain<T> chain(grad, u0);
     T* w = work.data_ptr<T>();
     T* scratch0 = w;
     T* scratch1 = w + NHW;
-    T* gbuf[2] = {gplanes[0].data_ptr<T>(), gplanes[1].data_ptr<T>()};
     T* ckpt = w + 2 * NHW;                // ckpt + (j - 1) * NHW holds u^{j * len}
     T* seg = ckpt + n_ckpt * NHW;         // seg + m * NHW holds u^{j * len + m}
     const T* u0p = u0.data_ptr<T>();
@@ -458,8 +477,6 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cuda(const at::Tensor& grad_
       L.forward(u0p, nullptr, n_ckpt * plan.segment_len, ckpt, plan.segment_len, 0, steps, scratch0,
                 scratch1);
     }
-    const T* g_cur = grad.data_ptr<T>();
-    int which = 0;
     T* grp = grad_rates.data_ptr<T>();
     for (int64_t j = plan.num_segments - 1; j >= 0; --j) {
       const int64_t base = j * plan.segment_len;
@@ -469,17 +486,10 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cuda(const at::Tensor& grad_
                                      L.stream));
       // Recompute u^{base + 1 .. base + len - 1} into seg[1 ..].
       if (len > 1) L.forward(seg, nullptr, len - 1, seg + NHW, 1, 0, len, scratch0, scratch1);
-      // Adjoint steps from the segment's end down to its start, in launches of steps_per_launch.
-      for (int64_t hi = len; hi > 0;) {
-        const int64_t lo = std::max<int64_t>(0, hi - L.g.steps_per_launch);
-        T* g_next = gbuf[which];
-        L.launch_adjoint(g_cur, seg + lo * NHW, g_next, grp, static_cast<int>(hi - lo));
-        g_cur = g_next;
-        which ^= 1;
-        hi = lo;
-      }
+      // Adjoint steps from the segment's end down to its start.
+      chain.run(L, len, seg, NHW, grp);
     }
-    grad_u0 = gplanes[g_cur == gbuf[0] ? 0 : 1];
+    grad_u0 = chain.result();
   });
   return {u0_result(grad_u0), grad_rates};
 }
