@@ -17,8 +17,12 @@ struct SegmentPlan {
   int64_t num_segments;
 };
 
-// Per-thread budget of the CPU path for keeping every state of a sample.
-constexpr int64_t kCpuStateBudgetBytes = int64_t(64) << 20;
+// Per-thread budget of the CPU path for keeping every state of a sample. States the backward
+// writes and then reads back should stay in the thread's share of the last-level cache: beyond
+// that they stream from memory, and one extra forward (the checkpoint pass, compute-bound) costs
+// less than that traffic (a 256x256 sample's 64 states, 17 MB, run slower kept than recomputed
+// in segments of 8).
+constexpr int64_t kCpuStateBudgetBytes = int64_t(8) << 20;
 // Budget of the CUDA path for keeping every state of the whole batch (the CUDA emulator lowers it,
 // so that small problems take the checkpointed path).
 #ifndef D2D_CUDA_STATE_BUDGET_BYTES

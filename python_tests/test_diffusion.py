@@ -323,7 +323,7 @@ def test_autograd_through_wrapper():
     torch.testing.assert_close(gr3, ref_r, rtol=1e-12, atol=1e-13)
 
 
-# Checkpointed cases on the CPU: steps * (H+2)(W+2) * 8 bytes > 64 MiB per sample, so the backward
+# Checkpointed cases on the CPU: steps * (H+2)(W+2) * 8 bytes > 8 MiB per sample, so the backward
 # uses segments of ceil(sqrt(steps)) steps:
 #   (2, 300, 300), 130 steps: 130 * 302^2 * 8 = 94.9 MB; segments of 12, the last one of 10.
 #   (1, 300, 300), 111 steps: 81 MB; 11 segments of 11 and a last one of a single step.
@@ -336,7 +336,7 @@ CHECKPOINTED = [((2, 300, 300), 130), ((1, 300, 300), 111), ((1, 200, 200), 225)
 @pytest.mark.parametrize("size,steps", CHECKPOINTED, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
 def test_checkpointed_backward_matches_reference(size, steps):
     H, W = size[1:]
-    assert steps * (H + 2) * (W + 2) * 8 > 64 * 2**20  # really over the budget
+    assert steps * (H + 2) * (W + 2) * 8 > 8 * 2**20  # really over the budget
     g = make_generator(22)
     tau = 0.9
     u0, rates = random_problem(*size, tau=tau, generator=g)
@@ -430,13 +430,15 @@ def test_opcheck_diffuse_backward(steps):
 # strips of columns. Every pixel gets the same arithmetic whichever band and strip compute it, so
 # the results must be the same bits for every thread count (1 thread: the whole sample on one).
 #   (1, 300, 1203) float32, 37 steps: over 8 MiB of planes, so passes of 16 steps (16, 16, 5) over
-#     2 strips (the second ends 3 columns into a vector); the backward keeps every state of its
-#     single segment, copying the tiles' own columns out of their halo.
+#     2 strips (the second ends 3 columns into a vector); the backward keeps the states of each
+#     segment (of 7 steps: 37 states are over the 8 MiB budget), copying the tiles' own columns out
+#     of their halo.
 #   (1, 140, 700) float64, 20 steps: passes of 16 and 4 over 2 strips, up to 4 bands of 35 rows.
-#   (1, 256, 250) float32, 20 steps: stays in cache: passes of 3 steps over whole rows.
+#   (1, 256, 250) float32, 20 steps: stays in cache: passes of 3 steps over whole rows; the
+#     backward keeps its 20 states (about 5.6 MB) in a single segment.
 #   (2, 300, 500) float32, 9 steps: two samples, banded at 3 and 4 threads.
 #   (1, 80, 2500) float32, 90 steps: checkpointed backward (90 * 82 * 2512 * 4 bytes = 74 MB over
-#     the 64 MiB budget: segments of 10 steps), its passes still over 2 strips.
+#     the 8 MiB budget: segments of 10 steps), its passes still over 2 strips.
 #   (1, 520, 1100) float64, 30 steps: checkpointed backward (segments of 6 steps over whole rows),
 #     forward passes over 2 strips.
 THREAD_COUNTS = [1, 2, 3, 4]

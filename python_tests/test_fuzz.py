@@ -599,7 +599,7 @@ def test_nonfinite_sample_does_not_leak_into_next_sample_gradient(where):
         rates[0, :, 0, 3] = NAN
     else:
         grad[0, 0, 3] = NAN
-    steps = 300_000  # > 64 MiB / state bytes: the checkpointed (multi-segment) plan, ~0.05 s
+    steps = 300_000  # > 8 MiB / state bytes: the checkpointed (multi-segment) plan, ~0.05 s
     gu, gr = OPS.diffuse_backward.default(grad, u0, rates, 0.5, steps)
     gu1, gr1 = OPS.diffuse_backward.default(grad[1:], u0[1:], rates[1:], 0.5, steps)
     assert gu1.isfinite().all() and gr1.isfinite().all()  # sample 1 alone is fine
