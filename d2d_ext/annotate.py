@@ -42,6 +42,10 @@ ground-truth mask. For each point:
    the strict component united with that part, and the targets of one image are united into its
    mask.
 
+So a mask reads the fused field only where its bright region leaks (a few percent of real targets);
+:meth:`Annotator.annotate`, which returns masks only, computes steps 3 to 5 (and the entropy) for
+those targets alone. Soft labels, and the trainer's label updates, need every target's field.
+
 Typical use::
 
     annotator = Annotator()
@@ -74,6 +78,8 @@ __all__ = [
     "target_rates",
     "soft_labels",
     "binarize_targets",
+    "leaking_targets",
+    "superpixel_prior",
     "paste_masks",
     "crop_maps",
     "fuse_prior",
@@ -178,6 +184,9 @@ class TargetBatch:
     strict: np.ndarray  # (T, S, S) bool: the leak-guarded threshold component
     ring: np.ndarray  # (T, S, S) bool: the field window's outer band (leak guard of the grown component)
     seconds: dict = field(default_factory=dict)  # time per stage
+    # (T,) bool: the targets whose heat field can be computed (their entropy and superpixel prior
+    # are filled in); None: every target. See prepare_targets(lazy=True).
+    ready: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.image_index.shape[0])
@@ -195,7 +204,7 @@ class TargetBatch:
             self, image_index=self.image_index[sel], steps=self.steps[sel], origin=self.origin[sel] + (c - r),
             peak=self.peak[sel] - (c - r), half=self.half[sel], contrast=self.contrast[tcut], grad=self.grad[tcut],
             entropy=self.entropy[tcut], inside=self.inside[tcut], superpixel=self.superpixel[tcut],
-            strict=self.strict[cut], ring=self.ring[cut])
+            strict=self.strict[cut], ring=self.ring[cut], ready=None if self.ready is None else self.ready[sel])
 
     def to(self, dtype: torch.dtype) -> "TargetBatch":
         """A copy whose float tensors have ``dtype`` (float64 for gradient checks)."""
@@ -220,16 +229,14 @@ class _Target(NamedTuple):
     half: int  # field window half-size
     contrast: np.ndarray  # (h, w) over the field window: I' = (I - bg) / (peak - bg)
     grad: np.ndarray  # (h, w) over the field window: |grad I'|
-    entropy: np.ndarray  # (h, w) over the field window: 5x5 local entropy (bits)
-    superpixel: np.ndarray  # (h', w') bool over the strict window: the peak's SLIC segment
     comp: np.ndarray  # (h', w') bool over the strict window: the strict component
     steps: int  # diffusion steps
 
 
 def _prepare_target(image: np.ndarray, b: int, py: int, px: int, others: list, cfg: AnnotatorConfig,
                     seconds: dict, span: float) -> _Target:
-    """Steps 1, 2's features and 4 for the peak ``(py, px)`` of ``image`` (index ``b`` of the
-    batch; ``others``: the image's other peaks; ``span``: its maximum minus its minimum); adds
+    """Step 1 and the contrast of step 2 for the peak ``(py, px)`` of ``image`` (index ``b`` of
+    the batch; ``others``: the image's other peaks; ``span``: its maximum minus its minimum); adds
     each stage's time to ``seconds``."""
     H, W = image.shape
     t0 = time.perf_counter()
@@ -249,45 +256,73 @@ def _prepare_target(image: np.ndarray, b: int, py: int, px: int, others: list, c
     # a few hundred counts gives the masks of the same frame stretched to [0, 1].
     contrast = (win - strict.bg) / max(strict.peak - strict.bg, AMPLITUDE_FLOOR * span)
     gy, gx = np.gradient(contrast) if min(win.shape) > 1 else (np.zeros_like(win), np.zeros_like(win))
-    entropy = local_entropy(win)
-    t2 = time.perf_counter()
-    # the superpixel prior of the accepted window (the region the point's statistics came from)
-    swin = image[box[0]:box[1], box[2]:box[3]]
-    seg = slic(swin, n_segments=cfg.slic_segments, compactness=cfg.slic_compactness,
-               channel_axis=None, start_label=0, enforce_connectivity=True)
-    sp = seg == seg[py - box[0], px - box[2]]
-    t3 = time.perf_counter()
-    for stage, t in (("window", t1 - t0), ("features", t2 - t1), ("superpixel", t3 - t2)):
-        seconds[stage] += t
+    seconds["window"] += t1 - t0
+    seconds["features"] += time.perf_counter() - t1
     return _Target(image=b, fbox=fbox, box=box, py=py, px=px, half=half, contrast=contrast,
-                   grad=np.hypot(gy, gx), entropy=entropy, superpixel=sp, comp=strict.comp,
-                   steps=target_steps(extent, cfg))
+                   grad=np.hypot(gy, gx), comp=strict.comp, steps=target_steps(extent, cfg))
 
 
-def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], config: AnnotatorConfig | None = None) -> TargetBatch:
+def superpixel_prior(image: np.ndarray, box: tuple, py: int, px: int, cfg: AnnotatorConfig) -> np.ndarray:
+    """Step 4: the SLIC segment of the peak ``(py, px)`` in the accepted window ``box`` (the
+    region the point's statistics came from), ``(h', w')`` bool over that window."""
+    seg = slic(image[box[0]:box[1], box[2]:box[3]], n_segments=cfg.slic_segments, compactness=cfg.slic_compactness,
+               channel_axis=None, start_label=0, enforce_connectivity=True)
+    return seg == seg[py - box[0], px - box[2]]
+
+
+def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], config: AnnotatorConfig | None = None,
+                    lazy: bool = False) -> TargetBatch:
     """Image-only work for every target of a batch of images (steps 1, 2's features and 4).
 
     Args:
         images: ``B`` arrays ``(H_b, W_b)``, float in [0, 1].
         points: ``B`` arrays ``(K_b, 2)`` of ``(x, y)`` pixel coordinates (``K_b`` may be 0).
+        lazy: only the targets whose mask reads their fused field (those whose bright region
+            leaks, see :func:`binarize_targets`) get the field's inputs (local entropy and
+            superpixel prior); ``batch.ready`` marks them. Enough for masks at ``config``'s
+            binarisation settings, which are then those of the eager batch; not for soft labels.
     """
     cfg = config or AnnotatorConfig()
     if len(images) != len(points):
         raise ValueError(f"annotate: {len(images)} images but {len(points)} point arrays")
     rows = []
     seconds = {"window": 0.0, "features": 0.0, "superpixel": 0.0}
-    shapes = []
+    shapes, arrays = [], []
     for b, (image, pts) in enumerate(zip(images, points)):
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"annotate: image {b} must have shape (H, W), got {image.shape}")
         image = image.astype(np.float32, copy=False)
         shapes.append(tuple(image.shape))
+        arrays.append(image)
         peaks = [snap(image, x, y, cfg.snap_radius) for x, y in check_points(pts, image.shape, b)]
         span = max(float(image.max()) - float(image.min()), 1e-12) if peaks else 1.0
         for py, px in peaks:
             rows.append(_prepare_target(image, b, py, px, [q for q in peaks if q != (py, px)], cfg, seconds, span))
-    return _lay_out(rows, shapes, cfg, seconds)
+    batch = _lay_out(rows, shapes, cfg, seconds)
+    t0 = time.perf_counter()
+    ready = leaking_targets(batch, cfg) if lazy else np.ones(len(rows), bool)
+    seconds["leak test"] = time.perf_counter() - t0
+    _field_inputs(batch, rows, arrays, np.flatnonzero(ready), cfg)
+    batch.ready = ready if lazy else None
+    return batch
+
+
+def _field_inputs(batch: TargetBatch, rows: list, images: list, sel: np.ndarray, cfg: AnnotatorConfig) -> None:
+    """Fills in the local entropy (step 2) and the superpixel prior (step 4) of targets ``sel`` of
+    ``batch`` (laid out from ``rows``, :class:`_Target`; ``images``: the batch's float32 images)."""
+    entropy, prior = batch.entropy.numpy(), batch.superpixel.numpy()
+    for t in sel:
+        r = rows[t]
+        oy, ox = batch.origin[t]
+        t0 = time.perf_counter()
+        image = images[r.image]
+        win = image[r.fbox[0]:r.fbox[1], r.fbox[2]:r.fbox[3]].astype(np.float64)
+        entropy[t, r.fbox[0] - oy:r.fbox[1] - oy, r.fbox[2] - ox:r.fbox[3] - ox] = local_entropy(win)
+        t1 = time.perf_counter()
+        prior[t, r.box[0] - oy:r.box[1] - oy, r.box[2] - ox:r.box[3] - ox] = superpixel_prior(image, r.box, r.py, r.px, cfg)
+        batch.seconds["features"] += t1 - t0
+        batch.seconds["superpixel"] += time.perf_counter() - t1
 
 
 def _lay_out(rows: list, shapes: list, cfg: AnnotatorConfig, seconds: dict) -> TargetBatch:
@@ -296,7 +331,7 @@ def _lay_out(rows: list, shapes: list, cfg: AnnotatorConfig, seconds: dict) -> T
     T = len(rows)
     R = max([r.half for r in rows], default=1)
     S = 2 * R + 1
-    contrast = np.zeros((T, S, S), np.float32)
+    contrast = np.zeros((T, S, S), np.float32)  # entropy and the prior are filled in later (_field_inputs)
     grad = np.zeros((T, S, S), np.float32)
     ent = np.zeros((T, S, S), np.float32)
     inside = np.zeros((T, S, S), bool)
@@ -311,12 +346,10 @@ def _lay_out(rows: list, shapes: list, cfg: AnnotatorConfig, seconds: dict) -> T
         field = (t, slice(fy, fy + h), slice(fx, fx + w))
         contrast[field] = r.contrast
         grad[field] = r.grad
-        ent[field] = r.entropy
         inside[field] = True
         ring[field] = outer_band(r.fbox, cfg.band, *shapes[r.image])
         window = (t, slice(r.box[0] - oy, r.box[1] - oy), slice(r.box[2] - ox, r.box[3] - ox))
         strict[window] = r.comp
-        sup[window] = r.superpixel
     return TargetBatch(
         image_index=np.array([r.image for r in rows], np.int64), steps=np.array([r.steps for r in rows], np.int64),
         image_shapes=shapes, origin=origin, peak=np.full((T, 2), R, np.int64),
@@ -409,6 +442,9 @@ def soft_labels(batch: TargetBatch, theta: dict) -> torch.Tensor:
     T, S = len(batch), batch.contrast.shape[-1]
     if T == 0:
         return torch.zeros(0, S, S)
+    if batch.ready is not None and not batch.ready.all():
+        raise ValueError("soft_labels: targets of this batch were prepared without the inputs of their field "
+                         "(prepare_targets(lazy=True), for masks only); prepare it with lazy=False")
     # One diffuse call per step count (usually one or two per batch), each on the smallest central
     # crop that holds its targets' field windows: the rates vanish outside a field window, so the
     # heat never leaves it and the smaller crop changes no value, while most targets of a batch
@@ -439,24 +475,47 @@ def fuse_prior(u: torch.Tensor, batch: TargetBatch, rho: torch.Tensor, eps: floa
     return y / y.amax(dim=(1, 2), keepdim=True).clamp_min(eps)
 
 
+def _field_window(batch: TargetBatch, t: int) -> tuple:
+    """Target ``t``'s field window in its crop (the crop's centre +- half: nothing of the field
+    window lies outside it): ``(index of the window, peak within the window)``."""
+    c = batch.contrast.shape[-1] // 2
+    h = int(batch.half[t])
+    return (t, slice(c - h, c + h + 1), slice(c - h, c + h + 1)), tuple(batch.peak[t] - (c - h))
+
+
+def _bright_region(batch: TargetBatch, t: int, cfg: AnnotatorConfig) -> tuple:
+    """Target ``t``'s bright region ``{I' >= low_fraction}`` in its field window: ``(bright
+    pixels, the peak's component of them or None, whether it leaks)``. Where it leaks (reaches the
+    window's outer band) the mask keeps only what the fused field reached."""
+    win, peak = _field_window(batch, t)
+    bright = (batch.contrast.numpy()[win] >= cfg.low_fraction) & batch.inside.numpy()[win]
+    grown = _component(bright, peak)
+    return bright, grown, grown is not None and cfg.level > 0 and bool((grown & batch.ring[win]).any())
+
+
+def leaking_targets(batch: TargetBatch, config: AnnotatorConfig | None = None) -> np.ndarray:
+    """``(T,)`` bool: the targets whose bright region leaks, the only ones whose mask reads their
+    fused field (at ``config``'s ``low_fraction`` and ``level``)."""
+    cfg = config or AnnotatorConfig()
+    return np.array([_bright_region(batch, t, cfg)[2] for t in range(len(batch))], bool)
+
+
 def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorConfig | None = None) -> np.ndarray:
-    """``(T, S, S)`` bool per-target masks (step 6)."""
+    """``(T, S, S)`` bool per-target masks (step 6). ``soft`` is read only for the targets whose
+    bright region leaks (:func:`leaking_targets`)."""
     cfg = config or AnnotatorConfig()
     soft = soft.detach().cpu().numpy()
-    contrast = batch.contrast.numpy()
     grad = batch.grad.numpy()
     inside = batch.inside.numpy()
     out = batch.strict.copy()
-    c = contrast.shape[-1] // 2
     for t in range(len(batch)):
-        # the target's field window (the crop's centre +- half): nothing of it lies outside
-        h = int(batch.half[t])
-        win = (t, slice(c - h, c + h + 1), slice(c - h, c + h + 1))
-        peak = tuple(batch.peak[t] - (c - h))
+        win, peak = _field_window(batch, t)
         ring, strict, within = batch.ring[win], batch.strict[win], inside[win]
-        bright = (contrast[win] >= cfg.low_fraction) & within
-        grown = _component(bright, peak)
-        if grown is not None and (grown & ring).any() and cfg.level > 0:
+        bright, grown, leaks = _bright_region(batch, t, cfg)
+        if leaks:
+            if batch.ready is not None and not batch.ready[t]:
+                raise ValueError(f"binarize_targets: target {t}'s bright region leaks, but the batch was prepared "
+                                 "without its field (prepare_targets(lazy=True) at other binarisation settings)")
             # the bright region leaks out of the window: keep the part the heat reached
             grown = _component(bright & (soft[win] >= cfg.level), peak)
         if grown is not None and not (grown & ring).any():  # leak guard
@@ -564,8 +623,11 @@ class Annotator:
         return self.masks_and_soft(batch, fields=False)[0]
 
     def annotate(self, images: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> list:
-        """``B`` images ``(H, W)`` in [0, 1] and their points ``(K, 2)`` (x, y) -> ``B`` bool masks."""
-        return self.masks(self.prepare(images, points))
+        """``B`` images ``(H, W)`` in [0, 1] and their points ``(K, 2)`` (x, y) -> ``B`` bool masks.
+
+        Only the targets whose masks read their fused field get one (``prepare_targets(lazy=True)``):
+        the masks are those of ``self.masks(self.prepare(images, points))``, at less cost."""
+        return self.masks(prepare_targets(images, points, self.config, lazy=True))
 
     def masks_and_soft(self, batch: TargetBatch, fields: bool = True) -> tuple:
         """``(masks, fields)`` per image from one diffusion pass: the ``(H, W)`` bool pseudo-masks
@@ -573,7 +635,17 @@ class Annotator:
         fused fields combined by maximum (zero outside every target's field window)."""
         t0 = time.perf_counter()
         with torch.no_grad():
-            soft = self.soft(batch)
+            if batch.ready is None or batch.ready.all():
+                soft = self.soft(batch)
+            elif fields:
+                raise ValueError("masks_and_soft: soft labels need every target's field; this batch was "
+                                 "prepared with lazy=True (masks only)")
+            else:  # a lazy batch: the fields of the targets whose masks read them
+                sel = np.flatnonzero(batch.ready)
+                S = batch.contrast.shape[-1]
+                soft = torch.zeros(len(batch), S, S)
+                if sel.size:
+                    soft[torch.from_numpy(sel)] = self.soft(batch.central(sel, S // 2)).float()
         t1 = time.perf_counter()
         maps = paste_masks(batch, binarize_targets(batch, soft, self.config))
         t2 = time.perf_counter()

@@ -13,6 +13,8 @@ from d2d_ext.annotate import (
     Annotator,
     AnnotatorConfig,
     DiffusionParams,
+    binarize_targets,
+    leaking_targets,
     local_entropy,
     prepare_targets,
     soft_labels,
@@ -108,6 +110,53 @@ def test_result_does_not_depend_on_the_batch():
     alone = [ann.annotate([s.image], [s.points])[0] for s in scenes]
     for a, b in zip(together, alone):
         assert (a == b).all()
+
+
+def _mixed_scenes():
+    """SIRST-like and extended targets: some bright regions leak out of their field windows."""
+    return _scenes(4, seed=5) + [make_scene(np.random.default_rng([11, i]), 256, 256, "mixed", area_range=(2.0, 2000.0))
+                                 for i in range(4)]
+
+
+def test_masks_compute_fields_only_where_they_are_read():
+    """``annotate`` gives each target its entropy, superpixel prior and heat field only where its
+    bright region leaks (the only masks that read the field): the masks are the eager ones."""
+    scenes = _mixed_scenes()
+    images, points = [s.image for s in scenes], [s.points for s in scenes]
+    ann = Annotator()
+    eager = prepare_targets(images, points, ann.config)
+    lazy = prepare_targets(images, points, ann.config, lazy=True)
+    assert eager.ready is None
+    leaks = leaking_targets(eager, ann.config)
+    assert (lazy.ready == leaks).all()
+    assert 0 < leaks.sum() < len(leaks), "the scenes must hold targets of both kinds"
+    skipped = ~lazy.ready
+    assert (lazy.entropy[torch.from_numpy(skipped)] == 0).all() and (lazy.superpixel[torch.from_numpy(skipped)] == 0).all()
+    ready = torch.from_numpy(lazy.ready)
+    assert torch.equal(lazy.entropy[ready], eager.entropy[ready])
+    assert torch.equal(lazy.superpixel[ready], eager.superpixel[ready])
+    for a, b in zip(ann.annotate(images, points), ann.masks(eager)):
+        assert (a == b).all()
+    # a field changed where no mask reads it changes no mask
+    soft = ann.soft(eager)
+    soft[torch.from_numpy(~leaks)] = torch.rand_like(soft[torch.from_numpy(~leaks)])
+    assert (binarize_targets(eager, soft, ann.config) == binarize_targets(eager, ann.soft(eager), ann.config)).all()
+
+
+def test_lazy_batch_refuses_soft_labels_and_other_settings():
+    scenes = _mixed_scenes()
+    images, points = [s.image for s in scenes], [s.points for s in scenes]
+    ann = Annotator()
+    lazy = prepare_targets(images, points, ann.config, lazy=True)
+    with pytest.raises(ValueError, match="lazy=True"):
+        ann.masks_and_soft(lazy)
+    with pytest.raises(ValueError, match="lazy=True"):
+        soft_labels(lazy, ann.params())
+    # at a lower low_fraction more bright regions leak: their fields were never computed
+    lower = AnnotatorConfig(low_fraction=0.05)
+    assert (leaking_targets(lazy, lower) & ~lazy.ready).any()
+    with pytest.raises(ValueError, match="prepared without its field"):
+        binarize_targets(lazy, torch.zeros(lazy.contrast.shape), lower)
 
 
 def test_synthetic_quality():
