@@ -2,7 +2,8 @@
 
 Layout of a dataset root ``ROOT`` (the one ISTD users already have on disk)::
 
-    ROOT/images/<id>.png            the image (any PNG mode; read as one channel in [0, 1])
+    ROOT/images/<id>.png            the image (any PNG mode; read as one channel in [0, 1]);
+                                    .bmp, .jpg, .tif also (see files.IMAGE_SUFFIXES), here and below
     ROOT/masks/<id>.png             ground truth, 0 / 255 (every nonzero pixel is target)
     ROOT/masks_centroid/<id>.png    point labels: each 8-connected nonzero blob is one point
     ROOT/masks_coarse/<id>.png      the same, for the LESPS "coarse" point labels
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import DataError, image_size, read_gray
+from .files import IMAGE_SUFFIXES, DataError, find_image_file, image_size, lossy, read_gray
 from .points import PointLabels
 
 # Reading and writing files (d2d_ext.files) and point labels (d2d_ext.points) have modules of
@@ -112,7 +113,8 @@ class IRDataset:
     def ids(self, split: str = "all") -> list[str]:
         """The image ids of ``split``.
 
-        ``"all"``: every image stem in ``images/`` (``*.png``), sorted. Otherwise the ids listed,
+        ``"all"``: every image stem in ``images/`` (``*.png``, or another of
+        :data:`~d2d_ext.files.IMAGE_SUFFIXES`), sorted. Otherwise the ids listed,
         in file order, by ``img_idx/<split>_<name>.txt``; if that file does not exist but exactly
         one ``img_idx/<split>_*.txt`` does, that one; ``split`` may also be a path to a ``.txt``
         file. Blank lines and surrounding whitespace (CRLF endings) are ignored. Raises
@@ -120,7 +122,8 @@ class IRDataset:
         or if a listed id has no image (naming the split file and the id).
         """
         if split == "all":
-            return sorted(p.stem for p in self.images_dir.glob("*.png") if p.is_file())
+            return sorted({p.stem for p in self.images_dir.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()})
         path = self.split_file(split)
         try:
             text = path.read_text(encoding="utf-8-sig")
@@ -147,15 +150,15 @@ class IRDataset:
     # ---- files -----------------------------------------------------------------------------
 
     def image_path(self, id) -> Path:
-        """``root/images/<id>.png``."""
-        return self.images_dir / f"{id}.png"
+        """``root/images/<id>.png`` (or ``.bmp``, ... : :func:`~d2d_ext.files.find_image_file`)."""
+        return find_image_file(self.images_dir, id)
 
     def mask_path(self, id) -> Path:
-        """``root/masks/<id>.png``."""
-        return self.masks_dir / f"{id}.png"
+        """``root/masks/<id>.png`` (or ``.bmp``, ...)."""
+        return find_image_file(self.masks_dir, id)
 
     def has_mask(self, id) -> bool:
-        """Whether ``root/masks/<id>.png`` exists."""
+        """Whether ``root/masks/<id>.png`` (or ``.bmp``, ...) exists."""
         return self.mask_path(id).is_file()
 
     def image_size(self, id) -> tuple[int, int]:
@@ -173,7 +176,7 @@ class IRDataset:
         path = self.mask_path(id)
         if not path.is_file():
             raise DataError(f"ground-truth mask not found: {path} (image id {id!r})")
-        m = read_gray(path) > 0
+        m = read_gray(path) > (0.5 if lossy(path) else 0)
         self.check_size(id, path, m.shape)
         return m
 

@@ -20,6 +20,9 @@ from PIL import Image
 
 __all__ = [
     "DataError",
+    "IMAGE_SUFFIXES",
+    "find_image_file",
+    "lossy",
     "read_gray",
     "image_size",
     "write_bytes_atomic",
@@ -31,6 +34,28 @@ __all__ = [
 
 class DataError(ValueError):
     """Bad or missing input; the message names the file."""
+
+
+# The file types a dataset's images, masks and point-label masks may have, in order of preference
+# (BasicIRSTD-style datasets mostly store PNG; some sensors' sets come as BMP, JPEG or TIFF).
+IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def find_image_file(folder, stem: str) -> Path:
+    """``folder/<stem><suffix>`` for the first suffix of :data:`IMAGE_SUFFIXES` (either case) that
+    exists; ``folder/<stem>.png`` if none does (so that a read names the expected file)."""
+    folder = Path(folder)
+    for suffix in IMAGE_SUFFIXES:
+        for s in (suffix, suffix.upper()):
+            path = folder / f"{stem}{s}"
+            if path.is_file():
+                return path
+    return folder / f"{stem}.png"
+
+
+def lossy(path) -> bool:
+    """Whether ``path`` is a JPEG, whose masks hold compression noise around 0 and 255."""
+    return Path(path).suffix.lower() in (".jpg", ".jpeg")
 
 
 def read_gray(path) -> np.ndarray:

@@ -237,6 +237,44 @@ def test_mask_size_mismatch(tiny):
 # ------------------------------------------------------------------------------------------
 
 
+def test_bmp_jpeg_and_tiff_datasets(tmp_path):
+    """Sensors' datasets stored as BMP, JPEG or TIFF read like PNG ones: ids, images, masks and
+    point-label masks; a PNG wins over another file of the same stem; a JPEG mask's compression
+    noise is not target."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (H, W)).astype(np.uint8)
+    mask = np.zeros((H, W), np.uint8)
+    mask[3:6, 4:8] = 255
+    point = np.zeros((H, W), np.uint8)
+    point[4, 5] = 255
+    noisy = mask.copy()
+    noisy[0, 0], noisy[3, 4] = 9, 240  # what a JPEG makes of 0 and 255
+    for stem, suffix in (("a", ".bmp"), ("b", ".jpg"), ("c", ".TIF")):
+        _save(tmp_path / "images" / f"{stem}{suffix}", _gray(image))
+        _save(tmp_path / "masks_centroid" / f"{stem}.bmp", _gray(point))
+        _save(tmp_path / "masks" / f"{stem}.png", _gray(mask))
+    _save(tmp_path / "images" / "d.png", _gray(image))
+    _save(tmp_path / "images" / "d.bmp", _gray(255 - image))
+    ds = IRDataset(tmp_path)
+    assert ds.ids("all") == ["a", "b", "c", "d"]
+    assert ds.image_path("a").name == "a.bmp" and ds.image_path("c").name == "c.TIF"
+    assert ds.image_path("d").name == "d.png"
+    np.testing.assert_array_equal(ds.load_image("a"), image / np.float32(255))
+    np.testing.assert_array_equal(ds.load_image("c"), image / np.float32(255))
+    assert np.abs(ds.load_image("b") - image / 255).max() < 0.5  # lossy, but the same image
+    np.testing.assert_array_equal(ds.points("a", "centroid"), [[5.0, 4.0]])
+    assert (ds.load_mask("a") == (mask > 0)).all()
+    # a JPEG mask: values near 0 are background, near 255 target
+    (tmp_path / "masks" / "b.png").unlink()
+    path = tmp_path / "masks" / "b.jpg"
+    _save(path, _gray(noisy))
+    assert ds.mask_path("b") == path
+    assert not ds.load_mask("b")[0, 0] and ds.load_mask("b")[3, 4]
+    # a missing file is named with the layout's default suffix
+    with pytest.raises(DataError, match=r"masks/e\.png"):
+        ds.load_mask("e")
+
+
 def test_connected_points_diagonal_blob():
     m = np.zeros((H, W), bool)
     m[3, 2] = m[3, 3] = True  # blob 1: centre (2.5, 3)
