@@ -485,12 +485,17 @@ def _field_window(batch: TargetBatch, t: int) -> tuple:
 
 def _bright_region(batch: TargetBatch, t: int, cfg: AnnotatorConfig) -> tuple:
     """Target ``t``'s bright region ``{I' >= low_fraction}`` in its field window: ``(bright
-    pixels, the peak's component of them or None, whether it leaks)``. Where it leaks (reaches the
-    window's outer band) the mask keeps only what the fused field reached."""
+    pixels, the peak's 8-connected component of them (holes not filled) or None, whether it
+    leaks)``. Where it leaks (reaches the window's outer band) the mask keeps only what the fused
+    field reached. The test needs no filled holes: the band runs along the window's edge, so a
+    hole that held a band pixel would be closed by band pixels of the component."""
     win, peak = _field_window(batch, t)
     bright = (batch.contrast.numpy()[win] >= cfg.low_fraction) & batch.inside.numpy()[win]
-    grown = _component(bright, peak)
-    return bright, grown, grown is not None and cfg.level > 0 and bool((grown & batch.ring[win]).any())
+    labels, _ = ndi.label(bright, EIGHT_CONNECTED)
+    if not labels[peak]:
+        return bright, None, False
+    comp = labels == labels[peak]
+    return bright, comp, cfg.level > 0 and bool((comp & batch.ring[win]).any())
 
 
 def leaking_targets(batch: TargetBatch, config: AnnotatorConfig | None = None) -> np.ndarray:
@@ -511,7 +516,8 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
     for t in range(len(batch)):
         win, peak = _field_window(batch, t)
         ring, strict, within = batch.ring[win], batch.strict[win], inside[win]
-        bright, grown, leaks = _bright_region(batch, t, cfg)
+        bright, comp, leaks = _bright_region(batch, t, cfg)
+        grown = None if comp is None else ndi.binary_fill_holes(comp)
         if leaks:
             if batch.ready is not None and not batch.ready[t]:
                 raise ValueError(f"binarize_targets: target {t}'s bright region leaks, but the batch was prepared "
