@@ -79,6 +79,7 @@ __all__ = [
     "soft_labels",
     "binarize_targets",
     "leaking_targets",
+    "ready_fields",
     "superpixel_prior",
     "paste_masks",
     "crop_maps",
@@ -475,6 +476,20 @@ def fuse_prior(u: torch.Tensor, batch: TargetBatch, rho: torch.Tensor, eps: floa
     return y / y.amax(dim=(1, 2), keepdim=True).clamp_min(eps)
 
 
+def ready_fields(batch: TargetBatch, field_fn) -> torch.Tensor:
+    """``(T, S, S)`` float32: ``field_fn(sub_batch)`` (soft labels of a batch, e.g.
+    :meth:`Annotator.soft`) for the targets of ``batch.ready`` (every target where it is None),
+    zero for the others (a lazy batch: no mask reads their fields)."""
+    if batch.ready is None or batch.ready.all():
+        return field_fn(batch).float()
+    sel = np.flatnonzero(batch.ready)
+    S = batch.contrast.shape[-1]
+    soft = torch.zeros(len(batch), S, S)
+    if sel.size:
+        soft[torch.from_numpy(sel)] = field_fn(batch.central(sel, S // 2)).float()
+    return soft
+
+
 def _field_window(batch: TargetBatch, t: int) -> tuple:
     """Target ``t``'s field window in its crop (the crop's centre +- half: nothing of the field
     window lies outside it): ``(index of the window, peak within the window)``."""
@@ -641,17 +656,10 @@ class Annotator:
         fused fields combined by maximum (zero outside every target's field window)."""
         t0 = time.perf_counter()
         with torch.no_grad():
-            if batch.ready is None or batch.ready.all():
-                soft = self.soft(batch)
-            elif fields:
+            if fields and batch.ready is not None and not batch.ready.all():
                 raise ValueError("masks_and_soft: soft labels need every target's field; this batch was "
                                  "prepared with lazy=True (masks only)")
-            else:  # a lazy batch: the fields of the targets whose masks read them
-                sel = np.flatnonzero(batch.ready)
-                S = batch.contrast.shape[-1]
-                soft = torch.zeros(len(batch), S, S)
-                if sel.size:
-                    soft[torch.from_numpy(sel)] = self.soft(batch.central(sel, S // 2)).float()
+            soft = ready_fields(batch, self.soft)
         t1 = time.perf_counter()
         maps = paste_masks(batch, binarize_targets(batch, soft, self.config))
         t2 = time.perf_counter()

@@ -30,6 +30,7 @@ from .annotate import (
     fuse_prior,
     paste_masks,
     prepare_targets,
+    ready_fields,
     target_rates,
 )
 from .points import point_pixel
@@ -139,13 +140,15 @@ def monte_carlo_masks(images: Sequence[np.ndarray], points: Sequence[np.ndarray]
     """``B`` images ``(H, W)`` and their points ``(K, 2)`` ``(x, y)`` -> ``B`` ``(H, W)`` bool masks,
     the annotator's pipeline with the particle estimate of the heat field
     (:func:`prepare_targets`, :func:`monte_carlo_labels`, :func:`binarize_targets`, :func:`paste_masks`).
+    Like :meth:`Annotator.annotate`, it estimates the fields only of the targets whose masks read
+    them (``prepare_targets(lazy=True)``).
     """
     cfg = config or AnnotatorConfig()
     params = params or DiffusionParams()
-    batch = prepare_targets(images, points, cfg)
+    batch = prepare_targets(images, points, cfg, lazy=True)
     with torch.no_grad():
         theta = params()
-    soft = monte_carlo_labels(batch, theta, cfg, particles, seed)
+    soft = ready_fields(batch, lambda sub: monte_carlo_labels(sub, theta, cfg, particles, seed))
     return paste_masks(batch, binarize_targets(batch, soft, cfg))
 
 
