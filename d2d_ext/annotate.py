@@ -301,11 +301,11 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         for py, px in peaks:
             rows.append(_prepare_target(image, b, py, px, [q for q in peaks if q != (py, px)], cfg, seconds, span))
     batch = _lay_out(rows, shapes, cfg, seconds)
-    t0 = time.perf_counter()
-    ready = leaking_targets(batch, cfg) if lazy else np.ones(len(rows), bool)
-    seconds["leak test"] = time.perf_counter() - t0
-    _field_inputs(batch, rows, arrays, np.flatnonzero(ready), cfg)
-    batch.ready = ready if lazy else None
+    if lazy:
+        t0 = time.perf_counter()
+        batch.ready = leaking_targets(batch, cfg)
+        seconds["leak test"] = time.perf_counter() - t0
+    _field_inputs(batch, rows, arrays, np.arange(len(rows)) if batch.ready is None else np.flatnonzero(batch.ready), cfg)
     return batch
 
 
@@ -332,9 +332,9 @@ def _lay_out(rows: list, shapes: list, cfg: AnnotatorConfig, seconds: dict) -> T
     T = len(rows)
     R = max([r.half for r in rows], default=1)
     S = 2 * R + 1
-    contrast = np.zeros((T, S, S), np.float32)  # entropy and the prior are filled in later (_field_inputs)
+    contrast = np.zeros((T, S, S), np.float32)
     grad = np.zeros((T, S, S), np.float32)
-    ent = np.zeros((T, S, S), np.float32)
+    ent = np.zeros((T, S, S), np.float32)  # the entropy and the prior are filled in later (_field_inputs)
     inside = np.zeros((T, S, S), bool)
     sup = np.zeros((T, S, S), np.float32)
     strict = np.zeros((T, S, S), bool)
@@ -532,8 +532,9 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
         win, peak = _field_window(batch, t)
         ring, strict, within = batch.ring[win], batch.strict[win], inside[win]
         bright, comp, leaks = _bright_region(batch, t, cfg)
-        grown = None if comp is None else ndi.binary_fill_holes(comp)
-        if leaks:
+        if not leaks:
+            grown = None if comp is None else ndi.binary_fill_holes(comp)
+        else:
             if batch.ready is not None and not batch.ready[t]:
                 raise ValueError(f"binarize_targets: target {t}'s bright region leaks, but the batch was prepared "
                                  "without its field (prepare_targets(lazy=True) at other binarisation settings)")
