@@ -641,7 +641,9 @@ class Annotator:
         return soft_labels(batch, self.params())
 
     def masks(self, batch: TargetBatch) -> list:
-        """Per-image ``(H, W)`` bool pseudo-masks from prepared targets."""
+        """Per-image ``(H, W)`` bool pseudo-masks from prepared targets. Only the fields that the
+        masks read are computed (those of :func:`leaking_targets`, or of ``batch.ready``), which
+        keeps the trainer's label updates after each ``theta`` step cheap."""
         return self.masks_and_soft(batch, fields=False)[0]
 
     def annotate(self, images: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> list:
@@ -660,7 +662,11 @@ class Annotator:
             if fields and batch.ready is not None and not batch.ready.all():
                 raise ValueError("masks_and_soft: soft labels need every target's field; this batch was "
                                  "prepared with lazy=True (masks only)")
-            soft = ready_fields(batch, self.soft)
+            if fields:
+                soft = ready_fields(batch, self.soft)
+            else:  # the masks read only the fields of the targets whose bright regions leak
+                read = batch.ready if batch.ready is not None else leaking_targets(batch, self.config)
+                soft = ready_fields(dataclasses.replace(batch, ready=read), self.soft)
         t1 = time.perf_counter()
         maps = paste_masks(batch, binarize_targets(batch, soft, self.config))
         t2 = time.perf_counter()

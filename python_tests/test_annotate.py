@@ -16,6 +16,7 @@ from d2d_ext.annotate import (
     binarize_targets,
     leaking_targets,
     local_entropy,
+    paste_masks,
     prepare_targets,
     soft_labels,
     target_steps,
@@ -141,6 +142,27 @@ def test_masks_compute_fields_only_where_they_are_read():
     soft = ann.soft(eager)
     soft[torch.from_numpy(~leaks)] = torch.rand_like(soft[torch.from_numpy(~leaks)])
     assert (binarize_targets(eager, soft, ann.config) == binarize_targets(eager, ann.soft(eager), ann.config)).all()
+
+
+def test_masks_of_a_prepared_batch_diffuse_only_the_leaking_targets(monkeypatch):
+    """The trainer's label updates (``Annotator.masks`` on a batch prepared once, after each theta
+    step) diffuse only the targets whose masks read their fields, and give the masks of every
+    field, at any theta."""
+    scenes = _mixed_scenes()
+    ann = Annotator()
+    batch = ann.prepare([s.image for s in scenes], [s.points for s in scenes])
+    leaks = leaking_targets(batch, ann.config)
+    with torch.no_grad():
+        ann.params.raw += 0.5  # another theta: the heat field changes
+    diffused = []
+    soft = Annotator.soft
+    monkeypatch.setattr(Annotator, "soft", lambda self, b: diffused.append(len(b)) or soft(self, b))
+    masks = ann.masks(batch)
+    assert diffused == [int(leaks.sum())] and 0 < diffused[0] < len(batch)
+    with torch.no_grad():
+        every = binarize_targets(batch, soft(ann, batch), ann.config)
+    for m, e in zip(masks, paste_masks(batch, every)):
+        assert (m == e).all()
 
 
 def test_lazy_batch_refuses_soft_labels_and_other_settings():
