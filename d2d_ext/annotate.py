@@ -42,9 +42,10 @@ ground-truth mask. For each point:
    the strict component united with that part, and the targets of one image are united into its
    mask.
 
-So a mask reads the fused field only where its bright region leaks (a few percent of real targets);
-:meth:`Annotator.annotate`, which returns masks only, computes steps 3 to 5 (and the entropy) for
-those targets alone. Soft labels, and the trainer's label updates, need every target's field.
+So a mask reads the fused field only where its bright region leaks (a few percent of real targets):
+:meth:`Annotator.annotate` computes steps 3 to 5 (and the entropy) for those targets alone, and
+:meth:`Annotator.masks` (the trainer's label updates) diffuses only them. Soft labels, and the
+trainer's theta step that differentiates them, need every target's field.
 
 Typical use::
 
