@@ -478,16 +478,18 @@ def fuse_prior(u: torch.Tensor, batch: TargetBatch, rho: torch.Tensor, eps: floa
 
 
 def ready_fields(batch: TargetBatch, field_fn) -> torch.Tensor:
-    """``(T, S, S)`` float32: ``field_fn(sub_batch)`` (soft labels of a batch, e.g.
-    :meth:`Annotator.soft`) for the targets of ``batch.ready`` (every target where it is None),
-    zero for the others (a lazy batch: no mask reads their fields)."""
+    """``(T, S, S)``: ``field_fn(sub_batch)`` (soft labels of a batch, e.g. :meth:`Annotator.soft`)
+    for the targets of ``batch.ready`` (every target where it is None), zero for the others (a
+    lazy batch: no mask reads their fields); in ``field_fn``'s dtype."""
     if batch.ready is None or batch.ready.all():
-        return field_fn(batch).float()
+        return field_fn(batch)
     sel = np.flatnonzero(batch.ready)
     S = batch.contrast.shape[-1]
-    soft = torch.zeros(len(batch), S, S)
-    if sel.size:
-        soft[torch.from_numpy(sel)] = field_fn(batch.central(sel, S // 2)).float()
+    if not sel.size:
+        return torch.zeros(len(batch), S, S, dtype=batch.contrast.dtype)
+    part = field_fn(batch.central(sel, S // 2))
+    soft = part.new_zeros(len(batch), S, S)
+    soft[torch.from_numpy(sel)] = part
     return soft
 
 
@@ -660,11 +662,8 @@ class Annotator:
         fused fields combined by maximum (zero outside every target's field window)."""
         t0 = time.perf_counter()
         with torch.no_grad():
-            if fields and batch.ready is not None and not batch.ready.all():
-                raise ValueError("masks_and_soft: soft labels need every target's field; this batch was "
-                                 "prepared with lazy=True (masks only)")
             if fields:
-                soft = ready_fields(batch, self.soft)
+                soft = self.soft(batch)  # soft_labels refuses a lazy batch
             else:  # the masks read only the fields of the targets whose bright regions leak
                 read = batch.ready if batch.ready is not None else leaking_targets(batch, self.config)
                 soft = ready_fields(dataclasses.replace(batch, ready=read), self.soft)
