@@ -21,7 +21,15 @@ under the same two tests against the smallest window (a faint point on a cloud's
 small window, and the cloud must not stand in for it). Neither a grown window nor a wide one is
 taken where its component is mostly a plateau just above its threshold (less than half of it stays
 at a threshold ``plateau_step`` of the amplitude higher): a target's hull falls off gradually, a
-bright sky or cloud around the target ends in a step. The accepted window is then cut down to the
+bright sky or cloud around the target ends in a step. The same test passes over a window of
+``half_sizes`` beyond the first (one the smaller windows leaked out of) for the next window or
+fraction, and takes it only if nothing else is found before the wide windows: a point beside a
+bright roof or cloud band leaks out of the small windows, and a larger one, whose band lies past
+the structure, holds target and structure whole. Only a component that lies to one side of
+the peak (it does not hold the first window's band all around, as ``side_cover`` reads it) is
+passed over: a flat-topped target wider than the first window is a plateau too, but it surrounds
+its peak. Nor is a faint component (the peak does not clear ``k_sigma`` band spreads): above a
+slightly higher threshold it loses pixels to the noise, plateau or not. The accepted window is then cut down to the
 smallest that holds the component (the background level stays the wide one's). This *strict
 component* never depends on ground truth: the window size comes from the image around the point.
 
@@ -220,17 +228,34 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         stays off the image's edges (a bright structure the point merely touches does neither)."""
         return covers(cand, window(cfg.half_sizes[0], f)) and not any(touches_edge(cand))
 
+    def accept(half: int, f: float, found: _Window) -> Strict:
+        if cfg.settle_fraction > 0:
+            found = grow(half, f, found)
+        box, comp = tighten(found.box, found.comp, py, px, cfg, H, W)
+        return Strict(box, ndi.binary_fill_holes(comp), found.bg, peak)
+
     tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
+    passed_over = None  # the first window passed over as a plateau: taken if nothing else is
     for wide, halves in ((False, cfg.half_sizes), (True, cfg.wide_half_sizes)):
+        if wide and passed_over is not None:
+            return accept(*passed_over)
         for attempt in range(tries):
             f = cfg.peak_fraction + attempt * cfg.fraction_step
             for half in halves:
                 found = window(half, f)
-                if found.comp is not None and (not wide or (target_like(found) and not plateau(half, f, found))):
-                    if cfg.settle_fraction > 0:
-                        found = grow(half, f, found)
-                    box, comp = tighten(found.box, found.comp, py, px, cfg, H, W)
-                    return Strict(box, ndi.binary_fill_holes(comp), found.bg, peak)
+                if found.comp is None:
+                    continue
+                if wide and not (target_like(found) and not plateau(half, f, found)):
+                    continue
+                if (not wide and half != halves[0] and not found.faint and plateau(half, f, found)
+                        and not covers(found, window(halves[0], f))):
+                    # the smaller windows leaked into a bright structure beside the peak that
+                    # this one holds whole: a higher fraction or a wider background may isolate
+                    # the target (a faint component is not tested: at a higher threshold it loses
+                    # pixels to noise; a flat-topped target surrounds its peak)
+                    passed_over = passed_over or (half, f, found)
+                    continue
+                return accept(half, f, found)
     box = window_box(py, px, cfg.half_sizes[0], H, W)
     comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
     comp[py - box[0], px - box[2]] = True

@@ -313,6 +313,37 @@ def test_target_at_the_top_of_a_bright_cloud_does_not_take_the_cloud(cloud, targ
     assert mask[80, 60] and mask.sum() <= 60, mask.sum()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_point_target_at_the_rim_of_a_small_cloud_is_not_given_the_cloud(seed):
+    """A point target at the rim of a small cloud patch (about half the target's brightness,
+    20x14 pixels): the small windows leak into the patch and a larger one holds target and patch
+    whole (about 190 pixels). That component is a plateau (a threshold ``plateau_step`` higher
+    drops most of it), so the search passes it over for a higher fraction, which holds the target
+    alone; without the plateau test (``plateau_step=0``) the patch comes back."""
+    yy, xx = np.mgrid[:160, :160].astype(np.float64)
+    patch = ((yy - 84) ** 2 / 7 ** 2 + (xx - 70) ** 2 / 10 ** 2) <= 1
+    image, point = _point_target_beside(0.45 * ndimage.gaussian_filter(patch.astype(float), 1.5), 1.0, seed)
+    (mask,) = Annotator().annotate([image], [point])
+    assert mask[80, 60] and mask.sum() <= 40 and not (mask & patch).sum() > 10, int(mask.sum())
+    (untested,) = Annotator(AnnotatorConfig(plateau_step=0.0)).annotate([image], [point])
+    assert untested.sum() > 150
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5])
+def test_flat_topped_target_is_not_passed_over_as_a_plateau(fraction):
+    """A flat-topped extended target of a synthetic scene (386 pixels): at ``peak_fraction`` 0.5
+    the first window leaks and the larger ones hold a component that a threshold
+    ``plateau_step`` higher halves, like a cloud beside a point; but it surrounds its peak, so it
+    is taken (passed over, the mask was 79 of its pixels)."""
+    scene = make_scene(np.random.default_rng([1, 7, 13]), 512, 512, "mixed", area_range=(2.0, 3000.0))
+    labels, _ = ndimage.label(scene.mask > 0, np.ones((3, 3)))
+    target = labels == labels[257, 456]
+    assert target.sum() > 300
+    (mask,) = Annotator(AnnotatorConfig(peak_fraction=fraction)).annotate([scene.image], [scene.points])
+    near = ndimage.binary_dilation(target, iterations=20)
+    assert (mask & target).sum() / (mask | target)[near].sum() >= 0.75
+
+
 def _bar_with_neighbour(neighbour: str, level: float, seed: int):
     """A flat-topped 5x19 target (row 70, columns 55-73, edges blurred by the optics) on a dark
     128x128 scene with weak correlated noise, and beside it either a dimmer ``"roof"`` (a block
@@ -530,10 +561,26 @@ def test_real_targets_beside_buildings_and_clouds_keep_small_masks(name, ids):
         assert m.sum() <= 3 * gt.sum() + 60, (i, int(m.sum()), int(gt.sum()))
 
 
+@needs_nudt
+@pytest.mark.parametrize("iid", ["000360", "000444", "000422"])
+def test_real_targets_beside_a_bright_plateau_are_found_alone(iid):
+    """NUDT-SIRST targets beside a bright roof or cloud patch that the small windows leak into:
+    a larger window held target and patch together (masks of 55 to 236 pixels for targets of 5
+    to 149, the target unmatched). The patch is a plateau just above the threshold, so that window
+    is passed over for one that holds the target alone; every target is matched."""
+    ds = IRDataset(DATA / "NUDT-SIRST")
+    image, points, gt = ds.load_image(iid), ds.points(iid, "centroid"), ds.load_mask(iid)
+    (mask,) = Annotator().annotate([image], [points])
+    n_targets, matched, false_pixels = match_targets(mask, gt)
+    assert matched == n_targets and false_pixels == 0 and mask.sum() <= 1.7 * gt.sum(), (int(mask.sum()), int(gt.sum()))
+    (untested,) = Annotator(AnnotatorConfig(plateau_step=0.0)).annotate([image], [points])
+    assert match_targets(untested, gt)[1] < n_targets
+
+
 @pytest.mark.parametrize("name, floor, pd_floor", [pytest.param("NUDT-SIRST", 66.5, 97.0, marks=needs_nudt),
                                                    pytest.param("MDFA", 75.5, 99.0, marks=needs_mdfa)])
 def test_real_datasets_have_no_catastrophic_mask(name, floor, pd_floor):
-    """Every image of the split: dataset IoU and Pd above floors (IoU 67.6 and 76.8, Pd 97.6 and
+    """Every image of the split: dataset IoU and Pd above floors (IoU 67.9 and 76.9, Pd 97.9 and
     99.9 measured; the window growth had dropped IoU to 47 and 43, and before the rule on dimmer
     structures beside a target NUDT-SIRST stood at IoU 64.7, Pd 96.2) and no image with more than
     600 false-alarm pixels (13,363 before)."""
