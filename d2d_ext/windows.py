@@ -29,9 +29,10 @@ the structure, holds target and structure whole. Only a component that lies to o
 the peak (it does not hold the first window's band all around, as ``side_cover`` reads it) is
 passed over: a flat-topped target wider than the first window is a plateau too, but it surrounds
 its peak. Nor is a faint component (the peak does not clear ``k_sigma`` band spreads): above a
-slightly higher threshold it loses pixels to the noise, plateau or not. The accepted window is then cut down to the
-smallest that holds the component (the background level stays the wide one's). This *strict
-component* never depends on ground truth: the window size comes from the image around the point.
+slightly higher threshold it loses pixels to the noise, plateau or not. The accepted window is
+then cut down to the smallest that holds the component (the background level stays the wide
+one's). This *strict component* never depends on ground truth: the window size comes from the
+image around the point.
 
 Everything here reads the image and the points only; the settings are an
 :class:`d2d_ext.annotate.AnnotatorConfig`.
