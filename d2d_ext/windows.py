@@ -28,8 +28,11 @@ bright roof or cloud band leaks out of the small windows, and a larger one, whos
 the structure, holds target and structure whole. Only a component that lies to one side of
 the peak (it does not hold the first window's band all around, as ``side_cover`` reads it) is
 passed over: a flat-topped target wider than the first window is a plateau too, but it surrounds
-its peak. Nor is a faint component (the peak does not clear ``k_sigma`` band spreads): above a
-slightly higher threshold it loses pixels to the noise, plateau or not. The accepted window is
+its peak. Where the peak is faint (it does not clear ``k_sigma`` band spreads) the plateau test
+reads noise (above a slightly higher threshold any component loses pixels to it), so there a
+one-sided component larger than the first window is passed over, and not kept in reserve: a
+peak no brighter than the noise beside a structure of its own level cannot be told from that
+structure, and the wide windows' tests, or the peak pixel alone, decide. The accepted window is
 then cut down to the smallest that holds the component (the background level stays the wide
 one's). This *strict component* never depends on ground truth: the window size comes from the
 image around the point.
@@ -229,6 +232,19 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         stays off the image's edges (a bright structure the point merely touches does neither)."""
         return covers(cand, window(cfg.half_sizes[0], f)) and not any(touches_edge(cand))
 
+    def beside(half: int, f: float, cand: _Window) -> bool:
+        """Whether ``cand``'s component, in a window the smaller ones leaked out of, is a bright
+        structure beside the peak rather than the target: it lies to one side of the peak (does
+        not surround it as ``covers`` reads the first window's band) and is a plateau just above
+        its threshold, or, where the peak is faint (the plateau test then reads noise), is larger
+        than the first window."""
+        first = cfg.half_sizes[0]
+        if cand.faint:
+            structure = cand.comp.sum() > (2 * first + 1) ** 2
+        else:
+            structure = plateau(half, f, cand)
+        return structure and not covers(cand, window(first, f))
+
     def accept(half: int, f: float, found: _Window) -> Strict:
         if cfg.settle_fraction > 0:
             found = grow(half, f, found)
@@ -248,13 +264,13 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
                     continue
                 if wide and not (target_like(found) and not plateau(half, f, found)):
                     continue
-                if (not wide and half != halves[0] and not found.faint and plateau(half, f, found)
-                        and not covers(found, window(halves[0], f))):
+                if not wide and half != halves[0] and beside(half, f, found):
                     # the smaller windows leaked into a bright structure beside the peak that
                     # this one holds whole: a higher fraction or a wider background may isolate
-                    # the target (a faint component is not tested: at a higher threshold it loses
-                    # pixels to noise; a flat-topped target surrounds its peak)
-                    passed_over = passed_over or (half, f, found)
+                    # the target. A faint peak's is not even kept in reserve: the image does not
+                    # tell that peak from the structure.
+                    if not found.faint:
+                        passed_over = passed_over or (half, f, found)
                     continue
                 return accept(half, f, found)
     box = window_box(py, px, cfg.half_sizes[0], H, W)

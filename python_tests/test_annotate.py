@@ -577,10 +577,26 @@ def test_real_targets_beside_a_bright_plateau_are_found_alone(iid):
     assert match_targets(untested, gt)[1] < n_targets
 
 
+@needs_nudt
+def test_real_faint_targets_beside_a_structure_of_their_level_take_less_of_it():
+    """NUDT-SIRST 000504 and 000943: a target no brighter than the noise of its windows' bands,
+    at the edge of a cloud band of its own level. Every small window leaks at every fraction, and
+    a larger one held target and band (masks of 387 and 254 pixels for 116 and 78; 304 and 254
+    false-alarm pixels). Such a one-sided component is passed over: 000504's two targets are
+    both matched and its mask stays within its targets' size; 000943's mask shrinks by a third."""
+    ds = IRDataset(DATA / "NUDT-SIRST")
+    ids = ["000504", "000943"]
+    masks = Annotator().annotate([ds.load_image(i) for i in ids], [ds.points(i, "centroid") for i in ids])
+    gts = [ds.load_mask(i) for i in ids]
+    n_targets, matched, false_pixels = match_targets(masks[0], gts[0])
+    assert matched == n_targets == 2 and false_pixels == 0 and masks[0].sum() <= gts[0].sum(), int(masks[0].sum())
+    assert masks[1].sum() <= 200 and (masks[1] & gts[1]).sum() >= 0.7 * gts[1].sum(), int(masks[1].sum())
+
+
 @pytest.mark.parametrize("name, floor, pd_floor", [pytest.param("NUDT-SIRST", 66.5, 97.0, marks=needs_nudt),
                                                    pytest.param("MDFA", 75.5, 99.0, marks=needs_mdfa)])
 def test_real_datasets_have_no_catastrophic_mask(name, floor, pd_floor):
-    """Every image of the split: dataset IoU and Pd above floors (IoU 67.9 and 76.9, Pd 97.9 and
+    """Every image of the split: dataset IoU and Pd above floors (IoU 68.6 and 76.9, Pd 98.0 and
     99.9 measured; the window growth had dropped IoU to 47 and 43, and before the rule on dimmer
     structures beside a target NUDT-SIRST stood at IoU 64.7, Pd 96.2) and no image with more than
     600 false-alarm pixels (13,363 before)."""
