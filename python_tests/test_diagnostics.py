@@ -1,6 +1,7 @@
 """benchmarks/training/theta_sensitivity.py and benchmarks/training/alpha_label_quality.py: the
 diagnoses of what bi-level training's two outer levers (theta, the sample weights) can act on; and
 benchmarks/annotation/annotation_scale.py, the annotator by target size;
+benchmarks/annotation/annotation_elongated.py, the annotator on long thin targets;
 benchmarks/annotation/annotation_datasets.py, the annotator on every dataset apart."""
 
 import importlib.util
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from d2d_ext.synthetic import write_dataset
 
@@ -30,6 +32,7 @@ def load(script):
 theta_sensitivity = load("training/theta_sensitivity")
 alpha_label_quality = load("training/alpha_label_quality")
 annotation_scale = load("annotation/annotation_scale")
+annotation_elongated = load("annotation/annotation_elongated")
 annotation_datasets = load("annotation/annotation_datasets")
 
 
@@ -114,6 +117,24 @@ def test_annotation_scale_table(tmp_path, capsys):
     assert "| ours | all |" in text and "| ours, windows not grown | all |" in text and "| local threshold | all |" in text
     assert annotation_scale.main(["--scenes", "2", "--size", "96", "--set", "settle_fraction=0"]) == 0
     assert "settle_fraction=0" in capsys.readouterr().out
+
+
+def test_annotation_elongated_bar_and_table(tmp_path, capsys):
+    """The bar's true mask is the bar and the pixel of its blurred rim on each side (the blur
+    cut at 0.3 of the top), centred on the point; the bar stands ``snr`` noise deviations above
+    its surroundings; the table has a row per case."""
+    image, truth, point = annotation_elongated.bar_image(40, 6, 8.0, seed=0)
+    ys, xs = np.nonzero(truth)
+    assert (xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) == (43, 9) and truth[100, 100]
+    assert point.tolist() == [[100.0, 100.0]]
+    top = image[99:102, 85:116].mean()  # the bar's flat top, away from its blurred edges
+    far = ~ndimage.binary_dilation(truth, iterations=4)
+    assert 7.0 < (top - image[far].mean()) / image[far].std() < 9.0
+    out = tmp_path / "bars.md"
+    assert annotation_elongated.main(["--seeds", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert capsys.readouterr().out.strip() == text.strip()
+    assert sum(line.startswith("| 60x6 |") for line in text.splitlines()) == 2
 
 
 def test_annotation_datasets_scores_on_known_masks():
