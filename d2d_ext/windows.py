@@ -32,7 +32,13 @@ its peak. Where the peak is faint (it does not clear ``k_sigma`` band spreads) t
 reads noise (above a slightly higher threshold any component loses pixels to it), so there a
 one-sided component larger than the first window is passed over, and not kept in reserve: a
 peak no brighter than the noise beside a structure of its own level cannot be told from that
-structure, and the wide windows' tests, or the peak pixel alone, decide. The accepted window is
+structure, and the wide windows' tests, or the peak pixel alone, decide. A target longer than
+every window of ``half_sizes`` (a ship's hull, an aircraft side-on) crosses each band on two
+opposite sides and leaks at every fraction, until a bump of its flat top stands alone; where the
+largest window's component runs through its band symmetrically through the peak, not all around,
+and at least half as bright as the peak where it crosses, the wide windows are tried at that
+fraction before a higher one; a wide window's component that runs through the first window's
+band symmetrically through the peak counts as surrounding it. The accepted window is
 then cut down to the smallest that holds the component (the background level stays the wide
 one's). This *strict component* never depends on ground truth: the window size comes from the
 image around the point.
@@ -121,6 +127,7 @@ class _Window(NamedTuple):
     faint: bool  # the peak does not clear bg + k_sigma * sd
     comp: np.ndarray | None  # the peak's component, None where it reaches the band (or is empty)
     band: np.ndarray  # (h, w) bool, the outer band
+    whole: np.ndarray | None  # the peak's component, band or not (None where empty)
 
 
 def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = ()) -> Strict:
@@ -161,7 +168,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         labels, _ = ndi.label(win > thr, EIGHT_CONNECTED)
         lab = labels[py - box[0], px - box[2]]
         comp = labels == lab if lab else None
-        return _Window(box, bg, faint, None if comp is None or comp[band].any() else comp, band)
+        return _Window(box, bg, faint, None if comp is None or comp[band].any() else comp, band, comp)
 
     def covers(outer: _Window, inner: _Window) -> bool:
         """Whether ``outer``'s component holds most of ``inner``'s band, and at least
@@ -226,11 +233,48 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
                 found = cand
         return found
 
-    def target_like(cand: _Window) -> bool:
-        """Whether a wide window's component can be the point's target although no smaller window
-        held a component: it surrounds the peak on every side (the smallest window's band) and
-        stays off the image's edges (a bright structure the point merely touches does neither)."""
-        return covers(cand, window(cfg.half_sizes[0], f)) and not any(touches_edge(cand))
+    def wide_target(f: float) -> tuple | None:
+        """``(half, f, window)``: the first of ``wide_half_sizes`` whose component at fraction ``f``
+        can be the point's target although no smaller window held one: it surrounds the peak on
+        every side (the smallest window's band) or runs through it (a long thin target), stays
+        off the image's edges (a bright structure the point merely touches does none of these)
+        and is no plateau. None if there is none."""
+        first = window(cfg.half_sizes[0], f)
+        for half in cfg.wide_half_sizes:
+            cand = window(half, f)
+            if (cand.comp is not None and (covers(cand, first) or through(cand.box, cand.whole, first))
+                    and not any(touches_edge(cand)) and not plateau(half, f, cand)):
+                return half, f, cand
+        return None
+
+    def through(box: tuple, comp: np.ndarray, inner: _Window) -> bool:
+        """Whether ``comp`` (in window ``box``) holds ``inner``'s band symmetrically through the
+        peak: of the band pixels it holds whose mirror image through the peak is on the band too,
+        at least half have that mirror held as well. A long target through the point crosses the
+        band on two opposite sides; a structure beside the point lies on one."""
+        oy, ox = inner.box[0] - box[0], inner.box[2] - box[2]
+        h, w = inner.band.shape
+        held = comp[oy:oy + h, ox:ox + w] & inner.band
+        ys, xs = np.nonzero(held)
+        my, mx = 2 * (py - inner.box[0]) - ys, 2 * (px - inner.box[2]) - xs
+        mirrored = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
+        mirrored[mirrored] = inner.band[my[mirrored], mx[mirrored]]
+        return bool(mirrored.any()) and held[my[mirrored], mx[mirrored]].mean() >= 0.5
+
+    def long_leak(half: int, f: float) -> bool:
+        """Whether window ``half``'s component at fraction ``f`` leaked as the body of a long
+        target through the peak: it runs through the band (:func:`through`) without holding it
+        all around (an extended blob does, and its growth finds it), and where it crosses the
+        band it is at least half as bright as the peak above the background, as a flat-topped
+        target's body is (a dimmer streak or wall that the point lies on is not). Such a target
+        is longer than every window of ``half_sizes``; a higher fraction finds a bump of its top."""
+        win = window(half, f)
+        if win.comp is not None or win.whole is None:
+            return False
+        if covers(win._replace(comp=win.whole), win) or not through(win.box, win.whole, win):
+            return False
+        crossing = image[win.box[0]:win.box[1], win.box[2]:win.box[3]][win.whole & win.band]
+        return bool((crossing - win.bg).mean() >= 0.5 * (peak - win.bg))
 
     def beside(half: int, f: float, cand: _Window) -> bool:
         """Whether ``cand``'s component, in a window the smaller ones leaked out of, is a bright
@@ -252,27 +296,30 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         return Strict(box, ndi.binary_fill_holes(comp), found.bg, peak)
 
     tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
-    passed_over = None  # the first window passed over as a plateau: taken if nothing else is
-    for wide, halves in ((False, cfg.half_sizes), (True, cfg.wide_half_sizes)):
-        if wide and passed_over is not None:
-            return accept(*passed_over)
-        for attempt in range(tries):
-            f = cfg.peak_fraction + attempt * cfg.fraction_step
-            for half in halves:
-                found = window(half, f)
-                if found.comp is None:
-                    continue
-                if wide and not (target_like(found) and not plateau(half, f, found)):
-                    continue
-                if not wide and half != halves[0] and beside(half, f, found):
-                    # the smaller windows leaked into a bright structure beside the peak that
-                    # this one holds whole: a higher fraction or a wider background may isolate
-                    # the target. A faint peak's is not even kept in reserve: the image does not
-                    # tell that peak from the structure.
-                    if not found.faint:
-                        passed_over = passed_over or (half, f, found)
-                    continue
-                return accept(half, f, found)
+    fractions = [cfg.peak_fraction + attempt * cfg.fraction_step for attempt in range(tries)]
+    passed_over = None  # the first window passed over as a structure beside the peak
+    for f in fractions:
+        for half in cfg.half_sizes:
+            found = window(half, f)
+            if found.comp is None:
+                continue
+            if half != cfg.half_sizes[0] and beside(half, f, found):
+                # the smaller windows leaked into a bright structure beside the peak that this
+                # one holds whole: a higher fraction or a wider background may isolate the
+                # target. A faint peak's is not even kept in reserve: the image does not tell
+                # that peak from the structure.
+                if not found.faint:
+                    passed_over = passed_over or (half, f, found)
+                continue
+            return accept(half, f, found)
+        # a long target through the point: the wide windows now, before a higher fraction
+        if long_leak(cfg.half_sizes[-1], f) and (wide := wide_target(f)) is not None:
+            return accept(*wide)
+    if passed_over is not None:
+        return accept(*passed_over)
+    for f in fractions:
+        if (wide := wide_target(f)) is not None:
+            return accept(*wide)
     box = window_box(py, px, cfg.half_sizes[0], H, W)
     comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
     comp[py - box[0], px - box[2]] = True

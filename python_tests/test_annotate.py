@@ -24,7 +24,7 @@ from d2d_ext.annotate import (
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics, match_targets
 from d2d_ext.reference import diffuse_reference
-from d2d_ext.synthetic import make_scene, write_dataset
+from d2d_ext.synthetic import make_bar, make_scene, write_dataset
 
 SIRST = Path(os.environ.get("D2D_SIRST_ROOT", Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"))
 needs_sirst = pytest.mark.skipif(not (SIRST / "images").is_dir(), reason=f"SIRST-v1 not found at {SIRST}")
@@ -344,6 +344,17 @@ def test_flat_topped_target_is_not_passed_over_as_a_plateau(fraction):
     assert (mask & target).sum() / (mask | target)[near].sum() >= 0.75
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_long_thin_target_is_found_whole(seed):
+    """A flat-topped bar 60x6 pixels (longer than every window of ``half_sizes``), SNR 8: every
+    small window leaks at every fraction, and the search used to end on a bump of the bar's top
+    (IoU 0.00 to 0.20). The largest small window's component runs through its band, symmetric
+    about the point and as bright as the bar, so the wide windows are tried at that fraction."""
+    bar = make_bar(60, 6, 8.0, seed)
+    (mask,) = Annotator().annotate([bar.image], [bar.points])
+    assert (mask & bar.mask).sum() / (mask | bar.mask).sum() >= 0.8
+
+
 def _bar_with_neighbour(neighbour: str, level: float, seed: int):
     """A flat-topped 5x19 target (row 70, columns 55-73, edges blurred by the optics) on a dark
     128x128 scene with weak correlated noise, and beside it either a dimmer ``"roof"`` (a block
@@ -591,6 +602,19 @@ def test_real_faint_targets_beside_a_structure_of_their_level_take_less_of_it():
     n_targets, matched, false_pixels = match_targets(masks[0], gts[0])
     assert matched == n_targets == 2 and false_pixels == 0 and masks[0].sum() <= gts[0].sum(), int(masks[0].sum())
     assert masks[1].sum() <= 200 and (masks[1] & gts[1]).sum() >= 0.7 * gts[1].sum(), int(masks[1].sum())
+
+
+@needs_nudt
+def test_real_target_on_a_dimmer_streak_through_it_does_not_take_it_at_a_low_fraction():
+    """NUDT-SIRST 001093: a 55-pixel target on a dimmer diagonal streak that runs through it. At
+    ``peak_fraction`` 0.15 (as ``calibrate`` picks for generous masks) the small windows leak
+    along the streak on two opposite sides, as they do along a long target's body; the streak is
+    dimmer than half the peak where it crosses the band, so the wide windows are not tried early
+    (they took the streak: a mask of 372 pixels)."""
+    ds = IRDataset(DATA / "NUDT-SIRST")
+    iid = "001093"
+    (mask,) = Annotator(AnnotatorConfig(peak_fraction=0.15)).annotate([ds.load_image(iid)], [ds.points(iid, "centroid")])
+    assert mask.sum() < 300, int(mask.sum())
 
 
 @pytest.mark.parametrize("name, floor, pd_floor", [pytest.param("NUDT-SIRST", 66.5, 97.0, marks=needs_nudt),

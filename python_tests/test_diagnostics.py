@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from d2d_ext.synthetic import write_dataset
 
@@ -119,22 +118,13 @@ def test_annotation_scale_table(tmp_path, capsys):
     assert "settle_fraction=0" in capsys.readouterr().out
 
 
-def test_annotation_elongated_bar_and_table(tmp_path, capsys):
-    """The bar's true mask is the bar and the pixel of its blurred rim on each side (the blur
-    cut at 0.3 of the top), centred on the point; the bar stands ``snr`` noise deviations above
-    its surroundings; the table has a row per case."""
-    image, truth, point = annotation_elongated.bar_image(40, 6, 8.0, seed=0)
-    ys, xs = np.nonzero(truth)
-    assert (xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) == (43, 9) and truth[100, 100]
-    assert point.tolist() == [[100.0, 100.0]]
-    top = image[99:102, 85:116].mean()  # the bar's flat top, away from its blurred edges
-    far = ~ndimage.binary_dilation(truth, iterations=4)
-    assert 7.0 < (top - image[far].mean()) / image[far].std() < 9.0
+def test_annotation_elongated_table(tmp_path, capsys):
     out = tmp_path / "bars.md"
     assert annotation_elongated.main(["--seeds", "1", "--out", str(out)]) == 0
     text = out.read_text()
     assert capsys.readouterr().out.strip() == text.strip()
-    assert sum(line.startswith("| 60x6 |") for line in text.splitlines()) == 2
+    rows = [line for line in text.splitlines() if line.startswith("| 60x6 |")]
+    assert len(rows) == 4 and {r.split("|")[2].strip() for r in rows} == {"0", "30", "45"}
 
 
 def test_annotation_datasets_scores_on_known_masks():

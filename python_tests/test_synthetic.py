@@ -9,7 +9,7 @@ from PIL import Image
 from scipy import ndimage
 
 from d2d_ext.data import IRDataset
-from d2d_ext.synthetic import AREA_RANGE, GAP, Scene, make_scene, write_dataset
+from d2d_ext.synthetic import AREA_RANGE, GAP, Scene, make_bar, make_scene, write_dataset
 
 EIGHT = np.ones((3, 3), dtype=bool)
 N_SCENES = 40
@@ -207,3 +207,20 @@ def test_write_dataset_defaults(tmp_path):
     assert len(ds.ids("train")) == 2 and len(ds.ids("test")) == 2
     assert ds.load_image(ds.ids("all")[0]).shape == (256, 256)
     assert os.path.isfile(root / "img_idx" / "train_SYNTH.txt")
+
+
+@pytest.mark.parametrize("angle", [0.0, 45.0])
+def test_make_bar_geometry_and_contrast(angle):
+    """The bar's mask is the bar and the pixel of its blurred rim on each side (the blur cut at
+    MASK_FRACTION of the top), centred on the point, at the given angle; the top stands ``snr``
+    noise deviations above the background."""
+    bar = make_bar(40, 6, 8.0, seed=0, angle=angle)
+    assert bar.points.tolist() == [[100.0, 100.0]] and bar.mask[100, 100]
+    yy, xx = np.mgrid[:200, :200]
+    t = np.deg2rad(angle)
+    along = (xx - 100.0) * np.cos(t) + (yy - 100.0) * np.sin(t)
+    across = -(xx - 100.0) * np.sin(t) + (yy - 100.0) * np.cos(t)
+    assert 20.5 <= np.abs(along[bar.mask]).max() <= 22.0 and 3.0 <= np.abs(across[bar.mask]).max() <= 4.5
+    top = bar.image[(np.abs(along) <= 15) & (np.abs(across) <= 1)].mean()  # away from the blurred edges
+    far = ~ndimage.binary_dilation(bar.mask, iterations=4)
+    assert 7.0 < (top - bar.image[far].mean()) / bar.image[far].std() < 9.0

@@ -5,11 +5,10 @@
 The synthetic scenes of ``annotation_scale.py`` draw blob-like targets; a long thin one meets the
 window search differently: a bar through the point crosses the band of every window shorter than
 itself on two opposite sides, and the bar's flat top makes a window's band median the target's own
-level where the bar fills most of the band. Each case is one 200x200 image: a flat-topped bar
-(``length`` x ``width`` pixels, edges blurred by the optics, sigma 1 px) at the centre, on
-spatially correlated noise of unit standard deviation, the bar ``snr`` times brighter; the point at
-the bar's centre; the true mask where the bar's own signal exceeds 0.3 of its top. Side by side:
-ours (with ``--set``) and the local-threshold baseline, per-case IoU over ``--seeds`` noise draws.
+level where the bar fills most of the band. Each case is one 200x200 image of
+:func:`d2d_ext.synthetic.make_bar`: a flat-topped bar ``length`` x ``width`` pixels at ``angle``
+degrees, ``snr`` times the correlated noise above it, the point at its centre. Side by side: ours
+(with ``--set``) and the local-threshold baseline, per-case IoU over ``--seeds`` noise draws.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table
 from md_table import command_line, emit  # noqa: E402
@@ -28,20 +26,10 @@ from md_table import command_line, emit  # noqa: E402
 from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.cli import parse_settings
+from d2d_ext.synthetic import make_bar
 
-CASES = ((30, 4, 6.0), (40, 5, 6.0), (60, 6, 5.0), (60, 6, 8.0), (80, 10, 8.0))  # length, width, snr
-
-
-def bar_image(length: int, width: int, snr: float, seed: int, size: int = 200) -> tuple:
-    """``(image (size, size) float32 in [0, 1], true mask, point (1, 2))``: see the module doc."""
-    yy, xx = np.mgrid[:size, :size].astype(np.float64)
-    c = size / 2
-    bar = (np.abs(yy - c) <= width / 2) & (np.abs(xx - c) <= length / 2)
-    signal = ndimage.gaussian_filter(bar.astype(float), 1.0)
-    noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 1, yy.shape), 1.0)
-    image = noise / noise.std() + snr * signal
-    image = ((image - image.min()) / np.ptp(image)).astype(np.float32)
-    return image, signal > 0.3, np.array([[c, c]])
+CASES = ((30, 4, 6.0, 0), (40, 5, 6.0, 0), (60, 6, 5.0, 0), (60, 6, 8.0, 0), (80, 10, 8.0, 0),
+         (60, 6, 8.0, 30), (60, 6, 8.0, 45))  # length, width, snr, angle (degrees)
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -57,16 +45,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     annotator = Annotator(config_from_dict(parse_settings(args.set)))
     rows = []
-    for length, width, snr in CASES:
+    for length, width, snr, angle in CASES:
         ours, local = [], []
         for seed in range(args.seeds):
-            image, truth, point = bar_image(length, width, snr, seed)
-            ours.append(iou(annotator.annotate([image], [point])[0], truth))
-            local.append(iou(local_threshold_masks([image], [point])[0], truth))
-        rows.append([f"{length}x{width}", f"{snr:g}", int(truth.sum()), " ".join(f"{v:.2f}" for v in ours),
+            bar = make_bar(length, width, snr, seed, angle=angle)
+            ours.append(iou(annotator.annotate([bar.image], [bar.points])[0], bar.mask))
+            local.append(iou(local_threshold_masks([bar.image], [bar.points])[0], bar.mask))
+        rows.append([f"{length}x{width}", f"{angle:g}", f"{snr:g}", int(bar.mask.sum()), " ".join(f"{v:.2f}" for v in ours),
                      f"{np.mean(ours):.2f}", f"{np.mean(local):.2f}"])
-    emit(f"command: `{command_line()}`", ["bar (px)", "SNR", "true mask (px)", "ours, per seed", "ours, mean",
-                                         "local threshold, mean"], rows, args.out)
+    emit(f"command: `{command_line()}`", ["bar (px)", "angle (deg)", "SNR", "true mask (px)", "ours, per seed",
+                                         "ours, mean", "local threshold, mean"], rows, args.out)
     return 0
 
 
