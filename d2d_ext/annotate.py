@@ -130,6 +130,24 @@ class AnnotatorConfig:
     halo_cover: float = 0.4
     edge_ratio: float = 0.6
 
+    def __post_init__(self):
+        # window sizes may come as lists (JSON settings files): kept as tuples, checked here, since
+        # a bad one would only fail deep inside the window search
+        for name in ("half_sizes", "wide_half_sizes"):
+            sizes = getattr(self, name)
+            if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+                raise ValueError(f"annotator setting {name} must be a list of window half-sizes, got {sizes!r}")
+            sizes = tuple(sizes)
+            if any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in sizes) or \
+                    any(b <= a for a, b in zip(sizes, sizes[1:])):
+                raise ValueError(f"annotator setting {name} must hold increasing whole numbers >= 1, got {list(sizes)}")
+            object.__setattr__(self, name, tuple(int(h) for h in sizes))
+        if not self.half_sizes:
+            raise ValueError("annotator setting half_sizes must hold at least one window half-size")
+        if self.wide_half_sizes and self.wide_half_sizes[0] <= self.half_sizes[-1]:
+            raise ValueError(f"annotator setting wide_half_sizes must lie above half_sizes (the largest is "
+                             f"{self.half_sizes[-1]}), got {list(self.wide_half_sizes)}")
+
 
 class DiffusionParams(torch.nn.Module):
     """The learnable diffusion parameters ``theta``, bounded around the paper's defaults.

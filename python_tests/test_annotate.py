@@ -14,6 +14,7 @@ from d2d_ext.annotate import (
     AnnotatorConfig,
     DiffusionParams,
     binarize_targets,
+    config_from_dict,
     leaking_targets,
     local_entropy,
     paste_masks,
@@ -80,6 +81,33 @@ def test_image_without_points_gives_an_empty_mask():
     masks = Annotator().annotate([image, image], [np.zeros((0, 2)), np.array([[3.0, 4.0]])])
     assert masks[0].shape == (40, 50) and not masks[0].any()
     assert masks[1][4, 3]  # the point's pixel (or its snapped neighbour) is always in the mask
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"half_sizes": []}, "at least one"),
+    ({"half_sizes": [12, 6]}, "increasing"),
+    ({"half_sizes": [6, 8.5]}, "whole numbers"),
+    ({"half_sizes": [0, 6]}, ">= 1"),
+    ({"wide_half_sizes": [20, 40]}, "above half_sizes"),
+    ({"half_sizes": "6"}, "list of window half-sizes"),
+])
+def test_bad_window_sizes_are_refused_naming_the_setting(values, words):
+    """Window sizes that the search cannot use (none, out of order, fractional, wide ones inside
+    the small ones' range) are refused when the settings are made, not deep in the search."""
+    name = next(iter(values))
+    with pytest.raises(ValueError, match=name) as err:
+        config_from_dict(values)
+    assert words in str(err.value)
+
+
+def test_window_sizes_given_as_lists_are_used():
+    """A JSON or Python list of half-sizes (as a settings file holds) works like the tuple."""
+    config = config_from_dict({"half_sizes": [6, 10], "wide_half_sizes": [16]})
+    assert config.half_sizes == (6, 10) and config.wide_half_sizes == (16,)
+    scene = _scenes(1, seed=5)[0]
+    (listed,) = Annotator(config).annotate([scene.image], [scene.points])
+    (tupled,) = Annotator(AnnotatorConfig(half_sizes=(6, 10), wide_half_sizes=(16,))).annotate([scene.image], [scene.points])
+    assert np.array_equal(listed, tupled) and listed.any()
 
 
 def test_point_outside_the_image_raises_naming_it():
