@@ -2,7 +2,8 @@
 
 :func:`make_scene` draws one single-frame infrared image with its exact ground truth and
 human-like point labels; :func:`write_dataset` writes a set of them in the BasicIRSTD / LESPS
-layout that :class:`d2d_ext.data.IRDataset` reads.
+layout that :class:`d2d_ext.data.IRDataset` reads. :func:`make_bar` draws a probe of another
+kind: one long thin flat-topped target on noise alone.
 
 The physics, in units of the sensor's temporal noise (std 1):
 
@@ -67,7 +68,8 @@ class Scene:
       a concave target, the target pixel nearest to it; ``round(point)`` is always on the target.
     - ``labels``: ``(H, W)`` int32, 0 for background, ``k + 1`` on target ``k`` (``points[k]``).
     - ``snr``: ``(K,)`` float64, each target's peak over the local background std.
-    - ``background``: the background kind drawn (``"sky"``, ``"sea"`` or ``"ground"``).
+    - ``background``: the background kind drawn (``"sky"``, ``"sea"`` or ``"ground"``; ``"flat"``
+      for :func:`make_bar`'s noise alone).
     """
 
     image: np.ndarray
@@ -424,11 +426,6 @@ def make_scene(
     return Scene(out, mask, pts, labels, np.asarray(snrs, dtype=np.float64), background)
 
 
-# --------------------------------------------------------------------------------------------
-# Datasets
-# --------------------------------------------------------------------------------------------
-
-
 def make_bar(length: float, width: float, snr: float, seed: int, size: int = 200, angle: float = 0.0) -> Scene:
     """One long thin target (a ship's hull, an aircraft side-on) at the centre of a ``size``-square
     image: a flat-topped bar ``length`` x ``width`` pixels at ``angle`` degrees from the rows,
@@ -446,6 +443,11 @@ def make_bar(length: float, width: float, snr: float, seed: int, size: int = 200
     mask = signal > MASK_FRACTION
     return Scene(((image - image.min()) / np.ptp(image)).astype(np.float32), mask, np.array([[c, c]]),
                  mask.astype(np.int32), np.array([float(snr)]), "flat")
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
 
 
 def write_dataset(root, n_images=40, seed=0, height=256, width=256, name="SYNTH") -> Path:
