@@ -242,19 +242,20 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         first = window(cfg.half_sizes[0], f)
         for half in cfg.wide_half_sizes:
             cand = window(half, f)
-            if (cand.comp is not None and (covers(cand, first) or through(cand.box, cand.whole, first))
+            if (cand.comp is not None and (covers(cand, first) or through(cand, first))
                     and not any(touches_edge(cand)) and not plateau(half, f, cand)):
                 return half, f, cand
         return None
 
-    def through(box: tuple, comp: np.ndarray, inner: _Window) -> bool:
-        """Whether ``comp`` (in window ``box``) holds ``inner``'s band symmetrically through the
-        peak: of the band pixels it holds whose mirror image through the peak is on the band too,
-        at least half have that mirror held as well. A long target through the point crosses the
-        band on two opposite sides; a structure beside the point lies on one."""
-        oy, ox = inner.box[0] - box[0], inner.box[2] - box[2]
+    def through(outer: _Window, inner: _Window) -> bool:
+        """Whether ``outer``'s component (band or not: ``whole``) holds ``inner``'s band
+        symmetrically through the peak: of the band pixels it holds whose mirror image through the
+        peak is on the band too, at least half have that mirror held as well. A long target
+        through the point crosses the band on two opposite sides; a structure beside the point
+        lies on one."""
+        oy, ox = inner.box[0] - outer.box[0], inner.box[2] - outer.box[2]
         h, w = inner.band.shape
-        held = comp[oy:oy + h, ox:ox + w] & inner.band
+        held = outer.whole[oy:oy + h, ox:ox + w] & inner.band
         ys, xs = np.nonzero(held)
         my, mx = 2 * (py - inner.box[0]) - ys, 2 * (px - inner.box[2]) - xs
         mirrored = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
@@ -271,7 +272,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         win = window(half, f)
         if win.comp is not None or win.whole is None:
             return False
-        if covers(win._replace(comp=win.whole), win) or not through(win.box, win.whole, win):
+        if covers(win._replace(comp=win.whole), win) or not through(win, win):
             return False
         crossing = image[win.box[0]:win.box[1], win.box[2]:win.box[3]][win.whole & win.band]
         return bool((crossing - win.bg).mean() >= 0.5 * (peak - win.bg))
