@@ -3,7 +3,8 @@
     python benchmarks/ops/thread_scaling.py [--reps 15] [--threads 1,2] [--out FILE.md]
 
 Forward, and forward+backward (``diffuse`` then ``diffuse_backward``), 64 steps, float32, on the
-shapes where parallelism over samples alone falls short (one large frame) and on batches; the
+shapes where parallelism over samples alone falls short (one large frame) and on batches of
+images and of crops (the plane sweep); the
 minimum of ``--reps`` runs, the thread counts interleaved so that a noisy neighbour hits both.
 """
 
@@ -24,7 +25,8 @@ import d2d_ext  # noqa: F401  (registers torch.ops.d2d)
 STEPS, TAU = 64, 0.5
 CASES = [("forward", (1, 1024, 1024)), ("forward", (1, 4096, 4096)), ("forward+backward", (1, 1024, 1024)),
          ("forward", (1, 300, 2000)), ("forward+backward", (1, 4096, 300)), ("forward", (16, 256, 256)),
-         ("forward+backward", (16, 256, 256)), ("forward", (1024, 32, 32))]
+         ("forward+backward", (16, 256, 256)), ("forward", (1024, 32, 32)), ("forward+backward", (1024, 32, 32)),
+         ("forward", (4096, 16, 16)), ("forward", (256, 64, 64))]
 
 
 def main(argv=None) -> int:

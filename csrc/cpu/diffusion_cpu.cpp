@@ -41,29 +41,35 @@ constexpr int64_t kAlignBytes = 64;                 // a cache line, and an AVX-
 constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // A sample's grid padded by a ring of zero ghost pixels. Row y starts at row(y) in a slot of Wp
-// elements. Small grids (the plane sweep) have Wp = W + 2 and off = 1. Large grids (the row
-// wavefront) round Wp up to a whole number of cache lines and start each row off = one cache line
-// into its slot, so that in an aligned workspace every row of every plane starts on a cache line
-// and the inner loop's loads, all but two (four with 5 coefficient planes, see coef_planes), do
-// not split lines (a load that splits a line costs two).
+// elements. Large grids (the row wavefront) round Wp up to a whole number of cache lines and
+// start each row off = one cache line into its slot, so that in an aligned workspace every row of
+// every plane starts on a cache line and the inner loop's loads, all but two (four with 5
+// coefficient planes, see coef_planes), do not split lines (a load that splits a line costs two).
+// Small grids (the plane sweep, see Stepper) keep Wp = W + 2, as a wider row would add work on
+// ghost columns to every step, and are shifted by off so that the sweep, one run over the plane,
+// starts on a cache line: there the loads at p do not split lines, and only the neighbours'
+// states at p +- 1 and p +- Wp do.
 //
 // `resident`: the sample's coefficient and state planes (about 11) stay in the last-level cache
 // between passes of the wavefront (see Stepper); always true for the plane sweep.
 struct Grid {
   int64_t H, W, off, Wp, P;
   bool resident = true;
-  Grid(int64_t h, int64_t w, int64_t align)
-      : H(h), W(w), off(align), Wp(round_up(w + 2, align)),
-        P(round_up((h + 2) * Wp + align, align)) {}
+  bool sweep;
+  Grid(int64_t h, int64_t w, int64_t line, bool sweep_)
+      : H(h), W(w), off(sweep_ ? line - (w + 2) % line : line),
+        Wp(sweep_ ? w + 2 : round_up(w + 2, line)), P(round_up((h + 2) * Wp + off, line)),
+        sweep(sweep_) {}
   int64_t row(int64_t y) const { return (y + 1) * Wp + off; }
-  bool aligned() const { return off > 1; }
+  bool aligned() const { return !sweep; }
 };
 
 template <typename T>
 Grid make_grid(int64_t H, int64_t W) {
-  const Grid small(H, W, 1);
+  constexpr int64_t line = kAlignBytes / int64_t(sizeof(T));
+  const Grid small(H, W, line, true);
   if (small.P * int64_t(sizeof(T)) <= kPlaneSweepMaxBytes) return small;
-  Grid g(H, W, kAlignBytes / int64_t(sizeof(T)));
+  Grid g(H, W, line, false);
   g.resident = 11 * g.P * int64_t(sizeof(T)) <= kResidentBytes;
   return g;
 }
@@ -120,9 +126,11 @@ void coef_row(const T* __restrict__ r0, const T* __restrict__ r1, const T* __res
 // are aligned (0 on the ghost columns too: o1 is 0 in the first column, o0 in the last, so each
 // row's ie and iw come from that row's o1 and o0 alone); for a larger one, whose planes come from
 // memory on every pass, two planes fewer to build and stream save more than the aligned loads
-// do. The values are the same either way. build_coefs writes the part of the planes that rows
+// do. The plane sweep, whose rows are not whole cache lines, also gets the inflow coefficients
+// from the south and north neighbours at p: is[p] = o3[p + Wp], in[p] = o2[p - Wp]. The values
+// are the same either way. build_coefs writes the part of the planes that rows
 // [y0, y1) own (see plane_span), so that bands of rows can build them in parallel.
-inline int64_t coef_planes(const Grid& g) { return g.resident ? 7 : 5; }
+inline int64_t coef_planes(const Grid& g) { return g.sweep ? 9 : g.resident ? 7 : 5; }
 
 // Elements of a padded plane that rows [y0, y1) own: from the start of row y0 to the start of
 // row y1 (the rows and the ghost columns after them), with the ghost rows and padding above row
@@ -154,11 +162,21 @@ void build_coefs(const T* r, const Grid& g, T tau, T* coefs, int64_t y0, int64_t
     run(true, true, 1, g.W - 1);  // inner columns
     run(g.W > 1, false, 0, 1);
     if (g.W > 1) run(false, true, g.W - 1, g.W);
-    if (coef_planes(g) == 7) {
+    if (coef_planes(g) >= 7) {
       std::copy(o + g.P + 1, o + g.P + g.W, o + 5 * g.P);  // ie[x] = o1[x + 1], x < W - 1
       o[5 * g.P + g.W - 1] = T(0);
       o[6 * g.P] = T(0);
       std::copy(o, o + g.W - 1, o + 6 * g.P + 1);  // iw[x] = o0[x - 1], x > 0
+    }
+    if (coef_planes(g) == 9) {
+      // o3 of the row below and o2 of the row above, as coef_row computes them there (rows of
+      // other bands, so from the rates); 0 past the last and first rows
+      T* is = o + 7 * g.P;
+      T* in = o + 8 * g.P;
+      for (int64_t x = 0; x < g.W; ++x) {
+        is[x] = y + 1 < g.H ? diffuse_out_coef(r0[3 * HW + g.W + x], tau, true) : T(0);
+        in[x] = y > 0 ? diffuse_out_coef(r0[2 * HW - g.W + x], tau, true) : T(0);
+      }
     }
   }
 }
@@ -173,12 +191,16 @@ struct Coefs {
   const T* a;
   const T* ie;
   const T* iw;
-  int64_t ie_at, iw_at;
+  const T* is;
+  const T* in;
+  int64_t ie_at, iw_at, is_at, in_at;
   int64_t Wp;
   Coefs(const T* base, const Grid& g)
       : o0(base), o1(base + g.P), o2(base + 2 * g.P), o3(base + 3 * g.P), a(base + 4 * g.P),
-        ie(coef_planes(g) == 7 ? base + 5 * g.P : o1), iw(coef_planes(g) == 7 ? base + 6 * g.P : o0),
-        ie_at(coef_planes(g) == 7 ? 0 : 1), iw_at(coef_planes(g) == 7 ? 0 : -1), Wp(g.Wp) {}
+        ie(coef_planes(g) >= 7 ? base + 5 * g.P : o1), iw(coef_planes(g) >= 7 ? base + 6 * g.P : o0),
+        is(coef_planes(g) == 9 ? base + 7 * g.P : o3), in(coef_planes(g) == 9 ? base + 8 * g.P : o2),
+        ie_at(coef_planes(g) >= 7 ? 0 : 1), iw_at(coef_planes(g) >= 7 ? 0 : -1),
+        is_at(coef_planes(g) == 9 ? 0 : g.Wp), in_at(coef_planes(g) == 9 ? 0 : -g.Wp), Wp(g.Wp) {}
 };
 
 // out[j] = (A u)[i0 + j] for j in [0, len): up, mid and down hold the rows above, at and below
@@ -190,8 +212,8 @@ void forward_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
   const T* __restrict__ a = c.a + i0;
   const T* __restrict__ in_e = c.ie + (i0 + c.ie_at);  // east neighbour's flow to the west
   const T* __restrict__ in_w = c.iw + (i0 + c.iw_at);  // west neighbour's flow to the east
-  const T* __restrict__ in_s = c.o3 + i0 + c.Wp;   // south neighbour's flow to the north
-  const T* __restrict__ in_n = c.o2 + i0 - c.Wp;   // north neighbour's flow to the south
+  const T* __restrict__ in_s = c.is + (i0 + c.is_at);  // south neighbour's flow to the north
+  const T* __restrict__ in_n = c.in + (i0 + c.in_at);  // north neighbour's flow to the south
   for (int64_t j = 0; j < len; ++j) {
     out[j] = diffuse_forward_px(a[j], mid[j], in_e[j], mid[j + 1], in_w[j], mid[j - 1], in_s[j],
                                 down[j], in_n[j], up[j]);
