@@ -4,7 +4,8 @@
 // per pass over data held in cache (see Stepper for the two traversal orders). Samples run in
 // parallel with at::parallel_for; when there are fewer samples than threads, a large sample's
 // rows are split into bands that run in parallel (see Tiling). The inner loops are branch-free
-// and vectorise.
+// and run on whole vectors, the east and west neighbours' values shifted out of the vectors
+// already loaded (see lanes.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -28,6 +29,7 @@
 #include "../checks.h"
 #include "../kernels/diffusion_math.h"
 #include "../segments.h"
+#include "lanes.h"
 
 namespace d2d {
 namespace {
@@ -43,12 +45,13 @@ constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // A sample's grid padded by a ring of zero ghost pixels. Row y starts at row(y) in a slot of Wp
 // elements. Large grids (the row wavefront) round Wp up to a whole number of cache lines and
 // start each row off = one cache line into its slot, so that in an aligned workspace every row of
-// every plane starts on a cache line and the inner loop's loads, all but two (four with 5
-// coefficient planes, see coef_planes), do not split lines (a load that splits a line costs two).
+// every plane starts on a cache line and the inner loop's loads do not split lines (a load that
+// splits a line costs two), but for the inflow coefficients at p +- 1 with 5 coefficient planes
+// (see coef_planes).
 // Small grids (the plane sweep, see Stepper) keep Wp = W + 2, as a wider row would add work on
 // ghost columns to every step, and are shifted by off so that the sweep, one run over the plane,
 // starts on a cache line: there the loads at p do not split lines, and only the neighbours'
-// states at p +- 1 and p +- Wp do.
+// states at p +- Wp do (those at p +- 1 are lane shifts, see lanes.h).
 //
 // `resident`: the sample's coefficient and state planes (about 11) stay in the last-level cache
 // between passes of the wavefront (see Stepper); always true for the plane sweep.
@@ -195,12 +198,13 @@ struct Coefs {
   const T* in;
   int64_t ie_at, iw_at, is_at, in_at;
   int64_t Wp;
-  Coefs(const T* base, const Grid& g)
+  Coefs(const T* base, const Grid& g) : Coefs(base, g, coef_planes(g) >= 7, coef_planes(g) == 9) {}
+  Coefs(const T* base, const Grid& g, bool east_west, bool south_north)
       : o0(base), o1(base + g.P), o2(base + 2 * g.P), o3(base + 3 * g.P), a(base + 4 * g.P),
-        ie(coef_planes(g) >= 7 ? base + 5 * g.P : o1), iw(coef_planes(g) >= 7 ? base + 6 * g.P : o0),
-        is(coef_planes(g) == 9 ? base + 7 * g.P : o3), in(coef_planes(g) == 9 ? base + 8 * g.P : o2),
-        ie_at(coef_planes(g) >= 7 ? 0 : 1), iw_at(coef_planes(g) >= 7 ? 0 : -1),
-        is_at(coef_planes(g) == 9 ? 0 : g.Wp), in_at(coef_planes(g) == 9 ? 0 : -g.Wp), Wp(g.Wp) {}
+        ie(east_west ? base + 5 * g.P : o1), iw(east_west ? base + 6 * g.P : o0),
+        is(south_north ? base + 7 * g.P : o3), in(south_north ? base + 8 * g.P : o2),
+        ie_at(east_west ? 0 : 1), iw_at(east_west ? 0 : -1), is_at(south_north ? 0 : g.Wp),
+        in_at(south_north ? 0 : -g.Wp), Wp(g.Wp) {}
 };
 
 // out[j] = (A u)[i0 + j] for j in [0, len): up, mid and down hold the rows above, at and below
@@ -214,7 +218,15 @@ void forward_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
   const T* __restrict__ in_w = c.iw + (i0 + c.iw_at);  // west neighbour's flow to the east
   const T* __restrict__ in_s = c.is + (i0 + c.is_at);  // south neighbour's flow to the north
   const T* __restrict__ in_n = c.in + (i0 + c.in_at);  // north neighbour's flow to the south
-  for (int64_t j = 0; j < len; ++j) {
+  int64_t j0 = 0;
+  if constexpr (kLanes<T> > 0) {
+    j0 = lane_runs(mid, len, [&](int64_t j, Vec<T> w, Vec<T> p, Vec<T> e) {
+      auto ld = [&](const T* q) { return Lanes<T>::load(q + j); };
+      Lanes<T>::store(out + j, diffuse_forward_px(ld(a), p, ld(in_e), e, ld(in_w), w, ld(in_s),
+                                                  ld(down), ld(in_n), ld(up)));
+    });
+  }
+  for (int64_t j = j0; j < len; ++j) {
     out[j] = diffuse_forward_px(a[j], mid[j], in_e[j], mid[j + 1], in_w[j], mid[j - 1], in_s[j],
                                 down[j], in_n[j], up[j]);
   }
@@ -234,7 +246,15 @@ void adjoint_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
   const T* __restrict__ o2 = c.o2 + i0;
   const T* __restrict__ o3 = c.o3 + i0;
   if constexpr (!kRates) {
-    for (int64_t j = 0; j < len; ++j) {
+    int64_t j0 = 0;
+    if constexpr (kLanes<T> > 0) {
+      j0 = lane_runs(mid, len, [&](int64_t j, Vec<T> w, Vec<T> p, Vec<T> e) {
+        auto ld = [&](const T* q) { return Lanes<T>::load(q + j); };
+        Lanes<T>::store(out + j, diffuse_adjoint_px(ld(a), p, ld(o0), e, ld(o1), w, ld(o2),
+                                                    ld(down), ld(o3), ld(up)));
+      });
+    }
+    for (int64_t j = j0; j < len; ++j) {
       out[j] = diffuse_adjoint_px(a[j], mid[j], o0[j], mid[j + 1], o1[j], mid[j - 1], o2[j],
                                   down[j], o3[j], up[j]);
     }
@@ -244,7 +264,21 @@ void adjoint_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
   T* __restrict__ acc1 = acc + stride;
   T* __restrict__ acc2 = acc + 2 * stride;
   T* __restrict__ acc3 = acc + 3 * stride;
-  for (int64_t j = 0; j < len; ++j) {
+  int64_t j0 = 0;
+  if constexpr (kLanes<T> > 0) {
+    j0 = lane_runs(mid, len, [&](int64_t j, Vec<T> gw, Vec<T> gp, Vec<T> ge) {
+      using L = Lanes<T>;
+      auto ld = [&](const T* q) { return L::load(q + j); };
+      const Vec<T> gs = ld(down), gn = ld(up), u_j = ld(u);
+      L::store(acc0 + j, ld(acc0) + diffuse_rate_grad_px(u_j, ge, gp));
+      L::store(acc1 + j, ld(acc1) + diffuse_rate_grad_px(u_j, gw, gp));
+      L::store(acc2 + j, ld(acc2) + diffuse_rate_grad_px(u_j, gs, gp));
+      L::store(acc3 + j, ld(acc3) + diffuse_rate_grad_px(u_j, gn, gp));
+      L::store(out + j,
+               diffuse_adjoint_px(ld(a), gp, ld(o0), ge, ld(o1), gw, ld(o2), gs, ld(o3), gn));
+    });
+  }
+  for (int64_t j = j0; j < len; ++j) {
     const T gp = mid[j], ge = mid[j + 1], gw = mid[j - 1], gs = down[j], gn = up[j];
     const T up_j = u[j];
     acc0[j] += diffuse_rate_grad_px(up_j, ge, gp);
