@@ -567,6 +567,100 @@ def test_one_sample_steps_one_call_each_same_bits(case):
 
 
 # --------------------------------------------------------------------------------------------
+# Exact arithmetic: the CPU kernels round every product and sum on its own, in the order of
+# diffusion_math.h, so they equal that per-pixel formula evaluated in numpy, bit for bit, on every
+# path (plane sweep, wavefront in cache, deep wavefront over strips and bands) and vector width.
+# --------------------------------------------------------------------------------------------
+
+EXACT_CASES = [
+    ((3, 7, 5), torch.float32, 9, 1),  # plane sweep: runs shorter than a vector
+    ((4, 33, 17), torch.float64, 23, 1),  # plane sweep
+    ((2, 130, 120), torch.float32, 37, 2),  # wavefront over whole rows, the sample in cache
+    ((1, 3, 5000), torch.float64, 7, 1),  # wavefront, 2 steps a pass
+    ((1, 520, 400), torch.float32, 40, 2),  # deep passes of 16 steps, 2 bands of rows
+]
+
+
+def _numpy_coefs(rates, tau):
+    """Out-coefficients o (N, 4, H, W), 0 where the neighbour is outside, and a, as
+    diffuse_out_coefs computes them."""
+    np = pytest.importorskip("numpy")
+    r = rates.numpy()
+    t = r.dtype.type(tau)
+    o = np.zeros_like(r)
+    o[:, 0, :, :-1] = t * r[:, 0, :, :-1]  # east
+    o[:, 1, :, 1:] = t * r[:, 1, :, 1:]  # west
+    o[:, 2, :-1, :] = t * r[:, 2, :-1, :]  # south
+    o[:, 3, 1:, :] = t * r[:, 3, 1:, :]  # north
+    a = r.dtype.type(1) - (((o[:, 0] + o[:, 1]) + o[:, 2]) + o[:, 3])
+    return o, a
+
+
+def _numpy_neighbours(v):
+    """v's east, west, south and north neighbours (0 outside the image)."""
+    np = pytest.importorskip("numpy")
+    p = np.pad(v, ((0, 0), (1, 1), (1, 1)))
+    return p[:, 1:-1, 2:], p[:, 1:-1, :-2], p[:, 2:, 1:-1], p[:, :-2, 1:-1]
+
+
+def _numpy_forward_states(u0, rates, tau, steps):
+    """u^0 .. u^steps by diffuse_forward_px: a u + in_e u_e + in_w u_w + in_s u_s + in_n u_n,
+    left to right, each operation rounded."""
+    o, a = _numpy_coefs(rates, tau)
+    # the neighbours' flows towards p: the east neighbour's o1, the west's o0, the south's o3, the north's o2
+    in_e = _numpy_neighbours(o[:, 1])[0]
+    in_w = _numpy_neighbours(o[:, 0])[1]
+    in_s = _numpy_neighbours(o[:, 3])[2]
+    in_n = _numpy_neighbours(o[:, 2])[3]
+    states = [u0.numpy()]
+    for _ in range(steps):
+        u = states[-1]
+        ue, uw, us, un = _numpy_neighbours(u)
+        states.append((((a * u + in_e * ue) + in_w * uw) + in_s * us) + in_n * un)
+    return states
+
+
+def _numpy_backward(go, states, rates, tau):
+    """grad_u0 by diffuse_adjoint_px (a g + o0 g_e + o1 g_w + o2 g_s + o3 g_n) and grad_rates:
+    u^k (g^{k+1}_q - g^{k+1}_p) summed from the last step to the first, times tau at the end."""
+    np = pytest.importorskip("numpy")
+    o, a = _numpy_coefs(rates, tau)
+    g = go.numpy()
+    acc = np.zeros_like(o)
+    for u in reversed(states[:-1]):
+        nb = _numpy_neighbours(g)
+        for d in range(4):
+            acc[:, d] += u * (nb[d] - g)
+        g = (((a * g + o[:, 0] * nb[0]) + o[:, 1] * nb[1]) + o[:, 2] * nb[2]) + o[:, 3] * nb[3]
+    t = acc.dtype.type(tau)
+    inside = o != 0  # the boundary mask (every drawn rate is positive)
+    return g, np.where(inside, t * acc, acc.dtype.type(0))
+
+
+@pytest.mark.parametrize("case", EXACT_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-{str(c[1]).split('.')[-1]}-{c[2]}-t{c[3]}")
+def test_cpu_kernels_equal_the_formula_bit_for_bit(case):
+    size, dtype, steps, threads = case
+    g = make_generator(44)
+    u0, rates = random_problem(*size, dtype=dtype, tau=TAU, generator=g)
+    rates = rates + torch.finfo(dtype).tiny  # every rate positive: the masks below read o != 0
+    go = torch.randn(size, dtype=torch.float64, generator=g).to(dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = d2d_ext.diffuse(u0, rates, TAU, steps)
+        gu, gr = bwd(go, u0, rates, TAU, steps)
+        gu_alone = OPS.diffuse_backward.default(go, u0, rates, TAU, steps, [True, False])[0]
+    finally:
+        torch.set_num_threads(before)
+    states = _numpy_forward_states(u0, rates, TAU, steps)
+    ref_u, ref_r = _numpy_backward(go, states, rates, TAU)
+    assert torch.equal(_bits(out), _bits(torch.from_numpy(states[-1])))
+    assert torch.equal(_bits(gu), _bits(torch.from_numpy(ref_u)))
+    assert torch.equal(_bits(gu_alone), _bits(torch.from_numpy(ref_u)))
+    assert torch.equal(_bits(gr), _bits(torch.from_numpy(ref_r)))
+
+
+# --------------------------------------------------------------------------------------------
 # Properties
 # --------------------------------------------------------------------------------------------
 

@@ -6,6 +6,17 @@
 // rows are split into bands that run in parallel (see Tiling). The inner loops are branch-free
 // and run on whole vectors, the east and west neighbours' values shifted out of the vectors
 // already loaded (see lanes.h).
+// Every multiply and add rounds on its own (no fused multiply-add contraction) in this file: the
+// arithmetic is then the source's order of operations whatever the compiler vectorises and
+// however a run splits into vectors and a scalar rest, so results are the same bits on any x86
+// vector width and any tiling, and equal to the per-pixel formula evaluated in that order
+// (python_tests/test_diffusion.py checks it against numpy). Set before any include, so that
+// every function of the file has the same options.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -207,29 +218,36 @@ struct Coefs {
         in_at(south_north ? 0 : -g.Wp), Wp(g.Wp) {}
 };
 
-// out[j] = (A u)[i0 + j] for j in [0, len): up, mid and down hold the rows above, at and below
-// (mid[-1] and mid[len] readable). Used for a whole padded plane at once (up = mid - Wp) or for
-// one row of a wavefront.
-template <typename T>
-void forward_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict__ up,
-                 const T* __restrict__ mid, const T* __restrict__ down, T* __restrict__ out) {
-  const T* __restrict__ a = c.a + i0;
-  const T* __restrict__ in_e = c.ie + (i0 + c.ie_at);  // east neighbour's flow to the west
-  const T* __restrict__ in_w = c.iw + (i0 + c.iw_at);  // west neighbour's flow to the east
-  const T* __restrict__ in_s = c.is + (i0 + c.is_at);  // south neighbour's flow to the north
-  const T* __restrict__ in_n = c.in + (i0 + c.in_at);  // north neighbour's flow to the south
+// out[j] = px(a[j], mid[j], ce[j], mid[j + 1], cw[j], mid[j - 1], cs[j], down[j], cn[j], up[j])
+// for j in [0, len): the five-point step both ways (px is diffuse_forward_px or
+// diffuse_adjoint_px, which take whole vectors too). up, mid and down hold the rows above, at and
+// below (mid[-1] and mid[len] readable).
+template <typename T, typename Px>
+void stencil_run(const T* __restrict__ a, const T* __restrict__ ce, const T* __restrict__ cw,
+                 const T* __restrict__ cs, const T* __restrict__ cn, int64_t len,
+                 const T* __restrict__ up, const T* __restrict__ mid, const T* __restrict__ down,
+                 T* __restrict__ out, Px&& px) {
   int64_t j0 = 0;
   if constexpr (kLanes<T> > 0) {
     j0 = lane_runs(mid, len, [&](int64_t j, Vec<T> w, Vec<T> p, Vec<T> e) {
       auto ld = [&](const T* q) { return Lanes<T>::load(q + j); };
-      Lanes<T>::store(out + j, diffuse_forward_px(ld(a), p, ld(in_e), e, ld(in_w), w, ld(in_s),
-                                                  ld(down), ld(in_n), ld(up)));
+      Lanes<T>::store(out + j, px(ld(a), p, ld(ce), e, ld(cw), w, ld(cs), ld(down), ld(cn), ld(up)));
     });
   }
   for (int64_t j = j0; j < len; ++j) {
-    out[j] = diffuse_forward_px(a[j], mid[j], in_e[j], mid[j + 1], in_w[j], mid[j - 1], in_s[j],
-                                down[j], in_n[j], up[j]);
+    out[j] = px(a[j], mid[j], ce[j], mid[j + 1], cw[j], mid[j - 1], cs[j], down[j], cn[j], up[j]);
   }
+}
+
+// out[j] = (A u)[i0 + j] for j in [0, len), up/mid/down as in stencil_run. Used for a whole
+// padded plane at once (up = mid - Wp) or for one row of a wavefront.
+template <typename T>
+void forward_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict__ up,
+                 const T* __restrict__ mid, const T* __restrict__ down, T* __restrict__ out) {
+  // the inflow coefficients of the east, west, south and north neighbours towards p
+  stencil_run(c.a + i0, c.ie + (i0 + c.ie_at), c.iw + (i0 + c.iw_at), c.is + (i0 + c.is_at),
+              c.in + (i0 + c.in_at), len, up, mid, down, out,
+              [](auto... v) { return diffuse_forward_px(v...); });
 }
 
 // out = (A^T g)[i0 + j] for j in [0, len), with up/mid/down rows of g as in forward_run, and
@@ -246,18 +264,8 @@ void adjoint_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
   const T* __restrict__ o2 = c.o2 + i0;
   const T* __restrict__ o3 = c.o3 + i0;
   if constexpr (!kRates) {
-    int64_t j0 = 0;
-    if constexpr (kLanes<T> > 0) {
-      j0 = lane_runs(mid, len, [&](int64_t j, Vec<T> w, Vec<T> p, Vec<T> e) {
-        auto ld = [&](const T* q) { return Lanes<T>::load(q + j); };
-        Lanes<T>::store(out + j, diffuse_adjoint_px(ld(a), p, ld(o0), e, ld(o1), w, ld(o2),
-                                                    ld(down), ld(o3), ld(up)));
-      });
-    }
-    for (int64_t j = j0; j < len; ++j) {
-      out[j] = diffuse_adjoint_px(a[j], mid[j], o0[j], mid[j + 1], o1[j], mid[j - 1], o2[j],
-                                  down[j], o3[j], up[j]);
-    }
+    stencil_run(a, o0, o1, o2, o3, len, up, mid, down, out,
+                [](auto... v) { return diffuse_adjoint_px(v...); });
     return;
   }
   T* __restrict__ acc0 = acc;
@@ -434,10 +442,10 @@ struct Stepper {
   // it of level s - 1 (rows outside the image read as zeros).
   //
   // The column runs start on a cache line of the row and end on one or at W, as a whole row's run
-  // does: the compiler's vector loop body and its scalar remainder may round differently (they
-  // contract multiply-adds differently), so a pixel must fall in the same one whichever tile
-  // computes it. Rounding the halo out to whole lines adds columns that are computed from
-  // whatever the ring holds there and that no level reads.
+  // does, so that their vectors' loads do not split lines (the arithmetic of a pixel is the same
+  // in a run's vectors and in its scalar rest: see the top of the file). Rounding the halo out
+  // to whole lines adds columns that are computed from whatever the ring holds there and that no
+  // level reads.
   template <typename DstRow, typename LevelRow, typename RowFn>
   void wavefront(int64_t S, const Tile& t, const T* src, DstRow&& dst_row, LevelRow&& level_row,
                  RowFn&& fn) const {

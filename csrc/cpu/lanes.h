@@ -78,9 +78,8 @@ using Vec = T;
 // fn(j, west, mid, east) for j = 0, n, 2n, ... < len / n * n: the vectors of the run mid's
 // elements j - 1 .., j .. and j + 1 ..; mid[-1] and mid[len] are read, nothing beyond. Returns
 // the number of elements done, a whole number of vectors (0 without vector extensions); the
-// caller's scalar loop does the rest. A pixel's place in a run (vector or scalar rest) must
-// not depend on the tile that computes it, as the compiler may contract the two differently:
-// runs start on a cache line (see Stepper::wavefront).
+// caller's scalar loop does the rest (the same arithmetic where, as in diffusion_cpu.cpp, the
+// compiler may not contract multiply-adds).
 template <typename T, typename Fn>
 int64_t lane_runs(const T* __restrict__ mid, int64_t len, Fn&& fn) {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__AVX512F__) || defined(__AVX__))
