@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 namespace d2d {
@@ -46,15 +47,28 @@ struct Lanes {
   // lane i of the result: lane i + 1 of (cur, nxt) (the east neighbours of cur's pixels)
   template <std::size_t... I>
   static V east(V cur, V nxt, std::index_sequence<I...>) {
-    return __builtin_shufflevector(cur, nxt, (I + 1)...);
+    return shuffle<(I + 1)...>(cur, nxt);
   }
   static V east(V cur, V nxt) { return east(cur, nxt, std::make_index_sequence<n>{}); }
   // lane i of the result: lane i - 1 of (prv, cur) (the west neighbours)
   template <std::size_t... I>
   static V west(V prv, V cur, std::index_sequence<I...>) {
-    return __builtin_shufflevector(prv, cur, (I + n - 1)...);
+    return shuffle<(I + n - 1)...>(prv, cur);
   }
   static V west(V prv, V cur) { return west(prv, cur, std::make_index_sequence<n>{}); }
+
+ private:
+  // lane i of the result: lane K_i of the concatenation (x, y)
+  template <std::size_t... K>
+  static V shuffle(V x, V y) {
+#if defined(__clang__)
+    return __builtin_shufflevector(x, y, K...);
+#else  // GCC (__builtin_shufflevector only from GCC 12)
+    using Index = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+    typedef Index M __attribute__((vector_size(kVectorBytes)));
+    return __builtin_shuffle(x, y, M{Index(K)...});
+#endif
+  }
 };
 
 template <typename T>
