@@ -573,7 +573,7 @@ def test_one_sample_steps_one_call_each_same_bits(case):
 # --------------------------------------------------------------------------------------------
 
 EXACT_CASES = [
-    ((3, 7, 5), torch.float32, 9, 1),  # plane sweep: runs shorter than a vector
+    ((3, 7, 5), torch.float32, 9, 1),  # plane sweep of a tiny plane: two vectors and a scalar rest
     ((4, 33, 17), torch.float64, 23, 1),  # plane sweep
     ((2, 130, 120), torch.float32, 37, 2),  # wavefront over whole rows, the sample in cache
     ((1, 3, 5000), torch.float64, 7, 1),  # wavefront, 2 steps a pass
