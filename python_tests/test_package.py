@@ -127,3 +127,45 @@ def test_readme_architecture_is_true():
             assert (Path(__file__).parent / t).is_file(), f"README's Architecture row {row} names a missing test {t}"
     for row in table:
         assert (here.parent / row).exists(), f"README's Architecture table lists {row}, which does not exist"
+
+
+def test_source_distribution_holds_every_included_file(tmp_path):
+    # A build from the sdist compiles the .cpp / .cu files setup.py lists; every file they (and the
+    # headers) include by a quoted path must travel with them.
+    import re
+    import tarfile
+
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "setup.py").is_file():
+        pytest.skip("needs the source tree (setup.py)")
+    # from a copy without build products: setuptools also lists the files of an existing
+    # *.egg-info/SOURCES.txt, which an earlier build may have left with more in it
+    tree = tmp_path / "tree"
+    skip = shutil.ignore_patterns("*.egg-info", "__pycache__", "*.so", "build")
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "requirements.txt", "csrc", "d2d_ext"):
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, tree / name, ignore=skip)
+        elif src.is_file():
+            tree.mkdir(exist_ok=True)
+            shutil.copy2(src, tree / name)
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=tree,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (archive,) = (tmp_path / "dist").glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        names = {Path(*Path(n).parts[1:]).as_posix() for n in tar.getnames()}
+    sources = [p for p in (root / "csrc").rglob("*") if p.suffix in (".cpp", ".cu", ".h", ".cuh")]
+    assert sources
+    missing = []
+    for src in sources:
+        rel = src.relative_to(root).as_posix()
+        if src.suffix in (".cpp", ".cu") and rel not in names:
+            missing.append(rel)
+        for inc in re.findall(r'^\s*#\s*include\s+"([^"]+)"', src.read_text(), flags=re.M):
+            target = (src.parent / inc).resolve()
+            if target.is_file() and target.relative_to(root).as_posix() not in names:
+                missing.append(f"{target.relative_to(root).as_posix()} (included by {rel})")
+    assert not missing, f"not in the source distribution: {missing}"
