@@ -75,7 +75,6 @@ struct Grid {
         Wp(sweep_ ? w + 2 : round_up(w + 2, line)), P(round_up((h + 2) * Wp + off, line)),
         sweep(sweep_) {}
   int64_t row(int64_t y) const { return (y + 1) * Wp + off; }
-  bool aligned() const { return !sweep; }
 };
 
 template <typename T>
@@ -385,7 +384,6 @@ template <typename T>
 struct Stepper {
   const Grid& g;
   Coefs<T> c;
-  bool sweep;      // plane sweep, else wavefront
   int64_t depth;   // steps per wavefront pass
   const T* zero;   // a zero row of Wp (reads above the first row and below the last)
 
@@ -412,7 +410,6 @@ struct Stepper {
 
   Stepper(const Grid& grid, const T* coefs, const T* zero_row)
       : g(grid), c(coefs, grid), zero(zero_row) {
-    sweep = !g.aligned();  // make_grid aligns the grids too large for the plane sweep
     depth = depth_of(g);
   }
 
@@ -484,7 +481,7 @@ struct Stepper {
       T* k = keep(s);
       return k != nullptr ? k : tmp[parity % 2];
     };
-    if (sweep) {
+    if (g.sweep) {
       const int64_t b = sweep_begin(), len = sweep_len();
       const T* cur = src;
       for (int64_t s = 1; s <= S; ++s) {
@@ -536,7 +533,7 @@ struct Stepper {
   template <bool kRates, typename State>
   void adjoint(int64_t S, const T* gin, T* gout, State&& state, T* acc, T* gtmp,
                const Tiling<T>& tiling) const {
-    if (sweep) {
+    if (g.sweep) {
       const int64_t b = sweep_begin(), len = sweep_len();
       const T* cur = gin;
       for (int64_t s = 1; s <= S; ++s) {
@@ -614,7 +611,7 @@ struct Samples {
   int64_t bands;
   Samples(int64_t N, int64_t H, int64_t W) : g(make_grid<T>(H, W)) {
     const int64_t threads = at::get_num_threads();
-    banded = g.aligned() && N < threads && Stepper<T>::bands_for(g, threads) > 1;
+    banded = !g.sweep && N < threads && Stepper<T>::bands_for(g, threads) > 1;
     bands = banded ? Stepper<T>::bands_for(g, threads) : 1;
   }
   // A workspace of `planes` planes, the zero row and the ring rows of each band, for one thread
@@ -623,7 +620,7 @@ struct Samples {
   template <typename Fn>
   void run(int64_t N, int64_t planes, int64_t used, Fn&& per_sample) const {
     auto with_workspace = [&](int64_t begin, int64_t end, bool parallel) {
-      const int64_t ring = g.aligned() ? Stepper<T>::ring_elems(g) : 0;
+      const int64_t ring = g.sweep ? 0 : Stepper<T>::ring_elems(g);
       const int64_t elems = planes * g.P + Stepper<T>::zero_elems(g) + bands * ring;
       Workspace<T> work(elems);
       T* base = work.data;
@@ -675,7 +672,7 @@ at::Tensor diffuse_cpu(const at::Tensor& u0_in, const at::Tensor& rates_in, doub
     const int64_t HW = H * W;
     // coefs, input, a scratch plane (the input is the other one once read), and for the plane
     // sweep the output (the wavefront writes its last pass to out directly).
-    const bool sweep = !g.aligned();
+    const bool sweep = g.sweep;
     const int64_t planes = coef_planes(g) + (sweep ? 3 : 2);
     samples.run(N, planes, planes, [&](int64_t n, const Tiling<T>& tiling, T* work,
                                        const T* zero_row) {

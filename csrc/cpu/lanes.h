@@ -13,9 +13,16 @@
 #include <type_traits>
 #include <utility>
 
+// Whether the vector extensions are used (else callers keep their scalar loops).
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__AVX512F__) || defined(__AVX__))
+#define D2D_LANES 1
+#else
+#define D2D_LANES 0
+#endif
+
 namespace d2d {
 
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__AVX512F__) || defined(__AVX__))
+#if D2D_LANES
 #if defined(__AVX512F__)
 constexpr int kVectorBytes = 64;
 #else
@@ -96,7 +103,7 @@ using Vec = T;
 // compiler may not contract multiply-adds).
 template <typename T, typename Fn>
 int64_t lane_runs(const T* __restrict__ mid, int64_t len, Fn&& fn) {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__AVX512F__) || defined(__AVX__))
+#if D2D_LANES
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int64_t n = L::n;
