@@ -43,9 +43,38 @@ def test_with_cuda_when_toolkit_present():
         pytest.skip("D2D_FORCE_CPU is set: a CPU-only build is expected")
     if torch.version.cuda is None:
         pytest.skip("torch is a CPU build: the CUDA kernels cannot be compiled")
-    if not (shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")):
+    if nvcc_path() is None:
         pytest.skip("no nvcc on this machine: the CUDA kernels cannot be compiled")
     assert d2d_ext.WITH_CUDA, "nvcc and a CUDA torch are present, but d2d_ext was built without CUDA kernels"
+
+
+def nvcc_path():
+    return shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+
+
+def test_cuda_diffusion_rounds_every_operation(tmp_path):
+    """The diffusion kernels' PTX (what the GPU runs, before the assembler) holds no fused
+    multiply-add and only float adds, subtracts and multiplies with an explicit rounding mode,
+    which the assembler never fuses either: on a GPU every product and sum rounds on its own, as
+    on the CPU, so the two give the same bits (test_diffuse_cuda_same_bits_as_cpu, on a GPU).
+    Written as plain `a * b + c`, nvcc fuses most of them."""
+    nvcc = nvcc_path()
+    if nvcc is None or torch.version.cuda is None:
+        pytest.skip("needs nvcc and a CUDA build of torch")
+    from torch.utils.cpp_extension import include_paths
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ptx = tmp_path / "diffusion.ptx"
+    cmd = [nvcc, "-ptx", "-arch=sm_90", "-O3", "-std=c++20", "--expt-relaxed-constexpr", "-DD2D_WITH_CUDA",
+           "-I" + os.path.join(root, "csrc"), *("-I" + p for p in include_paths("cuda")),
+           os.path.join(root, "csrc", "cuda", "diffusion_cuda.cu"), "-o", str(ptx)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ops = re.findall(r"\b((?:add|sub|mul|fma|mad)(?:\.\w+)*\.f(?:32|64))\b", ptx.read_text())
+    assert sum(op.startswith("mul.rn.") for op in ops) > 100  # the kernels' arithmetic is there
+    assert not [op for op in ops if op.startswith(("fma", "mad"))], "fused multiply-adds in the diffusion kernels"
+    unrounded = sorted({op for op in ops if ".rn." not in op})
+    assert not unrounded, f"float operations the assembler may fuse: {unrounded}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,6 +106,24 @@ def test_diffuse_forward_cuda_vs_cpu(dtype, size, steps):
     out = d2d_ext.diffuse(u0c, ratesc, TAU, steps)
     assert out.is_cuda and out.dtype == dtype and out.shape == u0.shape
     torch.testing.assert_close(out.cpu(), d2d_ext.diffuse(u0, rates, TAU, steps), **TOL[dtype])
+
+
+@requires_cuda
+@cuda_kernels
+@pytest.mark.parametrize("steps", [1, 7, 64])
+@pytest.mark.parametrize("size", [(8, 32, 32), (3, 150, 130), (1, 1, 500)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_diffuse_cuda_same_bits_as_cpu(dtype, size, steps):
+    """The GPU's diffusion is the CPU's bit for bit, forward and backward: both round every
+    product and sum on its own in the order of csrc/kernels/diffusion_math.h (no fused
+    multiply-adds on the GPU), and both carry the rate gradient's sum over the steps in one
+    running sum (one tile, several launches with halos, one row)."""
+    u0, rates, u0c, ratesc = cuda_problem(size, dtype, seed=sum(size) + 2)
+    go = torch.randn(size, dtype=torch.float64, generator=make_generator(3)).to(dtype)
+    assert torch.equal(d2d_ext.diffuse(u0c, ratesc, TAU, steps).cpu(), d2d_ext.diffuse(u0, rates, TAU, steps))
+    want = OPS.diffuse_backward.default(go, u0, rates, TAU, steps)
+    got = OPS.diffuse_backward.default(go.cuda(), u0c, ratesc, TAU, steps)
+    assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
 
 
 @requires_cuda

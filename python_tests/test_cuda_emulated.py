@@ -1,6 +1,9 @@
 """The CUDA kernels, run without a GPU: ``csrc/cuda/*.cu`` compiled by the host compiler under the
 emulator of the CUDA execution model (``csrc/emu/cuda_emu.h``, built by ``cuda_emulator.py``) and
-checked against the CPU kernels.
+checked against the CPU kernels: the diffusion's results must be the CPU's bit for bit (both
+round every product and sum on its own, in the order of ``csrc/kernels/diffusion_math.h``). The
+emulated build lets the host compiler fuse products and sums wherever the source allows, as nvcc
+does on a GPU, so a kernel that leaves one to the compiler's choice fails here.
 
 Every GPU test of ``test_cuda.py`` has its counterpart here, except what has no meaning on the
 host: device mismatches (the emulated ops take CPU tensors) and the bound on CUDA memory (the
@@ -32,8 +35,6 @@ from cuda_emulator import FORWARD, GRID_YZ_LIMIT, H100_SMEM_OPTIN, H100_SMS, RAN
 
 CPU = torch.ops.d2d
 TAU = 0.5
-TOL = {torch.float64: dict(rtol=1e-12, atol=1e-13), torch.float32: dict(rtol=1e-5, atol=1e-6)}
-GRAD_RTOL = {torch.float64: 1e-11, torch.float32: 1e-4}
 SCHEDULES = [(FORWARD, 0), (REVERSE, 0), (RANDOM, 1), (RANDOM, 2)]
 
 
@@ -56,6 +57,12 @@ def h100(emu):
 
 def launches(emu):
     return emu.counters()[0]
+
+
+def assert_same_bits(got, want, what):
+    """The emulated CUDA kernel's result is the CPU kernel's, bit for bit."""
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    assert torch.equal(got, want), f"{what}: differs by up to {(got.double() - want.double()).abs().max().item():.3g}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +124,7 @@ def test_diffuse_forward_emulated_vs_cpu(emu, dtype, size, steps):
     u0, rates = random_problem(*size, dtype=dtype, tau=TAU, generator=make_generator(sum(size)))
     out = emu.diffuse(u0, rates, TAU, steps)
     assert out.shape == u0.shape and out.dtype == dtype
-    torch.testing.assert_close(out, CPU.diffuse(u0, rates, TAU, steps), **TOL[dtype])
+    assert_same_bits(out, CPU.diffuse(u0, rates, TAU, steps), "forward")
 
 
 @pytest.mark.parametrize("steps", STEPS)
@@ -128,8 +135,8 @@ def test_diffuse_backward_emulated_vs_cpu(emu, dtype, size, steps):
     go = torch.randn(size, dtype=torch.float64, generator=make_generator(2)).to(dtype)
     gu, gr = emu.diffuse_backward(go, u0, rates, TAU, steps)
     ref_u, ref_r = CPU.diffuse_backward(go, u0, rates, TAU, steps)
-    assert_close_rel(gu.double(), ref_u.double(), GRAD_RTOL[dtype], "grad_u0")
-    assert_close_rel(gr.double(), ref_r.double(), GRAD_RTOL[dtype], "grad_rates")
+    assert_same_bits(gu, ref_u, "grad_u0")
+    assert_same_bits(gr, ref_r, "grad_rates")
 
 
 @pytest.mark.parametrize("steps", [0, 1, 20])
@@ -147,11 +154,10 @@ def test_diffuse_backward_u0_only_emulated_vs_cpu(emu, dtype, size, steps):
         assert forward_launches - before == launches(emu) - forward_launches
     assert gr.shape == (0,) and gu.shape == u0.shape
     ref_u, _ = CPU.diffuse_backward(go, u0, rates, TAU, steps)
-    assert_close_rel(gu.double(), ref_u.double(), GRAD_RTOL[dtype], "grad_u0")
+    assert_same_bits(gu, ref_u, "grad_u0")
     empty_u, only_r = emu.diffuse_backward(go, u0, rates, TAU, steps, [False, True])
     assert empty_u.shape == (0,)
-    assert_close_rel(only_r.double(), CPU.diffuse_backward(go, u0, rates, TAU, steps)[1].double(), GRAD_RTOL[dtype],
-                     "grad_rates")
+    assert_same_bits(only_r, CPU.diffuse_backward(go, u0, rates, TAU, steps)[1], "grad_rates")
 
 
 def test_more_samples_than_one_grid(emu):
@@ -175,7 +181,7 @@ def test_diffuse_nonfinite_reach_emulated(emu, size, where, value):
         out = emu.diffuse(u0, rates, TAU, steps)
         ref = CPU.diffuse(u0, rates, TAU, steps)
         assert torch.equal(out.isfinite(), ref.isfinite()), steps
-        torch.testing.assert_close(out[ref.isfinite()], ref[ref.isfinite()], **TOL[torch.float32])
+        assert_same_bits(out[ref.isfinite()], ref[ref.isfinite()], f"{steps} steps")
 
 
 @pytest.mark.parametrize("size,steps,dtype", [((1, 40, 50), 30, torch.float64), ((2, 70, 90), 25, torch.float32)],
@@ -188,9 +194,8 @@ def test_diffuse_checkpointed_backward_emulated(emu, size, steps, dtype):
     go = torch.randn(size, dtype=torch.float64, generator=make_generator(4)).to(dtype)
     gu, gr = emu.diffuse_backward(go, u0, rates, 0.9, steps)
     ref_u, ref_r = CPU.diffuse_backward(go, u0, rates, 0.9, steps)
-    rtol = 1e-10 if dtype == torch.float64 else 1e-4
-    assert_close_rel(gu.double(), ref_u.double(), rtol, "grad_u0")
-    assert_close_rel(gr.double(), ref_r.double(), rtol, "grad_rates")
+    assert_same_bits(gu, ref_u, "grad_u0")
+    assert_same_bits(gr, ref_r, "grad_rates")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -231,10 +236,10 @@ def test_diffuse_every_tile_side_emulated(emu, side, dtype):
     out = emu.diffuse(u0, rates, TAU, steps)
     per_sample, n_launch = tiles(H, W, side, steps)
     assert emu.counters()[1] - blocks_before == 2 * per_sample * n_launch
-    torch.testing.assert_close(out, CPU.diffuse(u0, rates, TAU, steps), **TOL[dtype])
+    assert_same_bits(out, CPU.diffuse(u0, rates, TAU, steps), "forward")
     go = torch.randn((2, H, W), dtype=torch.float64, generator=make_generator(1)).to(dtype)
     for got, want in zip(emu.diffuse_backward(go, u0, rates, TAU, steps), CPU.diffuse_backward(go, u0, rates, TAU, steps)):
-        assert_close_rel(got.double(), want.double(), GRAD_RTOL[dtype])
+        assert_same_bits(got, want, "backward")
 
 
 def test_shared_memory_limit_refused_by_name(emu):

@@ -277,10 +277,10 @@ void adjoint_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
       using L = Lanes<T>;
       auto ld = [&](const T* q) { return L::load(q + j); };
       const Vec<T> gs = ld(down), gn = ld(up), u_j = ld(u);
-      L::store(acc0 + j, ld(acc0) + diffuse_rate_grad_px(u_j, ge, gp));
-      L::store(acc1 + j, ld(acc1) + diffuse_rate_grad_px(u_j, gw, gp));
-      L::store(acc2 + j, ld(acc2) + diffuse_rate_grad_px(u_j, gs, gp));
-      L::store(acc3 + j, ld(acc3) + diffuse_rate_grad_px(u_j, gn, gp));
+      L::store(acc0 + j, diffuse_rate_grad_accumulate(ld(acc0), u_j, ge, gp));
+      L::store(acc1 + j, diffuse_rate_grad_accumulate(ld(acc1), u_j, gw, gp));
+      L::store(acc2 + j, diffuse_rate_grad_accumulate(ld(acc2), u_j, gs, gp));
+      L::store(acc3 + j, diffuse_rate_grad_accumulate(ld(acc3), u_j, gn, gp));
       L::store(out + j,
                diffuse_adjoint_px(ld(a), gp, ld(o0), ge, ld(o1), gw, ld(o2), gs, ld(o3), gn));
     });
@@ -288,10 +288,10 @@ void adjoint_run(const Coefs<T>& c, int64_t i0, int64_t len, const T* __restrict
   for (int64_t j = j0; j < len; ++j) {
     const T gp = mid[j], ge = mid[j + 1], gw = mid[j - 1], gs = down[j], gn = up[j];
     const T up_j = u[j];
-    acc0[j] += diffuse_rate_grad_px(up_j, ge, gp);
-    acc1[j] += diffuse_rate_grad_px(up_j, gw, gp);
-    acc2[j] += diffuse_rate_grad_px(up_j, gs, gp);
-    acc3[j] += diffuse_rate_grad_px(up_j, gn, gp);
+    acc0[j] = diffuse_rate_grad_accumulate(acc0[j], up_j, ge, gp);
+    acc1[j] = diffuse_rate_grad_accumulate(acc1[j], up_j, gw, gp);
+    acc2[j] = diffuse_rate_grad_accumulate(acc2[j], up_j, gs, gp);
+    acc3[j] = diffuse_rate_grad_accumulate(acc3[j], up_j, gn, gp);
     out[j] = diffuse_adjoint_px(a[j], gp, o0[j], ge, o1[j], gw, o2[j], gs, o3[j], gn);
   }
 }

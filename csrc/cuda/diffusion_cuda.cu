@@ -215,14 +215,17 @@ __global__ void __launch_bounds__(kBX* kBY)
 }
 
 // Runs `nsteps` adjoint steps: from g_in = g^{k_lo + nsteps} down to g_out = g^{k_lo}, with the
-// forward states u^{k_lo + s} at states[s] (slots of N*H*W), and (kRates) adds the rate gradient
-// of these steps to grad_rates (N, 4, H, W). Without kRates, states and grad_rates are not read.
+// forward states u^{k_lo + s} at states[s] (slots of N*H*W), and (kRates) carries the rate
+// gradient's running sum in grad_rates (N, 4, H, W): it starts from what the launches before left
+// there (zeros before the first) and adds these steps one by one, as the CPU kernel's sum over all
+// steps does, so that both round alike; the last launch (`finish`) stores tau times the sum, and 0
+// where the neighbour is outside the image. Without kRates, states and grad_rates are not read.
 template <bool kRates, typename T>
 __global__ void __launch_bounds__(kBX* kBY)
     diffuse_adjoint_kernel(const T* __restrict__ g_in, const T* __restrict__ rates,
                            const T* __restrict__ states, T* __restrict__ g_out,
                            T* __restrict__ grad_rates, int nsteps, int64_t n0, int64_t N, T tau,
-                           Geom g) {
+                           bool finish, Geom g) {
   D2D_DYNAMIC_SMEM(smem_raw);  // used as T*, T up to double
   Tile<T> t(g, reinterpret_cast<T*>(smem_raw));
   const int64_t n = n0 + blockIdx.z;
@@ -247,11 +250,17 @@ __global__ void __launch_bounds__(kBX* kBY)
   __syncthreads();
   T acc[kPY][kPX][4];
 #pragma unroll
-  for (int py = 0; py < kPY; ++py)
+  for (int py = 0; py < kPY; ++py) {
 #pragma unroll
-    for (int px = 0; px < kPX; ++px)
+    for (int px = 0; px < kPX; ++px) {
+      const int ly = threadIdx.y + py * kBY, lx = threadIdx.x + px * kBX;
+      const int gy = t.ly0 + ly, gx = t.lx0 + lx;
+      const bool own = kRates && ly < t.LH && lx < t.LW && t.interior(gy, gx);
+      const T* gr = own ? grad_rates + n * 4 * HW + int64_t(gy) * g.W + gx : nullptr;
 #pragma unroll
-      for (int d = 0; d < 4; ++d) acc[py][px][d] = T(0);
+      for (int d = 0; d < 4; ++d) acc[py][px][d] = own ? gr[d * HW] : T(0);
+    }
+  }
 
   T* cur = t.buf0;
   T* nxt = t.buf1;
@@ -268,10 +277,10 @@ __global__ void __launch_bounds__(kBX* kBY)
           const int gy = t.ly0 + ly, gx = t.lx0 + lx;
           if (kRates && t.interior(gy, gx)) {
             const T up = u[int64_t(gy) * g.W + gx];
-            acc[py][px][0] += diffuse_rate_grad_px(up, ge, gp);
-            acc[py][px][1] += diffuse_rate_grad_px(up, gw, gp);
-            acc[py][px][2] += diffuse_rate_grad_px(up, gs, gp);
-            acc[py][px][3] += diffuse_rate_grad_px(up, gn, gp);
+            acc[py][px][0] = diffuse_rate_grad_accumulate(acc[py][px][0], up, ge, gp);
+            acc[py][px][1] = diffuse_rate_grad_accumulate(acc[py][px][1], up, gw, gp);
+            acc[py][px][2] = diffuse_rate_grad_accumulate(acc[py][px][2], up, gs, gp);
+            acc[py][px][3] = diffuse_rate_grad_accumulate(acc[py][px][3], up, gn, gp);
           }
           nxt[i] = diffuse_adjoint_px(t.cf[c], gp, t.cf[P + c], ge, t.cf[2 * P + c], gw,
                                       t.cf[3 * P + c], gs, t.cf[4 * P + c], gn);
@@ -298,7 +307,7 @@ __global__ void __launch_bounds__(kBX* kBY)
           const bool inside[4] = {gx + 1 < g.W, gx > 0, gy + 1 < g.H, gy > 0};
 #pragma unroll
           for (int d = 0; d < 4; ++d) {
-            if (inside[d]) gr[d * HW] += tau * acc[py][px][d];
+            gr[d * HW] = !finish ? acc[py][px][d] : inside[d] ? mul_rn(tau, acc[py][px][d]) : T(0);
           }
         }
       }
@@ -357,15 +366,17 @@ struct Launcher {
     }
   }
 
-  // grad_rates == nullptr: the adjoint steps alone (states not read).
-  void launch_adjoint(const T* g_in, const T* states, T* g_out, T* grad_rates, int nsteps) {
+  // grad_rates == nullptr: the adjoint steps alone (states not read). finish: the last launch
+  // of the backward (see diffuse_adjoint_kernel).
+  void launch_adjoint(const T* g_in, const T* states, T* g_out, T* grad_rates, int nsteps,
+                      bool finish) {
     for (int64_t n0 = 0; n0 < N; n0 += kMaxGridZ) {
       const dim3 grid(static_cast<unsigned>(g.tiles_x * g.tiles_y), 1,
                       static_cast<unsigned>(std::min(kMaxGridZ, N - n0)));
       auto* adjoint_kernel =
           grad_rates == nullptr ? &diffuse_adjoint_kernel<false, T> : &diffuse_adjoint_kernel<true, T>;
       D2D_LAUNCH(adjoint_kernel, grid, dim3(kBX, kBY), smem, stream,
-                 g_in, rates, states, g_out, grad_rates, nsteps, n0, N, tau, g);
+                 g_in, rates, states, g_out, grad_rates, nsteps, n0, N, tau, finish, g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
@@ -387,11 +398,12 @@ struct AdjointChain {
 
   // Adjoint steps len .. 1 of a stretch whose forward states u^s lie at states + s * NHW
   // (nullptr: u0's gradient alone, no states), in launches of at most steps_per_launch steps.
-  void run(Launcher<T>& L, int64_t len, const T* states, int64_t NHW, T* grad_rates) {
+  // last: the stretch that ends at step 0, whose last launch finishes the rate gradient.
+  void run(Launcher<T>& L, int64_t len, const T* states, int64_t NHW, T* grad_rates, bool last) {
     for (int64_t hi = len; hi > 0;) {
       const int64_t lo = std::max<int64_t>(0, hi - L.g.steps_per_launch);
       L.launch_adjoint(cur, states == nullptr ? nullptr : states + lo * NHW, buf[which],
-                       grad_rates, static_cast<int>(hi - lo));
+                       grad_rates, static_cast<int>(hi - lo), last && lo == 0);
       cur = buf[which];
       which ^= 1;
       hi = lo;
@@ -449,7 +461,7 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cuda(const at::Tensor& grad_
       using T = scalar_t;
       Launcher<T> L(rates, steps, tau);
       AdjointChain<T> chain(grad, u0);
-      chain.run(L, steps, nullptr, 0, nullptr);
+      chain.run(L, steps, nullptr, 0, nullptr, true);
       grad_u0 = chain.result();
     });
     return {grad_u0, grad_rates};
@@ -487,7 +499,7 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cuda(const at::Tensor& grad_
       // Recompute u^{base + 1 .. base + len - 1} into seg[1 ..].
       if (len > 1) L.forward(seg, nullptr, len - 1, seg + NHW, 1, 0, len, scratch0, scratch1);
       // Adjoint steps from the segment's end down to its start.
-      chain.run(L, len, seg, NHW, grp);
+      chain.run(L, len, seg, NHW, grp, j == 0);
     }
     grad_u0 = chain.result();
   });

@@ -73,6 +73,22 @@ struct uint3 {
 };
 
 typedef struct d2d_emu_stream* cudaStream_t;
+
+// The rounded arithmetic intrinsics: one rounding per operation, and never merged with the
+// operation around them into a fused multiply-add. The emulated build lets the host compiler
+// contract everything else (as nvcc's default --fmad=true does on a GPU); the empty asm makes each
+// result opaque to it, so these stay one rounding each, as on the device.
+template <typename T>
+inline T d2d_emu_rounded(T r) {
+  asm volatile("" : "+m"(r));
+  return r;
+}
+inline float __fmul_rn(float a, float b) { return d2d_emu_rounded(a * b); }
+inline double __dmul_rn(double a, double b) { return d2d_emu_rounded(a * b); }
+inline float __fadd_rn(float a, float b) { return d2d_emu_rounded(a + b); }
+inline double __dadd_rn(double a, double b) { return d2d_emu_rounded(a + b); }
+inline float __fsub_rn(float a, float b) { return d2d_emu_rounded(a - b); }
+inline double __dsub_rn(double a, double b) { return d2d_emu_rounded(a - b); }
 typedef int cudaError_t;
 constexpr cudaError_t cudaSuccess = 0;
 constexpr cudaError_t cudaErrorInvalidValue = 1;

@@ -24,6 +24,38 @@ D2D_HD T math_exp(T x) {
 }
 
 
+// Products and sums rounded one at a time. nvcc merges a product and the sum it feeds into one
+// fused multiply-add (its default, --fmad=true), which rounds once instead of twice, while the
+// CPU kernels are compiled without that contraction: written as plain `a * b + c` the GPU's
+// results would differ from the CPU's in the last bits. The __f*_rn intrinsics are never merged,
+// so device code that uses these helpers rounds as the CPU does. The CUDA emulator stands in for
+// the intrinsics (csrc/emu/cuda_emu.h). The generic overload serves the host and the CPU kernels'
+// vector types, whose translation units turn contraction off themselves.
+#if defined(__CUDA_ARCH__) || defined(D2D_CUDA_EMULATION)
+#define D2D_ROUNDED_DEVICE_MATH 1
+#endif
+
+template <typename T>
+D2D_HD T mul_rn(T a, T b) {
+  return a * b;
+}
+template <typename T>
+D2D_HD T add_rn(T a, T b) {
+  return a + b;
+}
+template <typename T>
+D2D_HD T sub_rn(T a, T b) {
+  return a - b;
+}
+#if defined(D2D_ROUNDED_DEVICE_MATH)
+D2D_HD float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+D2D_HD double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+D2D_HD float add_rn(float a, float b) { return __fadd_rn(a, b); }
+D2D_HD double add_rn(double a, double b) { return __dadd_rn(a, b); }
+D2D_HD float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+D2D_HD double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+#endif
+
 D2D_HD float bits_to_float(int32_t bits) {
 #if defined(__CUDA_ARCH__)
   return __int_as_float(bits);
