@@ -1,50 +1,59 @@
 """From a point to its strict component: the window search around the point (image only, numpy).
 
-The point moves to the brightest pixel of its 3x3 neighbourhood (the peak). Square windows of
-growing half-size (``config.half_sizes``) are tried around it; in each, the background ``bg`` and
-spread ``sd`` come from the window's outer band (median and 1.4826 x median absolute deviation),
-the threshold is ``bg + max(k_sigma * sd, f * (peak - bg))`` and the candidate is the 8-connected
-component of the peak above it, holes filled. The first window whose candidate does not reach the
-outer band is accepted (the *leak guard*: a component that touches the band has leaked into
-clutter); if none is, ``f`` rises by ``fraction_step`` and the windows are tried again. Sides of a
-window that lie on the image's edge have no band (a target cut by the edge has not leaked). An
-extended target puts the first windows' bands on its own hull, so the accepted window grows,
-through ``half_sizes`` and the wider ``wide_half_sizes``, while the next window's band lies more
-than ``settle_fraction`` of the amplitude below its own (or the peak did not clear its band): a
-larger window replaces it where its component is clear of its band, holds most of the smaller
-window's band and at least ``side_cover`` of each of its sides (a target surrounds its peak; a
-building or cloud beside the point lies on one side), reaches no image edge the smaller component
-did not (an edge has no band, so a component that runs off the image is unguarded), holds no other
-point of the image (that would merge two targets) and changes by at most 25% in the window after. A
-target wider than every window of ``half_sizes`` gets the wide ones when nothing else holds it,
-under the same two tests against the smallest window (a faint point on a cloud's rim is held by no
-small window, and the cloud must not stand in for it). Neither a grown window nor a wide one is
-taken where its component is mostly a plateau just above its threshold (less than half of it stays
-at a threshold ``plateau_step`` of the amplitude higher): a target's hull falls off gradually, a
-bright sky or cloud around the target ends in a step. The same test passes over a window of
-``half_sizes`` beyond the first (one the smaller windows leaked out of) for the next window or
-fraction, and takes it only if nothing else is found before the wide windows: a point beside a
-bright roof or cloud band leaks out of the small windows, and a larger one, whose band lies past
-the structure, holds target and structure whole. Only a component that lies to one side of
-the peak (it does not hold the first window's band all around, as ``side_cover`` reads it) is
-passed over: a flat-topped target wider than the first window is a plateau too, but it surrounds
-its peak. Where the peak is faint (it does not clear ``k_sigma`` band spreads) the plateau test
-reads noise (above a slightly higher threshold any component loses pixels to it), so there a
-one-sided component larger than the first window is passed over, and not kept in reserve: a
-peak no brighter than the noise beside a structure of its own level cannot be told from that
-structure, and the wide windows' tests, or the peak pixel alone, decide. A target longer than
-every window of ``half_sizes`` (a ship's hull, an aircraft side-on) crosses each band on two
-opposite sides and leaks at every fraction, until a bump of its flat top stands alone; where the
-largest window's component runs through its band symmetrically through the peak, not all around,
-and at least half as bright as the peak where it crosses, the wide windows are tried at that
-fraction before a higher one; a wide window's component that runs through the first window's
-band symmetrically through the peak counts as surrounding it. The accepted window is
-then cut down to the smallest that holds the component (the background level stays the wide
-one's). This *strict component* never depends on ground truth: the window size comes from the
-image around the point.
+The search, in order (:func:`strict_component`):
 
-Everything here reads the image and the points only; the settings are an
-:class:`d2d_ext.annotate.AnnotatorConfig`.
+1. **Peak.** The point moves to the brightest pixel of its 3x3 neighbourhood (:func:`snap`).
+2. **Leak-guarded threshold.** Square windows of growing half-size (``config.half_sizes``) are
+   tried around the peak. In each, the background ``bg`` and spread ``sd`` come from the window's
+   outer band (median and 1.4826 x median absolute deviation), the threshold is
+   ``bg + max(k_sigma * sd, f * (peak - bg))`` and the candidate is the 8-connected component of
+   the peak above it, holes filled. The first window whose candidate does not reach the band is
+   accepted (the *leak guard*: a component that touches the band has leaked into clutter); if
+   none is, ``f`` rises by ``fraction_step`` and the windows are tried again. A side of a window
+   on the image's edge has no band (a target cut by the edge has not leaked).
+3. **Growth for extended targets.** An extended target puts the first windows' bands on its own
+   hull, so the accepted window grows through the larger ``half_sizes`` and the
+   ``wide_half_sizes`` while the next window's band lies more than ``settle_fraction`` of the
+   amplitude below its own (or the peak did not clear its band). A larger window replaces it only
+   if its component passes the *target tests*:
+
+   - it is clear of its own band, the peak clears ``k_sigma`` spreads of that band, and it holds
+     most of the smaller window's band and at least ``side_cover`` of each of that band's sides:
+     a target surrounds its peak, a building or a cloud beside the point lies on one side;
+   - it reaches no image edge the smaller component did not: an edge has no band, so a
+     component that runs off the image is unguarded;
+   - it holds no other point of the image (that would merge two targets);
+   - it changes by at most 25% in the next window (the background level has settled);
+   - it is no *plateau*: at a threshold ``plateau_step`` of the amplitude higher it keeps at least
+     half its pixels. A target's hull falls off gradually; a bright sky or cloud around the
+     target ends in a step, and a window whose threshold drops below its level takes all of it.
+
+4. **Wide windows standing in.** A target wider than every window of ``half_sizes`` gets the wide
+   ones when nothing else holds it, under the same tests against the smallest window: a faint
+   point on a cloud's rim is held by no small window, and the cloud must not stand in for it.
+5. **A structure beside the point.** A window of ``half_sizes`` beyond the first (one the
+   smaller windows leaked out of) whose component lies to one side of the peak (it does not
+   surround it as ``side_cover`` reads the first window's band) and is a plateau is passed over
+   for the next window or fraction, and taken only if nothing else is found before the wide
+   windows: beside a bright roof or cloud band, a larger window whose band lies past the
+   structure holds target and structure whole. A flat-topped target wider than the first
+   window is a plateau too, but it surrounds its peak. Where the peak is faint (it does not
+   clear ``k_sigma`` band spreads) the plateau test reads noise, so there a one-sided component
+   larger than the first window is passed over and not kept in reserve: a peak no brighter than
+   the noise beside a structure of its own level cannot be told from that structure.
+6. **Long thin targets.** A target longer than every window of ``half_sizes`` (a ship's hull, an
+   aircraft side-on) crosses each band on two opposite sides and leaks at every fraction. Where
+   the largest window's component runs through its band symmetrically through the peak (not all
+   around) and is at least half as bright as the peak where it crosses, the wide windows are
+   tried at that fraction before a higher one; a wide window's component that runs through the
+   first window's band that way counts as surrounding the peak.
+7. **Tightening.** The accepted window is cut down to the smallest that holds the component (the
+   background level stays the wider window's), so that the field window around it does not
+   reach beyond the target.
+
+The result, the *strict component*, never depends on ground truth: the window size comes from
+the image around the point. Everything here reads the image and the points only; the settings
+are an :class:`d2d_ext.annotate.AnnotatorConfig`.
 """
 
 from __future__ import annotations
