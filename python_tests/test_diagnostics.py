@@ -147,6 +147,24 @@ def test_annotation_datasets_scores_on_known_masks():
     assert r.ms == pytest.approx(1.0)  # 2 ms over 2 targets
 
 
+def test_annotation_datasets_hot_pixels():
+    """``--hot beside`` sets exactly one 8-neighbour of every point to 1; ``--hot 0.01`` sets that
+    share of the pixels; the images are copies (the loaded set's originals stay)."""
+    image = np.full((30, 40), 0.2, np.float32)
+    points = np.array([[5.0, 6.0], [30.5, 20.2]])
+    s = annotation_datasets.EvalSet("t", ["a"], [image], [points], [np.zeros((30, 40), bool)])
+    annotation_datasets.add_hot_pixels(s, "beside")
+    hot = np.argwhere(s.images[0] == 1.0)
+    assert len(hot) == 2 and (image == 0.2).all()
+    for (x, y), (r, c) in zip(points, sorted(hot.tolist(), key=lambda rc: rc[1])):
+        assert max(abs(r - int(y)), abs(c - int(x))) == 1
+    s.images = [image]
+    annotation_datasets.add_hot_pixels(s, "0.01")
+    assert 1 <= (s.images[0] == 1.0).sum() <= 12  # 12 drawn, with repeats
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--hot", "2", "--synthetic-seeds", ""])
+
+
 def test_annotation_datasets_end_to_end(dataset, tmp_path, capsys):
     """Every split of every dataset in a folder is a set of its own, ours beside the baseline."""
     data = Path(dataset).parent

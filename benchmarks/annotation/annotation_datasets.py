@@ -2,7 +2,7 @@
 
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--against FILE.py]
-        [--repeats N] [--map OFFSET,GAIN] [--out FILE.md]
+        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -24,7 +24,11 @@ FILE.py``), run in the same process, its passes interleaved with ours: run-to-ru
 a shared machine is larger than many changes. ``--repeats N`` times each method N times and
 keeps the fastest pass (quality is the same every time). ``--map OFFSET,GAIN`` annotates every
 image as ``OFFSET + GAIN * I`` (float32): a stand-in for a sensor whose frames span a few hundred
-counts of a 16-bit range, to see that nothing depends on an absolute intensity.
+counts of a 16-bit range, to see that nothing depends on an absolute intensity. ``--hot beside``
+sets one pixel beside every point (an 8-neighbour drawn with a fixed seed) to 1, a stuck sensor
+pixel next to each target: the worst case for the snap to the brightest pixel of the point's 3x3;
+``--hot FRACTION`` sets that fraction of every image's pixels, drawn at random, to 1 (a sensor's
+uncorrected hot pixels).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.cli import parse_settings
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics, match_targets
+from d2d_ext.points import point_pixel
 from d2d_ext.synthetic import make_scene
 
 DEFAULT_DATA = SHARED_DATA
@@ -117,6 +122,27 @@ def synthetic_sets(seeds) -> list:
             out.append(EvalSet(f"synthetic {label}, seed {seed}", [f"scene{i}" for i in range(n)],
                                [s.image for s in scenes], [s.points for s in scenes], [s.mask > 0 for s in scenes]))
     return out
+
+
+def add_hot_pixels(s: EvalSet, how: str, seed: int = 0) -> None:
+    """Sets pixels of every image of ``s`` to 1: one beside each point (``how == "beside"``) or a
+    random fraction ``float(how)`` of each image's pixels (see ``--hot``)."""
+    rng = np.random.default_rng(seed)
+    ring = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    images = []
+    for image, points in zip(s.images, s.points):
+        image = image.copy()
+        H, W = image.shape
+        if how == "beside":
+            for x, y in points:
+                py, px = point_pixel(x, y, H, W)
+                dy, dx = ring[rng.integers(len(ring))]
+                image[min(max(py + dy, 0), H - 1), min(max(px + dx, 0), W - 1)] = 1.0
+        else:
+            n = max(1, round(float(how) * H * W))
+            image[rng.integers(0, H, n), rng.integers(0, W, n)] = 1.0
+        images.append(image)
+    s.images = images
 
 
 def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict | None = None) -> Score:
@@ -206,8 +232,16 @@ def main(argv=None) -> int:
                     help="also run the annotator of this annotate.py (another version), interleaved with ours")
     ap.add_argument("--repeats", type=int, default=1, help="timed passes per method and set; the fastest is kept")
     ap.add_argument("--map", metavar="OFFSET,GAIN", help="annotate OFFSET + GAIN * image instead of the image")
+    ap.add_argument("--hot", metavar="beside|FRACTION",
+                    help="set one pixel beside every point, or this fraction of each image's pixels, to 1")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    if args.hot and args.hot != "beside":
+        try:
+            if not 0.0 < float(args.hot) < 1.0:
+                raise ValueError
+        except ValueError:
+            ap.error(f"--hot must be 'beside' or a fraction between 0 and 1, got {args.hot!r}")
     torch.set_num_threads(1)
     settings = {}
     if args.settings:
@@ -223,6 +257,9 @@ def main(argv=None) -> int:
         offset, gain = (float(v) for v in args.map.split(","))
         for s in sets:
             s.images = [np.float32(offset + gain * im) for im in s.images]
+    if args.hot:
+        for s in sets:
+            add_hot_pixels(s, args.hot)
     if args.dilate > 0:
         for s in sets:
             s.masks = [ndimage.binary_dilation(m, np.ones((3, 3), bool), iterations=args.dilate) for m in s.masks]
@@ -232,6 +269,7 @@ def main(argv=None) -> int:
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
+    grown += f"; hot pixels: {args.hot}" if args.hot else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{n} {i}" for n, i in r.worst)
