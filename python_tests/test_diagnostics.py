@@ -33,6 +33,7 @@ alpha_label_quality = load("training/alpha_label_quality")
 annotation_scale = load("annotation/annotation_scale")
 annotation_elongated = load("annotation/annotation_elongated")
 annotation_datasets = load("annotation/annotation_datasets")
+bit_hashes = load("ops/bit_hashes")
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,24 @@ def test_annotation_datasets_scores_on_known_masks():
     assert r.recall == pytest.approx(100 * (9 + 8) / (9 + 16))
     assert r.worst == [(4, "a"), (0, "b")]
     assert r.ms == pytest.approx(1.0)  # 2 ms over 2 targets
+
+
+def test_bit_hashes_compare(tmp_path, capsys):
+    """The same build compares equal with itself; a fingerprint changed in the file shows as that
+    case and output, and the exit code says so."""
+    mine = tmp_path / "mine.json"
+    assert bit_hashes.main(["--out", str(mine)]) == 0
+    prints = json.loads(mine.read_text())
+    assert len(prints) == 220
+    assert bit_hashes.main(["--compare", str(mine)]) == 0
+    key = "float32 3x64x64 7 steps 2 threads"
+    prints[key][2] = "0" * 40
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(prints))
+    capsys.readouterr()
+    assert bit_hashes.main(["--compare", str(other)]) == 1
+    out = capsys.readouterr().out
+    assert f"differs: {key}: grad rates" in out and "1 of 220 cases differ" in out
 
 
 def test_annotation_datasets_hot_pixels():
