@@ -24,13 +24,13 @@ D2D_HD T math_exp(T x) {
 }
 
 
-// Products and sums rounded one at a time. nvcc merges a product and the sum it feeds into one
-// fused multiply-add (its default, --fmad=true), which rounds once instead of twice, while the
-// CPU kernels are compiled without that contraction: written as plain `a * b + c` the GPU's
+// Products, sums and differences rounded one at a time. nvcc merges a product and the sum it feeds
+// into one fused multiply-add (its default, --fmad=true), which rounds once instead of twice; the
+// CPU kernels are compiled without that contraction, so written as plain `a * b + c` the GPU's
 // results would differ from the CPU's in the last bits. The __f*_rn intrinsics are never merged,
 // so device code that uses these helpers rounds as the CPU does. The CUDA emulator stands in for
-// the intrinsics (csrc/emu/cuda_emu.h). The generic overload serves the host and the CPU kernels'
-// vector types, whose translation units turn contraction off themselves.
+// the intrinsics (csrc/emu/cuda_emu.h). The templates serve the host and the CPU kernels' vector
+// types; the CPU kernels' file turns contraction off itself.
 #if defined(__CUDA_ARCH__) || defined(D2D_CUDA_EMULATION)
 #define D2D_ROUNDED_DEVICE_MATH 1
 #endif
