@@ -46,6 +46,7 @@ from .annotate import (
 )
 from .data import IRDataset
 from .files import DataError
+from .sensor import map_fingerprint
 
 __all__ = ["GRIDS", "STRICT", "pick_ids", "calibrate", "load_settings"]
 
@@ -178,21 +179,24 @@ def _descend(scorer: _Scorer, start: dict, sweeps: int, margin: float, confidenc
 
 def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centroid",
               config: AnnotatorConfig | None = None, params: DiffusionParams | None = None,
-              sweeps: int = 3, margin: float = 0.5, confidence: float = 0.95, log=None) -> dict:
+              sweeps: int = 3, margin: float = 0.5, confidence: float = 0.95, log=None,
+              bad_pixels=None) -> dict:
     """Fit the settings of :data:`GRIDS` on ``masks`` ground-truth masks of ``split`` (see the module
     docstring); ``config`` gives the other settings and the start (default :class:`AnnotatorConfig`),
     ``params`` the diffusion parameters (default :class:`DiffusionParams`). ``seed`` draws the ids
     (and seeds ``gen-coarse`` points). ``log``: a callable for progress lines, or None.
+    ``bad_pixels``: the sensor's bad-pixel map (an image file), repaired in every image read, as
+    ``annotate`` does with it (:class:`~d2d_ext.data.IRDataset`).
 
     Returns a JSON-ready dict: ``settings`` (the fitted fields only, name -> value), ``iou_before``
     (the start's pooled IoU, percent), ``iou_after``, ``ids`` (in the order drawn), ``dataset``,
     ``split``, ``masks``, ``seed``, ``points``, ``targets``, ``margin``, ``bounds`` (each grid's
-    ends). Raises :class:`DataError` for bad input (``masks`` out of range, a missing or unreadable
-    file).
+    ends), ``bad_pixels`` (the map's pixel count and fingerprint, or None). Raises
+    :class:`DataError` for bad input (``masks`` out of range, a missing or unreadable file).
     """
     base = config or AnnotatorConfig()
     params = params or DiffusionParams()
-    ds = IRDataset(root)
+    ds = IRDataset(root, bad_pixels=bad_pixels)
     ids = pick_ids(ds.ids(split), int(masks), seed, split)
     t0 = time.perf_counter()
     images = [ds.load_image(i) for i in ids]
@@ -215,6 +219,8 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         "ids": ids, "dataset": ds.name, "split": split, "masks": len(ids), "seed": int(seed), "points": points,
         "targets": sum(len(p) for p in pts), "margin": margin, "confidence": confidence,
         "bounds": {name: [min(grid), max(grid)] for name, grid in GRIDS.items()},
+        "bad_pixels": None if ds.bad_pixels is None else {"pixels": int(ds.bad_pixels.sum()),
+                                                          "map": map_fingerprint(ds.bad_pixels)},
     }
 
 

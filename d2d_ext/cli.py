@@ -56,7 +56,7 @@ def _cmd_annotate(args) -> dict:
     annotator = Annotator(config, DiffusionParams())
     return annotate_dataset(args.dataset, args.split, args.points, args.out, args.overlay,
                             seed=args.seed, batch_images=args.batch_images, annotator=annotator,
-                            progress=not args.quiet, soft=args.soft)
+                            progress=not args.quiet, soft=args.soft, bad_pixels=args.bad_pixels)
 
 
 def _cmd_calibrate(args) -> dict:
@@ -68,7 +68,7 @@ def _cmd_calibrate(args) -> dict:
     if not 0 < args.confidence <= 1:
         raise DataError(f"--confidence must be in (0, 1], got {args.confidence}")
     result = calibrate(args.dataset, args.split, args.masks, seed=args.seed, points=args.points, margin=args.margin,
-                       confidence=args.confidence,
+                       confidence=args.confidence, bad_pixels=args.bad_pixels,
                        log=None if args.quiet else lambda m: print(m, file=sys.stderr, flush=True))
     # the file holds exactly what the JSON line says (an undefined IoU as null in both)
     write_bytes_atomic(args.out, (json.dumps(json.loads(json_line(result)), indent=1) + "\n").encode())
@@ -312,6 +312,10 @@ def _config_from_args(args, config_cls):
     return config_cls(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(config_cls)})
 
 
+BAD_PIXELS_HELP = ("the sensor's stuck pixels (nonzero in this image, of the images' size): each is replaced by "
+                   "the median of its good neighbours in every image before it is read")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .bilevel import TrainConfig
     from .metrics import PD_MATCH_RULES
@@ -333,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--settings", metavar="FILE.json",
                    help='AnnotatorConfig settings: the "settings" object of a JSON file (as calibrate writes); --set wins')
     a.add_argument("--soft", metavar="DIR", help="also write each image's soft label as a 16-bit PNG, round(65535 y)")
+    a.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP)
     a.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_cmd_annotate)
@@ -346,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--margin", type=float, default=0.5, help="IoU points a setting must gain on the N masks to move")
     k.add_argument("--confidence", type=float, default=0.95,
                    help="share of bootstrap resamples of the N masks on which a move must gain")
+    k.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP)
     k.add_argument("--out", required=True, metavar="FILE.json", help="where the settings go (for annotate --settings)")
     k.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     k.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -27,6 +27,7 @@ import numpy as np
 
 from .files import IMAGE_SUFFIXES, DataError, find_image_file, image_size, lossy, read_gray
 from .points import PointLabels
+from .sensor import read_bad_pixel_map, repair
 
 # Reading and writing files (d2d_ext.files) and point labels (d2d_ext.points) have modules of
 # their own; the names users (and earlier versions of annotate.py) know from here stay importable
@@ -54,10 +55,22 @@ class IRDataset:
 
     ``IRDataset(root)`` raises :class:`DataError` if ``root/images`` is missing. Nothing else is
     read up front; files are read (and checked) when asked for.
+
+    ``bad_pixels``: the sensor's bad-pixel map, an image file (nonzero = stuck pixel, read by
+    :func:`d2d_ext.sensor.read_bad_pixel_map`) or an ``(H, W)`` bool array; :meth:`load_image`
+    then repairs those pixels from their neighbours (:func:`d2d_ext.sensor.repair`) in every
+    image, which must have the map's size.
     """
 
-    def __init__(self, root):
+    def __init__(self, root, bad_pixels=None):
         self.root = Path(root).expanduser()
+        #: The bad-pixel map ``(H, W)`` bool, or None; ``bad_pixels_source`` names it in messages.
+        self.bad_pixels, self.bad_pixels_source = None, None
+        if isinstance(bad_pixels, (str, os.PathLike)):
+            self.bad_pixels, self.bad_pixels_source = read_bad_pixel_map(bad_pixels), str(bad_pixels)
+        elif bad_pixels is not None:
+            self.bad_pixels, self.bad_pixels_source = np.asarray(bad_pixels, dtype=bool), 'the bad-pixel map'
+
         self.images_dir = self.root / "images"
         if not self.images_dir.is_dir():
             raise DataError(
@@ -166,8 +179,18 @@ class IRDataset:
         return image_size(self.image_path(id))
 
     def load_image(self, id) -> np.ndarray:
-        """The image as ``(H, W)`` float32 in ``[0, 1]`` (see :func:`read_gray`)."""
-        return read_gray(self.image_path(id))
+        """The image as ``(H, W)`` float32 in ``[0, 1]`` (see :func:`read_gray`), its stuck pixels
+        repaired where the dataset has a bad-pixel map (a :class:`DataError` naming both if their
+        sizes differ)."""
+        path = self.image_path(id)
+        image = read_gray(path)
+        if self.bad_pixels is None:
+            return image
+        if image.shape != self.bad_pixels.shape:
+            h, w = self.bad_pixels.shape
+            raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]} (WxH) but {self.bad_pixels_source} "
+                            f"is {w}x{h}")
+        return repair(image, self.bad_pixels)
 
     def load_mask(self, id) -> np.ndarray:
         """The ground truth as ``(H, W)`` bool (every nonzero pixel is target). Raises

@@ -13,6 +13,7 @@ import numpy as np
 from .data import IRDataset
 from .files import DataError, read_gray, remove_stale_temps, write_bytes_atomic, write_png_atomic
 from .progress import Progress
+from .sensor import map_fingerprint
 
 __all__ = ["MANIFEST", "annotate_dataset", "evaluate_dataset", "overlay_rgb", "soft_png"]
 
@@ -63,13 +64,15 @@ def _claim(folder: Path, settings: dict) -> None:
 
 
 def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int = 0,
-                     batch_images: int = 16, annotator=None, progress: bool = True, soft=None) -> dict:
+                     batch_images: int = 16, annotator=None, progress: bool = True, soft=None,
+                     bad_pixels=None) -> dict:
     """Annotate ``split`` of the dataset at ``root`` into ``out/<id>.png`` (0/255).
 
     ``overlay``: also ``overlay/<id>.png`` (see :func:`overlay_rgb`). ``soft``: also
     ``soft/<id>.png``, the image's soft label (the targets' fused fields, combined by maximum,
     zero outside their field windows) as a 16-bit PNG ``round(65535 y)``, from the same diffusion
-    pass as the mask.
+    pass as the mask. ``bad_pixels``: the sensor's bad-pixel map (an image file), whose pixels are
+    repaired in every image before it is annotated (:mod:`d2d_ext.sensor`).
 
     Resumes: an id is done when each of its requested files exists (every PNG is written
     atomically, so an existing file is complete); an id that is not is annotated again and only its
@@ -80,7 +83,7 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
     """
     from .annotate import Annotator
 
-    ds = IRDataset(root)
+    ds = IRDataset(root, bad_pixels=bad_pixels)
     ids = ds.ids(split)
     annotator = annotator or Annotator()
     out = Path(out)
@@ -93,6 +96,8 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(annotator.config).items()},
         "theta": annotator.params.values(),
     }
+    if ds.bad_pixels is not None:  # another map makes other images: a folder holds one map's masks
+        settings["bad_pixels"] = {"pixels": int(ds.bad_pixels.sum()), "map": map_fingerprint(ds.bad_pixels)}
     for folder in (out, soft):
         if folder is not None:
             _claim(folder, settings)

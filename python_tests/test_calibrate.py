@@ -275,3 +275,29 @@ def test_the_confidence_is_the_share_of_resamples_that_must_gain():
     lopsided = _Counts({None: [(50, 100)] * 4, 0.1: [(90, 100), (45, 100), (90, 100), (45, 100)]})
     assert _descend(lopsided, start, sweeps=3, margin=0.5, confidence=0.9)["low_fraction"] == 0.1
     assert _descend(lopsided, start, sweeps=3, margin=0.5, confidence=0.95)["low_fraction"] == 0.3
+
+
+def test_calibrate_reads_images_repaired_by_the_bad_pixel_map(dataset, fitted, tmp_path, capsys, monkeypatch):
+    """``--bad-pixels``: every image calibrate reads is repaired (the same images annotate would
+    see), and the map is named in the result; without it the result says None."""
+    from d2d_ext.files import write_png_atomic
+    from d2d_ext.sensor import repair
+
+    H, W = IRDataset(dataset).image_size(fitted["ids"][0])
+    bad = np.zeros((H, W), bool)
+    bad[::17, ::13] = True
+    write_png_atomic(tmp_path / "bad.png", bad.astype(np.uint8) * 255)
+    seen = []
+    original = d2d_ext.data.IRDataset.load_image
+    monkeypatch.setattr(d2d_ext.data.IRDataset, "load_image",
+                        lambda self, i: seen.append((i, original(self, i))) or seen[-1][1])
+    code = main(["calibrate", "--dataset", str(dataset), "--split", "train", "--masks", str(N), "--seed", "0",
+                 "--bad-pixels", str(tmp_path / "bad.png"), "--out", str(tmp_path / "s.json"), "--quiet"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["bad_pixels"]["pixels"] == int(bad.sum()) and fitted["bad_pixels"] is None
+    monkeypatch.undo()
+    assert [i for i, _ in seen] == fitted["ids"]
+    for i, image in seen:
+        raw = IRDataset(dataset).load_image(i)
+        assert not np.array_equal(image, raw) and np.array_equal(image, repair(raw, bad))

@@ -627,3 +627,50 @@ def test_convert_checkpoint_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other.pth" in err[0] and "no backbone nodes" in err[0]
     assert not (tmp_path / "out.pt").exists()
+
+
+# ------------------------------------------------------------------------------ stuck sensor pixels
+
+
+def test_bad_pixel_map_repairs_stuck_pixels_beside_the_points(tmp_path, capsys):
+    """A sensor whose stuck pixels lie right beside the targets' points: without the map the points
+    snap to them and the masks shrink; with ``--bad-pixels`` the masks are nearly those of the
+    clean images. The map is recorded with the masks, and a folder made with it is not mixed
+    with masks made without."""
+    from d2d_ext.files import write_png_atomic
+
+    clean = write_dataset(tmp_path / "clean" / "SYN", n_images=6, seed=4, height=128, width=128)
+    stuck = write_dataset(tmp_path / "stuck" / "SYN", n_images=6, seed=4, height=128, width=128)
+    ds = IRDataset(clean)
+    ids = ds.ids("all")
+    bad = np.zeros((128, 128), bool)
+    for i in ids:
+        for x, y in ds.points(i, "centroid"):
+            bad[int(np.floor(y + 0.5)), min(int(np.floor(x + 0.5)) + 1, 127)] = True
+    for i in ids:  # the same sensor for every image: every stuck pixel in every image
+        img = np.round(read_gray(stuck / "images" / f"{i}.png") * 255).astype(np.uint8)
+        img[bad] = 255
+        write_png_atomic(stuck / "images" / f"{i}.png", img)
+    write_png_atomic(tmp_path / "bad.png", bad.astype(np.uint8) * 255)
+
+    def pooled_iou(folder):
+        inter = union = 0
+        for i in ids:
+            a, b = read_gray(tmp_path / "A" / f"{i}.png") > 0, read_gray(folder / f"{i}.png") > 0
+            inter, union = inter + (a & b).sum(), union + (a | b).sum()
+        return inter / union
+
+    annotate_dataset(clean, "all", "centroid", tmp_path / "A", progress=False)
+    annotate_dataset(stuck, "all", "centroid", tmp_path / "B", progress=False)
+    assert main(["annotate", "--dataset", str(stuck), "--out", str(tmp_path / "C"), "--bad-pixels",
+                 str(tmp_path / "bad.png"), "--quiet"]) == 0
+    assert pooled_iou(tmp_path / "B") < 0.7 and pooled_iou(tmp_path / "C") > 0.9
+    manifest = json.loads((tmp_path / "C" / ".d2d-annotate.json").read_text())
+    assert manifest["bad_pixels"]["pixels"] == int(bad.sum())
+    capsys.readouterr()
+    (tmp_path / "C" / f"{ids[0]}.png").unlink()
+    assert main(["annotate", "--dataset", str(stuck), "--out", str(tmp_path / "C"), "--quiet"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main(["annotate", "--dataset", str(clean), "--out", str(tmp_path / "D"), "--bad-pixels",
+                 str(tmp_path / "nowhere.png"), "--quiet"]) == 2
+    assert "nowhere.png" in capsys.readouterr().err

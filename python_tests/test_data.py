@@ -554,3 +554,61 @@ def test_sirst_point_mask_agrees_with_csv(sirst):
         assert a.shape == b.shape, i
         d = np.abs(a[:, None, :] - b[None, :, :]).max(axis=2)  # Chebyshev distances
         assert (d.min(axis=1) <= 1.0).all() and (d.min(axis=0) <= 1.0).all(), i
+
+
+# ------------------------------------------------------------------------------------------
+# stuck sensor pixels (d2d_ext.sensor)
+# ------------------------------------------------------------------------------------------
+
+
+def test_repair_takes_the_median_of_good_neighbours():
+    from d2d_ext.sensor import repair
+
+    image = np.arange(30, dtype=np.float32).reshape(5, 6) / 30
+    bad = np.zeros((5, 6), bool)
+    bad[2, 3] = True  # one pixel: its 8 neighbours are all good
+    bad[0, 0] = True  # a corner: 3 neighbours
+    out = repair(image, bad)
+    assert out[2, 3] == pytest.approx(np.median(np.delete(image[1:4, 2:5].ravel(), 4)))
+    assert out[0, 0] == pytest.approx(np.median([image[0, 1], image[1, 0], image[1, 1]]))
+    assert np.array_equal(out[~bad], image[~bad]) and out.dtype == image.dtype
+    assert image[2, 3] == np.float32(15 / 30)  # the input is not changed
+
+
+def test_repair_fills_a_cluster_from_its_rim_inwards():
+    from d2d_ext.sensor import repair
+
+    image = np.full((7, 7), 0.25, np.float32)
+    bad = np.zeros((7, 7), bool)
+    bad[2:5, 2:5] = True
+    image[bad] = 1.0  # a 3x3 block stuck at the top of the range on a flat background
+    out = repair(image, bad)
+    assert np.allclose(out, 0.25)  # the centre has no good neighbour until its ring is filled
+    assert np.array_equal(repair(image, np.zeros((7, 7), bool)), image)
+    with pytest.raises(ValueError, match="same"):
+        repair(image, np.zeros((7, 6), bool))
+    with pytest.raises(ValueError, match="every pixel"):
+        repair(image, np.ones((7, 7), bool))
+
+
+def test_dataset_repairs_images_from_a_bad_pixel_map(tiny, tmp_path):
+    bad = np.zeros((H, W), np.uint8)
+    bad[4, 7] = 255
+    bad[0, 0] = 255
+    _save(tmp_path / "bad.png", _gray(bad))
+    plain = IRDataset(tiny)
+    repaired = IRDataset(tiny, bad_pixels=tmp_path / "bad.png")
+    for i in "abcde":
+        a, b = plain.load_image(i), repaired.load_image(i)
+        assert np.array_equal(a[bad == 0], b[bad == 0])
+        assert b[4, 7] == pytest.approx(np.median(np.delete(a[3:6, 6:9].ravel(), 4)))
+    assert np.array_equal(repaired.load_mask("a"), plain.load_mask("a"))  # masks are not touched
+    # a map of another size: the error names the image and the map
+    _save(tmp_path / "small.png", _gray(np.zeros((H, W - 1), np.uint8) + 255 * np.eye(H, W - 1, dtype=np.uint8)))
+    with pytest.raises(DataError, match=r"a\.png is 16x12 \(WxH\) but .*small\.png is 15x12"):
+        IRDataset(tiny, bad_pixels=tmp_path / "small.png").load_image("a")
+    with pytest.raises(DataError, match="missing.png"):
+        IRDataset(tiny, bad_pixels=tmp_path / "missing.png")
+    _save(tmp_path / "all.png", _gray(np.full((H, W), 255, np.uint8)))
+    with pytest.raises(DataError, match="every pixel"):
+        IRDataset(tiny, bad_pixels=tmp_path / "all.png")

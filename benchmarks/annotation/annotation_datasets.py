@@ -2,7 +2,7 @@
 
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--against FILE.py]
-        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION] [--out FILE.md]
+        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -28,7 +28,8 @@ counts of a 16-bit range, to see that nothing depends on an absolute intensity. 
 sets one pixel beside every point (an 8-neighbour drawn with a fixed seed) to 1, a stuck sensor
 pixel next to each target: the worst case for the snap to the brightest pixel of the point's 3x3;
 ``--hot FRACTION`` sets that fraction of every image's pixels, drawn at random, to 1 (a sensor's
-uncorrected hot pixels).
+uncorrected hot pixels); ``--repair`` then repairs them from their map before annotating, as
+``d2d annotate --bad-pixels`` does.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from d2d_ext.cli import parse_settings
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics, match_targets
 from d2d_ext.points import point_pixel
+from d2d_ext.sensor import repair as repair_pixels
 from d2d_ext.synthetic import make_scene
 
 DEFAULT_DATA = SHARED_DATA
@@ -124,24 +126,27 @@ def synthetic_sets(seeds) -> list:
     return out
 
 
-def add_hot_pixels(s: EvalSet, how: str, seed: int = 0) -> None:
+def add_hot_pixels(s: EvalSet, how: str, seed: int = 0, repair: bool = False) -> None:
     """Sets pixels of every image of ``s`` to 1: one beside each point (``how == "beside"``) or a
-    random fraction ``float(how)`` of each image's pixels (see ``--hot``)."""
+    random fraction ``float(how)`` of each image's pixels (see ``--hot``); with ``repair``, then
+    repairs them from their map as ``annotate --bad-pixels`` does (:func:`d2d_ext.sensor.repair`)."""
     rng = np.random.default_rng(seed)
     ring = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
     images = []
     for image, points in zip(s.images, s.points):
         image = image.copy()
         H, W = image.shape
+        hot = np.zeros((H, W), bool)
         if how == "beside":
             for x, y in points:
                 py, px = point_pixel(x, y, H, W)
                 dy, dx = ring[rng.integers(len(ring))]
-                image[min(max(py + dy, 0), H - 1), min(max(px + dx, 0), W - 1)] = 1.0
+                hot[min(max(py + dy, 0), H - 1), min(max(px + dx, 0), W - 1)] = True
         else:
             n = max(1, round(float(how) * H * W))
-            image[rng.integers(0, H, n), rng.integers(0, W, n)] = 1.0
-        images.append(image)
+            hot[rng.integers(0, H, n), rng.integers(0, W, n)] = True
+        image[hot] = 1.0
+        images.append(repair_pixels(image, hot) if repair else image)
     s.images = images
 
 
@@ -234,6 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--map", metavar="OFFSET,GAIN", help="annotate OFFSET + GAIN * image instead of the image")
     ap.add_argument("--hot", metavar="beside|FRACTION",
                     help="set one pixel beside every point, or this fraction of each image's pixels, to 1")
+    ap.add_argument("--repair", action="store_true",
+                    help="with --hot: repair those pixels from their map before annotating (annotate --bad-pixels)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     if args.hot and args.hot != "beside":
@@ -259,7 +266,7 @@ def main(argv=None) -> int:
             s.images = [np.float32(offset + gain * im) for im in s.images]
     if args.hot:
         for s in sets:
-            add_hot_pixels(s, args.hot)
+            add_hot_pixels(s, args.hot, repair=args.repair)
     if args.dilate > 0:
         for s in sets:
             s.masks = [ndimage.binary_dilation(m, np.ones((3, 3), bool), iterations=args.dilate) for m in s.masks]
@@ -269,7 +276,7 @@ def main(argv=None) -> int:
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
-    grown += f"; hot pixels: {args.hot}" if args.hot else ""
+    grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{n} {i}" for n, i in r.worst)
