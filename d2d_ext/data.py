@@ -64,13 +64,6 @@ class IRDataset:
 
     def __init__(self, root, bad_pixels=None):
         self.root = Path(root).expanduser()
-        #: The bad-pixel map ``(H, W)`` bool, or None; ``bad_pixels_source`` names it in messages.
-        self.bad_pixels, self.bad_pixels_source = None, None
-        if isinstance(bad_pixels, (str, os.PathLike)):
-            self.bad_pixels, self.bad_pixels_source = read_bad_pixel_map(bad_pixels), str(bad_pixels)
-        elif bad_pixels is not None:
-            self.bad_pixels, self.bad_pixels_source = np.asarray(bad_pixels, dtype=bool), 'the bad-pixel map'
-
         self.images_dir = self.root / "images"
         if not self.images_dir.is_dir():
             raise DataError(
@@ -83,6 +76,12 @@ class IRDataset:
         self.name = Path(os.path.abspath(self.root)).name
         #: The point labels (files, CSV, generated from the masks): ``points`` reads them.
         self.point_labels = PointLabels(self)
+        #: The bad-pixel map ``(H, W)`` bool, or None; ``bad_pixels_source`` names it in messages.
+        self.bad_pixels, self.bad_pixels_source = None, None
+        if isinstance(bad_pixels, (str, os.PathLike)):
+            self.bad_pixels, self.bad_pixels_source = read_bad_pixel_map(bad_pixels), str(bad_pixels)
+        elif bad_pixels is not None:
+            self.bad_pixels, self.bad_pixels_source = np.asarray(bad_pixels, dtype=bool), "the bad-pixel map"
 
     def __repr__(self):
         return f"IRDataset({str(self.root)!r})"
