@@ -177,7 +177,8 @@ def _cmd_test(args) -> dict:
     from .bilevel import evaluate_checkpoint
 
     _set_threads(args.threads)
-    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, pd_match=args.pd_match)
+    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, pd_match=args.pd_match,
+                                 bad_pixels=args.bad_pixels)
     result = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
     if not args.json:
         print(_summary(result))
@@ -385,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset", required=True)
     c.add_argument("--split", default="test")
     c.add_argument("--pd-match", choices=PD_MATCH_RULES, default="nearest", help="as evaluate's --pd-match")
+    c.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP + " (as the run's --bad-pixels)")
     c.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     c.add_argument("--threads", type=int, default=0)
     c.set_defaults(func=_cmd_test)

@@ -25,6 +25,7 @@ from d2d_ext.bilevel import (
 )
 from conftest import fit_until
 from d2d_ext.cli import main
+from d2d_ext.data import IRDataset
 from d2d_ext.files import DataError
 from d2d_ext.reference import soft_iou_of_probabilities, soft_iou_reference
 from d2d_ext.soft_iou import weighted_soft_iou
@@ -488,3 +489,31 @@ def test_the_package_keeps_every_name_it_had():
     assert B.Trainer is loop.Trainer and B.TrainConfig is config.TrainConfig
     assert B.load_checkpoint is checkpoint.load_checkpoint and B.surrogate is labels.surrogate
     assert B.MetaWeighter is reweight.MetaWeighter and B.hypergradient_step is reweight.hypergradient_step
+
+
+def test_bad_pixel_map_reaches_the_labels_the_detector_and_test(dataset, tmp_path):
+    """``bad_pixels``: the trainer reads every image repaired (its labels and its detector's input
+    come from the same repaired images), the run records the map, and ``test --bad-pixels``
+    scores the detector on repaired images too."""
+    from d2d_ext.bilevel import predict
+    from d2d_ext.files import write_png_atomic
+    from d2d_ext.metrics import ISTDMetrics
+    from d2d_ext.sensor import repair
+
+    bad = np.zeros((64, 64), bool)
+    bad[5::11, 7::9] = True
+    write_png_atomic(tmp_path / "bad.png", bad.astype(np.uint8) * 255)
+    trainer = Trainer(dataset, tmp_path / "r", tiny(epochs=1, mode="fixed", bad_pixels=str(tmp_path / "bad.png")),
+                      progress=False)
+    raw = IRDataset(dataset)
+    some = trainer.ds.ids("train")[0]
+    assert np.array_equal(trainer.ds.load_image(some), repair(raw.load_image(some), bad))
+    assert np.array_equal(trainer.train_set.images[0], repair(raw.load_image(trainer.train_set.ids[0]), bad))
+    trainer.fit()
+    state = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert state["config"]["bad_pixels"] == str(tmp_path / "bad.png")
+    metrics = ISTDMetrics()
+    for i in raw.ids("test"):
+        metrics.update(predict(trainer.detector, repair(raw.load_image(i), bad)), raw.load_mask(i))
+    assert evaluate_checkpoint(tmp_path / "r" / "last.pt", dataset, "test", bad_pixels=tmp_path / "bad.png") \
+        == metrics.compute()

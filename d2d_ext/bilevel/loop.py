@@ -58,7 +58,7 @@ class Trainer:
                  progress: bool = True, log=print):
         config.validate()
         self.cfg = config
-        self.ds = IRDataset(dataset)
+        self.ds = IRDataset(dataset, bad_pixels=config.bad_pixels or None)
         self.run = Path(run_dir)
         self.progress = progress
         self.log = log
