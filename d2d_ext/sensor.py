@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import DataError, read_gray
+from .files import DataError, lossy, read_gray
 
 __all__ = ["read_bad_pixel_map", "repair", "map_fingerprint"]
 
@@ -24,9 +24,10 @@ _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 def read_bad_pixel_map(path) -> np.ndarray:
     """The bad-pixel map in the image file ``path``: ``(H, W)`` bool, True where the file's pixel
-    is nonzero. Raises :class:`DataError` naming the file if it is missing or unreadable, or if it
+    is nonzero (above half its range for a JPEG, whose compression noise lifts zeros, as for
+    masks). Raises :class:`DataError` naming the file if it is missing or unreadable, or if it
     marks every pixel."""
-    bad = read_gray(Path(path)) > 0
+    bad = read_gray(Path(path)) > (0.5 if lossy(path) else 0)
     if bad.all():
         raise DataError(f"bad-pixel map {path} marks every pixel: nothing is left to repair them from")
     return bad

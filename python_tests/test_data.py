@@ -609,6 +609,8 @@ def test_dataset_repairs_images_from_a_bad_pixel_map(tiny, tmp_path):
         IRDataset(tiny, bad_pixels=tmp_path / "small.png").load_image("a")
     with pytest.raises(DataError, match="missing.png"):
         IRDataset(tiny, bad_pixels=tmp_path / "missing.png")
+    Image.fromarray(bad).save(tmp_path / "bad.jpg", quality=70)  # compression noise around the stuck pixels
+    assert np.array_equal(IRDataset(tiny, bad_pixels=tmp_path / "bad.jpg").bad_pixels, bad > 0)
     _save(tmp_path / "all.png", _gray(np.full((H, W), 255, np.uint8)))
     with pytest.raises(DataError, match="every pixel"):
         IRDataset(tiny, bad_pixels=tmp_path / "all.png")
