@@ -46,7 +46,7 @@ from .annotate import (
 )
 from .data import IRDataset
 from .files import DataError
-from .sensor import map_fingerprint
+from .sensor import map_record
 
 __all__ = ["GRIDS", "STRICT", "pick_ids", "calibrate", "load_settings"]
 
@@ -219,8 +219,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         "ids": ids, "dataset": ds.name, "split": split, "masks": len(ids), "seed": int(seed), "points": points,
         "targets": sum(len(p) for p in pts), "margin": margin, "confidence": confidence,
         "bounds": {name: [min(grid), max(grid)] for name, grid in GRIDS.items()},
-        "bad_pixels": None if ds.bad_pixels is None else {"pixels": int(ds.bad_pixels.sum()),
-                                                          "map": map_fingerprint(ds.bad_pixels)},
+        "bad_pixels": map_record(ds.bad_pixels),
     }
 
 

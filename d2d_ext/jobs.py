@@ -13,7 +13,7 @@ import numpy as np
 from .data import IRDataset
 from .files import DataError, read_gray, remove_stale_temps, write_bytes_atomic, write_png_atomic
 from .progress import Progress
-from .sensor import map_fingerprint
+from .sensor import map_record
 
 __all__ = ["MANIFEST", "annotate_dataset", "evaluate_dataset", "overlay_rgb", "soft_png"]
 
@@ -97,7 +97,7 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
         "theta": annotator.params.values(),
     }
     if ds.bad_pixels is not None:  # another map makes other images: a folder holds one map's masks
-        settings["bad_pixels"] = {"pixels": int(ds.bad_pixels.sum()), "map": map_fingerprint(ds.bad_pixels)}
+        settings["bad_pixels"] = map_record(ds.bad_pixels)
     for folder in (out, soft):
         if folder is not None:
             _claim(folder, settings)

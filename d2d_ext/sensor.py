@@ -17,7 +17,7 @@ import numpy as np
 
 from .files import DataError, lossy, read_gray
 
-__all__ = ["read_bad_pixel_map", "repair", "map_fingerprint"]
+__all__ = ["read_bad_pixel_map", "repair", "map_record"]
 
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
@@ -33,11 +33,15 @@ def read_bad_pixel_map(path) -> np.ndarray:
     return bad
 
 
-def map_fingerprint(bad: np.ndarray) -> str:
-    """A short hash of a bad-pixel map (its size and pixels), to record which one was used."""
+def map_record(bad: np.ndarray | None) -> dict | None:
+    """What identifies a bad-pixel map in a record of the work done with it (an annotation
+    folder's manifest, calibrate's result): ``{"pixels": how many it marks, "map": a short hash
+    of its size and pixels}``, or None without a map."""
+    if bad is None:
+        return None
     bad = np.asarray(bad, dtype=bool)
     h = hashlib.sha1(np.asarray(bad.shape, np.int64).tobytes() + np.packbits(bad).tobytes())
-    return h.hexdigest()[:16]
+    return {"pixels": int(bad.sum()), "map": h.hexdigest()[:16]}
 
 
 def repair(image: np.ndarray, bad: np.ndarray) -> np.ndarray:
