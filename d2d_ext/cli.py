@@ -4,6 +4,8 @@
 - ``calibrate``: fit a few binarisation settings of the annotator on N ground-truth masks of a
   split (:mod:`d2d_ext.calibrate`), for ``annotate --settings``.
 - ``evaluate``: IoU, nIoU, Pd and Fa of a folder of predicted masks against the ground truth.
+- ``find-bad-pixels``: a bad-pixel map (pixels stuck high) from many frames of one sensor, for
+  ``--bad-pixels`` (:mod:`d2d_ext.sensor`).
 - ``train``, ``test``, ``select``: the bi-level trainer (:mod:`d2d_ext.bilevel`); ``train`` has
   one option per training setting, made from the fields of
   :class:`~d2d_ext.bilevel.config.TrainConfig` (their defaults and descriptions live there).
@@ -36,7 +38,7 @@ import time
 from pathlib import Path
 
 from .files import DataError, json_line, write_bytes_atomic
-from .jobs import annotate_dataset, evaluate_dataset
+from .jobs import annotate_dataset, evaluate_dataset, find_bad_pixels
 
 
 def _cmd_annotate(args) -> dict:
@@ -73,6 +75,26 @@ def _cmd_calibrate(args) -> dict:
     # the file holds exactly what the JSON line says (an undefined IoU as null in both)
     write_bytes_atomic(args.out, (json.dumps(json.loads(json_line(result)), indent=1) + "\n").encode())
     return result
+
+
+def _cmd_find_bad_pixels(args) -> dict:
+    if not 0 < args.share <= 1:
+        raise DataError(f"--share must be in (0, 1], got {args.share}")
+    if args.min_frames < 1:
+        raise DataError(f"--min-frames must be at least 1, got {args.min_frames}")
+    return find_bad_pixels(args.dataset, args.split, None if args.points == "none" else args.points, args.out,
+                           size=args.size, seed=args.seed, share=args.share, min_frames=args.min_frames)
+
+
+def _size(value: str) -> tuple:
+    """argparse ``type`` of ``--size WxH``."""
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not WxH (e.g. 320x240)") from None
+    if w < 3 or h < 3:
+        raise argparse.ArgumentTypeError(f"{value!r}: both sides must be at least 3 pixels")
+    return (w, h)
 
 
 def _summary(result: dict) -> str:
@@ -371,6 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
+
+    b = sub.add_parser("find-bad-pixels", help="a bad-pixel map from many frames of one sensor (pixels stuck high)")
+    b.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
+    b.add_argument("--split", default="all", help="the frames to search (as annotate's --split)")
+    b.add_argument("--points", default="centroid", type=lambda v: v if v == "none" else _point_source(v),
+                   help="point source, as annotate's --points: pixels near a frame's points are not judged in it "
+                        "(a target that stays in place is not taken for a stuck pixel); none: judge every pixel")
+    b.add_argument("--seed", type=int, default=0, help="seed of gen-coarse points")
+    b.add_argument("--size", type=_size, metavar="WxH", help="the frames' size, when the split holds several")
+    b.add_argument("--share", type=float, default=0.5, help="share of its frames in which a pixel must stand out")
+    b.add_argument("--min-frames", type=int, default=10, help="frames a pixel must be judged in")
+    b.add_argument("--out", required=True, metavar="MAP.png", help="the map to write (255 = stuck), for --bad-pixels")
+    b.set_defaults(func=_cmd_find_bad_pixels)
 
     t = sub.add_parser("train", help="train a detector from points (bi-level, or a baseline mode)")
     t.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")

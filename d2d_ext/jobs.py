@@ -1,6 +1,6 @@
-"""Whole-dataset jobs behind ``d2d annotate`` and ``d2d evaluate``: annotate a split from its
-points into mask files (atomic, resumable), and score a folder of predicted masks against the
-ground truth."""
+"""Whole-dataset jobs behind ``d2d annotate``, ``d2d evaluate`` and ``d2d find-bad-pixels``:
+annotate a split from its points into mask files (atomic, resumable), score a folder of predicted
+masks against the ground truth, and find a sensor's stuck pixels from its frames."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 from .data import IRDataset
 from .files import DataError, read_gray, remove_stale_temps, write_bytes_atomic, write_png_atomic
 from .progress import Progress
-from .sensor import map_record
+from .sensor import HotPixelSearch, map_record
 
-__all__ = ["MANIFEST", "annotate_dataset", "evaluate_dataset", "overlay_rgb", "soft_png"]
+__all__ = ["MANIFEST", "annotate_dataset", "evaluate_dataset", "find_bad_pixels", "overlay_rgb", "soft_png"]
 
 MANIFEST = ".d2d-annotate.json"
 
@@ -176,3 +176,47 @@ def evaluate_dataset(root, split: str, pred, progress: bool = True, threshold: f
     if bar:
         bar.close()
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.compute().items()}
+
+
+def find_bad_pixels(root, split: str, points: str | None, out, size=None, seed: int = 0,
+                    share: float = 0.5, min_frames: int = 10) -> dict:
+    """Find the pixels stuck high in the frames of ``split`` (:class:`~d2d_ext.sensor.HotPixelSearch`)
+    and write them to ``out`` as a bad-pixel map (PNG, 255 = stuck; atomically), for
+    ``--bad-pixels``. ``points``: a point source (pixels near a frame's points are not judged in
+    it), or None to judge every pixel. ``size``: ``(W, H)`` of the frames to use when the split
+    holds several sizes (one sensor's frames share one). Raises :class:`DataError` if the split
+    has several sizes and ``size`` is None, or fewer than ``min_frames`` frames of the size.
+    Returns the summary dict (``out``, ``size``, ``frames``, ``pixels``, ``stuck``: the ``x``,
+    ``y`` and share of frames of the 100 pixels that stood out most often, ``seconds``)."""
+    ds = IRDataset(root)
+    ids = ds.ids(split)
+    sizes: dict = {}
+    for i in ids:
+        h, w = ds.image_size(i)
+        sizes.setdefault((w, h), []).append(i)
+    if size is None and len(sizes) > 1:
+        common = sorted(sizes.items(), key=lambda kv: -len(kv[1]))
+        listed = ", ".join(f"{w}x{h} ({len(v)})" for (w, h), v in common[:5])
+        if len(common) > 5:
+            listed += f" and {len(common) - 5} more"
+        raise DataError(f"split {split!r} of {root} has frames of {len(sizes)} sizes (WxH, frames): {listed}; "
+                        "one sensor's frames share one size: pass --size WxH")
+    size = tuple(size) if size is not None else next(iter(sizes), None)
+    frames = sizes.get(size, [])
+    if len(frames) < min_frames:
+        raise DataError(f"split {split!r} of {root} has {len(frames)} frame{'' if len(frames) == 1 else 's'} of size "
+                        f"{size[0]}x{size[1]} (WxH), "
+                        f"fewer than the {min_frames} needed to tell a stuck pixel from a target"
+                        if size else f"split {split!r} of {root} has no frames")
+    start = time.perf_counter()
+    search = HotPixelSearch((size[1], size[0]), share=share)
+    for i in frames:
+        search.add(ds.load_image(i), ds.points(i, points, seed) if points else ())
+    found = search.result(min_frames)
+    write_png_atomic(out, found.map.astype(np.uint8) * 255)
+    ys, xs = np.nonzero(found.map)
+    order = np.argsort(-found.share[ys, xs], kind="stable")
+    return {"out": str(out), "size": list(size), "frames": len(frames), "pixels": int(found.map.sum()),
+            "stuck": [{"x": int(xs[k]), "y": int(ys[k]), "share": round(float(found.share[ys[k], xs[k]]), 3)}
+                      for k in order[:100]],
+            "seconds": round(time.perf_counter() - start, 2)}

@@ -6,18 +6,26 @@ brightest pixel of its 3x3, and the target's mask shrinks to its core (``benchma
 the sensor's bad-pixel map tells it. :func:`repair` gives every mapped pixel the median of its
 good 8-neighbours (a cluster is filled from its rim inwards), and ``d2d annotate --bad-pixels``
 and ``d2d calibrate --bad-pixels`` (:class:`d2d_ext.data.IRDataset`) repair every image they load.
+
+Without the sensor's map, :class:`HotPixelSearch` (``d2d find-bad-pixels``) makes one from many
+frames of the sensor: a pixel stuck high stands out above everything around it at the same place
+in most frames, where a target moves from frame to frame and the scene's bright structures are
+larger than a pixel or two. Only pixels stuck *high* are sought: they are what takes a point's
+snap and looks like a target; a dark pixel does neither.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .files import DataError, lossy, read_gray
 
-__all__ = ["read_bad_pixel_map", "repair", "map_record"]
+__all__ = ["read_bad_pixel_map", "repair", "map_record", "HotPixelSearch", "HotPixels"]
 
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
@@ -75,3 +83,67 @@ def repair(image: np.ndarray, bad: np.ndarray) -> np.ndarray:
         good[ys, xs] = True
         todo[ys, xs] = False
     return out
+
+
+class HotPixels(NamedTuple):
+    """What :meth:`HotPixelSearch.result` found: ``map`` ``(H, W)`` bool, the pixels stuck high;
+    ``share`` ``(H, W)`` float, the share of each pixel's frames in which it stood out; ``frames``
+    ``(H, W)`` int, how many frames each pixel was looked at in (all but those that put a point
+    near it)."""
+
+    map: np.ndarray
+    share: np.ndarray
+    frames: np.ndarray
+
+
+class HotPixelSearch:
+    """Finds the pixels of one sensor that are stuck high, from many of its frames.
+
+    ``add(image, points)`` each frame, ``(H, W)`` of ``shape``; then :meth:`result`. In a frame, a
+    pixel stands out when it exceeds both the brightest pixel two steps away (the ring around its
+    3x3; a cluster of two or three stuck pixels still stands out over it) and the median of its 8
+    neighbours by more than ``z`` times the frame's noise (the robust spread of the image minus
+    its 3x3 median) and by at least ``floor`` of the range, which keeps fine texture and
+    compression steps of flat frames out. A pixel is stuck when it stands out in at least
+    ``share`` of its frames. Pixels within ``near`` pixels of a frame's point labels are not looked
+    at in that frame, so a target that stays in place over a sequence is never taken for a stuck
+    pixel, however often it is labelled there.
+    """
+
+    _RING = np.pad(np.zeros((3, 3), bool), 1, constant_values=True)  # 5x5, the 3x3 left out
+    _EIGHT = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], bool)
+
+    def __init__(self, shape, z: float = 6.0, floor: float = 0.05, share: float = 0.5, near: int = 3):
+        self.shape = tuple(int(v) for v in shape)
+        if len(self.shape) != 2 or min(self.shape) < 3:
+            raise ValueError(f"HotPixelSearch: shape must be (H, W), both at least 3, got {shape}")
+        if not 0 < share <= 1:
+            raise ValueError(f"HotPixelSearch: share must be in (0, 1], got {share}")
+        self.z, self.floor, self.share, self.near = float(z), float(floor), float(share), int(near)
+        self.stood_out = np.zeros(self.shape, np.int64)
+        self.looked = np.zeros(self.shape, np.int64)
+
+    def add(self, image: np.ndarray, points=()) -> None:
+        """One frame: ``image`` ``(H, W)`` in ``[0, 1]``, ``points`` ``(K, 2)`` its point labels
+        ``(x, y)`` (may be empty). Raises ``ValueError`` if the image is not ``shape``."""
+        im = np.asarray(image, dtype=np.float32)
+        if im.shape != self.shape:
+            raise ValueError(f"HotPixelSearch: a frame is {im.shape}, the others {self.shape}")
+        ring = ndi.maximum_filter(im, footprint=self._RING, mode="constant", cval=-np.inf)
+        med8 = ndi.median_filter(im, footprint=self._EIGHT, mode="reflect")
+        noise = 1.4826 * float(np.median(np.abs(im - ndi.median_filter(im, size=3, mode="reflect"))))
+        margin = max(self.z * noise, self.floor)
+        out = (im - ring > margin) & (im - med8 > margin)
+        looked = np.ones(self.shape, bool)
+        H, W = self.shape
+        for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2):
+            cx, cy = int(round(x)), int(round(y))
+            looked[max(0, cy - self.near):max(0, cy + self.near + 1), max(0, cx - self.near):max(0, cx + self.near + 1)] = False
+        self.stood_out += out & looked
+        self.looked += looked
+
+    def result(self, min_frames: int = 10) -> HotPixels:
+        """The stuck pixels: those that stood out in at least ``share`` of at least ``min_frames``
+        frames."""
+        share = self.stood_out / np.maximum(self.looked, 1)
+        return HotPixels(map=(self.looked >= min_frames) & (share >= self.share), share=share, frames=self.looked.copy())

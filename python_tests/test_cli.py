@@ -632,6 +632,16 @@ def test_convert_checkpoint_errors_are_one_line(tmp_path, capsys):
 # ------------------------------------------------------------------------------ stuck sensor pixels
 
 
+def _pooled_iou(reference, folder, ids) -> float:
+    """Pooled IoU of the masks ``folder/<id>.png`` against ``reference/<id>.png``."""
+    inter = union = 0
+    for i in ids:
+        a, b = read_gray(reference / f"{i}.png") > 0, read_gray(folder / f"{i}.png") > 0
+        inter, union = inter + (a & b).sum(), union + (a | b).sum()
+    return inter / union
+
+
+
 def test_bad_pixel_map_repairs_stuck_pixels_beside_the_points(tmp_path, capsys):
     """A sensor whose stuck pixels lie right beside the targets' points: without the map the points
     snap to them and the masks shrink; with ``--bad-pixels`` the masks are nearly those of the
@@ -653,18 +663,12 @@ def test_bad_pixel_map_repairs_stuck_pixels_beside_the_points(tmp_path, capsys):
         write_png_atomic(stuck / "images" / f"{i}.png", img)
     write_png_atomic(tmp_path / "bad.png", bad.astype(np.uint8) * 255)
 
-    def pooled_iou(folder):
-        inter = union = 0
-        for i in ids:
-            a, b = read_gray(tmp_path / "A" / f"{i}.png") > 0, read_gray(folder / f"{i}.png") > 0
-            inter, union = inter + (a & b).sum(), union + (a | b).sum()
-        return inter / union
-
     annotate_dataset(clean, "all", "centroid", tmp_path / "A", progress=False)
     annotate_dataset(stuck, "all", "centroid", tmp_path / "B", progress=False)
     assert main(["annotate", "--dataset", str(stuck), "--out", str(tmp_path / "C"), "--bad-pixels",
                  str(tmp_path / "bad.png"), "--quiet"]) == 0
-    assert pooled_iou(tmp_path / "B") < 0.7 and pooled_iou(tmp_path / "C") > 0.9
+    without, with_map = (_pooled_iou(tmp_path / "A", tmp_path / f, ids) for f in "BC")
+    assert without < 0.7 and with_map > 0.9
     manifest = json.loads((tmp_path / "C" / ".d2d-annotate.json").read_text())
     assert manifest["bad_pixels"]["pixels"] == int(bad.sum())
     capsys.readouterr()
@@ -674,3 +678,46 @@ def test_bad_pixel_map_repairs_stuck_pixels_beside_the_points(tmp_path, capsys):
     assert main(["annotate", "--dataset", str(clean), "--out", str(tmp_path / "D"), "--bad-pixels",
                  str(tmp_path / "nowhere.png"), "--quiet"]) == 2
     assert "nowhere.png" in capsys.readouterr().err
+
+
+def test_find_bad_pixels_makes_the_map_that_repairs_them(tmp_path, capsys):
+    """``find-bad-pixels`` on a sensor's frames whose stuck pixels lie beside some of the points
+    finds exactly them; ``annotate --bad-pixels`` with its map then gives nearly the clean
+    images' masks. A split of several sizes needs ``--size``; too few frames are refused."""
+    from d2d_ext.files import write_png_atomic
+
+    clean = write_dataset(tmp_path / "clean" / "SYN", n_images=12, seed=6, height=96, width=96)
+    stuck = write_dataset(tmp_path / "stuck" / "SYN", n_images=12, seed=6, height=96, width=96)
+    ds = IRDataset(clean)
+    ids = ds.ids("all")
+    bad = np.zeros((96, 96), bool)
+    for i in ids[:4]:  # beside the points of a third of the frames, stuck in all of them
+        for x, y in ds.points(i, "centroid"):
+            bad[int(np.floor(y + 0.5)), min(int(np.floor(x + 0.5)) + 1, 95)] = True
+    for i in ids:
+        img = np.round(read_gray(stuck / "images" / f"{i}.png") * 255).astype(np.uint8)
+        img[bad] = 255
+        write_png_atomic(stuck / "images" / f"{i}.png", img)
+    assert main(["find-bad-pixels", "--dataset", str(stuck), "--out", str(tmp_path / "found.png")]) == 0
+    result = _last_json(capsys.readouterr().out)
+    assert result["frames"] == 12 and result["pixels"] == int(bad.sum()) and result["size"] == [96, 96]
+    assert np.array_equal(read_gray(tmp_path / "found.png") > 0, bad)
+    assert {(p["x"], p["y"]) for p in result["stuck"]} == {(int(x), int(y)) for y, x in zip(*np.nonzero(bad))}
+
+    annotate_dataset(clean, "all", "centroid", tmp_path / "A", progress=False)
+    annotate_dataset(stuck, "all", "centroid", tmp_path / "B", progress=False)
+    annotate_dataset(stuck, "all", "centroid", tmp_path / "C", progress=False, bad_pixels=tmp_path / "found.png")
+    without, with_map = (_pooled_iou(tmp_path / "A", tmp_path / f, ids) for f in "BC")
+    assert without < with_map and with_map > 0.9
+
+    # one frame of another size: the split needs --size; with it, the 12 frames are used
+    write_png_atomic(stuck / "images" / "odd.png", np.zeros((40, 50), np.uint8))
+    (stuck / "img_idx" / "mixed.txt").write_text("\n".join([*ids, "odd"]) + "\n")
+    args = ["find-bad-pixels", "--dataset", str(stuck), "--split", "mixed.txt", "--points", "none"]
+    assert main([*args, "--out", str(tmp_path / "m.png")]) == 2
+    err = capsys.readouterr().err
+    assert "96x96 (12)" in err and "50x40 (1)" in err and "--size" in err and not (tmp_path / "m.png").exists()
+    assert main([*args, "--size", "96x96", "--out", str(tmp_path / "m.png")]) == 0
+    assert _last_json(capsys.readouterr().out)["frames"] == 12
+    assert main([*args, "--size", "50x40", "--out", str(tmp_path / "m.png")]) == 2
+    assert "1 frame of size 50x40 (WxH), fewer than the 10" in capsys.readouterr().err

@@ -614,3 +614,87 @@ def test_dataset_repairs_images_from_a_bad_pixel_map(tiny, tmp_path):
     _save(tmp_path / "all.png", _gray(np.full((H, W), 255, np.uint8)))
     with pytest.raises(DataError, match="every pixel"):
         IRDataset(tiny, bad_pixels=tmp_path / "all.png")
+
+
+def _frames_with_stuck_pixels(n=20, size=64, seed=0):
+    """n synthetic scenes of one sensor whose pixels in ``stuck`` read at the top of the range,
+    each with a 1-pixel bright spot at a random place (a moving, unlabelled point target)."""
+    from d2d_ext.synthetic import make_scene
+
+    stuck = np.zeros((size, size), bool)
+    stuck[10, 20] = True  # alone
+    stuck[30, 40:42] = True  # a pair
+    stuck[50:52, 10:12] = True  # a 2x2 cluster
+    stuck[0, 33] = True  # on the border
+    stuck[size - 1, size - 1] = True  # in a corner
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n):
+        scene = make_scene(seed * 1000 + k, height=size, width=size)
+        image = scene.image.copy()
+        y, x = rng.integers(3, size - 3, 2)
+        image[y, x] = min(1.0, float(image[y - 1:y + 2, x - 1:x + 2].max()) + 0.5)
+        image[stuck] = 1.0
+        frames.append((image, scene.points))
+    return frames, stuck
+
+
+def test_hot_pixel_search_finds_stuck_pixels_and_not_moving_targets():
+    from d2d_ext.sensor import HotPixelSearch
+
+    frames, stuck = _frames_with_stuck_pixels()
+    search = HotPixelSearch(stuck.shape)
+    for image, points in frames:
+        search.add(image, points)
+    found = search.result()
+    assert np.array_equal(found.map, stuck)
+    assert found.share[stuck].min() >= 0.9 and found.share[~stuck].max() < 0.2
+    assert found.frames.max() == len(frames)
+    assert not search.result(min_frames=len(frames) + 1).map.any()  # too few frames: nothing is called stuck
+    clean = HotPixelSearch(stuck.shape)
+    for image, points in _frames_with_stuck_pixels(seed=1)[0]:
+        clean.add(np.where(stuck, np.median(image), image), points)
+    assert not clean.result().map.any()
+
+
+def test_hot_pixel_search_leaves_a_labelled_target_that_stays_in_place():
+    """A 1-pixel target at the same place in every frame (a staring sensor) stands out as a stuck
+    pixel would; its point labels keep it out of the map."""
+    from d2d_ext.sensor import HotPixelSearch
+
+    frames, _ = _frames_with_stuck_pixels(n=12)
+    labelled, unlabelled = HotPixelSearch((64, 64)), HotPixelSearch((64, 64))
+    for image, _ in frames:
+        image = image.copy()
+        image[40, 12] = 1.0
+        labelled.add(image, np.array([[12.3, 39.8]]))
+        unlabelled.add(image)
+    assert not labelled.result().map[40, 12] and labelled.result().frames[40, 12] == 0
+    assert unlabelled.result().map[40, 12]
+    with pytest.raises(ValueError, match=r"\(64, 63\)"):
+        labelled.add(np.zeros((64, 63)))
+    with pytest.raises(ValueError, match="share"):
+        HotPixelSearch((64, 64), share=0)
+
+
+@pytest.mark.parametrize("name", ["NUDT-SIRST", "MDFA"])
+def test_hot_pixel_search_finds_nothing_on_real_frames(name):
+    """Real frames of one size (no stuck pixels known): nothing is called stuck, and no pixel
+    stands out in more than a few percent of its frames; the same frames with stuck pixels added
+    give those back."""
+    from d2d_ext.sensor import HotPixelSearch
+
+    root = SIRST_ROOT.parent / name
+    if not (root / "images").is_dir():
+        pytest.skip(f"{name} not found at {root}")
+    ds = IRDataset(root)
+    ids = ds.ids("all")[:200]
+    clean, dirty = HotPixelSearch(ds.image_size(ids[0])), HotPixelSearch(ds.image_size(ids[0]))
+    stuck = np.zeros(ds.image_size(ids[0]), bool)
+    stuck[[5, 60, 100], [7, 90, 3]] = True
+    for i in ids:
+        image, points = ds.load_image(i), ds.points(i, "centroid")
+        clean.add(image, points)
+        dirty.add(np.where(stuck, 1.0, image), points)
+    assert not clean.result().map.any() and clean.result().share.max() < 0.05
+    assert np.array_equal(dirty.result().map, stuck)

@@ -34,6 +34,7 @@ annotation_scale = load("annotation/annotation_scale")
 annotation_elongated = load("annotation/annotation_elongated")
 annotation_datasets = load("annotation/annotation_datasets")
 bit_hashes = load("ops/bit_hashes")
+bad_pixel_search = load("annotation/bad_pixel_search")
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +216,14 @@ def test_annotation_datasets_against_another_version(dataset, tmp_path):
         ours = rows[(f"| {n}", "ours")]
         assert rows[(f"| {n}", "ours at same.py")] == ours
         assert rows[(f"| {n}", "ours at other.py")] != ours
+
+
+def test_bad_pixel_search_table(tmp_path, capsys):
+    """Synthetic frames only (an empty --data): nothing found on the clean frames, every stuck
+    pixel found at each level, none falsely."""
+    (tmp_path / "data").mkdir()
+    assert bad_pixel_search.main(["--data", str(tmp_path / "data"), "--scenes", "12"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| synthetic")]
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1:3] == ["12", "0"] and float(cells[3]) < 0.5
+    assert cells[4:] == ["37 of 37, 0 false"] * 3
