@@ -35,6 +35,7 @@ annotation_elongated = load("annotation/annotation_elongated")
 annotation_datasets = load("annotation/annotation_datasets")
 bit_hashes = load("ops/bit_hashes")
 bad_pixel_search = load("annotation/bad_pixel_search")
+setup_cost = load("ops/setup_cost")
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +228,16 @@ def test_bad_pixel_search_table(tmp_path, capsys):
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[1:3] == ["12", "0"] and float(cells[3]) < 0.5
     assert cells[4:] == ["37 of 37, 0 false"] * 3
+
+
+def test_setup_cost_splits_a_call(capsys):
+    """Each shape's row: the 64-step call's time and rate, the steps' rate and the set-up, whose
+    share of the call lies in [0, 100%) up to timing noise."""
+    assert setup_cost.main(["--shapes", "64x16x16,2x40x40", "--reps", "3"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 64x16x16") or
+            line.startswith("| 2x40x40")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1].endswith("G pixel-steps/s)") and cells[2].endswith("G pixel-steps/s")
+        assert cells[3].endswith("%)")
