@@ -265,6 +265,16 @@ def _point_source(value: str) -> str:
     return _argparse_type(point_source)(value)
 
 
+def _point_source_or_none(value: str) -> str:
+    """argparse ``type`` of find-bad-pixels' ``--points``: a point source, or ``none``."""
+    if value == "none":
+        return value
+    try:
+        return _point_source(value)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err}, or none") from None
+
+
 def _finite(value: str) -> float:
     """argparse ``type`` of a number that must be finite."""
     from .bilevel.config import finite_number
@@ -397,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("find-bad-pixels", help="a bad-pixel map from many frames of one sensor (pixels stuck high)")
     b.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
     b.add_argument("--split", default="all", help="the frames to search (as annotate's --split)")
-    b.add_argument("--points", default="centroid", type=lambda v: v if v == "none" else _point_source(v),
+    b.add_argument("--points", default="centroid", type=_point_source_or_none,
                    help="point source, as annotate's --points: pixels near a frame's points are not judged in it "
                         "(a target that stays in place is not taken for a stuck pixel); none: judge every pixel")
     b.add_argument("--seed", type=int, default=0, help="seed of gen-coarse points")

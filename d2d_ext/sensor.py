@@ -135,10 +135,10 @@ class HotPixelSearch:
         margin = max(self.z * noise, self.floor)
         out = (im - ring > margin) & (im - med8 > margin)
         looked = np.ones(self.shape, bool)
-        H, W = self.shape
+        r = self.near
         for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2):
             cx, cy = int(round(x)), int(round(y))
-            looked[max(0, cy - self.near):max(0, cy + self.near + 1), max(0, cx - self.near):max(0, cx + self.near + 1)] = False
+            looked[max(0, cy - r):max(0, cy + r + 1), max(0, cx - r):max(0, cx + r + 1)] = False
         self.stood_out += out & looked
         self.looked += looked
 

@@ -721,3 +721,5 @@ def test_find_bad_pixels_makes_the_map_that_repairs_them(tmp_path, capsys):
     assert _last_json(capsys.readouterr().out)["frames"] == 12
     assert main([*args, "--size", "50x40", "--out", str(tmp_path / "m.png")]) == 2
     assert "1 frame of size 50x40 (WxH), fewer than the 10" in capsys.readouterr().err
+    assert main(["find-bad-pixels", "--dataset", str(stuck), "--points", "bogus", "--out", str(tmp_path / "m.png")]) == 2
+    assert "invalid point source 'bogus'" in capsys.readouterr().err
