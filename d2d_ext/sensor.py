@@ -129,8 +129,10 @@ class HotPixelSearch:
         im = np.asarray(image, dtype=np.float32)
         if im.shape != self.shape:
             raise ValueError(f"HotPixelSearch: a frame is {im.shape}, the others {self.shape}")
+        # Past the frame's edge: nothing for the ring; for the 8 neighbours, the pixels across the
+        # edge mirrored ("reflect" would give an edge pixel itself as its neighbour).
         ring = ndi.maximum_filter(im, footprint=self._RING, mode="constant", cval=-np.inf)
-        med8 = ndi.median_filter(im, footprint=self._EIGHT, mode="reflect")
+        med8 = ndi.median_filter(im, footprint=self._EIGHT, mode="mirror")
         noise = 1.4826 * float(np.median(np.abs(im - ndi.median_filter(im, size=3, mode="reflect"))))
         margin = max(self.z * noise, self.floor)
         out = (im - ring > margin) & (im - med8 > margin)
