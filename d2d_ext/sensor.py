@@ -132,10 +132,11 @@ class HotPixelSearch:
         # Past the frame's edge: nothing for the ring; for the 8 neighbours, the pixels across the
         # edge mirrored ("reflect" would give an edge pixel itself as its neighbour).
         ring = ndi.maximum_filter(im, footprint=self._RING, mode="constant", cval=-np.inf)
-        med8 = ndi.median_filter(im, footprint=self._EIGHT, mode="mirror")
-        noise = 1.4826 * float(np.median(np.abs(im - ndi.median_filter(im, size=3, mode="reflect"))))
-        margin = max(self.z * noise, self.floor)
-        out = (im - ring > margin) & (im - med8 > margin)
+        margin = max(self.z * self._noise(im), self.floor)
+        ys, xs = np.nonzero(im - ring > margin)  # few: the 8 neighbours' median is taken there only
+        med8 = np.partition(_neighbours(im, ys, xs, mirror=True), 4, axis=1)[:, 4]  # scipy's median of 8
+        out = np.zeros(self.shape, bool)
+        out[ys, xs] = im[ys, xs] - med8 > margin
         looked = np.ones(self.shape, bool)
         r = self.near
         for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2):
@@ -144,8 +145,31 @@ class HotPixelSearch:
         self.stood_out += out & looked
         self.looked += looked
 
+    @staticmethod
+    def _noise(im: np.ndarray) -> float:
+        """The frame's noise: 1.4826 times the median of |pixel - its 3x3 median| (the edge
+        reflected), over every pixel of a frame of up to 65,536 pixels and over a regular grid of
+        about that many in a larger one."""
+        step = max(1, int(np.sqrt(im.size / 65536)))
+        ys, xs = (a.ravel() for a in np.mgrid[0:im.shape[0]:step, 0:im.shape[1]:step])
+        nine = np.concatenate([im[ys, xs][:, None], _neighbours(im, ys, xs, mirror=False)], axis=1)
+        return 1.4826 * float(np.median(np.abs(im[ys, xs] - np.partition(nine, 4, axis=1)[:, 4])))
+
     def result(self, min_frames: int = 10) -> HotPixels:
         """The stuck pixels: those that stood out in at least ``share`` of at least ``min_frames``
         frames."""
         share = self.stood_out / np.maximum(self.looked, 1)
         return HotPixels(map=(self.looked >= min_frames) & (share >= self.share), share=share, frames=self.looked.copy())
+
+
+def _neighbours(im: np.ndarray, ys: np.ndarray, xs: np.ndarray, mirror: bool) -> np.ndarray:
+    """``(len(ys), 8)``: the 8 neighbours of pixels ``(ys, xs)``; past the edge, the pixel across
+    it (``mirror``: -1 reads 1) or the edge pixel itself (-1 reads 0), as scipy.ndimage's modes."""
+    H, W = im.shape
+
+    def fold(i, n):
+        if mirror:
+            return np.abs(np.where(i > n - 1, 2 * (n - 1) - i, i))
+        return np.clip(i, 0, n - 1)
+
+    return np.stack([im[fold(ys + dy, H), fold(xs + dx, W)] for dy, dx in _NEIGHBOURS], axis=1)

@@ -698,3 +698,29 @@ def test_hot_pixel_search_finds_nothing_on_real_frames(name):
         dirty.add(np.where(stuck, 1.0, image), points)
     assert not clean.result().map.any() and clean.result().share.max() < 0.05
     assert np.array_equal(dirty.result().map, stuck)
+
+
+def test_hot_pixel_search_matches_the_filters_it_stands_for():
+    """Per frame, the pixels that stand out are those of the rule written with scipy.ndimage's
+    filters over the whole frame (ring maximum, 8-neighbour median mirrored at the edges, noise
+    from the 3x3 median reflected), though the search takes the median only where the ring test
+    passes and, in a frame over 65,536 pixels, the noise from a grid of them."""
+    from scipy import ndimage as ndi
+
+    from d2d_ext.sensor import HotPixelSearch
+    from d2d_ext.synthetic import make_scene
+
+    def by_filters(im, noise_step=1):
+        ring = ndi.maximum_filter(im, footprint=HotPixelSearch._RING, mode="constant", cval=-np.inf)
+        med8 = ndi.median_filter(im, footprint=HotPixelSearch._EIGHT, mode="mirror")
+        resid = np.abs(im - ndi.median_filter(im, size=3, mode="reflect"))[::noise_step, ::noise_step]
+        margin = max(6.0 * 1.4826 * float(np.median(resid)), 0.05)
+        return (im - ring > margin) & (im - med8 > margin)
+
+    for seed, (h, w, step) in enumerate([(96, 120, 1), (200, 240, 1), (600, 450, 2)]):
+        im = make_scene(seed, height=h, width=w).image.copy()
+        im[[0, 5, h - 1, h // 2], [7, 0, w // 3, w - 1]] = 1.0  # on every edge and inside
+        search = HotPixelSearch((h, w))
+        search.add(im)
+        expected = by_filters(im, step)
+        assert expected.sum() >= 4 and np.array_equal(search.stood_out.astype(bool), expected)
