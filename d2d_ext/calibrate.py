@@ -46,7 +46,6 @@ from .annotate import (
 )
 from .data import IRDataset
 from .files import DataError
-from .sensor import map_record
 
 __all__ = ["GRIDS", "STRICT", "pick_ids", "calibrate", "load_settings"]
 
@@ -219,7 +218,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         "ids": ids, "dataset": ds.name, "split": split, "masks": len(ids), "seed": int(seed), "points": points,
         "targets": sum(len(p) for p in pts), "margin": margin, "confidence": confidence,
         "bounds": {name: [min(grid), max(grid)] for name, grid in GRIDS.items()},
-        "bad_pixels": map_record(ds.bad_pixels),
+        "bad_pixels": ds.bad_pixels_record,
     }
 
 

@@ -345,8 +345,9 @@ def _config_from_args(args, config_cls):
     return config_cls(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(config_cls)})
 
 
-BAD_PIXELS_HELP = ("the sensor's stuck pixels (nonzero in this image, of the images' size): each is replaced by "
-                   "the median of its good neighbours in every image before it is read")
+BAD_PIXELS_HELP = ("the sensor's stuck pixels (nonzero in this image, of the images' size; or a folder of such maps "
+                   "named WxH.png, one per size): each is replaced by the median of its good neighbours in every "
+                   "image before it is read")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=_size, metavar="WxH", help="the frames' size, when the split holds several")
     b.add_argument("--share", type=float, default=0.5, help="share of its frames in which a pixel must stand out")
     b.add_argument("--min-frames", type=int, default=10, help="frames a pixel must be judged in")
-    b.add_argument("--out", required=True, metavar="MAP.png", help="the map to write (255 = stuck), for --bad-pixels")
+    b.add_argument("--out", required=True, metavar="MAP.png|FOLDER",
+                   help="the map to write (255 = stuck), for --bad-pixels; a folder: one map per image size, WxH.png")
     b.set_defaults(func=_cmd_find_bad_pixels)
 
     t = sub.add_parser("train", help="train a detector from points (bi-level, or a baseline mode)")

@@ -27,7 +27,7 @@ import numpy as np
 
 from .files import IMAGE_SUFFIXES, DataError, find_image_file, image_size, lossy, read_gray
 from .points import PointLabels
-from .sensor import read_bad_pixel_map, repair
+from .sensor import map_record, read_bad_pixel_map, read_bad_pixel_maps, repair
 
 # Reading and writing files (d2d_ext.files) and point labels (d2d_ext.points) have modules of
 # their own; the names users (and earlier versions of annotate.py) know from here stay importable
@@ -59,7 +59,9 @@ class IRDataset:
     ``bad_pixels``: the sensor's bad-pixel map, an image file (nonzero = stuck pixel, read by
     :func:`d2d_ext.sensor.read_bad_pixel_map`) or an ``(H, W)`` bool array; :meth:`load_image`
     then repairs those pixels from their neighbours (:func:`d2d_ext.sensor.repair`) in every
-    image, which must have the map's size.
+    image, which must have the map's size. Or a folder of maps named by size (``WxH.png``,
+    :func:`d2d_ext.sensor.read_bad_pixel_maps`) for a dataset of several sensors: each image is
+    repaired from the map of its size, and read as it is where its size has none.
     """
 
     def __init__(self, root, bad_pixels=None):
@@ -76,9 +78,13 @@ class IRDataset:
         self.name = Path(os.path.abspath(self.root)).name
         #: The point labels (files, CSV, generated from the masks): ``points`` reads them.
         self.point_labels = PointLabels(self)
-        #: The bad-pixel map ``(H, W)`` bool, or None; ``bad_pixels_source`` names it in messages.
+        #: The bad-pixel map ``(H, W)`` bool, or None (also with a folder of maps, which are in
+        #: ``bad_pixel_maps`` by size); ``bad_pixels_source`` names it in messages.
         self.bad_pixels, self.bad_pixels_source = None, None
-        if isinstance(bad_pixels, (str, os.PathLike)):
+        self.bad_pixel_maps: dict = {}
+        if isinstance(bad_pixels, (str, os.PathLike)) and Path(bad_pixels).is_dir():
+            self.bad_pixel_maps, self.bad_pixels_source = read_bad_pixel_maps(bad_pixels), str(bad_pixels)
+        elif isinstance(bad_pixels, (str, os.PathLike)):
             self.bad_pixels, self.bad_pixels_source = read_bad_pixel_map(bad_pixels), str(bad_pixels)
         elif bad_pixels is not None:
             self.bad_pixels, self.bad_pixels_source = np.asarray(bad_pixels, dtype=bool), "the bad-pixel map"
@@ -183,6 +189,9 @@ class IRDataset:
         sizes differ)."""
         path = self.image_path(id)
         image = read_gray(path)
+        if self.bad_pixel_maps:
+            bad = self.bad_pixel_maps.get(image.shape)
+            return image if bad is None else repair(image, bad)
         if self.bad_pixels is None:
             return image
         if image.shape != self.bad_pixels.shape:
@@ -190,6 +199,12 @@ class IRDataset:
             raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]} (WxH) but {self.bad_pixels_source} "
                             f"is {w}x{h}")
         return repair(image, self.bad_pixels)
+
+    @property
+    def bad_pixels_record(self) -> dict | None:
+        """The bad-pixel map's (or maps') record for manifests (:func:`d2d_ext.sensor.map_record`),
+        or None without one."""
+        return map_record(self.bad_pixel_maps or self.bad_pixels)
 
     def load_mask(self, id) -> np.ndarray:
         """The ground truth as ``(H, W)`` bool (every nonzero pixel is target). Raises

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from .data import IRDataset
-from .files import DataError, read_gray, remove_stale_temps, write_bytes_atomic, write_png_atomic
+from .files import IMAGE_SUFFIXES, DataError, read_gray, remove_stale_temps, write_bytes_atomic, write_png_atomic
 from .progress import Progress
-from .sensor import HotPixelSearch, map_record
+from .sensor import HotPixelSearch
 
 __all__ = ["MANIFEST", "annotate_dataset", "evaluate_dataset", "find_bad_pixels", "overlay_rgb", "soft_png"]
 
@@ -96,8 +96,8 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(annotator.config).items()},
         "theta": annotator.params.values(),
     }
-    if ds.bad_pixels is not None:  # another map makes other images: a folder holds one map's masks
-        settings["bad_pixels"] = map_record(ds.bad_pixels)
+    if ds.bad_pixels_record is not None:  # another map makes other images: a folder holds one map's masks
+        settings["bad_pixels"] = ds.bad_pixels_record
     for folder in (out, soft):
         if folder is not None:
             _claim(folder, settings)
@@ -181,42 +181,59 @@ def evaluate_dataset(root, split: str, pred, progress: bool = True, threshold: f
 def find_bad_pixels(root, split: str, points: str | None, out, size=None, seed: int = 0,
                     share: float = 0.5, min_frames: int = 10) -> dict:
     """Find the pixels stuck high in the frames of ``split`` (:class:`~d2d_ext.sensor.HotPixelSearch`)
-    and write them to ``out`` as a bad-pixel map (PNG, 255 = stuck; atomically), for
-    ``--bad-pixels``. ``points``: a point source (pixels near a frame's points are not judged in
-    it), or None to judge every pixel. ``size``: ``(W, H)`` of the frames to use when the split
-    holds several sizes (one sensor's frames share one). Raises :class:`DataError` if the split
-    has several sizes and ``size`` is None, or fewer than ``min_frames`` frames of the size.
-    Returns the summary dict (``out``, ``size``, ``frames``, ``pixels``, ``stuck``: the ``x``,
-    ``y`` and share of frames of the 100 pixels that stood out most often, ``seconds``)."""
+    and write them as a bad-pixel map (PNG, 255 = stuck; atomically), for ``--bad-pixels``.
+
+    ``out``: an image file (``.png``) takes one sensor's map: the frames of the split's one size,
+    or of ``size`` ``(W, H)`` when the split holds several. A folder takes one map per size of at
+    least ``min_frames`` frames, ``<W>x<H>.png`` (``size`` then keeps one), for a dataset of
+    several sensors. ``points``: a point source (pixels near a frame's points are not judged in
+    it), or None to judge every pixel. Raises :class:`DataError` if a single map is asked of a
+    split of several sizes without ``size``, or if no size has ``min_frames`` frames.
+
+    Returns the summary dict: ``out``, ``seconds`` and, for a single map, its ``size``,
+    ``frames``, ``pixels`` and ``stuck`` (the ``x``, ``y`` and share of frames of the 100 pixels
+    that stood out most often); for a folder, ``maps``, one such record per map written, and
+    ``skipped``, the sizes with too few frames.
+    """
     ds = IRDataset(root)
     ids = ds.ids(split)
     sizes: dict = {}
     for i in ids:
         h, w = ds.image_size(i)
         sizes.setdefault((w, h), []).append(i)
-    if size is None and len(sizes) > 1:
+    folder = Path(out).suffix.lower() not in IMAGE_SUFFIXES
+    if size is not None:
+        sizes = {tuple(size): sizes.get(tuple(size), [])}
+    if not folder and len(sizes) > 1:
         common = sorted(sizes.items(), key=lambda kv: -len(kv[1]))
         listed = ", ".join(f"{w}x{h} ({len(v)})" for (w, h), v in common[:5])
         if len(common) > 5:
             listed += f" and {len(common) - 5} more"
         raise DataError(f"split {split!r} of {root} has frames of {len(sizes)} sizes (WxH, frames): {listed}; "
-                        "one sensor's frames share one size: pass --size WxH")
-    size = tuple(size) if size is not None else next(iter(sizes), None)
-    frames = sizes.get(size, [])
-    if len(frames) < min_frames:
-        raise DataError(f"split {split!r} of {root} has {len(frames)} frame{'' if len(frames) == 1 else 's'} of size "
-                        f"{size[0]}x{size[1]} (WxH), "
-                        f"fewer than the {min_frames} needed to tell a stuck pixel from a target"
-                        if size else f"split {split!r} of {root} has no frames")
+                        "one sensor's frames share one size: pass --size WxH, or a folder as --out for a map "
+                        "per size")
+    enough = {wh: frames for wh, frames in sizes.items() if len(frames) >= min_frames}
+    if not enough:
+        wh, frames = max(sizes.items(), key=lambda kv: len(kv[1]), default=(None, []))
+        raise DataError(f"split {split!r} of {root} has {len(frames)} frame{'' if len(frames) == 1 else 's'} of "
+                        f"size {wh[0]}x{wh[1]} (WxH){'' if len(sizes) == 1 else ' at most'}, fewer than the "
+                        f"{min_frames} needed to tell a stuck pixel from a target"
+                        if wh else f"split {split!r} of {root} has no frames")
     start = time.perf_counter()
-    search = HotPixelSearch((size[1], size[0]), share=share)
-    for i in frames:
-        search.add(ds.load_image(i), ds.points(i, points, seed) if points else ())
-    found = search.result(min_frames)
-    write_png_atomic(out, found.map.astype(np.uint8) * 255)
-    ys, xs = np.nonzero(found.map)
-    order = np.argsort(-found.share[ys, xs], kind="stable")
-    return {"out": str(out), "size": list(size), "frames": len(frames), "pixels": int(found.map.sum()),
-            "stuck": [{"x": int(xs[k]), "y": int(ys[k]), "share": round(float(found.share[ys[k], xs[k]]), 3)}
-                      for k in order[:100]],
-            "seconds": round(time.perf_counter() - start, 2)}
+    records = []
+    for (w, h), frames in sorted(enough.items()):
+        search = HotPixelSearch((h, w), share=share)
+        for i in frames:
+            search.add(ds.load_image(i), ds.points(i, points, seed) if points else ())
+        found = search.result(min_frames)
+        write_png_atomic(Path(out) / f"{w}x{h}.png" if folder else out, found.map.astype(np.uint8) * 255)
+        ys, xs = np.nonzero(found.map)
+        order = np.argsort(-found.share[ys, xs], kind="stable")
+        records.append({"size": [w, h], "frames": len(frames), "pixels": int(found.map.sum()),
+                        "stuck": [{"x": int(xs[k]), "y": int(ys[k]), "share": round(float(found.share[ys[k], xs[k]]), 3)}
+                                  for k in order[:100]]})
+    seconds = round(time.perf_counter() - start, 2)
+    if not folder:
+        return {"out": str(out), **records[0], "seconds": seconds}
+    skipped = [{"size": list(wh), "frames": len(f)} for wh, f in sorted(sizes.items()) if wh not in enough]
+    return {"out": str(out), "maps": records, "skipped": skipped, "seconds": seconds}

@@ -23,9 +23,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from .files import DataError, lossy, read_gray
+from .files import IMAGE_SUFFIXES, DataError, lossy, read_gray
 
-__all__ = ["read_bad_pixel_map", "repair", "map_record", "HotPixelSearch", "HotPixels"]
+__all__ = ["read_bad_pixel_map", "read_bad_pixel_maps", "repair", "map_record", "HotPixelSearch", "HotPixels"]
 
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
@@ -41,15 +41,49 @@ def read_bad_pixel_map(path) -> np.ndarray:
     return bad
 
 
-def map_record(bad: np.ndarray | None) -> dict | None:
+def read_bad_pixel_maps(folder) -> dict:
+    """The bad-pixel maps of several sensors in ``folder``, one per image size, each named
+    ``<W>x<H>`` (``320x240.png``, as ``d2d find-bad-pixels --out FOLDER`` writes them):
+    ``{(H, W): (H, W) bool}``. Files that are not images are left alone. Raises
+    :class:`DataError` naming the file if an image's name is not a size, or not its own size, or
+    if the folder holds no map."""
+    folder = Path(folder)
+    maps = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            w, h = (int(v) for v in path.stem.lower().split("x"))
+        except ValueError:
+            raise DataError(f"bad-pixel map {path}: in a folder of maps each is named by its size, WxH "
+                            "(e.g. 320x240.png)") from None
+        bad = read_bad_pixel_map(path)
+        if bad.shape != (h, w):
+            raise DataError(f"bad-pixel map {path} is {bad.shape[1]}x{bad.shape[0]} (WxH), not the size its name says")
+        maps[(h, w)] = bad
+    if not maps:
+        raise DataError(f"no bad-pixel map in {folder} (expected files named WxH.png)")
+    return maps
+
+
+def map_record(bad) -> dict | None:
     """What identifies a bad-pixel map in a record of the work done with it (an annotation
     folder's manifest, calibrate's result): ``{"pixels": how many it marks, "map": a short hash
-    of its size and pixels}``, or None without a map."""
+    of its size and pixels}``, or None without a map. For several maps (``{(H, W): map}``, see
+    :func:`read_bad_pixel_maps`), the hash covers all of them and ``"maps"`` counts them."""
     if bad is None:
         return None
-    bad = np.asarray(bad, dtype=bool)
-    h = hashlib.sha1(np.asarray(bad.shape, np.int64).tobytes() + np.packbits(bad).tobytes())
-    return {"pixels": int(bad.sum()), "map": h.hexdigest()[:16]}
+    maps = bad if isinstance(bad, dict) else {None: bad}
+    h = hashlib.sha1()
+    pixels = 0
+    for key in sorted(maps, key=lambda k: (k is not None, k)):
+        m = np.asarray(maps[key], dtype=bool)
+        h.update(np.asarray(m.shape, np.int64).tobytes() + np.packbits(m).tobytes())
+        pixels += int(m.sum())
+    record = {"pixels": pixels, "map": h.hexdigest()[:16]}
+    if isinstance(bad, dict):
+        record["maps"] = len(maps)
+    return record
 
 
 def repair(image: np.ndarray, bad: np.ndarray) -> np.ndarray:

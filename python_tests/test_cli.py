@@ -723,3 +723,45 @@ def test_find_bad_pixels_makes_the_map_that_repairs_them(tmp_path, capsys):
     assert "1 frame of size 50x40 (WxH), fewer than the 10" in capsys.readouterr().err
     assert main(["find-bad-pixels", "--dataset", str(stuck), "--points", "bogus", "--out", str(tmp_path / "m.png")]) == 2
     assert "invalid point source 'bogus'" in capsys.readouterr().err
+
+
+def test_find_bad_pixels_writes_a_map_per_sensor_into_a_folder(tmp_path, capsys):
+    """A dataset of two sensors (two image sizes), each with stuck pixels of its own, and a third
+    size with too few frames: ``--out FOLDER`` writes one map per size with enough frames, and
+    ``--bad-pixels FOLDER`` repairs each image from the map of its size, leaving the others as
+    they are. A folder of maps with a misnamed map is refused, naming it."""
+    from d2d_ext.files import write_png_atomic
+
+    root = tmp_path / "MIX"
+    write_dataset(root, n_images=12, seed=7, height=64, width=80, name="A")
+    write_dataset(root, n_images=12, seed=8, height=72, width=72, name="B")
+    write_png_atomic(root / "images" / "C_0000.png", np.full((40, 50), 30, np.uint8))
+    write_png_atomic(root / "masks" / "C_0000.png", np.zeros((40, 50), np.uint8))
+    ds = IRDataset(root)
+    stuck = {(64, 80): [(10, 20), (50, 70)], (72, 72): [(5, 5), (30, 60), (71, 40)]}
+    for i in ds.ids("all"):
+        img = np.round(read_gray(root / "images" / f"{i}.png") * 255).astype(np.uint8)
+        for y, x in stuck.get(img.shape, []):
+            img[y, x] = 255
+        write_png_atomic(root / "images" / f"{i}.png", img)
+    assert main(["find-bad-pixels", "--dataset", str(root), "--points", "gen-centroid", "--out", str(tmp_path / "maps")]) == 0
+    result = _last_json(capsys.readouterr().out)
+    assert [m["size"] for m in result["maps"]] == [[72, 72], [80, 64]]
+    assert result["skipped"] == [{"size": [50, 40], "frames": 1}]
+    for (h, w), pixels in stuck.items():
+        found = read_gray(tmp_path / "maps" / f"{w}x{h}.png") > 0
+        assert {(int(y), int(x)) for y, x in zip(*np.nonzero(found))} == set(pixels)
+    repaired = IRDataset(root, bad_pixels=tmp_path / "maps")
+    for i in ["A_0003", "B_0005", "C_0000"]:
+        a, b = ds.load_image(i), repaired.load_image(i)
+        fixed = np.zeros(a.shape, bool)
+        for y, x in stuck.get(a.shape, []):
+            fixed[y, x] = True
+            assert b[y, x] < a[y, x]
+        assert np.array_equal(a[~fixed], b[~fixed])
+    record = repaired.bad_pixels_record
+    assert record["maps"] == 2 and record["pixels"] == 5
+    (tmp_path / "maps" / "72x73.png").write_bytes((tmp_path / "maps" / "72x72.png").read_bytes())
+    assert main(["annotate", "--dataset", str(root), "--out", str(tmp_path / "out"), "--bad-pixels",
+                 str(tmp_path / "maps"), "--quiet"]) == 2
+    assert "72x73.png" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -724,3 +724,32 @@ def test_hot_pixel_search_matches_the_filters_it_stands_for():
         search.add(im)
         expected = by_filters(im, step)
         assert expected.sum() >= 4 and np.array_equal(search.stood_out.astype(bool), expected)
+
+
+def test_bad_pixel_maps_of_several_sensors_from_a_folder(tiny, tmp_path):
+    """A folder of maps named by size: images of a size with a map are repaired from it, others
+    are read as they are; a folder without maps, or with a map whose name is no size, is refused
+    naming it."""
+    from d2d_ext.sensor import read_bad_pixel_maps
+
+    maps = tmp_path / "maps"
+    bad = np.zeros((H, W), np.uint8)
+    bad[4, 7] = 255
+    _save(maps / f"{W}x{H}.png", _gray(bad))
+    _save(maps / "33x21.png", _gray(np.zeros((21, 33), np.uint8)))  # another sensor's, with nothing stuck
+    (maps / "notes.txt").write_text("not a map\n")  # not an image: left alone
+    assert sorted(read_bad_pixel_maps(maps)) == [(H, W), (21, 33)]
+    plain, repaired = IRDataset(tiny), IRDataset(tiny, bad_pixels=maps)
+    a, b = plain.load_image("a"), repaired.load_image("a")
+    assert b[4, 7] == pytest.approx(np.median(np.delete(a[3:6, 6:9].ravel(), 4)))
+    assert repaired.bad_pixels_record["maps"] == 2 and repaired.bad_pixels_record["pixels"] == 1
+    (maps / f"{W}x{H}.png").unlink()
+    (maps / "33x21.png").unlink()
+    _save(maps / "5x5.png", _gray(np.zeros((5, 5))))
+    assert np.array_equal(IRDataset(tiny, bad_pixels=maps).load_image("a"), a)  # no map of its size: as it is
+    (maps / "5x5.png").unlink()
+    with pytest.raises(DataError, match="no bad-pixel map in"):
+        IRDataset(tiny, bad_pixels=maps)
+    _save(maps / "sensor1.png", _gray(bad))
+    with pytest.raises(DataError, match=r"sensor1\.png: .*named by its size"):
+        IRDataset(tiny, bad_pixels=maps)
