@@ -184,8 +184,8 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
     docstring); ``config`` gives the other settings and the start (default :class:`AnnotatorConfig`),
     ``params`` the diffusion parameters (default :class:`DiffusionParams`). ``seed`` draws the ids
     (and seeds ``gen-coarse`` points). ``log``: a callable for progress lines, or None.
-    ``bad_pixels``: the sensor's bad-pixel map (an image file), repaired in every image read, as
-    ``annotate`` does with it (:class:`~d2d_ext.data.IRDataset`).
+    ``bad_pixels``: the sensor's bad-pixel map (an image file, or a folder of maps by size),
+    repaired in every image read, as ``annotate`` does with it (:class:`~d2d_ext.data.IRDataset`).
 
     Returns a JSON-ready dict: ``settings`` (the fitted fields only, name -> value), ``iou_before``
     (the start's pooled IoU, percent), ``iou_after``, ``ids`` (in the order drawn), ``dataset``,

@@ -71,8 +71,8 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
     ``overlay``: also ``overlay/<id>.png`` (see :func:`overlay_rgb`). ``soft``: also
     ``soft/<id>.png``, the image's soft label (the targets' fused fields, combined by maximum,
     zero outside their field windows) as a 16-bit PNG ``round(65535 y)``, from the same diffusion
-    pass as the mask. ``bad_pixels``: the sensor's bad-pixel map (an image file), whose pixels are
-    repaired in every image before it is annotated (:mod:`d2d_ext.sensor`).
+    pass as the mask. ``bad_pixels``: the sensor's bad-pixel map (an image file, or a folder of maps by
+    size), whose pixels are repaired in every image before it is annotated (:mod:`d2d_ext.sensor`).
 
     Resumes: an id is done when each of its requested files exists (every PNG is written
     atomically, so an existing file is complete); an id that is not is annotated again and only its

@@ -63,9 +63,9 @@ class TrainConfig:
                                           "(the point pixels), fixed (the first pseudo-labels)")
     model: str = _one_of("unet", MODEL_NAMES, "the detector (any case, as build_model reads it)", ignore_case=True)
     points: str = _setting("centroid", "point source, as annotate's --points", parse=point_source)
-    bad_pixels: str = _setting("", "the sensor's stuck pixels (nonzero in this image), repaired in every image read, "
-                                   "for the labels and the detector alike, as annotate's --bad-pixels",
-                               metavar="MAP.png")
+    bad_pixels: str = _setting("", "the sensor's stuck pixels (nonzero in this image, or a folder of maps named WxH.png), "
+                                   "repaired in every image read, for the labels and the detector alike, as annotate's "
+                                   "--bad-pixels", metavar="MAP.png")
     epochs: int = _setting(40, "training epochs")
     warmup_epochs: int = _setting(8, "epochs of plain training before the bi-level steps (the paper: 80 of 400)")
     theta_every: int = _setting(2, "epochs between theta updates (bi-level; the paper: 20 of 400)")

@@ -17,7 +17,8 @@ def evaluate_checkpoint(checkpoint, dataset, split: str = "test", pd_match: str 
     checkpoint of :func:`~d2d_ext.bilevel.checkpoint.imported_checkpoint` brings its model's
     arguments and its input normalisation. ``pd_match``: how a target picks among predictions (see
     :class:`~d2d_ext.metrics.ISTDMetrics`). ``bad_pixels``: the sensor's bad-pixel map (an image
-    file), repaired in every image before the detector sees it, as the run's ``bad_pixels``."""
+    file, or a folder of maps by size), repaired in every image before the detector sees it, as
+    the run's ``bad_pixels``."""
     state = load_checkpoint(checkpoint)
     try:
         model = build_model(state["config"]["model"], **state.get("model_kwargs", {}))
