@@ -96,8 +96,9 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(annotator.config).items()},
         "theta": annotator.params.values(),
     }
-    if ds.bad_pixels_record is not None:  # another map makes other images: a folder holds one map's masks
-        settings["bad_pixels"] = ds.bad_pixels_record
+    record = ds.bad_pixels_record
+    if record is not None:  # another map makes other images: a folder holds one map's masks
+        settings["bad_pixels"] = record
     for folder in (out, soft):
         if folder is not None:
             _claim(folder, settings)
