@@ -82,8 +82,11 @@ def _cmd_find_bad_pixels(args) -> dict:
         raise DataError(f"--share must be in (0, 1], got {args.share}")
     if args.min_frames < 1:
         raise DataError(f"--min-frames must be at least 1, got {args.min_frames}")
+    if not 0 <= args.floor < 1:
+        raise DataError(f"--floor must be in [0, 1), got {args.floor}")
     return find_bad_pixels(args.dataset, args.split, None if args.points == "none" else args.points, args.out,
-                           size=args.size, seed=args.seed, share=args.share, min_frames=args.min_frames)
+                           size=args.size, seed=args.seed, share=args.share, min_frames=args.min_frames,
+                           floor=args.floor)
 
 
 def _size(value: str) -> tuple:
@@ -415,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=_size, metavar="WxH", help="the frames' size, when the split holds several")
     b.add_argument("--share", type=float, default=0.5, help="share of its frames in which a pixel must stand out")
     b.add_argument("--min-frames", type=int, default=10, help="frames a pixel must be judged in")
+    b.add_argument("--floor", type=float, default=0.05,
+                   help="the least a pixel must stand out by, a fraction of the full range (lower it for raw "
+                        "data that uses a small part of its range, e.g. 14-bit values in 16-bit files)")
     b.add_argument("--out", required=True, metavar="MAP.png|FOLDER",
                    help="the map to write (255 = stuck), for --bad-pixels; a folder: one map per image size, WxH.png")
     b.set_defaults(func=_cmd_find_bad_pixels)

@@ -180,7 +180,7 @@ def evaluate_dataset(root, split: str, pred, progress: bool = True, threshold: f
 
 
 def find_bad_pixels(root, split: str, points: str | None, out, size=None, seed: int = 0,
-                    share: float = 0.5, min_frames: int = 10) -> dict:
+                    share: float = 0.5, min_frames: int = 10, floor: float = 0.05) -> dict:
     """Find the pixels stuck high in the frames of ``split`` (:class:`~d2d_ext.sensor.HotPixelSearch`)
     and write them as a bad-pixel map (PNG, 255 = stuck; atomically), for ``--bad-pixels``.
 
@@ -188,7 +188,8 @@ def find_bad_pixels(root, split: str, points: str | None, out, size=None, seed: 
     or of ``size`` ``(W, H)`` when the split holds several. A folder takes one map per size of at
     least ``min_frames`` frames, ``<W>x<H>.png`` (``size`` then keeps one), for a dataset of
     several sensors. ``points``: a point source (pixels near a frame's points are not judged in
-    it), or None to judge every pixel. Raises :class:`DataError` if a single map is asked of a
+    it), or None to judge every pixel. ``share``, ``floor``: as :class:`HotPixelSearch` takes them.
+    Raises :class:`DataError` if a single map is asked of a
     split of several sizes without ``size``, or if no size has ``min_frames`` frames.
 
     Returns the summary dict: ``out``, ``seconds`` and, for a single map, its ``size``,
@@ -223,7 +224,7 @@ def find_bad_pixels(root, split: str, points: str | None, out, size=None, seed: 
     start = time.perf_counter()
     records = []
     for (w, h), frames in sorted(enough.items()):
-        search = HotPixelSearch((h, w), share=share)
+        search = HotPixelSearch((h, w), share=share, floor=floor)
         for i in frames:
             search.add(ds.load_image(i), ds.points(i, points, seed) if points else ())
         found = search.result(min_frames)

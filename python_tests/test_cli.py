@@ -765,3 +765,25 @@ def test_find_bad_pixels_writes_a_map_per_sensor_into_a_folder(tmp_path, capsys)
     assert main(["annotate", "--dataset", str(root), "--out", str(tmp_path / "out"), "--bad-pixels",
                  str(tmp_path / "maps"), "--quiet"]) == 2
     assert "72x73.png" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_find_bad_pixels_floor_for_raw_data_of_a_narrow_range(tmp_path, capsys):
+    """16-bit frames whose scene spans a few percent of the range (raw data) and a pixel stuck
+    0.02 above it: under the default floor (0.05 of the range) it is not called stuck; with
+    ``--floor 0.005`` it is, and nothing else. A floor out of [0, 1) is refused."""
+    from d2d_ext.files import write_png_atomic
+
+    root = tmp_path / "RAW"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    for k in range(12):
+        scene = 0.11 + 0.01 * np.sin(xx / 7.0 + k) * np.cos(yy / 9.0) + rng.normal(0, 0.0004, (48, 48))
+        scene[20, 30] += 0.02
+        write_png_atomic(root / "images" / f"f{k:02d}.png", np.round(scene * 65535).astype(np.uint16))
+    args = ["find-bad-pixels", "--dataset", str(root), "--points", "none", "--out"]
+    assert main([*args, str(tmp_path / "a.png")]) == 0
+    assert _last_json(capsys.readouterr().out)["pixels"] == 0
+    assert main([*args, str(tmp_path / "b.png"), "--floor", "0.005"]) == 0
+    assert [(p["x"], p["y"]) for p in _last_json(capsys.readouterr().out)["stuck"]] == [(30, 20)]
+    assert main([*args, str(tmp_path / "c.png"), "--floor", "1.5"]) == 2
+    assert "--floor" in capsys.readouterr().err and not (tmp_path / "c.png").exists()
