@@ -753,3 +753,24 @@ def test_bad_pixel_maps_of_several_sensors_from_a_folder(tiny, tmp_path):
     _save(maps / "sensor1.png", _gray(bad))
     with pytest.raises(DataError, match=r"sensor1\.png: .*named by its size"):
         IRDataset(tiny, bad_pixels=maps)
+
+
+def test_hot_pixel_search_through_jpeg_compression():
+    """Frames saved as JPEG (quality 75) after the stuck pixels were read out: compression
+    smears each over its 8x8 block, and they are still found, and nothing else."""
+    import io
+
+    from d2d_ext.sensor import HotPixelSearch
+    from d2d_ext.synthetic import make_scene
+
+    stuck = np.zeros((128, 128), bool)
+    stuck[[10, 40, 90, 120], [20, 77, 5, 100]] = True
+    search = HotPixelSearch(stuck.shape)
+    for k in range(30):
+        scene = make_scene(k, height=128, width=128)
+        image = scene.image.copy()
+        image[stuck] = np.minimum(image[stuck] + 0.3, 1.0)
+        buf = io.BytesIO()
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(buf, "JPEG", quality=75)
+        search.add(np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32) / 255, scene.points)
+    assert np.array_equal(search.result().map, stuck)
