@@ -755,8 +755,9 @@ def test_bad_pixel_maps_of_several_sensors_from_a_folder(tiny, tmp_path):
         IRDataset(tiny, bad_pixels=maps)
 
 
-def test_hot_pixel_search_through_jpeg_compression():
-    """Frames saved as JPEG (quality 75) after the stuck pixels were read out: compression
+@pytest.mark.parametrize("quality", [95, 85, 75])
+def test_hot_pixel_search_through_jpeg_compression(quality):
+    """Frames saved as JPEG after the stuck pixels were read out: compression
     smears each over its 8x8 block, and they are still found, and nothing else."""
     import io
 
@@ -771,6 +772,6 @@ def test_hot_pixel_search_through_jpeg_compression():
         image = scene.image.copy()
         image[stuck] = np.minimum(image[stuck] + 0.3, 1.0)
         buf = io.BytesIO()
-        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(buf, "JPEG", quality=75)
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
         search.add(np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32) / 255, scene.points)
     assert np.array_equal(search.result().map, stuck)
