@@ -91,10 +91,9 @@ def _cmd_find_bad_pixels(args) -> dict:
 
 def _size(value: str) -> tuple:
     """argparse ``type`` of ``--size WxH``."""
-    try:
-        w, h = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not WxH (e.g. 320x240)") from None
+    from .sensor import parse_size
+
+    w, h = _argparse_type(parse_size)(value)
     if w < 3 or h < 3:
         raise argparse.ArgumentTypeError(f"{value!r}: both sides must be at least 3 pixels")
     return (w, h)

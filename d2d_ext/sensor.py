@@ -25,7 +25,8 @@ from scipy import ndimage as ndi
 
 from .files import IMAGE_SUFFIXES, DataError, lossy, read_gray
 
-__all__ = ["read_bad_pixel_map", "read_bad_pixel_maps", "repair", "map_record", "HotPixelSearch", "HotPixels"]
+__all__ = ["read_bad_pixel_map", "read_bad_pixel_maps", "parse_size", "repair", "map_record", "HotPixelSearch",
+           "HotPixels"]
 
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
@@ -41,6 +42,16 @@ def read_bad_pixel_map(path) -> np.ndarray:
     return bad
 
 
+def parse_size(text: str) -> tuple:
+    """``"320x240"`` -> ``(320, 240)``: an image size ``WxH`` as the maps of several sensors are
+    named and ``find-bad-pixels --size`` takes it. Raises ``ValueError`` for anything else."""
+    try:
+        w, h = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not WxH (e.g. 320x240)") from None
+    return w, h
+
+
 def read_bad_pixel_maps(folder) -> dict:
     """The bad-pixel maps of several sensors in ``folder``, one per image size, each named
     ``<W>x<H>`` (``320x240.png``, as ``d2d find-bad-pixels --out FOLDER`` writes them):
@@ -53,7 +64,7 @@ def read_bad_pixel_maps(folder) -> dict:
         if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         try:
-            w, h = (int(v) for v in path.stem.lower().split("x"))
+            w, h = parse_size(path.stem)
         except ValueError:
             raise DataError(f"bad-pixel map {path}: in a folder of maps each is named by its size, WxH "
                             "(e.g. 320x240.png)") from None
@@ -73,10 +84,10 @@ def map_record(bad) -> dict | None:
     :func:`read_bad_pixel_maps`), the hash covers all of them and ``"maps"`` counts them."""
     if bad is None:
         return None
-    maps = bad if isinstance(bad, dict) else {None: bad}
+    maps = bad if isinstance(bad, dict) else {np.shape(bad): bad}
     h = hashlib.sha1()
     pixels = 0
-    for key in sorted(maps, key=lambda k: (k is not None, k)):
+    for key in sorted(maps):
         m = np.asarray(maps[key], dtype=bool)
         h.update(np.asarray(m.shape, np.int64).tobytes() + np.packbits(m).tobytes())
         pixels += int(m.sum())
