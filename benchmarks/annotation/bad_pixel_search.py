@@ -50,10 +50,9 @@ def stuck_map(shape, seed: int = 0) -> np.ndarray:
 def frames_of(root: Path):
     """(name, [(image, points)]) of the most common size of the dataset at ``root``."""
     ds = IRDataset(root)
-    ids = ds.ids("all")
-    sizes = Counter(ds.image_size(i) for i in ids)
-    hw = sizes.most_common(1)[0][0]
-    frames = [(ds.load_image(i), ds.points(i, "centroid")) for i in ids if ds.image_size(i) == hw]
+    size_of = {i: ds.image_size(i) for i in ds.ids("all")}
+    hw = Counter(size_of.values()).most_common(1)[0][0]
+    frames = [(ds.load_image(i), ds.points(i, "centroid")) for i, s in size_of.items() if s == hw]
     return f"{ds.name} ({hw[1]}x{hw[0]})", frames
 
 
