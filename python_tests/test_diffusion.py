@@ -193,6 +193,34 @@ def test_batch_samples_are_independent():
         assert torch.equal(gu[n : n + 1], gu1) and torch.equal(gr[n : n + 1], gr1)
 
 
+@pytest.mark.parametrize("shape", [(4, 16, 16), (3, 40, 9), (3, 130, 140)], ids=["16x16", "40x9", "130x140"])
+def test_a_nonfinite_sample_leaves_the_next_ones_alone(shape):
+    # One thread runs every sample in one workspace, whose ghost elements are zeroed once for all
+    # of them: NaN and Inf in one sample's state and rates must not reach the samples after it.
+    N, H, W = shape
+    g = make_generator(9)
+    u0, rates = random_problem(N, H, W, dtype=torch.float32, tau=TAU, generator=g)
+    go = torch.randn(u0.shape, generator=g)
+    u0[0, 0, 0], u0[0, H - 1, W - 1], u0[0, H // 2, 0] = float("nan"), float("inf"), -float("inf")
+    rates[0, :, 0, :] = float("nan")
+    rates[0, :, :, W - 1] = float("inf")
+    go[0, 0, W - 1] = float("nan")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = d2d_ext.diffuse(u0, rates, TAU, 7)
+        gu, gr = bwd(go, u0, rates, TAU, 7)
+        gu_alone = OPS.diffuse_backward.default(go, u0, rates, TAU, 7, [True, False])[0]
+        for n in range(1, N):
+            one = slice(n, n + 1)
+            assert torch.isfinite(out[one]).all() and torch.isfinite(gu[one]).all()
+            assert torch.equal(out[one], d2d_ext.diffuse(u0[one], rates[one], TAU, 7))
+            gu1, gr1 = bwd(go[one], u0[one], rates[one], TAU, 7)
+            assert torch.equal(gu[one], gu1) and torch.equal(gr[one], gr1) and torch.equal(gu_alone[one], gu1)
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------------------------
 # Non-contiguous inputs
 # --------------------------------------------------------------------------------------------

@@ -115,16 +115,16 @@ struct Workspace {
   Workspace& operator=(const Workspace&) = delete;
 };
 
-// One row of coefficients: o_d and a at x in [x0, x1) (all with the same neighbour
-// availability), written branch-free so that the inner-column loop vectorises.
+// One row of coefficients: o_d and a at x in [0, W), the east and west neighbours' availability
+// as selects, so that the row is one vectorised loop.
 template <typename T>
 void coef_row(const T* __restrict__ r0, const T* __restrict__ r1, const T* __restrict__ r2,
-              const T* __restrict__ r3, T tau, bool has_e, bool has_w, bool has_s, bool has_n,
-              int64_t x0, int64_t x1, T* __restrict__ o0, T* __restrict__ o1, T* __restrict__ o2,
-              T* __restrict__ o3, T* __restrict__ a) {
-  for (int64_t x = x0; x < x1; ++x) {
+              const T* __restrict__ r3, T tau, bool has_s, bool has_n, int64_t W,
+              T* __restrict__ o0, T* __restrict__ o1, T* __restrict__ o2, T* __restrict__ o3,
+              T* __restrict__ a) {
+  for (int64_t x = 0; x < W; ++x) {
     T o[4];
-    diffuse_out_coefs(r0[x], r1[x], r2[x], r3[x], tau, has_e, has_w, has_s, has_n, o, &a[x]);
+    diffuse_out_coefs(r0[x], r1[x], r2[x], r3[x], tau, x + 1 < W, x > 0, has_s, has_n, o, &a[x]);
     o0[x] = o[0];
     o1[x] = o[1];
     o2[x] = o[2];
@@ -141,8 +141,10 @@ void coef_row(const T* __restrict__ r0, const T* __restrict__ r1, const T* __res
 // memory on every pass, two planes fewer to build and stream save more than the aligned loads
 // do. The plane sweep, whose rows are not whole cache lines, also gets the inflow coefficients
 // from the south and north neighbours at p: is[p] = o3[p + Wp], in[p] = o2[p - Wp]. The values
-// are the same either way. build_coefs writes the part of the planes that rows
-// [y0, y1) own (see plane_span), so that bands of rows can build them in parallel.
+// are the same either way. build_coefs writes rows [y0, y1) of the planes, so that bands of rows
+// can build them in parallel, and never their ghost elements: those keep the workspace's zeros
+// (it is allocated zeroed) for every sample a thread runs, and clearing them again for each
+// sample cost a sixth of a 16x16 crop's call.
 inline int64_t coef_planes(const Grid& g) { return g.sweep ? 9 : g.resident ? 7 : 5; }
 
 // Elements of a padded plane that rows [y0, y1) own: from the start of row y0 to the start of
@@ -152,34 +154,36 @@ inline std::pair<int64_t, int64_t> plane_span(const Grid& g, int64_t y0, int64_t
   return {y0 == 0 ? 0 : g.row(y0), y1 == g.H ? g.P : g.row(y1)};
 }
 
-// Zeroes the ghost elements in the span of rows [y0, y1) (all of it but the rows themselves).
+// A small sample's next input planes (elems elements from p), asked of the cache while the
+// current sample steps: a crop's steps take a few microseconds, and without the hint each crop's
+// first loads of its rates wait on memory. Large samples are not hinted: their planes stream from
+// memory on every pass anyway.
 template <typename T>
-void zero_ghosts(T* plane, const Grid& g, int64_t y0, int64_t y1) {
-  if (y0 == 0) std::fill(plane, plane + g.row(0), T(0));
-  for (int64_t y = y0; y < y1; ++y) std::fill(plane + g.row(y) + g.W, plane + g.row(y + 1), T(0));
-  if (y1 == g.H) std::fill(plane + g.row(g.H), plane + g.P, T(0));
+void prefetch(const T* p, int64_t elems) {
+#if defined(__GNUC__)
+  const char* b = reinterpret_cast<const char*>(p);
+  for (int64_t i = 0; i < elems * int64_t(sizeof(T)); i += kAlignBytes) __builtin_prefetch(b + i, 0, 2);
+#endif
 }
 
 template <typename T>
 void build_coefs(const T* r, const Grid& g, T tau, T* coefs, int64_t y0, int64_t y1) {
-  for (int64_t k = 0; k < coef_planes(g); ++k) zero_ghosts(coefs + k * g.P, g, y0, y1);
   const int64_t HW = g.H * g.W;
   for (int64_t y = y0; y < y1; ++y) {
     const T* r0 = r + y * g.W;
     const int64_t row = g.row(y);
     T* o = coefs + row;
-    auto run = [&](bool has_e, bool has_w, int64_t x0, int64_t x1) {
-      coef_row(r0, r0 + HW, r0 + 2 * HW, r0 + 3 * HW, tau, has_e, has_w, y + 1 < g.H, y > 0, x0,
-               x1, o, o + g.P, o + 2 * g.P, o + 3 * g.P, o + 4 * g.P);
-    };
-    run(true, true, 1, g.W - 1);  // inner columns
-    run(g.W > 1, false, 0, 1);
-    if (g.W > 1) run(false, true, g.W - 1, g.W);
+    coef_row(r0, r0 + HW, r0 + 2 * HW, r0 + 3 * HW, tau, y + 1 < g.H, y > 0, g.W, o, o + g.P,
+             o + 2 * g.P, o + 3 * g.P, o + 4 * g.P);
     if (coef_planes(g) >= 7) {
-      std::copy(o + g.P + 1, o + g.P + g.W, o + 5 * g.P);  // ie[x] = o1[x + 1], x < W - 1
-      o[5 * g.P + g.W - 1] = T(0);
-      o[6 * g.P] = T(0);
-      std::copy(o, o + g.W - 1, o + 6 * g.P + 1);  // iw[x] = o0[x - 1], x > 0
+      // ie[x] = o1[x + 1] and iw[x] = o0[x - 1], the ghost columns' zeros at x = W - 1 and 0
+      const T* o1 = o + g.P;
+      T* ie = o + 5 * g.P;
+      T* iw = o + 6 * g.P;
+      for (int64_t x = 0; x < g.W; ++x) {
+        ie[x] = o1[x + 1];
+        iw[x] = o[x - 1];
+      }
     }
     if (coef_planes(g) == 9) {
       // o3 of the row below and o2 of the row above, as coef_row computes them there (rows of
@@ -685,6 +689,10 @@ at::Tensor diffuse_cpu(const at::Tensor& u0_in, const at::Tensor& rates_in, doub
         build_coefs(rp + n * 4 * HW, g, T(tau), coefs, y0, y1);
         to_padded(u0p + n * HW, g, in, y0, y1);
       });
+      if (sweep && n + 1 < N) {
+        prefetch(rp + (n + 1) * 4 * HW, 4 * HW);
+        prefetch(u0p + (n + 1) * HW, HW);
+      }
       auto no_keep = [](int64_t) -> T* { return nullptr; };
       if (sweep) {
         st.forward(steps, in, res, no_keep, tmp, tiling);
@@ -716,6 +724,10 @@ void adjoint_only(const T* gp, const T* rp, T* gu0p, int64_t N, int64_t H, int64
       build_coefs(rp + n * 4 * HW, g, tau, coefs, y0, y1);
       to_padded(gp + n * HW, g, gin, y0, y1);
     });
+    if (g.sweep && n + 1 < N) {
+      prefetch(rp + (n + 1) * 4 * HW, 4 * HW);
+      prefetch(gp + (n + 1) * HW, HW);
+    }
     auto no_state = [](int64_t) -> const T* { return nullptr; };
     st.template adjoint<false>(steps, gin, gout, no_state, nullptr, gout + g.P, tiling);
     tiling.each_band([&](int64_t y0, int64_t y1) { from_padded(gout, g, gu0p + n * HW, y0, y1); });
@@ -786,6 +798,11 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
         to_padded(u0p + n * HW, g, ckpt, y0, y1);
         to_padded(gp + n * HW, g, gcur, y0, y1);
       });
+      if (g.sweep && n + 1 < N) {
+        prefetch(rp + (n + 1) * 4 * HW, 4 * HW);
+        prefetch(u0p + (n + 1) * HW, HW);
+        prefetch(gp + (n + 1) * HW, HW);
+      }
       for (int64_t j = 0; j + 1 < plan.num_segments; ++j) {
         st.forward(plan.segment_len, ckpt + j * g.P, ckpt + (j + 1) * g.P, no_keep, tmp, tiling);
       }
