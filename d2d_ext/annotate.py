@@ -110,6 +110,10 @@ class AnnotatorConfig:
     plateau_step: float = 0.15
     band: int = 2  # width of a window's outer band (background statistics, leak guard)
     k_sigma: float = 2.0  # strict threshold: bg + max(k_sigma * sd, f * (peak - bg))
+    # where at most this many pixels (the peak alone) clear k_sigma * sd, the component is taken at
+    # bg + f * (peak - bg) instead if that holds more: the floor detected the target but did not
+    # measure it (0: never)
+    lone_peak_pixels: int = 1
     peak_fraction: float = 0.3  # f, first try
     fraction_step: float = 0.1  # f rises by this when no window holds the component
     field_grow: float = 2.0  # field window half-size >= field_grow * extent of the strict component

@@ -11,6 +11,15 @@ The search, in order (:func:`strict_component`):
    accepted (the *leak guard*: a component that touches the band has leaked into clutter); if
    none is, ``f`` rises by ``fraction_step`` and the windows are tried again. A side of a window
    on the image's edge has no band (a target cut by the edge has not leaked).
+
+   *A peak alone above the noise floor.* ``k_sigma`` spreads of the band are a detection floor,
+   not a measure of the target. Where no more than ``lone_peak_pixels`` pixels (the peak alone)
+   clear it but the peak-relative threshold ``bg + f * (peak - bg)`` gives the peak a larger
+   component, that component stands for the window instead: a large dim target whose body lies
+   under the floor (its peak one noisy pixel of it), or a bar on a textured cloud whose band
+   spread exceeds the bar's contrast, has its body measured as any other target's, under the
+   same leak guard and growth tests. A point source, whose neighbours lie at the background,
+   keeps its one pixel either way.
 3. **Growth for extended targets.** An extended target puts the first windows' bands on its own
    hull, so the accepted window grows through the larger ``half_sizes`` and the
    ``wide_half_sizes`` while the next window's band lies more than ``settle_fraction`` of the
@@ -176,6 +185,14 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             thr = bg + f * (peak - bg)
         labels, _ = ndi.label(win > thr, EIGHT_CONNECTED)
         lab = labels[py - box[0], px - box[2]]
+        relative = bg + f * (peak - bg)
+        if not faint and thr > relative and (labels == lab).sum() <= cfg.lone_peak_pixels:
+            # the noise floor detected the peak but cut the target down to it: the target's
+            # extent is read at the peak-relative level, as for any target the floor does not cut
+            wider, _ = ndi.label(win > relative, EIGHT_CONNECTED)
+            wider_lab = wider[py - box[0], px - box[2]]
+            if (wider == wider_lab).sum() > cfg.lone_peak_pixels:
+                labels, lab = wider, wider_lab
         comp = labels == lab if lab else None
         return _Window(box, bg, faint, None if comp is None or comp[band].any() else comp, band, comp)
 
