@@ -148,6 +148,31 @@ def test_annotation_datasets_scores_on_known_masks():
     assert r.recall == pytest.approx(100 * (9 + 8) / (9 + 16))
     assert r.worst == [(4, "a"), (0, "b")]
     assert r.ms == pytest.approx(1.0)  # 2 ms over 2 targets
+    # the stray blob touches no target: it is in no target's mask
+    right = r.by_size["about right"]
+    assert (right.targets, right.missed, right.extra) == (2, 8, 0)
+    assert r.most_missed == [(8, "b", 16, 8), (0, "a", 9, 9)]
+
+
+def test_annotation_datasets_sorts_each_target_by_its_mask():
+    """Four targets, one of each mask class: no component touches the first, a 2-pixel one the
+    9-pixel second (under half), the third's mask is exact, and the fourth's runs on to 3 times
+    its size. Two components touching one target both count as its mask."""
+    gt = np.zeros((30, 30), bool)
+    pred = np.zeros((30, 30), bool)
+    gt[1:4, 1:4] = True  # no mask
+    gt[1:4, 10:13] = True
+    pred[2, 10:12] = True  # under half: 2 of 9
+    gt[10:13, 1:4] = True
+    pred[10:13, 1:4] = True  # about right
+    gt[20:22, 20:22] = True
+    pred[20:22, 20:24] = True
+    pred[23, 20:24] = True
+    pred[22, 20] = True  # over twice: 4 of the target's and 9 beyond it
+    pred[10:12, 20:22] = True  # touches no target
+    got = sorted(annotation_datasets.target_errors(pred, gt))
+    assert got == sorted([(9, 0, 0, "no mask"), (9, 2, 2, "under half"), (9, 9, 9, "about right"),
+                          (4, 13, 4, "over twice")])
 
 
 def test_bit_hashes_compare(tmp_path, capsys):

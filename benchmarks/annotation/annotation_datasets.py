@@ -16,7 +16,10 @@ Columns: IoU (pooled over the set), nIoU, Pd, Fa (``d2d_ext.metrics.ISTDMetrics`
 resolution), pixel precision and recall (pooled), the worst image's false-alarm pixels (pixels of
 its predicted components that match no target, as Fa counts them) and ms per target (compute only,
 one torch thread, chunks of 16 images). ``--worst K`` lists each set's K images with the most
-false-alarm pixels under the table: a mean hides them. ``--dilate N`` scores against every
+false-alarm pixels under the table, and its K targets with the most missed pixels: a mean hides
+them. Under those, where each set's wrong pixels lie: every target's mask (the predicted
+components that touch it) by its size against the target's (none, under half, about right, over
+twice), with the target pixels it misses and the pixels it takes beyond the target. ``--dilate N`` scores against every
 ground-truth mask grown by N pixels (8-connected): a stand-in for datasets whose annotators draw
 each target's glow, to see what a change costs them. ``--against FILE.py`` adds the rows of another
 version of the annotator (its ``annotate.py``, e.g. ``git show REV:d2d_ext/annotate.py >
@@ -91,6 +94,40 @@ class Score:
     worst: list  # [(false-alarm pixels, image id)], most first
     ms: float  # per target
     stages: dict | None = None  # ms per target by stage of the annotator (its last_seconds), fastest pass
+    by_size: dict | None = None  # mask class -> TargetErrors (see target_errors)
+    most_missed: list | None = None  # [(missed pixels, image id, target pixels, mask pixels)], most first
+
+
+@dataclass
+class TargetErrors:
+    """The wrong pixels of a set's targets of one mask class (see :func:`target_errors`)."""
+
+    targets: int = 0
+    missed: int = 0  # target pixels no touching component holds
+    extra: int = 0  # pixels of the touching components outside the target
+
+
+MASK_CLASSES = ("no mask", "under half", "about right", "over twice")
+
+
+def target_errors(pred: np.ndarray, gt: np.ndarray) -> list:
+    """Per ground-truth target (8-connected): ``(target pixels, mask pixels, pixels of both,
+    mask class)``, where the mask is the predicted components that touch the target and the class
+    says how its size compares with the target's (``MASK_CLASSES``: none, under half, within a
+    factor of 2, over twice). Where a set's wrong pixels lie: a mean hides a target cut to its
+    peak as well as one that took a building."""
+    eight = np.ones((3, 3), bool)
+    targets, n = ndimage.label(gt, eight)
+    comps, _ = ndimage.label(pred, eight)
+    out = []
+    for k in range(1, n + 1):
+        t = targets == k
+        touching = np.unique(comps[t & (comps > 0)])
+        mask = np.isin(comps, touching) if touching.size else np.zeros_like(t)
+        area, size, both = int(t.sum()), int(mask.sum()), int((mask & t).sum())
+        cls = MASK_CLASSES[0 if size == 0 else 1 if size < 0.5 * area else 3 if size > 2 * area else 2]
+        out.append((area, size, both, cls))
+    return out
 
 
 def real_sets(data: Path, names=None) -> list:
@@ -153,18 +190,25 @@ def add_hot_pixels(s: EvalSet, how: str, seed: int = 0, repair: bool = False) ->
 def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict | None = None) -> Score:
     metrics = ISTDMetrics()
     tp = npred = ngt = 0
-    fa = []
+    fa, missed = [], []
+    by_size = {c: TargetErrors() for c in MASK_CLASSES}
     for i, p, g in zip(s.ids, masks, s.masks):
         metrics.update(p, g)
         tp += int((p & g).sum())
         npred += int(p.sum())
         ngt += int(g.sum())
         fa.append((match_targets(p, g)[2], i))  # pixels of unmatched components, as Fa counts
+        for area, size, both, cls in target_errors(p, g):
+            e = by_size[cls]
+            e.targets, e.missed, e.extra = e.targets + 1, e.missed + area - both, e.extra + size - both
+            missed.append((area - both, i, area, size))
     r = metrics.compute()
     fa.sort(key=lambda x: -x[0])
+    missed.sort(key=lambda x: -x[0])
     return Score(r["iou"], r["niou"], r["pd"], r["fa"], 100 * tp / max(npred, 1), 100 * tp / max(ngt, 1),
                  fa[:max(worst, 1)], 1e3 * seconds / max(s.targets, 1),
-                 {k: 1e3 * v / max(s.targets, 1) for k, v in stages.items()} if stages else None)
+                 {k: 1e3 * v / max(s.targets, 1) for k, v in stages.items()} if stages else None,
+                 by_size, missed[:max(worst, 1)])
 
 
 def run(fn, s: EvalSet) -> tuple:
@@ -281,6 +325,17 @@ def main(argv=None) -> int:
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{n} {i}" for n, i in r.worst)
               for name, method, r in results if method.startswith("ours")]
+    worst += ["", "Most missed pixels (missed, image, target pixels / mask pixels):", ""]
+    worst += [f"- {name}, {method}: " + ", ".join(f"{n} {i} ({a}/{m})" for n, i, a, m in r.most_missed)
+              for name, method, r in results if method.startswith("ours")]
+    worst += ["", "Where the wrong pixels lie, by each target's mask (the predicted components that touch it) "
+              "against its size: targets, missed pixels, extra pixels (share of the set's wrong pixels):", ""]
+    for name, method, r in results:
+        if method.startswith("ours"):
+            wrong = max(sum(e.missed + e.extra for e in r.by_size.values()), 1)
+            worst.append(f"- {name}, {method}: " + "; ".join(
+                f"{c} {e.targets}, {e.missed} ({e.missed / wrong:.0%}), {e.extra} ({e.extra / wrong:.0%})"
+                for c, e in r.by_size.items() if e.targets))
     worst += ["", "Time of ours by stage (ms per target, the fastest pass):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
               for name, method, r in results if method.startswith("ours") and r.stages]
