@@ -688,6 +688,38 @@ def test_cpu_kernels_equal_the_formula_bit_for_bit(case):
     assert torch.equal(_bits(gr), _bits(torch.from_numpy(ref_r)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_states_that_overflow_match_the_formula_bit_for_bit(dtype):
+    """Finite inputs whose states overflow: rates of 5 on the four left columns of 16x16
+    samples, none elsewhere, run until a few steps after the first Inf, so that Inf and NaN fill
+    the left columns while the right ones are still finite. The plane sweep first runs without
+    resetting its ghost columns after each step, and runs again with the resets where its results
+    are not all finite: a NaN left in a ghost column reaches the last column (0 times NaN) within a
+    few steps, long before the formula's NaN does. The forward and the gradient of u0 (through the
+    full backward and the u0-only one) equal the formula bit for bit."""
+    np = pytest.importorskip("numpy")
+    N, H, W = 2, 16, 16
+    g = make_generator(45)
+    u0 = torch.rand((N, H, W), dtype=torch.float64, generator=g).to(dtype)
+    rates = torch.zeros((N, 4, H, W), dtype=dtype)
+    rates[:, :, :, :4] = 5.0
+    go = torch.rand((N, H, W), dtype=torch.float64, generator=g).to(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        probe = _numpy_forward_states(u0, rates, TAU, 400)
+        first = next(k for k, u in enumerate(probe) if not np.isfinite(u).all())
+        steps = first + 3
+        states = probe[: steps + 1]
+        ref_u, _ = _numpy_backward(go, states, rates, TAU)
+    assert not np.isfinite(states[-1][:, :, 0]).any() and np.isfinite(states[-1][:, :, W - 1]).all()
+    out = d2d_ext.diffuse(u0, rates, TAU, steps)
+    gu, _ = bwd(go, u0, rates, TAU, steps)
+    gu_alone = OPS.diffuse_backward.default(go, u0, rates, TAU, steps, [True, False])[0]
+    assert torch.equal(_bits(out), _bits(torch.from_numpy(states[-1])))
+    assert not np.isfinite(ref_u[:, :, 0]).any() and np.isfinite(ref_u[:, :, W - 1]).all()
+    assert torch.equal(_bits(gu), _bits(torch.from_numpy(ref_u)))
+    assert torch.equal(_bits(gu_alone), _bits(torch.from_numpy(ref_u)))
+
+
 # --------------------------------------------------------------------------------------------
 # Properties
 # --------------------------------------------------------------------------------------------
