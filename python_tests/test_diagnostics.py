@@ -149,7 +149,7 @@ def test_annotation_datasets_scores_on_known_masks():
     assert r.worst == [(4, "a"), (0, "b")]
     assert r.ms == pytest.approx(1.0)  # 2 ms over 2 targets
     # the stray blob touches no target: it is in no target's mask
-    right = r.by_size["about right"]
+    right = r.by_mask["about right"]
     assert (right.targets, right.missed, right.extra) == (2, 8, 0)
     assert r.most_missed == [(8, "b", 16, 8), (0, "a", 9, 9)]
 

@@ -196,7 +196,8 @@ def test_batch_samples_are_independent():
 @pytest.mark.parametrize("shape", [(4, 16, 16), (3, 40, 9), (3, 130, 140)], ids=["16x16", "40x9", "130x140"])
 def test_a_nonfinite_sample_leaves_the_next_ones_alone(shape):
     # One thread runs every sample in one workspace, whose ghost elements are zeroed once for all
-    # of them: NaN and Inf in one sample's state and rates must not reach the samples after it.
+    # of them (and its state planes again after a sample whose results are not finite): NaN and
+    # Inf in one sample's state and rates must not reach the samples after it.
     N, H, W = shape
     g = make_generator(9)
     u0, rates = random_problem(N, H, W, dtype=torch.float32, tau=TAU, generator=g)

@@ -19,9 +19,9 @@ one torch thread, chunks of 16 images). ``--worst K`` lists each set's K images 
 false-alarm pixels under the table, and its K targets with the most missed pixels: a mean hides
 them. Under those, where each set's wrong pixels lie: every target's mask (the predicted
 components that touch it) by its size against the target's (none, under half, about right, over
-twice), with the target pixels it misses and the pixels it takes beyond the target. ``--dilate N`` scores against every
-ground-truth mask grown by N pixels (8-connected): a stand-in for datasets whose annotators draw
-each target's glow, to see what a change costs them. ``--against FILE.py`` adds the rows of another
+twice), with the target pixels it misses and the pixels it takes beyond the target. ``--dilate
+N`` scores against every ground-truth mask grown by N pixels (8-connected): a stand-in for
+datasets whose annotators draw each target's glow, to see what a change costs them. ``--against FILE.py`` adds the rows of another
 version of the annotator (its ``annotate.py``, e.g. ``git show REV:d2d_ext/annotate.py >
 FILE.py``), run in the same process, its passes interleaved with ours: run-to-run timing noise on
 a shared machine is larger than many changes. ``--repeats N`` times each method N times and
@@ -94,7 +94,7 @@ class Score:
     worst: list  # [(false-alarm pixels, image id)], most first
     ms: float  # per target
     stages: dict | None = None  # ms per target by stage of the annotator (its last_seconds), fastest pass
-    by_size: dict | None = None  # mask class -> TargetErrors (see target_errors)
+    by_mask: dict | None = None  # mask class -> TargetErrors (see target_errors)
     most_missed: list | None = None  # [(missed pixels, image id, target pixels, mask pixels)], most first
 
 
@@ -191,7 +191,7 @@ def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict 
     metrics = ISTDMetrics()
     tp = npred = ngt = 0
     fa, missed = [], []
-    by_size = {c: TargetErrors() for c in MASK_CLASSES}
+    by_mask = {c: TargetErrors() for c in MASK_CLASSES}
     for i, p, g in zip(s.ids, masks, s.masks):
         metrics.update(p, g)
         tp += int((p & g).sum())
@@ -199,7 +199,7 @@ def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict 
         ngt += int(g.sum())
         fa.append((match_targets(p, g)[2], i))  # pixels of unmatched components, as Fa counts
         for area, size, both, cls in target_errors(p, g):
-            e = by_size[cls]
+            e = by_mask[cls]
             e.targets, e.missed, e.extra = e.targets + 1, e.missed + area - both, e.extra + size - both
             missed.append((area - both, i, area, size))
     r = metrics.compute()
@@ -208,7 +208,7 @@ def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict 
     return Score(r["iou"], r["niou"], r["pd"], r["fa"], 100 * tp / max(npred, 1), 100 * tp / max(ngt, 1),
                  fa[:max(worst, 1)], 1e3 * seconds / max(s.targets, 1),
                  {k: 1e3 * v / max(s.targets, 1) for k, v in stages.items()} if stages else None,
-                 by_size, missed[:max(worst, 1)])
+                 by_mask, missed[:max(worst, 1)])
 
 
 def run(fn, s: EvalSet) -> tuple:
@@ -332,10 +332,10 @@ def main(argv=None) -> int:
               "against its size: targets, missed pixels, extra pixels (share of the set's wrong pixels):", ""]
     for name, method, r in results:
         if method.startswith("ours"):
-            wrong = max(sum(e.missed + e.extra for e in r.by_size.values()), 1)
+            wrong = max(sum(e.missed + e.extra for e in r.by_mask.values()), 1)
             worst.append(f"- {name}, {method}: " + "; ".join(
                 f"{c} {e.targets}, {e.missed} ({e.missed / wrong:.0%}), {e.extra} ({e.extra / wrong:.0%})"
-                for c, e in r.by_size.items() if e.targets))
+                for c, e in r.by_mask.items() if e.targets))
     worst += ["", "Time of ours by stage (ms per target, the fastest pass):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
               for name, method, r in results if method.startswith("ours") and r.stages]
