@@ -179,13 +179,14 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         bg, sd = stats[half]
         if sd_of is not None:
             sd = stats[sd_of][1]
-        thr = bg + max(cfg.k_sigma * sd, f * (peak - bg))
+        relative = bg + f * (peak - bg)
+        # bg + max(k_sigma * sd, f * (peak - bg)), the same number: adding bg keeps the order
+        thr = max(bg + cfg.k_sigma * sd, relative)
         faint = peak <= thr
         if faint:  # faint target: the peak-relative part alone
-            thr = bg + f * (peak - bg)
+            thr = relative
         labels, _ = ndi.label(win > thr, EIGHT_CONNECTED)
         lab = labels[py - box[0], px - box[2]]
-        relative = bg + f * (peak - bg)
         if not faint and thr > relative and (labels == lab).sum() <= cfg.lone_peak_pixels:
             # the noise floor detected the peak but cut the target down to it: the target's
             # extent is read at the peak-relative level, as for any target the floor does not cut

@@ -57,7 +57,7 @@ from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.cli import parse_settings
 from d2d_ext.data import IRDataset
-from d2d_ext.metrics import ISTDMetrics, match_targets
+from d2d_ext.metrics import EIGHT_CONNECTED, ISTDMetrics, match_targets
 from d2d_ext.points import point_pixel
 from d2d_ext.sensor import repair as repair_pixels
 from d2d_ext.synthetic import make_scene
@@ -116,9 +116,8 @@ def target_errors(pred: np.ndarray, gt: np.ndarray) -> list:
     says how its size compares with the target's (``MASK_CLASSES``: none, under half, within a
     factor of 2, over twice). Where a set's wrong pixels lie: a mean hides a target cut to its
     peak as well as one that took a building."""
-    eight = np.ones((3, 3), bool)
-    targets, n = ndimage.label(gt, eight)
-    comps, _ = ndimage.label(pred, eight)
+    targets, n = ndimage.label(gt, EIGHT_CONNECTED)
+    comps, _ = ndimage.label(pred, EIGHT_CONNECTED)
     out = []
     for k in range(1, n + 1):
         t = targets == k
