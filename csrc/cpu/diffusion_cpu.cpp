@@ -29,7 +29,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <initializer_list>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -626,20 +625,16 @@ struct Stepper {
 };
 
 // Runs a plane-sweep sample's steps, run(stepper), first without resetting the ghost columns
-// (see Stepper::clear_ghosts) and, where its results (the `outputs` spans) are not all finite,
-// again with the resets, after zeroing the `planes` elements of state planes from `states` on
-// (their ghost columns may hold NaN by then): the same bits either way.
-template <typename T, typename Run>
+// (see Stepper::clear_ghosts) and, where finite() says its results are not all finite, again with
+// the resets, after zeroing the `planes` elements of state planes from `states` on (their ghost
+// columns may hold NaN by then): the same bits either way.
+template <typename T, typename Run, typename Finite>
 void redo_sweep(const Grid& g, const T* coefs, const T* zero_row, T* states, int64_t planes,
-                std::initializer_list<std::pair<const T*, int64_t>> outputs, Run&& run) {
+                Run&& run, Finite&& finite) {
   run(Stepper<T>(g, coefs, zero_row, true));
-  for (const auto& [p, n] : outputs) {
-    if (!all_finite(p, n)) {
-      std::fill(states, states + planes, T(0));
-      run(Stepper<T>(g, coefs, zero_row, false));
-      return;
-    }
-  }
+  if (finite()) return;
+  std::fill(states, states + planes, T(0));
+  run(Stepper<T>(g, coefs, zero_row, false));
 }
 
 template <typename T>
@@ -747,7 +742,8 @@ at::Tensor diffuse_cpu(const at::Tensor& u0_in, const at::Tensor& rates_in, doub
           st.forward(steps, in, res, no_keep, tmp, tiling);
           from_padded(res, g, outp + n * HW, 0, H);
         };
-        redo_sweep(g, coefs, zero_row, in, 3 * g.P, {{outp + n * HW, HW}}, run);
+        redo_sweep(g, coefs, zero_row, in, 3 * g.P, run,
+                   [&] { return all_finite(outp + n * HW, HW); });
       } else {
         const Stepper<T> st(g, coefs, zero_row);
         st.forward(steps, in, nullptr, no_keep, tmp, tiling, outp + n * HW);
@@ -787,7 +783,8 @@ void adjoint_only(const T* gp, const T* rp, T* gu0p, int64_t N, int64_t H, int64
       prefetch(rp + (n + 1) * 4 * HW, 4 * HW);
       prefetch(gp + (n + 1) * HW, HW);
     }
-    redo_sweep(g, coefs, zero_row, gin, 3 * g.P, {{gu0p + n * HW, HW}}, run);  // gin, gout, gtmp
+    redo_sweep(g, coefs, zero_row, gin, 3 * g.P, run,  // gin, gout, gtmp
+               [&] { return all_finite(gu0p + n * HW, HW); });
   });
 }
 
@@ -898,8 +895,9 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
       // A non-finite state reaches the rate gradient of each of its pixels' directions, of which
       // at least one is inside the image where rows have ghost columns between them (H > 1).
       // Every plane after the coefficients is a state plane.
-      redo_sweep(g, coefs, zero_row, acc, (used + 2 - coef_planes(g)) * g.P,
-                 {{out_r, 4 * HW}, {gu0p == nullptr ? out_r : gu0p + n * HW, HW}}, run);
+      redo_sweep(g, coefs, zero_row, acc, (used + 2 - coef_planes(g)) * g.P, run, [&] {
+        return all_finite(out_r, 4 * HW) && (gu0p == nullptr || all_finite(gu0p + n * HW, HW));
+      });
     });
   });
   return {grad_u0, grad_rates};
