@@ -68,7 +68,7 @@ from skimage.segmentation import slic
 from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
 from .metrics import EIGHT_CONNECTED
-from .windows import check_points, outer_band, snap, strict_component, window_box
+from .windows import check_points, outer_band, snap, strict_component, target_part, window_box
 
 __all__ = [
     "AnnotatorConfig",
@@ -114,6 +114,11 @@ class AnnotatorConfig:
     # bg + f * (peak - bg) instead if that holds more: the floor detected the target but did not
     # measure it (0: never)
     lone_peak_pixels: int = 1
+    # the strict component's smooth skirt is dropped: while the pixels a threshold plateau_step of
+    # the amplitude higher drops (less the rings around what it keeps that they surround, which
+    # halo_cover reads) end in an edge less steep than skirt_ratio times the kept part's, they are
+    # background the target sits on, a cloud's flank that fades out (0: never)
+    skirt_ratio: float = 0.4
     peak_fraction: float = 0.3  # f, first try
     fraction_step: float = 0.1  # f rises by this when no window holds the component
     field_grow: float = 2.0  # field window half-size >= field_grow * extent of the strict component
@@ -566,41 +571,8 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
             # the bright region leaks out of the window: keep the part the heat reached
             grown = _component(bright & (soft[win] >= cfg.level), peak)
         if grown is not None and not (grown & ring).any():  # leak guard
-            out[win] |= _target_part(grown, strict, within, grad[win], cfg)
+            out[win] |= target_part(grown, strict, grad[win], cfg.halo_cover, cfg.edge_ratio, within)
     return out
-
-
-def _target_part(region: np.ndarray, core: np.ndarray, inside: np.ndarray, grad: np.ndarray,
-                 cfg: AnnotatorConfig) -> np.ndarray:
-    """The part of the bright ``region`` ``(S, S)`` bool that belongs to the target whose strict
-    component is ``core``: ``core``, its halo, and the region's further parts that end in a
-    target-like edge (see ``halo_cover`` and ``edge_ratio``), connected to ``core``, holes filled.
-    ``grad`` is ``|grad I'|`` (contrast per pixel); ``inside`` the field window."""
-    extra = region & ~core
-    if not extra.any():
-        return region | core
-    dist = ndi.distance_transform_cdt(~core, metric="chessboard")  # rings around the core
-    reach = 0
-    for d in range(1, int(dist[extra].max()) + 1):
-        ring = (dist == d) & inside
-        if not ring.any() or (region & ring).sum() < cfg.halo_cover * ring.sum():
-            break
-        reach = d
-    kept = core | (region & (dist <= reach))
-    rest = region & ~kept
-    if rest.any():
-        # outside the array is neither core nor region (border_value=1)
-        core_edge = grad[core & ndi.binary_dilation(~core, EIGHT_CONNECTED, border_value=1)].mean()
-        rim = rest & ndi.binary_dilation(~region, EIGHT_CONNECTED, border_value=1)  # where each part ends
-        labels, n = ndi.label(rest, EIGHT_CONNECTED)
-        for j in range(1, n + 1):
-            part = labels == j
-            end = part & rim
-            if end.any() and grad[end].mean() >= cfg.edge_ratio * core_edge:
-                kept |= part
-    labels, _ = ndi.label(kept, EIGHT_CONNECTED)
-    held = np.unique(labels[core])
-    return ndi.binary_fill_holes(np.isin(labels, held[held > 0]))
 
 
 def _component(mask: np.ndarray, seed: tuple) -> np.ndarray | None:

@@ -56,7 +56,16 @@ The search, in order (:func:`strict_component`):
    around) and is at least half as bright as the peak where it crosses, the wide windows are
    tried at that fraction before a higher one; a wide window's component that runs through the
    first window's band that way counts as surrounding the peak.
-7. **Tightening.** The accepted window is cut down to the smallest that holds the component (the
+7. **A smooth skirt dropped.** A target on a bright cloud or haze puts the cloud's flank beside
+   it above the window's threshold too: a bar on a cloud's rim gets a lobe of cloud as large as
+   itself. The component is thresholded ``plateau_step`` of the amplitude higher, and what that
+   drops is read as in the annotator's binarisation: the rings around the part kept that it
+   surrounds (``halo_cover`` of each) are the target's flank and stay; the rest is a skirt of
+   background if it ends in an edge less steep (mean ``|grad I|`` where it meets the pixels
+   outside the component) than ``skirt_ratio`` times the kept part's own edge. A cloud's flank
+   fades out; a target's body, however uniform inside, ends in its outline. The skirt is dropped
+   and the next level tried, until what a level drops surrounds the core or ends in an edge.
+8. **Tightening.** The accepted window is cut down to the smallest that holds the component (the
    background level stays the wider window's), so that the field window around it does not
    reach beyond the target.
 
@@ -79,7 +88,9 @@ from .points import INSIDE_RULE, point_pixel, points_inside
 if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
     from .annotate import AnnotatorConfig
 
-__all__ = ["Strict", "snap", "strict_component", "check_points", "window_box", "outer_band"]
+__all__ = ["Strict", "snap", "strict_component", "check_points", "window_box", "outer_band", "target_part",
+           "with_halo", "inner_edge",
+           "dilate8"]
 
 
 def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
@@ -317,9 +328,61 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             structure = plateau(half, f, cand)
         return structure and not covers(cand, window(first, f))
 
+    def slopes(first: np.ndarray, second: np.ndarray, y0: int, x0: int) -> tuple:
+        """The mean gradient magnitudes of the image over the pixels of ``first`` and of
+        ``second`` (bool, of one shape, the top-left pixel at image row ``y0``, column ``x0``):
+        central differences, one-sided on the image's edge (as ``np.gradient``), at those pixels
+        only."""
+        ys, xs = np.nonzero(first)
+        ys2, xs2 = np.nonzero(second)
+        ys, xs = np.concatenate([ys, ys2]) + y0, np.concatenate([xs, xs2]) + x0
+        up, down = np.maximum(ys - 1, 0), np.minimum(ys + 1, H - 1)
+        left, right = np.maximum(xs - 1, 0), np.minimum(xs + 1, W - 1)
+        gy = (image[down, xs].astype(np.float64) - image[up, xs]) / np.maximum(down - up, 1)
+        gx = (image[ys, right].astype(np.float64) - image[ys, left]) / np.maximum(right - left, 1)
+        g = np.hypot(gy, gx)
+        n = len(g) - len(ys2)
+        return float(g[:n].mean()), float(g[n:].mean())
+
+    def skirt(found: _Window, f: float) -> np.ndarray:
+        """``found``'s component (accepted at fraction ``f``) without the smooth skirt of
+        background it sits on (step 7 of the module's docstring)."""
+        if cfg.skirt_ratio <= 0 or cfg.plateau_step <= 0:
+            return found.comp
+        # the component's bounding box and one pixel around it, within the window: all the tests
+        # read (a pixel beyond the window is outside the component, as beyond the box)
+        ys, xs = np.nonzero(found.comp)
+        h, w = found.comp.shape
+        cut = slice(max(ys.min() - 1, 0), ys.max() + 2), slice(max(xs.min() - 1, 0), xs.max() + 2)
+        comp = found.comp[cut]
+        y0, x0 = found.box[0] + cut[0].start, found.box[2] + cut[1].start
+        win = image[y0:y0 + comp.shape[0], x0:x0 + comp.shape[1]]
+        at = (py - y0, px - x0)
+        edge = inner_edge(comp)
+        level = f
+        while (level := level + cfg.plateau_step) < 1.0:
+            labels, _ = ndi.label(comp & (win > found.bg + level * (peak - found.bg)), EIGHT_CONNECTED)
+            if not labels[at]:
+                break
+            core = labels == labels[at]
+            if core.sum() == comp.sum():  # the noise floor cut the component above this level
+                continue
+            kept = with_halo(comp, core, cfg.halo_cover)
+            ends = edge & ~kept
+            if not ends.any():
+                break  # what the higher level drops surrounds the core: its flank
+            outer, own = slopes(ends, inner_edge(core), y0, x0)
+            if outer >= cfg.skirt_ratio * own:
+                break  # ... or ends in an outline, as a target does
+            comp, edge = kept, inner_edge(kept)
+        out = found.comp.copy()
+        out[cut] = comp
+        return out
+
     def accept(half: int, f: float, found: _Window) -> Strict:
         if cfg.settle_fraction > 0:
             found = grow(half, f, found)
+        found = found._replace(comp=skirt(found, f))
         box, comp = tighten(found.box, found.comp, py, px, cfg, H, W)
         return Strict(box, ndi.binary_fill_holes(comp), found.bg, peak)
 
@@ -353,6 +416,79 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     comp[py - box[0], px - box[2]] = True
     bg = stats[cfg.half_sizes[0]][0] if stats else peak
     return Strict(box, comp, bg, peak)
+
+
+def dilate8(mask: np.ndarray) -> np.ndarray:
+    """``mask`` ``(h, w)`` bool grown by one pixel in all 8 directions (within the array): as
+    ``binary_dilation`` with a 3x3 structure, without that call's set-up (several run per target)."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    rows = out.copy()
+    out[:, 1:] |= rows[:, :-1]
+    out[:, :-1] |= rows[:, 1:]
+    return out
+
+
+def inner_edge(mask: np.ndarray) -> np.ndarray:
+    """The pixels of ``mask`` ``(h, w)`` bool with an 8-neighbour outside it, beyond the array
+    counting as outside (``mask & binary_dilation(~mask, border_value=1)``)."""
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[[0, -1]] = False
+    rows = inner.copy()
+    inner[:, 1:] &= rows[:, :-1]
+    inner[:, :-1] &= rows[:, 1:]
+    inner[:, [0, -1]] = False
+    return mask & ~inner
+
+
+def with_halo(region: np.ndarray, core: np.ndarray, cover: float, inside: np.ndarray | None = None) -> np.ndarray:
+    """``core`` and the pixels of ``region`` in the rings around it (chessboard distance 1, 2, ...;
+    each ring counted within ``inside`` if given) outward while ``region`` covers at least
+    ``cover`` of each ring: a glow, or a target's own flank, surrounds its core; a structure
+    beside it lies on one side."""
+    extra = region & ~core
+    kept, reached = core.copy(), core
+    while (extra & ~reached).any():
+        grown = dilate8(reached)
+        ring = grown & ~reached
+        counted = ring if inside is None else ring & inside
+        if not counted.any() or (extra & counted).sum() < cover * counted.sum():
+            break
+        kept |= extra & ring
+        reached = grown
+    return kept
+
+
+def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cover: float, edge_ratio: float,
+                inside: np.ndarray | None = None) -> np.ndarray:
+    """The part of a bright ``region`` ``(S, S)`` bool that belongs to the target whose core is
+    ``core`` (a subset of it, or not): ``core``, its halo, and the region's further parts that end
+    in a target-like edge, connected to ``core``, holes filled.
+
+    The halo is :func:`with_halo`'s rings (``halo_cover``; within ``inside`` if given). A further part (8-connected) is kept where
+    it ends (its pixels next to the outside of the region) in a mean ``grad`` at least
+    ``edge_ratio`` times the core's own edge: a target's extension ends in an outline as sharp as
+    the target's; a dimmer structure beside it (a roof, a cloud's flank) lies on one side and
+    fades out. ``grad`` is a gradient magnitude of the image (any scale: only ratios are read)."""
+    if not (region & ~core).any():
+        return region | core
+    kept = with_halo(region, core, halo_cover, inside)
+    rest = region & ~kept
+    if rest.any():
+        core_edge = grad[inner_edge(core)].mean()
+        rim = rest & inner_edge(region)  # where each part ends
+        labels, n = ndi.label(rest, EIGHT_CONNECTED)
+        for j in range(1, n + 1):
+            part = labels == j
+            end = part & rim
+            if end.any() and grad[end].mean() >= edge_ratio * core_edge:
+                kept |= part
+    labels, _ = ndi.label(kept, EIGHT_CONNECTED)
+    held = np.unique(labels[core])
+    return ndi.binary_fill_holes(np.isin(labels, held[held > 0]))
 
 
 def tighten(box: tuple, comp: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, H: int, W: int) -> tuple:

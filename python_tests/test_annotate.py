@@ -431,6 +431,34 @@ def test_extension_that_ends_like_the_target_is_kept(seed):
     assert strict_only[hull].mean() <= 0.1 and strict_only[bar].mean() >= 0.95
 
 
+def _bar_under_a_cloud_lobe(seed: int, sigma: float, rise: float):
+    """The flat-topped 5x19 target of :func:`_bar_with_neighbour` with a smooth cloud lobe (a
+    Gaussian of spread ``sigma``, half the target's brightness) centred ``rise`` pixels above it:
+    the lobe lies above the window's threshold beside the target and fades out. Returns the image,
+    the point, the target's and the lobe's pixels (the lobe at a third of its peak or more)."""
+    yy, xx = np.mgrid[:128, :128].astype(np.float64)
+    bar = (np.abs(yy - 70) <= 2) & (np.abs(xx - 64) <= 9)
+    lobe = 0.5 * np.exp(-((yy - 70 + rise) ** 2 + (xx - 62) ** 2) / (2 * sigma ** 2))
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 1, yy.shape), 1.0)
+    image = 0.2 + 0.5 * (ndimage.gaussian_filter(bar.astype(float), 0.8) + lobe) + 0.01 * noise / noise.std()
+    return image.astype(np.float32), np.array([[64.0, 70.0]]), bar, (lobe > 0.3) & ~bar
+
+
+@pytest.mark.parametrize("sigma, rise", [(5, 7), (6, 8)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_target_on_a_cloud_lobe_sheds_the_lobe(sigma, rise, seed):
+    """A target on the flank of a smooth cloud lobe smaller than the windows: the window's
+    component holds target and lobe (the lobe is no plateau, so nothing passes it over), and
+    without the skirt rule the mask keeps 45 to 74 of the lobe's 80 to 112 pixels. What a higher
+    threshold drops there ends in the lobe's gentle slope, not in an outline, so it is shed."""
+    image, point, bar, lobe = _bar_under_a_cloud_lobe(seed, sigma, rise)
+    (mask,) = Annotator().annotate([image], [point])
+    assert mask[bar].all() and (mask & lobe).sum() <= 0.1 * lobe.sum(), (int(mask.sum()), int((mask & lobe).sum()))
+    assert mask.sum() <= 1.25 * bar.sum(), int(mask.sum())
+    (kept,) = Annotator(AnnotatorConfig(skirt_ratio=0.0)).annotate([image], [point])
+    assert (kept & lobe).sum() >= 0.3 * lobe.sum(), int((kept & lobe).sum())
+
+
 def test_large_targets_of_synthetic_scenes():
     """Synthetic 384x384 scenes with target areas up to 3000 pixels (``area_range``): the
     targets over 200 pixels reach a mean IoU of 0.55 (0.62 when written), clearly above the fixed
@@ -678,7 +706,7 @@ def test_real_bar_on_a_textured_cloud_is_not_cut_to_its_peak():
 @pytest.mark.parametrize("name, floor, pd_floor", [pytest.param("NUDT-SIRST", 66.5, 97.0, marks=needs_nudt),
                                                    pytest.param("MDFA", 75.5, 99.0, marks=needs_mdfa)])
 def test_real_datasets_have_no_catastrophic_mask(name, floor, pd_floor):
-    """Every image of the split: dataset IoU and Pd above floors (IoU 68.6 and 76.9, Pd 98.0 and
+    """Every image of the split: dataset IoU and Pd above floors (IoU 69.1 and 77.1, Pd 98.2 and
     99.9 measured; the window growth had dropped IoU to 47 and 43, and before the rule on dimmer
     structures beside a target NUDT-SIRST stood at IoU 64.7, Pd 96.2) and no image with more than
     600 false-alarm pixels (13,363 before)."""
@@ -711,6 +739,38 @@ def test_real_targets_beside_dimmer_structures_keep_their_own_size(name, ids):
         gt = ds.load_mask(i)
         n_targets, matched, _ = match_targets(m, gt)
         assert m.sum() <= 2.5 * gt.sum() and matched == n_targets, (i, int(m.sum()), int(gt.sum()), matched)
+
+
+@pytest.mark.parametrize("name, iid", [
+    pytest.param("NUDT-SIRST", "001022", marks=needs_nudt),
+    pytest.param("NUDT-SIRST", "000962", marks=needs_nudt),
+    pytest.param("NUDT-SIRST", "000681", marks=needs_nudt),
+    pytest.param("MDFA", "train_001371", marks=needs_mdfa),
+])
+def test_real_targets_on_a_cloud_shed_its_skirt(name, iid):
+    """Real targets whose window's component took a lobe of the cloud or haze they sit on
+    (NUDT-SIRST 001022: 205 pixels for a 60-pixel target; 000962: 152 for 51; 000681: 59 for 21;
+    MDFA train_001371: 133 for 82): the lobe fades out where a target ends in an outline, so the
+    mask sheds it (a fifth or more of the mask) and keeps nearly every target pixel it held."""
+    ds = IRDataset(DATA / name)
+    image, points, gt = ds.load_image(iid), ds.points(iid, "centroid"), ds.load_mask(iid)
+    (mask,) = Annotator().annotate([image], [points])
+    (kept,) = Annotator(AnnotatorConfig(skirt_ratio=0.0)).annotate([image], [points])
+    assert mask.sum() <= 0.8 * kept.sum() and (mask & gt).sum() >= 0.9 * (kept & gt).sum(), \
+        (int(mask.sum()), int(kept.sum()), int((mask & gt).sum()), int((kept & gt).sum()))
+
+
+@needs_sirst
+@pytest.mark.parametrize("iid, floor", [("Misc_63", 0.85), ("Misc_104", 0.75)])
+def test_real_vehicles_keep_their_uniform_bodies(iid, floor):
+    """SIRST-v1 vehicles whose bodies are dimmer than a hot spot and uniform inside (no gradient
+    within them) but end in a sharp outline: the skirt rule reads where a dropped part ends, not
+    its inside, so the bodies stay (IoU 0.90 and 0.79; a rule that read the dropped part's inside
+    cut them to 0.63 and 0.62)."""
+    ds = IRDataset(SIRST)
+    (m,) = Annotator().annotate([ds.load_image(iid)], [ds.points(iid, "centroid")])
+    gt = ds.load_mask(iid)
+    assert (m & gt).sum() / (m | gt).sum() >= floor
 
 
 @needs_mdfa
