@@ -431,6 +431,34 @@ def test_extension_that_ends_like_the_target_is_kept(seed):
     assert strict_only[hull].mean() <= 0.1 and strict_only[bar].mean() >= 0.95
 
 
+def test_mask_morphology_matches_scipy():
+    """``dilate8``, ``inner_edge`` and ``with_halo`` (the window search's and binarisation's ring
+    and edge tests, written without scipy's per-call set-up) give scipy's results on random masks
+    of every small shape, one-pixel-wide arrays included."""
+    from d2d_ext.windows import dilate8, inner_edge, with_halo
+    eight = np.ones((3, 3), bool)
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        h, w = rng.integers(1, 12, 2)
+        mask = rng.random((h, w)) < rng.random()
+        assert (dilate8(mask) == ndimage.binary_dilation(mask, eight)).all()
+        assert (inner_edge(mask) == (mask & ndimage.binary_dilation(~mask, eight, border_value=1))).all()
+        core = mask & (rng.random((h, w)) < 0.3)
+        if not core.any():
+            continue
+        extra = mask & ~core
+        for inside in (None, rng.random((h, w)) < 0.9):
+            # the rings by a distance transform, as the halo was first written
+            dist = ndimage.distance_transform_cdt(~core, metric="chessboard")
+            reach = 0
+            for d in range(1, int(dist[extra].max(initial=0)) + 1):
+                ring = (dist == d) if inside is None else (dist == d) & inside
+                if not ring.any() or (extra & ring).sum() < 0.4 * ring.sum():
+                    break
+                reach = d
+            assert (with_halo(mask, core, 0.4, inside) == (core | (extra & (dist <= reach)))).all()
+
+
 def _bar_under_a_cloud_lobe(seed: int, sigma: float, rise: float):
     """The flat-topped 5x19 target of :func:`_bar_with_neighbour` with a smooth cloud lobe (a
     Gaussian of spread ``sigma``, half the target's brightness) centred ``rise`` pixels above it:
