@@ -38,7 +38,9 @@ ground-truth mask. For each point:
    ``halo_cover`` of each ring) and the further parts that end in an edge at least ``edge_ratio``
    as steep as the strict component's. A dimmer structure touching the target (a roof, a cloud's
    flank) lies on one side and fades out, so neither holds for it; a glow surrounds the target,
-   and a target's own extension ends as sharply as the target does. The target's pseudo-mask is
+   and a target's own extension ends as sharply as the target does. A part that ends sharply
+   but pulls the mask's centroid more than ``centre_shift`` pixels farther from the point is a
+   neighbour (a building, a patch of clutter): the point marks its target's middle. The target's pseudo-mask is
    the strict component united with that part, and the targets of one image are united into its
    mask.
 
@@ -138,6 +140,10 @@ class AnnotatorConfig:
     # beside its superstructure) ends as sharply as the target does.
     halo_cover: float = 0.4
     edge_ratio: float = 0.6
+    # ... and only where adding it moves the mask's centroid at most centre_shift pixels farther
+    # from the target's point: a point marks its target's middle, and a neighbour to one side pulls
+    # the centroid away from it where a target's own extension does not (0: no test)
+    centre_shift: float = 3.0
 
     def __post_init__(self):
         # window sizes may come as lists (JSON settings files): kept as tuples, checked here, since
@@ -204,6 +210,7 @@ class TargetBatch:
     image_shapes: list  # per image (H, W)
     origin: np.ndarray  # (T, 2) int64: (row, col) of the crop's top-left pixel in the image
     peak: np.ndarray  # (T, 2) int64: (row, col) of the heat source inside the crop: its centre
+    point: np.ndarray  # (T, 2) int64: (row, col) of the pixel of the target's point inside the crop
     half: np.ndarray  # (T,) int64: field window half-size (the crop's centre +- half holds the field window)
     contrast: torch.Tensor  # (T, S, S) float32: I' = (I - bg) / (peak - bg)
     grad: torch.Tensor  # (T, S, S) float32: |grad I'| (per pixel)
@@ -231,7 +238,7 @@ class TargetBatch:
         tcut = (index,) + cut[1:]
         return dataclasses.replace(
             self, image_index=self.image_index[sel], steps=self.steps[sel], origin=self.origin[sel] + (c - r),
-            peak=self.peak[sel] - (c - r), half=self.half[sel], contrast=self.contrast[tcut], grad=self.grad[tcut],
+            peak=self.peak[sel] - (c - r), point=self.point[sel] - (c - r), half=self.half[sel], contrast=self.contrast[tcut], grad=self.grad[tcut],
             entropy=self.entropy[tcut], inside=self.inside[tcut], superpixel=self.superpixel[tcut],
             strict=self.strict[cut], ring=self.ring[cut], ready=None if self.ready is None else self.ready[sel])
 
@@ -255,6 +262,7 @@ class _Target(NamedTuple):
     box: tuple  # accepted strict window (y0, y1, x0, x1) in the image
     py: int  # peak row
     px: int  # peak column
+    point: tuple  # (row, col) of the pixel of the target's point
     half: int  # field window half-size
     contrast: np.ndarray  # (h, w) over the field window: I' = (I - bg) / (peak - bg)
     grad: np.ndarray  # (h, w) over the field window: |grad I'|
@@ -262,11 +270,11 @@ class _Target(NamedTuple):
     steps: int  # diffusion steps
 
 
-def _prepare_target(image: np.ndarray, b: int, py: int, px: int, others: list, cfg: AnnotatorConfig,
+def _prepare_target(image: np.ndarray, b: int, point: tuple, py: int, px: int, others: list, cfg: AnnotatorConfig,
                     seconds: dict, span: float) -> _Target:
     """Step 1 and the contrast of step 2 for the peak ``(py, px)`` of ``image`` (index ``b`` of
-    the batch; ``others``: the image's other peaks; ``span``: its maximum minus its minimum); adds
-    each stage's time to ``seconds``."""
+    the batch), snapped from the pixel ``point`` ``(row, col)``; ``others``: the image's other
+    peaks; ``span``: its maximum minus its minimum; adds each stage's time to ``seconds``."""
     H, W = image.shape
     t0 = time.perf_counter()
     strict = strict_component(image, py, px, cfg, others)
@@ -287,7 +295,7 @@ def _prepare_target(image: np.ndarray, b: int, py: int, px: int, others: list, c
     gy, gx = np.gradient(contrast) if min(win.shape) > 1 else (np.zeros_like(win), np.zeros_like(win))
     seconds["window"] += t1 - t0
     seconds["features"] += time.perf_counter() - t1
-    return _Target(image=b, fbox=fbox, box=box, py=py, px=px, half=half, contrast=contrast,
+    return _Target(image=b, fbox=fbox, box=box, py=py, px=px, point=point, half=half, contrast=contrast,
                    grad=np.hypot(gy, gx), comp=strict.comp, steps=target_steps(extent, cfg))
 
 
@@ -324,10 +332,12 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         image = image.astype(np.float32, copy=False)
         shapes.append(tuple(image.shape))
         arrays.append(image)
-        peaks = [snap(image, x, y, cfg.snap_radius) for x, y in check_points(pts, image.shape, b)]
+        pts = check_points(pts, image.shape, b)
+        peaks = [snap(image, x, y, cfg.snap_radius) for x, y in pts]
         span = max(float(image.max()) - float(image.min()), 1e-12) if peaks else 1.0
-        for py, px in peaks:
-            rows.append(_prepare_target(image, b, py, px, [q for q in peaks if q != (py, px)], cfg, seconds, span))
+        for (x, y), (py, px) in zip(pts, peaks):
+            rows.append(_prepare_target(image, b, point_pixel(x, y, *image.shape), py, px,
+                                        [q for q in peaks if q != (py, px)], cfg, seconds, span))
     batch = _lay_out(rows, shapes, cfg, seconds)
     if lazy:
         t0 = time.perf_counter()
@@ -382,6 +392,7 @@ def _lay_out(rows: list, shapes: list, cfg: AnnotatorConfig, seconds: dict) -> T
     return TargetBatch(
         image_index=np.array([r.image for r in rows], np.int64), steps=np.array([r.steps for r in rows], np.int64),
         image_shapes=shapes, origin=origin, peak=np.full((T, 2), R, np.int64),
+        point=np.array([r.point for r in rows], np.int64).reshape(T, 2) - origin,
         half=np.array([r.half for r in rows], np.int64),
         contrast=torch.from_numpy(contrast), grad=torch.from_numpy(grad), entropy=torch.from_numpy(ent),
         inside=torch.from_numpy(inside), superpixel=torch.from_numpy(sup), strict=strict, ring=ring,
@@ -571,7 +582,9 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
             # the bright region leaks out of the window: keep the part the heat reached
             grown = _component(bright & (soft[win] >= cfg.level), peak)
         if grown is not None and not (grown & ring).any():  # leak guard
-            out[win] |= target_part(grown, strict, grad[win], cfg.halo_cover, cfg.edge_ratio, within)
+            centre = tuple(np.add(peak, batch.point[t] - batch.peak[t]))  # the point in the window
+            out[win] |= target_part(grown, strict, grad[win], cfg.halo_cover, cfg.edge_ratio, within,
+                                    centre, cfg.centre_shift)
     return out
 
 

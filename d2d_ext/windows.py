@@ -90,7 +90,7 @@ if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports
 
 __all__ = ["Strict", "snap", "strict_component", "check_points", "window_box", "outer_band", "target_part",
            "with_halo", "inner_edge",
-           "dilate8"]
+           "dilate8", "pulls"]
 
 
 def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
@@ -462,8 +462,17 @@ def with_halo(region: np.ndarray, core: np.ndarray, cover: float, inside: np.nda
     return kept
 
 
+def pulls(base: np.ndarray, part: np.ndarray, centre: tuple) -> float:
+    """How many pixels farther from ``centre`` ``(row, col)`` the centroid of ``base`` (bool) moves
+    when ``part`` (bool, of the same shape) is added to it (negative where it moves closer)."""
+    def distance(mask: np.ndarray) -> float:
+        ys, xs = np.nonzero(mask)
+        return math.hypot(ys.mean() - centre[0], xs.mean() - centre[1])
+    return distance(base | part) - distance(base)
+
+
 def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cover: float, edge_ratio: float,
-                inside: np.ndarray | None = None) -> np.ndarray:
+                inside: np.ndarray | None = None, centre: tuple | None = None, centre_shift: float = 0.0) -> np.ndarray:
     """The part of a bright ``region`` ``(S, S)`` bool that belongs to the target whose core is
     ``core`` (a subset of it, or not): ``core``, its halo, and the region's further parts that end
     in a target-like edge, connected to ``core``, holes filled.
@@ -472,7 +481,11 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
     it ends (its pixels next to the outside of the region) in a mean ``grad`` at least
     ``edge_ratio`` times the core's own edge: a target's extension ends in an outline as sharp as
     the target's; a dimmer structure beside it (a roof, a cloud's flank) lies on one side and
-    fades out. ``grad`` is a gradient magnitude of the image (any scale: only ratios are read)."""
+    fades out. Where ``centre`` (the target's point, ``(row, col)``) is given and ``centre_shift``
+    is positive, such a part is kept only if adding it to the core and halo moves their centroid
+    at most ``centre_shift`` pixels farther from the point: the point marks the target's middle,
+    so its own extension lies around it, while a neighbour to one side pulls the centroid away.
+    ``grad`` is a gradient magnitude of the image (any scale: only ratios are read)."""
     if not (region & ~core).any():
         return region | core
     kept = with_halo(region, core, halo_cover, inside)
@@ -481,10 +494,12 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
         core_edge = grad[inner_edge(core)].mean()
         rim = rest & inner_edge(region)  # where each part ends
         labels, n = ndi.label(rest, EIGHT_CONNECTED)
+        base = kept.copy()
         for j in range(1, n + 1):
             part = labels == j
             end = part & rim
-            if end.any() and grad[end].mean() >= edge_ratio * core_edge:
+            if end.any() and grad[end].mean() >= edge_ratio * core_edge and \
+                    (centre is None or centre_shift <= 0 or pulls(base, part, centre) <= centre_shift):
                 kept |= part
     labels, _ = ndi.label(kept, EIGHT_CONNECTED)
     held = np.unique(labels[core])

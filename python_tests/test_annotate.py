@@ -422,13 +422,21 @@ def test_target_beside_a_dimmer_roof_does_not_take_it(level, seed):
 def test_extension_that_ends_like_the_target_is_kept(seed):
     """A one-sided extension nearly as bright as the target, joined through a dimmer neck and
     ending in an edge as steep as the target's (a ship's hull beside its superstructure) is part
-    of the target: kept. It is the edge test that keeps it: the halo rings do not reach it, and
-    with an edge test no extension passes, it goes."""
+    of the target: kept. With the point on the superstructure's middle it is the edge test that
+    keeps it (the halo rings do not reach it; with an edge no extension passes, it goes), once
+    the centre test is off: there the hull pulls the centroid about 7 pixels away from the point and
+    reads as a neighbour. With the point in the middle of the whole ship (the LESPS centroid
+    point), the default keeps it."""
     image, point, bar, hull = _bar_with_neighbour("hull", 0.0, seed)
-    (mask,) = Annotator().annotate([image], [point])
+    (mask,) = Annotator(AnnotatorConfig(centre_shift=0.0)).annotate([image], [point])
     assert mask[bar].all() and mask[hull].mean() >= 0.95, (int(mask.sum()), float(mask[hull].mean()))
-    (strict_only,) = Annotator(AnnotatorConfig(edge_ratio=100.0)).annotate([image], [point])
+    (strict_only,) = Annotator(AnnotatorConfig(edge_ratio=100.0, centre_shift=0.0)).annotate([image], [point])
     assert strict_only[hull].mean() <= 0.1 and strict_only[bar].mean() >= 0.95
+    (on_top,) = Annotator().annotate([image], [point])
+    assert on_top[hull].mean() <= 0.1 and on_top[bar].mean() >= 0.95
+    ys, xs = np.nonzero(bar | hull)
+    (centred,) = Annotator().annotate([image], [np.floor([[xs.mean(), ys.mean()]])])
+    assert centred[bar].all() and centred[hull].mean() >= 0.95, (int(centred.sum()), float(centred[hull].mean()))
 
 
 def test_mask_morphology_matches_scipy():
@@ -731,10 +739,10 @@ def test_real_bar_on_a_textured_cloud_is_not_cut_to_its_peak():
     assert floor_only.sum() <= 2
 
 
-@pytest.mark.parametrize("name, floor, pd_floor", [pytest.param("NUDT-SIRST", 66.5, 97.0, marks=needs_nudt),
-                                                   pytest.param("MDFA", 75.5, 99.0, marks=needs_mdfa)])
+@pytest.mark.parametrize("name, floor, pd_floor", [pytest.param("NUDT-SIRST", 68.5, 97.5, marks=needs_nudt),
+                                                   pytest.param("MDFA", 76.5, 99.5, marks=needs_mdfa)])
 def test_real_datasets_have_no_catastrophic_mask(name, floor, pd_floor):
-    """Every image of the split: dataset IoU and Pd above floors (IoU 69.1 and 77.1, Pd 98.2 and
+    """Every image of the split: dataset IoU and Pd above floors (IoU 69.8 and 77.2, Pd 98.5 and
     99.9 measured; the window growth had dropped IoU to 47 and 43, and before the rule on dimmer
     structures beside a target NUDT-SIRST stood at IoU 64.7, Pd 96.2) and no image with more than
     600 false-alarm pixels (13,363 before)."""
@@ -786,6 +794,30 @@ def test_real_targets_on_a_cloud_shed_its_skirt(name, iid):
     (kept,) = Annotator(AnnotatorConfig(skirt_ratio=0.0)).annotate([image], [points])
     assert mask.sum() <= 0.8 * kept.sum() and (mask & gt).sum() >= 0.9 * (kept & gt).sum(), \
         (int(mask.sum()), int(kept.sum()), int((mask & gt).sum()), int((kept & gt).sum()))
+
+
+@pytest.mark.parametrize("name, iid, found", [
+    pytest.param("NUDT-SIRST", "000274", True, marks=needs_nudt),
+    pytest.param("NUDT-SIRST", "000549", False, marks=needs_nudt),
+    pytest.param("NUDT-SIRST", "000522", True, marks=needs_nudt),
+    pytest.param("NUDT-SIRST", "000602", True, marks=needs_nudt),
+    pytest.param("MDFA", "train_004231", True, marks=needs_mdfa),
+])
+def test_real_neighbours_that_pull_the_mask_off_the_point_are_left_out(name, iid, found):
+    """Real targets beside a building or in clutter whose edges are as steep as the target's, so
+    that binarisation's edge test took them as the target's extension (NUDT-SIRST 000274: a
+    251-pixel mask for a 71-pixel target, 000549: 222 for 54, 000522: 191 for 98, 000602: 176
+    for 58; MDFA train_004231: 307 for 130), its centroid pulled off the target so that most
+    were missed. Each lies to one side and pulls the mask's centroid more than 3 pixels farther
+    from the point: left out, the masks shrink by a third or more, and every target but 000549's
+    (whose strict component already leans into the clutter: 116 pixels for 54) is matched."""
+    ds = IRDataset(DATA / name)
+    image, points, gt = ds.load_image(iid), ds.points(iid, "centroid"), ds.load_mask(iid)
+    (mask,) = Annotator().annotate([image], [points])
+    (untested,) = Annotator(AnnotatorConfig(centre_shift=0.0)).annotate([image], [points])
+    n_targets, matched, _ = match_targets(mask, gt)
+    assert mask.sum() <= 0.75 * untested.sum() and (matched == n_targets or not found), \
+        (int(mask.sum()), int(untested.sum()), matched)
 
 
 @needs_sirst

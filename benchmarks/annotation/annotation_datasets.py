@@ -58,7 +58,7 @@ from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.cli import parse_settings
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import EIGHT_CONNECTED, ISTDMetrics, match_targets
-from d2d_ext.points import point_pixel
+from d2d_ext.points import coarse_points, point_pixel
 from d2d_ext.sensor import repair as repair_pixels
 from d2d_ext.synthetic import make_scene
 
@@ -284,6 +284,10 @@ def main(argv=None) -> int:
                     help="set one pixel beside every point, or this fraction of each image's pixels, to 1")
     ap.add_argument("--repair", action="store_true",
                     help="with --hot: repair those pixels from their map before annotating (annotate --bad-pixels)")
+    ap.add_argument("--points", choices=("centroid", "coarse"), default="centroid",
+                    help="centroid: the LESPS centroid points (the datasets' own, the scenes'); coarse: LESPS "
+                         "coarse points drawn from every ground-truth mask (seed 0), off the centroid by about "
+                         "an eighth of the target's extent")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     if args.hot and args.hot != "beside":
@@ -303,6 +307,9 @@ def main(argv=None) -> int:
     else:
         print(f"no datasets: {args.data} is not a folder; synthetic scenes only", file=sys.stderr)
     sets += synthetic_sets([int(s) for s in args.synthetic_seeds.split(",") if s.strip()])
+    if args.points == "coarse":
+        for s in sets:
+            s.points = [coarse_points(m, np.random.default_rng([0, k])) for k, m in enumerate(s.masks)]
     if args.map:
         offset, gain = (float(v) for v in args.map.split(","))
         for s in sets:
@@ -318,6 +325,7 @@ def main(argv=None) -> int:
     header = ["set", "method", "IoU", "nIoU", "Pd", "Fa (1e-6)", "precision", "recall", "worst image's Fa px", "ms/target"]
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
+    grown += "; LESPS coarse points drawn from the masks (seed 0)" if args.points == "coarse" else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
