@@ -70,7 +70,7 @@ from skimage.segmentation import slic
 from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
 from .metrics import EIGHT_CONNECTED
-from .windows import check_points, outer_band, snap, strict_component, target_part, window_box
+from .windows import check_points, fill_holes, outer_band, snap, strict_component, target_part, window_box
 
 __all__ = [
     "AnnotatorConfig",
@@ -574,7 +574,7 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
         ring, strict, within = batch.ring[win], batch.strict[win], inside[win]
         bright, comp, leaks = _bright_region(batch, t, cfg)
         if not leaks:
-            grown = None if comp is None else ndi.binary_fill_holes(comp)
+            grown = None if comp is None else fill_holes(comp)
         else:
             if batch.ready is not None and not batch.ready[t]:
                 raise ValueError(f"binarize_targets: target {t}'s bright region leaks, but the batch was prepared "
@@ -592,7 +592,7 @@ def _component(mask: np.ndarray, seed: tuple) -> np.ndarray | None:
     """The 8-connected component of ``mask`` that holds pixel ``seed``, holes filled (or None)."""
     labels, _ = ndi.label(mask, EIGHT_CONNECTED)
     lab = labels[seed]
-    return ndi.binary_fill_holes(labels == lab) if lab else None
+    return fill_holes(labels == lab) if lab else None
 
 
 def _crop_window(batch: TargetBatch, t: int, S: int, H: int, W: int) -> tuple:

@@ -90,7 +90,7 @@ if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports
 
 __all__ = ["Strict", "snap", "strict_component", "check_points", "window_box", "outer_band", "target_part",
            "with_halo", "inner_edge",
-           "dilate8", "pulls"]
+           "dilate8", "pulls", "fill_holes"]
 
 
 def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
@@ -384,7 +384,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             found = grow(half, f, found)
         found = found._replace(comp=skirt(found, f))
         box, comp = tighten(found.box, found.comp, py, px, cfg, H, W)
-        return Strict(box, ndi.binary_fill_holes(comp), found.bg, peak)
+        return Strict(box, fill_holes(comp), found.bg, peak)
 
     tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
     fractions = [cfg.peak_fraction + attempt * cfg.fraction_step for attempt in range(tries)]
@@ -428,6 +428,18 @@ def dilate8(mask: np.ndarray) -> np.ndarray:
     out[:, 1:] |= rows[:, :-1]
     out[:, :-1] |= rows[:, 1:]
     return out
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` ``(h, w)`` bool with its holes filled: as ``binary_fill_holes`` (the background
+    4-connected to the array's border stays background), by one labelling of the background
+    instead of a dilation repeated until it settles (which grows with the mask's size)."""
+    background, n = ndi.label(~mask)
+    outer = np.zeros(n + 1, bool)
+    outer[background[[0, -1]].ravel()] = True
+    outer[background[:, [0, -1]].ravel()] = True
+    outer[0] = False
+    return ~outer[background]
 
 
 def inner_edge(mask: np.ndarray) -> np.ndarray:
@@ -503,7 +515,7 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
                 kept |= part
     labels, _ = ndi.label(kept, EIGHT_CONNECTED)
     held = np.unique(labels[core])
-    return ndi.binary_fill_holes(np.isin(labels, held[held > 0]))
+    return fill_holes(np.isin(labels, held[held > 0]))
 
 
 def tighten(box: tuple, comp: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, H: int, W: int) -> tuple:
