@@ -40,8 +40,9 @@ ground-truth mask. For each point:
    flank) lies on one side and fades out, so neither holds for it; a glow surrounds the target,
    and a target's own extension ends as sharply as the target does. A part that ends sharply
    but pulls the mask's centroid more than ``centre_shift`` pixels farther from the point is a
-   neighbour (a building, a patch of clutter): the point marks its target's middle. The target's pseudo-mask is
-   the strict component united with that part, and the targets of one image are united into its
+   neighbour (a building, a patch of clutter): the point marks its target's middle. The
+   target's pseudo-mask is the strict component united with that part
+   (:func:`d2d_ext.morphology.target_part`), and the targets of one image are united into its
    mask.
 
 So a mask reads the fused field only where its bright region leaks (a few percent of real targets):
@@ -70,7 +71,8 @@ from skimage.segmentation import slic
 from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
 from .metrics import EIGHT_CONNECTED
-from .windows import check_points, fill_holes, outer_band, snap, strict_component, target_part, window_box
+from .morphology import fill_holes, target_part
+from .windows import check_points, outer_band, snap, strict_component, window_box
 
 __all__ = [
     "AnnotatorConfig",
@@ -238,7 +240,8 @@ class TargetBatch:
         tcut = (index,) + cut[1:]
         return dataclasses.replace(
             self, image_index=self.image_index[sel], steps=self.steps[sel], origin=self.origin[sel] + (c - r),
-            peak=self.peak[sel] - (c - r), point=self.point[sel] - (c - r), half=self.half[sel], contrast=self.contrast[tcut], grad=self.grad[tcut],
+            peak=self.peak[sel] - (c - r), point=self.point[sel] - (c - r), half=self.half[sel],
+            contrast=self.contrast[tcut], grad=self.grad[tcut],
             entropy=self.entropy[tcut], inside=self.inside[tcut], superpixel=self.superpixel[tcut],
             strict=self.strict[cut], ring=self.ring[cut], ready=None if self.ready is None else self.ready[sel])
 

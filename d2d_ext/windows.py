@@ -83,14 +83,13 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .metrics import EIGHT_CONNECTED
+from .morphology import fill_holes, inner_edge, with_halo
 from .points import INSIDE_RULE, point_pixel, points_inside
 
 if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
     from .annotate import AnnotatorConfig
 
-__all__ = ["Strict", "snap", "strict_component", "check_points", "window_box", "outer_band", "target_part",
-           "with_halo", "inner_edge",
-           "dilate8", "pulls", "fill_holes"]
+__all__ = ["Strict", "snap", "strict_component", "check_points", "window_box", "outer_band"]
 
 
 def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
@@ -349,10 +348,9 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         background it sits on (step 7 of the module's docstring)."""
         if cfg.skirt_ratio <= 0 or cfg.plateau_step <= 0:
             return found.comp
-        # the component's bounding box and one pixel around it, within the window: all the tests
-        # read (a pixel beyond the window is outside the component, as beyond the box)
+        # the tests read the component's bounding box and one pixel around it (within the window:
+        # beyond it, as beyond the box, lies the outside of the component)
         ys, xs = np.nonzero(found.comp)
-        h, w = found.comp.shape
         cut = slice(max(ys.min() - 1, 0), ys.max() + 2), slice(max(xs.min() - 1, 0), xs.max() + 2)
         comp = found.comp[cut]
         y0, x0 = found.box[0] + cut[0].start, found.box[2] + cut[1].start
@@ -416,106 +414,6 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     comp[py - box[0], px - box[2]] = True
     bg = stats[cfg.half_sizes[0]][0] if stats else peak
     return Strict(box, comp, bg, peak)
-
-
-def dilate8(mask: np.ndarray) -> np.ndarray:
-    """``mask`` ``(h, w)`` bool grown by one pixel in all 8 directions (within the array): as
-    ``binary_dilation`` with a 3x3 structure, without that call's set-up (several run per target)."""
-    out = mask.copy()
-    out[1:] |= mask[:-1]
-    out[:-1] |= mask[1:]
-    rows = out.copy()
-    out[:, 1:] |= rows[:, :-1]
-    out[:, :-1] |= rows[:, 1:]
-    return out
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``mask`` ``(h, w)`` bool with its holes filled: as ``binary_fill_holes`` (the background
-    4-connected to the array's border stays background), by one labelling of the background
-    instead of a dilation repeated until it settles (which grows with the mask's size)."""
-    background, n = ndi.label(~mask)
-    outer = np.zeros(n + 1, bool)
-    outer[background[[0, -1]].ravel()] = True
-    outer[background[:, [0, -1]].ravel()] = True
-    outer[0] = False
-    return ~outer[background]
-
-
-def inner_edge(mask: np.ndarray) -> np.ndarray:
-    """The pixels of ``mask`` ``(h, w)`` bool with an 8-neighbour outside it, beyond the array
-    counting as outside (``mask & binary_dilation(~mask, border_value=1)``)."""
-    inner = mask.copy()
-    inner[1:] &= mask[:-1]
-    inner[:-1] &= mask[1:]
-    inner[[0, -1]] = False
-    rows = inner.copy()
-    inner[:, 1:] &= rows[:, :-1]
-    inner[:, :-1] &= rows[:, 1:]
-    inner[:, [0, -1]] = False
-    return mask & ~inner
-
-
-def with_halo(region: np.ndarray, core: np.ndarray, cover: float, inside: np.ndarray | None = None) -> np.ndarray:
-    """``core`` and the pixels of ``region`` in the rings around it (chessboard distance 1, 2, ...;
-    each ring counted within ``inside`` if given) outward while ``region`` covers at least
-    ``cover`` of each ring: a glow, or a target's own flank, surrounds its core; a structure
-    beside it lies on one side."""
-    extra = region & ~core
-    kept, reached = core.copy(), core
-    while (extra & ~reached).any():
-        grown = dilate8(reached)
-        ring = grown & ~reached
-        counted = ring if inside is None else ring & inside
-        if not counted.any() or (extra & counted).sum() < cover * counted.sum():
-            break
-        kept |= extra & ring
-        reached = grown
-    return kept
-
-
-def pulls(base: np.ndarray, part: np.ndarray, centre: tuple) -> float:
-    """How many pixels farther from ``centre`` ``(row, col)`` the centroid of ``base`` (bool) moves
-    when ``part`` (bool, of the same shape) is added to it (negative where it moves closer)."""
-    def distance(mask: np.ndarray) -> float:
-        ys, xs = np.nonzero(mask)
-        return math.hypot(ys.mean() - centre[0], xs.mean() - centre[1])
-    return distance(base | part) - distance(base)
-
-
-def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cover: float, edge_ratio: float,
-                inside: np.ndarray | None = None, centre: tuple | None = None, centre_shift: float = 0.0) -> np.ndarray:
-    """The part of a bright ``region`` ``(S, S)`` bool that belongs to the target whose core is
-    ``core`` (a subset of it, or not): ``core``, its halo, and the region's further parts that end
-    in a target-like edge, connected to ``core``, holes filled.
-
-    The halo is :func:`with_halo`'s rings (``halo_cover``; within ``inside`` if given). A further part (8-connected) is kept where
-    it ends (its pixels next to the outside of the region) in a mean ``grad`` at least
-    ``edge_ratio`` times the core's own edge: a target's extension ends in an outline as sharp as
-    the target's; a dimmer structure beside it (a roof, a cloud's flank) lies on one side and
-    fades out. Where ``centre`` (the target's point, ``(row, col)``) is given and ``centre_shift``
-    is positive, such a part is kept only if adding it to the core and halo moves their centroid
-    at most ``centre_shift`` pixels farther from the point: the point marks the target's middle,
-    so its own extension lies around it, while a neighbour to one side pulls the centroid away.
-    ``grad`` is a gradient magnitude of the image (any scale: only ratios are read)."""
-    if not (region & ~core).any():
-        return region | core
-    kept = with_halo(region, core, halo_cover, inside)
-    rest = region & ~kept
-    if rest.any():
-        core_edge = grad[inner_edge(core)].mean()
-        rim = rest & inner_edge(region)  # where each part ends
-        labels, n = ndi.label(rest, EIGHT_CONNECTED)
-        base = kept.copy()
-        for j in range(1, n + 1):
-            part = labels == j
-            end = part & rim
-            if end.any() and grad[end].mean() >= edge_ratio * core_edge and \
-                    (centre is None or centre_shift <= 0 or pulls(base, part, centre) <= centre_shift):
-                kept |= part
-    labels, _ = ndi.label(kept, EIGHT_CONNECTED)
-    held = np.unique(labels[core])
-    return fill_holes(np.isin(labels, held[held > 0]))
 
 
 def tighten(box: tuple, comp: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, H: int, W: int) -> tuple:

@@ -443,7 +443,7 @@ def test_mask_morphology_matches_scipy():
     """``dilate8``, ``inner_edge``, ``fill_holes`` and ``with_halo`` (the window search's and
     binarisation's morphology, written without scipy's per-call set-up or repeated dilation)
     give scipy's results on random masks of every small shape, one-pixel-wide arrays included."""
-    from d2d_ext.windows import dilate8, fill_holes, inner_edge, with_halo
+    from d2d_ext.morphology import dilate8, fill_holes, inner_edge, with_halo
     eight = np.ones((3, 3), bool)
     rng = np.random.default_rng(0)
     for _ in range(500):
