@@ -423,10 +423,10 @@ def test_extension_that_ends_like_the_target_is_kept(seed):
     """A one-sided extension nearly as bright as the target, joined through a dimmer neck and
     ending in an edge as steep as the target's (a ship's hull beside its superstructure) is part
     of the target: kept. With the point on the superstructure's middle it is the edge test that
-    keeps it (the halo rings do not reach it; with an edge no extension passes, it goes), once
-    the centre test is off: there the hull pulls the centroid about 7 pixels away from the point and
-    reads as a neighbour. With the point in the middle of the whole ship (the LESPS centroid
-    point), the default keeps it."""
+    keeps it (the halo rings do not reach it; with an edge test no extension passes, it goes),
+    once the centre test is off: there the hull pulls the centroid about 7 pixels away from the
+    point and reads as a neighbour. With the point in the middle of the whole ship (the LESPS
+    centroid point), the default keeps it."""
     image, point, bar, hull = _bar_with_neighbour("hull", 0.0, seed)
     (mask,) = Annotator(AnnotatorConfig(centre_shift=0.0)).annotate([image], [point])
     assert mask[bar].all() and mask[hull].mean() >= 0.95, (int(mask.sum()), float(mask[hull].mean()))
@@ -827,7 +827,7 @@ def test_real_vehicles_keep_their_uniform_bodies(iid, floor):
     """SIRST-v1 vehicles whose bodies are dimmer than a hot spot and uniform inside (no gradient
     within them) but end in a sharp outline: the skirt rule reads where a dropped part ends, not
     its inside, so the bodies stay (IoU 0.90 and 0.79; a rule that read the dropped part's inside
-    cut them to 0.63 and 0.62)."""
+    cut them to 0.63 and 0.61)."""
     ds = IRDataset(SIRST)
     (m,) = Annotator().annotate([ds.load_image(iid)], [ds.points(iid, "centroid")])
     gt = ds.load_mask(iid)
