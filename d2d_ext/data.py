@@ -183,6 +183,15 @@ class IRDataset:
         """``(H, W)`` of the image, from its header."""
         return image_size(self.image_path(id))
 
+    def ids_by_size(self, ids) -> dict:
+        """``{(W, H): [id, ...]}``: ``ids`` grouped by their images' size (read from the headers),
+        in their order; one sensor's frames share one size."""
+        out: dict = {}
+        for i in ids:
+            h, w = self.image_size(i)
+            out.setdefault((w, h), []).append(i)
+        return out
+
     def load_image(self, id) -> np.ndarray:
         """The image as ``(H, W)`` float32 in ``[0, 1]`` (see :func:`read_gray`), its stuck pixels
         repaired where the dataset has a bad-pixel map (a :class:`DataError` naming both if their

@@ -198,11 +198,7 @@ def find_bad_pixels(root, split: str, points: str | None, out, size=None, seed: 
     ``skipped``, the sizes with too few frames.
     """
     ds = IRDataset(root)
-    ids = ds.ids(split)
-    sizes: dict = {}
-    for i in ids:
-        h, w = ds.image_size(i)
-        sizes.setdefault((w, h), []).append(i)
+    sizes = ds.ids_by_size(ds.ids(split))
     folder = Path(out).suffix.lower() not in IMAGE_SUFFIXES
     if size is not None:
         sizes = {tuple(size): sizes.get(tuple(size), [])}

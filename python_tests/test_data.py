@@ -112,6 +112,13 @@ def test_ids_all_train_test(tiny):
     assert ds.ids(tiny / "img_idx/train_TINY.txt") == ["a", "c"]
 
 
+def test_ids_by_size_groups_frames_by_their_headers(tiny):
+    """Frames of two sizes: grouped as ``(W, H)``, each group in the order of the ids given."""
+    _save(tiny / "images/c.png", _gray(np.zeros((H + 3, W + 5))))
+    groups = IRDataset(tiny).ids_by_size(["e", "c", "a", "b", "d"])
+    assert groups == {(W, H): ["e", "a", "b", "d"], (W + 5, H + 3): ["c"]}
+
+
 def test_ids_single_file_fallback(tiny):
     # No val_TINY.txt, but exactly one val_*.txt.
     assert IRDataset(tiny).ids("val") == ["e"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +49,8 @@ def stuck_map(shape, seed: int = 0) -> np.ndarray:
 def frames_of(root: Path):
     """(name, [(image, points)]) of the most common size of the dataset at ``root``."""
     ds = IRDataset(root)
-    size_of = {i: ds.image_size(i) for i in ds.ids("all")}
-    hw = Counter(size_of.values()).most_common(1)[0][0]
-    frames = [(ds.load_image(i), ds.points(i, "centroid")) for i, s in size_of.items() if s == hw]
-    return f"{ds.name} ({hw[1]}x{hw[0]})", frames
+    (w, h), ids = max(ds.ids_by_size(ds.ids("all")).items(), key=lambda kv: len(kv[1]))
+    return f"{ds.name} ({w}x{h})", [(ds.load_image(i), ds.points(i, "centroid")) for i in ids]
 
 
 def search(frames, stuck=None, offset=None):
