@@ -42,8 +42,9 @@ ground-truth mask. For each point:
    but pulls the mask's centroid more than ``centre_shift`` pixels farther from the point is a
    neighbour (a building, a patch of clutter): the point marks its target's middle. The
    target's pseudo-mask is the strict component united with that part
-   (:func:`d2d_ext.morphology.target_part`), and the targets of one image are united into its
-   mask.
+   (:func:`d2d_ext.morphology.target_part`), grown by ``mask_margin`` rings of pixels where a
+   dataset's annotators draw a margin beyond the target (0 by default; ``d2d calibrate`` fits
+   it), and the targets of one image are united into its mask.
 
 So a mask reads the fused field only where its bright region leaks (a few percent of real targets):
 :meth:`Annotator.annotate` computes steps 3 to 5 (and the entropy) for those targets alone, and
@@ -71,7 +72,7 @@ from skimage.segmentation import slic
 from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
 from .metrics import EIGHT_CONNECTED
-from .morphology import fill_holes, target_part
+from .morphology import fill_holes, grow, target_part
 from .windows import check_points, outer_band, snap, strict_component, window_box
 
 __all__ = [
@@ -146,6 +147,10 @@ class AnnotatorConfig:
     # from the target's point: a point marks its target's middle, and a neighbour to one side pulls
     # the centroid away from it where a target's own extension does not (0: no test)
     centre_shift: float = 3.0
+    # every target's mask grown by this many rings of pixels (chessboard distance 1, 2, ...; within
+    # the image): the margin that some datasets' annotators draw beyond what the image shows of a
+    # target, a convention of the dataset (``d2d calibrate`` fits it from a few masks; 0: none)
+    mask_margin: int = 0
 
     def __post_init__(self):
         # window sizes may come as lists (JSON settings files): kept as tuples, checked here, since
@@ -159,6 +164,9 @@ class AnnotatorConfig:
                     any(b <= a for a, b in zip(sizes, sizes[1:])):
                 raise ValueError(f"annotator setting {name} must hold increasing whole numbers >= 1, got {list(sizes)}")
             object.__setattr__(self, name, tuple(int(h) for h in sizes))
+        if isinstance(self.mask_margin, bool) or not isinstance(self.mask_margin, (int, np.integer)) or self.mask_margin < 0:
+            raise ValueError(f"annotator setting mask_margin must be a whole number of pixels >= 0, got {self.mask_margin!r}")
+        object.__setattr__(self, "mask_margin", int(self.mask_margin))
         if not self.half_sizes:
             raise ValueError("annotator setting half_sizes must hold at least one window half-size")
         if self.wide_half_sizes and self.wide_half_sizes[0] <= self.half_sizes[-1]:
@@ -588,6 +596,8 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
             centre = tuple(np.add(peak, batch.point[t] - batch.peak[t]))  # the point in the window
             out[win] |= target_part(grown, strict, grad[win], cfg.halo_cover, cfg.edge_ratio, within,
                                     centre, cfg.centre_shift)
+        if cfg.mask_margin > 0:
+            out[t] = grow(out[t], cfg.mask_margin) & inside[t]
     return out
 
 

@@ -2,7 +2,7 @@
 
 ``calibrate(root, split, masks=N, seed=S)`` draws ``N`` image ids of ``split`` with
 ``numpy.random.default_rng(S)`` and reads the ground-truth masks of those ids only (no other mask
-of the dataset is opened). On them it fits four bounded, interpretable settings of
+of the dataset is opened). On them it fits five bounded, interpretable settings of
 :class:`~d2d_ext.annotate.AnnotatorConfig` to the best pooled IoU (``sum |P ∩ G| / sum |P ∪ G|``
 over the ``N`` images, percent) of the annotator's masks from the dataset's points:
 
@@ -10,16 +10,21 @@ over the ``N`` images, percent) of the annotator's masks from the dataset's poin
   of the leak-guarded component (how much of a target's core is certain);
 - ``low_fraction``: the contrast fraction ``I' >= low_fraction`` of the grown bright region (how
   far into a target's faint rim the mask reaches);
-- ``level``: the heat gate ``y >= level`` that trims a bright region that leaks into clutter.
+- ``level``: the heat gate ``y >= level`` that trims a bright region that leaks into clutter;
+- ``mask_margin``: the rings of pixels (0 to 2) that the dataset's annotators draw around what the
+  image shows of a target.
 
 Each takes values on a small fixed grid (:data:`GRIDS`). The search is coordinate descent from the
 defaults: a setting moves to its grid's best value only where that beats the current pooled IoU by
 more than ``margin`` IoU points and does so on at least ``confidence`` of the bootstrap resamples
 of the drawn images, so that a gain a few of the masks carry does not move the defaults; sweeps
-stop when one changes nothing. ``prepare_targets`` (strict component, features, superpixels) and the
-diffusion depend on ``peak_fraction`` and ``k_sigma`` only; ``binarize_targets`` re-runs on a
-prepared batch and its soft labels for every ``(low_fraction, level)``, so the costly part is done
-once per ``(peak_fraction, k_sigma)`` pair visited.
+stop when one changes nothing. The descent also starts from the defaults with each other
+``mask_margin`` (a margin needs other thresholds, which one move at a time does not reach), and
+such a start's result is taken only where it beats the first one's as a move must.
+``prepare_targets`` (strict component, features, superpixels) and the diffusion depend on
+``peak_fraction`` and ``k_sigma`` only; ``binarize_targets`` re-runs on a prepared batch and its
+soft labels for every ``(low_fraction, level, mask_margin)``, so the costly part is done once per
+``(peak_fraction, k_sigma)`` pair visited.
 
 :func:`load_settings` reads the ``"settings"`` object of the JSON file that ``d2d calibrate`` writes
 (for ``d2d annotate --settings``).
@@ -55,6 +60,7 @@ GRIDS = {
     "k_sigma": (1.0, 1.5, 2.0, 2.5, 3.0),
     "low_fraction": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
     "level": (0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3),
+    "mask_margin": (0, 1, 2),
 }
 #: The fitted settings that change the strict component, hence the prepared batch and its diffusion.
 STRICT = ("peak_fraction", "k_sigma")
@@ -137,6 +143,38 @@ def _support(scorer: _Scorer, values: dict, current: dict, draws: np.ndarray) ->
     return float(np.mean(a[:, 0] * b[:, 1] > b[:, 0] * a[:, 1]))
 
 
+def _score(scorer: _Scorer, values: dict) -> float:
+    """The pooled IoU of ``values``; an undefined one never wins."""
+    s = scorer.iou(values)
+    return -math.inf if math.isnan(s) else s
+
+
+def _draws(scorer: _Scorer, values: dict) -> np.ndarray:
+    """``(BOOTSTRAP, N)``: the fixed bootstrap resamples of the N drawn images."""
+    n = len(scorer.counts(values))
+    return np.random.default_rng(0).integers(0, n, size=(BOOTSTRAP, n))
+
+
+def _fit(scorer: _Scorer, start: dict, sweeps: int, margin: float, confidence: float = 0.95, log=None) -> dict:
+    """:func:`_descend` from ``start`` and from ``start`` with each other ``mask_margin`` of its
+    grid; another start's end replaces the first one's only where it beats it as a move must (by
+    ``margin``, on ``confidence`` of the resamples). A margin drawn around every target moves each
+    mask's edge by whole pixels, and the thresholds that suit it differ: one setting at a time from
+    the defaults, the thresholds move first and a margin then no longer pays, however well a
+    margin with other thresholds would fit."""
+    best = _descend(scorer, start, sweeps, margin, confidence, log)
+    draws = _draws(scorer, start)
+    for ring in GRIDS["mask_margin"]:
+        if ring == start["mask_margin"]:
+            continue
+        if log:
+            log(f"calibrate: from mask_margin {ring}")
+        end = _descend(scorer, {**start, "mask_margin": ring}, sweeps, margin, confidence, log)
+        if _score(scorer, end) > _score(scorer, best) + margin and _support(scorer, end, best, draws) >= confidence:
+            best = end
+    return best
+
+
 def _descend(scorer: _Scorer, start: dict, sweeps: int, margin: float, confidence: float = 0.95,
              log=None) -> dict:
     """Coordinate descent over :data:`GRIDS` from ``start``: per setting in turn, the grid's best
@@ -146,19 +184,14 @@ def _descend(scorer: _Scorer, start: dict, sweeps: int, margin: float, confidenc
     (ties: the value nearest the current one, then the smaller). Stops after ``sweeps`` sweeps or
     one without a change."""
 
-    def score(values: dict) -> float:  # an undefined IoU never wins
-        s = scorer.iou(values)
-        return -math.inf if math.isnan(s) else s
-
-    n = len(scorer.counts(start))
-    draws = np.random.default_rng(0).integers(0, n, size=(BOOTSTRAP, n))
+    draws = _draws(scorer, start)
     current = dict(start)
-    best = score(current)
+    best = _score(scorer, current)
     for sweep in range(sweeps):
         changed = False
         for name, grid in GRIDS.items():
             options = sorted(set(grid) | {current[name]}, key=lambda v: (abs(v - current[name]), v))
-            scores = [score({**current, name: v}) for v in options]
+            scores = [_score(scorer, {**current, name: v}) for v in options]
             # the best value the resamples back, trying values in order of score
             for k in sorted(range(len(options)), key=lambda i: -scores[i]):  # stable: nearest first among ties
                 value, top = options[k], scores[k]
@@ -205,7 +238,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         scorer = _Scorer(images, pts, gts, base, params)
         start = {name: getattr(base, name) for name in GRIDS}
         before = scorer.iou(start)
-        fitted = _descend(scorer, start, sweeps, margin, confidence, log)
+        fitted = _fit(scorer, start, sweeps, margin, confidence, log)
     except ValueError as err:  # the annotator's own checks (a point outside its image)
         raise DataError(f"calibrate: {err}") from None
     after = scorer.iou(fitted)

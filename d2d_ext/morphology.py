@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 
 from .metrics import EIGHT_CONNECTED
 
-__all__ = ["dilate8", "fill_holes", "inner_edge", "with_halo", "pulls", "target_part"]
+__all__ = ["dilate8", "grow", "fill_holes", "inner_edge", "with_halo", "pulls", "target_part"]
 
 
 def dilate8(mask: np.ndarray) -> np.ndarray:
@@ -29,6 +29,14 @@ def dilate8(mask: np.ndarray) -> np.ndarray:
     out[:, 1:] |= rows[:, :-1]
     out[:, :-1] |= rows[:, 1:]
     return out
+
+
+def grow(mask: np.ndarray, rings: int) -> np.ndarray:
+    """``mask`` ``(h, w)`` bool with the ``rings`` rings of pixels around it (chessboard distance 1
+    to ``rings``, within the array): :func:`dilate8` ``rings`` times."""
+    for _ in range(rings):
+        mask = dilate8(mask)
+    return mask
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

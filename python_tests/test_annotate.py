@@ -100,6 +100,25 @@ def test_bad_window_sizes_are_refused_naming_the_setting(values, words):
     assert words in str(err.value)
 
 
+@pytest.mark.parametrize("value", [-1, 1.5, True, "1"])
+def test_a_bad_mask_margin_is_refused_naming_it(value):
+    with pytest.raises(ValueError, match="mask_margin must be a whole number"):
+        config_from_dict({"mask_margin": value})
+
+
+@pytest.mark.parametrize("rings", [1, 2])
+def test_mask_margin_grows_every_mask_by_whole_rings(rings):
+    """``mask_margin`` n: the masks without it, grown by n rings of pixels (a 3x3 dilation n
+    times, cut at the image's edge); targets next to the edge included."""
+    scenes = _scenes(6, seed=11)
+    images, points = [s.image for s in scenes], [s.points for s in scenes]
+    plain = Annotator().annotate(images, points)
+    grown = Annotator(config_from_dict({"mask_margin": rings})).annotate(images, points)
+    for p, g in zip(plain, grown):
+        assert p.any()
+        assert np.array_equal(g, ndimage.binary_dilation(p, np.ones((3, 3), bool), iterations=rings))
+
+
 def test_window_sizes_given_as_lists_are_used():
     """A JSON or Python list of half-sizes (as a settings file holds) works like the tuple."""
     config = config_from_dict({"half_sizes": [6, 10], "wide_half_sizes": [16]})

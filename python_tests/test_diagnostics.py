@@ -211,6 +211,29 @@ def test_annotation_datasets_hot_pixels():
         annotation_datasets.main(["--hot", "2", "--synthetic-seeds", ""])
 
 
+def test_annotation_datasets_glow_draws_what_reaches_the_fraction_next_to_a_target():
+    """``--glow``: a 3x3 target of contrast 1 on a flat background with a glow ring at 0.2 (within
+    reach) and a bright pixel 6 away (beyond it) and another beside a second target: at 0.15
+    the ring joins its target, the far pixel does not, and each target is measured against its
+    own peak and background; at 0.25 nothing is added."""
+    image = np.full((40, 40), 0.1, np.float32)
+    mask = np.zeros((40, 40), bool)
+    image[9:16, 9:16] = 0.1 + 0.2  # the glow: one ring around the target
+    image[10:15, 10:15] = 0.1 + 0.2
+    image[11:14, 11:14] = 1.1
+    mask[11:14, 11:14] = True
+    image[12, 19] = 1.1  # 6 pixels off the target: beyond the reach
+    image[30:33, 30:33] = 0.6  # a dimmer second target, its own scale
+    mask[30:33, 30:33] = True
+    image[29, 30] = 0.1 + 0.1  # 0.2 of that target's contrast, joined to it
+    got = annotation_datasets.glow_mask(image, mask, 0.15)
+    want = mask.copy()
+    want[9:16, 9:16] = True
+    want[29, 30] = True
+    assert np.array_equal(got, want)
+    assert np.array_equal(annotation_datasets.glow_mask(image, mask, 0.25), mask)
+
+
 def test_annotation_datasets_end_to_end(dataset, tmp_path, capsys):
     """Every split of every dataset in a folder is a set of its own, ours beside the baseline."""
     data = Path(dataset).parent

@@ -1,7 +1,7 @@
 """Pseudo-mask quality of the annotator on every dataset, each reported apart (markdown table).
 
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
-        [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--against FILE.py]
+        [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
@@ -21,7 +21,9 @@ them. Under those, where each set's wrong pixels lie: every target's mask (the p
 components that touch it) by its size against the target's (none, under half, about right, over
 twice), with the target pixels it misses and the pixels it takes beyond the target. ``--dilate
 N`` scores against every ground-truth mask grown by N pixels (8-connected): a stand-in for
-datasets whose annotators draw each target's glow, to see what a change costs them. ``--against FILE.py`` adds the rows of another
+datasets whose annotators draw generous masks, to see what a change costs them; ``--glow F``
+draws each target's glow into its mask instead (the pixels within 3 of it above ``F`` of its
+contrast, :func:`glow_mask`). ``--against FILE.py`` adds the rows of another
 version of the annotator (its ``annotate.py``, e.g. ``git show REV:d2d_ext/annotate.py >
 FILE.py``), run in the same process, its passes interleaved with ours: run-to-run timing noise on
 a shared machine is larger than many changes. ``--repeats N`` times each method N times and
@@ -58,6 +60,7 @@ from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.cli import parse_settings
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import EIGHT_CONNECTED, ISTDMetrics, match_targets
+from d2d_ext.morphology import grow
 from d2d_ext.points import coarse_points, point_pixel
 from d2d_ext.sensor import repair as repair_pixels
 from d2d_ext.synthetic import make_scene
@@ -127,6 +130,44 @@ def target_errors(pred: np.ndarray, gt: np.ndarray) -> list:
         cls = MASK_CLASSES[0 if size == 0 else 1 if size < 0.5 * area else 3 if size > 2 * area else 2]
         out.append((area, size, both, cls))
     return out
+
+
+GLOW_REACH = 3  # --glow: how far (chessboard pixels) beyond a ground-truth target its glow is drawn
+
+
+def glow_mask(image: np.ndarray, mask: np.ndarray, fraction: float, reach: int = GLOW_REACH) -> np.ndarray:
+    """``mask`` ``(H, W)`` bool with each target's glow drawn in, as annotators who mark the faint
+    halo around a target do: per 8-connected target, the pixels within ``reach`` rings of it
+    (chessboard distance) whose intensity is at least ``bg + fraction * (peak - bg)``, where that
+    joins them to the target (8-connected); ``peak`` is the target's brightest pixel of ``image``
+    and ``bg`` the median of the three rings beyond ``reach``. A stand-in for a dataset whose
+    masks follow another style than the ones the defaults were chosen on, less tied to the
+    annotator's own edge than a uniform growth (``--dilate``)."""
+    labels, _ = ndimage.label(mask, EIGHT_CONNECTED)
+    out = mask.copy()
+    H, W = mask.shape
+    m = reach + 3
+    for k, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
+        y0, y1, x0, x1 = max(rows.start - m, 0), min(rows.stop + m, H), max(cols.start - m, 0), min(cols.stop + m, W)
+        target, img = labels[y0:y1, x0:x1] == k, image[y0:y1, x0:x1]
+        near = grow(target, reach)
+        ring = grow(target, m) & ~near
+        if not ring.any():
+            continue
+        bg = float(np.median(img[ring]))
+        bright = near & (img >= bg + fraction * (float(img[target].max()) - bg))
+        joined, _ = ndimage.label(bright | target, EIGHT_CONNECTED)
+        out[y0:y1, x0:x1] |= np.isin(joined, np.unique(joined[target]))
+    return out
+
+
+def restyle(s: "EvalSet", dilate: int = 0, glow: float = 0.0) -> None:
+    """Replaces ``s``'s ground-truth masks by another style's: grown by ``dilate`` pixels (3x3,
+    ``dilate`` times), or with each target's glow drawn in (:func:`glow_mask` at ``glow``)."""
+    if dilate > 0:
+        s.masks = [ndimage.binary_dilation(m, np.ones((3, 3), bool), iterations=dilate) for m in s.masks]
+    if glow > 0:
+        s.masks = [glow_mask(im, m, glow) for im, m in zip(s.images, s.masks)]
 
 
 def real_sets(data: Path, names=None) -> list:
@@ -276,6 +317,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an AnnotatorConfig setting")
     ap.add_argument("--settings", help="a JSON file of AnnotatorConfig settings (as d2d calibrate writes); --set wins")
     ap.add_argument("--dilate", type=int, default=0, help="grow every ground-truth mask by this many pixels")
+    ap.add_argument("--glow", type=float, default=0.0, metavar="FRACTION",
+                    help="draw each ground-truth target's glow in: the pixels within 3 of it above this "
+                         "fraction of its contrast (see glow_mask)")
     ap.add_argument("--against", action="append", default=[], metavar="FILE.py",
                     help="also run the annotator of this annotate.py (another version), interleaved with ours")
     ap.add_argument("--repeats", type=int, default=1, help="timed passes per method and set; the fastest is kept")
@@ -317,14 +361,14 @@ def main(argv=None) -> int:
     if args.hot:
         for s in sets:
             add_hot_pixels(s, args.hot, repair=args.repair)
-    if args.dilate > 0:
-        for s in sets:
-            s.masks = [ndimage.binary_dilation(m, np.ones((3, 3), bool), iterations=args.dilate) for m in s.masks]
+    for s in sets:
+        restyle(s, args.dilate, args.glow)
     against = {f"ours at {Path(f).name}": load_annotator_module(f, i) for i, f in enumerate(args.against)}
     results = evaluate(sets, settings, args.worst, against=against, repeats=args.repeats)
     header = ["set", "method", "IoU", "nIoU", "Pd", "Fa (1e-6)", "precision", "recall", "worst image's Fa px", "ms/target"]
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
+    grown += f"; each target's glow drawn in at {args.glow} of its contrast" if args.glow > 0 else ""
     grown += "; LESPS coarse points drawn from the masks (seed 0)" if args.points == "coarse" else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""

@@ -1,7 +1,7 @@
 """Calibration on a few masks, scored on images it never saw (markdown table).
 
     python benchmarks/annotation/calibration_leaveout.py [--data DIR] [--masks 20] [--seed 0]
-        [--margin M] [--confidence C] [--dilate K] [--out FILE.md]
+        [--margin M] [--confidence C] [--dilate K] [--glow F] [--out FILE.md]
 
 For every dataset under ``--data`` (default ``<workspace>/shared/data``; the BasicIRSTD / LESPS
 layout): ``d2d_ext.calibrate.calibrate`` fits its settings on ``--masks`` ground-truth masks of the
@@ -12,9 +12,11 @@ dataset has one (SIRST-v1), else the train images not drawn for the calibration.
 whole of ``calibrate`` (loading the drawn images and masks included).
 
 ``--dilate K`` stands in for a dataset whose annotators drew more generous masks than the
-defaults were chosen on: every ground-truth mask grown by K pixels (3x3 square, K times), in a
-temporary copy of the dataset (images, points and splits linked, masks written), used both for
-the calibration and for the scoring.
+defaults were chosen on: every ground-truth mask grown by K pixels (3x3 square, K times); ``--glow
+F`` for one whose annotators drew each target's faint glow: the pixels within 3 of a target above
+``F`` of its contrast joined to it (``annotation_datasets.glow_mask``). Either in a temporary copy
+of the dataset (images, points and splits linked, masks written), used both for the calibration
+and for the scoring.
 """
 
 from __future__ import annotations
@@ -27,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table, workspace
 from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
-from annotation_datasets import load_set, run, score  # the scoring loop of every dataset benchmark
+from annotation_datasets import EvalSet, load_set, restyle, run, score  # the scoring loop of every dataset benchmark
 
 from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.calibrate import calibrate
@@ -52,18 +53,19 @@ def held_out(ds: IRDataset, split: str, drawn: list) -> tuple:
     return f"{split} minus the {len(drawn)} drawn", [i for i in ds.ids(split) if i not in used]
 
 
-def dilated_copy(root: Path, k: int, into: Path) -> Path:
-    """A copy of the dataset at ``root`` under ``into`` whose masks are grown by ``k`` pixels
-    (the rest linked)."""
+def restyled_copy(root: Path, into: Path, dilate: int = 0, glow: float = 0.0) -> Path:
+    """A copy of the dataset at ``root`` under ``into`` whose masks are in another style (grown by
+    ``dilate`` pixels, or with each target's glow at ``glow`` drawn in: :func:`restyle`; the rest
+    linked)."""
     ds = IRDataset(root)
     out = into / ds.name
     (out / "masks").mkdir(parents=True)
     for name in ("images", "masks_centroid", "img_idx"):
         (out / name).symlink_to((root / name).resolve())
-    grow = np.ones((3, 3), bool)
     for path in sorted(ds.masks_dir.glob("*.png")):
-        mask = ds.load_mask(path.stem)
-        write_png_atomic(out / "masks" / path.name, (ndimage.binary_dilation(mask, grow, iterations=k) * 255).astype(np.uint8))
+        one = EvalSet(ds.name, [path.stem], [ds.load_image(path.stem)], [], [ds.load_mask(path.stem)])
+        restyle(one, dilate, glow)
+        write_png_atomic(out / "masks" / path.name, (one.masks[0] * 255).astype(np.uint8))
     return out
 
 
@@ -76,6 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--margin", type=float, default=None, help="calibrate's margin (default: its own)")
     ap.add_argument("--confidence", type=float, default=None, help="calibrate's confidence (default: its own)")
     ap.add_argument("--dilate", type=int, default=0, help="grow every ground-truth mask by this many pixels first")
+    ap.add_argument("--glow", type=float, default=0.0, metavar="FRACTION",
+                    help="draw each ground-truth target's glow into its mask first (annotation_datasets.glow_mask)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -87,8 +91,8 @@ def main(argv=None) -> int:
     scratch = tempfile.TemporaryDirectory(prefix="d2d-dilated-")
     options = {k: v for k, v in (("margin", args.margin), ("confidence", args.confidence)) if v is not None}
     for root in sorted(p for p in data.iterdir() if (p / "images").is_dir()):
-        if args.dilate:
-            root = dilated_copy(root, args.dilate, Path(scratch.name))
+        if args.dilate or args.glow:
+            root = restyled_copy(root, Path(scratch.name), args.dilate, args.glow)
         ds = IRDataset(root)
         t0 = time.perf_counter()
         fit = calibrate(root, args.split, args.masks, seed=args.seed, **options)
@@ -107,6 +111,7 @@ def main(argv=None) -> int:
                          f"{r.iou:.2f}", f"{r.niou:.2f}", f"{r.pd:.2f}", f"{r.fa:.2f}"])
     header = ["dataset", "scored on (held out)", "annotator", "settings changed", "IoU", "nIoU", "Pd", "Fa (1e-6)"]
     style = f", masks grown by {args.dilate} px" if args.dilate else ""
+    style += f", each target's glow at {args.glow} of its contrast drawn into its mask" if args.glow else ""
     title = (f"calibration on {args.masks} masks of {args.split} (seed {args.seed}{style}), scored on held-out images; "
              f"command: `{command_line()}`\n\n" + "\n".join(notes))
     emit(title, header, rows, args.out)
