@@ -41,21 +41,35 @@ from .files import DataError, json_line, write_bytes_atomic
 from .jobs import annotate_dataset, evaluate_dataset, find_bad_pixels
 
 
-def _cmd_annotate(args) -> dict:
-    from .annotate import Annotator, DiffusionParams, config_from_dict
+def _annotator_config(args):
+    """The :class:`~d2d_ext.annotate.AnnotatorConfig` of ``--settings`` and ``--set`` (``--set``
+    wins over the file)."""
+    from .annotate import config_from_dict
 
-    _set_threads(args.threads)
     values = {}
     if args.settings:
         from .calibrate import load_settings
 
         values.update(load_settings(args.settings))
-    values.update(parse_settings(args.set))  # --set wins over --settings
+    values.update(parse_settings(args.set))
     try:
-        config = config_from_dict(values)
+        return config_from_dict(values)
     except (TypeError, ValueError) as err:
         raise DataError(f"--set: {err}") from None
-    annotator = Annotator(config, DiffusionParams())
+
+
+def _add_annotator_options(parser, what: str) -> None:
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE", help=f"an AnnotatorConfig setting {what}")
+    parser.add_argument("--settings", metavar="FILE.json",
+                        help=f'AnnotatorConfig settings {what}: the "settings" object of a JSON file (as calibrate '
+                             'writes); --set wins')
+
+
+def _cmd_annotate(args) -> dict:
+    from .annotate import Annotator, DiffusionParams
+
+    _set_threads(args.threads)
+    annotator = Annotator(_annotator_config(args), DiffusionParams())
     return annotate_dataset(args.dataset, args.split, args.points, args.out, args.overlay,
                             seed=args.seed, batch_images=args.batch_images, annotator=annotator,
                             progress=not args.quiet, soft=args.soft, bad_pixels=args.bad_pixels)
@@ -171,11 +185,12 @@ def _cmd_train(args) -> dict:
         config.validate()
     except ValueError as err:
         raise DataError(f"train: {err}") from None
+    annotator_config = _annotator_config(args)
     run = Path(args.out)
     last = run / "last.pt"
     if last.is_file() and not args.resume:
         raise DataError(f"{run} already holds a run ({last}); add --resume to continue it or choose another --out")
-    trainer = Trainer(args.dataset, run, config, progress=not args.quiet,
+    trainer = Trainer(args.dataset, run, config, annotator_config=annotator_config, progress=not args.quiet,
                       log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.resume and last.is_file():
         try:
@@ -369,9 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--overlay", help="folder for overlays: image, pseudo-mask (red), ground truth (green)")
     a.add_argument("--seed", type=int, default=0, help="seed of gen-coarse points")
     a.add_argument("--batch-images", type=int, default=16, help="images per annotator call")
-    a.add_argument("--set", action="append", metavar="NAME=VALUE", help="an AnnotatorConfig setting")
-    a.add_argument("--settings", metavar="FILE.json",
-                   help='AnnotatorConfig settings: the "settings" object of a JSON file (as calibrate writes); --set wins')
+    _add_annotator_options(a, "of the masks")
     a.add_argument("--soft", metavar="DIR", help="also write each image's soft label as a 16-bit PNG, round(65535 y)")
     a.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP)
     a.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
@@ -428,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
     t.add_argument("--out", required=True, help="run folder: log.jsonl, last.pt, best.pt, alpha.csv, plots/")
     _add_config_options(t, TrainConfig)  # every training setting, from its field in TrainConfig
+    _add_annotator_options(t, "of the pseudo-labels (a calibrated style)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     t.add_argument("--quiet", action="store_true")

@@ -239,6 +239,37 @@ def test_cli_train_test_select_and_resume_guard(dataset, tmp_path, capsys):
     assert ids == [r[0] for r in best]
 
 
+def test_train_takes_the_annotators_settings(dataset, tmp_path, capsys):
+    """``train --settings`` / ``--set`` shape the pseudo-labels as ``annotate``'s do (a style
+    ``calibrate`` fitted): the run's labels are that annotator's masks, the checkpoint keeps the
+    settings, and a resume with other ones is refused, naming them."""
+    from d2d_ext.annotate import Annotator, AnnotatorConfig
+
+    config = AnnotatorConfig(mask_margin=1)
+    trainer = Trainer(dataset, tmp_path / "t", tiny(epochs=1), config, progress=False)
+    split = trainer.train_set
+    want = Annotator(config).annotate(split.images, split.points)
+    plain = Annotator().annotate(split.images, split.points)
+    assert all(np.array_equal(label > 0, m) for label, m in zip(split.labels, want))
+    assert sum(m.sum() for m in want) > sum(m.sum() for m in plain)
+
+    run = tmp_path / "run"
+    args = ["train", "--dataset", str(dataset), "--epochs", "1", "--batch-size", "4", "--crop-size", "32",
+            "--out", str(run), "--quiet", "--threads", "1"]
+    (tmp_path / "s.json").write_text(json.dumps({"settings": {"mask_margin": 2, "low_fraction": 0.25}}))
+    style = ["--settings", str(tmp_path / "s.json"), "--set", "mask_margin=1"]  # --set wins
+    assert main(args + style) == 0
+    saved = load_checkpoint(run / "last.pt")["annotator_config"]
+    assert saved["mask_margin"] == 1 and saved["low_fraction"] == 0.25
+    capsys.readouterr()
+    assert main(args + style + ["--resume"]) == 0
+    assert main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "other annotator settings" in err and "'mask_margin': (1, 0)" in err
+    assert main(args[:-5] + ["--out", str(tmp_path / "bad"), "--set", "mask_margin=-1"]) == 2
+    assert "mask_margin must be a whole number" in capsys.readouterr().err
+
+
 def test_cli_passes_the_training_recipe_options(dataset, tmp_path, capsys):
     args = ["train", "--dataset", str(dataset), "--epochs", "1", "--batch-size", "4", "--crop-size", "32",
             "--quiet", "--threads", "1"]

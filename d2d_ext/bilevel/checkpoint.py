@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..annotate import AnnotatorConfig
 from ..files import DataError, write_bytes_atomic
 from ..models import ConvertedWeights
 from .config import TrainConfig
@@ -67,18 +68,27 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-def check_resumable(state: dict, config: TrainConfig, splits: dict) -> None:
-    """Raise :class:`DataError` unless a run with ``config`` on ``splits`` (``{"train": ids,
-    "val": ids}``) can continue from ``state``: it must hold a trainer's state, have been started
-    with the same settings (a setting added since took its default, the old behaviour) and on the
-    same images."""
+def settings_record(config) -> dict:
+    """A settings dataclass as the checkpoint keeps it: name -> value, tuples as lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def check_resumable(state: dict, config: TrainConfig, splits: dict, annotator: AnnotatorConfig | None = None) -> None:
+    """Raise :class:`DataError` unless a run with ``config`` (and, where given, the pseudo-labels'
+    ``annotator`` settings) on ``splits`` (``{"train": ids, "val": ids}``) can continue from
+    ``state``: it must hold a trainer's state, have been started with the same settings (a setting
+    added since took its default, the old behaviour) and on the same images."""
     if "opt" not in state:  # written by imported_checkpoint: weights, no trainer state
         raise DataError(f"the checkpoint holds a detector's weights only (from {state.get('source', 'elsewhere')}), "
                         "no training state: `d2d test` scores it, a run cannot resume from it")
-    saved_config = {**dataclasses.asdict(TrainConfig()), **state["config"]}
-    if saved_config != dataclasses.asdict(config):
-        diff = {k: (saved_config.get(k), v) for k, v in dataclasses.asdict(config).items() if saved_config.get(k) != v}
-        raise DataError(f"--resume: the run was started with other settings (saved, now): {diff}")
+    kinds = [("", TrainConfig(), config, state["config"])]
+    if annotator is not None:
+        kinds.append(("annotator ", AnnotatorConfig(), annotator, state.get("annotator_config", {})))
+    for kind, default, now, saved in kinds:
+        saved, now = {**settings_record(default), **saved}, settings_record(now)
+        if saved != now:
+            diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+            raise DataError(f"--resume: the run was started with other {kind}settings (saved, now): {diff}")
     for name, ids in splits.items():
         saved = state.get(f"{name}_ids")
         if saved is not None and list(saved) != list(ids):

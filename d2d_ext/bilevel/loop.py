@@ -29,7 +29,7 @@ from ..progress import Progress
 from ..reference import soft_iou_of_probabilities
 from ..soft_iou import soft_iou, weighted_soft_iou
 from .batches import Split, pad16, predict, random_crops
-from .checkpoint import FORMAT, LOSS_AVG_KEY, check_resumable, checkpoint_bytes, one_line
+from .checkpoint import FORMAT, LOSS_AVG_KEY, check_resumable, checkpoint_bytes, one_line, settings_record
 from .config import TrainConfig
 from .distributed import (
     all_reduce_grads,
@@ -305,7 +305,7 @@ class Trainer:
                         "n_averaged": int(self.averaged.n_averaged)}
         return {**averaged,
             "format": FORMAT, "epoch": self.epoch, "config": dataclasses.asdict(self.cfg),
-            "annotator_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.annotator.config).items()},
+            "annotator_config": settings_record(self.annotator.config),
             "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "meta": self.meta.state_dict(), "meta_opt": self.meta_opt.state_dict(),
             "theta": self.annotator.params.state_dict(), "theta_opt": self.theta_opt.state_dict(),
@@ -315,7 +315,7 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         """Continue the run saved in ``state`` (:class:`DataError` if it is not this run's)."""
-        check_resumable(state, self.cfg, {"train": self.train_set.ids, "val": self.val_set.ids})
+        check_resumable(state, self.cfg, {"train": self.train_set.ids, "val": self.val_set.ids}, self.annotator.config)
         try:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
