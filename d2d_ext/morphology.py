@@ -83,13 +83,20 @@ def with_halo(region: np.ndarray, core: np.ndarray, cover: float, inside: np.nda
     return kept
 
 
-def pulls(base: np.ndarray, part: np.ndarray, centre: tuple) -> float:
-    """How many pixels farther from ``centre`` ``(row, col)`` the centroid of ``base`` (bool) moves
-    when ``part`` (bool, of the same shape) is added to it (negative where it moves closer)."""
-    def distance(mask: np.ndarray) -> float:
-        ys, xs = np.nonzero(mask)
-        return math.hypot(ys.mean() - centre[0], xs.mean() - centre[1])
-    return distance(base | part) - distance(base)
+def pulls(base: np.ndarray, parts: np.ndarray, n: int, centre: tuple) -> np.ndarray:
+    """``(n + 1,)``: entry ``j`` is how many pixels farther from ``centre`` ``(row, col)`` the
+    centroid of ``base`` (bool) moves when the pixels of ``parts == j`` (an ``int`` label array of
+    the same shape, labels 1 to ``n``, disjoint from ``base``) are added to it (negative where it
+    moves closer; entry 0 is meaningless). One pass for every part: the centroid of the union
+    comes from the coordinate sums of ``base`` and of the part."""
+    ys, xs = np.nonzero(base)
+    count, sy, sx = len(ys), float(ys.sum()), float(xs.sum())
+    before = math.hypot(sy / count - centre[0], sx / count - centre[1])
+    py, px = np.nonzero(parts)
+    lab = parts[py, px]
+    m = count + np.bincount(lab, minlength=n + 1)
+    after = np.hypot((sy + np.bincount(lab, py, n + 1)) / m - centre[0], (sx + np.bincount(lab, px, n + 1)) / m - centre[1])
+    return after - before
 
 
 def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cover: float, edge_ratio: float,
@@ -115,13 +122,16 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
         core_edge = grad[inner_edge(core)].mean()
         rim = rest & inner_edge(region)  # where each part ends
         labels, n = ndi.label(rest, EIGHT_CONNECTED)
-        base = kept.copy()
-        for j in range(1, n + 1):
-            part = labels == j
-            end = part & rim
-            if end.any() and grad[end].mean() >= edge_ratio * core_edge and \
-                    (centre is None or centre_shift <= 0 or pulls(base, part, centre) <= centre_shift):
-                kept |= part
+        # per part (label): the mean gradient where it ends, then the centre test; every part is
+        # tested against the core and halo alone, so all of them in one pass
+        ends = labels[rim]
+        count = np.bincount(ends, minlength=n + 1)
+        slope = np.bincount(ends, grad[rim], n + 1) / np.maximum(count, 1)
+        keep = (count > 0) & (slope >= edge_ratio * core_edge)
+        keep[0] = False
+        if keep.any() and centre is not None and centre_shift > 0:
+            keep &= pulls(kept, labels, n, centre) <= centre_shift
+        kept |= keep[labels]
     labels, _ = ndi.label(kept, EIGHT_CONNECTED)
     held = np.unique(labels[core])
     return fill_holes(np.isin(labels, held[held > 0]))

@@ -487,6 +487,29 @@ def test_mask_morphology_matches_scipy():
             assert (with_halo(mask, core, 0.4, inside) == (core | (extra & (dist <= reach)))).all()
 
 
+def test_centroid_pulls_of_every_part_at_once():
+    """``pulls`` (every part of a label array in one pass) against the distance of each union's
+    centroid from the centre, part by part."""
+    from d2d_ext.morphology import pulls
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        h, w = rng.integers(2, 20, 2)
+        base = rng.random((h, w)) < 0.3
+        if not base.any():
+            continue
+        parts, n = ndimage.label((rng.random((h, w)) < 0.3) & ~base, np.ones((3, 3)))
+        centre = (rng.uniform(-2, h + 2), rng.uniform(-2, w + 2))
+
+        def distance(mask):
+            ys, xs = np.nonzero(mask)
+            return np.hypot(ys.mean() - centre[0], xs.mean() - centre[1])
+
+        got = pulls(base, parts, n, centre)
+        assert got.shape == (n + 1,)
+        for j in range(1, n + 1):
+            assert got[j] == pytest.approx(distance(base | (parts == j)) - distance(base), abs=1e-9)
+
+
 def _bar_under_a_cloud_lobe(seed: int, sigma: float, rise: float):
     """The flat-topped 5x19 target of :func:`_bar_with_neighbour` with a smooth cloud lobe (a
     Gaussian of spread ``sigma``, half the target's brightness) centred ``rise`` pixels above it:
