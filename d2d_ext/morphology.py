@@ -16,6 +16,8 @@ from scipy import ndimage as ndi
 
 from .metrics import EIGHT_CONNECTED
 
+FOUR_CONNECTED = ndi.generate_binary_structure(2, 1)  # label's default, made once
+
 __all__ = ["dilate8", "grow", "fill_holes", "inner_edge", "with_halo", "pulls", "target_part"]
 
 
@@ -43,7 +45,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` ``(h, w)`` bool with its holes filled: as ``binary_fill_holes`` (the background
     4-connected to the array's border stays background), by one labelling of the background
     instead of a dilation repeated until it settles (which grows with the mask's size)."""
-    background, n = ndi.label(~mask)
+    background, n = ndi.label(~mask, FOUR_CONNECTED)
     outer = np.zeros(n + 1, bool)
     outer[background[[0, -1]].ravel()] = True
     outer[background[:, [0, -1]].ravel()] = True

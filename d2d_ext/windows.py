@@ -176,17 +176,26 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         """The configured half-sizes above ``half``, in the order they are tried."""
         return [h for h in cfg.half_sizes + cfg.wide_half_sizes if h > half]
 
+    tried = {}
+
     def window(half: int, f: float, sd_of: int | None = None) -> _Window:
         """The window of half-size ``half`` at fraction ``f`` (the band spread of window
-        ``sd_of`` if given, else its own)."""
+        ``sd_of`` if given, else its own). The tests ask for some windows more than once (the
+        first window, a plateau's higher level): each is computed once."""
+        key = (half, f, sd_of)
+        if key not in tried:
+            tried[key] = _window(half, f, sd_of)
+        return tried[key]
+
+    def _window(half: int, f: float, sd_of: int | None) -> _Window:
         box = window_box(py, px, half, H, W)
         win = image[box[0]:box[1], box[2]:box[3]]
-        band = outer_band(box, cfg.band, H, W)
         if half not in stats:
+            band = outer_band(box, cfg.band, H, W)
             ring = win[band]
             bg = band_median(ring)
-            stats[half] = (bg, 1.4826 * band_median(np.abs(ring - bg)))
-        bg, sd = stats[half]
+            stats[half] = (bg, 1.4826 * band_median(np.abs(ring - bg)), band)
+        bg, sd, band = stats[half]
         if sd_of is not None:
             sd = stats[sd_of][1]
         relative = bg + f * (peak - bg)
