@@ -233,6 +233,9 @@ class TargetBatch:
     # (T,) bool: the targets whose heat field can be computed (their entropy and superpixel prior
     # are filled in); None: every target. See prepare_targets(lazy=True).
     ready: np.ndarray | None = None
+    # ((low_fraction, level), [per target: _bright_region's result]) from the leak test of
+    # prepare_targets(lazy=True), which binarize_targets reuses at those settings; None: none kept
+    regions: tuple | None = None
 
     def __len__(self) -> int:
         return int(self.image_index.shape[0])
@@ -251,7 +254,8 @@ class TargetBatch:
             peak=self.peak[sel] - (c - r), point=self.point[sel] - (c - r), half=self.half[sel],
             contrast=self.contrast[tcut], grad=self.grad[tcut],
             entropy=self.entropy[tcut], inside=self.inside[tcut], superpixel=self.superpixel[tcut],
-            strict=self.strict[cut], ring=self.ring[cut], ready=None if self.ready is None else self.ready[sel])
+            strict=self.strict[cut], ring=self.ring[cut], ready=None if self.ready is None else self.ready[sel],
+            regions=None)
 
     def to(self, dtype: torch.dtype) -> "TargetBatch":
         """A copy whose float tensors have ``dtype`` (float64 for gradient checks)."""
@@ -352,7 +356,9 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     batch = _lay_out(rows, shapes, cfg, seconds)
     if lazy:
         t0 = time.perf_counter()
-        batch.ready = leaking_targets(batch, cfg)
+        regions = [_bright_region(batch, t, cfg) for t in range(len(batch))]
+        batch.ready = np.array([leaks for _, _, leaks in regions], bool)  # leaking_targets(batch, cfg)
+        batch.regions = ((cfg.low_fraction, cfg.level), regions)
         seconds["leak test"] = time.perf_counter() - t0
     _field_inputs(batch, rows, arrays, np.arange(len(rows)) if batch.ready is None else np.flatnonzero(batch.ready), cfg)
     return batch
@@ -577,13 +583,15 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
     bright region leaks (:func:`leaking_targets`)."""
     cfg = config or AnnotatorConfig()
     soft = soft.detach().cpu().numpy()
+    # the bright regions the leak test found, where it ran at these settings
+    regions = batch.regions[1] if batch.regions is not None and batch.regions[0] == (cfg.low_fraction, cfg.level) else None
     grad = batch.grad.numpy()
     inside = batch.inside.numpy()
     out = batch.strict.copy()
     for t in range(len(batch)):
         win, peak = _field_window(batch, t)
         ring, strict, within = batch.ring[win], batch.strict[win], inside[win]
-        bright, comp, leaks = _bright_region(batch, t, cfg)
+        bright, comp, leaks = regions[t] if regions is not None else _bright_region(batch, t, cfg)
         if not leaks:
             grown = None if comp is None else fill_holes(comp)
         else:
