@@ -356,8 +356,8 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     batch = _lay_out(rows, shapes, cfg, seconds)
     if lazy:
         t0 = time.perf_counter()
-        regions = [_bright_region(batch, t, cfg) for t in range(len(batch))]
-        batch.ready = np.array([leaks for _, _, leaks in regions], bool)  # leaking_targets(batch, cfg)
+        regions = _bright_regions(batch, cfg)
+        batch.ready = _leaking(regions)
         batch.regions = ((cfg.low_fraction, cfg.level), regions)
         seconds["leak test"] = time.perf_counter() - t0
     _field_inputs(batch, rows, arrays, np.arange(len(rows)) if batch.ready is None else np.flatnonzero(batch.ready), cfg)
@@ -574,8 +574,17 @@ def _bright_region(batch: TargetBatch, t: int, cfg: AnnotatorConfig) -> tuple:
 def leaking_targets(batch: TargetBatch, config: AnnotatorConfig | None = None) -> np.ndarray:
     """``(T,)`` bool: the targets whose bright region leaks, the only ones whose mask reads their
     fused field (at ``config``'s ``low_fraction`` and ``level``)."""
-    cfg = config or AnnotatorConfig()
-    return np.array([_bright_region(batch, t, cfg)[2] for t in range(len(batch))], bool)
+    return _leaking(_bright_regions(batch, config or AnnotatorConfig()))
+
+
+def _bright_regions(batch: TargetBatch, cfg: AnnotatorConfig) -> list:
+    """:func:`_bright_region` of every target of ``batch``."""
+    return [_bright_region(batch, t, cfg) for t in range(len(batch))]
+
+
+def _leaking(regions: list) -> np.ndarray:
+    """``(T,)`` bool: which of :func:`_bright_regions`' regions leak."""
+    return np.array([leaks for _, _, leaks in regions], bool)
 
 
 def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorConfig | None = None) -> np.ndarray:

@@ -165,7 +165,7 @@ def restyle(s: "EvalSet", dilate: int = 0, glow: float = 0.0) -> None:
     """Replaces ``s``'s ground-truth masks by another style's: grown by ``dilate`` pixels (3x3,
     ``dilate`` times), or with each target's glow drawn in (:func:`glow_mask` at ``glow``)."""
     if dilate > 0:
-        s.masks = [ndimage.binary_dilation(m, np.ones((3, 3), bool), iterations=dilate) for m in s.masks]
+        s.masks = [grow(m, dilate) for m in s.masks]
     if glow > 0:
         s.masks = [glow_mask(im, m, glow) for im, m in zip(s.images, s.masks)]
 

@@ -63,7 +63,8 @@ def restyled_copy(root: Path, into: Path, dilate: int = 0, glow: float = 0.0) ->
     for name in ("images", "masks_centroid", "img_idx"):
         (out / name).symlink_to((root / name).resolve())
     for path in sorted(ds.masks_dir.glob("*.png")):
-        one = EvalSet(ds.name, [path.stem], [ds.load_image(path.stem)], [], [ds.load_mask(path.stem)])
+        image = ds.load_image(path.stem) if glow > 0 else None  # only the glow reads the image
+        one = EvalSet(ds.name, [path.stem], [image], [], [ds.load_mask(path.stem)])
         restyle(one, dilate, glow)
         write_png_atomic(out / "masks" / path.name, (one.masks[0] * 255).astype(np.uint8))
     return out
