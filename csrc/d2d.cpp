@@ -9,7 +9,10 @@
 
 #include "schemas.h"
 
-TORCH_LIBRARY(d2d, m) { d2d::define_schemas(m); }
+TORCH_LIBRARY(d2d, m) {
+  d2d::define_schemas(m);
+  d2d::define_cpu_schemas(m);
+}
 
 TORCH_LIBRARY_IMPL(d2d, CompositeImplicitAutograd, m) {
   m.impl("soft_iou", [](const at::Tensor& logits, const at::Tensor& target, double smooth) {

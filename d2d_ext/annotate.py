@@ -66,13 +66,11 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 from skimage.segmentation import slic
 
 from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
-from .metrics import EIGHT_CONNECTED
-from .morphology import fill_holes, grow, target_part
+from .morphology import fill_holes, grow, label, target_part
 from .windows import check_points, outer_band, snap, strict_component, window_box
 
 __all__ = [
@@ -564,7 +562,7 @@ def _bright_region(batch: TargetBatch, t: int, cfg: AnnotatorConfig) -> tuple:
     hole that held a band pixel would be closed by band pixels of the component."""
     win, peak = _field_window(batch, t)
     bright = (batch.contrast.numpy()[win] >= cfg.low_fraction) & batch.inside.numpy()[win]
-    labels, _ = ndi.label(bright, EIGHT_CONNECTED)
+    labels = label(bright)
     if not labels[peak]:
         return bright, None, False
     comp = labels == labels[peak]
@@ -620,7 +618,7 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
 
 def _component(mask: np.ndarray, seed: tuple) -> np.ndarray | None:
     """The 8-connected component of ``mask`` that holds pixel ``seed``, holes filled (or None)."""
-    labels, _ = ndi.label(mask, EIGHT_CONNECTED)
+    labels = label(mask)
     lab = labels[seed]
     return fill_holes(labels == lab) if lab else None
 

@@ -4,7 +4,8 @@ target's part of a bright region (:func:`target_part`).
 The window search (:mod:`d2d_ext.windows`) and the binarisation (:mod:`d2d_ext.annotate`) run a
 few of these per target on masks of tens to a few hundred pixels a side, where scipy's per-call
 set-up (or, for holes, a dilation repeated until it settles) costs more than the work: each is
-written here with numpy slices or one labelling, and tested against scipy's result.
+written here with numpy slices or one labelling (:func:`label`, the compiled ``d2d::label``), and
+tested against scipy's result.
 """
 
 from __future__ import annotations
@@ -12,13 +13,28 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage as ndi
+import torch
 
-from .metrics import EIGHT_CONNECTED
+__all__ = ["label", "dilate8", "grow", "fill_holes", "inner_edge", "with_halo", "pulls", "target_part"]
 
-FOUR_CONNECTED = ndi.generate_binary_structure(2, 1)  # label's default, made once
 
-__all__ = ["dilate8", "grow", "fill_holes", "inner_edge", "with_halo", "pulls", "target_part"]
+def label(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
+    """``(h, w)`` int32 labels of the ``connectivity`` (4 or 8) connected components of ``mask``
+    ``(h, w)`` bool: the same array as ``scipy.ndimage.label`` with a cross (4) or a 3x3 (8)
+    structure (numbered from 1 in raster order of each component's first pixel, background 0),
+    without that call's set-up, which on a target's window costs more than the labelling. The
+    count is ``labels.max(initial=0)``."""
+    return _LABEL(torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)), connectivity).numpy()
+
+
+def _label_fake(mask, connectivity):
+    torch._check(mask.dim() == 2, lambda: f"d2d.label: mask must have shape (H, W), got {tuple(mask.shape)}")
+    torch._check(mask.dtype == torch.bool, lambda: f"d2d.label: mask must be bool, got {mask.dtype}")
+    return mask.new_empty(mask.shape, dtype=torch.int32)
+
+
+torch.library.register_fake("d2d::label")(_label_fake)
+_LABEL = torch.ops.d2d.label.default
 
 
 def dilate8(mask: np.ndarray) -> np.ndarray:
@@ -45,8 +61,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` ``(h, w)`` bool with its holes filled: as ``binary_fill_holes`` (the background
     4-connected to the array's border stays background), by one labelling of the background
     instead of a dilation repeated until it settles (which grows with the mask's size)."""
-    background, n = ndi.label(~mask, FOUR_CONNECTED)
-    outer = np.zeros(n + 1, bool)
+    background = label(~mask, 4)
+    outer = np.zeros(int(background.max(initial=0)) + 1, bool)
     outer[background[[0, -1]].ravel()] = True
     outer[background[:, [0, -1]].ravel()] = True
     outer[0] = False
@@ -123,7 +139,8 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
     if rest.any():
         core_edge = grad[inner_edge(core)].mean()
         rim = rest & inner_edge(region)  # where each part ends
-        labels, n = ndi.label(rest, EIGHT_CONNECTED)
+        labels = label(rest)
+        n = int(labels.max(initial=0))
         # per part (label): the mean gradient where it ends, then the centre test; every part is
         # tested against the core and halo alone, so all of them in one pass
         ends = labels[rim]
@@ -134,6 +151,6 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
         if keep.any() and centre is not None and centre_shift > 0:
             keep &= pulls(kept, labels, n, centre) <= centre_shift
         kept |= keep[labels]
-    labels, _ = ndi.label(kept, EIGHT_CONNECTED)
+    labels = label(kept)
     held = np.unique(labels[core])
     return fill_holes(np.isin(labels, held[held > 0]))

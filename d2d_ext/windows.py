@@ -80,10 +80,7 @@ import math
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
-
-from .metrics import EIGHT_CONNECTED
-from .morphology import fill_holes, inner_edge, with_halo
+from .morphology import fill_holes, inner_edge, label, with_halo
 from .points import INSIDE_RULE, point_pixel, points_inside
 
 if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
@@ -204,12 +201,12 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         faint = peak <= thr
         if faint:  # faint target: the peak-relative part alone
             thr = relative
-        labels, _ = ndi.label(win > thr, EIGHT_CONNECTED)
+        labels = label(win > thr)
         lab = labels[py - box[0], px - box[2]]
         if not faint and thr > relative and (labels == lab).sum() <= cfg.lone_peak_pixels:
             # the noise floor detected the peak but cut the target down to it: the target's
             # extent is read at the peak-relative level, as for any target the floor does not cut
-            wider, _ = ndi.label(win > relative, EIGHT_CONNECTED)
+            wider = label(win > relative)
             wider_lab = wider[py - box[0], px - box[2]]
             if (wider == wider_lab).sum() > cfg.lone_peak_pixels:
                 labels, lab = wider, wider_lab
@@ -368,7 +365,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         edge = inner_edge(comp)
         level = f
         while (level := level + cfg.plateau_step) < 1.0:
-            labels, _ = ndi.label(comp & (win > found.bg + level * (peak - found.bg)), EIGHT_CONNECTED)
+            labels = label(comp & (win > found.bg + level * (peak - found.bg)))
             if not labels[at]:
                 break
             core = labels == labels[at]

@@ -490,6 +490,43 @@ def test_mask_morphology_matches_scipy():
             assert (with_halo(mask, core, 0.4, inside) == (core | (extra & (dist <= reach)))).all()
 
 
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_label_matches_scipy(connectivity):
+    """``morphology.label`` (the compiled ``d2d::label``) gives ``scipy.ndimage.label``'s array,
+    numbering included, on random masks of every small shape (one-pixel-wide, empty and full
+    ones, sparse noise and dilated blobs), on a mask the size of a wide window and on a strided
+    view."""
+    from d2d_ext.morphology import label
+    structure = ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
+    rng = np.random.default_rng(connectivity)
+    masks = [np.zeros((0, 5), bool), np.zeros((3, 0), bool), np.zeros((4, 4), bool), np.ones((4, 7), bool)]
+    for i in range(600):
+        h, w = rng.integers(1, 24, 2)
+        mask = rng.random((h, w)) < rng.random()
+        masks.append(ndimage.binary_dilation(mask) if i % 3 == 0 else mask)
+    big = rng.random((161, 203)) < 0.55  # large, winding components
+    masks += [big, big[::2, 1::3], big.T]
+    for mask in masks:
+        got = label(mask, connectivity)
+        want, count = ndimage.label(mask, structure)
+        assert got.dtype == np.int32 and got.shape == mask.shape
+        assert np.array_equal(got, want)
+        assert int(got.max(initial=0)) == count
+
+
+def test_label_op_checks():
+    """``d2d::label`` passes ``opcheck`` (schema, fake kernel) and names a bad input."""
+    mask = torch.rand(9, 13, generator=torch.Generator().manual_seed(0)) < 0.5
+    for connectivity in (4, 8):
+        torch.library.opcheck(torch.ops.d2d.label.default, (mask, connectivity))
+    with pytest.raises(RuntimeError, match=r"mask must have shape \(H, W\)"):
+        torch.ops.d2d.label(mask[None], 8)
+    with pytest.raises(RuntimeError, match="mask must be bool, got Float"):
+        torch.ops.d2d.label(mask.float(), 8)
+    with pytest.raises(RuntimeError, match="connectivity must be 4 or 8, got 6"):
+        torch.ops.d2d.label(mask, 6)
+
+
 def test_centroid_pulls_of_every_part_at_once():
     """``pulls`` (every part of a label array in one pass) against the distance of each union's
     centroid from the centre, part by part."""
