@@ -70,7 +70,7 @@ from skimage.segmentation import slic
 
 from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
-from .morphology import fill_holes, grow, label, target_part
+from .morphology import component, fill_holes, grow, target_part
 from .windows import check_points, outer_band, snap, strict_component, window_box
 
 __all__ = [
@@ -562,10 +562,9 @@ def _bright_region(batch: TargetBatch, t: int, cfg: AnnotatorConfig) -> tuple:
     hole that held a band pixel would be closed by band pixels of the component."""
     win, peak = _field_window(batch, t)
     bright = (batch.contrast.numpy()[win] >= cfg.low_fraction) & batch.inside.numpy()[win]
-    labels = label(bright)
-    if not labels[peak]:
+    comp = component(bright, peak)
+    if comp is None:
         return bright, None, False
-    comp = labels == labels[peak]
     return bright, comp, cfg.level > 0 and bool((comp & batch.ring[win]).any())
 
 
@@ -599,14 +598,13 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
         win, peak = _field_window(batch, t)
         ring, strict, within = batch.ring[win], batch.strict[win], inside[win]
         bright, comp, leaks = regions[t] if regions is not None else _bright_region(batch, t, cfg)
-        if not leaks:
-            grown = None if comp is None else fill_holes(comp)
-        else:
+        if leaks:
             if batch.ready is not None and not batch.ready[t]:
                 raise ValueError(f"binarize_targets: target {t}'s bright region leaks, but the batch was prepared "
                                  "without its field (prepare_targets(lazy=True) at other binarisation settings)")
             # the bright region leaks out of the window: keep the part the heat reached
-            grown = _component(bright & (soft[win] >= cfg.level), peak)
+            comp = component(bright & (soft[win] >= cfg.level), peak)
+        grown = None if comp is None else fill_holes(comp)
         if grown is not None and not (grown & ring).any():  # leak guard
             centre = tuple(np.add(peak, batch.point[t] - batch.peak[t]))  # the point in the window
             out[win] |= target_part(grown, strict, grad[win], cfg.halo_cover, cfg.edge_ratio, within,
@@ -614,13 +612,6 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
         if cfg.mask_margin > 0:
             out[t] = grow(out[t], cfg.mask_margin) & inside[t]
     return out
-
-
-def _component(mask: np.ndarray, seed: tuple) -> np.ndarray | None:
-    """The 8-connected component of ``mask`` that holds pixel ``seed``, holes filled (or None)."""
-    labels = label(mask)
-    lab = labels[seed]
-    return fill_holes(labels == lab) if lab else None
 
 
 def _crop_window(batch: TargetBatch, t: int, S: int, H: int, W: int) -> tuple:

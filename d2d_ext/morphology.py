@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["label", "dilate8", "grow", "fill_holes", "inner_edge", "with_halo", "pulls", "target_part"]
+__all__ = ["label", "component", "dilate8", "grow", "fill_holes", "inner_edge", "with_halo", "pulls", "target_part"]
 
 
 def label(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
@@ -25,6 +25,14 @@ def label(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
     without that call's set-up, which on a target's window costs more than the labelling. The
     count is ``labels.max(initial=0)``."""
     return _LABEL(torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)), connectivity).numpy()
+
+
+def component(mask: np.ndarray, seed: tuple) -> np.ndarray | None:
+    """``(h, w)`` bool: the 8-connected component of ``mask`` ``(h, w)`` bool that holds pixel
+    ``seed`` ``(row, col)``, or None where that pixel is not in ``mask``."""
+    labels = label(mask)
+    lab = labels[seed]
+    return labels == lab if lab else None
 
 
 def _label_fake(mask, connectivity):

@@ -80,7 +80,7 @@ import math
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
-from .morphology import fill_holes, inner_edge, label, with_halo
+from .morphology import component, fill_holes, inner_edge, with_halo
 from .points import INSIDE_RULE, point_pixel, points_inside
 
 if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
@@ -201,16 +201,15 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         faint = peak <= thr
         if faint:  # faint target: the peak-relative part alone
             thr = relative
-        labels = label(win > thr)
-        lab = labels[py - box[0], px - box[2]]
-        if not faint and thr > relative and (labels == lab).sum() <= cfg.lone_peak_pixels:
+        at = (py - box[0], px - box[2])
+        comp = component(win > thr, at)
+        if not faint and thr > relative and comp.sum() <= cfg.lone_peak_pixels:
             # the noise floor detected the peak but cut the target down to it: the target's
             # extent is read at the peak-relative level, as for any target the floor does not cut
-            wider = label(win > relative)
-            wider_lab = wider[py - box[0], px - box[2]]
-            if (wider == wider_lab).sum() > cfg.lone_peak_pixels:
-                labels, lab = wider, wider_lab
-        comp = labels == lab if lab else None
+            # (the peak clears both levels, so neither component is None)
+            wider = component(win > relative, at)
+            if wider.sum() > cfg.lone_peak_pixels:
+                comp = wider
         return _Window(box, bg, faint, None if comp is None or comp[band].any() else comp, band, comp)
 
     def covers(outer: _Window, inner: _Window) -> bool:
@@ -365,10 +364,9 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         edge = inner_edge(comp)
         level = f
         while (level := level + cfg.plateau_step) < 1.0:
-            labels = label(comp & (win > found.bg + level * (peak - found.bg)))
-            if not labels[at]:
+            core = component(comp & (win > found.bg + level * (peak - found.bg)), at)
+            if core is None:
                 break
-            core = labels == labels[at]
             if core.sum() == comp.sum():  # the noise floor cut the component above this level
                 continue
             kept = with_halo(comp, core, cfg.halo_cover)

@@ -495,8 +495,8 @@ def test_label_matches_scipy(connectivity):
     """``morphology.label`` (the compiled ``d2d::label``) gives ``scipy.ndimage.label``'s array,
     numbering included, on random masks of every small shape (one-pixel-wide, empty and full
     ones, sparse noise and dilated blobs), on a mask the size of a wide window and on a strided
-    view."""
-    from d2d_ext.morphology import label
+    view; ``component`` (8-connected) is a pixel's component of it."""
+    from d2d_ext.morphology import component, label
     structure = ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
     rng = np.random.default_rng(connectivity)
     masks = [np.zeros((0, 5), bool), np.zeros((3, 0), bool), np.zeros((4, 4), bool), np.ones((4, 7), bool)]
@@ -512,6 +512,10 @@ def test_label_matches_scipy(connectivity):
         assert got.dtype == np.int32 and got.shape == mask.shape
         assert np.array_equal(got, want)
         assert int(got.max(initial=0)) == count
+        if connectivity == 8 and mask.size:
+            seed = tuple(int(rng.integers(n)) for n in mask.shape)
+            held = component(mask, seed)
+            assert (held is None) if not mask[seed] else np.array_equal(held, want == want[seed])
 
 
 def test_label_op_checks():
