@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -167,6 +168,16 @@ void prefetch(const T* p, int64_t elems) {
     __builtin_prefetch(b + i, 0, 2);
   }
 #endif
+}
+
+// Sample n + 1's rates (N, 4, H, W) and per-pixel inputs (N, H, W), if there is one, hinted as
+// above while sample n steps.
+template <typename T>
+void prefetch_next(int64_t n, int64_t N, int64_t HW, const T* rates,
+                   std::initializer_list<const T*> inputs) {
+  if (n + 1 >= N) return;
+  prefetch(rates + (n + 1) * 4 * HW, 4 * HW);
+  for (const T* p : inputs) prefetch(p + (n + 1) * HW, HW);
 }
 
 // Whether all n elements are finite. Their bits without the sign are compared as integers, which
@@ -732,10 +743,7 @@ at::Tensor diffuse_cpu(const at::Tensor& u0_in, const at::Tensor& rates_in, doub
       });
       auto no_keep = [](int64_t) -> T* { return nullptr; };
       if (sweep) {
-        if (n + 1 < N) {
-          prefetch(rp + (n + 1) * 4 * HW, 4 * HW);
-          prefetch(u0p + (n + 1) * HW, HW);
-        }
+        prefetch_next(n, N, HW, rp, {u0p});
         // in, tmp[0] and res are the sweep's state planes
         auto run = [&](const Stepper<T>& st) {
           to_padded(u0p + n * HW, g, in, 0, H);
@@ -779,10 +787,7 @@ void adjoint_only(const T* gp, const T* rp, T* gu0p, int64_t N, int64_t H, int64
       build_coefs(rp + n * 4 * HW, g, tau, coefs, y0, y1);
     });
     if (!g.sweep) return run(Stepper<T>(g, coefs, zero_row));
-    if (n + 1 < N) {
-      prefetch(rp + (n + 1) * 4 * HW, 4 * HW);
-      prefetch(gp + (n + 1) * HW, HW);
-    }
+    prefetch_next(n, N, HW, rp, {gp});
     redo_sweep(g, coefs, zero_row, gin, 3 * g.P, run,  // gin, gout, gtmp
                [&] { return all_finite(gu0p + n * HW, HW); });
   });
@@ -887,11 +892,7 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
         build_coefs(rp + n * 4 * HW, g, T(tau), coefs, y0, y1);
       });
       if (!g.sweep) return run(Stepper<T>(g, coefs, zero_row));
-      if (n + 1 < N) {
-        prefetch(rp + (n + 1) * 4 * HW, 4 * HW);
-        prefetch(u0p + (n + 1) * HW, HW);
-        prefetch(gp + (n + 1) * HW, HW);
-      }
+      prefetch_next(n, N, HW, rp, {u0p, gp});
       // A non-finite state reaches the rate gradient of each of its pixels' directions, of which
       // at least one is inside the image where rows have ghost columns between them (H > 1).
       // Every plane after the coefficients is a state plane.
