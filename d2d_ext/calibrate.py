@@ -16,7 +16,7 @@ over the ``N`` images, percent) of the annotator's masks from the dataset's poin
 
 Each takes values on a small fixed grid (:data:`GRIDS`). The search is coordinate descent from the
 defaults: a setting moves to its grid's best value only where that beats the current pooled IoU by
-more than ``margin`` IoU points and does so on at least ``confidence`` of the bootstrap resamples
+more than ``min_gain`` IoU points and does so on at least ``confidence`` of the bootstrap resamples
 of the drawn images, so that a gain a few of the masks carry does not move the defaults; sweeps
 stop when one changes nothing. The descent also starts from the defaults with each other
 ``mask_margin`` (a margin needs other thresholds, which one move at a time does not reach), and
@@ -155,30 +155,30 @@ def _draws(scorer: _Scorer, values: dict) -> np.ndarray:
     return np.random.default_rng(0).integers(0, n, size=(BOOTSTRAP, n))
 
 
-def _fit(scorer: _Scorer, start: dict, sweeps: int, margin: float, confidence: float = 0.95, log=None) -> dict:
+def _fit(scorer: _Scorer, start: dict, sweeps: int, min_gain: float, confidence: float = 0.95, log=None) -> dict:
     """:func:`_descend` from ``start`` and from ``start`` with each other ``mask_margin`` of its
     grid; another start's end replaces the first one's only where it beats it as a move must (by
-    ``margin``, on ``confidence`` of the resamples). A margin drawn around every target moves each
+    ``min_gain``, on ``confidence`` of the resamples). A margin drawn around every target moves each
     mask's edge by whole pixels, and the thresholds that suit it differ: one setting at a time from
     the defaults, the thresholds move first and a margin then no longer pays, however well a
     margin with other thresholds would fit."""
-    best = _descend(scorer, start, sweeps, margin, confidence, log)
+    best = _descend(scorer, start, sweeps, min_gain, confidence, log)
     draws = _draws(scorer, start)
     for ring in GRIDS["mask_margin"]:
         if ring == start["mask_margin"]:
             continue
         if log:
             log(f"calibrate: from mask_margin {ring}")
-        end = _descend(scorer, {**start, "mask_margin": ring}, sweeps, margin, confidence, log)
-        if _score(scorer, end) > _score(scorer, best) + margin and _support(scorer, end, best, draws) >= confidence:
+        end = _descend(scorer, {**start, "mask_margin": ring}, sweeps, min_gain, confidence, log)
+        if _score(scorer, end) > _score(scorer, best) + min_gain and _support(scorer, end, best, draws) >= confidence:
             best = end
     return best
 
 
-def _descend(scorer: _Scorer, start: dict, sweeps: int, margin: float, confidence: float = 0.95,
+def _descend(scorer: _Scorer, start: dict, sweeps: int, min_gain: float, confidence: float = 0.95,
              log=None) -> dict:
     """Coordinate descent over :data:`GRIDS` from ``start``: per setting in turn, the grid's best
-    value is taken where it beats the current pooled IoU by more than ``margin`` and does so on
+    value is taken where it beats the current pooled IoU by more than ``min_gain`` and does so on
     at least ``confidence`` of :data:`BOOTSTRAP` resamples (with replacement, a fixed draw) of the
     images: a gain that only some of a few masks show is their noise, not the dataset's style
     (ties: the value nearest the current one, then the smaller). Stops after ``sweeps`` sweeps or
@@ -195,7 +195,7 @@ def _descend(scorer: _Scorer, start: dict, sweeps: int, margin: float, confidenc
             # the best value the resamples back, trying values in order of score
             for k in sorted(range(len(options)), key=lambda i: -scores[i]):  # stable: nearest first among ties
                 value, top = options[k], scores[k]
-                if not top > best + margin:
+                if not top > best + min_gain:
                     break
                 support = _support(scorer, {**current, name: value}, current, draws)
                 if support >= confidence:
@@ -211,7 +211,7 @@ def _descend(scorer: _Scorer, start: dict, sweeps: int, margin: float, confidenc
 
 def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centroid",
               config: AnnotatorConfig | None = None, params: DiffusionParams | None = None,
-              sweeps: int = 3, margin: float = 0.5, confidence: float = 0.95, log=None,
+              sweeps: int = 3, min_gain: float = 0.5, confidence: float = 0.95, log=None,
               bad_pixels=None) -> dict:
     """Fit the settings of :data:`GRIDS` on ``masks`` ground-truth masks of ``split`` (see the module
     docstring); ``config`` gives the other settings and the start (default :class:`AnnotatorConfig`),
@@ -222,7 +222,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
 
     Returns a JSON-ready dict: ``settings`` (the fitted fields only, name -> value), ``iou_before``
     (the start's pooled IoU, percent), ``iou_after``, ``ids`` (in the order drawn), ``dataset``,
-    ``split``, ``masks``, ``seed``, ``points``, ``targets``, ``margin``, ``bounds`` (each grid's
+    ``split``, ``masks``, ``seed``, ``points``, ``targets``, ``min_gain``, ``bounds`` (each grid's
     ends), ``bad_pixels`` (the map's pixel count and fingerprint, or None). Raises
     :class:`DataError` for bad input (``masks`` out of range, a missing or unreadable file).
     """
@@ -238,7 +238,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         scorer = _Scorer(images, pts, gts, base, params)
         start = {name: getattr(base, name) for name in GRIDS}
         before = scorer.iou(start)
-        fitted = _fit(scorer, start, sweeps, margin, confidence, log)
+        fitted = _fit(scorer, start, sweeps, min_gain, confidence, log)
     except ValueError as err:  # the annotator's own checks (a point outside its image)
         raise DataError(f"calibrate: {err}") from None
     after = scorer.iou(fitted)
@@ -249,7 +249,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         "settings": {name: fitted[name] for name in GRIDS},
         "iou_before": _round(before), "iou_after": _round(after),
         "ids": ids, "dataset": ds.name, "split": split, "masks": len(ids), "seed": int(seed), "points": points,
-        "targets": sum(len(p) for p in pts), "margin": margin, "confidence": confidence,
+        "targets": sum(len(p) for p in pts), "min_gain": min_gain, "confidence": confidence,
         "bounds": {name: [min(grid), max(grid)] for name, grid in GRIDS.items()},
         "bad_pixels": ds.bad_pixels_record,
     }

@@ -79,12 +79,12 @@ def _cmd_calibrate(args) -> dict:
     from .calibrate import calibrate
 
     _set_threads(args.threads)
-    if not args.margin >= 0:
-        raise DataError(f"--margin must be >= 0 IoU points, got {args.margin}")
+    if not args.min_gain >= 0:
+        raise DataError(f"--min-gain must be >= 0 IoU points, got {args.min_gain}")
     if not 0 < args.confidence <= 1:
         raise DataError(f"--confidence must be in (0, 1], got {args.confidence}")
-    result = calibrate(args.dataset, args.split, args.masks, seed=args.seed, points=args.points, margin=args.margin,
-                       confidence=args.confidence, bad_pixels=args.bad_pixels,
+    result = calibrate(args.dataset, args.split, args.masks, seed=args.seed, points=args.points,
+                       min_gain=args.min_gain, confidence=args.confidence, bad_pixels=args.bad_pixels,
                        log=None if args.quiet else lambda m: print(m, file=sys.stderr, flush=True))
     # the file holds exactly what the JSON line says (an undefined IoU as null in both)
     write_bytes_atomic(args.out, (json.dumps(json.loads(json_line(result)), indent=1) + "\n").encode())
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--masks", type=int, required=True, metavar="N", help="ground-truth masks to read (ids drawn at random)")
     k.add_argument("--seed", type=int, default=0, help="seed of the draw (and of gen-coarse points)")
     k.add_argument("--points", default="centroid", type=_point_source, help="point source, as annotate's --points")
-    k.add_argument("--margin", type=float, default=0.5, help="IoU points a setting must gain on the N masks to move")
+    k.add_argument("--min-gain", type=float, default=0.5, help="IoU points a setting must gain on the N masks to move")
     k.add_argument("--confidence", type=float, default=0.95,
                    help="share of bootstrap resamples of the N masks on which a move must gain")
     k.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP)

@@ -114,7 +114,7 @@ def test_the_cached_scores_are_the_annotators(dataset, fitted):
 
 
 def test_a_large_margin_keeps_the_defaults(dataset):
-    result = calibrate(dataset, "train", N, seed=0, margin=1e9)
+    result = calibrate(dataset, "train", N, seed=0, min_gain=1e9)
     assert result["settings"] == {name: getattr(AnnotatorConfig(), name) for name in GRIDS}
     assert result["iou_after"] == result["iou_before"]
 
@@ -162,10 +162,10 @@ def test_the_fit_starts_from_every_margin():
     start.update(low_fraction=0.3, mask_margin=0)
     table = {(0.1, 0): [(55, 100)] * 4, (0.3, 1): [(40, 100)] * 4, (0.1, 1): [(30, 100)] * 4,
              (0.5, 1): [(80, 100)] * 4}
-    fit = _fit(_Table(table, [(50, 100)] * 4), start, sweeps=3, margin=0.5)
+    fit = _fit(_Table(table, [(50, 100)] * 4), start, sweeps=3, min_gain=0.5)
     assert (fit["low_fraction"], fit["mask_margin"]) == (0.5, 1)
     table[(0.5, 1)] = [(55.2, 100)] * 4  # ahead of the first end by less than the margin
-    fit = _fit(_Table(table, [(50, 100)] * 4), start, sweeps=3, margin=0.5)
+    fit = _fit(_Table(table, [(50, 100)] * 4), start, sweeps=3, min_gain=0.5)
     assert (fit["low_fraction"], fit["mask_margin"]) == (0.1, 0)
 
 
@@ -232,7 +232,7 @@ def test_bad_mask_counts_are_clear_errors(dataset, tmp_path, capsys, case):
     assert not (tmp_path / "s.json").exists()
 
 
-@pytest.mark.parametrize("flag, value", [("--confidence", "0"), ("--confidence", "1.5"), ("--margin", "-1")])
+@pytest.mark.parametrize("flag, value", [("--confidence", "0"), ("--confidence", "1.5"), ("--min-gain", "-1")])
 def test_bad_margin_or_confidence_is_a_clear_error(dataset, tmp_path, capsys, flag, value):
     code = main(["calibrate", "--dataset", str(dataset), "--masks", str(N), "--out", str(tmp_path / "s.json"),
                  flag, value, "--quiet"])
@@ -309,10 +309,10 @@ def test_a_gain_that_some_of_the_masks_do_not_share_is_refused():
     start["low_fraction"] = 0.3
     flat = [(50, 100)] * 4
     lopsided = _Counts({None: flat, 0.1: [(90, 100), (45, 100), (90, 100), (45, 100)]})
-    assert _descend(lopsided, start, sweeps=3, margin=0.5)["low_fraction"] == 0.3
+    assert _descend(lopsided, start, sweeps=3, min_gain=0.5)["low_fraction"] == 0.3
     both = _Counts({None: flat, 0.1: [(90, 100), (45, 100), (90, 100), (45, 100)],
                     0.5: [(60, 100), (60, 100), (60, 100), (60, 100)]})
-    assert _descend(both, start, sweeps=3, margin=0.5)["low_fraction"] == 0.5
+    assert _descend(both, start, sweeps=3, min_gain=0.5)["low_fraction"] == 0.5
 
 
 def test_the_confidence_is_the_share_of_resamples_that_must_gain():
@@ -323,8 +323,8 @@ def test_the_confidence_is_the_share_of_resamples_that_must_gain():
     start = {name: grid[len(grid) // 2] for name, grid in GRIDS.items()}
     start["low_fraction"] = 0.3
     lopsided = _Counts({None: [(50, 100)] * 4, 0.1: [(90, 100), (45, 100), (90, 100), (45, 100)]})
-    assert _descend(lopsided, start, sweeps=3, margin=0.5, confidence=0.9)["low_fraction"] == 0.1
-    assert _descend(lopsided, start, sweeps=3, margin=0.5, confidence=0.95)["low_fraction"] == 0.3
+    assert _descend(lopsided, start, sweeps=3, min_gain=0.5, confidence=0.9)["low_fraction"] == 0.1
+    assert _descend(lopsided, start, sweeps=3, min_gain=0.5, confidence=0.95)["low_fraction"] == 0.3
 
 
 def test_calibrate_reads_images_repaired_by_the_bad_pixel_map(dataset, fitted, tmp_path, capsys, monkeypatch):

@@ -1,7 +1,7 @@
 """Calibration on a few masks, scored on images it never saw (markdown table).
 
     python benchmarks/annotation/calibration_leaveout.py [--data DIR] [--masks 20] [--seed 0]
-        [--margin M] [--confidence C] [--dilate K] [--glow F] [--out FILE.md]
+        [--min-gain G] [--confidence C] [--dilate K] [--glow F] [--out FILE.md]
 
 For every dataset under ``--data`` (default ``<workspace>/shared/data``; the BasicIRSTD / LESPS
 layout): ``d2d_ext.calibrate.calibrate`` fits its settings on ``--masks`` ground-truth masks of the
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="train", help="the split the calibration masks are drawn from")
     ap.add_argument("--masks", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--margin", type=float, default=None, help="calibrate's margin (default: its own)")
+    ap.add_argument("--min-gain", type=float, default=None, help="calibrate's min_gain (default: its own)")
     ap.add_argument("--confidence", type=float, default=None, help="calibrate's confidence (default: its own)")
     ap.add_argument("--dilate", type=int, default=0, help="grow every ground-truth mask by this many pixels first")
     ap.add_argument("--glow", type=float, default=0.0, metavar="FRACTION",
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         return 2
     rows, notes = [], []
     scratch = tempfile.TemporaryDirectory(prefix="d2d-dilated-")
-    options = {k: v for k, v in (("margin", args.margin), ("confidence", args.confidence)) if v is not None}
+    options = {k: v for k, v in (("min_gain", args.min_gain), ("confidence", args.confidence)) if v is not None}
     for root in sorted(p for p in data.iterdir() if (p / "images").is_dir()):
         if args.dilate or args.glow:
             root = restyled_copy(root, Path(scratch.name), args.dilate, args.glow)
