@@ -26,9 +26,4 @@ inline void define_schemas(torch::Library& m) {
       "bool[2] output_mask, bool from_logits=True) -> (Tensor, Tensor)");
 }
 
-// The annotator's CPU helper, defined by the d2d library only (no CUDA kernel, nothing to
-// emulate): int32 labels (H, W) of the 4- or 8-connected components of a bool mask (H, W),
-// numbered from 1 in raster order of each component's first pixel, background 0.
-inline void define_cpu_schemas(torch::Library& m) { m.def("label(Tensor mask, int connectivity) -> Tensor"); }
-
 }  // namespace d2d

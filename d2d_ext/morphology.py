@@ -4,8 +4,8 @@ target's part of a bright region (:func:`target_part`).
 The window search (:mod:`d2d_ext.windows`) and the binarisation (:mod:`d2d_ext.annotate`) run a
 few of these per target on masks of tens to a few hundred pixels a side, where scipy's per-call
 set-up (or, for holes, a dilation repeated until it settles) costs more than the work: each is
-written here with numpy slices or one labelling (:func:`label`, the compiled ``d2d::label``), and
-tested against scipy's result.
+written here with numpy slices or one labelling (:func:`label`, compiled), and tested against
+scipy's result.
 """
 
 from __future__ import annotations
@@ -13,36 +13,29 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+
+from . import _C
 
 __all__ = ["label", "component", "dilate8", "grow", "fill_holes", "inner_edge", "with_halo", "pulls", "target_part"]
 
 
-def label(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
-    """``(h, w)`` int32 labels of the ``connectivity`` (4 or 8) connected components of ``mask``
-    ``(h, w)`` bool: the same array as ``scipy.ndimage.label`` with a cross (4) or a 3x3 (8)
-    structure (numbered from 1 in raster order of each component's first pixel, background 0),
-    without that call's set-up, which on a target's window costs more than the labelling. The
-    count is ``labels.max(initial=0)``."""
-    return _LABEL(torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)), connectivity).numpy()
+def label(mask: np.ndarray, connectivity: int = 8) -> tuple:
+    """``(labels, count)``: the ``(h, w)`` int32 labels of the ``connectivity`` (4 or 8) connected
+    components of ``mask`` ``(h, w)`` bool and their number, as ``scipy.ndimage.label`` with a
+    cross (4) or a 3x3 (8) structure returns them (numbered from 1 in raster order of each
+    component's first pixel, background 0). Compiled (``_C.label``), without scipy's per-call
+    set-up, which on a target's window costs more than the labelling."""
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    labels = np.empty(mask.shape, np.int32)
+    return labels, _C.label(mask, labels, connectivity)
 
 
 def component(mask: np.ndarray, seed: tuple) -> np.ndarray | None:
     """``(h, w)`` bool: the 8-connected component of ``mask`` ``(h, w)`` bool that holds pixel
     ``seed`` ``(row, col)``, or None where that pixel is not in ``mask``."""
-    labels = label(mask)
+    labels, _ = label(mask)
     lab = labels[seed]
     return labels == lab if lab else None
-
-
-def _label_fake(mask, connectivity):
-    torch._check(mask.dim() == 2, lambda: f"d2d.label: mask must have shape (H, W), got {tuple(mask.shape)}")
-    torch._check(mask.dtype == torch.bool, lambda: f"d2d.label: mask must be bool, got {mask.dtype}")
-    return mask.new_empty(mask.shape, dtype=torch.int32)
-
-
-torch.library.register_fake("d2d::label")(_label_fake)
-_LABEL = torch.ops.d2d.label.default
 
 
 def dilate8(mask: np.ndarray) -> np.ndarray:
@@ -69,10 +62,12 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` ``(h, w)`` bool with its holes filled: as ``binary_fill_holes`` (the background
     4-connected to the array's border stays background), by one labelling of the background
     instead of a dilation repeated until it settles (which grows with the mask's size)."""
-    background = label(~mask, 4)
-    outer = np.zeros(int(background.max(initial=0)) + 1, bool)
-    outer[background[[0, -1]].ravel()] = True
-    outer[background[:, [0, -1]].ravel()] = True
+    background, n = label(~mask, 4)
+    border = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    if n == 0 or (n == 1 and border.any()):  # the usual case: no hole, nothing to look up
+        return mask.copy()
+    outer = np.zeros(n + 1, bool)
+    outer[border] = True
     outer[0] = False
     return ~outer[background]
 
@@ -80,14 +75,10 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 def inner_edge(mask: np.ndarray) -> np.ndarray:
     """The pixels of ``mask`` ``(h, w)`` bool with an 8-neighbour outside it, beyond the array
     counting as outside (``mask & binary_dilation(~mask, border_value=1)``)."""
-    inner = mask.copy()
-    inner[1:] &= mask[:-1]
-    inner[:-1] &= mask[1:]
-    inner[[0, -1]] = False
-    rows = inner.copy()
-    inner[:, 1:] &= rows[:, :-1]
-    inner[:, :-1] &= rows[:, 1:]
-    inner[:, [0, -1]] = False
+    inner = np.zeros_like(mask)  # every 8-neighbour in the mask (none on the array's border)
+    if mask.shape[0] > 2 and mask.shape[1] > 2:
+        column = mask[:-2] & mask[1:-1] & mask[2:]
+        inner[1:-1, 1:-1] = column[:, :-2] & column[:, 1:-1] & column[:, 2:]
     return mask & ~inner
 
 
@@ -147,8 +138,7 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
     if rest.any():
         core_edge = grad[inner_edge(core)].mean()
         rim = rest & inner_edge(region)  # where each part ends
-        labels = label(rest)
-        n = int(labels.max(initial=0))
+        labels, n = label(rest)
         # per part (label): the mean gradient where it ends, then the centre test; every part is
         # tested against the core and halo alone, so all of them in one pass
         ends = labels[rim]
@@ -159,6 +149,6 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
         if keep.any() and centre is not None and centre_shift > 0:
             keep &= pulls(kept, labels, n, centre) <= centre_shift
         kept |= keep[labels]
-    labels = label(kept)
+    labels, _ = label(kept)
     held = np.unique(labels[core])
     return fill_holes(np.isin(labels, held[held > 0]))

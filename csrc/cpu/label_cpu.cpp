@@ -1,16 +1,16 @@
-// CPU kernel of d2d::label: connected components of a small 2-D boolean mask.
+// Connected components of a small 2-D bool mask (label.h).
 //
 // The annotator labels about a dozen masks of tens of pixels a side per target (the window
-// search's candidates, holes, a bright region's parts), where scipy.ndimage.label's per-call
-// set-up costs more than the labelling. Labels are numbered 1, 2, ... in raster order of each
-// component's first pixel (as scipy numbers them); the background is 0.
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/zeros.h>
-#include <torch/library.h>
+// search's candidates, holes, a bright region's parts). At that size the cost is in the call:
+// scipy.ndimage.label's set-up takes 20 us and more, and a torch op's dispatch, whose code
+// the numpy work between two calls pushes out of the instruction cache, about as much. So this
+// is a module function on numpy arrays (d2d.cpp), and the labelling is runs of each row joined
+// by union-find: the scan plus one step per run, however large a component is (a window's
+// background, which hole filling labels, is most of its pixels).
+#include "label.h"
 
 #include <algorithm>
-#include <cstdint>
-#include <limits>
+#include <cstring>
 #include <vector>
 
 namespace d2d {
@@ -29,28 +29,19 @@ int64_t root(std::vector<int64_t>& parent, int64_t r) {
   return r;
 }
 
-at::Tensor label_cpu(const at::Tensor& mask, int64_t connectivity) {
-  const char* op = "d2d.label";
-  TORCH_CHECK(mask.dim() == 2, op, ": mask must have shape (H, W), got ", mask.sizes());
-  TORCH_CHECK(mask.scalar_type() == at::kBool, op, ": mask must be bool, got ", mask.scalar_type());
-  TORCH_CHECK(connectivity == 4 || connectivity == 8, op, ": connectivity must be 4 or 8, got ",
-              connectivity);
-  const at::Tensor m = mask.contiguous();
-  const int64_t H = m.size(0), W = m.size(1);
-  TORCH_CHECK(H * W < std::numeric_limits<int32_t>::max(), op, ": a mask of ", H, "x", W,
-              " has more pixels than int32 labels can number");
-  at::Tensor out = at::zeros({H, W}, m.options().dtype(at::kInt));
-  const bool* in = m.const_data_ptr<bool>();
-  int32_t* lab = out.mutable_data_ptr<int32_t>();
-  // Runs of each row, joined (union-find) to the runs of the row above that they touch: a run
-  // reaches one pixel further on each side diagonally with 8-connectivity. The work is the scan
-  // plus one step per run, however large a component is.
+}  // namespace
+
+int32_t label_components(const bool* mask, int32_t* labels, int64_t H, int64_t W,
+                         int connectivity) {
+  std::memset(labels, 0, sizeof(int32_t) * H * W);
+  // A run joins the runs of the row above that it touches: with 8-connectivity it reaches one
+  // pixel further on each side diagonally.
   const int64_t reach = connectivity == 8 ? 1 : 0;
   std::vector<Run> runs;
   std::vector<int64_t> parent;
   int64_t above = 0;  // first run of the row above
   for (int64_t y = 0; y < H; ++y) {
-    const bool* row = in + y * W;
+    const bool* row = mask + y * W;
     const int64_t first = static_cast<int64_t>(runs.size());
     int64_t k = above;  // runs of the row above that may still touch this row's next run
     for (int64_t x = 0; x < W;) {
@@ -71,22 +62,16 @@ at::Tensor label_cpu(const at::Tensor& mask, int64_t connectivity) {
     }
     above = first;
   }
-  // Final labels in raster order of each component's first pixel: runs are in raster order, so
-  // a component's first run holds its first pixel.
+  // Runs are in raster order, so a component's first run holds its first pixel.
   std::vector<int32_t> number(runs.size(), 0);
   int32_t n = 0;
   for (size_t r = 0; r < runs.size(); ++r) {
     const int64_t top = root(parent, static_cast<int64_t>(r));
     if (number[top] == 0) number[top] = ++n;
-    const int32_t value = number[top];
-    int32_t* dst = lab + runs[r].row * W;
-    for (int64_t x = runs[r].begin; x < runs[r].end; ++x) dst[x] = value;
+    int32_t* dst = labels + runs[r].row * W;
+    std::fill(dst + runs[r].begin, dst + runs[r].end, number[top]);
   }
-  return out;
+  return n;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(d2d, CPU, m) { m.impl("label", &label_cpu); }
 
 }  // namespace d2d
