@@ -90,7 +90,7 @@ PyObject* label(PyObject*, PyObject* args) {
   }
   if (H * W >= INT32_MAX) {
     return PyErr_Format(PyExc_ValueError,
-                        "_C.label: a mask of %lld pixels has more than int32 labels number",
+                        "_C.label: a mask of %lld pixels has more than int32 labels can number",
                         static_cast<long long>(H * W));
   }
   const int32_t n = d2d::label_components(static_cast<const bool*>(in),

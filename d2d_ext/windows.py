@@ -80,6 +80,7 @@ import math
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
+
 from .morphology import component, fill_holes, inner_edge, with_halo
 from .points import INSIDE_RULE, point_pixel, points_inside
 

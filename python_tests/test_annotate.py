@@ -512,7 +512,7 @@ def test_label_matches_scipy(connectivity):
         assert got.dtype == np.int32 and got.shape == mask.shape
         assert np.array_equal(got, want) and n == count
         if connectivity == 8 and mask.size:
-            seed = tuple(int(rng.integers(n)) for n in mask.shape)
+            seed = tuple(int(rng.integers(size)) for size in mask.shape)
             held = component(mask, seed)
             assert (held is None) if not mask[seed] else np.array_equal(held, want == want[seed])
 
