@@ -66,6 +66,13 @@ bool numpy_2d(PyObject* array, const char* typestr, const char* name, bool writa
   return ok;
 }
 
+// numpy's typestr of this machine's int32 (byte order explicit, as __array_interface__ gives it)
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+constexpr const char* kInt32 = ">i4";
+#else
+constexpr const char* kInt32 = "<i4";
+#endif
+
 // _C.label(mask, labels, connectivity) -> count: d2d::label_components of the bool array mask
 // (H, W) into the int32 array labels (H, W), both C-contiguous (d2d_ext.morphology.label).
 PyObject* label(PyObject*, PyObject* args) {
@@ -75,7 +82,7 @@ PyObject* label(PyObject*, PyObject* args) {
   void *in, *out;
   int64_t H, W, H_out, W_out;
   if (!numpy_2d(mask, "|b1", "mask", false, &in, &H, &W) ||
-      !numpy_2d(labels, "<i4", "labels", true, &out, &H_out, &W_out)) {
+      !numpy_2d(labels, kInt32, "labels", true, &out, &H_out, &W_out)) {
     return nullptr;
   }
   if (H_out != H || W_out != W) {
