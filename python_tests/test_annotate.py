@@ -490,6 +490,22 @@ def test_mask_morphology_matches_scipy():
             assert (with_halo(mask, core, 0.4, inside) == (core | (extra & (dist <= reach)))).all()
 
 
+def test_gradient_matches_numpy():
+    """``annotate.gradient`` (the contrast's gradient, written as slices) gives ``np.gradient``'s
+    values bit for bit, and zeros where an axis has one element (as the annotator had it)."""
+    from d2d_ext.annotate import gradient
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        h, w = rng.integers(1, 30, 2)
+        values = rng.normal(size=(h, w))
+        gy, gx = gradient(values)
+        if h > 1 and w > 1:
+            want_y, want_x = np.gradient(values)
+            assert np.array_equal(gy, want_y) and np.array_equal(gx, want_x)
+        else:
+            assert not gy.any() and not gx.any() and gy.shape == gx.shape == (h, w)
+
+
 @pytest.mark.parametrize("connectivity", [4, 8])
 def test_label_matches_scipy(connectivity):
     """``morphology.label`` (compiled) gives ``scipy.ndimage.label``'s array and count,
