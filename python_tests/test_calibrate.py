@@ -136,15 +136,17 @@ def test_a_margin_is_fitted_where_the_masks_draw_one(dataset, fitted, tmp_path):
     assert fitted["settings"]["mask_margin"] == 0
 
 
-class _Table:
-    """A stand-in scorer: per-image (intersection, union) counts looked up by
-    ``(low_fraction, mask_margin)`` (the other settings ignored), ``default`` elsewhere."""
+class _Counts:
+    """A scorer stand-in: per-image (intersection, union) looked up by the value of ``low_fraction``
+    (or, with ``by``, by the tuple of those settings' values), ``table[None]`` elsewhere; the other
+    settings are ignored."""
 
-    def __init__(self, table, default):
-        self.table, self.default = table, default
+    def __init__(self, table, by=("low_fraction",)):
+        self.table, self.by = table, by
 
     def counts(self, values):
-        return np.asarray(self.table.get((values["low_fraction"], values["mask_margin"]), self.default))
+        key = tuple(values[name] for name in self.by)
+        return np.asarray(self.table.get(key[0] if len(key) == 1 else key, self.table[None]))
 
     def iou(self, values):
         inter, union = self.counts(values).sum(0)
@@ -160,12 +162,13 @@ def test_the_fit_starts_from_every_margin():
 
     start = {name: grid[len(grid) // 2] for name, grid in GRIDS.items()}
     start.update(low_fraction=0.3, mask_margin=0)
-    table = {(0.1, 0): [(55, 100)] * 4, (0.3, 1): [(40, 100)] * 4, (0.1, 1): [(30, 100)] * 4,
-             (0.5, 1): [(80, 100)] * 4}
-    fit = _fit(_Table(table, [(50, 100)] * 4), start, sweeps=3, min_gain=0.5)
+    table = {None: [(50, 100)] * 4, (0.1, 0): [(55, 100)] * 4, (0.3, 1): [(40, 100)] * 4,
+             (0.1, 1): [(30, 100)] * 4, (0.5, 1): [(80, 100)] * 4}
+    by = ("low_fraction", "mask_margin")
+    fit = _fit(_Counts(table, by), start, sweeps=3, min_gain=0.5)
     assert (fit["low_fraction"], fit["mask_margin"]) == (0.5, 1)
     table[(0.5, 1)] = [(55.2, 100)] * 4  # ahead of the first end by less than the margin
-    fit = _fit(_Table(table, [(50, 100)] * 4), start, sweeps=3, min_gain=0.5)
+    fit = _fit(_Counts(table, by), start, sweeps=3, min_gain=0.5)
     assert (fit["low_fraction"], fit["mask_margin"]) == (0.1, 0)
 
 
@@ -283,20 +286,6 @@ def test_images_without_targets_give_an_undefined_iou_as_null(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["iou_before"] is None and result["iou_after"] is None
     assert result["settings"] == {name: getattr(AnnotatorConfig(), name) for name in GRIDS}
-
-
-class _Counts:
-    """A scorer stand-in: per-image (intersection, union) by ``low_fraction``; the rest is flat."""
-
-    def __init__(self, table):
-        self.table = table
-
-    def counts(self, values):
-        return np.asarray(self.table.get(values["low_fraction"], self.table[None]))
-
-    def iou(self, values):
-        inter, union = self.counts(values).sum(0)
-        return 100.0 * inter / union
 
 
 def test_a_gain_that_some_of_the_masks_do_not_share_is_refused():
