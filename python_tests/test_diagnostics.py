@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from d2d_ext.points import centroid_points
 from d2d_ext.synthetic import write_dataset
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -233,6 +234,38 @@ def test_annotation_datasets_glow_draws_what_reaches_the_fraction_next_to_a_targ
     assert np.array_equal(got, want)
     assert np.array_equal(annotation_datasets.glow_mask(image, mask, 0.25), mask)
 
+
+def test_annotation_datasets_crops_hold_each_point_with_the_crops_own_centroids():
+    """``--crop``: one crop per target of each image at least that large, the crop's pixels and
+    ground truth cut from the image, the point at least the margin inside wherever the image
+    allows, and the points the crop's own targets' centroids: a target the crop cuts gets the
+    centroid of the part it keeps. The same seed gives the same crops."""
+    rng = np.random.default_rng(0)
+    image = rng.random((100, 120)).astype(np.float32)
+    mask = np.zeros((100, 120), bool)
+    mask[40:45, 50:55] = True  # inside any 32x32 crop that holds its point 8 px in
+    mask[2:6, 110:118] = True  # by the top-right corner: the crop there is pinned to the image's corner
+    points = np.array([[52.0, 42.0], [113.5, 3.5]])
+    small = np.zeros((20, 20), np.float32)
+    s = annotation_datasets.EvalSet("t", ["a", "b"], [image, small], [points, points[:1] * 0.1],
+                                    [mask, np.zeros((20, 20), bool)])
+    c = annotation_datasets.crop_set(s, 32)
+    assert c.ids == ["a@0", "a@1"] and c.name == "t, 32x32 crops"
+    for crop, m, pts, (x, y) in zip(c.images, c.masks, c.points, points):
+        assert crop.shape == m.shape == (32, 32)
+        found = [(r, q) for r in range(100 - 31) for q in range(120 - 31)
+                 if np.array_equal(image[r:r + 32, q:q + 32], crop)]
+        assert len(found) == 1
+        y0, x0 = found[0]
+        assert np.array_equal(mask[y0:y0 + 32, x0:x0 + 32], m)
+        px, py = x - x0, y - y0
+        margin = annotation_datasets.CROP_MARGIN
+        assert min(px, py) >= min(margin, x, y) and 31 - px >= min(margin, 119 - x) and 31 - py >= min(margin, 99 - y)
+        assert np.array_equal(pts, centroid_points(m))
+    again = annotation_datasets.crop_set(s, 32)
+    assert all(np.array_equal(a, b) for a, b in zip(c.images, again.images))
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--crop", "16", "--synthetic-seeds", ""])
 
 def test_annotation_datasets_end_to_end(dataset, tmp_path, capsys):
     """Every split of every dataset in a folder is a set of its own, ours beside the baseline."""

@@ -2,7 +2,7 @@
 
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
-        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--out FILE.md]
+        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -34,7 +34,9 @@ sets one pixel beside every point (an 8-neighbour drawn with a fixed seed) to 1,
 pixel next to each target: the worst case for the snap to the brightest pixel of the point's 3x3;
 ``--hot FRACTION`` sets that fraction of every image's pixels, drawn at random, to 1 (a sensor's
 uncorrected hot pixels); ``--repair`` then repairs them from their map before annotating, as
-``d2d annotate --bad-pixels`` does.
+``d2d annotate --bad-pixels`` does. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
+target, with the crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and
+clutter that the edge cuts, which whole frames seldom show.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from d2d_ext.cli import parse_settings
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import EIGHT_CONNECTED, ISTDMetrics, match_targets
 from d2d_ext.morphology import grow
-from d2d_ext.points import coarse_points, point_pixel
+from d2d_ext.points import centroid_points, coarse_points, point_pixel
 from d2d_ext.sensor import repair as repair_pixels
 from d2d_ext.synthetic import make_scene
 
@@ -203,6 +205,33 @@ def synthetic_sets(seeds) -> list:
     return out
 
 
+CROP_MARGIN = 8  # --crop: a target's point lies at least this far inside its crop, where the image allows
+
+
+def crop_set(s: EvalSet, size: int, seed: int = 0) -> EvalSet:
+    """``s`` as a dataset of ``size`` x ``size`` crops, as some datasets are cut from larger frames:
+    one crop per target (of the images at least that large) at a seeded random place that holds the
+    target's point at least ``CROP_MARGIN`` pixels inside where the image allows, with the crop's
+    own ground truth and its points at the centroids of the crop's targets (the LESPS centroid
+    protocol, so that a target the crop cuts has the point its visible part would get). Targets
+    near a crop's edge, and bright structures the edge cuts, are then common."""
+    rng = np.random.default_rng([seed, size])
+    ids, images, points, masks = [], [], [], []
+    for i, image, pts, mask in zip(s.ids, s.images, s.points, s.masks):
+        H, W = image.shape
+        if H < size or W < size:
+            continue
+        for k, (x, y) in enumerate(np.asarray(pts, dtype=np.float64).reshape(-1, 2)):
+            y0 = int(np.clip(int(y) - rng.integers(CROP_MARGIN, size - CROP_MARGIN), 0, H - size))
+            x0 = int(np.clip(int(x) - rng.integers(CROP_MARGIN, size - CROP_MARGIN), 0, W - size))
+            m = mask[y0:y0 + size, x0:x0 + size]
+            ids.append(f"{i}@{k}")
+            images.append(image[y0:y0 + size, x0:x0 + size])
+            points.append(centroid_points(m))
+            masks.append(m)
+    return EvalSet(f"{s.name}, {size}x{size} crops", ids, images, points, masks)
+
+
 def add_hot_pixels(s: EvalSet, how: str, seed: int = 0, repair: bool = False) -> None:
     """Sets pixels of every image of ``s`` to 1: one beside each point (``how == "beside"``) or a
     random fraction ``float(how)`` of each image's pixels (see ``--hot``); with ``repair``, then
@@ -332,8 +361,13 @@ def main(argv=None) -> int:
                     help="centroid: the LESPS centroid points (the datasets' own, the scenes'); coarse: LESPS "
                          "coarse points drawn from every ground-truth mask (seed 0), off the centroid by about "
                          "an eighth of the target's extent")
+    ap.add_argument("--crop", type=int, default=0, metavar="SIZE",
+                    help="score every set as SIZE x SIZE crops, one per target, each holding the target's "
+                         "point at least 8 px inside, with the crop's centroid points (see crop_set)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    if args.crop and args.crop <= 2 * CROP_MARGIN:
+        ap.error(f"--crop must exceed {2 * CROP_MARGIN} pixels, got {args.crop}")
     if args.hot and args.hot != "beside":
         try:
             if not 0.0 < float(args.hot) < 1.0:
@@ -351,6 +385,8 @@ def main(argv=None) -> int:
     else:
         print(f"no datasets: {args.data} is not a folder; synthetic scenes only", file=sys.stderr)
     sets += synthetic_sets([int(s) for s in args.synthetic_seeds.split(",") if s.strip()])
+    if args.crop:
+        sets = [c for c in (crop_set(s, args.crop) for s in sets) if c.ids]
     if args.points == "coarse":
         for s in sets:
             s.points = [coarse_points(m, np.random.default_rng([0, k])) for k, m in enumerate(s.masks)]
@@ -369,6 +405,7 @@ def main(argv=None) -> int:
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
     grown += f"; each target's glow drawn in at {args.glow} of its contrast" if args.glow > 0 else ""
+    grown += f"; {args.crop}x{args.crop} crops, one per target" if args.crop else ""
     grown += "; LESPS coarse points drawn from the masks (seed 0)" if args.points == "coarse" else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
