@@ -199,8 +199,12 @@ bool all_finite(const T* __restrict__ p, int64_t n) {
   return std::isfinite(v);
 }
 
+// `inflow`: also the inflow planes (ie, iw, and the sweep's is, in), which only the forward steps
+// read; the adjoint steps alone (the gradient of u0 by itself) read a and o0..o3, and on small
+// crops building planes that no step reads is a visible part of that backward's set-up.
 template <typename T>
-void build_coefs(const T* r, const Grid& g, T tau, T* coefs, int64_t y0, int64_t y1) {
+void build_coefs(const T* r, const Grid& g, T tau, T* coefs, int64_t y0, int64_t y1,
+                 bool inflow = true) {
   const int64_t HW = g.H * g.W;
   for (int64_t y = y0; y < y1; ++y) {
     const T* r0 = r + y * g.W;
@@ -208,6 +212,7 @@ void build_coefs(const T* r, const Grid& g, T tau, T* coefs, int64_t y0, int64_t
     T* o = coefs + row;
     coef_row(r0, r0 + HW, r0 + 2 * HW, r0 + 3 * HW, tau, y + 1 < g.H, y > 0, g.W, o, o + g.P,
              o + 2 * g.P, o + 3 * g.P, o + 4 * g.P);
+    if (!inflow) continue;
     if (coef_planes(g) >= 7) {
       // ie[x] = o1[x + 1] and iw[x] = o0[x - 1], the ghost columns' zeros at x = W - 1 and 0
       const T* o1 = o + g.P;
@@ -784,7 +789,7 @@ void adjoint_only(const T* gp, const T* rp, T* gu0p, int64_t N, int64_t H, int64
       });
     };
     tiling.each_band([&](int64_t y0, int64_t y1) {
-      build_coefs(rp + n * 4 * HW, g, tau, coefs, y0, y1);
+      build_coefs(rp + n * 4 * HW, g, tau, coefs, y0, y1, /*inflow=*/false);
     });
     if (!g.sweep) return run(Stepper<T>(g, coefs, zero_row));
     prefetch_next(n, N, HW, rp, {gp});
