@@ -693,11 +693,12 @@ def test_cpu_kernels_equal_the_formula_bit_for_bit(case):
 def test_states_that_overflow_match_the_formula_bit_for_bit(dtype):
     """Finite inputs whose states overflow: rates of 5 on the four left columns of 16x16
     samples, none elsewhere, run until a few steps after the first Inf, so that Inf and NaN fill
-    the left columns while the right ones are still finite. The plane sweep first runs without
-    resetting its ghost columns after each step, and runs again with the resets where its results
-    are not all finite: a NaN left in a ghost column reaches the last column (0 times NaN) within a
-    few steps, long before the formula's NaN does. The forward and the gradient of u0 (through the
-    full backward and the u0-only one) equal the formula bit for bit."""
+    the left columns while the right ones are still finite. The plane sweep first runs in a
+    layout without ghost columns, where a NaN in a row's first column reaches the previous row's
+    last column at once (0 times NaN), long before the formula's NaN does, and runs again in the
+    padded layout, resetting the ghost columns after each step, where its results are not all
+    finite. The forward and the gradient of u0 (through the full backward and the u0-only one)
+    equal the formula bit for bit."""
     np = pytest.importorskip("numpy")
     N, H, W = 2, 16, 16
     g = make_generator(45)
@@ -719,6 +720,41 @@ def test_states_that_overflow_match_the_formula_bit_for_bit(dtype):
     assert not np.isfinite(ref_u[:, :, 0]).any() and np.isfinite(ref_u[:, :, W - 1]).all()
     assert torch.equal(_bits(gu), _bits(torch.from_numpy(ref_u)))
     assert torch.equal(_bits(gu_alone), _bits(torch.from_numpy(ref_u)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_nan_at_a_row_end_stays_in_its_sample_and_row(dtype):
+    """Crops of a batch on one thread share a workspace, and the plane sweep's first layout has
+    no ghost columns: a NaN at the end of a row of the middle sample must not reach the next
+    row's start through it, nor the next sample through the workspace after that sample's run in
+    the padded layout. Every sample's forward and gradients equal the formula bit for bit (the
+    NaN spreading as the formula spreads it), at one thread, where the three samples run one
+    after another."""
+    np = pytest.importorskip("numpy")
+    N, H, W, steps = 3, 16, 16, 3
+    g = make_generator(46)
+    u0, rates = random_problem(N, H, W, dtype=dtype, tau=TAU, generator=g)
+    rates = rates + torch.finfo(dtype).tiny
+    u0[1, 5, W - 1] = float("nan")
+    u0[1, 9, 0] = float("inf")
+    go = torch.randn((N, H, W), dtype=torch.float64, generator=g).to(dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = d2d_ext.diffuse(u0, rates, TAU, steps)
+        gu, gr = bwd(go, u0, rates, TAU, steps)
+        gu_alone = OPS.diffuse_backward.default(go, u0, rates, TAU, steps, [True, False])[0]
+    finally:
+        torch.set_num_threads(before)
+    with np.errstate(over="ignore", invalid="ignore"):
+        states = _numpy_forward_states(u0, rates, TAU, steps)
+        ref_u, ref_r = _numpy_backward(go, states, rates, TAU)
+    assert np.isnan(states[-1][1]).any() and np.isfinite(states[-1][1, 5, 0])  # the next row's start
+    assert np.isfinite(states[-1][[0, 2]]).all()
+    assert torch.equal(_bits(out), _bits(torch.from_numpy(states[-1])))
+    assert torch.equal(_bits(gu), _bits(torch.from_numpy(ref_u)))
+    assert torch.equal(_bits(gu_alone), _bits(torch.from_numpy(ref_u)))
+    assert torch.equal(_bits(gr), _bits(torch.from_numpy(ref_r)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 // CPU kernels of d2d::diffuse and d2d::diffuse_backward.
 //
-// Each sample runs all its steps on its own padded planes (one ghost ring of zeros), several steps
-// per pass over data held in cache (see Stepper for the two traversal orders). Samples run in
+// Each sample runs all its steps on its own padded planes (ghost rows and columns of zeros; the
+// plane sweep's ghost rows only, see Grid), several steps per pass over data held in cache (see Stepper for the two traversal orders). Samples run in
 // parallel with at::parallel_for; when there are fewer samples than threads, a large sample's
 // rows are split into bands that run in parallel (see Tiling). The inner loops are branch-free
 // and run on whole vectors, the east and west neighbours' values shifted out of the vectors
@@ -61,29 +61,48 @@ constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // every plane starts on a cache line and the inner loop's loads do not split lines (a load that
 // splits a line costs two), but for the inflow coefficients at p +- 1 with 5 coefficient planes
 // (see coef_planes).
-// Small grids (the plane sweep, see Stepper) keep Wp = W + 2, as a wider row would add work on
-// ghost columns to every step, and are shifted by off so that the sweep, one run over the plane,
-// starts on a cache line: there the loads at p do not split lines, and only the neighbours'
-// states at p +- Wp do (those at p +- 1 are lane shifts, see lanes.h).
+// Small grids (the plane sweep, see Stepper) have no ghost columns at all (`columns` false): Wp =
+// W, the rows one after another between the ghost rows above and below, so that a step is one
+// run over H * W elements, a whole number of vectors and on cache lines wherever W is a multiple
+// of a line (16x16 and 32x32 crops). A pixel at a row's end then has the first pixel of the next
+// row as its east neighbour (and the last of the previous row as its west one), whose inflow
+// coefficient towards it is 0 (o1 is 0 in the first column, o0 in the last): 0 times a finite
+// state, which adds nothing, so the values are those of the padded formula. (Its sign too, but
+// where a row-end pixel's own term is -0 and every other term 0: there 0 times a negative
+// neighbour is -0 where the padded formula adds +0 times +0.) A NaN or Inf would jump to the next
+// row that way: a sample whose results are not all finite runs again in the padded layout
+// (`columns` true, Wp = W + 2, the same planes: P is that layout's; see redo_sweep). The sweep
+// is shifted by off so that it starts on a cache line.
 //
 // `resident`: the sample's coefficient and state planes (about 11) stay in the last-level cache
 // between passes of the wavefront (see Stepper); always true for the plane sweep.
 struct Grid {
-  int64_t H, W, off, Wp, P;
+  int64_t H, W, line, off, Wp, P;
   bool resident = true;
   bool sweep;
-  Grid(int64_t h, int64_t w, int64_t line, bool sweep_)
-      : H(h), W(w), off(sweep_ ? line - (w + 2) % line : line),
-        Wp(sweep_ ? w + 2 : round_up(w + 2, line)), P(round_up((h + 2) * Wp + off, line)),
-        sweep(sweep_) {}
+  bool columns = true;  // ghost columns between the rows (all but the plane sweep's first run)
+  Grid(int64_t h, int64_t w, int64_t line_, bool sweep_, bool columns_ = true)
+      : H(h), W(w), line(line_), off(sweep_ ? line - (w + (columns_ ? 2 : 0)) % line : line),
+        Wp(sweep_ ? w + (columns_ ? 2 : 0) : round_up(w + 2, line)),
+        P(round_up((h + 2) * Wp + off, line)), sweep(sweep_), columns(columns_) {}
   int64_t row(int64_t y) const { return (y + 1) * Wp + off; }
+  // The plane sweep's padded layout in the same planes (see redo_sweep).
+  Grid padded() const {
+    Grid g(H, W, line, true, true);
+    g.P = P;
+    return g;
+  }
 };
 
 template <typename T>
 Grid make_grid(int64_t H, int64_t W) {
   constexpr int64_t line = kAlignBytes / int64_t(sizeof(T));
-  const Grid small(H, W, line, true);
-  if (small.P * int64_t(sizeof(T)) <= kPlaneSweepMaxBytes) return small;
+  const Grid padded(H, W, line, true);
+  if (padded.P * int64_t(sizeof(T)) <= kPlaneSweepMaxBytes) {
+    Grid sweep(H, W, line, true, false);
+    sweep.P = padded.P;  // room for the padded layout, should the sample need it
+    return sweep;
+  }
   Grid g(H, W, line, false);
   g.resident = 11 * g.P * int64_t(sizeof(T)) <= kResidentBytes;
   return g;
@@ -139,9 +158,11 @@ void coef_row(const T* __restrict__ r0, const T* __restrict__ r1, const T* __res
 // neighbours, o1[p + 1] and o0[p - 1]. For a sample that stays in cache they get planes of their
 // own, ie[p] = o1[p + 1] and iw[p] = o0[p - 1], stored at p so that the forward's loads of them
 // are aligned (0 on the ghost columns too: o1 is 0 in the first column, o0 in the last, so each
-// row's ie and iw come from that row's o1 and o0 alone); for a larger one, whose planes come from
+// row's ie and iw come from that row's o1 and o0 alone; in the plane sweep's layout without ghost
+// columns, a row's last ie reads o1 at the next row's start and its first iw the previous row's
+// last o0, both 0 in every sample, built yet or not); for a larger one, whose planes come from
 // memory on every pass, two planes fewer to build and stream save more than the aligned loads
-// do. The plane sweep, whose rows are not whole cache lines, also gets the inflow coefficients
+// do. The plane sweep, whose rows need not be whole cache lines, also gets the inflow coefficients
 // from the south and north neighbours at p: is[p] = o3[p + Wp], in[p] = o2[p - Wp]. The values
 // are the same either way. build_coefs writes rows [y0, y1) of the planes, so that bands of rows
 // can build them in parallel, and never their ghost elements: those keep the workspace's zeros
@@ -407,10 +428,11 @@ struct Tiling {
 };
 
 // Two ways to run steps, chosen by sample size:
-// - plane sweep (small samples, which stay in cache): one step at a time over the padded plane
-//   as a single 1-D range from the first to the last inner pixel, ghost columns between rows
-//   included. There every coefficient is zero; they are reset to zero after each step (see
-//   clear_ghosts), and the long branch-free loop vectorises far better than short rows.
+// - plane sweep (small samples, which stay in cache): one step at a time over the plane as a
+//   single 1-D range from the first to the last inner pixel, the rows one after another (see
+//   Grid; in the padded layout of a rerun, the ghost columns between rows included, whose
+//   coefficients are zero and which are reset to zero after each step, see clear_ghosts). The
+//   long branch-free loop vectorises far better than short rows.
 // - row wavefront (large samples): up to `depth` steps in one pass, tile by tile (see Tiling).
 //   Within a tile, at time t level s (1 <= s <= S) computes its row t - s + 1 from rows
 //   t - s .. t - s + 2 of level s - 1, so only about 10 S rows of the tile's width (S rows of the
@@ -459,16 +481,15 @@ struct Stepper {
   int64_t sweep_begin() const { return g.row(0); }
   int64_t sweep_len() const { return g.row(g.H - 1) + g.W - g.row(0); }
 
-  // A plane sweep also writes the ghost columns between rows: 0 * x there, which is 0 only for
-  // finite x. Resetting them after every step keeps a NaN or Inf from jumping to the next row
-  // (or, through reused buffers, to the next sample). While every state is finite they stay +0
-  // by themselves (+0 plus a product of +0 and a finite number is +0), so the reset, 8% of a
-  // 16x16 crop's step, is first skipped (optimistic): a pixel that once holds Inf or NaN holds
-  // one in every later state and in what the backward computes from it, so a sample whose
-  // results are all finite never had one, and is exactly what the resets would have given; a
-  // sample whose results are not runs again with them (see redo_sweep).
+  // A plane sweep in the padded layout also writes the ghost columns between rows: 0 * x there,
+  // which is 0 only for finite x. Resetting them after every step keeps a NaN or Inf from
+  // jumping to the next row (or, through reused buffers, to the next sample). The sweep runs in
+  // that layout only where its first run, without ghost columns (see Grid), gave results that
+  // are not all finite: a pixel that once holds Inf or NaN holds one in every later state and in
+  // what the backward computes from it, so a sample whose results are all finite never had one,
+  // and the first run's results are exactly the padded formula's (see redo_sweep).
   void clear_ghosts(T* plane) const {
-    if (optimistic) return;
+    if (optimistic || !g.columns) return;
     for (int64_t y = 0; y + 1 < g.H; ++y) {
       plane[g.row(y) + g.W] = T(0);
       plane[g.row(y + 1) - 1] = T(0);
@@ -640,17 +661,23 @@ struct Stepper {
   }
 };
 
-// Runs a plane-sweep sample's steps, run(stepper), first without resetting the ghost columns
-// (see Stepper::clear_ghosts) and, where finite() says its results are not all finite, again with
-// the resets, after zeroing the `planes` elements of state planes from `states` on (their ghost
-// columns may hold NaN by then): the same bits either way.
-template <typename T, typename Run, typename Finite>
-void redo_sweep(const Grid& g, const T* coefs, const T* zero_row, T* states, int64_t planes,
+// Runs a plane-sweep sample's steps, run(grid, stepper), in the layout without ghost columns
+// (see Grid) and, where finite() says its results are not all finite, again in the padded layout
+// with the ghost columns reset after every step (see Stepper::clear_ghosts): the workspace's
+// first `planes` planes (the coefficients first) are zeroed, build(grid) writes the coefficients
+// in that layout, and run repeats the work. For finite results the first run's are the padded
+// formula's; otherwise a NaN or Inf could have reached the next row through a row's end.
+template <typename T, typename Build, typename Run, typename Finite>
+void redo_sweep(const Grid& g, T* work, int64_t planes, const T* zero_row, Build&& build,
                 Run&& run, Finite&& finite) {
-  run(Stepper<T>(g, coefs, zero_row, true));
+  run(g, Stepper<T>(g, work, zero_row, true));
   if (finite()) return;
-  std::fill(states, states + planes, T(0));
-  run(Stepper<T>(g, coefs, zero_row, false));
+  const Grid padded = g.padded();
+  std::fill(work, work + planes * g.P, T(0));
+  build(padded);
+  run(padded, Stepper<T>(padded, work, zero_row, false));
+  // the next sample's run reads the unwritten elements of the first layout as zeros
+  std::fill(work, work + planes * g.P, T(0));
 }
 
 template <typename T>
@@ -749,13 +776,14 @@ at::Tensor diffuse_cpu(const at::Tensor& u0_in, const at::Tensor& rates_in, doub
       auto no_keep = [](int64_t) -> T* { return nullptr; };
       if (sweep) {
         prefetch_next(n, N, HW, rp, {u0p});
+        auto build = [&](const Grid& gg) { build_coefs(rp + n * 4 * HW, gg, T(tau), coefs, 0, H); };
         // in, tmp[0] and res are the sweep's state planes
-        auto run = [&](const Stepper<T>& st) {
-          to_padded(u0p + n * HW, g, in, 0, H);
+        auto run = [&](const Grid& gg, const Stepper<T>& st) {
+          to_padded(u0p + n * HW, gg, in, 0, H);
           st.forward(steps, in, res, no_keep, tmp, tiling);
-          from_padded(res, g, outp + n * HW, 0, H);
+          from_padded(res, gg, outp + n * HW, 0, H);
         };
-        redo_sweep(g, coefs, zero_row, in, 3 * g.P, run,
+        redo_sweep(g, work, planes, zero_row, build, run,
                    [&] { return all_finite(outp + n * HW, HW); });
       } else {
         const Stepper<T> st(g, coefs, zero_row);
@@ -780,20 +808,23 @@ void adjoint_only(const T* gp, const T* rp, T* gu0p, int64_t N, int64_t H, int64
     T* coefs = work;
     T* gin = coefs + coef_planes(g) * g.P;
     T* gout = gin + g.P;
-    auto run = [&](const Stepper<T>& st) {
-      tiling.each_band([&](int64_t y0, int64_t y1) { to_padded(gp + n * HW, g, gin, y0, y1); });
+    auto run = [&](const Grid& gg, const Stepper<T>& st) {
+      tiling.each_band([&](int64_t y0, int64_t y1) { to_padded(gp + n * HW, gg, gin, y0, y1); });
       auto no_state = [](int64_t) -> const T* { return nullptr; };
       st.template adjoint<false>(steps, gin, gout, no_state, nullptr, gout + g.P, tiling);
       tiling.each_band([&](int64_t y0, int64_t y1) {
-        from_padded(gout, g, gu0p + n * HW, y0, y1);
+        from_padded(gout, gg, gu0p + n * HW, y0, y1);
       });
     };
-    tiling.each_band([&](int64_t y0, int64_t y1) {
-      build_coefs(rp + n * 4 * HW, g, tau, coefs, y0, y1, /*inflow=*/false);
-    });
-    if (!g.sweep) return run(Stepper<T>(g, coefs, zero_row));
+    auto build = [&](const Grid& gg) {
+      tiling.each_band([&](int64_t y0, int64_t y1) {
+        build_coefs(rp + n * 4 * HW, gg, tau, coefs, y0, y1, /*inflow=*/false);
+      });
+    };
+    build(g);
+    if (!g.sweep) return run(g, Stepper<T>(g, coefs, zero_row));
     prefetch_next(n, N, HW, rp, {gp});
-    redo_sweep(g, coefs, zero_row, gin, 3 * g.P, run,  // gin, gout, gtmp
+    redo_sweep(g, work, planes, zero_row, build, run,
                [&] { return all_finite(gu0p + n * HW, HW); });
   });
 }
@@ -853,14 +884,14 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
       T* const tmp[2] = {seg + (plan.segment_len - 1) * g.P, seg + plan.segment_len * g.P};
       auto no_keep = [](int64_t) -> T* { return nullptr; };
       T* out_r = grp + n * 4 * HW;
-      auto run = [&](const Stepper<T>& st) {
+      auto run = [&](const Grid& gg, const Stepper<T>& st) {
         T* gcur = gplanes;
         T* gnext = gplanes + g.P;
         tiling.each_band([&](int64_t y0, int64_t y1) {
-          const auto [b, e] = plane_span(g, y0, y1);
+          const auto [b, e] = plane_span(gg, y0, y1);
           for (int64_t d = 0; d < 4; ++d) std::fill(acc + d * g.P + b, acc + d * g.P + e, T(0));
-          to_padded(u0p + n * HW, g, ckpt, y0, y1);
-          to_padded(gp + n * HW, g, gcur, y0, y1);
+          to_padded(u0p + n * HW, gg, ckpt, y0, y1);
+          to_padded(gp + n * HW, gg, gcur, y0, y1);
         });
         for (int64_t j = 0; j + 1 < plan.num_segments; ++j) {
           st.forward(plan.segment_len, ckpt + j * g.P, ckpt + (j + 1) * g.P, no_keep, tmp, tiling);
@@ -881,10 +912,10 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
           std::swap(gcur, gnext);
         }
         tiling.each_band([&](int64_t y0, int64_t y1) {
-          if (gu0p != nullptr) from_padded(gcur, g, gu0p + n * HW, y0, y1);
+          if (gu0p != nullptr) from_padded(gcur, gg, gu0p + n * HW, y0, y1);
           for (int64_t y = y0; y < y1; ++y) {
             for (int64_t x = 0; x < W; ++x) {
-              const int64_t i = g.row(y) + x, s = y * W + x;
+              const int64_t i = gg.row(y) + x, s = y * W + x;
               out_r[s] = x + 1 < W ? T(tau) * acc[i] : T(0);
               out_r[HW + s] = x > 0 ? T(tau) * acc[g.P + i] : T(0);
               out_r[2 * HW + s] = y + 1 < H ? T(tau) * acc[2 * g.P + i] : T(0);
@@ -893,15 +924,17 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
           }
         });
       };
-      tiling.each_band([&](int64_t y0, int64_t y1) {
-        build_coefs(rp + n * 4 * HW, g, T(tau), coefs, y0, y1);
-      });
-      if (!g.sweep) return run(Stepper<T>(g, coefs, zero_row));
+      auto build = [&](const Grid& gg) {
+        tiling.each_band([&](int64_t y0, int64_t y1) {
+          build_coefs(rp + n * 4 * HW, gg, T(tau), coefs, y0, y1);
+        });
+      };
+      build(g);
+      if (!g.sweep) return run(g, Stepper<T>(g, coefs, zero_row));
       prefetch_next(n, N, HW, rp, {u0p, gp});
       // A non-finite state reaches the rate gradient of each of its pixels' directions, of which
-      // at least one is inside the image where rows have ghost columns between them (H > 1).
-      // Every plane after the coefficients is a state plane.
-      redo_sweep(g, coefs, zero_row, acc, (used + 2 - coef_planes(g)) * g.P, run, [&] {
+      // at least one is inside the image (H > 1, or W > 1 along a row).
+      redo_sweep(g, work, used + 2, zero_row, build, run, [&] {
         return all_finite(out_r, 4 * HW) && (gu0p == nullptr || all_finite(gu0p + n * HW, HW));
       });
     });
