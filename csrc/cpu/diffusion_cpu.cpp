@@ -1,9 +1,10 @@
 // CPU kernels of d2d::diffuse and d2d::diffuse_backward.
 //
 // Each sample runs all its steps on its own padded planes (ghost rows and columns of zeros; the
-// plane sweep's ghost rows only, see Grid), several steps per pass over data held in cache (see Stepper for the two traversal orders). Samples run in
-// parallel with at::parallel_for; when there are fewer samples than threads, a large sample's
-// rows are split into bands that run in parallel (see Tiling). The inner loops are branch-free
+// plane sweep's ghost rows only, see Grid), several steps per pass over data held in cache (see
+// Stepper for the two traversal orders). Samples run in parallel with at::parallel_for; when
+// there are fewer samples than threads, a large sample's rows are split into bands that run in
+// parallel (see Tiling). The inner loops are branch-free
 // and run on whole vectors, the east and west neighbours' values shifted out of the vectors
 // already loaded (see lanes.h).
 // Every multiply and add rounds on its own (no fused multiply-add contraction) in this file: the
@@ -932,8 +933,10 @@ std::tuple<at::Tensor, at::Tensor> diffuse_backward_cpu(const at::Tensor& grad_i
       build(g);
       if (!g.sweep) return run(g, Stepper<T>(g, coefs, zero_row));
       prefetch_next(n, N, HW, rp, {u0p, gp});
-      // A non-finite state reaches the rate gradient of each of its pixels' directions, of which
-      // at least one is inside the image (H > 1, or W > 1 along a row).
+      // A non-finite state that a step reads reaches the rate gradient of each of its pixel's
+      // directions, of which at least one is inside the image unless the image is one pixel
+      // (which has no neighbour to pass it to); one that only the last step writes reaches no
+      // result of the backward, whatever the layout.
       redo_sweep(g, work, used + 2, zero_row, build, run, [&] {
         return all_finite(out_r, 4 * HW) && (gu0p == nullptr || all_finite(gu0p + n * HW, HW));
       });
