@@ -632,6 +632,20 @@ def _numpy_neighbours(v):
     return p[:, 1:-1, 2:], p[:, 1:-1, :-2], p[:, 2:, 1:-1], p[:, :-2, 1:-1]
 
 
+def _kernel_results(go, u0, rates, steps, threads):
+    """The CPU kernels' forward, full backward (grad of u0, of the rates) and u0-only backward
+    at TAU, under ``threads`` torch threads (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = d2d_ext.diffuse(u0, rates, TAU, steps)
+        gu, gr = bwd(go, u0, rates, TAU, steps)
+        gu_alone = OPS.diffuse_backward.default(go, u0, rates, TAU, steps, [True, False])[0]
+    finally:
+        torch.set_num_threads(before)
+    return out, gu, gr, gu_alone
+
+
 def _numpy_forward_states(u0, rates, tau, steps):
     """u^0 .. u^steps by diffuse_forward_px: a u + in_e u_e + in_w u_w + in_s u_s + in_n u_n,
     left to right, each operation rounded."""
@@ -673,14 +687,7 @@ def test_cpu_kernels_equal_the_formula_bit_for_bit(case):
     u0, rates = random_problem(*size, dtype=dtype, tau=TAU, generator=g)
     rates = rates + torch.finfo(dtype).tiny  # every rate positive: the masks below read o != 0
     go = torch.randn(size, dtype=torch.float64, generator=g).to(dtype)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = d2d_ext.diffuse(u0, rates, TAU, steps)
-        gu, gr = bwd(go, u0, rates, TAU, steps)
-        gu_alone = OPS.diffuse_backward.default(go, u0, rates, TAU, steps, [True, False])[0]
-    finally:
-        torch.set_num_threads(before)
+    out, gu, gr, gu_alone = _kernel_results(go, u0, rates, steps, threads)
     states = _numpy_forward_states(u0, rates, TAU, steps)
     ref_u, ref_r = _numpy_backward(go, states, rates, TAU)
     assert torch.equal(_bits(out), _bits(torch.from_numpy(states[-1])))
@@ -738,14 +745,7 @@ def test_a_nan_at_a_row_end_stays_in_its_sample_and_row(dtype):
     u0[1, 5, W - 1] = float("nan")
     u0[1, 9, 0] = float("inf")
     go = torch.randn((N, H, W), dtype=torch.float64, generator=g).to(dtype)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = d2d_ext.diffuse(u0, rates, TAU, steps)
-        gu, gr = bwd(go, u0, rates, TAU, steps)
-        gu_alone = OPS.diffuse_backward.default(go, u0, rates, TAU, steps, [True, False])[0]
-    finally:
-        torch.set_num_threads(before)
+    out, gu, gr, gu_alone = _kernel_results(go, u0, rates, steps, threads=1)
     with np.errstate(over="ignore", invalid="ignore"):
         states = _numpy_forward_states(u0, rates, TAU, steps)
         ref_u, ref_r = _numpy_backward(go, states, rates, TAU)
