@@ -267,6 +267,7 @@ def test_annotation_datasets_crops_hold_each_point_with_the_crops_own_centroids(
     with pytest.raises(SystemExit):
         annotation_datasets.main(["--crop", "16", "--synthetic-seeds", ""])
 
+
 def test_annotation_datasets_end_to_end(dataset, tmp_path, capsys):
     """Every split of every dataset in a folder is a set of its own, ours beside the baseline."""
     data = Path(dataset).parent
