@@ -451,7 +451,6 @@ struct Stepper {
   Coefs<T> c;
   int64_t depth;   // steps per wavefront pass
   const T* zero;   // a zero row of Wp (reads above the first row and below the last)
-  bool optimistic;  // the plane sweep does not reset its ghost columns (see clear_ghosts)
 
   static constexpr int64_t kLine = kAlignBytes / int64_t(sizeof(T));  // elements per cache line
 
@@ -474,8 +473,8 @@ struct Stepper {
   int64_t scratch_offset() const { return scratch_offset_of(g) + g.off; }
   static int64_t zero_elems(const Grid& g) { return g.Wp + 2 * g.off; }
 
-  Stepper(const Grid& grid, const T* coefs, const T* zero_row, bool optimistic_ = false)
-      : g(grid), c(coefs, grid), zero(zero_row), optimistic(optimistic_) {
+  Stepper(const Grid& grid, const T* coefs, const T* zero_row)
+      : g(grid), c(coefs, grid), zero(zero_row) {
     depth = depth_of(g);
   }
 
@@ -488,9 +487,10 @@ struct Stepper {
   // that layout only where its first run, without ghost columns (see Grid), gave results that
   // are not all finite: a pixel that once holds Inf or NaN holds one in every later state and in
   // what the backward computes from it, so a sample whose results are all finite never had one,
-  // and the first run's results are exactly the padded formula's (see redo_sweep).
+  // and the first run's results are exactly the padded formula's (see redo_sweep). The layout
+  // says which run this is: without ghost columns there is nothing to reset.
   void clear_ghosts(T* plane) const {
-    if (optimistic || !g.columns) return;
+    if (!g.columns) return;
     for (int64_t y = 0; y + 1 < g.H; ++y) {
       plane[g.row(y) + g.W] = T(0);
       plane[g.row(y + 1) - 1] = T(0);
@@ -671,12 +671,12 @@ struct Stepper {
 template <typename T, typename Build, typename Run, typename Finite>
 void redo_sweep(const Grid& g, T* work, int64_t planes, const T* zero_row, Build&& build,
                 Run&& run, Finite&& finite) {
-  run(g, Stepper<T>(g, work, zero_row, true));
+  run(g, Stepper<T>(g, work, zero_row));
   if (finite()) return;
   const Grid padded = g.padded();
   std::fill(work, work + planes * g.P, T(0));
   build(padded);
-  run(padded, Stepper<T>(padded, work, zero_row, false));
+  run(padded, Stepper<T>(padded, work, zero_row));
   // the next sample's run reads the unwritten elements of the first layout as zeros
   std::fill(work, work + planes * g.P, T(0));
 }
