@@ -42,7 +42,9 @@ ground-truth mask. For each point:
    but pulls the mask's centroid more than ``centre_shift`` pixels farther from the point is a
    neighbour (a building, a patch of clutter): the point marks its target's middle. The
    target's pseudo-mask is the strict component united with that part
-   (:func:`d2d_ext.morphology.target_part`), grown by ``mask_margin`` rings of pixels where a
+   (:func:`d2d_ext.morphology.target_part`); a mask that lies within ``point_radius`` of the peak
+   (one or two pixels) is a point source's, and gets that whole disc, the least that the imaging
+   blurs a point over; it is grown by ``mask_margin`` rings of pixels where a
    dataset's annotators draw a margin beyond the target (0 by default; ``d2d calibrate`` fits
    it), and the targets of one image are united into its mask.
 
@@ -145,6 +147,10 @@ class AnnotatorConfig:
     # from the target's point: a point marks its target's middle, and a neighbour to one side pulls
     # the centroid away from it where a target's own extension does not (0: no test)
     centre_shift: float = 3.0
+    # a target's mask that lies within this distance of its peak is that whole disc (1: the peak
+    # and its 4 neighbours): an imaging system blurs a point source over its neighbours, so a mask
+    # of one or two pixels marks where the target is brightest, not how far it reaches (0: never)
+    point_radius: float = 1.0
     # every target's mask grown by this many rings of pixels (chessboard distance 1, 2, ...; within
     # the image): the margin that some datasets' annotators draw beyond what the image shows of a
     # target, a convention of the dataset (``d2d calibrate`` fits it from a few masks; 0: none)
@@ -165,6 +171,10 @@ class AnnotatorConfig:
         if isinstance(self.mask_margin, bool) or not isinstance(self.mask_margin, (int, np.integer)) or self.mask_margin < 0:
             raise ValueError(f"annotator setting mask_margin must be a whole number of pixels >= 0, got {self.mask_margin!r}")
         object.__setattr__(self, "mask_margin", int(self.mask_margin))
+        if isinstance(self.point_radius, bool) or not isinstance(self.point_radius, (int, float, np.integer, np.floating)) \
+                or not 0 <= self.point_radius < 8:
+            raise ValueError(f"annotator setting point_radius must be a distance in pixels from 0 to 8, got {self.point_radius!r}")
+        object.__setattr__(self, "point_radius", float(self.point_radius))
         if not self.half_sizes:
             raise ValueError("annotator setting half_sizes must hold at least one window half-size")
         if self.wide_half_sizes and self.wide_half_sizes[0] <= self.half_sizes[-1]:
@@ -608,6 +618,11 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
     grad = batch.grad.numpy()
     inside = batch.inside.numpy()
     out = batch.strict.copy()
+    disc = None
+    if cfg.point_radius > 0:  # every crop's centre is its target's peak
+        c = out.shape[-1] // 2
+        rows, cols = np.ogrid[-c:c + 1, -c:c + 1]
+        disc = rows * rows + cols * cols <= cfg.point_radius ** 2
     for t in range(len(batch)):
         win, peak = _field_window(batch, t)
         ring, strict, within = batch.ring[win], batch.strict[win], inside[win]
@@ -623,6 +638,8 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
             centre = tuple(np.add(peak, batch.point[t] - batch.peak[t]))  # the point in the window
             out[win] |= target_part(grown, strict, grad[win], cfg.halo_cover, cfg.edge_ratio, within,
                                     centre, cfg.centre_shift)
+        if disc is not None and not (out[t] & ~disc).any():  # a point source's mask: its blur's whole disc
+            out[t] |= disc & inside[t]
         if cfg.mask_margin > 0:
             out[t] = grow(out[t], cfg.mask_margin) & inside[t]
     return out

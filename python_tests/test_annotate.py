@@ -119,6 +119,33 @@ def test_mask_margin_grows_every_mask_by_whole_rings(rings):
         assert np.array_equal(g, ndimage.binary_dilation(p, np.ones((3, 3), bool), iterations=rings))
 
 
+@pytest.mark.parametrize("value", [-1, 8, True, "1"])
+def test_a_bad_point_radius_is_refused_naming_it(value):
+    with pytest.raises(ValueError, match="point_radius must be a distance"):
+        config_from_dict({"point_radius": value})
+
+
+def test_a_point_source_gets_the_disc_its_blur_covers():
+    """A target that is one bright pixel on a flat background gets the peak and its 4 neighbours
+    (``point_radius`` 1), the least an imaging system blurs a point source over; with
+    ``point_radius`` 0 its one pixel. A 2x2 and a 3x3 target, whose masks do not lie within that
+    disc, keep exactly their own pixels."""
+    rng = np.random.default_rng(0)
+    image = (0.2 + 0.01 * rng.standard_normal((40, 40))).astype(np.float32)
+    image[12, 12] = 0.9
+    image[12:14, 28:30] = 0.9
+    image[27:30, 11:14] = 0.9
+    points = np.array([[12.0, 12.0], [28.5, 12.5], [12.0, 28.0]])
+    blocks = np.zeros((40, 40), bool)
+    blocks[12:14, 28:30] = blocks[27:30, 11:14] = True
+    cross = np.zeros((40, 40), bool)
+    cross[11:14, 12] = cross[12, 11:14] = True
+    (mask,) = Annotator().annotate([image], [points])
+    (single,) = Annotator(config_from_dict({"point_radius": 0})).annotate([image], [points])
+    assert np.array_equal(mask, blocks | cross)
+    assert np.array_equal(single, blocks | (cross & (image == image.max()) & ~blocks))
+
+
 def test_window_sizes_given_as_lists_are_used():
     """A JSON or Python list of half-sizes (as a settings file holds) works like the tuple."""
     config = config_from_dict({"half_sizes": [6, 10], "wide_half_sizes": [16]})
@@ -790,6 +817,19 @@ def test_real_targets_beside_buildings_and_clouds_keep_small_masks(name, ids):
         assert m.sum() <= 3 * gt.sum() + 60, (i, int(m.sum()), int(gt.sum()))
 
 
+@needs_mdfa
+@pytest.mark.parametrize("iid", ["train_000022", "train_000111", "train_000313", "train_000339"])
+def test_real_point_targets_get_the_disc_of_their_blur(iid):
+    """MDFA point targets, one bright pixel over neighbours near the background, that got masks
+    of one or two pixels for targets of 5: their masks are now the peak and its 4 neighbours,
+    which is the whole target in each."""
+    ds = IRDataset(DATA / "MDFA")
+    image, points, gt = ds.load_image(iid), ds.points(iid, "centroid"), ds.load_mask(iid)
+    (mask,) = Annotator().annotate([image], [points])
+    (single,) = Annotator(config_from_dict({"point_radius": 0})).annotate([image], [points])
+    assert single.sum() <= 2 and np.array_equal(mask, gt), (int(single.sum()), int(mask.sum()), int(gt.sum()))
+
+
 @needs_nudt
 @pytest.mark.parametrize("iid", ["000360", "000444", "000422"])
 def test_real_targets_beside_a_bright_plateau_are_found_alone(iid):
@@ -846,7 +886,9 @@ def test_real_bar_on_a_textured_cloud_is_not_cut_to_its_peak():
     image, points, gt = ds.load_image(iid), ds.points(iid, "centroid"), ds.load_mask(iid)
     (mask,) = Annotator().annotate([image], [points])
     assert (mask & gt).sum() >= 0.6 * gt.sum() and (mask & ~gt).sum() <= 0.2 * gt.sum(), (int(mask.sum()), int((mask & gt).sum()))
-    (floor_only,) = Annotator(AnnotatorConfig(lone_peak_pixels=0)).annotate([image], [points])
+    # without the peak-relative reading the mask is the peak alone (the disc of a point source
+    # left out, which would make it 5 pixels)
+    (floor_only,) = Annotator(AnnotatorConfig(lone_peak_pixels=0, point_radius=0)).annotate([image], [points])
     assert floor_only.sum() <= 2
 
 
