@@ -2,7 +2,7 @@
 
 ``calibrate(root, split, masks=N, seed=S)`` draws ``N`` image ids of ``split`` with
 ``numpy.random.default_rng(S)`` and reads the ground-truth masks of those ids only (no other mask
-of the dataset is opened). On them it fits five bounded, interpretable settings of
+of the dataset is opened). On them it fits six bounded, interpretable settings of
 :class:`~d2d_ext.annotate.AnnotatorConfig` to the best pooled IoU (``sum |P ∩ G| / sum |P ∪ G|``
 over the ``N`` images, percent) of the annotator's masks from the dataset's points:
 
@@ -11,6 +11,8 @@ over the ``N`` images, percent) of the annotator's masks from the dataset's poin
 - ``low_fraction``: the contrast fraction ``I' >= low_fraction`` of the grown bright region (how
   far into a target's faint rim the mask reaches);
 - ``level``: the heat gate ``y >= level`` that trims a bright region that leaks into clutter;
+- ``point_radius``: how far a point source's mask reaches around its peak (0: the pixels the
+  threshold keeps; 1: the peak and its 4 neighbours; 1.5: its 3x3);
 - ``mask_margin``: the rings of pixels (0 to 2) that the dataset's annotators draw around what the
   image shows of a target.
 
@@ -23,7 +25,7 @@ stop when one changes nothing. The descent also starts from the defaults with ea
 such a start's result is taken only where it beats the first one's as a move must.
 ``prepare_targets`` (strict component, features, superpixels) and the diffusion depend on
 ``peak_fraction`` and ``k_sigma`` only; ``binarize_targets`` re-runs on a prepared batch and its
-soft labels for every ``(low_fraction, level, mask_margin)``, so the costly part is done once per
+soft labels for every ``(low_fraction, level, point_radius, mask_margin)``, so the costly part is done once per
 ``(peak_fraction, k_sigma)`` pair visited.
 
 :func:`load_settings` reads the ``"settings"`` object of the JSON file that ``d2d calibrate`` writes
@@ -60,6 +62,7 @@ GRIDS = {
     "k_sigma": (1.0, 1.5, 2.0, 2.5, 3.0),
     "low_fraction": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
     "level": (0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3),
+    "point_radius": (0.0, 1.0, 1.5),
     "mask_margin": (0, 1, 2),
 }
 #: The fitted settings that change the strict component, hence the prepared batch and its diffusion.
