@@ -450,7 +450,7 @@ def make_bar(length: float, width: float, snr: float, seed: int, size: int = 200
 # --------------------------------------------------------------------------------------------
 
 
-def write_dataset(root, n_images=40, seed=0, height=256, width=256, name="SYNTH") -> Path:
+def write_dataset(root, n_images=40, seed=0, height=256, width=256, name="SYNTH", n_targets=None) -> Path:
     """Write ``n_images`` synthetic scenes (``background="mixed"``) in the BasicIRSTD layout:
 
     - ``images/<id>.png`` (8-bit, ``round(255 * image)``), ``masks/<id>.png`` (0 / 255),
@@ -460,7 +460,8 @@ def write_dataset(root, n_images=40, seed=0, height=256, width=256, name="SYNTH"
       split (train gets ``n_images // 2``).
 
     Ids are ``<name>_0000``, ``<name>_0001``, ...; scene ``i`` is
-    ``make_scene(numpy.random.default_rng([seed, i]), height, width, "mixed")``, so the same seed
+    ``make_scene(numpy.random.default_rng([seed, i]), height, width, "mixed", n_targets)`` (``None``:
+    the scene draws its own count), so the same seed
     gives byte-identical files (on the same platform and numpy). Every file is written atomically
     (:func:`d2d_ext.files.write_png_atomic`); files of the same name are replaced, others under
     ``root`` are left alone. Returns ``root`` as a :class:`~pathlib.Path`.
@@ -474,7 +475,7 @@ def write_dataset(root, n_images=40, seed=0, height=256, width=256, name="SYNTH"
     rows = io.StringIO()
     rows.write("image,x,y\n")
     for i, id_ in enumerate(ids):
-        sc = make_scene(np.random.default_rng([seed, i]), height, width, "mixed")
+        sc = make_scene(np.random.default_rng([seed, i]), height, width, "mixed", n_targets)
         img8 = np.clip(np.floor(sc.image.astype(np.float64) * 255.0 + 0.5), 0, 255).astype(np.uint8)
         write_png_atomic(root / "images" / f"{id_}.png", img8)
         write_png_atomic(root / "masks" / f"{id_}.png", sc.mask.astype(np.uint8) * 255)

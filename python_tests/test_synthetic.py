@@ -201,6 +201,17 @@ def test_write_dataset(tmp_path):
     assert other["images/SYN_0000.png"] != files["images/SYN_0000.png"]
 
 
+def test_write_dataset_with_a_set_number_of_targets(tmp_path):
+    """``n_targets``: every scene holds that many targets (as ``make_scene`` with it draws them)."""
+    root = write_dataset(tmp_path / "MANY", n_images=2, seed=4, height=128, width=160, name="MANY", n_targets=12)
+    ds = IRDataset(root)
+    for i, id_ in enumerate(ds.ids("all")):
+        sc = make_scene(np.random.default_rng([4, i]), 128, 160, "mixed", 12)
+        assert len(sc.points) == 12
+        np.testing.assert_allclose(ds.points(id_, "csv:points_centroid.csv"), sc.points, atol=5e-4)
+        np.testing.assert_array_equal(ds.load_mask(id_), sc.mask)
+
+
 def test_write_dataset_defaults(tmp_path):
     root = write_dataset(tmp_path / "d", n_images=4)
     ds = IRDataset(root)
