@@ -173,7 +173,7 @@ class AnnotatorConfig:
         object.__setattr__(self, "mask_margin", int(self.mask_margin))
         if isinstance(self.point_radius, bool) or not isinstance(self.point_radius, (int, float, np.integer, np.floating)) \
                 or not 0 <= self.point_radius < 8:
-            raise ValueError(f"annotator setting point_radius must be a distance in pixels from 0 to 8, got {self.point_radius!r}")
+            raise ValueError(f"annotator setting point_radius must be a distance in pixels, at least 0 and under 8, got {self.point_radius!r}")
         object.__setattr__(self, "point_radius", float(self.point_radius))
         if not self.half_sizes:
             raise ValueError("annotator setting half_sizes must hold at least one window half-size")
