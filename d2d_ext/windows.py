@@ -32,7 +32,8 @@ The search, in order (:func:`strict_component`):
    - it reaches no image edge the smaller component did not: an edge has no band, so a
      component that runs off the image is unguarded;
    - it holds no other point of the image (that would merge two targets);
-   - it changes by at most 25% in the next window (the background level has settled);
+   - it changes by at most 25% in the next window (the background level has settled); the
+     largest window, with no next one, only where the window below it held no candidate;
    - it is no *plateau*: at a threshold ``plateau_step`` of the amplitude higher it keeps at least
      half its pixels. A target's hull falls off gradually; a bright sky or cloud around the
      target ends in a step, and a window whose threshold drops below its level takes all of it.
@@ -235,9 +236,21 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
 
     def stable(half: int, f: float, cand: _Window) -> bool:
         """Whether the next larger window finds about the same component (within 25%), with
-        ``cand``'s band spread: what is tested is the shift of the background level."""
+        ``cand``'s band spread: what is tested is the shift of the background level. The largest
+        window has no next one to show it, so it stands only where the window below it held no
+        candidate (its component leaked, as an extended target's runs through that window's
+        band, or it was a plateau). Where that window held a candidate of its own, nothing tests
+        the largest one (a candidate taken there was already compared with it): a target on a
+        bright roof or cloud patch inside a darker surround grew past such windows into the
+        whole patch there, every band of the windows between having fallen as they left it."""
         up = larger(half)
-        if not up or window_box(py, px, up[0], H, W) == cand.box:
+        if not up:
+            below = [h for h in cfg.half_sizes + cfg.wide_half_sizes if h < half]
+            if not below:
+                return True
+            prev = window(below[-1], f)
+            return prev.comp is None or plateau(below[-1], f, prev)
+        if window_box(py, px, up[0], H, W) == cand.box:  # cut to this one by the image's edges: the same component
             return True
         nxt = window(up[0], f, sd_of=half)
         return nxt.comp is not None and abs(int(nxt.comp.sum()) - int(cand.comp.sum())) <= 0.25 * cand.comp.sum()

@@ -817,6 +817,21 @@ def test_real_targets_beside_buildings_and_clouds_keep_small_masks(name, ids):
         assert m.sum() <= 3 * gt.sum() + 60, (i, int(m.sum()), int(gt.sum()))
 
 
+@needs_nudt
+def test_real_click_beside_the_centroid_does_not_grow_into_the_roof():
+    """NUDT-SIRST 000549: a 54-pixel target on a bright roof inside a darker block. A click one
+    pixel right and two up of its centroid point snaps to another of its brightest pixels,
+    whose window grew past windows that held candidates of their own, every band falling as the
+    windows left the roof, into the largest window, where no larger one could test that it had
+    settled: a mask of 3,825 pixels. The largest window now stands only where the window below
+    it held no candidate; the mask stays near the target's size and matches it."""
+    ds = IRDataset(DATA / "NUDT-SIRST")
+    image, gt = ds.load_image("000549"), ds.load_mask("000549")
+    (mask,) = Annotator().annotate([image], [np.array([[55.0, 182.0]])])
+    n_targets, matched, _ = match_targets(mask, gt)
+    assert mask.sum() <= 3 * gt.sum() and matched == n_targets == 1, (int(mask.sum()), int(gt.sum()), matched)
+
+
 @needs_mdfa
 @pytest.mark.parametrize("iid", ["train_000022", "train_000111", "train_000313", "train_000339"])
 def test_real_point_targets_get_the_disc_of_their_blur(iid):

@@ -212,6 +212,26 @@ def test_annotation_datasets_hot_pixels():
         annotation_datasets.main(["--hot", "2", "--synthetic-seeds", ""])
 
 
+def test_annotation_datasets_jitter_moves_points_by_whole_pixels_within_reach():
+    """``--jitter N``: every point moves by whole pixels, at most ``N`` per axis, stays inside its
+    image (a point on the edge too), and the same seed moves it the same way."""
+    image = np.zeros((30, 40), np.float32)
+    points = np.array([[0.0, 0.0], [20.5, 10.2], [39.0, 29.0]] * 20)
+    s = annotation_datasets.EvalSet("t", ["a"], [image], [points], [np.zeros((30, 40), bool)])
+    annotation_datasets.jitter_points(s, 2)
+    moved = s.points[0]
+    step = moved - points
+    inner = step[1::3]  # (20.5, 10.2): never cut by the edge
+    assert np.allclose(inner, np.round(inner)) and np.abs(inner).max() == 2 and (inner != 0).any(axis=1).sum() > 10
+    assert np.abs(step).max() <= 2
+    assert (moved >= 0).all() and (moved[:, 0] <= 39).all() and (moved[:, 1] <= 29).all()
+    again = annotation_datasets.EvalSet("t", ["a"], [image], [points], [np.zeros((30, 40), bool)])
+    annotation_datasets.jitter_points(again, 2)
+    assert np.array_equal(again.points[0], moved)
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--jitter", "-1", "--synthetic-seeds", ""])
+
+
 def test_annotation_datasets_glow_draws_what_reaches_the_fraction_next_to_a_target():
     """``--glow``: a 3x3 target of contrast 1 on a flat background with a glow ring at 0.2 (within
     reach) and a bright pixel 6 away (beyond it) and another beside a second target: at 0.15

@@ -2,7 +2,8 @@
 
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
-        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--out FILE.md]
+        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
+        [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -36,7 +37,8 @@ pixel next to each target: the worst case for the snap to the brightest pixel of
 uncorrected hot pixels); ``--repair`` then repairs them from their map before annotating, as
 ``d2d annotate --bad-pixels`` does. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
 target, with the crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and
-clutter that the edge cuts, which whole frames seldom show.
+clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves every point by up
+to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid.
 """
 
 from __future__ import annotations
@@ -232,6 +234,19 @@ def crop_set(s: EvalSet, size: int, seed: int = 0) -> EvalSet:
     return EvalSet(f"{s.name}, {size}x{size} crops", ids, images, points, masks)
 
 
+def jitter_points(s: EvalSet, reach: int, seed: int = 0) -> None:
+    """Moves every point of ``s`` by whole pixels, each axis by an offset drawn uniformly from
+    ``-reach`` to ``reach`` (seeded), kept within its image: a stand-in for clicks that miss the
+    centroid by a pixel or two (see ``--jitter``)."""
+    rng = np.random.default_rng(seed)
+    moved = []
+    for image, points in zip(s.images, s.points):
+        q = np.asarray(points, dtype=np.float64).reshape(-1, 2) + rng.integers(-reach, reach + 1, size=(len(points), 2))
+        H, W = image.shape
+        moved.append(np.stack([np.clip(q[:, 0], 0, W - 1), np.clip(q[:, 1], 0, H - 1)], axis=1))
+    s.points = moved
+
+
 def add_hot_pixels(s: EvalSet, how: str, seed: int = 0, repair: bool = False) -> None:
     """Sets pixels of every image of ``s`` to 1: one beside each point (``how == "beside"``) or a
     random fraction ``float(how)`` of each image's pixels (see ``--hot``); with ``repair``, then
@@ -361,6 +376,9 @@ def main(argv=None) -> int:
                     help="centroid: the LESPS centroid points (the datasets' own, the scenes'); coarse: LESPS "
                          "coarse points drawn from every ground-truth mask (seed 0), off the centroid by about "
                          "an eighth of the target's extent")
+    ap.add_argument("--jitter", type=int, default=0, metavar="N",
+                    help="move every point by whole pixels, each axis by -N to N drawn uniformly (seed 0): "
+                         "clicks that miss the centroid")
     ap.add_argument("--crop", type=int, default=0, metavar="SIZE",
                     help="score every set as SIZE x SIZE crops, one per target, each holding the target's "
                          "point at least 8 px inside, with the crop's centroid points (see crop_set)")
@@ -390,6 +408,11 @@ def main(argv=None) -> int:
     if args.points == "coarse":
         for s in sets:
             s.points = [coarse_points(m, np.random.default_rng([0, k])) for k, m in enumerate(s.masks)]
+    if args.jitter < 0:
+        ap.error(f"--jitter must be a whole number of pixels >= 0, got {args.jitter}")
+    if args.jitter:
+        for s in sets:
+            jitter_points(s, args.jitter)
     if args.map:
         offset, gain = (float(v) for v in args.map.split(","))
         for s in sets:
@@ -407,6 +430,7 @@ def main(argv=None) -> int:
     grown += f"; each target's glow drawn in at {args.glow} of its contrast" if args.glow > 0 else ""
     grown += f"; {args.crop}x{args.crop} crops, one per target" if args.crop else ""
     grown += "; LESPS coarse points drawn from the masks (seed 0)" if args.points == "coarse" else ""
+    grown += f"; points moved by up to {args.jitter} px per axis (seed 0)" if args.jitter else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
