@@ -384,6 +384,8 @@ def main(argv=None) -> int:
                          "point at least 8 px inside, with the crop's centroid points (see crop_set)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    if args.jitter < 0:
+        ap.error(f"--jitter must be a whole number of pixels >= 0, got {args.jitter}")
     if args.crop and args.crop <= 2 * CROP_MARGIN:
         ap.error(f"--crop must exceed {2 * CROP_MARGIN} pixels, got {args.crop}")
     if args.hot and args.hot != "beside":
@@ -408,8 +410,6 @@ def main(argv=None) -> int:
     if args.points == "coarse":
         for s in sets:
             s.points = [coarse_points(m, np.random.default_rng([0, k])) for k, m in enumerate(s.masks)]
-    if args.jitter < 0:
-        ap.error(f"--jitter must be a whole number of pixels >= 0, got {args.jitter}")
     if args.jitter:
         for s in sets:
             jitter_points(s, args.jitter)
