@@ -16,7 +16,8 @@ import numpy as np
 
 from . import _C
 
-__all__ = ["label", "component", "dilate8", "grow", "fill_holes", "inner_edge", "with_halo", "pulls", "target_part"]
+__all__ = ["label", "component", "dilate8", "grow", "fill_holes", "inner_edge", "elongation", "with_halo", "pulls",
+           "target_part"]
 
 
 def label(mask: np.ndarray, connectivity: int = 8) -> tuple:
@@ -80,6 +81,18 @@ def inner_edge(mask: np.ndarray) -> np.ndarray:
         column = mask[:-2] & mask[1:-1] & mask[2:]
         inner[1:-1, 1:-1] = column[:, :-2] & column[:, 1:-1] & column[:, 2:]
     return mask & ~inner
+
+
+def elongation(mask: np.ndarray) -> float:
+    """How many times longer than wide ``mask`` (bool, at least one pixel) is: the square root of
+    the ratio of its pixel coordinates' principal second moments (``L / W`` for an ``L x W``
+    rectangle at any angle, 1 for a disc or a square; inf for a straight line of pixels)."""
+    ys, xs = np.nonzero(mask)
+    dy, dx = ys - ys.mean(), xs - xs.mean()
+    syy, sxx, sxy = (dy * dy).mean(), (dx * dx).mean(), (dy * dx).mean()
+    half_gap = math.hypot((syy - sxx) / 2, sxy)
+    small = (syy + sxx) / 2 - half_gap
+    return math.inf if small <= 1e-12 else math.sqrt(((syy + sxx) / 2 + half_gap) / small)
 
 
 def with_halo(region: np.ndarray, core: np.ndarray, cover: float, inside: np.ndarray | None = None) -> np.ndarray:

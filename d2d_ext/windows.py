@@ -56,7 +56,9 @@ The search, in order (:func:`strict_component`):
    the largest window's component runs through its band symmetrically through the peak (not all
    around) and is at least half as bright as the peak where it crosses, the wide windows are
    tried at that fraction before a higher one; a wide window's component that runs through the
-   first window's band that way counts as surrounding the peak.
+   first window's band that way counts as surrounding the peak where it is long and thin (at
+   least ``LONG_ASPECT`` times as long as it is wide): a textured cloud that a faint point lies
+   in can cross that band on two opposite sides too, but is as wide as it is long.
 7. **A smooth skirt dropped.** A target on a bright cloud or haze puts the cloud's flank beside
    it above the window's threshold too: a bar on a cloud's rim gets a lobe of cloud as large as
    itself. The component is thresholded ``plateau_step`` of the amplitude higher, and what that
@@ -82,13 +84,17 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
-from .morphology import component, fill_holes, inner_edge, with_halo
+from .morphology import component, elongation, fill_holes, inner_edge, with_halo
 from .points import INSIDE_RULE, point_pixel, points_inside
 
 if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
     from .annotate import AnnotatorConfig
 
 __all__ = ["Strict", "snap", "strict_component", "check_points", "window_box", "outer_band"]
+
+# step 6: how many times longer than wide a wide window's component that runs through the first
+# window's band must be to count as a long thin target (see morphology.elongation)
+LONG_ASPECT = 2.0
 
 
 def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
@@ -298,8 +304,10 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         first = window(cfg.half_sizes[0], f)
         for half in cfg.wide_half_sizes:
             cand = window(half, f)
-            if (cand.comp is not None and (covers(cand, first) or through(cand, first))
-                    and not any(touches_edge(cand)) and not plateau(half, f, cand)):
+            if cand.comp is None:
+                continue
+            long_thin = through(cand, first) and elongation(cand.comp) >= LONG_ASPECT
+            if (covers(cand, first) or long_thin) and not any(touches_edge(cand)) and not plateau(half, f, cand):
                 return half, f, cand
         return None
 

@@ -22,6 +22,7 @@ from d2d_ext.annotate import (
     soft_labels,
     target_steps,
 )
+from d2d_ext import windows
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics, match_targets
 from d2d_ext.reference import diffuse_reference
@@ -406,6 +407,26 @@ def test_point_target_at_the_rim_of_a_small_cloud_is_not_given_the_cloud(seed):
     assert untested.sum() > 150
 
 
+def test_faint_target_in_a_textured_cloud_is_not_given_the_cloud(monkeypatch):
+    """A faint, slightly elongated target (57 pixels) inside a textured cloud of a synthetic
+    scene, clicked 2 pixels right of and 1 below its centre: every small window leaks into the
+    cloud at every fraction, and a wide window's component (the cloud, 1,900 pixels) runs through
+    the first window's band on two opposite sides, as a long thin target's body would. It is
+    about as wide as it is long, so it does not stand in for the target (the mask was the cloud,
+    2,184 pixels)."""
+    scene = make_scene(np.random.default_rng([0, 7, 36]), 256, 256, "mixed")
+    x, y = scene.points[2]
+    labels, _ = ndimage.label(scene.mask > 0, np.ones((3, 3)))
+    target = labels == labels[int(y), int(x)]
+    assert 40 <= target.sum() <= 80
+    point = np.array([[x + 2.0, y + 1.0]])
+    (mask,) = Annotator().annotate([scene.image], [point])
+    assert mask.sum() <= 3 * target.sum() and (mask & target).any(), int(mask.sum())
+    monkeypatch.setattr(windows, "LONG_ASPECT", 0.0)  # any shape through the band is a long target
+    (cloud,) = Annotator().annotate([scene.image], [point])
+    assert cloud.sum() > 1000
+
+
 @pytest.mark.parametrize("fraction", [0.3, 0.5])
 def test_flat_topped_target_is_not_passed_over_as_a_plateau(fraction):
     """A flat-topped extended target of a synthetic scene (386 pixels): at ``peak_fraction`` 0.5
@@ -515,6 +536,35 @@ def test_mask_morphology_matches_scipy():
                     break
                 reach = d
             assert (with_halo(mask, core, 0.4, inside) == (core | (extra & (dist <= reach)))).all()
+
+
+def test_elongation_is_length_over_width():
+    """``morphology.elongation``: an axis-aligned ``L x W`` rectangle gives the ratio of its
+    coordinates' standard deviations, ``sqrt((L^2 - 1) / (W^2 - 1))``, at any place; rotating it
+    keeps about ``L / W``; a disc and a square give 1; the principal moments match numpy's
+    eigenvalues of the coordinates' covariance on random masks; a line of pixels is infinitely long."""
+    from d2d_ext.morphology import elongation
+    for length, width, y0, x0 in ((40, 6, 3, 5), (9, 3, 0, 0), (20, 20, 7, 1)):
+        rect = np.zeros((50, 50), bool)
+        rect[y0:y0 + width, x0:x0 + length] = True
+        expected = np.sqrt((length ** 2 - 1) / (width ** 2 - 1))
+        assert elongation(rect) == pytest.approx(expected, rel=1e-12)
+        assert elongation(rect.T) == pytest.approx(expected, rel=1e-12)
+    bar = np.zeros((80, 80), bool)
+    bar[37:43, 10:70] = True
+    for angle in (30, 45, 60):
+        turned = ndimage.rotate(bar.astype(float), angle, reshape=False, order=1) > 0.5
+        assert elongation(turned) == pytest.approx(10.0, rel=0.1)
+    yy, xx = np.mgrid[:41, :41]
+    assert elongation((yy - 20) ** 2 + (xx - 20) ** 2 <= 15 ** 2) == pytest.approx(1.0, abs=1e-9)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        mask = rng.random((12, 9)) < 0.4
+        ev = np.linalg.eigvalsh(np.cov(np.nonzero(mask), bias=True))
+        assert elongation(mask) == pytest.approx(np.sqrt(ev[1] / ev[0]), rel=1e-9)
+    line = np.zeros((5, 7), bool)
+    line[np.arange(5), np.arange(5)] = True
+    assert elongation(line) == np.inf
 
 
 def test_gradient_matches_numpy():
