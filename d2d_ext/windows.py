@@ -41,6 +41,12 @@ The search, in order (:func:`strict_component`):
 4. **Wide windows standing in.** A target wider than every window of ``half_sizes`` gets the wide
    ones when nothing else holds it, under the same tests against the smallest window: a faint
    point on a cloud's rim is held by no small window, and the cloud must not stand in for it.
+   They are also tried, at the fractions below, before a component found at a raised fraction
+   whose peak stands no higher above its band than the window's largest pixel would in pure
+   noise (``sqrt(2 ln n)`` pixel-noise deviations, ``n`` its pixels; :func:`pixel_noise`): every
+   window leaked at the lower fractions into what that bump sits on, and a click off the middle
+   of a flat-topped target larger than the windows ends on a bump of its top's noise that way. A
+   target on a roof or a cloud stands well above that noise, and keeps its component.
 5. **A structure beside the point.** A window of ``half_sizes`` beyond the first (one the
    smaller windows leaked out of) whose component lies to one side of the peak (it does not
    surround it as ``side_cover`` reads the first window's band) and is a plateau is passed over
@@ -137,6 +143,18 @@ def band_median(values: np.ndarray) -> float:
     s = np.sort(values)
     n = s.size
     return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)
+
+
+def pixel_noise(values: np.ndarray) -> float:
+    """The pixel noise of ``values`` ``(h, w)``: 1.4826 times the median absolute deviation of
+    the differences between neighbouring pixels (down and across), over sqrt(2). A smooth
+    structure's slope, or the few differences across an edge, barely move it where a band's
+    spread takes them in."""
+    v = values.astype(np.float64)
+    d = np.concatenate([(v[1:] - v[:-1]).ravel(), (v[:, 1:] - v[:, :-1]).ravel()])
+    if d.size == 0:
+        return 0.0
+    return 1.4826 * band_median(np.abs(d - band_median(d))) / math.sqrt(2)
 
 
 def window_box(py: int, px: int, half: int, H: int, W: int) -> tuple:
@@ -403,6 +421,13 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         out[cut] = comp
         return out
 
+    def noise_bump(win: _Window) -> bool:
+        """Whether the peak stands no higher above ``win``'s background than the largest of the
+        window's ``n`` pixels would in pure noise (``sqrt(2 ln n)`` times the pixel noise,
+        :func:`pixel_noise`): the image shows no bump of its own there."""
+        y0, y1, x0, x1 = win.box
+        return peak - win.bg <= math.sqrt(2 * math.log((y1 - y0) * (x1 - x0))) * pixel_noise(image[y0:y1, x0:x1])
+
     def accept(half: int, f: float, found: _Window) -> Strict:
         if cfg.settle_fraction > 0:
             found = grow(half, f, found)
@@ -413,7 +438,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
     fractions = [cfg.peak_fraction + attempt * cfg.fraction_step for attempt in range(tries)]
     passed_over = None  # the first window passed over as a structure beside the peak
-    for f in fractions:
+    for i, f in enumerate(fractions):
         for half in cfg.half_sizes:
             found = window(half, f)
             if found.comp is None:
@@ -426,6 +451,12 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
                 if not found.faint:
                     passed_over = passed_over or (half, f, found)
                 continue
+            if i > 0 and noise_bump(found):
+                # every window leaked at the lower fractions into what this bump sits on: the flat
+                # top of a target wider than the windows, whose noise the raised fraction cut up
+                wide = next((w for g in fractions[:i] if (w := wide_target(g)) is not None), None)
+                if wide is not None:
+                    return accept(*wide)
             return accept(half, f, found)
         # a long target through the point: the wide windows now, before a higher fraction
         if long_leak(cfg.half_sizes[-1], f) and (wide := wide_target(f)) is not None:
