@@ -38,15 +38,20 @@ The search, in order (:func:`strict_component`):
      half its pixels. A target's hull falls off gradually; a bright sky or cloud around the
      target ends in a step, and a window whose threshold drops below its level takes all of it.
 
+   A window accepted at a raised fraction grows only where its peak is a noise bump (step 4):
+   every window leaked at the lower fractions, so a component standing clear of the noise there
+   is a target on a larger bright structure, which a wider background would hand it whole.
+
 4. **Wide windows standing in.** A target wider than every window of ``half_sizes`` gets the wide
    ones when nothing else holds it, under the same tests against the smallest window: a faint
    point on a cloud's rim is held by no small window, and the cloud must not stand in for it.
    They are also tried, at the fractions below, before a component found at a raised fraction
-   whose peak stands no higher above its band than the window's largest pixel would in pure
-   noise (``sqrt(2 ln n)`` pixel-noise deviations, ``n`` its pixels; :func:`pixel_noise`): every
-   window leaked at the lower fractions into what that bump sits on, and a click off the middle
-   of a flat-topped target larger than the windows ends on a bump of its top's noise that way. A
-   target on a roof or a cloud stands well above that noise, and keeps its component.
+   whose peak stands no higher above its band than the window's largest pixel could in pure
+   noise (a *noise bump*: ``NOISE_BUMP`` times ``sqrt(2 ln n)`` pixel-noise deviations, ``n`` its
+   pixels; :func:`pixel_noise`): every window leaked at the lower fractions into what that bump
+   sits on, and a click off the middle of a flat-topped target larger than the windows ends on a
+   bump of its top's noise that way. A target on a roof or a cloud stands well above that noise,
+   and keeps its component.
 5. **A structure beside the point.** A window of ``half_sizes`` beyond the first (one the
    smaller windows leaked out of) whose component lies to one side of the peak (it does not
    surround it as ``side_cover`` reads the first window's band) and is a plateau is passed over
@@ -101,6 +106,12 @@ __all__ = ["Strict", "snap", "strict_component", "check_points", "window_box", "
 # step 6: how many times longer than wide a wide window's component that runs through the first
 # window's band must be to count as a long thin target (see morphology.elongation)
 LONG_ASPECT = 2.0
+# steps 3 and 4: a peak within this many times sqrt(2 ln n) pixel-noise deviations of its window's
+# background (n the window's pixels: the largest of n noise samples lies near sqrt(2 ln n)
+# deviations) shows no bump of its own. Neighbour differences read sqrt(1 - r) of the noise's
+# deviation where neighbouring pixels correlate by r, as optics that blur the noise make them: 2
+# holds up to r = 0.75.
+NOISE_BUMP = 2.0
 
 
 def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
@@ -423,13 +434,17 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
 
     def noise_bump(win: _Window) -> bool:
         """Whether the peak stands no higher above ``win``'s background than the largest of the
-        window's ``n`` pixels would in pure noise (``sqrt(2 ln n)`` times the pixel noise,
-        :func:`pixel_noise`): the image shows no bump of its own there."""
+        window's ``n`` pixels could in pure noise (``NOISE_BUMP`` times ``sqrt(2 ln n)`` times the
+        pixel noise, :func:`pixel_noise`): the image shows no bump of its own there."""
         y0, y1, x0, x1 = win.box
-        return peak - win.bg <= math.sqrt(2 * math.log((y1 - y0) * (x1 - x0))) * pixel_noise(image[y0:y1, x0:x1])
+        bar = NOISE_BUMP * math.sqrt(2 * math.log((y1 - y0) * (x1 - x0)))
+        return peak - win.bg <= bar * pixel_noise(image[y0:y1, x0:x1])
 
     def accept(half: int, f: float, found: _Window) -> Strict:
-        if cfg.settle_fraction > 0:
+        # A component found at a raised fraction, standing clear of the noise, is a target on
+        # whatever every window leaked into at the lower fractions (a roof, a cloud): it does not
+        # grow into that. A noise bump there is part of a flat top, and grows into the target.
+        if cfg.settle_fraction > 0 and (f <= fractions[0] or noise_bump(found)):
             found = grow(half, f, found)
         found = found._replace(comp=skirt(found, f))
         box, comp = tighten(found.box, found.comp, py, px, cfg, H, W)

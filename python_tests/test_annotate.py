@@ -379,6 +379,29 @@ def test_point_target_touching_a_large_bright_building_stays_small(seed):
     assert mask[80, 60] and mask.sum() <= 60, mask.sum()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_target_on_a_block_that_brightens_beside_it_does_not_grow_into_it(monkeypatch, seed):
+    """A point target (0.16 above the block under it) on a 70x55 block 0.45 above the
+    surround, which brightens by 0.1 just below the target (a sunlit face of a building). Up to
+    fraction 0.6 every window's component runs into that brighter part and leaks; at 0.7 the
+    target stands alone. It stands far above the pixel noise, so it is a target on the block, and
+    its window does not grow: a larger window, whose background lies off the block, held the whole
+    block (about 4,000 pixels), as it does where every peak found at a raised fraction may grow."""
+    yy, xx = np.mgrid[:160, :160].astype(np.float64)
+    inside = (yy >= 50) & (yy < 120) & (xx >= 35) & (xx < 90)
+    level = 0.80 + 0.10 * np.clip((yy - 71) / 4, 0, 1)
+    block = 0.35 + ndimage.gaussian_filter(inside * (level - 0.35), 1.5)
+    target = np.exp(-((yy - 70) ** 2 + (xx - 60) ** 2) / (2 * 1.3 ** 2))
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 1, yy.shape), 1.0)
+    image = (0.004 * noise / noise.std() + block + 0.16 * target).astype(np.float32)
+    point = np.array([[60.0, 70.0]])
+    (mask,) = Annotator().annotate([image], [point])
+    assert mask[70, 60] and mask.sum() <= 40, int(mask.sum())
+    monkeypatch.setattr(windows, "NOISE_BUMP", 1e6)  # every peak a noise bump: every window grows
+    (grown,) = Annotator().annotate([image], [point])
+    assert grown.sum() > 3000
+
+
 @pytest.mark.parametrize("cloud, target", [(0.8, 0.2), (0.8, 0.4), (0.6, 0.15)])
 def test_target_at_the_top_of_a_bright_cloud_does_not_take_the_cloud(cloud, target):
     """A faint point target just inside a bright cloud that runs off the image: no small window
@@ -899,6 +922,26 @@ def test_real_targets_beside_buildings_and_clouds_keep_small_masks(name, ids):
     for i, m in zip(ids, masks):
         gt = ds.load_mask(i)
         assert m.sum() <= 3 * gt.sum() + 60, (i, int(m.sum()), int(gt.sum()))
+
+
+@needs_nudt
+def test_real_target_on_a_block_found_at_a_raised_fraction_does_not_grow_into_it(monkeypatch):
+    """NUDT-SIRST 000123: a 17-pixel target on a bright block that brightens just below it,
+    clicked two pixels right of its centroid point. Every window leaked into the block up
+    to fraction 0.6; at 0.7 a 20-pixel component stood alone, and the window grew into the
+    half-32 one, whose background lies off the block: a mask of 905 pixels. Its peak stands 16
+    pixel-noise deviations above its band, a target on the block, so it no longer grows."""
+    ds = IRDataset(DATA / "NUDT-SIRST")
+    image, gt = ds.load_image("000123"), ds.load_mask("000123")
+    point = np.array([[69.0, 182.0]])
+    labels, _ = ndimage.label(gt, np.ones((3, 3)))
+    target = labels == labels[182, 67]
+    assert 10 <= target.sum() <= 25
+    (mask,) = Annotator().annotate([image], [point])
+    assert mask.sum() <= 3 * target.sum() + 10 and (mask & target).sum() >= 0.5 * target.sum(), int(mask.sum())
+    monkeypatch.setattr(windows, "NOISE_BUMP", 1e6)
+    (grown,) = Annotator().annotate([image], [point])
+    assert grown.sum() > 500
 
 
 @needs_nudt
