@@ -382,11 +382,12 @@ def test_point_target_touching_a_large_bright_building_stays_small(seed):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_target_on_a_block_that_brightens_beside_it_does_not_grow_into_it(monkeypatch, seed):
     """A point target (0.16 above the block under it) on a 70x55 block 0.45 above the
-    surround, which brightens by 0.1 just below the target (a sunlit face of a building). Up to
-    fraction 0.6 every window's component runs into that brighter part and leaks; at 0.7 the
-    target stands alone. It stands far above the pixel noise, so it is a target on the block, and
-    its window does not grow: a larger window, whose background lies off the block, held the whole
-    block (about 4,000 pixels), as it does where every peak found at a raised fraction may grow."""
+    surround, which brightens by 0.1 just below the target (a sunlit face of a building). At
+    fraction 0.3 every window's component runs into that brighter part and leaks; at 0.4 the
+    target stands alone, its peak some 30 pixel-noise deviations above the band: a target on the
+    block, whose window does not grow. A larger window, whose background lies off the block, holds
+    the whole block (about 4,000 pixels), as it does where every peak found at a raised fraction
+    may grow."""
     yy, xx = np.mgrid[:160, :160].astype(np.float64)
     inside = (yy >= 50) & (yy < 120) & (xx >= 35) & (xx < 90)
     level = 0.80 + 0.10 * np.clip((yy - 71) / 4, 0, 1)
