@@ -38,9 +38,11 @@ The search, in order (:func:`strict_component`):
      half its pixels. A target's hull falls off gradually; a bright sky or cloud around the
      target ends in a step, and a window whose threshold drops below its level takes all of it.
 
-   A window accepted at a raised fraction grows only where its peak is a noise bump (step 4):
-   every window leaked at the lower fractions, so a component standing clear of the noise there
-   is a target on a larger bright structure, which a wider background would hand it whole.
+   A window accepted at a raised fraction, or one whose peak does not clear its band's spread,
+   grows only where its peak is a noise bump (step 4). In the first case every window leaked at
+   the lower fractions; in the second the band lies on a structure's edges rather than on a
+   hull. A component standing clear of the pixel noise there is a target on a larger bright
+   structure, which a wider background would hand it whole.
 
 4. **Wide windows standing in.** A target wider than every window of ``half_sizes`` gets the wide
    ones when nothing else holds it, under the same tests against the smallest window: a faint
@@ -441,10 +443,11 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         return peak - win.bg <= bar * pixel_noise(image[y0:y1, x0:x1])
 
     def accept(half: int, f: float, found: _Window) -> Strict:
-        # A component found at a raised fraction, standing clear of the noise, is a target on
-        # whatever every window leaked into at the lower fractions (a roof, a cloud): it does not
-        # grow into that. A noise bump there is part of a flat top, and grows into the target.
-        if cfg.settle_fraction > 0 and (f <= fractions[0] or noise_bump(found)):
+        # A component found at a raised fraction, or in a window whose band's spread its peak
+        # does not clear, yet standing clear of the pixel noise, is a target on a bright
+        # structure (every window leaked into it at the lower fractions, or the band lies on its
+        # edges): it does not grow into that. A noise bump there is part of a flat top, and grows.
+        if cfg.settle_fraction > 0 and ((f <= fractions[0] and not found.faint) or noise_bump(found)):
             found = grow(half, f, found)
         found = found._replace(comp=skirt(found, f))
         box, comp = tighten(found.box, found.comp, py, px, cfg, H, W)

@@ -379,22 +379,23 @@ def test_point_target_touching_a_large_bright_building_stays_small(seed):
     assert mask[80, 60] and mask.sum() <= 60, mask.sum()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_target_on_a_block_that_brightens_beside_it_does_not_grow_into_it(monkeypatch, seed):
-    """A point target (0.16 above the block under it) on a 70x55 block 0.45 above the
+@pytest.mark.parametrize("amp, seed", [(0.16, 0), (0.16, 1), (0.16, 2), (0.16, 3), (0.18, 0)])
+def test_target_on_a_block_that_brightens_beside_it_does_not_grow_into_it(monkeypatch, amp, seed):
+    """A point target (``amp`` above the block under it) on a 70x55 block 0.45 above the
     surround, which brightens by 0.1 just below the target (a sunlit face of a building). At
-    fraction 0.3 every window's component runs into that brighter part and leaks; at 0.4 the
-    target stands alone, its peak some 30 pixel-noise deviations above the band: a target on the
-    block, whose window does not grow. A larger window, whose background lies off the block, holds
-    the whole block (about 4,000 pixels), as it does where every peak found at a raised fraction
-    may grow."""
+    0.16, at fraction 0.3 every window's component runs into that brighter part and leaks; at 0.4
+    the target stands alone, its peak some 30 pixel-noise deviations above the band. At 0.18
+    (seed 0) a half-20 window holds it at 0.3, but its band lies on the block's edges and the
+    peak does not clear the band's spread. Either way it is a target on the block, whose window
+    does not grow. A larger window, whose background lies off the block, holds the whole block
+    (about 4,000 pixels), as it does where every peak may grow."""
     yy, xx = np.mgrid[:160, :160].astype(np.float64)
     inside = (yy >= 50) & (yy < 120) & (xx >= 35) & (xx < 90)
     level = 0.80 + 0.10 * np.clip((yy - 71) / 4, 0, 1)
     block = 0.35 + ndimage.gaussian_filter(inside * (level - 0.35), 1.5)
     target = np.exp(-((yy - 70) ** 2 + (xx - 60) ** 2) / (2 * 1.3 ** 2))
     noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 1, yy.shape), 1.0)
-    image = (0.004 * noise / noise.std() + block + 0.16 * target).astype(np.float32)
+    image = (0.004 * noise / noise.std() + block + amp * target).astype(np.float32)
     point = np.array([[60.0, 70.0]])
     (mask,) = Annotator().annotate([image], [point])
     assert mask[70, 60] and mask.sum() <= 40, int(mask.sum())
