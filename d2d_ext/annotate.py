@@ -47,6 +47,10 @@ ground-truth mask. For each point:
    blurs a point over; it is grown by ``mask_margin`` rings of pixels where a
    dataset's annotators draw a margin beyond the target (0 by default; ``d2d calibrate`` fits
    it), and the targets of one image are united into its mask.
+7. **Targets kept apart.** One point marks one target, so where the united mask holds several
+   peaks in one component (two close targets whose masks bridge the saddle between them) that
+   component is split along the valleys between the peaks and the pixels where the parts meet
+   are dropped on the darker side (:func:`keep_apart`): each point keeps its own component.
 
 So a mask reads the fused field only where its bright region leaks (a few percent of real targets):
 :meth:`Annotator.annotate` computes steps 3 to 5 (and the entropy) for those targets alone, and
@@ -72,7 +76,7 @@ from skimage.segmentation import slic
 
 from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
-from .morphology import component, fill_holes, grow, target_part
+from .morphology import component, fill_holes, grow, label, split_at_valleys, target_part
 from .windows import check_points, outer_band, snap, strict_component, window_box
 
 __all__ = [
@@ -84,10 +88,12 @@ __all__ = [
     "target_rates",
     "soft_labels",
     "binarize_targets",
+    "image_masks",
     "leaking_targets",
     "ready_fields",
     "superpixel_prior",
     "paste_masks",
+    "keep_apart",
     "crop_maps",
     "fuse_prior",
     "point_pixel",
@@ -668,6 +674,86 @@ def paste_masks(batch: TargetBatch, crops: np.ndarray, reduce: str = "or") -> li
     return maps
 
 
+def keep_apart(batch: TargetBatch, maps: list) -> list:
+    """Per-image ``(H, W)`` bool masks (:func:`paste_masks`' result, changed in place and
+    returned) where no two targets' peaks share a component: a component holding several peaks
+    is split along the valleys between them (:func:`~d2d_ext.morphology.split_at_valleys`, on the
+    contrast of a target whose field window holds the whole component), each peak keeping the
+    part joined to it. One point marks one target, so two points' masks that touch bridge a
+    saddle between two targets. Left whole where no field window holds the component or two
+    peaks touch."""
+    S = batch.contrast.shape[-1]
+    contrast, inside = batch.contrast.numpy(), batch.inside.numpy()
+    peaks = batch.origin + batch.peak  # (T, 2) in the image
+    for b, mask in enumerate(maps):
+        for group in _touching_crops(batch, b):
+            # a component joins two peaks only through a chain of targets whose crops touch: the
+            # group's crops hold all of it
+            oy, ox = batch.origin[group].min(0)
+            ey, ex = batch.origin[group].max(0) + S
+            y0, x0 = max(int(oy), 0), max(int(ox), 0)
+            labels, _ = label(mask[y0:max(int(ey), 0), x0:max(int(ex), 0)])
+            held = {}
+            for t in group:
+                y, x = peaks[t] - (y0, x0)
+                if 0 <= y < labels.shape[0] and 0 <= x < labels.shape[1] and labels[y, x]:
+                    held.setdefault(int(labels[y, x]), []).append(int(t))
+            for lab, ts in held.items():
+                if len({tuple(peaks[t]) for t in ts}) > 1:
+                    _split(mask, labels == lab, (y0, x0), ts, peaks, batch.origin, contrast, inside)
+    return maps
+
+
+def _touching_crops(batch: TargetBatch, b: int) -> list:
+    """The groups (two or more; arrays of target indices) of image ``b``'s targets whose ``S x S``
+    crops touch, directly or through others of the group."""
+    targets = np.nonzero(batch.image_index == b)[0]
+    if len(targets) < 2:
+        return []
+    S = batch.contrast.shape[-1]
+    o = batch.origin[targets]
+    near = np.abs(o[:, None] - o[None]).max(-1) <= S  # crops that overlap or share an edge
+    group = np.arange(len(targets))
+    changed = True
+    while changed:  # each target takes the smallest index it is chained to
+        low = np.where(near, group[None, :], len(targets)).min(1)
+        changed = bool((low < group).any())
+        group = np.minimum(group, low)
+    return [targets[group == g] for g in np.unique(group) if (group == g).sum() > 1]
+
+
+def _split(mask: np.ndarray, comp: np.ndarray, at: tuple, ts: list, peaks: np.ndarray, origin: np.ndarray,
+           contrast: np.ndarray, inside: np.ndarray) -> None:
+    """Splits the component ``comp`` (bool, over ``mask[at[0]:, at[1]:]``) of ``mask`` that holds
+    the peaks of targets ``ts`` (see :func:`keep_apart`), in place."""
+    ys, xs = np.nonzero(comp)
+    y0, y1, x0, x1 = ys.min() + at[0], ys.max() + 1 + at[0], xs.min() + at[1], xs.max() + 1 + at[1]
+    region = comp[y0 - at[0]:y1 - at[0], x0 - at[1]:x1 - at[1]]
+    seeds = sorted({tuple(int(v) for v in peaks[t]) for t in ts})
+    S = contrast.shape[-1]
+    for t in ts:  # a target whose field window holds the whole component reads its brightness
+        oy, ox = origin[t]
+        cy, cx = slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox)
+        if cy.start < 0 or cx.start < 0 or cy.stop > S or cx.stop > S or not inside[t][cy, cx][region].all():
+            continue
+        parts = split_at_valleys(region, contrast[t][cy, cx], [(y - y0, x - x0) for y, x in seeds])
+        if parts is None:
+            return
+        kept = np.zeros_like(region)
+        for k, (y, x) in enumerate(seeds):
+            kept |= component(parts == k + 1, (y - y0, x - x0))
+        window = mask[y0:y1, x0:x1]
+        window[region] = kept[region]
+        return
+
+
+def image_masks(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorConfig | None = None) -> list:
+    """Per-image ``(H, W)`` bool pseudo-masks from the targets' fields ``soft`` ``(T, S, S)``: each
+    target's mask (:func:`binarize_targets`), pasted into its image (:func:`paste_masks`), the
+    targets kept apart (:func:`keep_apart`)."""
+    return keep_apart(batch, paste_masks(batch, binarize_targets(batch, soft, config)))
+
+
 def crop_maps(maps: list, batch: TargetBatch) -> torch.Tensor:
     """The inverse of :func:`paste_masks`: ``(T, S, S)`` float32 crops of per-image ``(H, W)`` maps
     at the targets' crop windows, zero outside each target's field window."""
@@ -725,7 +811,7 @@ class Annotator:
                 read = batch.ready if batch.ready is not None else leaking_targets(batch, self.config)
                 soft = ready_fields(dataclasses.replace(batch, ready=read), self.soft)
         t1 = time.perf_counter()
-        maps = paste_masks(batch, binarize_targets(batch, soft, self.config))
+        maps = image_masks(batch, soft, self.config)
         t2 = time.perf_counter()
         self.last_seconds = dict(batch.seconds, diffusion=t1 - t0, binarize=t2 - t1)
         if not fields:

@@ -26,8 +26,8 @@ from .annotate import (
     AnnotatorConfig,
     DiffusionParams,
     TargetBatch,
-    binarize_targets,
     fuse_prior,
+    image_masks,
     paste_masks,
     prepare_targets,
     ready_fields,
@@ -139,7 +139,7 @@ def monte_carlo_masks(images: Sequence[np.ndarray], points: Sequence[np.ndarray]
                       params: DiffusionParams | None = None, particles: int = 1000, seed: int = 0) -> list:
     """``B`` images ``(H, W)`` and their points ``(K, 2)`` ``(x, y)`` -> ``B`` ``(H, W)`` bool masks,
     the annotator's pipeline with the particle estimate of the heat field
-    (:func:`prepare_targets`, :func:`monte_carlo_labels`, :func:`binarize_targets`, :func:`paste_masks`).
+    (:func:`prepare_targets`, :func:`monte_carlo_labels`, :func:`image_masks`).
     Like :meth:`Annotator.annotate`, it estimates the fields only of the targets whose masks read
     them (``prepare_targets(lazy=True)``).
     """
@@ -149,7 +149,7 @@ def monte_carlo_masks(images: Sequence[np.ndarray], points: Sequence[np.ndarray]
     with torch.no_grad():
         theta = params()
     soft = ready_fields(batch, lambda sub: monte_carlo_labels(sub, theta, cfg, particles, seed))
-    return paste_masks(batch, binarize_targets(batch, soft, cfg))
+    return image_masks(batch, soft, cfg)
 
 
 def superpixel_masks(images: Sequence[np.ndarray], points: Sequence[np.ndarray], config: AnnotatorConfig | None = None) -> list:

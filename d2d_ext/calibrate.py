@@ -46,8 +46,7 @@ import torch
 from .annotate import (
     AnnotatorConfig,
     DiffusionParams,
-    binarize_targets,
-    paste_masks,
+    image_masks,
     prepare_targets,
     soft_labels,
 )
@@ -121,7 +120,7 @@ class _Scorer:
             cfg = self.config(values)
             rows = []
             for s, batch, soft in self._batches(values):
-                for pred, gt in zip(paste_masks(batch, binarize_targets(batch, soft, cfg)), self.masks[s:]):
+                for pred, gt in zip(image_masks(batch, soft, cfg), self.masks[s:]):
                     rows.append((int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt))))
             self.scores[key] = np.array(rows, np.int64).reshape(-1, 2)
         return self.scores[key]

@@ -10,6 +10,7 @@ scipy's result.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from . import _C
 
 __all__ = ["label", "component", "dilate8", "grow", "fill_holes", "inner_edge", "elongation", "with_halo", "pulls",
-           "target_part"]
+           "target_part", "split_at_valleys"]
 
 
 def label(mask: np.ndarray, connectivity: int = 8) -> tuple:
@@ -165,3 +166,51 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
     labels, _ = label(kept)
     held = np.unique(labels[core])
     return fill_holes(np.isin(labels, held[held > 0]))
+
+
+def split_at_valleys(region: np.ndarray, values: np.ndarray, seeds: list) -> np.ndarray | None:
+    """``region`` ``(h, w)`` bool, one 8-connected component holding every seed ``(row, col)``
+    (two or more, distinct), split into one part per seed: ``(h, w)`` int32, 0 outside the parts,
+    ``k + 1`` on seed ``k``'s. Each pixel goes to the seed it is first reached from by a flood
+    that enters the brightest pixels first (``values`` ``(h, w)``, ordered as the image's
+    brightness: a watershed, whose lines follow the valleys between the seeds); then of each two
+    8-neighbouring pixels of different parts the darker is dropped (the other where the darker is
+    a seed), so that no two parts touch. None where two seeds touch: nothing lies between them."""
+    h, w = region.shape
+    seeds = [tuple(int(v) for v in s) for s in seeds]
+    seeded = set(seeds)
+    if any((y + dy, x + dx) in seeded for y, x in seeds for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx):
+        return None
+    part = np.zeros((h, w), np.int32)
+    heap = []
+    for k, (y, x) in enumerate(seeds):
+        part[y, x] = k + 1
+        heap.append((-float(values[y, x]), k, y, x))
+    heapq.heapify(heap)
+    count = len(heap)  # ties in brightness go first come, first served
+    while heap:
+        _, _, y, x = heapq.heappop(heap)
+        for ny in range(max(y - 1, 0), min(y + 2, h)):
+            for nx in range(max(x - 1, 0), min(x + 2, w)):
+                if region[ny, nx] and not part[ny, nx]:
+                    part[ny, nx] = part[y, x]
+                    heapq.heappush(heap, (-float(values[ny, nx]), count, ny, nx))
+                    count += 1
+    is_seed = np.zeros((h, w), bool)
+    is_seed[tuple(np.array(seeds).T)] = True
+    drop = np.zeros((h, w), bool)
+    # every pair of 8-neighbours once: across, down, and the two diagonals down
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        a = (slice(0, h - dy), slice(max(-dx, 0), w - max(dx, 0)))
+        b = (slice(dy, h), slice(max(dx, 0), w - max(-dx, 0)))
+        pa, pb = part[a], part[b]
+        meet = (pa > 0) & (pb > 0) & (pa != pb)
+        if not meet.any():
+            continue
+        va, vb = values[a], values[b]
+        a_darker = (va < vb) | ((va == vb) & (pa > pb))
+        drop_a = meet & ~is_seed[a] & (a_darker | is_seed[b])
+        drop[a] |= drop_a
+        drop[b] |= meet & ~drop_a
+    part[drop] = 0
+    return part

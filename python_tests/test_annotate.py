@@ -22,6 +22,7 @@ from d2d_ext.annotate import (
     soft_labels,
     target_steps,
 )
+from d2d_ext import annotate as annotate_module
 from d2d_ext import windows
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics, match_targets
@@ -353,6 +354,52 @@ def test_close_extended_targets_are_not_grown_into_one(radius, distance):
     (mask,) = Annotator().annotate([image], [np.array([[cx, cy] for cy, cx in centres])])
     labels, n = ndimage.label(mask, np.ones((3, 3)))
     assert n == 2 and labels[80, int(centres[0][1])] != labels[80, int(centres[1][1])]
+
+
+@pytest.mark.parametrize("distance, sigma", [(4, 1.5), (5, 2.0), (7, 2.0)])
+def test_two_close_point_targets_keep_a_component_each(monkeypatch, distance, sigma):
+    """Two point targets (Gaussian blurs, the second 0.8 as bright) ``distance`` pixels apart: each
+    one's mask reaches over the saddle between them, and pasted together the two made one
+    component (one target lost to Pd). They are split along the valley: two components, each
+    holding its own point; the pixels dropped all lie between the two points."""
+    yy, xx = np.mgrid[:64, :64].astype(np.float64)
+    left, right = 32 - distance / 2, 32 + distance / 2
+    image = (np.exp(-((yy - 32) ** 2 + (xx - left) ** 2) / (2 * sigma ** 2))
+             + 0.8 * np.exp(-((yy - 32) ** 2 + (xx - right) ** 2) / (2 * sigma ** 2)))
+    image = (0.1 + image + np.random.default_rng(0).normal(0, 0.01, image.shape)).astype(np.float32)
+    points = np.array([[left, 32.0], [right, 32.0]])
+    (mask,) = Annotator().annotate([image], [points])
+    labels, n = ndimage.label(mask, np.ones((3, 3)))
+    assert n == 2 and labels[32, int(left)] and labels[32, int(right)] and labels[32, int(left)] != labels[32, int(right)]
+    monkeypatch.setattr(annotate_module, "keep_apart", lambda batch, maps: maps)
+    (joined,) = Annotator().annotate([image], [points])
+    assert ndimage.label(joined, np.ones((3, 3)))[1] == 1
+    dropped = joined & ~mask
+    assert not (mask & ~joined).any() and dropped.sum() <= 0.25 * joined.sum()
+    assert ((np.nonzero(dropped)[1] > left) & (np.nonzero(dropped)[1] < right)).all()  # between the points
+
+
+def test_split_at_valleys_separates_along_the_saddle():
+    """``morphology.split_at_valleys``: two blobs joined over a saddle split into two parts that no
+    8-neighbour pair joins, each holding its seed, the dropped pixels at the saddle; three
+    seeds give three parts; two touching seeds give None."""
+    from d2d_ext.morphology import split_at_valleys
+    yy, xx = np.mgrid[:21, :31].astype(np.float64)
+    values = np.exp(-((yy - 10) ** 2 + (xx - 10) ** 2) / 18) + np.exp(-((yy - 10) ** 2 + (xx - 20) ** 2) / 18)
+    region = values > 0.3
+    assert ndimage.label(region, np.ones((3, 3)))[1] == 1
+    parts = split_at_valleys(region, values, [(10, 10), (10, 20)])
+    assert parts[10, 10] == 1 and parts[10, 20] == 2
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        a = parts[max(-dy, 0):21 - max(dy, 0), max(-dx, 0):31 - max(dx, 0)]
+        b = parts[max(dy, 0):, max(dx, 0):][:a.shape[0], :a.shape[1]]
+        assert not ((a > 0) & (b > 0) & (a != b)).any()
+    dropped = region & (parts == 0)
+    assert dropped.any() and set(np.nonzero(dropped)[1]) <= {14, 15, 16}
+    assert ((parts > 0) == (region & ~dropped)).all()
+    three = split_at_valleys(region, values, [(10, 10), (10, 20), (10, 15)])
+    assert set(np.unique(three[region])) >= {1, 2, 3}
+    assert split_at_valleys(region, values, [(10, 10), (11, 11)]) is None
 
 
 def _point_target_beside(structure: np.ndarray, target_amp: float, seed: int):
@@ -924,6 +971,21 @@ def test_real_targets_beside_buildings_and_clouds_keep_small_masks(name, ids):
     for i, m in zip(ids, masks):
         gt = ds.load_mask(i)
         assert m.sum() <= 3 * gt.sum() + 60, (i, int(m.sum()), int(gt.sum()))
+
+
+@needs_sirst
+def test_real_close_targets_keep_a_component_each():
+    """SIRST-v1 Misc_247 and Misc_307: two targets a few pixels apart whose masks bridged the
+    saddle between them (one component of 69 and of 23 pixels: a target lost to Pd). Each now has
+    its own component, and every ground-truth pixel the joined mask held is still held."""
+    ds = IRDataset(SIRST)
+    for iid in ("Misc_247", "Misc_307"):
+        image, gt = ds.load_image(iid), ds.load_mask(iid)
+        (mask,) = Annotator().annotate([image], [ds.points(iid, "centroid")])
+        assert ndimage.label(mask, np.ones((3, 3)))[1] == 2, iid
+        assert (mask & gt).sum() == gt.sum(), iid
+        n_targets, matched, _ = match_targets(mask, gt)
+        assert matched == n_targets == 2, iid
 
 
 @needs_nudt
