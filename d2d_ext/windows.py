@@ -207,6 +207,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     H, W = image.shape
     peak = float(image[py, px])
     stats = {}
+    noise = {}  # window box -> pixel_noise of the image there
 
     def larger(half: int) -> list:
         """The configured half-sizes above ``half``, in the order they are tried."""
@@ -439,8 +440,10 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         window's ``n`` pixels could in pure noise (``NOISE_BUMP`` times ``sqrt(2 ln n)`` times the
         pixel noise, :func:`pixel_noise`): the image shows no bump of its own there."""
         y0, y1, x0, x1 = win.box
+        if win.box not in noise:  # asked again by accept for the window the search accepts
+            noise[win.box] = pixel_noise(image[y0:y1, x0:x1])
         bar = NOISE_BUMP * math.sqrt(2 * math.log((y1 - y0) * (x1 - x0)))
-        return peak - win.bg <= bar * pixel_noise(image[y0:y1, x0:x1])
+        return peak - win.bg <= bar * noise[win.box]
 
     def accept(half: int, f: float, found: _Window) -> Strict:
         # A component found at a raised fraction, or in a window whose band's spread its peak
