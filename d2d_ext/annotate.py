@@ -5,7 +5,8 @@ Every target is one point ``(x, y)`` (0-based pixel coordinates, sub-pixel allow
 ground-truth mask. For each point:
 
 1. **Snap and window** (:mod:`d2d_ext.windows`). The point moves to the brightest pixel of
-   its 3x3 neighbourhood (the peak); square windows of growing size are tried around it, each
+   its 3x3 neighbourhood (the peak), or to a small target's peak a pixel or two farther that it
+   missed; square windows of growing size are tried around it, each
    thresholded between its outer band's background and the peak, until one holds the peak's
    component clear of its band (the *leak guard*); an extended target grows the window while
    its band still lies on the target's hull. The result is the target's *strict component* and
@@ -77,7 +78,7 @@ from skimage.segmentation import slic
 from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
 from .morphology import component, fill_holes, grow, label, split_at_valleys, target_part
-from .windows import check_points, outer_band, snap, strict_component, window_box
+from .windows import check_points, find_peak, outer_band, snap, strict_component, window_box
 
 __all__ = [
     "AnnotatorConfig",
@@ -105,6 +106,10 @@ class AnnotatorConfig:
     """Settings of the annotator that are not learned (pixels unless stated)."""
 
     snap_radius: int = 1  # the point moves to the brightest pixel within this Chebyshev radius
+    # ... or, where that pixel shows no bump above the noise and lies below the body of a peak
+    # that does within this radius, to that peak: a click that missed a small target by a pixel
+    # or two (windows.find_peak; at most snap_radius: never)
+    snap_reach: int = 2
     half_sizes: tuple = (6, 8, 10, 13, 16, 20, 24)  # windows tried, smallest first
     # larger windows (extended targets): an accepted window grows through them while its band
     # lies on the target's hull, and they are tried when no window above holds a component
@@ -174,6 +179,9 @@ class AnnotatorConfig:
                     any(b <= a for a, b in zip(sizes, sizes[1:])):
                 raise ValueError(f"annotator setting {name} must hold increasing whole numbers >= 1, got {list(sizes)}")
             object.__setattr__(self, name, tuple(int(h) for h in sizes))
+        if isinstance(self.snap_reach, bool) or not isinstance(self.snap_reach, (int, np.integer)) or self.snap_reach < 0:
+            raise ValueError(f"annotator setting snap_reach must be a whole number of pixels >= 0, got {self.snap_reach!r}")
+        object.__setattr__(self, "snap_reach", int(self.snap_reach))
         if isinstance(self.mask_margin, bool) or not isinstance(self.mask_margin, (int, np.integer)) or self.mask_margin < 0:
             raise ValueError(f"annotator setting mask_margin must be a whole number of pixels >= 0, got {self.mask_margin!r}")
         object.__setattr__(self, "mask_margin", int(self.mask_margin))
@@ -376,7 +384,8 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         shapes.append(tuple(image.shape))
         arrays.append(image)
         pts = check_points(pts, image.shape, b)
-        peaks = [snap(image, x, y, cfg.snap_radius) for x, y in pts]
+        near = [snap(image, x, y, cfg.snap_radius) for x, y in pts]
+        peaks = [find_peak(image, x, y, cfg, near[:k] + near[k + 1:]) for k, (x, y) in enumerate(pts)]
         span = max(float(image.max()) - float(image.min()), 1e-12) if peaks else 1.0
         for (x, y), (py, px) in zip(pts, peaks):
             rows.append(_prepare_target(image, b, point_pixel(x, y, *image.shape), py, px,

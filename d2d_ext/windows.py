@@ -3,6 +3,12 @@
 The search, in order (:func:`strict_component`):
 
 1. **Peak.** The point moves to the brightest pixel of its 3x3 neighbourhood (:func:`snap`).
+   A click can miss a small target by a pixel or two, onto the flat or textured surround that
+   the search would then take whole. So where that pixel shows no bump of its own (a *noise
+   bump*, step 4, against the first window's band) and the brightest pixel within ``snap_reach``
+   does, the point moves to that one, unless the first lies in its body (at or above
+   ``peak_fraction`` of its amplitude, as a click on a target's dim hull or flat top does) or that
+   pixel is another point's peak (:func:`find_peak`).
 2. **Leak-guarded threshold.** Square windows of growing half-size (``config.half_sizes``) are
    tried around the peak. In each, the background ``bg`` and spread ``sd`` come from the window's
    outer band (median and 1.4826 x median absolute deviation), the threshold is
@@ -103,12 +109,12 @@ from .points import INSIDE_RULE, point_pixel, points_inside
 if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
     from .annotate import AnnotatorConfig
 
-__all__ = ["Strict", "snap", "strict_component", "check_points", "window_box", "outer_band"]
+__all__ = ["Strict", "snap", "find_peak", "strict_component", "check_points", "window_box", "outer_band"]
 
 # step 6: how many times longer than wide a wide window's component that runs through the first
 # window's band must be to count as a long thin target (see morphology.elongation)
 LONG_ASPECT = 2.0
-# steps 3 and 4: a peak within this many times sqrt(2 ln n) pixel-noise deviations of its window's
+# steps 1, 3 and 4: a peak within this many times sqrt(2 ln n) pixel-noise deviations of its window's
 # background (n the window's pixels: the largest of n noise samples lies near sqrt(2 ln n)
 # deviations) shows no bump of its own. Neighbour differences read sqrt(1 - r) of the noise's
 # deviation where neighbouring pixels correlate by r, as optics that blur the noise make them: 2
@@ -127,6 +133,43 @@ def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
     x0, x1 = max(px - radius, 0), min(px + radius + 1, W)
     flat = int(np.argmax(image[y0:y1, x0:x1]))
     return y0 + flat // (x1 - x0), x0 + flat % (x1 - x0)
+
+
+def find_peak(image: np.ndarray, x: float, y: float, cfg: AnnotatorConfig, others: Sequence = ()) -> tuple:
+    """``(row, col)`` of the peak of the target at point ``(x, y)`` of ``image`` ``(H, W)``: the
+    :func:`snap` within ``cfg.snap_radius``, or the brightest pixel within ``cfg.snap_reach``
+    where the click missed a small target (step 1 of the module's docstring). ``others``: the
+    other points' snapped peaks ``(row, col)``, never moved onto."""
+    py, px = snap(image, x, y, cfg.snap_radius)
+    if cfg.snap_reach <= cfg.snap_radius:
+        return py, px
+    qy, qx = snap(image, x, y, cfg.snap_reach)
+    if (qy, qx) == (py, px) or (qy, qx) in others:
+        return py, px
+    bg, bar = _first_window(image, py, px, cfg)
+    if image[py, px] - bg > bar:  # the point's own pixel stands clear of the noise: its target
+        return py, px
+    bg, bar = _first_window(image, qy, qx, cfg)
+    amplitude = float(image[qy, qx]) - bg
+    if amplitude > bar and image[py, px] < bg + cfg.peak_fraction * amplitude:
+        return qy, qx
+    return py, px
+
+
+def _first_window(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig) -> tuple:
+    """``(background, noise bar)`` of the first window of ``cfg.half_sizes`` around ``(py, px)``:
+    its band's median and :func:`noise_bar`."""
+    H, W = image.shape
+    box = window_box(py, px, cfg.half_sizes[0], H, W)
+    win = image[box[0]:box[1], box[2]:box[3]]
+    return band_median(win[outer_band(box, cfg.band, H, W)]), noise_bar(win)
+
+
+def noise_bar(win: np.ndarray) -> float:
+    """How far above its background the largest of window ``win``'s ``n`` pixels could stand in
+    pure noise: ``NOISE_BUMP`` times ``sqrt(2 ln n)`` times :func:`pixel_noise`. A peak no higher
+    is a *noise bump*: the image shows no bump of its own there."""
+    return NOISE_BUMP * math.sqrt(2 * math.log(max(win.size, 2))) * pixel_noise(win)
 
 
 def outer_band(box: tuple, width: int, H: int, W: int) -> np.ndarray:
@@ -207,7 +250,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     H, W = image.shape
     peak = float(image[py, px])
     stats = {}
-    noise = {}  # window box -> pixel_noise of the image there
+    noise = {}  # window box -> noise_bar of the image there
 
     def larger(half: int) -> list:
         """The configured half-sizes above ``half``, in the order they are tried."""
@@ -436,14 +479,12 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         return out
 
     def noise_bump(win: _Window) -> bool:
-        """Whether the peak stands no higher above ``win``'s background than the largest of the
-        window's ``n`` pixels could in pure noise (``NOISE_BUMP`` times ``sqrt(2 ln n)`` times the
-        pixel noise, :func:`pixel_noise`): the image shows no bump of its own there."""
+        """Whether the peak stands no higher above ``win``'s background than noise could
+        (:func:`noise_bar`)."""
         y0, y1, x0, x1 = win.box
         if win.box not in noise:  # asked again by accept for the window the search accepts
-            noise[win.box] = pixel_noise(image[y0:y1, x0:x1])
-        bar = NOISE_BUMP * math.sqrt(2 * math.log((y1 - y0) * (x1 - x0)))
-        return peak - win.bg <= bar * noise[win.box]
+            noise[win.box] = noise_bar(image[y0:y1, x0:x1])
+        return peak - win.bg <= noise[win.box]
 
     def accept(half: int, f: float, found: _Window) -> Strict:
         # A component found at a raised fraction, or in a window whose band's spread its peak
