@@ -78,6 +78,13 @@ The search, in order (:func:`strict_component`):
    first window's band that way counts as surrounding the peak where it is long and thin (at
    least ``LONG_ASPECT`` times as long as it is wide): a textured cloud that a faint point lies
    in can cross that band on two opposite sides too, but is as wide as it is long.
+
+   Where a bar's flat top fills part of a window's band, the band's spread is the bar's own
+   contrast, not noise: the noise floor (``k_sigma`` spreads) then lies above the peak-relative
+   level and cuts the top down to one of its noise bumps, clear of the band, and the window
+   would take that bump. So where the floor lies above that level and the component at the
+   level runs through the band as such a body does (the tests above), the window counts as
+   leaked, as it would at the peak-relative level alone.
 7. **A smooth skirt dropped.** A target on a bright cloud or haze puts the cloud's flank beside
    it above the window's threshold too: a bar on a cloud's rim gets a lobe of cloud as large as
    itself. The component is thresholded ``plateau_step`` of the amplitude higher, and what that
@@ -114,6 +121,10 @@ __all__ = ["Strict", "snap", "find_peak", "strict_component", "check_points", "w
 # step 6: how many times longer than wide a wide window's component that runs through the first
 # window's band must be to count as a long thin target (see morphology.elongation)
 LONG_ASPECT = 2.0
+# step 6: where a long target's body crosses a window's band it stands at least this fraction of
+# the peak's amplitude above the band's level, as a flat top does (a dimmer streak or wall that
+# the point lies on does not)
+LONG_BODY = 0.5
 # steps 1, 3 and 4: a peak within this many times sqrt(2 ln n) pixel-noise deviations of its window's
 # background (n the window's pixels: the largest of n noise samples lies near sqrt(2 ln n)
 # deviations) shows no bump of its own. Neighbour differences read sqrt(1 - r) of the noise's
@@ -293,6 +304,15 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             wider = component(win > relative, at)
             if wider.sum() > cfg.lone_peak_pixels:
                 comp = wider
+        elif not faint and thr > relative and not comp[band].any() and \
+                (win[band] - bg).max() >= LONG_BODY * (peak - bg):
+            # the floor held the component off the band: where the band's spread is a long
+            # target's body crossing it, the floor cut that target's top to a bump (step 6), and
+            # the window has leaked as at the peak-relative level (no band pixel as bright as
+            # such a body: no crossing to look for)
+            wider = component(win > relative, at)
+            if wider[band].any() and long_body(leaked := _Window(box, bg, faint, None, band, wider)):
+                return leaked
         return _Window(box, bg, faint, None if comp is None or comp[band].any() else comp, band, comp)
 
     def covers(outer: _Window, inner: _Window) -> bool:
@@ -409,12 +429,15 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         target's body is (a dimmer streak or wall that the point lies on is not). Such a target
         is longer than every window of ``half_sizes``; a higher fraction finds a bump of its top."""
         win = window(half, f)
-        if win.comp is not None or win.whole is None:
-            return False
+        return win.comp is None and win.whole is not None and long_body(win)
+
+    def long_body(win: _Window) -> bool:
+        """Whether ``win``'s component, band or not (``whole``), runs through its band as the body
+        of a long target through the peak (see :func:`long_leak`)."""
         if covers(win._replace(comp=win.whole), win) or not through(win, win):
             return False
         crossing = image[win.box[0]:win.box[1], win.box[2]:win.box[3]][win.whole & win.band]
-        return bool((crossing - win.bg).mean() >= 0.5 * (peak - win.bg))
+        return bool((crossing - win.bg).mean() >= LONG_BODY * (peak - win.bg))
 
     def beside(half: int, f: float, cand: _Window) -> bool:
         """Whether ``cand``'s component, in a window the smaller ones leaked out of, is a bright
