@@ -179,12 +179,11 @@ class AnnotatorConfig:
                     any(b <= a for a, b in zip(sizes, sizes[1:])):
                 raise ValueError(f"annotator setting {name} must hold increasing whole numbers >= 1, got {list(sizes)}")
             object.__setattr__(self, name, tuple(int(h) for h in sizes))
-        if isinstance(self.snap_reach, bool) or not isinstance(self.snap_reach, (int, np.integer)) or self.snap_reach < 0:
-            raise ValueError(f"annotator setting snap_reach must be a whole number of pixels >= 0, got {self.snap_reach!r}")
-        object.__setattr__(self, "snap_reach", int(self.snap_reach))
-        if isinstance(self.mask_margin, bool) or not isinstance(self.mask_margin, (int, np.integer)) or self.mask_margin < 0:
-            raise ValueError(f"annotator setting mask_margin must be a whole number of pixels >= 0, got {self.mask_margin!r}")
-        object.__setattr__(self, "mask_margin", int(self.mask_margin))
+        for name in ("snap_reach", "mask_margin"):
+            pixels = getattr(self, name)
+            if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or pixels < 0:
+                raise ValueError(f"annotator setting {name} must be a whole number of pixels >= 0, got {pixels!r}")
+            object.__setattr__(self, name, int(pixels))
         if isinstance(self.point_radius, bool) or not isinstance(self.point_radius, (int, float, np.integer, np.floating)) \
                 or not 0 <= self.point_radius < 8:
             raise ValueError(f"annotator setting point_radius must be a distance in pixels, at least 0 and under 8, got {self.point_radius!r}")
