@@ -77,7 +77,11 @@ The search, in order (:func:`strict_component`):
    tried at that fraction before a higher one; a wide window's component that runs through the
    first window's band that way counts as surrounding the peak where it is long and thin (at
    least ``LONG_ASPECT`` times as long as it is wide): a textured cloud that a faint point lies
-   in can cross that band on two opposite sides too, but is as wide as it is long.
+   in can cross that band on two opposite sides too, but is as wide as it is long. Where larger
+   windows' bands lie on the bright region too (their median at the first fraction's level over
+   the wide window's background or above), the first window sits inside that region (a target
+   larger than it, pressed against a cloud), and everything through the region crosses its band:
+   the crossing is read on the largest such band instead.
 
    Where a bar's flat top fills part of a window's band, the band's spread is the bar's own
    contrast, not noise: the noise floor (``k_sigma`` spreads) then lies above the peak-relative
@@ -401,10 +405,25 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             cand = window(half, f)
             if cand.comp is None:
                 continue
-            long_thin = through(cand, first) and elongation(cand.comp) >= LONG_ASPECT
+            long_thin = through(cand, crossed(cand)) and elongation(cand.comp) >= LONG_ASPECT
             if (covers(cand, first) or long_thin) and not any(touches_edge(cand)) and not plateau(half, f, cand):
                 return half, f, cand
         return None
+
+    def crossed(cand: _Window) -> _Window:
+        """The window of ``half_sizes`` whose band a long target in wide window ``cand`` is
+        read crossing: the largest whose band's median reaches the first fraction's level over
+        ``cand``'s background, else the first. Where a bright region holds the first window whole
+        (a target larger than it, pressed against a cloud), every component through that region
+        crosses the first band; a larger band on the region too shows whether the component runs
+        through the peak or lies to one side. The first fraction's level: a raised fraction cuts
+        fewer bands, and would hand the test back to the first window."""
+        level = cand.bg + fractions[0] * (peak - cand.bg)
+        ref = cfg.half_sizes[0]
+        for half in cfg.half_sizes[1:]:
+            if window(half, fractions[0]).bg >= level:
+                ref = half
+        return window(ref, fractions[0])
 
     def through(outer: _Window, inner: _Window) -> bool:
         """Whether ``outer``'s component (band or not: ``whole``) holds ``inner``'s band

@@ -343,3 +343,26 @@ def test_setup_cost_splits_a_call(capsys):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1].endswith("G pixel-steps/s)") and cells[2].endswith("G pixel-steps/s")
         assert cells[3].endswith("%)")
+
+
+def test_annotation_datasets_zoom_samples_the_same_scene_finer():
+    """``--zoom F``: a ramp stays the ramp at the fine pixels' centres (bilinear, the edges held),
+    every mask pixel becomes an F x F block, and the points lie at the zoomed targets' centroids
+    (the LESPS centroid protocol); a factor below 1 is refused."""
+    H, W, F = 12, 16, 2
+    image = np.float32(np.add.outer(0.01 * np.arange(H), 0.02 * np.arange(W)))
+    mask = np.zeros((H, W), bool)
+    mask[5:7, 10:12] = True  # a 2x2 target
+    mask[1, 2] = True  # a one-pixel target
+    s = annotation_datasets.EvalSet("t", ["a"], [image], [np.zeros((2, 2))], [mask])
+    z = annotation_datasets.zoom_set(s, F)
+    fine, m = z.images[0], z.masks[0]
+    assert fine.shape == m.shape == (H * F, W * F) and fine.dtype == np.float32
+    ys = np.clip((np.arange(H * F) + 0.5) / F - 0.5, 0, H - 1)
+    xs = np.clip((np.arange(W * F) + 0.5) / F - 0.5, 0, W - 1)
+    assert np.allclose(fine, np.add.outer(0.01 * ys, 0.02 * xs), atol=1e-6)
+    assert m.sum() == F * F * mask.sum() and m[10:14, 20:24].all() and m[2:4, 4:6].all()
+    assert sorted(map(tuple, z.points[0])) == [(4.0, 2.0), (21.0, 11.0)]
+    assert z.name == "t, zoomed 2x" and z.ids == ["a"]
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--zoom", "0", "--synthetic-seeds", ""])

@@ -3,6 +3,7 @@
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
+        [--zoom F]
         [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
@@ -38,7 +39,9 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 ``d2d annotate --bad-pixels`` does. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
 target, with the crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and
 clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves every point by up
-to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid.
+to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom F`` scores every set sampled ``F`` times finer
+(:func:`zoom_set`): a sensor of finer pixels, where targets and clutter span more pixels than the
+windows were chosen on.
 """
 
 from __future__ import annotations
@@ -234,6 +237,24 @@ def crop_set(s: EvalSet, size: int, seed: int = 0) -> EvalSet:
     return EvalSet(f"{s.name}, {size}x{size} crops", ids, images, points, masks)
 
 
+def zoom_set(s: EvalSet, factor: int) -> EvalSet:
+    """``s`` sampled ``factor`` times finer: every image upsampled by bilinear interpolation (pixel
+    centres kept, edges held: ``align_corners=False``), every ground-truth mask by pixel
+    replication, and the points at the centroids of the zoomed masks (the LESPS centroid
+    protocol). A stand-in for a sensor of finer
+    pixels (frames up to 1920x1080) that sees the same scenes: targets and clutter both span
+    ``factor`` times more pixels, and the noise is correlated over about ``factor`` pixels."""
+    images, points, masks = [], [], []
+    for image, mask in zip(s.images, s.masks):
+        fine = torch.nn.functional.interpolate(torch.from_numpy(np.float32(image))[None, None], scale_factor=factor,
+                                               mode="bilinear", align_corners=False)
+        m = np.kron(mask, np.ones((factor, factor), dtype=bool))
+        images.append(fine[0, 0].numpy())
+        masks.append(m)
+        points.append(centroid_points(m))
+    return EvalSet(f"{s.name}, zoomed {factor}x", list(s.ids), images, points, masks)
+
+
 def jitter_points(s: EvalSet, reach: int, seed: int = 0) -> None:
     """Moves every point of ``s`` by whole pixels, each axis by an offset drawn uniformly from
     ``-reach`` to ``reach`` (seeded), kept within its image: a stand-in for clicks that miss the
@@ -382,10 +403,15 @@ def main(argv=None) -> int:
     ap.add_argument("--crop", type=int, default=0, metavar="SIZE",
                     help="score every set as SIZE x SIZE crops, one per target, each holding the target's "
                          "point at least 8 px inside, with the crop's centroid points (see crop_set)")
+    ap.add_argument("--zoom", type=int, default=1, metavar="F",
+                    help="score every set sampled F times finer: images upsampled (bilinear), masks by "
+                         "pixel replication, points at the zoomed masks' centroids (see zoom_set)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     if args.jitter < 0:
         ap.error(f"--jitter must be a whole number of pixels >= 0, got {args.jitter}")
+    if args.zoom < 1:
+        ap.error(f"--zoom must be a whole factor >= 1, got {args.zoom}")
     if args.crop and args.crop <= 2 * CROP_MARGIN:
         ap.error(f"--crop must exceed {2 * CROP_MARGIN} pixels, got {args.crop}")
     if args.hot and args.hot != "beside":
@@ -405,6 +431,8 @@ def main(argv=None) -> int:
     else:
         print(f"no datasets: {args.data} is not a folder; synthetic scenes only", file=sys.stderr)
     sets += synthetic_sets([int(s) for s in args.synthetic_seeds.split(",") if s.strip()])
+    if args.zoom > 1:
+        sets = [zoom_set(s, args.zoom) for s in sets]
     if args.crop:
         sets = [c for c in (crop_set(s, args.crop) for s in sets) if c.ids]
     if args.points == "coarse":
@@ -428,6 +456,7 @@ def main(argv=None) -> int:
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
     grown += f"; each target's glow drawn in at {args.glow} of its contrast" if args.glow > 0 else ""
+    grown += f"; sampled {args.zoom}x finer" if args.zoom > 1 else ""
     grown += f"; {args.crop}x{args.crop} crops, one per target" if args.crop else ""
     grown += "; LESPS coarse points drawn from the masks (seed 0)" if args.points == "coarse" else ""
     grown += f"; points moved by up to {args.jitter} px per axis (seed 0)" if args.jitter else ""
