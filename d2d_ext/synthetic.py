@@ -38,7 +38,7 @@ from scipy import ndimage
 from .files import write_bytes_atomic, write_png_atomic
 from .metrics import EIGHT_CONNECTED
 
-__all__ = ["Scene", "make_scene", "make_bar", "write_dataset", "BACKGROUNDS", "MASK_FRACTION", "AREA_RANGE"]
+__all__ = ["Scene", "make_scene", "make_bar", "make_pressed", "write_dataset", "BACKGROUNDS", "MASK_FRACTION", "AREA_RANGE"]
 
 #: Background kinds of :func:`make_scene`.
 BACKGROUNDS = ("sky", "sea", "ground", "mixed")
@@ -443,6 +443,27 @@ def make_bar(length: float, width: float, snr: float, seed: int, size: int = 200
     mask = signal > MASK_FRACTION
     return Scene(((image - image.min()) / np.ptp(image)).astype(np.float32), mask, np.array([[c, c]]),
                  mask.astype(np.int32), np.array([float(snr)]), "flat")
+
+
+def make_pressed(sigma: float, gap: float, half_length: float, half_thickness: float, seed: int,
+                 size: int = 320) -> Scene:
+    """A large target pressed against a bright band (a cloud bank, a roof), in a ``size``-square
+    image: a flat band ``2 * half_length`` x ``2 * half_thickness`` pixels at 0.97, its edges
+    blurred over 4 pixels, on a background of 0.42, and below it a Gaussian target of peak 0.95
+    (std ``sigma`` across the band, 1.5 times that along it) whose centre lies ``gap`` pixels past
+    the band's edge; white noise of std 0.01 (``seed``). The band is as bright as the target, and
+    the two meet over a saddle. The point is the target's centre; the mask is where the target's
+    own signal exceeds :data:`MASK_FRACTION` of its peak."""
+    yy, xx = _grid(size, size)
+    cy, cx = 0.375 * size, 0.5 * size
+    band = 1 / (1 + np.exp((np.abs(yy - cy) - half_thickness) / 4.0)) / (1 + np.exp((np.abs(xx - cx) - half_length) / 4.0))
+    ty = cy + half_thickness + gap
+    target = np.exp(-((yy - ty) ** 2 + ((xx - cx) / 1.5) ** 2) / (2 * sigma ** 2))
+    image = np.maximum(0.42 + 0.55 * band, 0.42 + 0.53 * target)
+    image += 0.01 * np.random.default_rng(seed).standard_normal(image.shape)
+    mask = target > MASK_FRACTION
+    return Scene(np.clip(image, 0, 1).astype(np.float32), mask, np.array([[cx, ty]]), mask.astype(np.int32),
+                 np.array([0.53 / 0.01]), "flat")
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,7 +37,12 @@ The search, in order (:func:`strict_component`):
      a target surrounds its peak, a building or a cloud beside the point lies on one side;
    - it reaches no image edge the smaller component did not: an edge has no band, so a
      component that runs off the image is unguarded;
-   - it holds no other point of the image (that would merge two targets);
+   - it holds no other point of the image (that would merge two targets), nor a second
+     structure as bright as the peak: above a level a noise bar (or ``plateau_step`` of the
+     amplitude) below the peak, no part apart from the peak's own is as large and comes within a
+     noise bar of the peak. A target larger than the first window puts that window's band on its
+     own hull, so the test above cannot see a cloud the target is pressed against; the cloud,
+     as bright as the target, meets it over a saddle, where a target's own top is one part;
    - it changes by at most 25% in the next window (the background level has settled); the
      largest window, with no next one, only where the window below it held no candidate;
    - it is no *plateau*: at a threshold ``plateau_step`` of the amplitude higher it keeps at least
@@ -114,7 +119,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
-from .morphology import component, elongation, fill_holes, inner_edge, with_halo
+from .morphology import component, elongation, fill_holes, inner_edge, label, with_halo
 from .points import INSIDE_RULE, point_pixel, points_inside
 
 if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
@@ -375,6 +380,26 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         higher = window(half, f + cfg.plateau_step)
         return higher.comp is None or (higher.comp & cand.comp).sum() < 0.5 * cand.comp.sum()
 
+    def rival(found: _Window, cand: _Window) -> bool:
+        """Whether ``cand``'s component holds a second structure as bright as the peak: above a
+        level one noise bar of ``found`` (:func:`noise_bar`), or ``plateau_step`` of the
+        amplitude if more, below the peak, a part apart from the peak's own part, at least as
+        large, that comes within a noise bar of the peak. A large target pressed against a cloud
+        as bright as itself meets it over a saddle; a target's own top is one part there, and the
+        bumps its noise leaves apart are small."""
+        bar = window_bar(found)
+        y0, y1, x0, x1 = cand.box
+        win = image[y0:y1, x0:x1]
+        above = cand.comp & (win > peak - max(bar, cfg.plateau_step * (peak - cand.bg)))
+        own = component(above, (py - y0, px - x0))
+        if own is None or own.all() or not (above & ~own).any():
+            return False
+        parts, n = label(above & ~own)
+        sizes = np.bincount(parts.ravel(), minlength=n + 1)[1:]
+        tops = np.full(n + 1, -np.inf)
+        np.maximum.at(tops, parts.ravel(), win.ravel())
+        return bool(((sizes >= own.sum()) & (tops[1:] >= peak - bar)).any())
+
     def grow(half: int, f: float, found: _Window) -> _Window:
         """Grow the accepted window while its band lies on the target's hull: the next band lies
         well below it, or the peak did not clear it (a plateau), and a larger window's component
@@ -389,6 +414,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             if cand.comp is not None and plateau(nxt, f, cand):
                 continue
             if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
+                    and not rival(found, cand)
                     and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
                     and stable(nxt, f, cand)):
                 found = cand
@@ -520,13 +546,18 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         out[cut] = comp
         return out
 
+    def window_bar(win: _Window) -> float:
+        """:func:`noise_bar` of ``win``'s pixels (asked again by accept and by the growth's
+        tests for the window the search accepts: computed once)."""
+        y0, y1, x0, x1 = win.box
+        if win.box not in noise:
+            noise[win.box] = noise_bar(image[y0:y1, x0:x1])
+        return noise[win.box]
+
     def noise_bump(win: _Window) -> bool:
         """Whether the peak stands no higher above ``win``'s background than noise could
         (:func:`noise_bar`)."""
-        y0, y1, x0, x1 = win.box
-        if win.box not in noise:  # asked again by accept for the window the search accepts
-            noise[win.box] = noise_bar(image[y0:y1, x0:x1])
-        return peak - win.bg <= noise[win.box]
+        return peak - win.bg <= window_bar(win)
 
     def accept(half: int, f: float, found: _Window) -> Strict:
         # A component found at a raised fraction, or in a window whose band's spread its peak

@@ -27,7 +27,7 @@ from d2d_ext import windows
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics, match_targets
 from d2d_ext.reference import diffuse_reference
-from d2d_ext.synthetic import make_bar, make_scene, write_dataset
+from d2d_ext.synthetic import make_bar, make_pressed, make_scene, write_dataset
 
 SIRST = Path(os.environ.get("D2D_SIRST_ROOT", Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"))
 needs_sirst = pytest.mark.skipif(not (SIRST / "images").is_dir(), reason=f"SIRST-v1 not found at {SIRST}")
@@ -618,6 +618,21 @@ def test_long_bar_whose_top_fills_the_band_is_not_cut_to_a_bump(length, width, s
     bar = make_bar(length, width, snr, seed, angle=angle)
     (mask,) = Annotator().annotate([bar.image], [bar.points])
     assert (mask & bar.mask).sum() / (mask | bar.mask).sum() >= 0.8
+
+
+@pytest.mark.parametrize("sigma, gap, half_length, half_thickness, seed",
+                         [(6, 6, 60, 12, 1), (6, 6, 60, 20, 1), (10, 12, 60, 12, 0), (14, 6, 60, 20, 1),
+                          (14, 12, 90, 20, 0)])
+def test_large_target_pressed_against_a_band_as_bright_does_not_take_it(sigma, gap, half_length, half_thickness,
+                                                                        seed):
+    """Cases of ``annotation_touching.py`` whose masks took the band (4,000 to 10,000 pixels for
+    targets of 409 to 2,227): the first window lies inside the target, so its band is on the
+    target's hull and every larger component, band and target, surrounds the point as that
+    band reads it. The band is as bright as the target and meets it over a saddle: a second
+    structure as bright as the peak, so the window does not grow into it."""
+    scene = make_pressed(sigma, gap, half_length, half_thickness, seed)
+    (mask,) = Annotator().annotate([scene.image], [scene.points])
+    assert mask.sum() <= scene.mask.sum() and (mask & scene.mask).sum() >= 0.9 * mask.sum(), int(mask.sum())
 
 
 def _bar_with_neighbour(neighbour: str, level: float, seed: int):

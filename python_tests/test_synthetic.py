@@ -9,7 +9,7 @@ from PIL import Image
 from scipy import ndimage
 
 from d2d_ext.data import IRDataset
-from d2d_ext.synthetic import AREA_RANGE, GAP, Scene, make_bar, make_scene, write_dataset
+from d2d_ext.synthetic import AREA_RANGE, GAP, Scene, make_bar, make_pressed, make_scene, write_dataset
 
 EIGHT = np.ones((3, 3), dtype=bool)
 N_SCENES = 40
@@ -235,3 +235,21 @@ def test_make_bar_geometry_and_contrast(angle):
     top = bar.image[(np.abs(along) <= 15) & (np.abs(across) <= 1)].mean()  # away from the blurred edges
     far = ~ndimage.binary_dilation(bar.mask, iterations=4)
     assert 7.0 < (top - bar.image[far].mean()) / bar.image[far].std() < 9.0
+
+
+def test_make_pressed_puts_the_target_against_a_band_as_bright():
+    """The target's mask is an ellipse around the point, 1.5 times as long along the band as
+    across (sigma 6: about 4.6 x 1.5 x 6 pixels wide); the band above it is at least as bright as
+    the target's peak, and the pixels between them dip to a saddle; the same seed gives the same
+    image, another seed other noise."""
+    scene = make_pressed(6, 6, 60, 12, seed=0)
+    (x, y), = scene.points
+    assert scene.image.dtype == np.float32 and scene.image.shape == (320, 320) and scene.mask[int(y), int(x)]
+    ys, xs = np.nonzero(scene.mask)
+    assert 1.3 < np.ptp(xs) / np.ptp(ys) < 1.7 and 250 < scene.mask.sum() < 500
+    column = ndimage.uniform_filter(scene.image.astype(np.float64), 5)[:, int(x)]
+    band, peak = column[120], column[int(y)]
+    saddle = column[120:int(y)].min()
+    assert band >= peak - 0.02 and saddle < peak - 0.05
+    assert np.array_equal(make_pressed(6, 6, 60, 12, seed=0).image, scene.image)
+    assert not np.array_equal(make_pressed(6, 6, 60, 12, seed=1).image, scene.image)
