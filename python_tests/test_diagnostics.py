@@ -2,6 +2,7 @@
 diagnoses of what bi-level training's two outer levers (theta, the sample weights) can act on; and
 benchmarks/annotation/annotation_scale.py, the annotator by target size;
 benchmarks/annotation/annotation_elongated.py, the annotator on long thin targets;
+benchmarks/annotation/annotation_touching.py, the annotator on large targets pressed against a band;
 benchmarks/annotation/annotation_datasets.py, the annotator on every dataset apart."""
 
 import importlib.util
@@ -33,6 +34,7 @@ theta_sensitivity = load("training/theta_sensitivity")
 alpha_label_quality = load("training/alpha_label_quality")
 annotation_scale = load("annotation/annotation_scale")
 annotation_elongated = load("annotation/annotation_elongated")
+annotation_touching = load("annotation/annotation_touching")
 annotation_datasets = load("annotation/annotation_datasets")
 bit_hashes = load("ops/bit_hashes")
 bad_pixel_search = load("annotation/bad_pixel_search")
@@ -129,6 +131,19 @@ def test_annotation_elongated_table(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == text.strip()
     rows = [line for line in text.splitlines() if line.startswith("| 60x6 |")]
     assert len(rows) == 4 and {r.split("|")[2].strip() for r in rows} == {"0", "30", "45"}
+
+
+def test_annotation_touching_table(tmp_path, capsys):
+    """One row per case, each with its target's size and one mask size per seed for ours and the
+    local threshold; no mask of ours takes the band (three times the target)."""
+    out = tmp_path / "touching.md"
+    assert annotation_touching.main(["--seeds", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert capsys.readouterr().out.strip() == text.strip()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line[:3] in ("| 6", "| 1")]
+    assert len(rows) == len(annotation_touching.CASES)
+    for sigma, gap, band, target, ours, local in rows:
+        assert 0 < int(ours) <= 3 * int(target) and int(local) > 0, (sigma, gap, band)
 
 
 def test_annotation_datasets_scores_on_known_masks():

@@ -13,19 +13,16 @@ degrees, ``snr`` times the correlated noise above it, the point at its centre. S
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: case_sweep, md_table
+from case_sweep import sweep_args  # noqa: E402
 from md_table import command_line, emit  # noqa: E402
 
-from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
-from d2d_ext.cli import parse_settings
 from d2d_ext.synthetic import make_bar
 
 CASES = ((30, 4, 6.0, 0), (40, 5, 6.0, 0), (60, 6, 5.0, 0), (60, 6, 8.0, 0), (80, 10, 8.0, 0),
@@ -37,13 +34,7 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=4, help="noise draws per case")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an AnnotatorConfig setting")
-    ap.add_argument("--out")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    annotator = Annotator(config_from_dict(parse_settings(args.set)))
+    args, annotator = sweep_args(__doc__, 4, argv)
     rows = []
     for length, width, snr, angle in CASES:
         ours, local = [], []

@@ -14,31 +14,21 @@ band.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: case_sweep, md_table
+from case_sweep import sweep_args  # noqa: E402
 from md_table import command_line, emit  # noqa: E402
 
-from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
-from d2d_ext.cli import parse_settings
 from d2d_ext.synthetic import make_pressed
 
 CASES = tuple((s, g, l, t) for s in (6, 10, 14) for g in (6, 12) for l in (60, 90) for t in (12, 20))  # sigma, gap, band halves
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=2, help="noise draws per case")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an AnnotatorConfig setting")
-    ap.add_argument("--out")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    annotator = Annotator(config_from_dict(parse_settings(args.set)))
+    args, annotator = sweep_args(__doc__, 2, argv)
     rows = []
     for sigma, gap, half_length, half_thickness in CASES:
         ours, local = [], []
