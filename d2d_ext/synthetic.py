@@ -38,7 +38,8 @@ from scipy import ndimage
 from .files import write_bytes_atomic, write_png_atomic
 from .metrics import EIGHT_CONNECTED
 
-__all__ = ["Scene", "make_scene", "make_bar", "make_pressed", "write_dataset", "BACKGROUNDS", "MASK_FRACTION", "AREA_RANGE"]
+__all__ = ["Scene", "make_scene", "make_bar", "make_pressed", "write_dataset", "BACKGROUNDS", "MASK_FRACTION",
+           "AREA_RANGE"]
 
 #: Background kinds of :func:`make_scene`.
 BACKGROUNDS = ("sky", "sea", "ground", "mixed")
@@ -456,7 +457,9 @@ def make_pressed(sigma: float, gap: float, half_length: float, half_thickness: f
     own signal exceeds :data:`MASK_FRACTION` of its peak."""
     yy, xx = _grid(size, size)
     cy, cx = 0.375 * size, 0.5 * size
-    band = 1 / (1 + np.exp((np.abs(yy - cy) - half_thickness) / 4.0)) / (1 + np.exp((np.abs(xx - cx) - half_length) / 4.0))
+    edge = 4.0  # the band's edges fall off over this many pixels
+    across = 1 / (1 + np.exp((np.abs(yy - cy) - half_thickness) / edge))
+    band = across / (1 + np.exp((np.abs(xx - cx) - half_length) / edge))
     ty = cy + half_thickness + gap
     target = np.exp(-((yy - ty) ** 2 + ((xx - cx) / 1.5) ** 2) / (2 * sigma ** 2))
     image = np.maximum(0.42 + 0.55 * band, 0.42 + 0.53 * target)

@@ -392,7 +392,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         win = image[y0:y1, x0:x1]
         above = cand.comp & (win > peak - max(bar, cfg.plateau_step * (peak - cand.bg)))
         own = component(above, (py - y0, px - x0))
-        if own is None or own.all() or not (above & ~own).any():
+        if own is None or not (above & ~own).any():
             return False
         parts, n = label(above & ~own)
         sizes = np.bincount(parts.ravel(), minlength=n + 1)[1:]

@@ -39,9 +39,9 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 ``d2d annotate --bad-pixels`` does. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
 target, with the crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and
 clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves every point by up
-to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom F`` scores every set sampled ``F`` times finer
-(:func:`zoom_set`): a sensor of finer pixels, where targets and clutter span more pixels than the
-windows were chosen on.
+to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
+F`` scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of finer pixels,
+where targets and clutter span more pixels than the windows were chosen on.
 """
 
 from __future__ import annotations

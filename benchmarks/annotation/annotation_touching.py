@@ -24,7 +24,8 @@ from md_table import command_line, emit  # noqa: E402
 from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.synthetic import make_pressed
 
-CASES = tuple((s, g, l, t) for s in (6, 10, 14) for g in (6, 12) for l in (60, 90) for t in (12, 20))  # sigma, gap, band halves
+# sigma, gap, the band's half-length and half-thickness
+CASES = tuple((s, g, l, t) for s in (6, 10, 14) for g in (6, 12) for l in (60, 90) for t in (12, 20))
 
 
 def main(argv=None) -> int:
