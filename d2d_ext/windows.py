@@ -395,10 +395,8 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         if own is None or not (above & ~own).any():
             return False
         parts, n = label(above & ~own)
-        sizes = np.bincount(parts.ravel(), minlength=n + 1)[1:]
-        tops = np.full(n + 1, -np.inf)
-        np.maximum.at(tops, parts.ravel(), win.ravel())
-        return bool(((sizes >= own.sum()) & (tops[1:] >= peak - bar)).any())
+        large = np.flatnonzero(np.bincount(parts.ravel(), minlength=n + 1)[1:] >= own.sum()) + 1
+        return any(win[parts == k].max() >= peak - bar for k in large)
 
     def grow(half: int, f: float, found: _Window) -> _Window:
         """Grow the accepted window while its band lies on the target's hull: the next band lies

@@ -241,9 +241,9 @@ def zoom_set(s: EvalSet, factor: int) -> EvalSet:
     """``s`` sampled ``factor`` times finer: every image upsampled by bilinear interpolation (pixel
     centres kept, edges held: ``align_corners=False``), every ground-truth mask by pixel
     replication, and the points at the centroids of the zoomed masks (the LESPS centroid
-    protocol). A stand-in for a sensor of finer
-    pixels (frames up to 1920x1080) that sees the same scenes: targets and clutter both span
-    ``factor`` times more pixels, and the noise is correlated over about ``factor`` pixels."""
+    protocol). A stand-in for a sensor of finer pixels (frames up to 1920x1080) that sees the same
+    scenes: targets and clutter both span ``factor`` times more pixels, and the noise is
+    correlated over about ``factor`` pixels."""
     images, points, masks = [], [], []
     for image, mask in zip(s.images, s.masks):
         fine = torch.nn.functional.interpolate(torch.from_numpy(np.float32(image))[None, None], scale_factor=factor,
