@@ -227,6 +227,35 @@ def test_annotation_datasets_hot_pixels():
         annotation_datasets.main(["--hot", "2", "--synthetic-seeds", ""])
 
 
+def test_annotation_datasets_sensor_noise_is_white_or_per_column_at_the_image_noise():
+    """``--noise F`` adds independent noise of ``F`` times the image's own pixel noise; ``--stripes F``
+    one offset per column of that size; saturated pixels stay at 1, values stay in [0, 1], the
+    loaded images are not changed, and the same seed draws the same noise."""
+    rng = np.random.default_rng(3)
+    image = np.float32(0.5 + 0.01 * rng.standard_normal((200, 300)))
+    image[:20, :20] = 1.0  # a saturated patch
+    original = image.copy()
+    mask = np.zeros(image.shape, bool)
+
+    def noisy(white, stripes):
+        s = annotation_datasets.EvalSet("t", ["a"], [image], [np.zeros((0, 2))], [mask])
+        annotation_datasets.add_sensor_noise(s, white, stripes)
+        return s.images[0]
+
+    sd = annotation_datasets.pixel_noise(image)
+    assert 0.009 < sd < 0.011
+    added = (noisy(2.0, 0.0) - image)[20:]
+    assert abs(added.std() / (2 * sd) - 1) < 0.05 and abs(added.mean(axis=0)).max() < 0.5 * sd
+    stripes = noisy(0.0, 1.5)
+    columns = (stripes - image)[20:]
+    assert columns.std(axis=0).max() < 1e-6  # one offset per column
+    assert abs(columns[0].std() / (1.5 * sd) - 1) < 0.15
+    assert (stripes[:20, :20] == 1.0).all() and (noisy(3.0, 3.0) <= 1.0).all()
+    assert np.array_equal(noisy(1.0, 1.0), noisy(1.0, 1.0)) and np.array_equal(image, original)
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--noise", "-1", "--synthetic-seeds", ""])
+
+
 def test_annotation_datasets_jitter_moves_points_by_whole_pixels_within_reach():
     """``--jitter N``: every point moves by whole pixels, at most ``N`` per axis, stays inside its
     image (a point on the edge too), and the same seed moves it the same way."""

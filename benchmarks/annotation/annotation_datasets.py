@@ -3,7 +3,7 @@
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
-        [--zoom F]
+        [--zoom F] [--noise F] [--stripes F]
         [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
@@ -41,7 +41,9 @@ target, with the crop's own centroid points (:func:`crop_set`): targets near a f
 clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves every point by up
 to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
 F`` scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of finer pixels,
-where targets and clutter span more pixels than the windows were chosen on.
+where targets and clutter span more pixels than the windows were chosen on. ``--noise F`` and
+``--stripes F`` add sensor noise of ``F`` times each image's own pixel noise (:func:`add_sensor_noise`):
+white, or an offset per column (the column fixed-pattern noise of an uncooled sensor's readout).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from d2d_ext.morphology import grow
 from d2d_ext.points import centroid_points, coarse_points, point_pixel
 from d2d_ext.sensor import repair as repair_pixels
 from d2d_ext.synthetic import make_scene
+from d2d_ext.windows import pixel_noise
 
 DEFAULT_DATA = SHARED_DATA
 CHUNK = 16
@@ -292,6 +295,22 @@ def add_hot_pixels(s: EvalSet, how: str, seed: int = 0, repair: bool = False) ->
     s.images = images
 
 
+def add_sensor_noise(s: EvalSet, white: float = 0.0, stripes: float = 0.0, seed: int = 0) -> None:
+    """Adds to every image of ``s`` Gaussian noise of ``white`` times the image's own pixel noise
+    (:func:`d2d_ext.windows.pixel_noise`, read from its neighbour differences) and, per column, an
+    offset of ``stripes`` times it: a noisier sensor, or one whose column readout is not flat (see
+    ``--noise``, ``--stripes``). Seeded per image. Values stay in [0, 1], and pixels at 1 (a
+    saturated sensor reads its full scale whatever the noise) stay there."""
+    images = []
+    for k, image in enumerate(s.images):
+        rng = np.random.default_rng([seed, k])
+        sd = pixel_noise(image)
+        columns = rng.standard_normal((1, image.shape[1]))
+        noisy = image + sd * (white * rng.standard_normal(image.shape) + stripes * columns)
+        images.append(np.where(image >= 1.0, image, np.clip(noisy, 0.0, 1.0)).astype(np.float32))
+    s.images = images
+
+
 def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict | None = None) -> Score:
     metrics = ISTDMetrics()
     tp = npred = ngt = 0
@@ -406,8 +425,15 @@ def main(argv=None) -> int:
     ap.add_argument("--zoom", type=int, default=1, metavar="F",
                     help="score every set sampled F times finer: images upsampled (bilinear), masks by "
                          "pixel replication, points at the zoomed masks' centroids (see zoom_set)")
+    ap.add_argument("--noise", type=float, default=0.0, metavar="F",
+                    help="add white noise of F times each image's own pixel noise (seeded)")
+    ap.add_argument("--stripes", type=float, default=0.0, metavar="F",
+                    help="add to each column an offset of F times each image's own pixel noise (seeded): a "
+                         "sensor's column fixed-pattern noise")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    if args.noise < 0 or args.stripes < 0:
+        ap.error(f"--noise and --stripes must be >= 0, got {args.noise} and {args.stripes}")
     if args.jitter < 0:
         ap.error(f"--jitter must be a whole number of pixels >= 0, got {args.jitter}")
     if args.zoom < 1:
@@ -445,6 +471,9 @@ def main(argv=None) -> int:
         offset, gain = (float(v) for v in args.map.split(","))
         for s in sets:
             s.images = [np.float32(offset + gain * im) for im in s.images]
+    if args.noise or args.stripes:
+        for s in sets:
+            add_sensor_noise(s, args.noise, args.stripes)
     if args.hot:
         for s in sets:
             add_hot_pixels(s, args.hot, repair=args.repair)
@@ -462,6 +491,8 @@ def main(argv=None) -> int:
     grown += f"; points moved by up to {args.jitter} px per axis (seed 0)" if args.jitter else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
+    grown += f"; white noise of {args.noise}x each image's pixel noise added (seed 0)" if args.noise else ""
+    grown += f"; column offsets of {args.stripes}x each image's pixel noise added (seed 0)" if args.stripes else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{n} {i}" for n, i in r.worst)
