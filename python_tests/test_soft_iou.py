@@ -260,8 +260,10 @@ def test_autograd_only_logits_requires_grad():
 def test_float32_kernels_run_vectorised(mask):
     # A guard against a build whose float32 loops do not vectorise: with GCC's default trapping
     # math on an AVX2 machine (no AVX-512) the sigmoid's selects kept every loop scalar, and each
-    # kernel ran 7 to 14 times slower than torch.sigmoid on the same tensor (vectorised, ~1x).
-    # Best of several calls on one thread, so a busy machine does not fail it.
+    # kernel ran 7 to 14 times slower than torch.sigmoid on the same tensor. Vectorised, they take
+    # about 1x on AVX2, and up to 3.1x (the backward with both gradients) where torch.sigmoid runs
+    # at AVX-512's full width: the bound sits between. Best of several calls on one thread, so a
+    # busy machine does not fail it.
     import time
 
     x, t = problem((4, 1, 256, 256), dtype=torch.float32, seed=21)
@@ -285,7 +287,7 @@ def test_float32_kernels_run_vectorised(mask):
         torch.set_num_threads(threads)
     for name in ("forward", "backward"):
         ratio = best[name] / best["torch.sigmoid"]
-        assert ratio < 3.0, f"{name} takes {ratio:.1f}x torch.sigmoid's time: its loop is not vectorised"
+        assert ratio < 5.0, f"{name} takes {ratio:.1f}x torch.sigmoid's time: its loop is not vectorised"
 
 
 # --------------------------------------------------------------------------------------------
