@@ -42,8 +42,9 @@ clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves
 to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
 F`` scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of finer pixels,
 where targets and clutter span more pixels than the windows were chosen on. ``--noise F`` and
-``--stripes F`` add sensor noise of ``F`` times each image's own pixel noise (:func:`add_sensor_noise`):
-white, or an offset per column (the column fixed-pattern noise of an uncooled sensor's readout).
+``--stripes F`` add sensor noise of ``F`` times each image's own pixel noise
+(:func:`add_sensor_noise`): white, or an offset per column (the column fixed-pattern noise of an
+uncooled sensor's readout), before ``--map`` and ``--hot``.
 """
 
 from __future__ import annotations
@@ -467,13 +468,13 @@ def main(argv=None) -> int:
     if args.jitter:
         for s in sets:
             jitter_points(s, args.jitter)
+    if args.noise or args.stripes:  # on the images in [0, 1], before --map moves them
+        for s in sets:
+            add_sensor_noise(s, args.noise, args.stripes)
     if args.map:
         offset, gain = (float(v) for v in args.map.split(","))
         for s in sets:
             s.images = [np.float32(offset + gain * im) for im in s.images]
-    if args.noise or args.stripes:
-        for s in sets:
-            add_sensor_noise(s, args.noise, args.stripes)
     if args.hot:
         for s in sets:
             add_hot_pixels(s, args.hot, repair=args.repair)
