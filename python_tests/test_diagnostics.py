@@ -3,6 +3,7 @@ diagnoses of what bi-level training's two outer levers (theta, the sample weight
 benchmarks/annotation/annotation_scale.py, the annotator by target size;
 benchmarks/annotation/annotation_elongated.py, the annotator on long thin targets;
 benchmarks/annotation/annotation_touching.py, the annotator on large targets pressed against a band;
+benchmarks/annotation/annotation_crowded.py, the annotator against the number of targets in a frame;
 benchmarks/annotation/annotation_datasets.py, the annotator on every dataset apart."""
 
 import importlib.util
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from d2d_ext.morphology import label
 from d2d_ext.points import centroid_points
 from d2d_ext.synthetic import write_dataset
 
@@ -35,6 +37,7 @@ alpha_label_quality = load("training/alpha_label_quality")
 annotation_scale = load("annotation/annotation_scale")
 annotation_elongated = load("annotation/annotation_elongated")
 annotation_touching = load("annotation/annotation_touching")
+annotation_crowded = load("annotation/annotation_crowded")
 annotation_datasets = load("annotation/annotation_datasets")
 bit_hashes = load("ops/bit_hashes")
 bad_pixel_search = load("annotation/bad_pixel_search")
@@ -144,6 +147,27 @@ def test_annotation_touching_table(tmp_path, capsys):
     assert len(rows) == len(annotation_touching.CASES)
     for sigma, gap, band, target, ours, local in rows:
         assert 0 < int(ours) <= 3 * int(target) and int(local) > 0, (sigma, gap, band)
+
+
+def test_annotation_crowded_table(tmp_path, capsys):
+    """One row per frame size, target count and method; every scene holds exactly the asked-for
+    targets (their points and 8-connected masks); a count the frame cannot hold apart is refused
+    with the generator's reason."""
+    s = annotation_crowded.crowded_set(96, 6, 2, seed=1)
+    assert len(s.ids) == 2 and all(len(p) == 6 for p in s.points)
+    assert all(label(m)[1] == 6 for m in s.masks)
+    out = tmp_path / "crowded.md"
+    assert annotation_crowded.main(["--scenes", "1", "--targets", "2,6", "--sizes", "96", "--repeats", "1",
+                                    "--out", str(out)]) == 0
+    text = out.read_text()
+    assert capsys.readouterr().out.strip() == text.strip()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| 96x96")]
+    assert [(r[0], r[1]) for r in rows] == [("96x96, 2 targets", "ours"), ("96x96, 2 targets", "local threshold"),
+                                          ("96x96, 6 targets", "ours"), ("96x96, 6 targets", "local threshold")]
+    assert all(0.0 <= float(r[2]) <= 100.0 for r in rows)
+    with pytest.raises(SystemExit):
+        annotation_crowded.main(["--scenes", "1", "--targets", "500", "--sizes", "64"])
+    assert "could not place 500" in capsys.readouterr().err
 
 
 def test_annotation_datasets_scores_on_known_masks():
