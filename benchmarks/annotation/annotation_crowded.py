@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # annotation_datasets
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # md_table
-from annotation_datasets import EvalSet, evaluate, table_rows  # noqa: E402
+from annotation_datasets import TABLE_HEADER, EvalSet, evaluate, scene_set, table_rows  # noqa: E402
 from md_table import command_line, emit  # noqa: E402
 
 from d2d_ext.cli import parse_settings
@@ -34,8 +34,7 @@ def crowded_set(size: int, targets: int, scenes: int, seed: int) -> EvalSet:
     """``scenes`` synthetic ``size`` x ``size`` scenes of ``targets`` targets each (seeded)."""
     drawn = [make_scene(np.random.default_rng([seed, targets, size, i]), size, size, "mixed", n_targets=targets)
              for i in range(scenes)]
-    return EvalSet(f"{size}x{size}, {targets} targets", [f"scene{i}" for i in range(scenes)],
-                   [s.image for s in drawn], [s.points for s in drawn], [s.mask > 0 for s in drawn])
+    return scene_set(f"{size}x{size}, {targets} targets", drawn)
 
 
 def main(argv=None) -> int:
@@ -58,9 +57,9 @@ def main(argv=None) -> int:
     except ValueError as err:  # more targets than the frame holds apart
         ap.error(str(err))
     settings = parse_settings(args.set)
-    header = ["set", "method", "IoU", "nIoU", "Pd", "Fa (1e-6)", "precision", "recall", "worst image's Fa px", "ms/target"]
+    results = evaluate(sets, settings, worst=1, repeats=args.repeats)
     emit(f"settings {settings or 'default'}; {args.scenes} synthetic SIRST-like scenes per row (seed {args.seed}); "
-         f"command: `{command_line()}`", header, table_rows(evaluate(sets, settings, worst=1, repeats=args.repeats)), args.out)
+         f"command: `{command_line()}`", TABLE_HEADER, table_rows(results), args.out)
     return 0
 
 

@@ -203,14 +203,20 @@ def load_set(ds: IRDataset, name: str, ids: list) -> EvalSet:
                    [ds.load_mask(i) for i in ids])
 
 
+def scene_set(name: str, scenes: list) -> EvalSet:
+    """Synthetic scenes (:class:`d2d_ext.synthetic.Scene`) as a set named ``name``, ids
+    ``scene<i>``, with their own points and exact masks."""
+    return EvalSet(name, [f"scene{i}" for i in range(len(scenes))], [s.image for s in scenes],
+                   [s.points for s in scenes], [s.mask > 0 for s in scenes])
+
+
 def synthetic_sets(seeds) -> list:
     out = []
     for seed in seeds:
         for label, n, size, area in (("SIRST-like 256", 60, 256, None), ("extended 512", 24, 512, (2.0, 3000.0))):
             kw = {} if area is None else {"area_range": area}
             scenes = [make_scene(np.random.default_rng([seed, 7, i]), size, size, "mixed", **kw) for i in range(n)]
-            out.append(EvalSet(f"synthetic {label}, seed {seed}", [f"scene{i}" for i in range(n)],
-                               [s.image for s in scenes], [s.points for s in scenes], [s.mask > 0 for s in scenes]))
+            out.append(scene_set(f"synthetic {label}, seed {seed}", scenes))
     return out
 
 
@@ -388,6 +394,11 @@ def evaluate(sets: list, settings: dict | None = None, worst: int = 3, baseline:
     return out
 
 
+# the columns of table_rows
+TABLE_HEADER = ["set", "method", "IoU", "nIoU", "Pd", "Fa (1e-6)", "precision", "recall", "worst image's Fa px",
+                "ms/target"]
+
+
 def table_rows(results: list) -> list:
     return [[name, method, f"{r.iou:.2f}", f"{r.niou:.2f}", f"{r.pd:.2f}", f"{r.fa:.1f}", f"{r.precision:.1f}",
              f"{r.recall:.1f}", r.worst[0][0], f"{r.ms:.2f}"] for name, method, r in results]
@@ -482,7 +493,6 @@ def main(argv=None) -> int:
         restyle(s, args.dilate, args.glow)
     against = {f"ours at {Path(f).name}": load_annotator_module(f, i) for i, f in enumerate(args.against)}
     results = evaluate(sets, settings, args.worst, against=against, repeats=args.repeats)
-    header = ["set", "method", "IoU", "nIoU", "Pd", "Fa (1e-6)", "precision", "recall", "worst image's Fa px", "ms/target"]
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
     grown += f"; each target's glow drawn in at {args.glow} of its contrast" if args.glow > 0 else ""
@@ -494,7 +504,8 @@ def main(argv=None) -> int:
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
     grown += f"; white noise of {args.noise}x each image's pixel noise added (seed 0)" if args.noise else ""
     grown += f"; column offsets of {args.stripes}x each image's pixel noise added (seed 0)" if args.stripes else ""
-    text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", header, table_rows(results))
+    text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", TABLE_HEADER,
+                table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{n} {i}" for n, i in r.worst)
               for name, method, r in results if method.startswith("ours")]
