@@ -2,7 +2,9 @@
 
 Every target is one point ``(x, y)`` (0-based pixel coordinates, sub-pixel allowed) on an image
 ``(H, W)`` float32 in [0, 1]. Only the image and the points are read; nothing here can see a
-ground-truth mask. For each point:
+ground-truth mask. A frame whose columns (or rows) carry a readout offset of their own, the
+stripes of an uncooled sensor, is read with that pattern removed first (``destripe``,
+:mod:`d2d_ext.stripes`); a frame without one is read as it is. Then, for each point:
 
 1. **Snap and window** (:mod:`d2d_ext.windows`). The point moves to the brightest pixel of
    its 3x3 neighbourhood (the peak), or to a small target's peak a pixel or two farther that it
@@ -78,6 +80,7 @@ from skimage.segmentation import slic
 from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
 from .morphology import component, fill_holes, grow, label, split_at_valleys, target_part
+from .stripes import AXES, destripe
 from .windows import check_points, find_peak, outer_band, snap, strict_component, window_box
 
 __all__ = [
@@ -166,6 +169,11 @@ class AnnotatorConfig:
     # the image): the margin that some datasets' annotators draw beyond what the image shows of a
     # target, a convention of the dataset (``d2d calibrate`` fits it from a few masks; 0: none)
     mask_margin: int = 0
+    # what of a sensor's readout pattern to remove before anything reads a frame: one offset per
+    # column ("columns", an uncooled sensor's stripes), per row ("rows"), "both" or "none"; only a
+    # pattern that stands out of its estimate's noise is removed (stripes.destripe), so a frame
+    # without one is read as it is
+    destripe: str = "columns"
 
     def __post_init__(self):
         # window sizes may come as lists (JSON settings files): kept as tuples, checked here, since
@@ -188,6 +196,8 @@ class AnnotatorConfig:
                 or not 0 <= self.point_radius < 8:
             raise ValueError(f"annotator setting point_radius must be a distance in pixels, at least 0 and under 8, got {self.point_radius!r}")
         object.__setattr__(self, "point_radius", float(self.point_radius))
+        if self.destripe not in AXES:
+            raise ValueError(f"annotator setting destripe must be one of {', '.join(AXES)}, got {self.destripe!r}")
         if not self.half_sizes:
             raise ValueError("annotator setting half_sizes must hold at least one window half-size")
         if self.wide_half_sizes and self.wide_half_sizes[0] <= self.half_sizes[-1]:
@@ -373,16 +383,20 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     if len(images) != len(points):
         raise ValueError(f"annotate: {len(images)} images but {len(points)} point arrays")
     rows = []
-    seconds = {"window": 0.0, "features": 0.0, "superpixel": 0.0}
+    seconds = {"destripe": 0.0, "window": 0.0, "features": 0.0, "superpixel": 0.0}
     shapes, arrays = [], []
     for b, (image, pts) in enumerate(zip(images, points)):
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"annotate: image {b} must have shape (H, W), got {image.shape}")
         image = image.astype(np.float32, copy=False)
+        pts = check_points(pts, image.shape, b)
+        if len(pts) and cfg.destripe != "none":
+            t0 = time.perf_counter()
+            image = destripe(image, cfg.destripe)
+            seconds["destripe"] += time.perf_counter() - t0
         shapes.append(tuple(image.shape))
         arrays.append(image)
-        pts = check_points(pts, image.shape, b)
         near = [snap(image, x, y, cfg.snap_radius) for x, y in pts]
         peaks = [find_peak(image, x, y, cfg, near[:k] + near[k + 1:]) for k, (x, y) in enumerate(pts)]
         span = max(float(image.max()) - float(image.min()), 1e-12) if peaks else 1.0

@@ -282,19 +282,23 @@ def load_settings(path) -> dict:
         raise DataError(f"settings file {path}: unknown annotator settings {unknown}; known: {sorted(defaults)}")
     out = {}
     for name, value in values.items():
-        out[name] = _coerce(value, defaults[name])
+        out[name] = as_setting(value, defaults[name])
         if out[name] is None:
             raise DataError(f"settings file {path}: {name} must be like its default {defaults[name]!r}, got {value!r}")
     return out
 
 
-def _coerce(value, default):
-    """``value`` as the type of ``default`` (int, float or a tuple of numbers), or None if it is not one."""
+def as_setting(value, default):
+    """``value`` (as JSON reads it: a tuple may come as a list) as the type of ``default`` (int,
+    float, a word or a tuple of numbers), or None if it is not one."""
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+    if isinstance(default, str):  # a choice (AnnotatorConfig checks which)
+        return value if isinstance(value, str) else None
+
     if isinstance(default, tuple):
-        if not isinstance(value, list) or not all(number(v) for v in value):
+        if not isinstance(value, (list, tuple)) or not all(number(v) for v in value):
             return None
         if all(isinstance(d, int) for d in default):  # window sizes and the like: whole pixels
             return tuple(int(v) for v in value) if all(float(v).is_integer() for v in value) else None

@@ -29,9 +29,11 @@ removed when it is run again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -46,12 +48,17 @@ def _annotator_config(args):
     wins over the file)."""
     from .annotate import config_from_dict
 
-    values = {}
-    if args.settings:
-        from .calibrate import load_settings
+    from .annotate import AnnotatorConfig
+    from .calibrate import as_setting, load_settings
 
-        values.update(load_settings(args.settings))
-    values.update(parse_settings(args.set))
+    values = load_settings(args.settings) if args.settings else {}
+    defaults = {f.name: f.default for f in dataclasses.fields(AnnotatorConfig)}
+    for name, value in parse_settings(args.set).items():
+        if name in defaults:  # an unknown name is config_from_dict's error below
+            value, given = as_setting(value, defaults[name]), value
+            if value is None:
+                raise DataError(f"--set {name} must be like its default {defaults[name]!r}, got {given!r}")
+        values[name] = value
     try:
         return config_from_dict(values)
     except (TypeError, ValueError) as err:
@@ -259,7 +266,8 @@ def _set_threads(n: int) -> None:
 
 
 def parse_settings(items) -> dict:
-    """``--set NAME=VALUE`` items -> ``{name: value}`` (JSON values; lists become tuples)."""
+    """``--set NAME=VALUE`` items -> ``{name: value}`` (JSON values; lists become tuples; a bare
+    word such as ``destripe=none`` is that word)."""
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -268,7 +276,9 @@ def parse_settings(items) -> dict:
         try:
             out[name] = json.loads(value)
         except ValueError:
-            raise DataError(f"--set {name}: cannot parse {value!r} (a number or a JSON list)") from None
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", value):
+                raise DataError(f"--set {name}: cannot parse {value!r} (a number, a word or a JSON list)") from None
+            out[name] = value
         if isinstance(out[name], list):
             out[name] = tuple(out[name])
     return out

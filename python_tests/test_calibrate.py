@@ -305,6 +305,11 @@ def test_load_settings_gives_each_value_its_fields_type(tmp_path):
     path.write_text(json.dumps({"settings": {"steps": 64.5}}))
     with pytest.raises(DataError, match="steps must be like its default"):
         load_settings(path)
+    path.write_text(json.dumps({"settings": {"destripe": "rows"}}))  # a choice: a word
+    assert load_settings(path) == {"destripe": "rows"}
+    path.write_text(json.dumps({"settings": {"destripe": 1}}))
+    with pytest.raises(DataError, match="destripe must be like its default"):
+        load_settings(path)
 
 
 def test_images_without_targets_give_an_undefined_iou_as_null(tmp_path, capsys):

@@ -70,6 +70,23 @@ def test_other_settings_in_the_same_folder_are_refused(dataset, tmp_path, capsys
     assert "other settings" in capsys.readouterr().err
 
 
+def test_a_choice_is_set_by_its_word(dataset, tmp_path, capsys):
+    """``--set destripe=none`` (a bare word) is taken and recorded with the masks; a word that is
+    no choice is an error naming the setting, before anything is written."""
+    out = tmp_path / "m"
+    assert main(["annotate", "--dataset", str(dataset), "--out", str(out), "--quiet", "--set", "destripe=none"]) == 0
+    assert json.loads((out / ".d2d-annotate.json").read_text())["config"]["destripe"] == "none"
+    capsys.readouterr()
+    code = main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "n"), "--quiet", "--set", "destripe=diag"])
+    err = capsys.readouterr().err
+    assert code == 2 and "destripe must be one of" in err and not (tmp_path / "n").exists()
+    code = main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "n"), "--quiet", "--set", "level=0.1x"])
+    assert code == 2 and "cannot parse" in capsys.readouterr().err
+    code = main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "n"), "--quiet", "--set", "level=high"])
+    assert code == 2 and "level must be like its default" in capsys.readouterr().err
+    assert not (tmp_path / "n").exists()
+
+
 def test_evaluate_matches_the_metrics_module(dataset, tmp_path, capsys):
     out = tmp_path / "m"
     annotate_dataset(dataset, "test", "centroid", out, progress=False)

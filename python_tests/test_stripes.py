@@ -1,0 +1,167 @@
+"""A sensor's column (or row) readout pattern: found, removed, and left alone where there is none."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.ndimage import median_filter, uniform_filter1d
+
+from d2d_ext.annotate import Annotator, AnnotatorConfig
+from d2d_ext.data import IRDataset
+from d2d_ext.metrics import ISTDMetrics
+from d2d_ext.stripes import _row_median, destripe, line_offsets
+from d2d_ext.synthetic import make_scene
+from d2d_ext.windows import pixel_noise
+
+SIRST = Path(os.environ.get("D2D_SIRST_ROOT", Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"))
+
+
+def _scenes(n, seed=0, size=256):
+    return [make_scene(np.random.default_rng([seed, i]), size, size, "mixed") for i in range(n)]
+
+
+def _striped(image, times, seed, axis=1):
+    """``image`` with one offset per column (``axis=1``) or row of ``times`` its pixel noise."""
+    rng = np.random.default_rng(seed)
+    offsets = times * pixel_noise(image) * rng.standard_normal(image.shape[axis])
+    shift = offsets[None, :] if axis == 1 else offsets[:, None]
+    return np.clip(image + shift, 0.0, 1.0).astype(np.float32), offsets
+
+
+@pytest.mark.parametrize("width", [3, 5, 7, 9])
+def test_row_median_is_scipys_median_filter_along_rows(width):
+    """The sorting network gives each pixel the median of its row's ``width`` pixels, the edge
+    pixels repeated beyond the edge, exactly (ties and repeated values included)."""
+    rng = np.random.default_rng(width)
+    v = rng.random((23, 41)).astype(np.float32)
+    v[5, 10:20] = 0.5  # ties
+    v[:, 0] = np.round(v[:, 0] * 4) / 4
+    assert np.array_equal(_row_median(v, width), median_filter(v, size=(1, width), mode="nearest"))
+
+
+def _fine(columns):
+    """What varies from column to column: less the 7-column running mean. A pattern's part that
+    is smooth over a few columns looks like the scene's own gradient, to the annotator as well."""
+    return columns - uniform_filter1d(columns, 7, mode="nearest")
+
+
+@pytest.mark.parametrize("times, left_at_most", [(1.0, 0.55), (3.0, 0.3)])
+def test_a_column_pattern_is_removed(times, left_at_most):
+    """The columns' offsets of a striped scene are found and taken off: what is left of the
+    pattern (the column means of the destriped frame less the clean one's) is a fraction of it."""
+    for k, scene in enumerate(_scenes(4, seed=1)):
+        striped, _ = _striped(scene.image, times, seed=k)
+        left = _fine((destripe(striped) - scene.image).mean(axis=0)).std()
+        added = _fine((striped - scene.image).mean(axis=0)).std()
+        assert left < left_at_most * added, (k, left / added)
+
+
+def test_frames_without_a_pattern_come_back_as_they_are():
+    """No pattern, no change: a scene, a scene with white noise of twice its own, and pure noise
+    come back as the same array under every axis setting."""
+    rng = np.random.default_rng(5)
+    frames = [s.image for s in _scenes(12, seed=2)]
+    frames += [np.clip(f + 2 * pixel_noise(f) * rng.standard_normal(f.shape), 0, 1).astype(np.float32) for f in frames[:6]]
+    frames += [np.float32(0.5 + 0.05 * rng.standard_normal((240, 320))) for _ in range(3)]
+    for f in frames:
+        for axes in ("columns", "rows", "both", "none"):
+            assert destripe(f, axes) is f
+        assert not line_offsets(f).any()
+
+
+def test_a_pole_that_covers_most_of_its_column_is_scene():
+    """A dark pole over 70% of a column's rows is not a readout offset: above the pole its column
+    keeps the background's level, where taking the pole's offset off would draw a bright line;
+    the stripes around it still go."""
+    scene = _scenes(1, seed=4)[0]
+    image = scene.image.copy()
+    image[77:, 100] = 0.02
+    striped, offsets = _striped(image, 2.0, seed=3)
+    out = destripe(striped)
+    noise = pixel_noise(scene.image)
+    above = out[:70, 100] - np.median(out[:70, 96:105], axis=1)
+    assert abs(float(np.median(above))) < 3 * noise + 2 * abs(offsets[100])
+    assert np.all(out[77:, 100] < 0.1)  # the pole itself is not lifted
+    left = np.delete(_fine((out - image).mean(axis=0)), range(96, 105)).std()
+    assert left < 0.3 * np.delete(_fine((striped - image).mean(axis=0)), range(96, 105)).std()
+
+
+def test_saturated_pixels_stay_saturated_and_values_stay_in_range():
+    scene = _scenes(1, seed=6)[0]
+    image = scene.image.copy()
+    image[20:40, 30:60] = 1.0
+    image[200:210, 10:20] = 0.0
+    striped, _ = _striped(image, 3.0, seed=1)
+    striped[20:40, 30:60] = 1.0
+    out = destripe(striped)
+    assert out is not striped and out.dtype == np.float32
+    assert np.all(out[20:40, 30:60] == 1.0)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_rows_are_columns_of_the_transposed_frame():
+    scene = _scenes(1, seed=7)[0]
+    striped, _ = _striped(scene.image, 2.0, seed=2, axis=0)
+    rows = destripe(striped, "rows")
+    assert rows is not striped
+    assert np.array_equal(rows, destripe(np.ascontiguousarray(striped.T), "columns").T)
+    assert destripe(striped, "columns") is striped  # a row pattern is no column pattern
+    both, _ = _striped(striped, 2.0, seed=8)
+    out = destripe(both, "both")
+    for axis in (0, 1):  # each pattern mostly gone
+        assert _fine((out - scene.image).mean(axis=axis)).std() < 0.5 * _fine((both - scene.image).mean(axis=axis)).std()
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: destripe(np.zeros((64, 64), np.float32), "diagonal"), "axes must be one of"),
+    (lambda: destripe(np.zeros((2, 64, 64), np.float32)), "(H, W)"),
+    (lambda: line_offsets(np.zeros((64, 64), np.float32), width=6), "width must be odd"),
+    (lambda: AnnotatorConfig(destripe="diagonal"), "destripe must be one of"),
+])
+def test_bad_input_is_refused_naming_it(call, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def test_small_frames_are_left_alone():
+    """Too few rows to average or columns to compare: nothing is estimated."""
+    rng = np.random.default_rng(0)
+    for shape in ((16, 200), (200, 10)):
+        f = np.float32(0.5 + 0.01 * rng.standard_normal(shape)) + np.float32(0.05) * (np.arange(shape[1]) % 2)
+        assert destripe(f) is f
+
+
+def _iou(masks, truth):
+    m = ISTDMetrics()
+    for p, g in zip(masks, truth):
+        m.update(p, g)
+    return m.compute()["iou"]
+
+
+def test_masks_on_a_striped_sensor():
+    """The annotator reads a striped frame destriped (its default): with offsets of three times
+    the pixel noise per column the masks keep most of the clean frames' IoU, where reading the
+    stripes as they are loses several times more."""
+    scenes = _scenes(36, seed=10)
+    images = [_striped(s.image, 3.0, seed=k)[0] for k, s in enumerate(scenes)]
+    points, truth = [s.points for s in scenes], [s.mask for s in scenes]
+    clean = _iou(Annotator().annotate([s.image for s in scenes], points), truth)
+    read = _iou(Annotator().annotate(images, points), truth)
+    raw = _iou(Annotator(AnnotatorConfig(destripe="none")).annotate(images, points), truth)
+    assert clean - read < 4 and clean - raw > 3 * (clean - read) + 2, (clean, read, raw)
+
+
+@pytest.mark.skipif(not (SIRST / "images").is_dir(), reason=f"SIRST-v1 not found at {SIRST}")
+def test_real_frames_are_read_as_they_are():
+    """Of SIRST-v1's 427 frames (a cooled sensor's), at most 1% show a column pattern that stands
+    out, and those lose nothing but the pattern: their offsets are within a few grey levels."""
+    ds = IRDataset(SIRST)
+    changed = 0
+    for i in ds.ids("all"):
+        image = ds.load_image(i)
+        out = destripe(image)
+        if out is not image:
+            changed += 1
+            assert np.abs(out - image).max() <= 4 / 255
+    assert changed <= 0.01 * len(ds.ids("all"))
