@@ -62,10 +62,10 @@ def line_offsets(image: np.ndarray, width: int = 7, samples: int = 32768, probe:
     its offset far beyond any readout's, and removing it would draw its negative where it ends.
 
     Rows are sampled evenly, never fewer than ``min_rows`` (or all of them): first about
-    ``probe`` pixels, where a frame stops unless its pattern's size reaches
-    ``probe_significance`` standard errors, then about ``samples`` pixels for the offsets
-    themselves (the estimate's noise falls as one over the square root of the rows, its cost
-    grows with the pixels).
+    ``probe`` pixels of a block of columns across the middle, where a frame stops unless its
+    pattern's size reaches ``probe_significance`` standard errors, then about ``samples`` pixels
+    of every column for the offsets themselves (the estimate's noise falls as one over the square
+    root of the rows, its cost grows with the pixels).
     """
     v = np.asarray(image)
     if v.ndim != 2:
@@ -76,12 +76,16 @@ def line_offsets(image: np.ndarray, width: int = 7, samples: int = 32768, probe:
     zero = np.zeros(W, np.float32)
     if W < 2 * width or H < min_rows:
         return zero  # too few columns to tell a stripe from the scene, or rows to average
-    rows = [max(1, H // max(min_rows, pixels // W)) for pixels in (probe, samples)]  # row steps
-    offsets, size, error = _offsets(v[::rows[0]], width)
+    # the probe: a block of columns across the middle (a readout pattern spans the frame), every
+    # step-th row; where most frames without a pattern stop, at a fraction of the cost
+    cols = min(W, max(probe // min_rows, 8 * width))
+    c0, step = (W - cols) // 2, max(1, H // max(min_rows, probe // cols))
+    full = max(1, H // max(min_rows, samples // W))  # the row step of the estimate
+    offsets, size, error = _offsets(v[::step, c0:c0 + cols], width)
     if size <= probe_significance * error:
-        return zero  # where most frames without a pattern stop, at a fraction of the cost
-    if rows[1] != rows[0]:
-        offsets, size, error = _offsets(v[::rows[1]], width)
+        return zero
+    if cols < W or step != full:  # else the probe read what the estimate would
+        offsets, size, error = _offsets(v[::full], width)
     if size <= significance * error:
         return zero
     # a readout's offsets are a population of like size; one far beyond it is a structure that

@@ -168,6 +168,11 @@ def test_annotation_crowded_table(tmp_path, capsys):
     with pytest.raises(SystemExit):
         annotation_crowded.main(["--scenes", "1", "--targets", "500", "--sizes", "64"])
     assert "could not place 500" in capsys.readouterr().err
+    wide = annotation_crowded.crowded_set((120, 80), 3, 1, seed=1)  # W x H, as --sizes 120x80
+    assert wide.name == "120x80, 3 targets" and wide.images[0].shape == (80, 120)
+    with pytest.raises(SystemExit):
+        annotation_crowded.main(["--scenes", "1", "--sizes", "96y96"])
+    assert "--sizes" in capsys.readouterr().err
 
 
 def test_annotation_datasets_scores_on_known_masks():

@@ -1,7 +1,7 @@
 """Pseudo-mask quality against the number of targets in a frame (markdown table).
 
     python benchmarks/annotation/annotation_crowded.py [--scenes 12] [--targets 2,8,16,26]
-        [--sizes 128,256] [--seed 9] [--repeats 3] [--set NAME=VALUE ...] [--out FILE.md]
+        [--sizes 128,256,1920x1080] [--seed 9] [--repeats 3] [--set NAME=VALUE ...] [--out FILE.md]
 
 Frames of the held-out data hold up to 26 targets. Crowded targets share windows: a larger
 window's component may hold another point (and is not taken), masks that touch are split between
@@ -27,30 +27,42 @@ from annotation_datasets import TABLE_HEADER, EvalSet, evaluate, scene_set, tabl
 from md_table import command_line, emit  # noqa: E402
 
 from d2d_ext.cli import parse_settings
+from d2d_ext.sensor import parse_size
 from d2d_ext.synthetic import make_scene
 
 
-def crowded_set(size: int, targets: int, scenes: int, seed: int) -> EvalSet:
-    """``scenes`` synthetic ``size`` x ``size`` scenes of ``targets`` targets each (seeded)."""
-    drawn = [make_scene(np.random.default_rng([seed, targets, size, i]), size, size, "mixed", n_targets=targets)
-             for i in range(scenes)]
-    return scene_set(f"{size}x{size}, {targets} targets", drawn)
+def crowded_set(size, targets: int, scenes: int, seed: int) -> EvalSet:
+    """``scenes`` synthetic scenes of ``targets`` targets each (seeded), ``size`` pixels square or
+    ``(W, H)``."""
+    w, h = (size, size) if isinstance(size, int) else size
+    key = [seed, targets, w] if w == h else [seed, targets, w, h]  # square frames keep their draws
+    drawn = [make_scene(np.random.default_rng(key + [i]), h, w, "mixed", n_targets=targets) for i in range(scenes)]
+    return scene_set(f"{w}x{h}, {targets} targets", drawn)
+
+
+def frame_size(text: str):
+    """``"256"`` -> 256 (square), ``"1920x1080"`` -> ``(1920, 1080)`` (W, H)."""
+    text = text.strip()
+    return int(text) if "x" not in text.lower() else parse_size(text)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=12, help="scenes per frame size and target count")
     ap.add_argument("--targets", default="2,8,16,26", help="comma-separated target counts per frame")
-    ap.add_argument("--sizes", default="128,256", help="comma-separated frame sizes (pixels, square)")
+    ap.add_argument("--sizes", default="128,256", help="comma-separated frame sizes: pixels of a square, or WxH")
     ap.add_argument("--seed", type=int, default=9)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per method and set; the fastest is kept")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an AnnotatorConfig setting")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     counts = [int(n) for n in args.targets.split(",") if n.strip()]
-    sizes = [int(n) for n in args.sizes.split(",") if n.strip()]
+    try:
+        sizes = [frame_size(n) for n in args.sizes.split(",") if n.strip()]
+    except ValueError as err:
+        ap.error(f"--sizes: {err}")
     if args.scenes < 1 or not counts or not sizes or min(counts) < 1:
-        ap.error("--scenes, --targets and --sizes must be whole numbers >= 1")
+        ap.error("--scenes and --targets must be whole numbers >= 1, --sizes must name a frame size")
     torch.set_num_threads(1)
     try:
         sets = [crowded_set(size, n, args.scenes, args.seed) for n in counts for size in sizes]
