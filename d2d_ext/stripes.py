@@ -9,8 +9,8 @@ and a target's threshold follows them (``benchmarks/RESULTS.md``, "Noisier senso
 An offset is estimated from the frame itself, in the only direction a scene does not mimic:
 along the whole column. Each sampled row is compared with its own running median across the
 columns (width ``width``: an edge between two structures stays where it is, a stripe narrower
-than half the window does not), and a column's offset is the robust mean, over the rows, of its
-pixels' departures from that median. A target, or a structure that covers a minority of the rows,
+than half the window does not), and a column's offset is the median, over the sampled rows, of
+its pixels' departures from that running median. A target, or a structure that covers a minority of the rows,
 does not move it; a pattern is removed only where it stands out of what the estimate's own noise
 gives (``significance``), so a frame without one is left exactly as it is.
 """
@@ -112,7 +112,9 @@ def destripe(image: np.ndarray, axes: str = "columns", **kwargs) -> np.ndarray:
     """``image`` ``(H, W)`` float in [0, 1] with its column offsets (``axes="columns"``), row
     offsets (``"rows"``), both (columns first) or neither (``"none"``) removed
     (:func:`line_offsets`; ``kwargs`` go there). Values stay in [0, 1], and pixels at 1 stay at 1:
-    a saturated pixel read the sensor's full scale, whatever its column's offset. A frame without
+    a saturated pixel read the sensor's full scale, whatever its column's offset. (A frame of
+    other values, raw counts or normalised, stays within its own range, its maximum kept: the
+    offsets scale with the frame.) A frame without
     a pattern comes back unchanged (the same array when nothing was removed). Raises
     ``ValueError`` for an unknown ``axes`` or an image that is not 2-d."""
     if axes not in AXES:
@@ -126,6 +128,9 @@ def destripe(image: np.ndarray, axes: str = "columns", **kwargs) -> np.ndarray:
         offsets = line_offsets(out.T if flip else out, **kwargs)
         if not offsets.any():
             continue
+        # the range [0, 1], or the frame's own where it reaches beyond (raw counts, a normalised
+        # frame): its full-scale pixels stay, the rest stays within it
+        lo, hi = min(float(image.min()), 0.0), max(float(image.max()), 1.0)
         shift = offsets[:, None] if flip else offsets[None, :]
-        out = np.where(image >= 1.0, image, np.clip(out - shift, 0.0, 1.0)).astype(image.dtype, copy=False)
+        out = np.where(image >= hi, image, np.clip(out - shift, lo, hi)).astype(image.dtype, copy=False)
     return out

@@ -100,6 +100,22 @@ def test_saturated_pixels_stay_saturated_and_values_stay_in_range():
     assert out.min() >= 0.0 and out.max() <= 1.0
 
 
+@pytest.mark.parametrize("offset, gain", [(1000.0, 3000.0), (-0.4, 0.8)])
+def test_a_frame_of_other_values_is_destriped_as_the_same_frame_in_0_1(offset, gain):
+    """Raw counts or a normalised frame: the offsets scale with it (medians and the significance
+    test are unchanged by a gain and an offset), and its values stay within its own range."""
+    scene = _scenes(1, seed=11)[0]
+    striped, _ = _striped(np.float32(0.2 + 0.6 * scene.image), 2.0, seed=4)  # nothing at 0 or 1
+    unit = destripe(striped)
+    frame = np.float32(offset + gain * striped)
+    other = destripe(frame)
+    assert unit is not striped
+    top = frame >= max(float(frame.max()), 1.0)  # raw counts: the frame's maximum is its full scale
+    assert np.array_equal(other[top], frame[top])
+    assert np.allclose(other[~top], (offset + gain * unit)[~top], rtol=0, atol=1e-4 * gain)
+    assert other.min() >= min(float(frame.min()), 0.0) and other.max() <= max(float(frame.max()), 1.0)
+
+
 def test_rows_are_columns_of_the_transposed_frame():
     scene = _scenes(1, seed=7)[0]
     striped, _ = _striped(scene.image, 2.0, seed=2, axis=0)
