@@ -3,7 +3,7 @@
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
-        [--zoom F] [--noise F] [--stripes F]
+        [--zoom F] [--noise F] [--stripes F] [--jpeg Q]
         [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
@@ -44,7 +44,9 @@ F`` scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of f
 where targets and clutter span more pixels than the windows were chosen on. ``--noise F`` and
 ``--stripes F`` add sensor noise of ``F`` times each image's own pixel noise
 (:func:`add_sensor_noise`): white, or an offset per column (the column fixed-pattern noise of an
-uncooled sensor's readout), before ``--map`` and ``--hot``.
+uncooled sensor's readout), before ``--map`` and ``--hot``. ``--jpeg Q`` reads every image after
+an 8-bit JPEG round trip at quality ``Q`` (:func:`jpeg_round_trip`, after the noise): datasets
+shipped as JPEG files, whose 8x8 blocks smooth a faint target away and draw edges in clutter.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import imageio.v3 as iio  # scikit-image's own image I/O (its dependency), for --jpeg
 import numpy as np
 import torch
 from scipy import ndimage
@@ -318,6 +321,17 @@ def add_sensor_noise(s: EvalSet, white: float = 0.0, stripes: float = 0.0, seed:
     s.images = images
 
 
+def jpeg_round_trip(s: EvalSet, quality: int) -> None:
+    """Replaces every image of ``s`` (in [0, 1]) by its 8-bit JPEG at ``quality`` (1 to 100), read
+    back into [0, 1] as float32: a dataset shipped as JPEG files (see ``--jpeg``)."""
+    images = []
+    for image in s.images:
+        data = iio.imwrite("<bytes>", np.uint8(np.clip(np.round(255 * image), 0, 255)), extension=".jpg",
+                           quality=int(quality))
+        images.append(np.float32(iio.imread(data, extension=".jpg")) / np.float32(255))
+    s.images = images
+
+
 def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict | None = None) -> Score:
     metrics = ISTDMetrics()
     tp = npred = ngt = 0
@@ -442,8 +456,12 @@ def main(argv=None) -> int:
     ap.add_argument("--stripes", type=float, default=0.0, metavar="F",
                     help="add to each column an offset of F times each image's own pixel noise (seeded): a "
                          "sensor's column fixed-pattern noise")
+    ap.add_argument("--jpeg", type=int, default=0, metavar="Q",
+                    help="read every image after an 8-bit JPEG round trip at quality Q (1 to 100), after --noise")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    if not 0 <= args.jpeg <= 100:
+        ap.error(f"--jpeg must be a JPEG quality from 1 to 100, got {args.jpeg}")
     if args.noise < 0 or args.stripes < 0:
         ap.error(f"--noise and --stripes must be >= 0, got {args.noise} and {args.stripes}")
     if args.jitter < 0:
@@ -482,6 +500,9 @@ def main(argv=None) -> int:
     if args.noise or args.stripes:  # on the images in [0, 1], before --map moves them
         for s in sets:
             add_sensor_noise(s, args.noise, args.stripes)
+    if args.jpeg:
+        for s in sets:
+            jpeg_round_trip(s, args.jpeg)
     if args.map:
         offset, gain = (float(v) for v in args.map.split(","))
         for s in sets:
@@ -504,6 +525,7 @@ def main(argv=None) -> int:
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
     grown += f"; white noise of {args.noise}x each image's pixel noise added (seed 0)" if args.noise else ""
     grown += f"; column offsets of {args.stripes}x each image's pixel noise added (seed 0)" if args.stripes else ""
+    grown += f"; every image through 8-bit JPEG at quality {args.jpeg}" if args.jpeg else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", TABLE_HEADER,
                 table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
