@@ -46,9 +46,7 @@ from .jobs import annotate_dataset, evaluate_dataset, find_bad_pixels
 def _annotator_config(args):
     """The :class:`~d2d_ext.annotate.AnnotatorConfig` of ``--settings`` and ``--set`` (``--set``
     wins over the file)."""
-    from .annotate import config_from_dict
-
-    from .annotate import AnnotatorConfig
+    from .annotate import AnnotatorConfig, config_from_dict
     from .calibrate import as_setting, load_settings
 
     values = load_settings(args.settings) if args.settings else {}
