@@ -276,19 +276,26 @@ def load_settings(path) -> dict:
     values = data.get("settings") if isinstance(data, dict) else None
     if not isinstance(values, dict):
         raise DataError(f'settings file {path} has no "settings" object (as d2d calibrate writes)')
+    return checked_settings(values, f"settings file {path}")
+
+
+def checked_settings(values: dict, source: str) -> dict:
+    """``values`` ``{name: value}`` (as JSON or ``--set`` reads them) with each value as its
+    :class:`AnnotatorConfig` field's type. Raises :class:`DataError` starting with ``source`` for
+    an unknown name or a value of the wrong kind."""
     defaults = {f.name: f.default for f in dataclasses.fields(AnnotatorConfig)}
     unknown = sorted(set(values) - set(defaults))
     if unknown:
-        raise DataError(f"settings file {path}: unknown annotator settings {unknown}; known: {sorted(defaults)}")
+        raise DataError(f"{source}: unknown annotator settings {unknown}; known: {sorted(defaults)}")
     out = {}
     for name, value in values.items():
-        out[name] = as_setting(value, defaults[name])
+        out[name] = _as_setting(value, defaults[name])
         if out[name] is None:
-            raise DataError(f"settings file {path}: {name} must be like its default {defaults[name]!r}, got {value!r}")
+            raise DataError(f"{source}: {name} must be like its default {defaults[name]!r}, got {value!r}")
     return out
 
 
-def as_setting(value, default):
+def _as_setting(value, default):
     """``value`` (as JSON reads it: a tuple may come as a list) as the type of ``default`` (int,
     float, a word or a tuple of numbers), or None if it is not one."""
     def number(v):

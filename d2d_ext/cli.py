@@ -29,7 +29,6 @@ removed when it is run again.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -46,17 +45,11 @@ from .jobs import annotate_dataset, evaluate_dataset, find_bad_pixels
 def _annotator_config(args):
     """The :class:`~d2d_ext.annotate.AnnotatorConfig` of ``--settings`` and ``--set`` (``--set``
     wins over the file)."""
-    from .annotate import AnnotatorConfig, config_from_dict
-    from .calibrate import as_setting, load_settings
+    from .annotate import config_from_dict
+    from .calibrate import checked_settings, load_settings
 
     values = load_settings(args.settings) if args.settings else {}
-    defaults = {f.name: f.default for f in dataclasses.fields(AnnotatorConfig)}
-    for name, value in parse_settings(args.set).items():
-        if name in defaults:  # an unknown name is config_from_dict's error below
-            value, given = as_setting(value, defaults[name]), value
-            if value is None:
-                raise DataError(f"--set {name} must be like its default {defaults[name]!r}, got {given!r}")
-        values[name] = value
+    values.update(checked_settings(parse_settings(args.set), "--set"))
     try:
         return config_from_dict(values)
     except (TypeError, ValueError) as err:
