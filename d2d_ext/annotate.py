@@ -298,6 +298,22 @@ class TargetBatch:
 # The smallest amplitude (peak - background) a target's contrast is divided by, as a fraction of its
 # image's range (a point on a flat background would otherwise divide by zero).
 AMPLITUDE_FLOOR = 1e-3
+# The range is read on whole rows evenly spaced, about this many pixels (every row of a frame that
+# small): the floor needs the frame's scale, which any fixed set of its pixels follows under a gain
+# and an offset, not its extremes; reading every pixel of a 1920x1080 frame cost more than a target.
+SPAN_PIXELS = 65536
+
+
+def frame_span(image: np.ndarray) -> float:
+    """Maximum minus minimum of ``image`` ``(H, W)`` over every ``k``-th row (``k`` the smallest
+    step that reads at most about ``SPAN_PIXELS`` pixels; every row of a smaller frame), or over
+    every pixel where those rows are flat; at least 1e-12."""
+    H, W = image.shape
+    rows = image[::max(1, -(-H * W // SPAN_PIXELS))]
+    span = float(rows.max()) - float(rows.min())
+    if span <= 0.0:  # the sampled rows are flat (a sky band): the frame may not be
+        span = float(image.max()) - float(image.min())
+    return max(span, 1e-12)
 
 
 class _Target(NamedTuple):
@@ -320,7 +336,7 @@ def _prepare_target(image: np.ndarray, b: int, point: tuple, py: int, px: int, o
                     seconds: dict, span: float) -> _Target:
     """Step 1 and the contrast of step 2 for the peak ``(py, px)`` of ``image`` (index ``b`` of
     the batch), snapped from the pixel ``point`` ``(row, col)``; ``others``: the image's other
-    peaks; ``span``: its maximum minus its minimum; adds each stage's time to ``seconds``."""
+    peaks; ``span``: its range (:func:`frame_span`); adds each stage's time to ``seconds``."""
     H, W = image.shape
     t0 = time.perf_counter()
     strict = strict_component(image, py, px, cfg, others)
@@ -399,7 +415,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         arrays.append(image)
         near = [snap(image, x, y, cfg.snap_radius) for x, y in pts]
         peaks = [find_peak(image, x, y, cfg, near[:k] + near[k + 1:]) for k, (x, y) in enumerate(pts)]
-        span = max(float(image.max()) - float(image.min()), 1e-12) if peaks else 1.0
+        span = frame_span(image) if peaks else 1.0
         for (x, y), (py, px) in zip(pts, peaks):
             rows.append(_prepare_target(image, b, point_pixel(x, y, *image.shape), py, px,
                                         [q for q in peaks if q != (py, px)], cfg, seconds, span))

@@ -181,6 +181,50 @@ def test_masks_do_not_depend_on_the_sensors_gain_and_offset(offset, gain):
     assert differing <= 0.01 * sum(int(m.sum()) for m in base), differing
 
 
+def test_frame_span_reads_every_pixel_of_a_small_frame():
+    image = np.random.default_rng(0).random((240, 273)).astype(np.float32)
+    image[117, 5] = 1.5  # an extreme on a row a sampled read would skip
+    assert annotate_module.frame_span(image) == float(image.max()) - float(image.min())
+
+
+def test_frame_span_of_a_large_frame_reads_rows_that_follow_gain_and_offset():
+    """A 1920x1080 frame's range is read on every k-th row: it scales with a gain and ignores an
+    offset (what the amplitude floor needs), and an extreme on a row it skips does not move it."""
+    image = np.random.default_rng(1).random((1080, 1920)).astype(np.float32)
+    span = annotate_module.frame_span(image)
+    assert 0.99 < span <= float(image.max()) - float(image.min())
+    mapped = np.float64(200.0) + 300.0 * image.astype(np.float64)
+    assert annotate_module.frame_span(mapped) == pytest.approx(300.0 * span, rel=1e-9)
+    image[1, 7] = 40.0
+    assert annotate_module.frame_span(image) == span
+
+
+def test_frame_span_reads_the_whole_frame_where_its_sampled_rows_are_flat():
+    image = np.zeros((1080, 1920), np.float32)
+    image[1] = 0.5  # the only structure, on a row the sampled read skips
+    assert annotate_module.frame_span(image) == 0.5
+    assert annotate_module.frame_span(np.zeros((1080, 1920), np.float32)) == 1e-12
+
+
+def test_masks_in_a_large_frame_are_those_of_crops_around_the_targets():
+    """A target's mask depends on the pixels around it only: in a 1920x1080 frame and in a
+    128x128 crop of it around the target, the same."""
+    rng = np.random.default_rng(4)
+    image = (0.2 + rng.normal(0, 0.01, (1080, 1920))).astype(np.float32)
+    yy, xx = np.mgrid[:1080, :1920]
+    points = np.array([[400.0, 300.0], [1500.0, 800.0]])
+    for (x, y), sigma in zip(points, (1.2, 2.5)):
+        image += np.float32(0.5) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+    (full,) = Annotator().annotate([image], [points])
+    for x, y in points:
+        y0, x0 = int(y) - 64, int(x) - 64
+        crop = np.ascontiguousarray(image[y0:y0 + 128, x0:x0 + 128])
+        (mask,) = Annotator().annotate([crop], [np.array([[x - x0, y - y0]])])
+        assert mask.sum() >= 5
+        assert (mask == full[y0:y0 + 128, x0:x0 + 128]).all()
+    assert full.sum() == sum(int(full[int(y) - 64:int(y) + 64, int(x) - 64:int(x) + 64].sum()) for x, y in points)
+
+
 def test_result_does_not_depend_on_the_batch():
     scenes = _scenes(6)
     ann = Annotator()
