@@ -170,10 +170,10 @@ class AnnotatorConfig:
     # target, a convention of the dataset (``d2d calibrate`` fits it from a few masks; 0: none)
     mask_margin: int = 0
     # what of a sensor's readout pattern to remove before anything reads a frame: one offset per
-    # column ("columns", an uncooled sensor's stripes), per row ("rows"), "both" or "none"; only a
-    # pattern that stands out of its estimate's noise is removed (stripes.destripe), so a frame
-    # without one is read as it is
-    destripe: str = "columns"
+    # column ("columns", an uncooled sensor's stripes), per row ("rows", its row noise), "both" or
+    # "none"; only a pattern that stands out of its estimate's noise is removed (stripes.destripe),
+    # so a frame without one is read as it is, and a probe per axis costs a fraction of a target
+    destripe: str = "both"
 
     def __post_init__(self):
         # window sizes may come as lists (JSON settings files): kept as tuples, checked here, since

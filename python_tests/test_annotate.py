@@ -1379,13 +1379,16 @@ def test_real_target_inside_a_bright_region_at_raised_fractions(iid, fraction):
     may choose) the larger windows' threshold fell below the region's level and the growth, or
     the wide windows' stand-in, took the whole region (1,291 to 1,969 pixels for targets of 57
     and 162); the region is a plateau that a threshold ``plateau_step`` higher drops, so it is
-    not taken. Without that test (``plateau_step=0``) the failure comes back."""
+    not taken. Without that test (``plateau_step=0``) the failure comes back: shown with the
+    column pattern removed only, since removing train_002655's row pattern as well (the default)
+    happens to keep its region apart at 0.35 too."""
     ds = IRDataset(DATA / "MDFA")
     image, points, gt = ds.load_image(iid), ds.points(iid, "centroid"), ds.load_mask(iid)
     (mask,) = Annotator(AnnotatorConfig(peak_fraction=fraction)).annotate([image], [points])
     n_targets, matched, _ = match_targets(mask, gt)
     assert mask.sum() <= 2 * gt.sum() and matched == n_targets, (int(mask.sum()), int(gt.sum()))
-    (unguarded,) = Annotator(AnnotatorConfig(peak_fraction=fraction, plateau_step=0.0)).annotate([image], [points])
+    unguarded_config = AnnotatorConfig(peak_fraction=fraction, plateau_step=0.0, destripe="columns")
+    (unguarded,) = Annotator(unguarded_config).annotate([image], [points])
     assert unguarded.sum() > 2 * gt.sum()
 
 

@@ -256,19 +256,20 @@ def test_annotation_datasets_hot_pixels():
         annotation_datasets.main(["--hot", "2", "--synthetic-seeds", ""])
 
 
-def test_annotation_datasets_sensor_noise_is_white_or_per_column_at_the_image_noise():
+def test_annotation_datasets_sensor_noise_is_white_per_column_or_per_row_at_the_image_noise():
     """``--noise F`` adds independent noise of ``F`` times the image's own pixel noise; ``--stripes F``
-    one offset per column of that size; saturated pixels stay at 1, values stay in [0, 1], the
-    loaded images are not changed, and the same seed draws the same noise."""
+    one offset per column of that size, ``--row-stripes F`` one per row (drawn after the others,
+    which it leaves as they were); saturated pixels stay at 1, values stay in [0, 1], the loaded
+    images are not changed, and the same seed draws the same noise."""
     rng = np.random.default_rng(3)
     image = np.float32(0.5 + 0.01 * rng.standard_normal((200, 300)))
     image[:20, :20] = 1.0  # a saturated patch
     original = image.copy()
     mask = np.zeros(image.shape, bool)
 
-    def noisy(white, stripes):
+    def noisy(white, stripes, rows=0.0):
         s = annotation_datasets.EvalSet("t", ["a"], [image], [np.zeros((0, 2))], [mask])
-        annotation_datasets.add_sensor_noise(s, white, stripes)
+        annotation_datasets.add_sensor_noise(s, white, stripes, row_stripes=rows)
         return s.images[0]
 
     sd = annotation_datasets.pixel_noise(image)
@@ -280,9 +281,15 @@ def test_annotation_datasets_sensor_noise_is_white_or_per_column_at_the_image_no
     assert columns.std(axis=0).max() < 1e-6  # one offset per column
     assert abs(columns[0].std() / (1.5 * sd) - 1) < 0.15
     assert (stripes[:20, :20] == 1.0).all() and (noisy(3.0, 3.0) <= 1.0).all()
+    rows = (noisy(0.0, 0.0, 1.5) - image)[:, 20:]
+    assert rows.std(axis=1).max() < 1e-6 and abs(rows[:, 0].std() / (1.5 * sd) - 1) < 0.15  # one offset per row
+    both = noisy(0.0, 1.5, 1.5) - image
+    assert np.allclose((both - (stripes - image))[20:, 20:], rows[20:], atol=1e-6)  # the columns as without rows
     assert np.array_equal(noisy(1.0, 1.0), noisy(1.0, 1.0)) and np.array_equal(image, original)
     with pytest.raises(SystemExit):
         annotation_datasets.main(["--noise", "-1", "--synthetic-seeds", ""])
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--row-stripes", "-1", "--synthetic-seeds", ""])
 
 
 def test_annotation_datasets_jpeg_round_trip():

@@ -3,7 +3,7 @@
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
-        [--zoom F] [--noise F] [--stripes F] [--jpeg Q]
+        [--zoom F] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q]
         [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
@@ -41,10 +41,11 @@ target, with the crop's own centroid points (:func:`crop_set`): targets near a f
 clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves every point by up
 to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
 F`` scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of finer pixels,
-where targets and clutter span more pixels than the windows were chosen on. ``--noise F`` and
-``--stripes F`` add sensor noise of ``F`` times each image's own pixel noise
-(:func:`add_sensor_noise`): white, or an offset per column (the column fixed-pattern noise of an
-uncooled sensor's readout), before ``--map`` and ``--hot``. ``--jpeg Q`` reads every image after
+where targets and clutter span more pixels than the windows were chosen on. ``--noise F``,
+``--stripes F`` and ``--row-stripes F`` add sensor noise of ``F`` times each image's own pixel
+noise (:func:`add_sensor_noise`): white, an offset per column (the column fixed-pattern noise of
+an uncooled sensor's readout) or an offset per row (its row noise), before ``--map`` and
+``--hot``. ``--jpeg Q`` reads every image after
 an 8-bit JPEG round trip at quality ``Q`` (:func:`jpeg_round_trip`, after the noise): datasets
 shipped as JPEG files, whose 8x8 blocks smooth a faint target away and draw edges in clutter.
 """
@@ -305,18 +306,23 @@ def add_hot_pixels(s: EvalSet, how: str, seed: int = 0, repair: bool = False) ->
     s.images = images
 
 
-def add_sensor_noise(s: EvalSet, white: float = 0.0, stripes: float = 0.0, seed: int = 0) -> None:
+def add_sensor_noise(s: EvalSet, white: float = 0.0, stripes: float = 0.0, seed: int = 0,
+                     row_stripes: float = 0.0) -> None:
     """Adds to every image of ``s`` Gaussian noise of ``white`` times the image's own pixel noise
     (:func:`d2d_ext.windows.pixel_noise`, read from its neighbour differences) and, per column, an
-    offset of ``stripes`` times it: a noisier sensor, or one whose column readout is not flat (see
-    ``--noise``, ``--stripes``). Seeded per image. Values stay in [0, 1], and pixels at 1 (a
-    saturated sensor reads its full scale whatever the noise) stay there."""
+    offset of ``stripes`` times it, per row one of ``row_stripes`` times it: a noisier sensor, or
+    one whose column or row readout is not flat (see ``--noise``, ``--stripes``,
+    ``--row-stripes``). Seeded per image (the row offsets drawn last, so that the others do not
+    depend on them). Values stay in [0, 1], and pixels at 1 (a saturated sensor reads its full
+    scale whatever the noise) stay there."""
     images = []
     for k, image in enumerate(s.images):
         rng = np.random.default_rng([seed, k])
         sd = pixel_noise(image)
         columns = rng.standard_normal((1, image.shape[1]))
-        noisy = image + sd * (white * rng.standard_normal(image.shape) + stripes * columns)
+        white_noise = rng.standard_normal(image.shape)
+        rows = rng.standard_normal((image.shape[0], 1))
+        noisy = image + sd * (white * white_noise + stripes * columns + row_stripes * rows)
         images.append(np.where(image >= 1.0, image, np.clip(noisy, 0.0, 1.0)).astype(np.float32))
     s.images = images
 
@@ -456,14 +462,18 @@ def main(argv=None) -> int:
     ap.add_argument("--stripes", type=float, default=0.0, metavar="F",
                     help="add to each column an offset of F times each image's own pixel noise (seeded): a "
                          "sensor's column fixed-pattern noise")
+    ap.add_argument("--row-stripes", type=float, default=0.0, metavar="F",
+                    help="add to each row an offset of F times each image's own pixel noise (seeded): a sensor's "
+                         "row noise")
     ap.add_argument("--jpeg", type=int, default=0, metavar="Q",
                     help="read every image after an 8-bit JPEG round trip at quality Q (1 to 100), after --noise")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     if not 0 <= args.jpeg <= 100:
         ap.error(f"--jpeg must be a JPEG quality from 1 to 100, got {args.jpeg}")
-    if args.noise < 0 or args.stripes < 0:
-        ap.error(f"--noise and --stripes must be >= 0, got {args.noise} and {args.stripes}")
+    if min(args.noise, args.stripes, args.row_stripes) < 0:
+        ap.error(f"--noise, --stripes and --row-stripes must be >= 0, got {args.noise}, {args.stripes} and "
+                 f"{args.row_stripes}")
     if args.jitter < 0:
         ap.error(f"--jitter must be a whole number of pixels >= 0, got {args.jitter}")
     if args.zoom < 1:
@@ -497,9 +507,9 @@ def main(argv=None) -> int:
     if args.jitter:
         for s in sets:
             jitter_points(s, args.jitter)
-    if args.noise or args.stripes:  # on the images in [0, 1], before --map moves them
+    if args.noise or args.stripes or args.row_stripes:  # on the images in [0, 1], before --map moves them
         for s in sets:
-            add_sensor_noise(s, args.noise, args.stripes)
+            add_sensor_noise(s, args.noise, args.stripes, row_stripes=args.row_stripes)
     if args.jpeg:
         for s in sets:
             jpeg_round_trip(s, args.jpeg)
@@ -525,6 +535,7 @@ def main(argv=None) -> int:
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
     grown += f"; white noise of {args.noise}x each image's pixel noise added (seed 0)" if args.noise else ""
     grown += f"; column offsets of {args.stripes}x each image's pixel noise added (seed 0)" if args.stripes else ""
+    grown += f"; row offsets of {args.row_stripes}x each image's pixel noise added (seed 0)" if args.row_stripes else ""
     grown += f"; every image through 8-bit JPEG at quality {args.jpeg}" if args.jpeg else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", TABLE_HEADER,
                 table_rows(results))
