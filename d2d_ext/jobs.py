@@ -54,13 +54,29 @@ def _claim(folder: Path, settings: dict) -> None:
             previous = json.loads(manifest.read_text())
         except (OSError, ValueError) as err:
             raise DataError(f"cannot read {manifest}: {err}") from err
-        if previous != json.loads(json.dumps(settings)):
+        now = json.loads(json.dumps(settings))
+        if previous != now:
             raise DataError(
-                f"{folder} holds files made with other settings ({manifest}); "
-                "use another folder or delete it"
+                f"{folder} holds files made with other settings ({manifest}: "
+                f"{'; '.join(_differences(previous, now))}); use another folder or delete it"
             )
     else:
         write_bytes_atomic(manifest, (json.dumps(settings, indent=1) + "\n").encode())
+
+
+def _differences(before, now, name: str = "", most: int = 4) -> list:
+    """``"name: <before> there, <now> now"`` for the first ``most`` entries of two JSON values
+    that differ (nested objects by dotted name; a name absent on one side reads "none"): what
+    a user resuming with other settings, or after an upgrade that changed a default, must pass
+    to go on."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(before) | set(now)):
+            a, b = before.get(key, "none"), now.get(key, "none")
+            if a != b:
+                out += _differences(a, b, f"{name}.{key}" if name else key, most)
+        return out[:most] + ([f"{len(out) - most} more"] if len(out) > most else [])
+    return [f"{name}: {json.dumps(before)} there, {json.dumps(now)} now"]
 
 
 def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int = 0,

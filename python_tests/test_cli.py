@@ -67,7 +67,8 @@ def test_other_settings_in_the_same_folder_are_refused(dataset, tmp_path, capsys
     capsys.readouterr()
     code = main(["annotate", "--dataset", str(dataset), "--out", str(out), "--quiet", "--set", "k_sigma=3"])
     assert code == 2
-    assert "other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other settings" in err and "config.k_sigma: 2.0 there, 3.0 now" in err
 
 
 def test_a_choice_is_set_by_its_word(dataset, tmp_path, capsys):
