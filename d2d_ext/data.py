@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import IMAGE_SUFFIXES, DataError, find_image_file, image_size, lossy, read_gray
+from .files import IMAGE_SUFFIXES, DataError, find_image_file, image_size, read_gray, read_mask
 from .points import PointLabels
 from .sensor import map_record, read_bad_pixel_map, read_bad_pixel_maps, repair
 
@@ -222,7 +222,7 @@ class IRDataset:
         path = self.mask_path(id)
         if not path.is_file():
             raise DataError(f"ground-truth mask not found: {path} (image id {id!r})")
-        m = read_gray(path) > (0.5 if lossy(path) else 0)
+        m = read_mask(path)
         self.check_size(id, path, m.shape)
         return m
 

@@ -24,6 +24,7 @@ __all__ = [
     "find_image_file",
     "lossy",
     "read_gray",
+    "read_mask",
     "image_size",
     "write_bytes_atomic",
     "write_png_atomic",
@@ -67,11 +68,33 @@ def read_gray(path) -> np.ndarray:
     The file is fully decoded here, so a missing, unreadable or truncated file raises
     :class:`DataError` naming ``path``.
     """
+    return _decoded(path, _to_gray)
+
+
+def read_mask(path) -> np.ndarray:
+    """Read a mask file (ground truth, point labels, a bad-pixel map) as ``(H, W)`` bool: every
+    pixel above zero, or above half the range in a JPEG, whose compression leaves noise around 0
+    and 255. The same as ``read_gray(path) > 0`` (``> 0.5``), without the float image where the
+    file is 8-bit grey, as most masks are. Raises as :func:`read_gray`."""
+    half = lossy(path)
+
+    def to_mask(img: Image.Image, path: Path) -> np.ndarray:
+        if img.mode == "L":  # read_gray's v / 255 is above 0 for v >= 1, above 0.5 for v >= 128
+            a = np.asarray(img)
+            return a >= 128 if half else a > 0
+        return _to_gray(img, path) > (0.5 if half else 0.0)
+
+    return _decoded(path, to_mask)
+
+
+def _decoded(path, convert):
+    """``convert(image, path)`` of the fully decoded image file ``path`` (a truncated file fails
+    here, not later); a missing or unreadable file raises :class:`DataError` naming it."""
     path = Path(path)
     try:
         with Image.open(path) as img:
-            img.load()  # full decode: a truncated file fails here, not later
-            return _to_gray(img, path)
+            img.load()
+            return convert(img, path)
     except DataError:
         raise
     except FileNotFoundError as err:
@@ -97,7 +120,7 @@ def _to_gray(img: Image.Image, path: Path) -> np.ndarray:
         a = np.asarray(img)
         if a.ndim == 3:
             a = a[..., 0]
-        return (a.astype(np.float32) / np.float32(255.0)).astype(np.float32)
+        return np.divide(a, np.float32(255.0), dtype=np.float32)  # cast to float32, then divided
     if mode.startswith("I;16") or mode == "I":
         # 16-bit PNGs open as "I;16" (or "I" with older Pillow); values are 0..65535.
         a = np.asarray(img).astype(np.float64)

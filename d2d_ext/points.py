@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .files import DataError, find_image_file, lossy, read_gray
+from .files import DataError, find_image_file, read_mask
 from .metrics import EIGHT_CONNECTED
 
 __all__ = [
@@ -79,7 +79,7 @@ class PointLabels:
             path = find_image_file(self.dataset.root / f"masks_{source}", id)
             if not path.is_file():
                 raise DataError(f"point-label file not found: {path} (image id {id!r})")
-            blobs = read_gray(path) > (0.5 if lossy(path) else 0)
+            blobs = read_mask(path)
             self.dataset.check_size(id, path, blobs.shape)
             pts = connected_points(blobs)
         elif source.startswith("csv:"):

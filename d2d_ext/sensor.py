@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from .files import IMAGE_SUFFIXES, DataError, lossy, read_gray
+from .files import IMAGE_SUFFIXES, DataError, read_mask
 
 __all__ = ["read_bad_pixel_map", "read_bad_pixel_maps", "parse_size", "repair", "map_record", "HotPixelSearch",
            "HotPixels"]
@@ -36,7 +36,7 @@ def read_bad_pixel_map(path) -> np.ndarray:
     is nonzero (above half its range for a JPEG, whose compression noise lifts zeros, as for
     masks). Raises :class:`DataError` naming the file if it is missing or unreadable, or if it
     marks every pixel."""
-    bad = read_gray(Path(path)) > (0.5 if lossy(path) else 0)
+    bad = read_mask(Path(path))
     if bad.all():
         raise DataError(f"bad-pixel map {path} marks every pixel: nothing is left to repair them from")
     return bad

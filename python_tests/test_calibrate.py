@@ -52,18 +52,21 @@ def test_ids_are_drawn_by_the_seed(dataset):
 
 def test_only_the_drawn_masks_are_read(dataset, monkeypatch):
     loaded, read = [], []
-    load_mask, read_gray = IRDataset.load_mask, d2d_ext.data.read_gray
+    load_mask, read_gray, read_mask = IRDataset.load_mask, d2d_ext.data.read_gray, d2d_ext.data.read_mask
 
     def counting_load_mask(self, id):
         loaded.append(id)
         return load_mask(self, id)
 
-    def recording_read_gray(path):
-        read.append(path)
-        return read_gray(path)
+    def recording(reader):
+        def record(path):
+            read.append(path)
+            return reader(path)
+        return record
 
     monkeypatch.setattr(IRDataset, "load_mask", counting_load_mask)
-    monkeypatch.setattr(d2d_ext.data, "read_gray", recording_read_gray)
+    monkeypatch.setattr(d2d_ext.data, "read_gray", recording(read_gray))
+    monkeypatch.setattr(d2d_ext.data, "read_mask", recording(read_mask))
     result = calibrate(dataset, "train", N, seed=0)
     assert sorted(loaded) == sorted(result["ids"]) and len(loaded) == N
     masks_read = {p.stem for p in read if p.parent.name == "masks"}

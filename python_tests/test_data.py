@@ -14,7 +14,7 @@ from PIL import Image
 from d2d_ext import files as F
 from d2d_ext import points as P
 from d2d_ext.data import IRDataset
-from d2d_ext.files import DataError, read_gray, write_png_atomic
+from d2d_ext.files import DataError, read_gray, read_mask, write_png_atomic
 from d2d_ext.points import connected_points, points_inside
 
 SIRST_ROOT = Path(
@@ -200,6 +200,35 @@ def test_read_gray_la_and_bilevel(tmp_path):
     _save(tmp_path / "bi.png", bi)
     g = read_gray(tmp_path / "bi.png")
     assert g[1, 2] == 1.0 and g.sum() == 1.0
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_read_mask_is_read_gray_thresholded_in_every_mode(tmp_path, suffix):
+    """``read_mask``: every pixel ``read_gray`` reads above 0 (above 0.5 in a JPEG), whatever the
+    file's mode; 8-bit grey files take a path without the float image, with the same result."""
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (9, 13)).astype(np.uint8)
+    grey[0, :4] = (0, 1, 127, 128)  # the edges of both thresholds
+    images = {"L": Image.fromarray(grey, mode="L"),
+              "RGB": Image.fromarray(np.stack([grey, 255 - grey, grey // 2], -1), mode="RGB")}
+    if suffix == ".png":
+        images["P"] = images["RGB"].convert("P")
+        images["1"] = Image.fromarray(grey > 100)
+        images["I;16"] = Image.fromarray(grey.astype(np.uint16) * 257)
+    for mode, img in images.items():
+        path = tmp_path / f"m_{mode.replace(';', '')}{suffix}"
+        img.save(path)
+        expected = read_gray(path) > (0.5 if suffix == ".jpg" else 0)
+        got = read_mask(path)
+        assert got.dtype == bool and np.array_equal(got, expected), mode
+    if suffix == ".png":  # lossless: the values as written
+        assert read_mask(tmp_path / "m_L.png")[0, :4].tolist() == [False, True, True, True]
+        named = tmp_path / "lossless.jpg"  # read as a JPEG's mask (the name), its values exact
+        images["L"].save(named, format="PNG")
+        assert np.array_equal(read_mask(named), read_gray(named) > 0.5)
+        assert read_mask(named)[0, :4].tolist() == [False, False, False, True]
+    with pytest.raises(DataError, match="nothing.png"):
+        read_mask(tmp_path / "nothing.png")
 
 
 def test_truncated_png_names_file(tiny):
