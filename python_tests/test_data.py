@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from d2d_ext import files as F
 from d2d_ext import points as P
 from d2d_ext.data import IRDataset
 from d2d_ext.files import DataError, read_gray, read_mask, write_png_atomic
-from d2d_ext.points import connected_points, points_inside
+from d2d_ext.points import connected_points, label_targets, points_inside
 
 SIRST_ROOT = Path(
     os.environ.get(
@@ -229,6 +230,18 @@ def test_read_mask_is_read_gray_thresholded_in_every_mode(tmp_path, suffix):
         assert read_mask(named)[0, :4].tolist() == [False, False, False, True]
     with pytest.raises(DataError, match="nothing.png"):
         read_mask(tmp_path / "nothing.png")
+
+
+@pytest.mark.parametrize("density", [0.0005, 0.1, 0.5])
+def test_label_targets_and_connected_points_are_scipys(density):
+    """``label_targets`` (compiled) gives scipy's 8-connected labels in its raster order, and
+    ``connected_points`` the mean pixel of each, on whole frames sparse and dense."""
+    mask = np.random.default_rng(int(density * 1e4)).random((270, 480)) < density
+    labels, n = label_targets(mask)
+    expected, m = ndimage.label(mask, np.ones((3, 3), bool))
+    assert labels.dtype == np.int32 and n == m and np.array_equal(labels, expected)
+    centres = np.array([ndimage.center_of_mass(mask, expected, k)[::-1] for k in range(1, m + 1)]).reshape(-1, 2)
+    np.testing.assert_allclose(connected_points(mask), centres, rtol=0, atol=1e-9)
 
 
 def test_truncated_png_names_file(tiny):
