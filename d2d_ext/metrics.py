@@ -159,9 +159,10 @@ def _components(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     if n == 0:
         empty = np.zeros(0, dtype=np.float64)
         return np.zeros(0, dtype=np.int64), empty, empty
-    flat = labels.ravel()
-    idx = np.flatnonzero(flat)  # foreground pixels only: cheap for sparse masks
-    lab = flat[idx]
+    # foreground pixels only (cheap for sparse masks), found on the bool mask: the same pixels in
+    # the same order as on the labels, several times faster on a whole frame
+    idx = np.flatnonzero(mask)
+    lab = labels.ravel()[idx]
     w = mask.shape[1]
     areas = np.bincount(lab, minlength=n + 1)[1:]
     cy = np.bincount(lab, weights=idx // w, minlength=n + 1)[1:] / areas

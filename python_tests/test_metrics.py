@@ -9,8 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
-from d2d_ext.metrics import IoUMetric, ISTDMetrics, PdFaMetric, binarize, match_targets
+from d2d_ext.metrics import IoUMetric, ISTDMetrics, PdFaMetric, _components, binarize, match_targets
 
 
 def mask(h, w, pixels):
@@ -423,3 +424,16 @@ def test_nan_prediction_raises_and_leaves_state():
         binarize(p)
     assert m.compute() == before  # IoU 100, Pd 100, 1 image
     assert before["images"] == 1 and before["iou"] == 100.0
+
+
+@pytest.mark.parametrize("density", [0.001, 0.3])
+def test_components_are_scipys_areas_and_centroids(density):
+    """Each 8-connected component's pixel count and mean row and column, in label order, as
+    scipy measures them, on a whole frame sparse and dense."""
+    mask = np.random.default_rng(7).random((540, 960)) < density
+    labels, n = ndimage.label(mask, np.ones((3, 3), bool))
+    areas, cy, cx = _components(mask)
+    index = np.arange(1, n + 1)
+    assert np.array_equal(areas, ndimage.sum(mask, labels, index).astype(np.int64))
+    centres = np.array(ndimage.center_of_mass(mask, labels, index)).reshape(-1, 2)
+    np.testing.assert_allclose(np.stack([cy, cx], 1), centres, rtol=0, atol=1e-9)
