@@ -65,7 +65,7 @@ from typing import Dict, Tuple
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["binarize", "match_targets", "IoUMetric", "PdFaMetric", "ISTDMetrics", "PD_MATCH_RULES"]
+__all__ = ["binarize", "match_targets", "component_moments", "IoUMetric", "PdFaMetric", "ISTDMetrics", "PD_MATCH_RULES"]
 
 #: How a ground-truth target picks among the predicted components within the distance (see the
 #: module docstring): the nearest one, or the first in label order (BasicIRSTD / LESPS).
@@ -156,6 +156,13 @@ def _components(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         column of its pixels; each of shape ``(n,)``.
     """
     labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    return component_moments(mask, labels, n)
+
+
+def component_moments(mask: np.ndarray, labels: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(areas, cy, cx)`` of the ``n`` components that ``labels`` ``(H, W)`` (1..n, 0 outside)
+    numbers in bool ``mask`` ``(H, W)`` (nonzero exactly where ``mask`` is): per component, in
+    label order, its pixel count and the mean row and column of its pixels; each ``(n,)``."""
     if n == 0:
         empty = np.zeros(0, dtype=np.float64)
         return np.zeros(0, dtype=np.int64), empty, empty

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .files import DataError, find_image_file, read_mask
+from .metrics import component_moments
 from .morphology import label
 
 __all__ = [
@@ -149,17 +150,8 @@ def connected_points(mask) -> np.ndarray:
     columns ``(x, y)`` (the mean column and row of each blob's pixels), in label order
     (``scipy.ndimage.label``'s raster order). An empty mask gives a ``(0, 2)`` array."""
     labels, n = label_targets(mask)
-    if n == 0:
-        return np.zeros((0, 2), dtype=np.float64)
-    # the mask's pixels in raster order, as np.nonzero(labels) gives them, read off the bool mask
-    # (on a whole frame several times faster)
-    flat = np.flatnonzero(np.asarray(mask, dtype=bool))
-    ys, xs = np.divmod(flat, labels.shape[1])
-    lab = labels.ravel()[flat]
-    count = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
-    sx = np.bincount(lab, weights=xs, minlength=n + 1)[1:]
-    sy = np.bincount(lab, weights=ys, minlength=n + 1)[1:]
-    return np.stack([sx / count, sy / count], axis=1)
+    _, cy, cx = component_moments(np.asarray(mask, dtype=bool), labels, n)
+    return np.stack([cx, cy], axis=1)
 
 
 def read_points_csv(path) -> dict[str, np.ndarray]:
