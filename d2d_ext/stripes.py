@@ -122,15 +122,16 @@ def destripe(image: np.ndarray, axes: str = "columns", **kwargs) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"destripe: image must have shape (H, W), got {image.shape}")
-    out = image
+    out, bounds = image, None
     for axis in (("columns", "rows") if axes == "both" else (axes,) if axes != "none" else ()):
         flip = axis == "rows"
         offsets = line_offsets(out.T if flip else out, **kwargs)
         if not offsets.any():
             continue
         # the range [0, 1], or the frame's own where it reaches beyond (raw counts, a normalised
-        # frame): its full-scale pixels stay, the rest stays within it
-        lo, hi = min(float(image.min()), 0.0), max(float(image.max()), 1.0)
+        # frame): its full-scale pixels stay, the rest stays within it; read once for both axes
+        bounds = bounds or (min(float(image.min()), 0.0), max(float(image.max()), 1.0))
+        lo, hi = bounds
         shift = offsets[:, None] if flip else offsets[None, :]
         out = np.where(image >= hi, image, np.clip(out - shift, lo, hi)).astype(image.dtype, copy=False)
     return out
