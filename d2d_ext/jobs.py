@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import closing
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,36 @@ def _differences(before, now, name: str = "", most: int = 4) -> list:
     return [f"{name}: {json.dumps(before)} there, {json.dumps(now)} now"]
 
 
+# Frames of fewer pixels are read where they are used: their decoding is too short to outlast the
+# hand-offs of the GIL between threads, and reading them in a thread of their own was slower
+# (benchmarks/annotation/annotation_files.py)
+READ_AHEAD_PIXELS = 1 << 16
+
+
+def _read_ahead(read, items: list, pixels):
+    """``read(item)`` for each of ``items`` in order, the next one read in a background thread
+    while the caller works on the current one, where the first result's ``pixels(result)``
+    reach ``READ_AHEAD_PIXELS`` (else each is read when it is reached). PNG decoding releases
+    the GIL, so reading the next large frames overlaps the work on these instead of adding to it.
+    An error of a read is raised where its item is reached, after every item before it; at most
+    one read runs past the item the caller holds."""
+    if not items:
+        return
+    first = read(items[0])
+    if pixels(first) < READ_AHEAD_PIXELS:
+        yield first
+        for item in items[1:]:
+            yield read(item)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="d2d-read") as pool:
+        current = first
+        for k in range(1, len(items)):
+            coming = pool.submit(read, items[k])
+            yield current
+            current = coming.result()
+        yield current
+
+
 def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int = 0,
                      batch_images: int = 16, annotator=None, progress: bool = True, soft=None,
                      bad_pixels=None) -> dict:
@@ -130,17 +162,11 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
         spot = np.zeros((24, 24), np.float32)
         spot[11:13, 11:13] = 1.0
         annotator.annotate([spot], [np.array([[11.5, 11.5]])])
-    for start in range(0, len(todo), batch_images):
-        chunk = todo[start:start + batch_images]
-        images = [ds.load_image(i) for i in chunk]
-        pts = [ds.points(i, points, seed=seed) for i in chunk]
-        t0 = time.perf_counter()
-        if soft is None:
-            masks, fields = annotator.annotate(images, pts), [None] * len(chunk)
-        else:  # one diffusion pass for both
-            masks, fields = annotator.masks_and_soft(annotator.prepare(images, pts))
-        seconds += time.perf_counter() - t0
-        n_targets += sum(len(p) for p in pts)
+
+    def read(chunk: list) -> tuple:
+        return [ds.load_image(i) for i in chunk], [ds.points(i, points, seed=seed) for i in chunk]
+
+    def write(chunk: list, images: list, masks: list, fields: list) -> None:
         for i, image, mask, field in zip(chunk, images, masks, fields):
             if overlay is not None and not (overlay / f"{i}.png").is_file():
                 gt = ds.load_mask(i) if ds.has_mask(i) else None
@@ -151,6 +177,27 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
                 write_png_atomic(out / f"{i}.png", mask.astype(np.uint8) * 255)
             if bar:
                 bar.update()
+
+    # Each chunk's files are written in a thread of their own while the annotator works on the
+    # next chunk, and large frames are read a chunk ahead in another: what an error stops, it
+    # stops after every chunk before it is written (leaving the writer's pool waits for them).
+    chunks = [todo[k:k + batch_images] for k in range(0, len(todo), batch_images)]
+    with ThreadPoolExecutor(1, thread_name_prefix="d2d-write") as writer, \
+            closing(_read_ahead(read, chunks, lambda loaded: loaded[0][0].size)) as reads:
+        written = None
+        for chunk, (images, pts) in zip(chunks, reads):
+            t0 = time.perf_counter()
+            if soft is None:
+                masks, fields = annotator.annotate(images, pts), [None] * len(chunk)
+            else:  # one diffusion pass for both
+                masks, fields = annotator.masks_and_soft(annotator.prepare(images, pts))
+            seconds += time.perf_counter() - t0
+            n_targets += sum(len(p) for p in pts)
+            if written is not None:
+                written.result()  # a write's error stops the run here
+            written = writer.submit(write, chunk, images, masks, fields)
+        if written is not None:
+            written.result()
     if bar:
         bar.close()
     return {
@@ -178,18 +225,22 @@ def evaluate_dataset(root, split: str, pred, progress: bool = True, threshold: f
     pred = Path(pred)
     metrics = ISTDMetrics(threshold=threshold, pd_match=pd_match)
     bar = Progress(len(ids), "evaluate") if progress else None
-    for i in ids:
+
+    def read(i: str) -> tuple:
         path = pred / f"{i}.png"
         if not path.is_file():
             raise DataError(f"prediction not found: {path} (image id {i!r})")
-        p = read_gray(path)
-        gt = ds.load_mask(i)
+        p, gt = read_gray(path), ds.load_mask(i)
         if p.shape != gt.shape:
             raise DataError(f"prediction {path} is {p.shape[1]}x{p.shape[0]} but the mask of {i!r} "
                             f"is {gt.shape[1]}x{gt.shape[0]} (WxH)")
-        metrics.update(p, gt)
-        if bar:
-            bar.update()
+        return p, gt
+
+    with closing(_read_ahead(read, ids, lambda pair: pair[0].size)) as pairs:
+        for p, gt in pairs:
+            metrics.update(p, gt)
+            if bar:
+                bar.update()
     if bar:
         bar.close()
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.compute().items()}

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -126,6 +127,34 @@ def test_point_outside_its_image_stops_and_keeps_what_was_written(dataset, tmp_p
     written = sorted(p.stem for p in out.glob("*.png"))
     assert written == ids[:6]  # the batches before the bad one are complete; nothing half-written
     assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("large", [True, False])
+def test_files_are_read_ahead_in_order_and_a_bad_one_stops_at_its_place(large):
+    from d2d_ext.files import DataError
+    from d2d_ext.jobs import READ_AHEAD_PIXELS, _read_ahead
+
+    started, threads = [], set()
+
+    def read(k):
+        started.append(k)
+        threads.add(threading.get_ident())
+        if k == 3:
+            raise DataError("item 3 is unreadable")
+        return 10 * k
+
+    def pixels(_):  # frames large enough to be read in a thread of their own, or not
+        return READ_AHEAD_PIXELS if large else READ_AHEAD_PIXELS - 1
+
+    got = []
+    with pytest.raises(DataError, match="item 3"):
+        for value in _read_ahead(read, list(range(9)), pixels):
+            got.append(value)
+            assert max(started) <= len(got)  # at most the next item is read while one is held
+    assert got == [0, 10, 20]  # every item before the bad one, in order
+    assert started == [0, 1, 2, 3]  # nothing past it
+    assert (threading.get_ident() in threads, len(threads)) == ((True, 2) if large else (True, 1))
+    assert list(_read_ahead(read, [], pixels)) == []
 
 
 def test_module_entry_point_demo_runs(tmp_path):

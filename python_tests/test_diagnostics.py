@@ -4,6 +4,7 @@ benchmarks/annotation/annotation_scale.py, the annotator by target size;
 benchmarks/annotation/annotation_elongated.py, the annotator on long thin targets;
 benchmarks/annotation/annotation_touching.py, the annotator on large targets pressed against a band;
 benchmarks/annotation/annotation_crowded.py, the annotator against the number of targets in a frame;
+benchmarks/annotation/annotation_files.py, a dataset annotated and scored with its files;
 benchmarks/annotation/annotation_datasets.py, the annotator on every dataset apart."""
 
 import importlib.util
@@ -38,6 +39,7 @@ annotation_scale = load("annotation/annotation_scale")
 annotation_elongated = load("annotation/annotation_elongated")
 annotation_touching = load("annotation/annotation_touching")
 annotation_crowded = load("annotation/annotation_crowded")
+annotation_files = load("annotation/annotation_files")
 annotation_datasets = load("annotation/annotation_datasets")
 bit_hashes = load("ops/bit_hashes")
 bad_pixel_search = load("annotation/bad_pixel_search")
@@ -173,6 +175,31 @@ def test_annotation_crowded_table(tmp_path, capsys):
     with pytest.raises(SystemExit):
         annotation_crowded.main(["--scenes", "1", "--sizes", "96y96"])
     assert "--sizes" in capsys.readouterr().err
+
+
+def test_annotation_files_table(tmp_path, capsys):
+    """One row per synthetic frame size (W x H) and per dataset on disk, with its frame count and
+    targets per frame; times positive, the annotation's share within its job's; bad arguments
+    refused with their reason."""
+    root = write_dataset(tmp_path / "D" / "D", n_images=4, seed=2, height=72, width=72, name="D", n_targets=1)
+    out = tmp_path / "files.md"
+    assert annotation_files.main(["--sizes", "96,80x64", "--images", "3", "--targets", "2", "--repeats", "1",
+                                  "--dataset", f"{root}:all", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert capsys.readouterr().out.strip() == text.strip()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| frames")]
+    assert [(r[0], r[1]) for r in rows] == [("96x96 (synthetic), 3", "2.00"), ("80x64 (synthetic), 3", "2.00"),
+                                          ("D all, 4", "1.00")]
+    for r in rows:
+        annotate, annotation, evaluate = map(float, r[2:])
+        assert 0 < annotation <= annotate and evaluate > 0
+    with pytest.raises(SystemExit):
+        annotation_files.main(["--dataset", str(tmp_path / "nowhere") + ":all"])
+    assert "expected ROOT:SPLIT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        annotation_files.main(["--sizes", ""])
+    assert "nothing to time" in capsys.readouterr().err
 
 
 def test_annotation_datasets_scores_on_known_masks():
