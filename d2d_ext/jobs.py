@@ -286,10 +286,15 @@ def find_bad_pixels(root, split: str, points: str | None, out, size=None, seed: 
                         if wh else f"split {split!r} of {root} has no frames")
     start = time.perf_counter()
     records = []
+
+    def read(i: str) -> tuple:
+        return ds.load_image(i), ds.points(i, points, seed) if points else ()
+
     for (w, h), frames in sorted(enough.items()):
         search = HotPixelSearch((h, w), share=share, floor=floor)
-        for i in frames:
-            search.add(ds.load_image(i), ds.points(i, points, seed) if points else ())
+        with closing(_read_ahead(read, frames, lambda frame: frame[0].size)) as reads:
+            for image, near in reads:
+                search.add(image, near)
         found = search.result(min_frames)
         write_png_atomic(Path(out) / f"{w}x{h}.png" if folder else out, found.map.astype(np.uint8) * 255)
         ys, xs = np.nonzero(found.map)

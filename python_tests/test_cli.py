@@ -727,11 +727,17 @@ def test_bad_pixel_map_repairs_stuck_pixels_beside_the_points(tmp_path, capsys):
     assert "nowhere.png" in capsys.readouterr().err
 
 
-def test_find_bad_pixels_makes_the_map_that_repairs_them(tmp_path, capsys):
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_find_bad_pixels_makes_the_map_that_repairs_them(tmp_path, capsys, monkeypatch, read_ahead):
     """``find-bad-pixels`` on a sensor's frames whose stuck pixels lie beside some of the points
     finds exactly them; ``annotate --bad-pixels`` with its map then gives nearly the clean
-    images' masks. A split of several sizes needs ``--size``; too few frames are refused."""
+    images' masks. A split of several sizes needs ``--size``; too few frames are refused. The
+    same with the frames read in a thread of their own (as frames of 1920x1080 are)."""
+    import d2d_ext.jobs
     from d2d_ext.files import write_png_atomic
+
+    if read_ahead:
+        monkeypatch.setattr(d2d_ext.jobs, "READ_AHEAD_PIXELS", 1)
 
     clean = write_dataset(tmp_path / "clean" / "SYN", n_images=12, seed=6, height=96, width=96)
     stuck = write_dataset(tmp_path / "stuck" / "SYN", n_images=12, seed=6, height=96, width=96)

@@ -192,8 +192,12 @@ def test_annotation_files_table(tmp_path, capsys):
     assert [(r[0], r[1]) for r in rows] == [("96x96 (synthetic), 3", "2.00"), ("80x64 (synthetic), 3", "2.00"),
                                           ("D all, 4", "1.00")]
     for r in rows:
-        annotate, annotation, evaluate = map(float, r[2:])
+        annotate, annotation, evaluate = map(float, r[2:5])
         assert 0 < annotation <= annotate and evaluate > 0
+    assert [r[5] for r in rows] == ["-", "-", "-"]  # under the 10 frames a stuck-pixel search needs
+    assert annotation_files.main(["--sizes", "64", "--images", "10", "--targets", "1", "--repeats", "1"]) == 0
+    row = [c.strip() for c in capsys.readouterr().out.strip().splitlines()[-1].strip("|").split("|")]
+    assert row[0] == "64x64 (synthetic), 10" and float(row[5]) > 0
     with pytest.raises(SystemExit):
         annotation_files.main(["--dataset", str(tmp_path / "nowhere") + ":all"])
     assert "expected ROOT:SPLIT" in capsys.readouterr().err

@@ -3,15 +3,18 @@
     python benchmarks/annotation/annotation_files.py [--sizes 512,1920x1080] [--images 40]
         [--targets 2] [--dataset ROOT:SPLIT ...] [--repeats 3] [--threads 1] [--out FILE.md]
 
-What a user waits for in ``d2d annotate`` and ``d2d evaluate`` once Python has started: each
-frame's PNG and its point mask decoded, the annotation, the mask encoded and written atomically;
-then each mask and its ground truth decoded and scored. Per frame size, ``--images`` synthetic
-frames (:func:`d2d_ext.synthetic.write_dataset`, ``--targets`` targets each) in a temporary
-folder, the fastest of ``--repeats`` passes of :func:`d2d_ext.jobs.annotate_dataset` (into a
-fresh folder each time) and :func:`d2d_ext.jobs.evaluate_dataset`, in ms per frame, beside the
-annotation's own share (the run's ``seconds``); ``--dataset`` adds a split of a dataset on disk
-(BasicIRSTD layout, its centroid points), whose frames come in their own sizes. To compare two versions of the package, run this
-script with each on ``PYTHONPATH`` in turn (one process cannot load two builds of the ops).
+What a user waits for in ``d2d annotate``, ``d2d evaluate`` and ``d2d find-bad-pixels`` once
+Python has started: each frame's PNG and its point mask decoded, the annotation, the mask encoded
+and written atomically; each mask and its ground truth decoded and scored; each frame and its
+points read once for the stuck-pixel search. Per frame size, ``--images`` synthetic frames
+(:func:`d2d_ext.synthetic.write_dataset`, ``--targets`` targets each) in a temporary folder, the
+fastest of ``--repeats`` passes of :func:`d2d_ext.jobs.annotate_dataset` (into a fresh folder
+each time), :func:`d2d_ext.jobs.evaluate_dataset` and :func:`d2d_ext.jobs.find_bad_pixels` (a
+map per frame size; "-" where no size has the 10 frames it needs), in ms per frame, beside the
+annotation's own share (the run's ``seconds``). ``--dataset`` adds a split of a dataset on disk
+(BasicIRSTD layout, its centroid points), whose frames come in their own sizes. To compare two
+versions of the package, run this script with each on ``PYTHONPATH`` in turn (one process cannot
+load two builds of the ops).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from md_table import command_line, emit  # noqa: E402
 
 import d2d_ext
 from d2d_ext.data import IRDataset
-from d2d_ext.jobs import annotate_dataset, evaluate_dataset
+from d2d_ext.files import DataError
+from d2d_ext.jobs import annotate_dataset, evaluate_dataset, find_bad_pixels
 from d2d_ext.sensor import parse_size
 from d2d_ext.synthetic import write_dataset
 
-HEADER = ["frames, how many", "targets per frame", "annotate, ms per frame", "of which annotation", "evaluate, ms per frame"]
+HEADER = ["frames, how many", "targets per frame", "annotate, ms per frame", "of which annotation", "evaluate, ms per frame",
+          "find-bad-pixels, ms per frame"]
 
 
 def frame_size(text: str) -> tuple:
@@ -46,8 +51,8 @@ def frame_size(text: str) -> tuple:
 
 def time_jobs(root: Path, split: str, work: Path, repeats: int) -> tuple:
     """The fastest of ``repeats`` passes: ``(annotate seconds, its annotation seconds, evaluate
-    seconds, targets)`` over ``split`` of the dataset at ``root``, each pass annotating into a
-    fresh folder."""
+    seconds, find-bad-pixels seconds or None, targets)`` over ``split`` of the dataset at ``root``,
+    each pass writing into fresh folders."""
     best = None
     for k in range(repeats):
         out = work / f"masks{k}"
@@ -56,9 +61,15 @@ def time_jobs(root: Path, split: str, work: Path, repeats: int) -> tuple:
         t1 = time.perf_counter()
         evaluate_dataset(root, split, out, progress=False)
         t2 = time.perf_counter()
+        try:
+            find_bad_pixels(root, split, "centroid", work / f"maps{k}")
+            t3 = time.perf_counter() - t2
+        except DataError:  # no frame size with enough frames
+            t3 = None
         shutil.rmtree(out)
-        run = (t1 - t0, summary["seconds"], t2 - t1)
-        best = run if best is None else tuple(min(a, b) for a, b in zip(best, run))
+        shutil.rmtree(work / f"maps{k}", ignore_errors=True)
+        run = (t1 - t0, summary["seconds"], t2 - t1, t3)
+        best = run if best is None else tuple(None if a is None else min(a, b) for a, b in zip(best, run))
     return best + (summary["targets"],)
 
 
@@ -95,11 +106,12 @@ def main(argv=None) -> int:
             ap.error("nothing to time: give --sizes or --dataset")
         time_jobs(jobs[0][0], jobs[0][1], Path(tmp), 1)  # first calls (imports, allocations) untimed
         for root, split, label in jobs:
-            annotate, annotation, evaluate, targets = time_jobs(root, split, Path(tmp), args.repeats)
+            annotate, annotation, evaluate, search, targets = time_jobs(root, split, Path(tmp), args.repeats)
             frames = len(IRDataset(root).ids(split))
             per = 1e3 / frames
             rows.append([f"{label}, {frames}", f"{targets / frames:.2f}", f"{annotate * per:.1f}",
-                         f"{annotation * per:.1f}", f"{evaluate * per:.1f}"])
+                         f"{annotation * per:.1f}", f"{evaluate * per:.1f}",
+                         "-" if search is None else f"{search * per:.1f}"])
     emit(f"{d2d_ext.__file__}; {cpu_model()}, {args.threads} torch thread(s); fastest of {args.repeats}; "
          f"command: `{command_line()}`", HEADER, rows, args.out)
     return 0
