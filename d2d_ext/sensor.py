@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .files import IMAGE_SUFFIXES, DataError, read_mask
+from .stripes import median_of
 
 __all__ = ["read_bad_pixel_map", "read_bad_pixel_maps", "parse_size", "repair", "map_record", "HotPixelSearch",
            "HotPixels"]
@@ -193,12 +194,17 @@ class HotPixelSearch:
     @staticmethod
     def _noise(im: np.ndarray) -> float:
         """The frame's noise: 1.4826 times the median of |pixel - its 3x3 median| (the edge
-        reflected), over every pixel of a frame of up to 65,536 pixels and over a regular grid of
-        about that many in a larger one."""
+        pixel repeated beyond the edge), over every pixel of a frame of up to 65,536 pixels and
+        over a regular grid of about that many in a larger one. The nine values of each pixel's
+        3x3 are nine strided views of the edge-padded frame, their median
+        :func:`~d2d_ext.stripes.median_of` (not a gather and a partition per pixel: a quarter of
+        the time)."""
         step = max(1, int(np.sqrt(im.size / 65536)))
-        ys, xs = (a.ravel() for a in np.mgrid[0:im.shape[0]:step, 0:im.shape[1]:step])
-        nine = np.concatenate([im[ys, xs][:, None], _neighbours(im, ys, xs, mirror=False)], axis=1)
-        return 1.4826 * float(np.median(np.abs(im[ys, xs] - np.partition(nine, 4, axis=1)[:, 4])))
+        H, W = im.shape
+        padded = np.pad(im, 1, mode="edge")
+        nine = [padded[1 + dy:1 + dy + H:step, 1 + dx:1 + dx + W:step].copy() for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        centre = im[::step, ::step]
+        return 1.4826 * float(np.median(np.abs(centre - median_of(nine))))
 
     def result(self, min_frames: int = 10) -> HotPixels:
         """The stuck pixels: those that stood out in at least ``share`` of at least ``min_frames``

@@ -21,29 +21,39 @@ import math
 
 import numpy as np
 
-__all__ = ["AXES", "line_offsets", "destripe"]
+__all__ = ["AXES", "line_offsets", "destripe", "median_of"]
 
 #: What :func:`destripe` may flatten: one offset per column, per row, both, or neither.
 AXES = ("none", "columns", "rows", "both")
 
 
+def median_of(copies: list) -> np.ndarray:
+    """The elementwise median of an odd number of arrays of one shape and dtype, ``copies`` (their
+    contents and order are used up): an odd-even transposition sort (as many rounds of
+    compare-exchanges of neighbours as there are arrays sorts that many values), elementwise and
+    in place, then the middle one. Exact (the median is one of the values), and on a few arrays of
+    many pixels several times faster than ``np.partition`` along a short axis."""
+    n = len(copies)
+    if n % 2 == 0:
+        raise ValueError(f"median_of: needs an odd number of arrays, got {n}")
+    low = np.empty_like(copies[0])
+    for r in range(n):
+        for i in range(r % 2, n - 1, 2):
+            np.minimum(copies[i], copies[i + 1], out=low)
+            np.maximum(copies[i], copies[i + 1], out=copies[i + 1])
+            copies[i], low = low, copies[i]
+    return copies[n // 2]
+
+
 def _row_median(v: np.ndarray, width: int) -> np.ndarray:
     """The median of the ``width`` pixels centred on each pixel of its row of ``v`` ``(n, W)``
-    float32, the edge pixels repeated beyond the edge: an odd-even transposition sort of the
-    ``width`` shifted copies (``width`` rounds of compare-exchanges of neighbours sort ``width``
-    values), elementwise and in place."""
+    float32, the edge pixels repeated beyond the edge (:func:`median_of` the ``width`` shifted
+    copies)."""
     n, W = v.shape
     h = width // 2
     padded = np.empty((n, W + 2 * h), v.dtype)
     padded[:, h:h + W], padded[:, :h], padded[:, h + W:] = v, v[:, :1], v[:, -1:]
-    copies = [padded[:, j:j + W].copy() for j in range(width)]
-    low = np.empty_like(copies[0])
-    for r in range(width):
-        for i in range(r % 2, width - 1, 2):
-            np.minimum(copies[i], copies[i + 1], out=low)
-            np.maximum(copies[i], copies[i + 1], out=copies[i + 1])
-            copies[i], low = low, copies[i]
-    return copies[h]
+    return median_of([padded[:, j:j + W].copy() for j in range(width)])
 
 
 def line_offsets(image: np.ndarray, width: int = 7, samples: int = 32768, probe: int = 4096, min_rows: int = 32,

@@ -771,6 +771,8 @@ def test_hot_pixel_search_matches_the_filters_it_stands_for():
         im[[0, 5, h - 1, h // 2], [7, 0, w // 3, w - 1]] = 1.0  # on every edge and inside
         search = HotPixelSearch((h, w))
         search.add(im)
+        resid = np.abs(im - ndi.median_filter(im, size=3, mode="reflect"))[::step, ::step]
+        assert HotPixelSearch._noise(im) == 1.4826 * float(np.median(resid))  # the noise itself, exactly
         expected = by_filters(im, step)
         assert expected.sum() >= 4 and np.array_equal(search.stood_out.astype(bool), expected)
 

@@ -10,7 +10,7 @@ from scipy.ndimage import median_filter, uniform_filter1d
 from d2d_ext.annotate import Annotator, AnnotatorConfig
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics
-from d2d_ext.stripes import _row_median, destripe, line_offsets
+from d2d_ext.stripes import _row_median, destripe, line_offsets, median_of
 from d2d_ext.synthetic import make_scene
 from d2d_ext.windows import pixel_noise
 
@@ -38,6 +38,21 @@ def test_row_median_is_scipys_median_filter_along_rows(width):
     v[5, 10:20] = 0.5  # ties
     v[:, 0] = np.round(v[:, 0] * 4) / 4
     assert np.array_equal(_row_median(v, width), median_filter(v, size=(1, width), mode="nearest"))
+
+
+@pytest.mark.parametrize("n", [1, 3, 9, 15])
+def test_median_of_is_numpys_median_of_the_stacked_arrays(n):
+    """Elementwise, exactly, ties included, in any dtype the arrays share; an even count refused."""
+    rng = np.random.default_rng(n)
+    for dtype in (np.float32, np.float64, np.int16):
+        arrays = [(rng.integers(0, 6, (7, 9)) if dtype == np.int16 else rng.random((7, 9))).astype(dtype)
+                  for _ in range(n)]
+        arrays[0][2, :] = arrays[-1][2, :]  # ties
+        expected = np.median(np.stack(arrays), axis=0).astype(dtype)
+        got = median_of([a.copy() for a in arrays])
+        assert got.dtype == dtype and np.array_equal(got, expected)
+    with pytest.raises(ValueError, match="odd number"):
+        median_of([np.zeros(3), np.ones(3)])
 
 
 def _fine(columns):
