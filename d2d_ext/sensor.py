@@ -180,7 +180,7 @@ class HotPixelSearch:
         ring = ndi.maximum_filter(im, footprint=self._RING, mode="constant", cval=-np.inf)
         margin = max(self.z * self._noise(im), self.floor)
         ys, xs = np.nonzero(im - ring > margin)  # few: the 8 neighbours' median is taken there only
-        med8 = np.partition(_neighbours(im, ys, xs, mirror=True), 4, axis=1)[:, 4]  # scipy's median of 8
+        med8 = np.partition(_neighbours(im, ys, xs), 4, axis=1)[:, 4]  # scipy's median of 8
         out = np.zeros(self.shape, bool)
         out[ys, xs] = im[ys, xs] - med8 > margin
         looked = np.ones(self.shape, bool)
@@ -213,14 +213,12 @@ class HotPixelSearch:
         return HotPixels(map=(self.looked >= min_frames) & (share >= self.share), share=share, frames=self.looked.copy())
 
 
-def _neighbours(im: np.ndarray, ys: np.ndarray, xs: np.ndarray, mirror: bool) -> np.ndarray:
+def _neighbours(im: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """``(len(ys), 8)``: the 8 neighbours of pixels ``(ys, xs)``; past the edge, the pixel across
-    it (``mirror``: -1 reads 1) or the edge pixel itself (-1 reads 0), as scipy.ndimage's modes."""
+    it (-1 reads 1), as scipy.ndimage's "mirror" mode."""
     H, W = im.shape
 
     def fold(i, n):
-        if mirror:
-            return np.abs(np.where(i > n - 1, 2 * (n - 1) - i, i))
-        return np.clip(i, 0, n - 1)
+        return np.abs(np.where(i > n - 1, 2 * (n - 1) - i, i))
 
     return np.stack([im[fold(ys + dy, H), fold(xs + dx, W)] for dy, dx in _NEIGHBOURS], axis=1)
