@@ -111,6 +111,21 @@ def _read_ahead(read, items: list, pixels):
         yield current
 
 
+# Frames of at least this many pixels are read two at a time, each in a thread of its own: one
+# such frame takes several times as long to decode as to annotate, so one reader bounds the job;
+# on smaller frames a second reader took the cores from the work and was slower
+TWO_READERS_PIXELS = 1 << 20
+
+
+def _read_all(read, items: list, readers: int = 1) -> list:
+    """``[read(item) for item in items]``, by ``readers`` threads at once (1: in this one). An
+    error of a read is raised as in the loop: the first in the items' order."""
+    if readers <= 1 or len(items) < 2:
+        return [read(item) for item in items]
+    with ThreadPoolExecutor(readers, thread_name_prefix="d2d-read") as pool:
+        return list(pool.map(read, items))
+
+
 def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int = 0,
                      batch_images: int = 16, annotator=None, progress: bool = True, soft=None,
                      bad_pixels=None) -> dict:
@@ -164,7 +179,10 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
         annotator.annotate([spot], [np.array([[11.5, 11.5]])])
 
     def read(chunk: list) -> tuple:
-        return [ds.load_image(i) for i in chunk], [ds.points(i, points, seed=seed) for i in chunk]
+        h, w = ds.image_size(chunk[0])  # from its header
+        readers = 2 if h * w >= TWO_READERS_PIXELS else 1
+        return (_read_all(ds.load_image, chunk, readers),
+                _read_all(lambda i: ds.points(i, points, seed=seed), chunk, readers))
 
     def write(chunk: list, images: list, masks: list, fields: list) -> None:
         for i, image, mask, field in zip(chunk, images, masks, fields):
@@ -179,8 +197,9 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
                 bar.update()
 
     # Each chunk's files are written in a thread of their own while the annotator works on the
-    # next chunk, and large frames are read a chunk ahead in another: what an error stops, it
-    # stops after every chunk before it is written (leaving the writer's pool waits for them).
+    # next chunk, and large frames are read a chunk ahead in another (the largest by two, see
+    # _read_all): what an error stops, it stops after every chunk before it is written (leaving
+    # the writer's pool waits for them).
     chunks = [todo[k:k + batch_images] for k in range(0, len(todo), batch_images)]
     with ThreadPoolExecutor(1, thread_name_prefix="d2d-write") as writer, \
             closing(_read_ahead(read, chunks, lambda loaded: loaded[0][0].size)) as reads:

@@ -157,6 +157,54 @@ def test_files_are_read_ahead_in_order_and_a_bad_one_stops_at_its_place(large):
     assert list(_read_ahead(read, [], pixels)) == []
 
 
+@pytest.mark.parametrize("readers", [2, 1])
+def test_frames_are_read_two_at_a_time_in_order(readers):
+    from d2d_ext.files import DataError
+    from d2d_ext.jobs import _read_all
+
+    threads = set()
+    # two readers read two frames at once: the reads of items 1 and 2 meet here, or time out
+    both = threading.Barrier(2, timeout=10)
+
+    def read(k):
+        threads.add(threading.get_ident())
+        if readers == 2 and k in (1, 2):
+            both.wait()
+        if k == 5:
+            raise DataError("item 5 is unreadable")
+        return 10 * k
+
+    assert _read_all(read, [0, 1, 2, 3], readers) == [0, 10, 20, 30]
+    # the caller alone, or two readers beside it
+    assert len(threads) == (2 if readers == 2 else 1) and (threading.get_ident() in threads) == (readers == 1)
+    with pytest.raises(DataError, match="item 5"):
+        _read_all(read, list(range(9)), readers)
+    assert _read_all(read, [], readers) == [] and _read_all(read, [4], readers) == [40]
+
+
+def test_annotate_reads_the_largest_frames_two_at_a_time_to_the_same_files(tmp_path, monkeypatch):
+    """Every frame read by two threads (as frames of a million pixels and more are), a chunk ahead
+    (as frames of 65,536 and more): the same mask files; a truncated frame mid-run stops after
+    the chunks before it are written, and nothing is half-written."""
+    import d2d_ext.jobs
+
+    root = write_dataset(tmp_path / "SYN", n_images=7, seed=4, height=48, width=48)
+    annotate_dataset(root, "all", "centroid", tmp_path / "one", progress=False, batch_images=3)
+    monkeypatch.setattr(d2d_ext.jobs, "READ_AHEAD_PIXELS", 1)
+    monkeypatch.setattr(d2d_ext.jobs, "TWO_READERS_PIXELS", 1)
+    annotate_dataset(root, "all", "centroid", tmp_path / "two", progress=False, batch_images=3)
+    ids = IRDataset(root).ids("all")
+    for i in ids:
+        assert (tmp_path / "two" / f"{i}.png").read_bytes() == (tmp_path / "one" / f"{i}.png").read_bytes()
+    image = root / "images" / f"{ids[4]}.png"
+    image.write_bytes(image.read_bytes()[:-40])
+    from d2d_ext.files import DataError
+    with pytest.raises(DataError, match=ids[4]):
+        annotate_dataset(root, "all", "centroid", tmp_path / "broken", progress=False, batch_images=3)
+    assert sorted(p.stem for p in (tmp_path / "broken").glob("*.png")) == ids[:3]
+    assert not list((tmp_path / "broken").glob(".*.tmp"))
+
+
 def test_module_entry_point_demo_runs(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-m", "d2d_ext", "demo", "--images", "6", "--train-epochs", "2", "--out", str(tmp_path / "d"), "--quiet"],
