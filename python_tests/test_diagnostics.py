@@ -228,6 +228,10 @@ def test_annotation_datasets_scores_on_known_masks():
     right = r.by_mask["about right"]
     assert (right.targets, right.missed, right.extra) == (2, 8, 0)
     assert r.most_missed == [(8, "b", 16, 8), (0, "a", 9, 9)]
+    # resamples of the two images: a twice (9 / 13), a and b (17 / 29), b twice (8 / 16), the
+    # extremes a quarter of the time each
+    assert r.iou == pytest.approx(100 * 17 / 29)
+    assert r.iou_interval == pytest.approx((50.0, 100 * 9 / 13))
 
 
 def test_annotation_datasets_sorts_each_target_by_its_mask():

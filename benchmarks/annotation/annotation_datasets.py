@@ -21,7 +21,10 @@ one torch thread, chunks of 16 images). ``--worst K`` lists each set's K images 
 false-alarm pixels under the table, and its K targets with the most missed pixels: a mean hides
 them. Under those, where each set's wrong pixels lie: every target's mask (the predicted
 components that touch it) by its size against the target's (none, under half, about right, over
-twice), with the target pixels it misses and the pixels it takes beyond the target. ``--dilate
+twice), with the target pixels it misses and the pixels it takes beyond the target; then each
+method's IoU with its 95% interval over the set's images (:func:`iou_interval`, a bootstrap): a
+set is one sample of its kind of images, and a held-out split of the same kind may score anywhere
+in it. ``--dilate
 N`` scores against every ground-truth mask grown by N pixels (8-connected): a stand-in for
 datasets whose annotators draw generous masks, to see what a change costs them; ``--glow F``
 draws each target's glow into its mask instead (the pixels within 3 of it above ``F`` of its
@@ -114,6 +117,9 @@ class Score:
     stages: dict | None = None  # ms per target by stage of the annotator (its last_seconds), fastest pass
     by_mask: dict | None = None  # mask class -> TargetErrors (see target_errors)
     most_missed: list | None = None  # [(missed pixels, image id, target pixels, mask pixels)], most first
+    # the pooled IoU's 95% interval over the set's images (iou_interval): how far another sample of
+    # images like these, a held-out split, may score from this one
+    iou_interval: tuple | None = None
 
 
 @dataclass
@@ -338,13 +344,31 @@ def jpeg_round_trip(s: EvalSet, quality: int) -> None:
     s.images = images
 
 
+#: Resamples of a set's images behind each IoU interval (seeded, so a rerun prints the same).
+RESAMPLES = 1000
+
+
+def iou_interval(inter: np.ndarray, union: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> tuple:
+    """The 2.5th and 97.5th percentiles of the pooled IoU (percent; ``sum inter / sum union``)
+    over ``resamples`` bootstrap resamples of the images, whose intersection and union pixels
+    are ``inter`` and ``union`` ``(N,)``: the images drawn with replacement, as many as there
+    are."""
+    inter, union = np.asarray(inter, np.float64), np.asarray(union, np.float64)
+    draw = np.random.default_rng(seed).integers(0, len(inter), (resamples, len(inter)))
+    iou = 100 * inter[draw].sum(1) / np.maximum(union[draw].sum(1), 1)
+    low, high = np.percentile(iou, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict | None = None) -> Score:
     metrics = ISTDMetrics()
     tp = npred = ngt = 0
-    fa, missed = [], []
+    fa, missed, inter, union = [], [], [], []
     by_mask = {c: TargetErrors() for c in MASK_CLASSES}
     for i, p, g in zip(s.ids, masks, s.masks):
         metrics.update(p, g)
+        inter.append(int((p & g).sum()))
+        union.append(int((p | g).sum()))
         tp += int((p & g).sum())
         npred += int(p.sum())
         ngt += int(g.sum())
@@ -359,7 +383,7 @@ def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict 
     return Score(r["iou"], r["niou"], r["pd"], r["fa"], 100 * tp / max(npred, 1), 100 * tp / max(ngt, 1),
                  fa[:max(worst, 1)], 1e3 * seconds / max(s.targets, 1),
                  {k: 1e3 * v / max(s.targets, 1) for k, v in stages.items()} if stages else None,
-                 by_mask, missed[:max(worst, 1)])
+                 by_mask, missed[:max(worst, 1)], iou_interval(inter, union))
 
 
 def run(fn, s: EvalSet) -> tuple:
@@ -553,6 +577,11 @@ def main(argv=None) -> int:
             worst.append(f"- {name}, {method}: " + "; ".join(
                 f"{c} {e.targets}, {e.missed} ({e.missed / wrong:.0%}), {e.extra} ({e.extra / wrong:.0%})"
                 for c, e in r.by_mask.items() if e.targets))
+    worst += ["", f"IoU's 95% interval over each set's images (the images resampled with replacement, "
+                  f"{RESAMPLES:,} times, seed 0): what another sample of such images, a held-out split, may "
+                  "score:", ""]
+    worst += [f"- {name}, {method}: {r.iou:.2f} ({r.iou_interval[0]:.2f} to {r.iou_interval[1]:.2f})"
+              for name, method, r in results]
     worst += ["", "Time of ours by stage (ms per target, the fastest pass):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
               for name, method, r in results if method.startswith("ours") and r.stages]
