@@ -10,7 +10,8 @@ from scipy.ndimage import median_filter, uniform_filter1d
 from d2d_ext.annotate import Annotator, AnnotatorConfig
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics
-from d2d_ext.stripes import _row_median, destripe, line_offsets, median_of
+from d2d_ext import _C
+from d2d_ext.stripes import _offsets, _offsets_numpy, _row_median, destripe, line_offsets, median_of
 from d2d_ext.synthetic import make_scene
 from d2d_ext.windows import pixel_noise
 
@@ -38,6 +39,57 @@ def test_row_median_is_scipys_median_filter_along_rows(width):
     v[5, 10:20] = 0.5  # ties
     v[:, 0] = np.round(v[:, 0] * 4) / 4
     assert np.array_equal(_row_median(v, width), median_filter(v, size=(1, width), mode="nearest"))
+
+
+@pytest.mark.parametrize("shape", [(1, 9), (2, 7), (31, 128), (32, 57), (64, 40), (65, 40), (200, 33)])
+@pytest.mark.parametrize("width", [3, 7])
+def test_compiled_offsets_are_numpys(shape, width):
+    """The compiled column offsets (each column's median departure from its rows' running median)
+    and the pattern's size are numpy's to the bit, the standard error to float32 rounding: an odd
+    and an even number of rows, on either side of the row count where a column's median stops
+    being a network and becomes a selection, ties and a striped frame included."""
+    rng = np.random.default_rng([shape[0], shape[1], width])
+    cases = [rng.random(shape).astype(np.float32),
+             (rng.integers(0, 4, shape) / 4).astype(np.float32),  # many ties
+             (rng.random(shape) * 0.1 + rng.standard_normal(shape[1]) * 0.05).astype(np.float32)]  # stripes
+    for rows in cases:
+        offsets, size, error = _offsets(rows, width)
+        want = _offsets_numpy(rows, width)
+        assert offsets.dtype == np.float32 and offsets.shape == (shape[1],)
+        assert np.array_equal(offsets, want[0]) and size == want[1]
+        assert error == pytest.approx(want[2], rel=1e-6, abs=1e-12)
+        assert _offsets(rows.astype(np.float64)[::-1], width)[1] == _offsets_numpy(rows[::-1], width)[1]
+
+
+def test_a_frame_with_a_non_finite_pixel_has_no_pattern():
+    """A NaN or an infinity (a dead pixel of a float frame) gives no offsets to remove: the frame
+    comes back as it is, its pattern unread, rather than every pixel shifted by a NaN."""
+    striped, _ = _striped(_scenes(1, seed=3)[0].image, 3.0, seed=3)
+    assert line_offsets(striped).any()  # the pattern stands out where every pixel is finite
+    for bad in (np.nan, np.inf):
+        frame = striped.copy()
+        frame[40, 50] = bad
+        offsets, size, error = _offsets(np.ascontiguousarray(frame[::2]), 7)
+        assert np.isnan(size) and np.isnan(error) and np.isnan(offsets).all()
+        assert not line_offsets(frame).any() and not line_offsets(frame.T).any()
+        assert destripe(frame, "both") is frame
+
+
+def test_compiled_offsets_refuse_bad_arrays():
+    rows = np.zeros((4, 9), np.float32)
+    out = np.zeros((1, 9), np.float32)
+    with pytest.raises(ValueError, match="line_offsets: rows must have dtype"):
+        _C.line_offsets(rows.astype(np.float64), 3, out)
+    with pytest.raises(ValueError, match="line_offsets: rows must be C-contiguous"):
+        _C.line_offsets(np.zeros((4, 18), np.float32)[:, ::2], 3, out)
+    with pytest.raises(ValueError, match=r"offsets \(1, 8\) must have shape \(1, 9\)"):
+        _C.line_offsets(rows, 3, np.zeros((1, 8), np.float32))
+    with pytest.raises(ValueError, match="width must be odd"):
+        _C.line_offsets(rows, 4, out)
+    with pytest.raises(ValueError, match="width must be odd"):
+        _C.line_offsets(rows, 11, out)
+    with pytest.raises(ValueError, match="offsets must be writable"):
+        _C.line_offsets(rows, 3, np.broadcast_to(np.zeros(9, np.float32), (1, 9)))
 
 
 @pytest.mark.parametrize("n", [1, 3, 9, 15])
