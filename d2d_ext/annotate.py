@@ -350,6 +350,12 @@ def _prepare_target(image: np.ndarray, b: int, point: tuple, py: int, px: int, o
     fbox = window_box(py, px, half, H, W)
     t1 = time.perf_counter()
     win = image[fbox[0]:fbox[1], fbox[2]:fbox[3]].astype(np.float64)
+    if not np.isfinite(win).all():  # what the mask is read from: a NaN there would move it silently
+        ys, xs = np.nonzero(~np.isfinite(win))
+        raise ValueError(f"annotate: image {b} has pixels that are not numbers (NaN or infinity) near its point "
+                         f"at pixel (x={point[1]}, y={point[0]}): {len(ys)}, the first at (x={xs[0] + fbox[2]}, "
+                         f"y={ys[0] + fbox[0]}); dead pixels: repair them first (d2d_ext.sensor.repair with "
+                         "their map)")
     # The amplitude's floor (a point on a flat background) is a fraction of the image's own range,
     # so that no setting depends on the sensor's gain and offset: a 16-bit frame whose values span
     # a few hundred counts gives the masks of the same frame stretched to [0, 1].

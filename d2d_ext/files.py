@@ -127,6 +127,10 @@ def _to_gray(img: Image.Image, path: Path) -> np.ndarray:
         return np.clip(a / 65535.0, 0.0, 1.0).astype(np.float32)
     if mode == "F":
         a = np.asarray(img, dtype=np.float64)
+        if np.isnan(a).any():  # a float frame's dead pixels: no value to annotate or score
+            ys, xs = np.nonzero(np.isnan(a))
+            raise DataError(f"{path} has pixels that are not numbers (NaN): {len(ys)}, the first at "
+                            f"(x={xs[0]}, y={ys[0]}); write a value in their place (their neighbours' median)")
         return np.clip(a, 0.0, 1.0).astype(np.float32)
     raise DataError(f"unsupported image mode {mode!r} in {path}")
 

@@ -167,6 +167,28 @@ def test_point_outside_the_image_raises_naming_it():
         Annotator().annotate([np.zeros((2, 3, 4))], [np.zeros((0, 2))])
 
 
+def test_a_dead_pixel_near_a_point_raises_naming_it_and_one_far_from_every_point_changes_nothing():
+    """A float frame's dead pixels read NaN (or infinity): near a point it would move the mask
+    silently, so it is refused, naming the image, the point and the pixel; far from every point
+    the masks are the frame's without it."""
+    scene = _scenes(1, seed=1)[0]
+    image = scene.image.astype(np.float32)
+    (x, y) = scene.points[0]
+    ann = Annotator()
+    clean = ann.annotate([image], [scene.points])[0]
+    col, row = int(np.floor(x + 0.5)) + 1, int(np.floor(y + 0.5))
+    for bad in (np.nan, np.inf):
+        near = image.copy()
+        near[row, col] = bad
+        with pytest.raises(ValueError, match=rf"image 0 has pixels that are not numbers .*: 1, the first at "
+                                             rf"\(x={col}, y={row}\); dead pixels"):
+            ann.annotate([near], [scene.points])
+    far = image.copy()
+    ys, xs = np.nonzero(~ndimage.binary_dilation(clean, iterations=40))  # beyond every field window
+    far[ys[0], xs[0]] = np.nan
+    assert np.array_equal(ann.annotate([far], [scene.points])[0], clean)
+
+
 @pytest.mark.parametrize("offset, gain", [(0.1, 0.002), (0.5, 0.0005)])
 def test_masks_do_not_depend_on_the_sensors_gain_and_offset(offset, gain):
     """A frame whose values span a few hundred counts of a 16-bit range (``offset + gain * I``)

@@ -256,6 +256,19 @@ def test_truncated_png_names_file(tiny):
         IRDataset(tiny).load_image("a")
 
 
+def test_float_frame_with_a_nan_is_refused_naming_the_file_and_pixel(tmp_path):
+    """A 32-bit float TIFF reads as it is, clipped to [0, 1]; one with a NaN (a dead pixel) is
+    refused with the file, the count and the first one's place, instead of annotated around."""
+    frame = np.random.default_rng(2).random((12, 16)).astype(np.float32)
+    path = tmp_path / "frame.tif"
+    Image.fromarray(frame, mode="F").save(path)
+    np.testing.assert_array_equal(read_gray(path), frame)
+    frame[3, 7] = frame[5, 1] = np.nan
+    Image.fromarray(frame, mode="F").save(path)
+    with pytest.raises(DataError, match=r"frame.tif has pixels that are not numbers \(NaN\): 2, the first at \(x=7, y=3\)"):
+        read_gray(path)
+
+
 def test_missing_and_garbage_files(tiny):
     with pytest.raises(DataError, match="nope.png"):
         read_gray(tiny / "images/nope.png")
