@@ -762,6 +762,19 @@ def test_hot_pixel_search_finds_nothing_on_real_frames(name):
     assert np.array_equal(dirty.result().map, stuck)
 
 
+@pytest.mark.parametrize("shape", [(3, 3), (4, 7), (5, 5), (9, 4), (31, 17), (256, 256)])
+def test_ring_maximum_is_scipys_filter_with_the_ring_footprint(shape):
+    from scipy import ndimage as ndi
+
+    from d2d_ext.sensor import HotPixelSearch
+
+    im = np.random.default_rng(shape).random(shape).astype(np.float32)
+    im[0, :] = 0.5  # ties
+    expected = ndi.maximum_filter(im, footprint=HotPixelSearch._RING, mode="constant", cval=-np.inf)
+    got = HotPixelSearch._ring_max(im)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+
+
 def test_hot_pixel_search_matches_the_filters_it_stands_for():
     """Per frame, the pixels that stand out are those of the rule written with scipy.ndimage's
     filters over the whole frame (ring maximum, 8-neighbour median mirrored at the edges, noise
