@@ -68,11 +68,14 @@ bool numpy_2d(const char* fn, PyObject* array, const char* typestr, const char* 
   return ok;
 }
 
-// numpy's typestr of this machine's int32 (byte order explicit, as __array_interface__ gives it)
+// numpy's typestr of this machine's int32 and float32 (byte order explicit, as
+// __array_interface__ gives it)
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 constexpr const char* kInt32 = ">i4";
+constexpr const char* kFloat32 = ">f4";
 #else
 constexpr const char* kInt32 = "<i4";
+constexpr const char* kFloat32 = "<f4";
 #endif
 
 // _C.label(mask, labels, connectivity) -> count: d2d::label_components of the bool array mask
@@ -106,12 +109,6 @@ PyObject* label(PyObject*, PyObject* args) {
                                           static_cast<int32_t*>(out), H, W, connectivity);
   return PyLong_FromLong(n);
 }
-
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-constexpr const char* kFloat32 = ">f4";
-#else
-constexpr const char* kFloat32 = "<f4";
-#endif
 
 // _C.line_offsets(rows, width, offsets) -> (size, error): d2d::column_offsets of the float32 array
 // rows (n, W) into the float32 array offsets (1, W), both C-contiguous (d2d_ext.stripes._offsets).
