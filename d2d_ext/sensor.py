@@ -196,7 +196,7 @@ class HotPixelSearch:
         3x3, ``_RING``; nothing past the frame's edge, ``-inf`` where nothing is left), as
         ``scipy.ndimage.maximum_filter`` with that footprint gives it. The ring is two rows of
         five and two columns of three: maxima of shifted slices of the frame padded with
-        ``-inf``, a quarter of the filter's time on a large frame (its footprint is not
+        ``-inf``, under a third of the filter's time on a large frame (its footprint is not
         separable)."""
         H, W = im.shape
         padded = np.full((H + 4, W + 4), -np.inf, im.dtype)

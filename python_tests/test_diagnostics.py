@@ -232,6 +232,7 @@ def test_annotation_datasets_scores_on_known_masks():
     # extremes a quarter of the time each
     assert r.iou == pytest.approx(100 * 17 / 29)
     assert r.iou_interval == pytest.approx((50.0, 100 * 9 / 13))
+    assert all(np.isnan(annotation_datasets.iou_interval([], [])))
 
 
 def test_annotation_datasets_sorts_each_target_by_its_mask():

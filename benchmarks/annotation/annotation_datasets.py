@@ -352,8 +352,10 @@ def iou_interval(inter: np.ndarray, union: np.ndarray, resamples: int = RESAMPLE
     """The 2.5th and 97.5th percentiles of the pooled IoU (percent; ``sum inter / sum union``)
     over ``resamples`` bootstrap resamples of the images, whose intersection and union pixels
     are ``inter`` and ``union`` ``(N,)``: the images drawn with replacement, as many as there
-    are."""
+    are; NaN for a set of no images."""
     inter, union = np.asarray(inter, np.float64), np.asarray(union, np.float64)
+    if not len(inter):
+        return float("nan"), float("nan")
     draw = np.random.default_rng(seed).integers(0, len(inter), (resamples, len(inter)))
     iou = 100 * inter[draw].sum(1) / np.maximum(union[draw].sum(1), 1)
     low, high = np.percentile(iou, [2.5, 97.5])
