@@ -292,6 +292,37 @@ def test_annotation_datasets_hot_pixels():
         annotation_datasets.main(["--hot", "2", "--synthetic-seeds", ""])
 
 
+def test_annotation_datasets_ramp_is_a_plane_across_the_image_range():
+    """``--ramp F`` adds a plane, zero at the image's centre, that rises by ``F`` times the image's
+    range across its larger side in a seeded direction per image: every 2x2 block's second
+    difference is zero, the steepest rise over the larger side is ``F`` times the range, images
+    of one set get their own directions, and the same seed draws the same planes."""
+    rng = np.random.default_rng(5)
+    images = [np.float32(0.2 + 0.5 * rng.random((60, 90))) for _ in range(3)]
+    originals = [im.copy() for im in images]
+    mask = np.zeros((60, 90), bool)
+
+    def ramped(fraction, seed=0):
+        s = annotation_datasets.EvalSet("t", list("abc"), images, [np.zeros((0, 2))] * 3, [mask] * 3)
+        annotation_datasets.add_ramp(s, fraction, seed)
+        return [np.float64(r) - o for r, o in zip(s.images, images)]
+
+    planes = ramped(0.5)
+    for plane, image in zip(planes, images):
+        span = float(image.max()) - float(image.min())
+        gy, gx = plane[1, 0] - plane[0, 0], plane[0, 1] - plane[0, 0]
+        assert np.allclose(plane[1:, 1:] - plane[1:, :-1] - plane[:-1, 1:] + plane[:-1, :-1], 0, atol=1e-5)
+        assert abs(np.hypot(gy, gx) * 90 / (0.5 * span) - 1) < 1e-3
+        assert abs(plane[29:31, 44:46].mean()) < 1e-5  # zero at the centre
+    directions = [np.arctan2(p[1, 0] - p[0, 0], p[0, 1] - p[0, 0]) for p in planes]
+    assert len({round(float(d), 3) for d in directions}) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(planes, ramped(0.5)))
+    assert not np.allclose(planes[0], ramped(0.5, seed=1)[0], atol=1e-4)
+    assert all(np.array_equal(i, o) for i, o in zip(images, originals))
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--ramp", "-1", "--synthetic-seeds", ""])
+
+
 def test_annotation_datasets_sensor_noise_is_white_per_column_or_per_row_at_the_image_noise():
     """``--noise F`` adds independent noise of ``F`` times the image's own pixel noise; ``--stripes F``
     one offset per column of that size, ``--row-stripes F`` one per row (drawn after the others,

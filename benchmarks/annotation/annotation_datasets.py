@@ -3,7 +3,7 @@
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
-        [--zoom F] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q]
+        [--zoom F] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q] [--ramp F]
         [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
@@ -51,6 +51,10 @@ an uncooled sensor's readout) or an offset per row (its row noise), before ``--m
 ``--hot``. ``--jpeg Q`` reads every image after
 an 8-bit JPEG round trip at quality ``Q`` (:func:`jpeg_round_trip`, after the noise): datasets
 shipped as JPEG files, whose 8x8 blocks smooth a faint target away and draw edges in clutter.
+``--ramp F`` adds to every image a plane that rises by ``F`` times the image's range across its
+larger side, each image in its own seeded direction (:func:`add_ramp`, after the JPEG round
+trip): a background that is not flat (a sky's gradient towards the horizon, a lens's shading),
+seen through each target's windows as a slope.
 """
 
 from __future__ import annotations
@@ -344,6 +348,23 @@ def jpeg_round_trip(s: EvalSet, quality: int) -> None:
     s.images = images
 
 
+def add_ramp(s: EvalSet, fraction: float, seed: int = 0) -> None:
+    """Adds to every image of ``s`` a plane that rises by ``fraction`` times the image's range
+    (maximum less minimum) across its larger side, in a direction drawn per image (seeded), zero at
+    the image's centre: a background gradient (see ``--ramp``). The images are not clipped (a
+    float frame: the annotator reads any range), so pixels keep their contrast to their
+    neighbours."""
+    images = []
+    for k, image in enumerate(s.images):
+        angle = np.random.default_rng([seed, k, 2]).uniform(0.0, 2 * np.pi)
+        H, W = image.shape
+        slope = fraction * (float(image.max()) - float(image.min())) / max(H, W)
+        rows, cols = np.ogrid[:H, :W]
+        plane = slope * (np.cos(angle) * (cols - (W - 1) / 2) + np.sin(angle) * (rows - (H - 1) / 2))
+        images.append((image + plane).astype(np.float32))
+    s.images = images
+
+
 #: Resamples of a set's images behind each IoU interval (seeded, so a rerun prints the same).
 RESAMPLES = 1000
 
@@ -493,13 +514,16 @@ def main(argv=None) -> int:
                          "row noise")
     ap.add_argument("--jpeg", type=int, default=0, metavar="Q",
                     help="read every image after an 8-bit JPEG round trip at quality Q (1 to 100), after --noise")
+    ap.add_argument("--ramp", type=float, default=0.0, metavar="F",
+                    help="add a plane rising by F times each image's range across its larger side, in a seeded "
+                         "direction per image: a background gradient")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     if not 0 <= args.jpeg <= 100:
         ap.error(f"--jpeg must be a JPEG quality from 1 to 100, got {args.jpeg}")
-    if min(args.noise, args.stripes, args.row_stripes) < 0:
-        ap.error(f"--noise, --stripes and --row-stripes must be >= 0, got {args.noise}, {args.stripes} and "
-                 f"{args.row_stripes}")
+    if min(args.noise, args.stripes, args.row_stripes, args.ramp) < 0:
+        ap.error(f"--noise, --stripes, --row-stripes and --ramp must be >= 0, got {args.noise}, {args.stripes}, "
+                 f"{args.row_stripes} and {args.ramp}")
     if args.jitter < 0:
         ap.error(f"--jitter must be a whole number of pixels >= 0, got {args.jitter}")
     if args.zoom < 1:
@@ -539,6 +563,9 @@ def main(argv=None) -> int:
     if args.jpeg:
         for s in sets:
             jpeg_round_trip(s, args.jpeg)
+    if args.ramp:
+        for s in sets:
+            add_ramp(s, args.ramp)
     if args.map:
         offset, gain = (float(v) for v in args.map.split(","))
         for s in sets:
@@ -563,6 +590,7 @@ def main(argv=None) -> int:
     grown += f"; column offsets of {args.stripes}x each image's pixel noise added (seed 0)" if args.stripes else ""
     grown += f"; row offsets of {args.row_stripes}x each image's pixel noise added (seed 0)" if args.row_stripes else ""
     grown += f"; every image through 8-bit JPEG at quality {args.jpeg}" if args.jpeg else ""
+    grown += f"; a plane rising by {args.ramp} of each image's range across it added (seed 0)" if args.ramp else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", TABLE_HEADER,
                 table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
