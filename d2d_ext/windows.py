@@ -16,7 +16,13 @@ The search, in order (:func:`strict_component`):
    the peak above it, holes filled. The first window whose candidate does not reach the band is
    accepted (the *leak guard*: a component that touches the band has leaked into clutter); if
    none is, ``f`` rises by ``fraction_step`` and the windows are tried again. A side of a window
-   on the image's edge has no band (a target cut by the edge has not leaked).
+   on the image's edge has no band (a target cut by the edge has not leaked), but a window beyond
+   the first whose component runs off the image on one side of the peak counts as leaked: on a
+   side that lies on the edge where the first window's does not, it reaches the pixels a band
+   would take, it reaches less than half as far from the peak the other way, and it is dimmer
+   there than ``LONG_BODY`` of the peak's amplitude. A target the image cuts is bright where it
+   is cut (its body) or surrounds its peak; a field, roof or cloud beside a target that runs
+   off the image is neither, and the window that holds it has no band to show where it ends.
 
    *A peak alone above the noise floor.* ``k_sigma`` spreads of the band are a detection floor,
    not a measure of the target. Where no more than ``lone_peak_pixels`` pixels (the peak alone)
@@ -130,9 +136,9 @@ __all__ = ["Strict", "snap", "find_peak", "strict_component", "check_points", "w
 # step 6: how many times longer than wide a wide window's component that runs through the first
 # window's band must be to count as a long thin target (see morphology.elongation)
 LONG_ASPECT = 2.0
-# step 6: where a long target's body crosses a window's band it stands at least this fraction of
-# the peak's amplitude above the band's level, as a flat top does (a dimmer streak or wall that
-# the point lies on does not)
+# steps 2 and 6: where a target's body crosses a window's band (a long target's), or the image's
+# edge (a target the image cuts), it stands at least this fraction of the peak's amplitude above
+# the band's level, as a flat top does (a dimmer streak, wall or field beside the point does not)
 LONG_BODY = 0.5
 # steps 1, 3 and 4: a peak within this many times sqrt(2 ln n) pixel-noise deviations of its window's
 # background (n the window's pixels: the largest of n noise samples lies near sqrt(2 ln n)
@@ -338,6 +344,34 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         per = [held[s][inner.band[s]].mean() for s in sides if inner.band[s].any()]
         return min(per) >= cfg.side_cover and held[inner.band].mean() >= 0.5
 
+    def escapes(win: _Window) -> bool:
+        """Whether ``win``'s component runs off the image on one side of the peak (step 2): on a
+        side of the window that lies on the image's edge where the first window's does not, it
+        reaches the rows or columns a band would take, reaches less than half as far from the
+        peak the other way, and is dimmer there than a target's body (:func:`body_across`)."""
+        fy0, fy1, fx0, fx1 = window_box(py, px, cfg.half_sizes[0], H, W)
+        y0, y1, x0, x1 = win.box
+        c, b = win.comp, cfg.band
+        ys, xs = np.nonzero(c)
+        ys, xs = ys + y0, xs + x0
+        edge = np.zeros_like(c)
+        if y0 == 0 < fy0 and ys.max() - py < 0.5 * py:
+            edge[:b] = True
+        if y1 == H > fy1 and py - ys.min() < 0.5 * (H - 1 - py):
+            edge[-b:] = True
+        if x0 == 0 < fx0 and xs.max() - px < 0.5 * px:
+            edge[:, :b] = True
+        if x1 == W > fx1 and px - xs.min() < 0.5 * (W - 1 - px):
+            edge[:, -b:] = True
+        return bool((c & edge).any()) and not body_across(win, c & edge)
+
+    def body_across(win: _Window, where: np.ndarray) -> bool:
+        """Whether the image over ``where`` (bool over ``win``'s box) stands on average at least
+        ``LONG_BODY`` of the peak's amplitude above ``win``'s background, as a target's body
+        does where a band or the image's edge cuts it."""
+        crossing = image[win.box[0]:win.box[1], win.box[2]:win.box[3]][where]
+        return bool((crossing - win.bg).mean() >= LONG_BODY * (peak - win.bg))
+
     def touches_edge(win: _Window) -> tuple:
         """The image edges (top, bottom, left, right) that ``win``'s component reaches."""
         y0, y1, x0, x1 = win.box
@@ -479,8 +513,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         of a long target through the peak (see :func:`long_leak`)."""
         if covers(win._replace(comp=win.whole), win) or not through(win, win):
             return False
-        crossing = image[win.box[0]:win.box[1], win.box[2]:win.box[3]][win.whole & win.band]
-        return bool((crossing - win.bg).mean() >= LONG_BODY * (peak - win.bg))
+        return body_across(win, win.whole & win.band)
 
     def beside(half: int, f: float, cand: _Window) -> bool:
         """Whether ``cand``'s component, in a window the smaller ones leaked out of, is a bright
@@ -575,6 +608,8 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         for half in cfg.half_sizes:
             found = window(half, f)
             if found.comp is None:
+                continue
+            if half != cfg.half_sizes[0] and escapes(found):
                 continue
             if half != cfg.half_sizes[0] and beside(half, f, found):
                 # the smaller windows leaked into a bright structure beside the peak that this

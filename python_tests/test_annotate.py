@@ -518,6 +518,38 @@ def test_target_on_a_block_that_brightens_beside_it_does_not_grow_into_it(monkey
     assert grown.sum() > 3000
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_point_target_above_ground_that_runs_off_the_image_stays_small(seed):
+    """A point target (0.6 above the sky) whose skirt meets a bright ground, half as bright, that
+    runs off the image's bottom-left corner. Every window leaked into the ground, until one whose
+    bottom and left sides lay on the image's edges, where there is no band: it took target and
+    ground whole (680 pixels, seeds 0 and 2). The ground crosses those sides dimmer than a
+    target's body, and the component reaches less than half as far from the peak the other way:
+    it runs off the image, and nothing shows that it ends."""
+    yy, xx = np.mgrid[:64, :64].astype(np.float64)
+    ground = ndimage.gaussian_filter(((yy >= 46) & (xx <= 36)).astype(float), 1.5)
+    target = np.exp(-((yy - 43) ** 2 + (xx - 20) ** 2) / (2 * 1.6 ** 2))
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 1, yy.shape), 1.0)
+    image = (0.2 + 0.01 * noise / noise.std() + 0.3 * ground + 0.6 * target).astype(np.float32)
+    (mask,) = Annotator().annotate([image], [np.array([[20.0, 43.0]])])
+    assert mask[43, 20] and mask.sum() <= 40, int(mask.sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_large_target_cut_by_the_image_edge_keeps_its_cut_side(seed):
+    """A flat-topped disc of radius 12 whose centre lies 8 pixels from the image's bottom edge,
+    clicked at its visible part's centroid (farther from the edge than the first window reaches):
+    its component runs off the image, bright to the edge and reaching farther from the peak the
+    other way, a target the image cuts, and keeps every pixel the image shows."""
+    yy, xx = np.mgrid[:64, :64].astype(np.float64)
+    disc = (yy - 56) ** 2 + (xx - 32) ** 2 <= 12 ** 2
+    noise = np.random.default_rng(seed).normal(0, 0.01, yy.shape)
+    image = (0.2 + noise + 0.5 * ndimage.gaussian_filter(disc.astype(float), 0.7)).astype(np.float32)
+    ys, xs = np.nonzero(disc)
+    (mask,) = Annotator().annotate([image], [np.array([[xs.mean(), ys.mean()]])])
+    assert (mask & disc).sum() == disc.sum() and (mask & ~disc).sum() <= 20, int(mask.sum())
+
+
 @pytest.mark.parametrize("cloud, target", [(0.8, 0.2), (0.8, 0.4), (0.6, 0.15)])
 def test_target_at_the_top_of_a_bright_cloud_does_not_take_the_cloud(cloud, target):
     """A faint point target just inside a bright cloud that runs off the image: no small window
@@ -1116,6 +1148,19 @@ def test_real_targets_beside_buildings_and_clouds_keep_small_masks(name, ids):
     for i, m in zip(ids, masks):
         gt = ds.load_mask(i)
         assert m.sum() <= 3 * gt.sum() + 60, (i, int(m.sum()), int(gt.sum()))
+
+
+@needs_nudt
+def test_real_target_above_ground_cut_by_a_crop_does_not_take_the_ground():
+    """A 64x64 crop of NUDT-SIRST 001015 (rows 126 to 189, columns 161 to 224, as a dataset cut
+    from larger frames has it): a 68-pixel target just above a bright field that runs off the
+    crop's bottom-left corner, half the target's brightness. A window whose sides lay on the
+    crop's edges took the field: a mask of 564 pixels."""
+    ds = IRDataset(DATA / "NUDT-SIRST")
+    image = ds.load_image("001015")[126:190, 161:225]
+    gt = ds.load_mask("001015")[126:190, 161:225]
+    (mask,) = Annotator().annotate([image], [np.array([[21.0, 47.0]])])
+    assert mask.sum() <= 3 * gt.sum() + 60 and (mask & gt).sum() >= 0.8 * gt.sum(), (int(mask.sum()), int(gt.sum()))
 
 
 @needs_sirst
