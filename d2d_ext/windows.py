@@ -351,18 +351,20 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         peak the other way, and is dimmer there than a target's body (:func:`body_across`)."""
         fy0, fy1, fx0, fx1 = window_box(py, px, cfg.half_sizes[0], H, W)
         y0, y1, x0, x1 = win.box
+        on_edge = (y0 == 0 < fy0, y1 == H > fy1, x0 == 0 < fx0, x1 == W > fx1)  # top, bottom, left, right
+        if not any(on_edge):
+            return False
         c, b = win.comp, cfg.band
         ys, xs = np.nonzero(c)
         ys, xs = ys + y0, xs + x0
+        # how far the component reaches from the peak away from each side, against half the
+        # distance from the peak to that side
+        one_sided = (ys.max() - py < 0.5 * py, py - ys.min() < 0.5 * (H - 1 - py),
+                     xs.max() - px < 0.5 * px, px - xs.min() < 0.5 * (W - 1 - px))
         edge = np.zeros_like(c)
-        if y0 == 0 < fy0 and ys.max() - py < 0.5 * py:
-            edge[:b] = True
-        if y1 == H > fy1 and py - ys.min() < 0.5 * (H - 1 - py):
-            edge[-b:] = True
-        if x0 == 0 < fx0 and xs.max() - px < 0.5 * px:
-            edge[:, :b] = True
-        if x1 == W > fx1 and px - xs.min() < 0.5 * (W - 1 - px):
-            edge[:, -b:] = True
+        for on, alone, side in zip(on_edge, one_sided, (np.s_[:b], np.s_[-b:], np.s_[:, :b], np.s_[:, -b:])):
+            if on and alone:
+                edge[side] = True
         return bool((c & edge).any()) and not body_across(win, c & edge)
 
     def body_across(win: _Window, where: np.ndarray) -> bool:
