@@ -292,6 +292,23 @@ def test_annotation_datasets_hot_pixels():
         annotation_datasets.main(["--hot", "2", "--synthetic-seeds", ""])
 
 
+def test_annotation_datasets_target_offsets_read_masks_against_their_targets():
+    """A symmetric blob centred on a pixel, its ground truth drawn one row up and ours centred:
+    offsets (-1, 0) and (0, 0); a target under ``OFFSET_SIZES[0]`` pixels is not read, and one
+    with no predicted pixel near it has no prediction offset."""
+    yy, xx = np.mgrid[:60, :80].astype(np.float64)
+    image = 0.1 + 0.8 * np.exp(-((yy - 20) ** 2 + (xx - 30) ** 2) / (2 * 1.5 ** 2))
+    image += 0.8 * np.exp(-((yy - 45) ** 2 + (xx - 60) ** 2) / (2 * 1.5 ** 2))
+    disc = (yy - 20) ** 2 + (xx - 30) ** 2 <= 3 ** 2
+    gt = np.roll(disc, -1, axis=0) | ((np.abs(yy - 45) <= 1) & (np.abs(xx - 60) <= 1))  # a 9-pixel second target
+    gt[5, 5] = True  # a one-pixel target: not read
+    pred = disc.copy()
+    (first, second) = annotation_datasets.target_offsets(np.float32(image), pred, gt)
+    # (the blob's far tails lie outside the pixels read: a thousandth of a pixel)
+    assert np.allclose(first[0], (-1.0, 0.0), atol=2e-3) and np.allclose(first[1], (0.0, 0.0), atol=2e-3)
+    assert np.allclose(second[0], (0.0, 0.0), atol=2e-3) and second[1] is None
+
+
 def test_annotation_datasets_ramp_is_a_plane_across_the_image_range():
     """``--ramp F`` adds a plane, zero at the image's centre, that rises by ``F`` times the image's
     range across its larger side in a seeded direction per image: every 2x2 block's second

@@ -24,8 +24,10 @@ components that touch it) by its size against the target's (none, under half, ab
 twice), with the target pixels it misses and the pixels it takes beyond the target; then each
 method's IoU with its 95% interval over the set's images (:func:`iou_interval`, a bootstrap): a
 set is one sample of its kind of images, and a held-out split of the same kind may score anywhere
-in it. ``--dilate
-N`` scores against every ground-truth mask grown by N pixels (8-connected): a stand-in for
+in it. Then where each set's masks lie against their targets (:func:`target_offsets`): the
+mean offset of the ground truth's and of ours from the targets' intensity centroids, which shows
+a dataset whose masks were drawn off their images by a fraction of a pixel. ``--dilate N``
+scores against every ground-truth mask grown by N pixels (8-connected): a stand-in for
 datasets whose annotators draw generous masks, to see what a change costs them; ``--glow F``
 draws each target's glow into its mask instead (the pixels within 3 of it above ``F`` of its
 contrast, :func:`glow_mask`). ``--against FILE.py`` adds the rows of another
@@ -124,6 +126,9 @@ class Score:
     # the pooled IoU's 95% interval over the set's images (iou_interval): how far another sample of
     # images like these, a held-out split, may score from this one
     iou_interval: tuple | None = None
+    # mean (rows, columns) of the targets' ground-truth and predicted mask centroids from their
+    # intensity centroids (target_offsets), None without a target read
+    offsets: tuple | None = None
 
 
 @dataclass
@@ -154,6 +159,42 @@ def target_errors(pred: np.ndarray, gt: np.ndarray) -> list:
         area, size, both = int(t.sum()), int(mask.sum()), int((mask & t).sum())
         cls = MASK_CLASSES[0 if size == 0 else 1 if size < 0.5 * area else 3 if size > 2 * area else 2]
         out.append((area, size, both, cls))
+    return out
+
+
+#: target_offsets: the targets read (pixels; a point target's centroid is its one pixel, a large
+#: target's intensity runs past the reach below) and how far around a target its intensity is
+#: read (REGION) and its background ring lies (RING, beyond REGION), in chessboard pixels
+OFFSET_SIZES = (6, 400)
+OFFSET_REGION, OFFSET_RING = 3, 5
+
+
+def target_offsets(image: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> list:
+    """Per ground-truth target (8-connected) of ``OFFSET_SIZES`` pixels: ``(ground truth's
+    offset, prediction's offset or None)``, each ``(rows, columns)`` of the mask's centroid from
+    the target's intensity centroid (the image above the median of a ring around the target,
+    weighted, over the pixels within ``OFFSET_REGION`` of it; the prediction's pixels there).
+    Where a dataset's masks were drawn on a resampled image they sit off their targets by a
+    fraction of a pixel, which no threshold of the image reaches."""
+    targets, n = ndimage.label(gt, EIGHT_CONNECTED)
+    out = []
+    for k, (rows, cols) in enumerate(ndimage.find_objects(targets), start=1):
+        m = OFFSET_REGION + OFFSET_RING
+        y0, x0 = max(rows.start - m, 0), max(cols.start - m, 0)
+        cut = np.s_[y0:rows.stop + m, x0:cols.stop + m]
+        t = targets[cut] == k
+        if not OFFSET_SIZES[0] <= t.sum() <= OFFSET_SIZES[1]:
+            continue
+        region = ndimage.binary_dilation(t, EIGHT_CONNECTED, iterations=OFFSET_REGION)
+        ring = ndimage.binary_dilation(region, EIGHT_CONNECTED, iterations=OFFSET_RING) & ~region
+        weight = np.clip(image[cut].astype(np.float64) - np.median(image[cut][ring]), 0, None) * region
+        if not ring.any() or weight.sum() <= 0:
+            continue
+        ys, xs = np.indices(t.shape)
+        centre = np.array([(weight * ys).sum(), (weight * xs).sum()]) / weight.sum()
+        mine = pred[cut] & region
+        out.append((tuple(np.argwhere(t).mean(0) - centre),
+                    tuple(np.argwhere(mine).mean(0) - centre) if mine.any() else None))
     return out
 
 
@@ -388,8 +429,12 @@ def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict 
     tp = npred = ngt = 0
     fa, missed, inter, union = [], [], [], []
     by_mask = {c: TargetErrors() for c in MASK_CLASSES}
-    for i, p, g in zip(s.ids, masks, s.masks):
+    truth_off, pred_off = [], []
+    for i, image, p, g in zip(s.ids, s.images, masks, s.masks):
         metrics.update(p, g)
+        for t_off, p_off in target_offsets(image, p, g) if image is not None else ():
+            truth_off.append(t_off)
+            pred_off += [p_off] if p_off is not None else []
         inter.append(int((p & g).sum()))
         union.append(int((p | g).sum()))
         tp += int((p & g).sum())
@@ -406,7 +451,8 @@ def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict 
     return Score(r["iou"], r["niou"], r["pd"], r["fa"], 100 * tp / max(npred, 1), 100 * tp / max(ngt, 1),
                  fa[:max(worst, 1)], 1e3 * seconds / max(s.targets, 1),
                  {k: 1e3 * v / max(s.targets, 1) for k, v in stages.items()} if stages else None,
-                 by_mask, missed[:max(worst, 1)], iou_interval(inter, union))
+                 by_mask, missed[:max(worst, 1)], iou_interval(inter, union),
+                 (tuple(np.mean(truth_off, axis=0)), tuple(np.mean(pred_off, axis=0))) if pred_off else None)
 
 
 def run(fn, s: EvalSet) -> tuple:
@@ -612,6 +658,12 @@ def main(argv=None) -> int:
                   "score:", ""]
     worst += [f"- {name}, {method}: {r.iou:.2f} ({r.iou_interval[0]:.2f} to {r.iou_interval[1]:.2f})"
               for name, method, r in results]
+    worst += ["", "Where the masks lie against their targets: the mean offset (rows, columns; + is down, right) of "
+                  "each target's mask centroid from its intensity centroid (targets of "
+                  f"{OFFSET_SIZES[0]} to {OFFSET_SIZES[1]} pixels), ground truth / ours:", ""]
+    worst += [f"- {name}, {method}: {r.offsets[0][0]:+.2f}, {r.offsets[0][1]:+.2f} / "
+              f"{r.offsets[1][0]:+.2f}, {r.offsets[1][1]:+.2f}"
+              for name, method, r in results if method.startswith("ours") and r.offsets]
     worst += ["", "Time of ours by stage (ms per target, the fastest pass):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
               for name, method, r in results if method.startswith("ours") and r.stages]
