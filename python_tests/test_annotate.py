@@ -537,7 +537,7 @@ def test_point_target_above_ground_that_runs_off_the_image_stays_small(seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_large_target_cut_by_the_image_edge_keeps_its_cut_side(seed):
-    """A flat-topped disc of radius 12 whose centre lies 8 pixels from the image's bottom edge,
+    """A flat-topped disc of radius 12 whose centre lies 7 pixels from the image's bottom edge,
     clicked at its visible part's centroid (farther from the edge than the first window reaches):
     its component runs off the image, bright to the edge and reaching farther from the peak the
     other way, a target the image cuts, and keeps every pixel the image shows."""
