@@ -19,10 +19,11 @@ The search, in order (:func:`strict_component`):
    on the image's edge has no band (a target cut by the edge has not leaked), but a window beyond
    the first whose component runs off the image on one side of the peak counts as leaked: on a
    side that lies on the edge where the first window's does not, it reaches the pixels a band
-   would take, it reaches less than half as far from the peak the other way, and it is dimmer
-   there than ``LONG_BODY`` of the peak's amplitude. A target the image cuts is bright where it
-   is cut (its body) or surrounds its peak; a field, roof or cloud beside a target that runs
-   off the image is neither, and the window that holds it has no band to show where it ends.
+   would take, it reaches the other way from the peak less than half as far as the edge lies
+   from it, and it is dimmer there than ``LONG_BODY`` of the peak's amplitude. A target the
+   image cuts is bright where it is cut (its body) or surrounds its peak; a field, roof or cloud
+   beside a target that runs off the image is neither, and the window that holds it has no band
+   to show where it ends.
 
    *A peak alone above the noise floor.* ``k_sigma`` spreads of the band are a detection floor,
    not a measure of the target. Where no more than ``lone_peak_pixels`` pixels (the peak alone)
@@ -347,8 +348,9 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     def escapes(win: _Window) -> bool:
         """Whether ``win``'s component runs off the image on one side of the peak (step 2): on a
         side of the window that lies on the image's edge where the first window's does not, it
-        reaches the rows or columns a band would take, reaches less than half as far from the
-        peak the other way, and is dimmer there than a target's body (:func:`body_across`)."""
+        reaches the rows or columns a band would take, reaches the other way from the peak less
+        than half as far as the edge lies from it, and is dimmer there than a target's body
+        (:func:`body_across`)."""
         fy0, fy1, fx0, fx1 = window_box(py, px, cfg.half_sizes[0], H, W)
         y0, y1, x0, x1 = win.box
         on_edge = (y0 == 0 < fy0, y1 == H > fy1, x0 == 0 < fx0, x1 == W > fx1)  # top, bottom, left, right

@@ -524,8 +524,8 @@ def test_point_target_above_ground_that_runs_off_the_image_stays_small(seed):
     runs off the image's bottom-left corner. Every window leaked into the ground, until one whose
     bottom and left sides lay on the image's edges, where there is no band: it took target and
     ground whole (680 pixels, seeds 0 and 2). The ground crosses those sides dimmer than a
-    target's body, and the component reaches less than half as far from the peak the other way:
-    it runs off the image, and nothing shows that it ends."""
+    target's body, and the component reaches the other way from the peak less than half as far
+    as the edge lies from it: it runs off the image, and nothing shows that it ends."""
     yy, xx = np.mgrid[:64, :64].astype(np.float64)
     ground = ndimage.gaussian_filter(((yy >= 46) & (xx <= 36)).astype(float), 1.5)
     target = np.exp(-((yy - 43) ** 2 + (xx - 20) ** 2) / (2 * 1.6 ** 2))
