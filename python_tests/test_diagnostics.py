@@ -307,6 +307,11 @@ def test_annotation_datasets_target_offsets_read_masks_against_their_targets():
     # (the blob's far tails lie outside the pixels read: a thousandth of a pixel)
     assert np.allclose(first[0], (-1.0, 0.0), atol=2e-3) and np.allclose(first[1], (0.0, 0.0), atol=2e-3)
     assert np.allclose(second[0], (0.0, 0.0), atol=2e-3) and second[1] is None
+    # score reads them where asked (the means over the targets read; ours over those it reached)
+    s = annotation_datasets.EvalSet("t", ["a"], [np.float32(image)], [np.zeros((0, 2))], [gt])
+    assert annotation_datasets.score(s, [pred], seconds=0.001).offsets is None
+    truth, ours = annotation_datasets.score(s, [pred], seconds=0.001, offsets=True).offsets
+    assert np.allclose(truth, (-0.5, 0.0), atol=2e-3) and np.allclose(ours, (0.0, 0.0), atol=2e-3)
 
 
 def test_annotation_datasets_ramp_is_a_plane_across_the_image_range():
