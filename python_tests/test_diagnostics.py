@@ -345,6 +345,52 @@ def test_annotation_datasets_ramp_is_a_plane_across_the_image_range():
         annotation_datasets.main(["--ramp", "-1", "--synthetic-seeds", ""])
 
 
+def test_annotation_datasets_shrink_samples_the_same_scene_coarser():
+    """``--shrink F``: every image the mean of its F x F blocks (a partial block at the edge
+    dropped), a coarse pixel target where half its block or more is, the points at the coarse
+X
+    refused."""
+    H, W, F = 13, 17, 2  # an odd size: the last row and column are dropped
+    rng = np.random.default_rng(3)
+    image = np.float32(rng.random((H, W)))
+    mask = np.zeros((H, W), bool)
+    mask[4:8, 8:12] = True  # four whole blocks
+    mask[1, 2] = True  # a quarter of one block: gone
+    mask[10:12, 0] = True  # half of one block: kept
+    s = annotation_datasets.EvalSet("t", ["a"], [image], [np.zeros((3, 2))], [mask])
+    c = annotation_datasets.shrink_set(s, F)
+    coarse, m = c.images[0], c.masks[0]
+    assert coarse.shape == m.shape == (6, 8) and coarse.dtype == np.float32
+    assert np.isclose(coarse[2, 3], image[4:6, 6:8].mean(), atol=1e-6)
+    assert np.allclose(coarse, np.float64(image[:12, :16]).reshape(6, 2, 8, 2).mean(axis=(1, 3)), atol=1e-6)
+    assert m.sum() == 5 and m[2:4, 4:6].all() and m[5, 0] and not m[0, 1]
+    assert sorted(map(tuple, c.points[0])) == [(0.0, 5.0), (4.0, 2.0)]  # floored, as LESPS does
+    assert c.name == "t, 2x coarser" and c.ids == ["a"]
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--shrink", "0", "--synthetic-seeds", ""])
+
+
+def test_annotation_datasets_blur_spreads_each_target_in_place():
+    """``--blur SIGMA`` blurs every image by a Gaussian of SIGMA pixels: a point becomes the
+    Gaussian (its sum kept, its spread SIGMA in each axis, its centre where it was), the masks and
+    points stay as they are, and a negative sigma is refused."""
+    image = np.zeros((41, 41), np.float32)
+    image[20, 17] = 1.0
+    mask = np.zeros((41, 41), bool)
+    mask[20, 17] = True
+    points = np.array([[17.0, 20.0]])
+    s = annotation_datasets.EvalSet("t", ["a"], [image], [points], [mask])
+    annotation_datasets.blur_images(s, 1.5)
+    out = np.float64(s.images[0])
+    ys, xs = np.mgrid[:41, :41]
+    assert s.images[0].dtype == np.float32 and abs(out.sum() - 1) < 1e-5
+    assert np.isclose((out * ys).sum(), 20, atol=1e-4) and np.isclose((out * xs).sum(), 17, atol=1e-4)
+    assert np.isclose(np.sqrt((out * (xs - 17) ** 2).sum()), 1.5, atol=0.01)
+    assert s.masks[0] is mask and s.points[0] is points
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--blur", "-1", "--synthetic-seeds", ""])
+
+
 def test_annotation_datasets_sensor_noise_is_white_per_column_or_per_row_at_the_image_noise():
     """``--noise F`` adds independent noise of ``F`` times the image's own pixel noise; ``--stripes F``
     one offset per column of that size, ``--row-stripes F`` one per row (drawn after the others,

@@ -3,7 +3,7 @@
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
-        [--zoom F] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q] [--ramp F]
+        [--zoom F] [--shrink F] [--blur SIGMA] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q] [--ramp F]
         [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
@@ -46,7 +46,11 @@ target, with the crop's own centroid points (:func:`crop_set`): targets near a f
 clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves every point by up
 to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
 F`` scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of finer pixels,
-where targets and clutter span more pixels than the windows were chosen on. ``--noise F``,
+where targets and clutter span more pixels than the windows were chosen on; ``--shrink F`` samples
+it ``F`` times coarser (:func:`shrink_set`): a sensor of coarser pixels, whose targets of a few
+pixels become one and whose gaps of a pixel between a target and the clutter beside it close.
+``--blur SIGMA`` blurs every image by a Gaussian (:func:`blur_images`, before the noise): optics
+softer than the pixels, which spread each target and fill the same gaps. ``--noise F``,
 ``--stripes F`` and ``--row-stripes F`` add sensor noise of ``F`` times each image's own pixel
 noise (:func:`add_sensor_noise`): white, an offset per column (the column fixed-pattern noise of
 an uncooled sensor's readout) or an offset per row (its row noise), before ``--map`` and
@@ -320,6 +324,31 @@ def zoom_set(s: EvalSet, factor: int) -> EvalSet:
     return EvalSet(f"{s.name}, zoomed {factor}x", list(s.ids), images, points, masks)
 
 
+def shrink_set(s: EvalSet, factor: int) -> EvalSet:
+    """``s`` sampled ``factor`` times coarser: every image the mean of each ``factor`` x
+    ``factor`` block (the rows and columns beyond a whole block dropped), a coarse pixel target
+    where at least half its block is, and the points at the centroids of the coarse masks (the
+    LESPS centroid protocol; a target that no coarse pixel keeps has no point). A stand-in for a
+    sensor of coarser pixels that sees the same scenes: targets of a few pixels shrink to one,
+    and a gap of a pixel between a target and the clutter beside it closes."""
+    images, points, masks = [], [], []
+    for image, mask in zip(s.images, s.masks):
+        H, W = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+        blocks = (H // factor, factor, W // factor, factor)
+        images.append(np.float32(np.float64(image[:H, :W]).reshape(blocks).mean(axis=(1, 3))))
+        m = mask[:H, :W].reshape(blocks).mean(axis=(1, 3)) >= 0.5
+        masks.append(m)
+        points.append(centroid_points(m))
+    return EvalSet(f"{s.name}, {factor}x coarser", list(s.ids), images, points, masks)
+
+
+def blur_images(s: EvalSet, sigma: float) -> None:
+    """Blurs every image of ``s`` by a Gaussian of ``sigma`` pixels (the edges mirrored), leaving
+    its masks and points: optics softer than the sensor's pixels (see ``--blur``). A target keeps
+    its place and spreads; the gap between it and the clutter beside it fills in."""
+    s.images = [np.float32(ndimage.gaussian_filter(np.float64(image), sigma, mode="mirror")) for image in s.images]
+
+
 def jitter_points(s: EvalSet, reach: int, seed: int = 0) -> None:
     """Moves every point of ``s`` by whole pixels, each axis by an offset drawn uniformly from
     ``-reach`` to ``reach`` (seeded), kept within its image: a stand-in for clicks that miss the
@@ -555,6 +584,12 @@ def main(argv=None) -> int:
     ap.add_argument("--zoom", type=int, default=1, metavar="F",
                     help="score every set sampled F times finer: images upsampled (bilinear), masks by "
                          "pixel replication, points at the zoomed masks' centroids (see zoom_set)")
+    ap.add_argument("--shrink", type=int, default=1, metavar="F",
+                    help="score every set sampled F times coarser: images block means, a coarse pixel target "
+                         "where half its block is, points at the coarse masks' centroids (see shrink_set)")
+    ap.add_argument("--blur", type=float, default=0.0, metavar="SIGMA",
+                    help="blur every image by a Gaussian of SIGMA pixels, masks and points as they are: "
+                         "softer optics (before --noise)")
     ap.add_argument("--noise", type=float, default=0.0, metavar="F",
                     help="add white noise of F times each image's own pixel noise (seeded)")
     ap.add_argument("--stripes", type=float, default=0.0, metavar="F",
@@ -577,8 +612,10 @@ def main(argv=None) -> int:
                  f"{args.row_stripes} and {args.ramp}")
     if args.jitter < 0:
         ap.error(f"--jitter must be a whole number of pixels >= 0, got {args.jitter}")
-    if args.zoom < 1:
-        ap.error(f"--zoom must be a whole factor >= 1, got {args.zoom}")
+    if args.zoom < 1 or args.shrink < 1:
+        ap.error(f"--zoom and --shrink must be whole factors >= 1, got {args.zoom} and {args.shrink}")
+    if args.blur < 0:
+        ap.error(f"--blur must be a Gaussian's sigma >= 0 pixels, got {args.blur}")
     if args.crop and args.crop <= 2 * CROP_MARGIN:
         ap.error(f"--crop must exceed {2 * CROP_MARGIN} pixels, got {args.crop}")
     if args.hot and args.hot != "beside":
@@ -600,6 +637,8 @@ def main(argv=None) -> int:
     sets += synthetic_sets([int(s) for s in args.synthetic_seeds.split(",") if s.strip()])
     if args.zoom > 1:
         sets = [zoom_set(s, args.zoom) for s in sets]
+    if args.shrink > 1:
+        sets = [shrink_set(s, args.shrink) for s in sets]
     if args.crop:
         sets = [c for c in (crop_set(s, args.crop) for s in sets) if c.ids]
     if args.points == "coarse":
@@ -608,6 +647,9 @@ def main(argv=None) -> int:
     if args.jitter:
         for s in sets:
             jitter_points(s, args.jitter)
+    if args.blur:  # the optics, before the sensor adds its noise
+        for s in sets:
+            blur_images(s, args.blur)
     if args.noise or args.stripes or args.row_stripes:  # on the images in [0, 1], before --map moves them
         for s in sets:
             add_sensor_noise(s, args.noise, args.stripes, row_stripes=args.row_stripes)
@@ -632,6 +674,8 @@ def main(argv=None) -> int:
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
     grown += f"; each target's glow drawn in at {args.glow} of its contrast" if args.glow > 0 else ""
     grown += f"; sampled {args.zoom}x finer" if args.zoom > 1 else ""
+    grown += f"; sampled {args.shrink}x coarser" if args.shrink > 1 else ""
+    grown += f"; every image blurred by a Gaussian of sigma {args.blur} px" if args.blur else ""
     grown += f"; {args.crop}x{args.crop} crops, one per target" if args.crop else ""
     grown += "; LESPS coarse points drawn from the masks (seed 0)" if args.points == "coarse" else ""
     grown += f"; points moved by up to {args.jitter} px per axis (seed 0)" if args.jitter else ""
