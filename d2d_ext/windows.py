@@ -63,8 +63,9 @@ The search, in order (:func:`strict_component`):
    structure, which a wider background would hand it whole.
 
 4. **Wide windows standing in.** A target wider than every window of ``half_sizes`` gets the wide
-   ones when nothing else holds it, under the same tests against the smallest window: a faint
-   point on a cloud's rim is held by no small window, and the cloud must not stand in for it.
+   ones when nothing else holds it, under the same tests against the smallest window (a second
+   structure as bright as the peak included): a faint point on a cloud's rim is held by no small
+   window, and the cloud must not stand in for it.
    They are also tried, at the fractions below, before a component found at a raised fraction
    whose peak stands no higher above its band than the window's largest pixel could in pure
    noise (a *noise bump*: ``NOISE_BUMP`` times ``sqrt(2 ln n)`` pixel-noise deviations, ``n`` its
@@ -460,15 +461,19 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         """``(half, f, window)``: the first of ``wide_half_sizes`` whose component at fraction ``f``
         can be the point's target although no smaller window held one: it surrounds the peak on
         every side (the smallest window's band) or runs through it (a long thin target), stays
-        off the image's edges (a bright structure the point merely touches does none of these)
-        and is no plateau. None if there is none."""
+        off the image's edges (a bright structure the point merely touches does none of these),
+        is no plateau and holds no second structure as bright as the peak (:func:`rival`: a
+        building or a cloud band that the target touches, once optics or coarse pixels close
+        the gap between them, runs through the point as a long target would). None if there is
+        none."""
         first = window(cfg.half_sizes[0], f)
         for half in cfg.wide_half_sizes:
             cand = window(half, f)
             if cand.comp is None:
                 continue
             long_thin = through(cand, crossed(cand)) and elongation(cand.comp) >= LONG_ASPECT
-            if (covers(cand, first) or long_thin) and not any(touches_edge(cand)) and not plateau(half, f, cand):
+            if ((covers(cand, first) or long_thin) and not any(touches_edge(cand)) and not plateau(half, f, cand)
+                    and not rival(first, cand)):
                 return half, f, cand
         return None
 

@@ -1151,6 +1151,24 @@ def test_real_targets_beside_buildings_and_clouds_keep_small_masks(name, ids):
 
 
 @needs_nudt
+@pytest.mark.parametrize("sigma", [0.7, 1.0])
+def test_real_target_blurred_into_a_building_does_not_take_it(sigma):
+    """NUDT-SIRST 000108 blurred by a Gaussian of 0.7 or 1 pixel, as softer optics would see it:
+    a 16-pixel target at the corner of a building as bright as itself, the gap between them
+    filled in. Every window of ``half_sizes`` leaked, the largest as a long body through the
+    point, and the widest window's component (the building and the city around it, elongated)
+    stood in as a long thin target: a mask of 4,637 or 4,737 pixels. That component holds a
+    second structure as bright as the peak (the building's top, apart from the target's), which a
+    wide window standing in for the target may not, and the mask stays near the target."""
+    ds = IRDataset(DATA / "NUDT-SIRST")
+    image = ndimage.gaussian_filter(np.float64(ds.load_image("000108")), sigma, mode="mirror").astype(np.float32)
+    gt = ds.load_mask("000108")
+    assert gt.sum() == 16
+    (mask,) = Annotator().annotate([image], [ds.points("000108", "centroid")])
+    assert mask.sum() <= 3 * gt.sum() + 10 and (mask & gt).sum() >= 0.5 * gt.sum(), int(mask.sum())
+
+
+@needs_nudt
 def test_real_target_above_ground_cut_by_a_crop_does_not_take_the_ground():
     """A 64x64 crop of NUDT-SIRST 001015 (rows 126 to 189, columns 161 to 224, as a dataset cut
     from larger frames has it): a 68-pixel target just above a bright field that runs off the
