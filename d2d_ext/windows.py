@@ -23,7 +23,12 @@ The search, in order (:func:`strict_component`):
    from it, and it is dimmer there than ``LONG_BODY`` of the peak's amplitude. A target the
    image cuts is bright where it is cut (its body) or surrounds its peak; a field, roof or cloud
    beside a target that runs off the image is neither, and the window that holds it has no band
-   to show where it ends.
+   to show where it ends. A window beyond the first also counts as leaked where its component
+   holds a second structure as bright as the peak (step 3's test) that reaches beyond the first
+   window: the smaller windows leaked into a building, a cloud or another target that the
+   target touches, once softer optics or coarser pixels close the gap between them, and this
+   window holds both. A higher fraction may isolate the target. Parts inside the first window
+   are lobes of the target the point lies on.
 
    *A peak alone above the noise floor.* ``k_sigma`` spreads of the band are a detection floor,
    not a measure of the target. Where no more than ``lone_peak_pixels`` pixels (the peak alone)
@@ -419,13 +424,16 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         higher = window(half, f + cfg.plateau_step)
         return higher.comp is None or (higher.comp & cand.comp).sum() < 0.5 * cand.comp.sum()
 
-    def rival(found: _Window, cand: _Window) -> bool:
+    def rival(found: _Window, cand: _Window, lobes: bool = False) -> bool:
         """Whether ``cand``'s component holds a second structure as bright as the peak: above a
         level one noise bar of ``found`` (:func:`noise_bar`), or ``plateau_step`` of the
         amplitude if more, below the peak, a part apart from the peak's own part, at least as
         large, that comes within a noise bar of the peak. A large target pressed against a cloud
         as bright as itself meets it over a saddle; a target's own top is one part there, and the
-        bumps its noise leaves apart are small."""
+        bumps its noise leaves apart are small. With ``lobes``, a part that lies wholly inside
+        ``found``'s window does not count: a point on one lobe of a target of several as bright
+        has the others within the smallest window, while a building, a cloud or another target
+        reaches beyond it."""
         bar = window_bar(found)
         y0, y1, x0, x1 = cand.box
         win = image[y0:y1, x0:x1]
@@ -435,6 +443,10 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             return False
         parts, n = label(above & ~own)
         large = np.flatnonzero(np.bincount(parts.ravel(), minlength=n + 1)[1:] >= own.sum()) + 1
+        if lobes:
+            inner = np.zeros_like(above)
+            inner[found.box[0] - y0:found.box[1] - y0, found.box[2] - x0:found.box[3] - x0] = True
+            large = [k for k in large if not inner[parts == k].all()]
         return any(win[parts == k].max() >= peak - bar for k in large)
 
     def grow(half: int, f: float, found: _Window) -> _Window:
@@ -618,7 +630,9 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             found = window(half, f)
             if found.comp is None:
                 continue
-            if half != cfg.half_sizes[0] and escapes(found):
+            if half != cfg.half_sizes[0] and (escapes(found) or rival(window(cfg.half_sizes[0], f), found, lobes=True)):
+                # a window the smaller ones leaked out of that runs off the image, or holds a
+                # second structure as bright as the peak beyond the first window: leaked too
                 continue
             if half != cfg.half_sizes[0] and beside(half, f, found):
                 # the smaller windows leaked into a bright structure beside the peak that this

@@ -26,6 +26,7 @@ from d2d_ext import annotate as annotate_module
 from d2d_ext import windows
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics, match_targets
+from d2d_ext.points import centroid_points
 from d2d_ext.reference import diffuse_reference
 from d2d_ext.synthetic import make_bar, make_pressed, make_scene, write_dataset
 
@@ -1168,6 +1169,76 @@ def test_real_target_blurred_into_a_building_does_not_take_it(sigma):
     assert mask.sum() <= 3 * gt.sum() + 10 and (mask & gt).sum() >= 0.5 * gt.sum(), int(mask.sum())
 
 
+def _coarser(image: np.ndarray, mask: np.ndarray) -> tuple:
+    """``image`` and ``mask`` sampled twice coarser (block means; a coarse pixel is target where
+    half its block is), as ``annotation_datasets.py --shrink 2`` samples them, with the coarse
+    targets' centroid points."""
+    H, W = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    blocks = (H // 2, 2, W // 2, 2)
+    coarse = np.float32(np.float64(image[:H, :W]).reshape(blocks).mean(axis=(1, 3)))
+    truth = mask[:H, :W].reshape(blocks).mean(axis=(1, 3)) >= 0.5
+    return coarse, truth, centroid_points(truth)
+
+
+def _masks_by_target(mask: np.ndarray, truth: np.ndarray) -> list:
+    """Per 8-connected target of ``truth``: ``(its pixels, the pixels of the predicted components
+    that touch it)``."""
+    targets, n = ndimage.label(truth, np.ones((3, 3)))
+    comps, _ = ndimage.label(mask, np.ones((3, 3)))
+    out = []
+    for k in range(1, n + 1):
+        t = targets == k
+        touching = np.unique(comps[t & (comps > 0)])
+        out.append((int(t.sum()), int(np.isin(comps, touching[touching > 0]).sum())))
+    return out
+
+
+@pytest.mark.parametrize("seed, index, area", [(1, 39, 2), (0, 7, 10)])
+def test_small_target_in_clutter_sampled_coarser_does_not_take_it(seed, index, area):
+    """Synthetic scenes of ``annotation_datasets.py`` sampled twice coarser, where the gap between
+    a small target and the textured clutter beside it closes: every small window leaked into the
+    clutter and a window whose band lay beyond it took target and clutter (a target of 2 pixels
+    got 85, one of 10 got 97). That window's component holds a second structure as bright as the
+    peak beyond the first window, so it counts as leaked, and the target keeps a mask of its
+    size."""
+    scene = make_scene(np.random.default_rng([seed, 7, index]), 256, 256, "mixed")
+    image, truth, points = _coarser(scene.image, scene.mask)
+    (mask,) = Annotator().annotate([image], [points])
+    sizes = [size for a, size in _masks_by_target(mask, truth) if a == area]
+    assert sizes and all(size <= 3 * area + 5 for size in sizes), sizes
+
+
+@pytest.mark.parametrize("name, iid", [pytest.param("MDFA", "train_008060", marks=needs_mdfa),
+                                       pytest.param("NUDT-SIRST", "000354", marks=needs_nudt)])
+def test_real_target_beside_clutter_sampled_coarser_does_not_take_it(name, iid):
+    """MDFA train_008060 and NUDT-SIRST 000354 sampled twice coarser: a target of one pixel beside
+    a smooth blob as bright as itself (a mask of 513 pixels), and one of a few pixels in a
+    textured roof (132 wrong pixels), once the gap between them closes. The windows that hold
+    target and clutter count as leaked (a second structure as bright as the peak beyond the
+    first window), and each mask stays near its target."""
+    ds = IRDataset(DATA / name)
+    image, truth, points = _coarser(ds.load_image(iid), ds.load_mask(iid))
+    (mask,) = Annotator().annotate([image], [points])
+    assert (mask ^ truth).sum() <= 3 * truth.sum() + 10, (int(mask.sum()), int(truth.sum()))
+    assert (mask & truth).any()
+
+
+@needs_nudt
+def test_real_click_on_one_lobe_keeps_the_whole_target():
+    """NUDT-SIRST 000580: a target of 58 pixels with three lobes as bright as each other, clicked
+    on one of them (the LESPS coarse point there, off the centroid). Its first window leaks into
+    the other lobes, and the next window's component holds the whole target with the other lobes
+    as parts as bright as the peak: they lie inside the first window, lobes of the target, not a
+    second structure, and the target is kept whole (a mask of 11 pixels were they counted)."""
+    ds = IRDataset(DATA / "NUDT-SIRST")
+    image, gt = ds.load_image("000580"), ds.load_mask("000580")
+    labels, _ = ndimage.label(gt, np.ones((3, 3)))
+    target = labels == labels[13, 90]
+    assert target.sum() == 58
+    (mask,) = Annotator().annotate([image], [np.array([[90.0, 13.0]])])
+    assert (mask & target).sum() >= 0.9 * target.sum() and mask.sum() <= 1.5 * target.sum(), int(mask.sum())
+
+
 @needs_nudt
 def test_real_target_above_ground_cut_by_a_crop_does_not_take_the_ground():
     """A 64x64 crop of NUDT-SIRST 001015 (rows 126 to 189, columns 161 to 224, as a dataset cut
@@ -1185,13 +1256,15 @@ def test_real_target_above_ground_cut_by_a_crop_does_not_take_the_ground():
 def test_real_close_targets_keep_a_component_each():
     """SIRST-v1 Misc_247 and Misc_307: two targets a few pixels apart whose masks bridged the
     saddle between them (one component of 69 and of 23 pixels: a target lost to Pd). Each now has
-    its own component, and every ground-truth pixel the joined mask held is still held."""
+    its own component, which holds nearly all of its target (Misc_247's windows that hold both
+    targets count as leaked, the other target a second structure as bright as the peak: its
+    masks keep off the dim rim between the two and miss 2 of their 40 pixels)."""
     ds = IRDataset(SIRST)
     for iid in ("Misc_247", "Misc_307"):
         image, gt = ds.load_image(iid), ds.load_mask(iid)
         (mask,) = Annotator().annotate([image], [ds.points(iid, "centroid")])
         assert ndimage.label(mask, np.ones((3, 3)))[1] == 2, iid
-        assert (mask & gt).sum() == gt.sum(), iid
+        assert (mask & gt).sum() >= 0.9 * gt.sum(), iid
         n_targets, matched, _ = match_targets(mask, gt)
         assert matched == n_targets == 2, iid
 
