@@ -1211,11 +1211,11 @@ def test_small_target_in_clutter_sampled_coarser_does_not_take_it(seed, index, a
 @pytest.mark.parametrize("name, iid", [pytest.param("MDFA", "train_008060", marks=needs_mdfa),
                                        pytest.param("NUDT-SIRST", "000354", marks=needs_nudt)])
 def test_real_target_beside_clutter_sampled_coarser_does_not_take_it(name, iid):
-    """MDFA train_008060 and NUDT-SIRST 000354 sampled twice coarser: a target of one pixel beside
-    a smooth blob as bright as itself (a mask of 513 pixels), and one of a few pixels in a
-    textured roof (132 wrong pixels), once the gap between them closes. The windows that hold
-    target and clutter count as leaked (a second structure as bright as the peak beyond the
-    first window), and each mask stays near its target."""
+    """MDFA train_008060 and NUDT-SIRST 000354 sampled twice coarser: targets of one pixel beside a
+    smooth blob and at the corner of a building, each as bright as the target, once the gap
+    between them closes (masks with 512 and 132 wrong pixels). The windows that hold target and
+    clutter count as leaked (a second structure as bright as the peak beyond the first window),
+    and each mask stays near its target."""
     ds = IRDataset(DATA / name)
     image, truth, points = _coarser(ds.load_image(iid), ds.load_mask(iid))
     (mask,) = Annotator().annotate([image], [points])

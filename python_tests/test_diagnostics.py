@@ -348,7 +348,7 @@ def test_annotation_datasets_ramp_is_a_plane_across_the_image_range():
 def test_annotation_datasets_shrink_samples_the_same_scene_coarser():
     """``--shrink F``: every image the mean of its F x F blocks (a partial block at the edge
     dropped), a coarse pixel target where half its block or more is, the points at the coarse
-X
+    targets' centroids; a target no coarse pixel keeps loses its point; a factor below 1 is
     refused."""
     H, W, F = 13, 17, 2  # an odd size: the last row and column are dropped
     rng = np.random.default_rng(3)
