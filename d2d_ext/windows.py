@@ -56,7 +56,10 @@ The search, in order (:func:`strict_component`):
      own hull, so the test above cannot see a cloud the target is pressed against; the cloud,
      as bright as the target, meets it over a saddle, where a target's own top is one part;
    - it changes by at most 25% in the next window (the background level has settled); the
-     largest window, with no next one, only where the window below it held no candidate;
+     largest window, with no next one, only where the window below it held no candidate, and
+     only from a component that reaches ``HULL_REACH`` of the way out to its band: a hull's top
+     does, a small spike on a cloud that the smaller band lay on stays at its peak, and the
+     largest window took the whole cloud;
    - it is no *plateau*: at a threshold ``plateau_step`` of the amplitude higher it keeps at least
      half its pixels. A target's hull falls off gradually; a bright sky or cloud around the
      target ends in a step, and a window whose threshold drops below its level takes all of it.
@@ -153,6 +156,11 @@ LONG_BODY = 0.5
 # deviation where neighbouring pixels correlate by r, as optics that blur the noise make them: 2
 # holds up to r = 0.75.
 NOISE_BUMP = 2.0
+# step 3: the growth reaches the largest window only from a component that reaches at least this
+# fraction of the way from the peak to its window's band (Chebyshev). A hull that falls from the
+# peak to the band's level puts the component at the first fraction half-way out or more
+# (Gaussian, exponential and Lorentzian profiles at the levels the growth needs).
+HULL_REACH = 0.25
 
 
 def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
@@ -396,7 +404,8 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         band, or it was a plateau). Where that window held a candidate of its own, nothing tests
         the largest one (a candidate taken there was already compared with it): a target on a
         bright roof or cloud patch inside a darker surround grew past such windows into the
-        whole patch there, every band of the windows between having fallen as they left it."""
+        whole patch there, every band of the windows between having fallen as they left it.
+        The growth reaches it only from a hull's top (:func:`hull_top`)."""
         up = larger(half)
         if not up:
             below = [h for h in cfg.half_sizes + cfg.wide_half_sizes if h < half]
@@ -449,6 +458,15 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             large = [k for k in large if not inner[parts == k].all()]
         return any(win[parts == k].max() >= peak - bar for k in large)
 
+    def hull_top(found: _Window) -> bool:
+        """Whether ``found``'s component reaches ``HULL_REACH`` of the way from the peak to its
+        window's band: the top of a target whose hull that band lies on, rather than a small
+        target on a larger structure."""
+        y0, y1, x0, x1 = found.box
+        ys, xs = np.nonzero(found.comp)
+        reach = max(np.abs(ys + y0 - py).max(), np.abs(xs + x0 - px).max())
+        return reach >= HULL_REACH * (max(y1 - y0, x1 - x0) // 2)
+
     def grow(half: int, f: float, found: _Window) -> _Window:
         """Grow the accepted window while its band lies on the target's hull: the next band lies
         well below it, or the peak did not clear it (a plateau), and a larger window's component
@@ -462,6 +480,9 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
                 break
             if cand.comp is not None and plateau(nxt, f, cand):
                 continue
+            if not larger(nxt) and not hull_top(found):
+                # the largest window, which no larger one tests for stability (see stable)
+                break
             if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
                     and not rival(found, cand)
                     and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
