@@ -58,8 +58,8 @@ The search, in order (:func:`strict_component`):
    - it changes by at most 25% in the next window (the background level has settled); the
      largest window, with no next one, only where the window below it held no candidate, and
      only from a component that reaches ``HULL_REACH`` of the way out to its band: a hull's top
-     does, a small spike on a cloud that the smaller band lay on stays at its peak, and the
-     largest window took the whole cloud;
+     does; a small spike on a cloud that the smaller band lay on stays at its peak, and the
+     largest window, whose band lies off the cloud, would take the whole cloud from it;
    - it is no *plateau*: at a threshold ``plateau_step`` of the amplitude higher it keeps at least
      half its pixels. A target's hull falls off gradually; a bright sky or cloud around the
      target ends in a step, and a window whose threshold drops below its level takes all of it.
