@@ -290,6 +290,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     """
     H, W = image.shape
     peak = float(image[py, px])
+    first_box = window_box(py, px, cfg.half_sizes[0], H, W)
     stats = {}
     noise = {}  # window box -> noise_bar of the image there
 
@@ -365,7 +366,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         reaches the rows or columns a band would take, reaches the other way from the peak less
         than half as far as the edge lies from it, and is dimmer there than a target's body
         (:func:`body_across`)."""
-        fy0, fy1, fx0, fx1 = window_box(py, px, cfg.half_sizes[0], H, W)
+        fy0, fy1, fx0, fx1 = first_box
         y0, y1, x0, x1 = win.box
         on_edge = (y0 == 0 < fy0, y1 == H > fy1, x0 == 0 < fx0, x1 == W > fx1)  # top, bottom, left, right
         if not any(on_edge):
@@ -463,9 +464,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         window's band: the top of a target whose hull that band lies on, rather than a small
         target on a larger structure."""
         y0, y1, x0, x1 = found.box
-        ys, xs = np.nonzero(found.comp)
-        reach = max(np.abs(ys + y0 - py).max(), np.abs(xs + x0 - px).max())
-        return reach >= HULL_REACH * (max(y1 - y0, x1 - x0) // 2)
+        return peak_reach(found.comp, found.box, py, px) >= HULL_REACH * (max(y1 - y0, x1 - x0) // 2)
 
     def grow(half: int, f: float, found: _Window) -> _Window:
         """Grow the accepted window while its band lies on the target's hull: the next band lies
@@ -678,19 +677,25 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     for f in fractions:
         if (wide := wide_target(f)) is not None:
             return accept(*wide)
-    box = window_box(py, px, cfg.half_sizes[0], H, W)
+    box = first_box
     comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
     comp[py - box[0], px - box[2]] = True
     bg = stats[cfg.half_sizes[0]][0] if stats else peak
     return Strict(box, comp, bg, peak)
 
 
+def peak_reach(comp: np.ndarray, box: tuple, py: int, px: int) -> int:
+    """How far ``comp`` (bool over ``box`` in the image, not empty) reaches from the peak at
+    ``(py, px)``: the Chebyshev distance to its farthest pixel."""
+    ys, xs = np.nonzero(comp)
+    return int(max(np.abs(ys + box[0] - py).max(), np.abs(xs + box[2] - px).max()))
+
+
 def tighten(box: tuple, comp: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, H: int, W: int) -> tuple:
     """The smallest window of the configured sizes, no larger than ``box``, that holds ``comp``
     clear of its band: ``(box, comp cropped to it)``. A window grown for its background level
     then does not widen the field window (and the bright region's reach) beyond the target."""
-    ys, xs = np.nonzero(comp)
-    reach = max(py - box[0] - ys.min(), ys.max() + box[0] - py, px - box[2] - xs.min(), xs.max() + box[2] - px)
+    reach = peak_reach(comp, box, py, px)
     for half in sorted(cfg.half_sizes + cfg.wide_half_sizes):
         inner = window_box(py, px, half, H, W)
         if half >= reach + cfg.band + 1 or inner == box:
