@@ -1,9 +1,26 @@
 """Shared fixtures and helpers of the d2d_ext test suite."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import d2d_ext  # noqa: F401  (registers torch.ops.d2d)
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(script):
+    """The module of ``benchmarks/<script>.py`` (``"training/theta_sensitivity"``), named after
+    its file; the scripts put ``benchmarks/common`` on ``sys.path`` themselves."""
+    name = Path(script).name
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 requires_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device on this machine"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from conftest import load_benchmark
 from d2d_ext.annotate import (
     Annotator,
     AnnotatorConfig,
@@ -26,9 +27,10 @@ from d2d_ext import annotate as annotate_module
 from d2d_ext import windows
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics, match_targets
-from d2d_ext.points import centroid_points
 from d2d_ext.reference import diffuse_reference
 from d2d_ext.synthetic import make_bar, make_pressed, make_scene, write_dataset
+
+annotation_datasets = load_benchmark("annotation/annotation_datasets")  # its probes and per-target errors
 
 SIRST = Path(os.environ.get("D2D_SIRST_ROOT", Path(__file__).resolve().parents[2] / "shared/data/SIRST-v1"))
 needs_sirst = pytest.mark.skipif(not (SIRST / "images").is_dir(), reason=f"SIRST-v1 not found at {SIRST}")
@@ -1170,27 +1172,12 @@ def test_real_target_blurred_into_a_building_does_not_take_it(sigma):
 
 
 def _coarser(image: np.ndarray, mask: np.ndarray) -> tuple:
-    """``image`` and ``mask`` sampled twice coarser (block means; a coarse pixel is target where
-    half its block is), as ``annotation_datasets.py --shrink 2`` samples them, with the coarse
-    targets' centroid points."""
-    H, W = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-    blocks = (H // 2, 2, W // 2, 2)
-    coarse = np.float32(np.float64(image[:H, :W]).reshape(blocks).mean(axis=(1, 3)))
-    truth = mask[:H, :W].reshape(blocks).mean(axis=(1, 3)) >= 0.5
-    return coarse, truth, centroid_points(truth)
-
-
-def _masks_by_target(mask: np.ndarray, truth: np.ndarray) -> list:
-    """Per 8-connected target of ``truth``: ``(its pixels, the pixels of the predicted components
-    that touch it)``."""
-    targets, n = ndimage.label(truth, np.ones((3, 3)))
-    comps, _ = ndimage.label(mask, np.ones((3, 3)))
-    out = []
-    for k in range(1, n + 1):
-        t = targets == k
-        touching = np.unique(comps[t & (comps > 0)])
-        out.append((int(t.sum()), int(np.isin(comps, touching[touching > 0]).sum())))
-    return out
+    """``(image, mask, points)`` sampled twice coarser, as ``annotation_datasets.py --shrink 2``
+    samples them (:func:`shrink_set`: block means, a coarse pixel target where half its block is,
+    the coarse targets' centroid points)."""
+    whole = annotation_datasets.EvalSet("t", ["t"], [image], [np.zeros((0, 2))], [mask])
+    coarse = annotation_datasets.shrink_set(whole, 2)
+    return coarse.images[0], coarse.masks[0], coarse.points[0]
 
 
 @pytest.mark.parametrize("seed, index, area", [(1, 39, 2), (0, 7, 10)])
@@ -1204,7 +1191,7 @@ def test_small_target_in_clutter_sampled_coarser_does_not_take_it(seed, index, a
     scene = make_scene(np.random.default_rng([seed, 7, index]), 256, 256, "mixed")
     image, truth, points = _coarser(scene.image, scene.mask)
     (mask,) = Annotator().annotate([image], [points])
-    sizes = [size for a, size in _masks_by_target(mask, truth) if a == area]
+    sizes = [size for a, size, _, _ in annotation_datasets.target_errors(mask, truth) if a == area]
     assert sizes and all(size <= 3 * area + 5 for size in sizes), sizes
 
 

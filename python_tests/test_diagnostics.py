@@ -7,43 +7,28 @@ benchmarks/annotation/annotation_crowded.py, the annotator against the number of
 benchmarks/annotation/annotation_files.py, a dataset annotated and scored with its files;
 benchmarks/annotation/annotation_datasets.py, the annotator on every dataset apart."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_benchmark
 from d2d_ext.morphology import label
 from d2d_ext.points import centroid_points
 from d2d_ext.synthetic import make_scene, write_dataset
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(script):
-    """The module of ``benchmarks/<script>.py`` (``"training/theta_sensitivity"``), named after
-    its file; the scripts put ``benchmarks/common`` on ``sys.path`` themselves."""
-    name = Path(script).name
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-theta_sensitivity = load("training/theta_sensitivity")
-alpha_label_quality = load("training/alpha_label_quality")
-annotation_scale = load("annotation/annotation_scale")
-annotation_elongated = load("annotation/annotation_elongated")
-annotation_touching = load("annotation/annotation_touching")
-annotation_crowded = load("annotation/annotation_crowded")
-annotation_files = load("annotation/annotation_files")
-annotation_datasets = load("annotation/annotation_datasets")
-bit_hashes = load("ops/bit_hashes")
-bad_pixel_search = load("annotation/bad_pixel_search")
-setup_cost = load("ops/setup_cost")
+theta_sensitivity = load_benchmark("training/theta_sensitivity")
+alpha_label_quality = load_benchmark("training/alpha_label_quality")
+annotation_scale = load_benchmark("annotation/annotation_scale")
+annotation_elongated = load_benchmark("annotation/annotation_elongated")
+annotation_touching = load_benchmark("annotation/annotation_touching")
+annotation_crowded = load_benchmark("annotation/annotation_crowded")
+annotation_files = load_benchmark("annotation/annotation_files")
+annotation_datasets = load_benchmark("annotation/annotation_datasets")
+bit_hashes = load_benchmark("ops/bit_hashes")
+bad_pixel_search = load_benchmark("annotation/bad_pixel_search")
+setup_cost = load_benchmark("ops/setup_cost")
 
 
 @pytest.fixture(scope="module")
