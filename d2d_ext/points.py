@@ -79,7 +79,12 @@ class PointLabels:
         if source in ("centroid", "coarse"):
             path = find_image_file(self.dataset.root / f"masks_{source}", id)
             if not path.is_file():
-                raise DataError(f"point-label file not found: {path} (image id {id!r})")
+                if path.parent.is_dir():
+                    raise DataError(f"point-label file not found: {path} (image id {id!r})")
+                # a dataset published with masks only: the same protocol's points come from them
+                hint = (f"; the source 'gen-{source}' derives this protocol's points from the ground-truth masks "
+                        f"in {self.dataset.root / 'masks'}" if (self.dataset.root / "masks").is_dir() else "")
+                raise DataError(f"point-label folder not found: {path.parent} (image id {id!r}){hint}")
             blobs = read_mask(path)
             self.dataset.check_size(id, path, blobs.shape)
             pts = connected_points(blobs)

@@ -357,8 +357,18 @@ def test_points_centroid_folder(tiny):
 
 
 def test_points_centroid_file_missing(tiny):
-    with pytest.raises(DataError, match=r"masks_centroid[/\\]a\.png"):
+    (tiny / "masks_centroid").mkdir()  # the folder, without a's file
+    with pytest.raises(DataError, match=r"point-label file not found: .*masks_centroid[/\\]a\.png"):
         IRDataset(tiny).points("a", "centroid")
+
+
+def test_points_folder_missing_names_the_generated_source(tiny):
+    """A dataset published with masks but no point folder: the error names the folder and the
+    source that derives the same protocol's points from the masks, which then work."""
+    assert not (tiny / "masks_centroid").exists()
+    with pytest.raises(DataError, match=r"point-label folder not found: .*masks_centroid .*'gen-centroid'"):
+        IRDataset(tiny).points("a", "centroid")
+    assert len(IRDataset(tiny).points("a", "gen-centroid")) == 2
 
 
 def test_points_csv(tiny):
