@@ -376,6 +376,41 @@ def test_annotation_datasets_blur_spreads_each_target_in_place():
         annotation_datasets.main(["--blur", "-1", "--synthetic-seeds", ""])
 
 
+def test_annotation_datasets_smear_spreads_each_target_along_its_row():
+    """``--smear L`` averages every image over L pixels along its rows: a point becomes a run of
+    L pixels of 1 / L on its own row, centred where it was; masks and points stay as they are, and
+    a negative length is refused."""
+    image = np.zeros((9, 21), np.float32)
+    image[4, 10] = 1.0
+    points = np.array([[10.0, 4.0]])
+    mask = image > 0
+    s = annotation_datasets.EvalSet("t", ["a"], [image], [points], [mask])
+    annotation_datasets.smear_images(s, 5)
+    out = s.images[0]
+    assert out.dtype == np.float32 and out.shape == image.shape
+    assert np.allclose(out[4, 8:13], 0.2) and np.count_nonzero(out) == 5
+    assert s.masks[0] is mask and s.points[0] is points
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--smear", "-1", "--synthetic-seeds", ""])
+
+
+def test_annotation_datasets_levels_round_every_image_to_its_grey_levels():
+    """``--levels N`` rounds every image to N grey levels evenly spaced over [0, 1] (values outside
+    it clipped): each pixel moves to its nearest level, at most half a step; fewer than 2 levels
+    are refused."""
+    rng = np.random.default_rng(0)
+    image = np.float32(rng.uniform(-0.1, 1.1, (16, 16)))
+    s = annotation_datasets.EvalSet("t", ["a"], [image], [np.zeros((0, 2))], [np.zeros((16, 16), bool)])
+    annotation_datasets.quantize_images(s, 5)
+    out = np.float64(s.images[0])
+    assert s.images[0].dtype == np.float32
+    assert set(np.round(out * 4, 6).ravel()) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+    assert np.abs(out - np.clip(image, 0, 1)).max() <= 0.125 + 1e-6
+    assert out.min() == 0.0 and out.max() == 1.0
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--levels", "1", "--synthetic-seeds", ""])
+
+
 def test_annotation_datasets_sensor_noise_is_white_per_column_or_per_row_at_the_image_noise():
     """``--noise F`` adds independent noise of ``F`` times the image's own pixel noise; ``--stripes F``
     one offset per column of that size, ``--row-stripes F`` one per row (drawn after the others,

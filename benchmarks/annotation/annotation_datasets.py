@@ -3,8 +3,8 @@
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
-        [--zoom F] [--shrink F] [--blur SIGMA] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q] [--ramp F]
-        [--out FILE.md]
+        [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q]
+        [--ramp F] [--levels N] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -50,7 +50,10 @@ where targets and clutter span more pixels than the windows were chosen on; ``--
 it ``F`` times coarser (:func:`shrink_set`): a sensor of coarser pixels, whose targets of a few
 pixels become one and whose gaps of a pixel between a target and the clutter beside it close.
 ``--blur SIGMA`` blurs every image by a Gaussian (:func:`blur_images`, before the noise): optics
-softer than the pixels, which spread each target and fill the same gaps. ``--noise F``,
+softer than the pixels, which spread each target and fill the same gaps; ``--smear L``
+averages every image over ``L`` pixels along its rows (:func:`smear_images`, after the blur): a
+sensor that panned while it integrated, which spreads each target sideways into what lies beside
+it. ``--noise F``,
 ``--stripes F`` and ``--row-stripes F`` add sensor noise of ``F`` times each image's own pixel
 noise (:func:`add_sensor_noise`): white, an offset per column (the column fixed-pattern noise of
 an uncooled sensor's readout) or an offset per row (its row noise), before ``--map`` and
@@ -60,7 +63,9 @@ shipped as JPEG files, whose 8x8 blocks smooth a faint target away and draw edge
 ``--ramp F`` adds to every image a plane that rises by ``F`` times the image's range across its
 larger side, each image in its own seeded direction (:func:`add_ramp`, after the JPEG round
 trip): a background that is not flat (a sky's gradient towards the horizon, a lens's shading),
-seen through each target's windows as a slope.
+seen through each target's windows as a slope. ``--levels N`` rounds every image to ``N`` grey
+levels over [0, 1] (:func:`quantize_images`, last): a converter or a file of fewer bits than the
+scene's contrast needs, which cuts a faint target to a few steps.
 """
 
 from __future__ import annotations
@@ -349,6 +354,24 @@ def blur_images(s: EvalSet, sigma: float) -> None:
     s.images = [np.float32(ndimage.gaussian_filter(np.float64(image), sigma, mode="mirror")) for image in s.images]
 
 
+def smear_images(s: EvalSet, length: int) -> None:
+    """Averages every image of ``s`` over ``length`` pixels along its rows (a box, the edges
+    mirrored), leaving its masks and points: the sensor panned across the scene while it
+    integrated. A target keeps its place and row and spreads sideways, into whatever lies beside
+    it on its row."""
+    s.images = [np.float32(ndimage.uniform_filter1d(np.float64(image), length, axis=1, mode="mirror"))
+                for image in s.images]
+
+
+def quantize_images(s: EvalSet, levels: int) -> None:
+    """Rounds every image of ``s`` to ``levels`` grey levels evenly spaced over [0, 1] (values
+    outside it clipped first), leaving its masks and points: a converter or a file of fewer bits
+    than the scene's contrast needs, which cuts a faint target to a few steps and its background's
+    noise to flat runs."""
+    top = levels - 1
+    s.images = [np.float32(np.round(np.clip(np.float64(image), 0.0, 1.0) * top) / top) for image in s.images]
+
+
 def jitter_points(s: EvalSet, reach: int, seed: int = 0) -> None:
     """Moves every point of ``s`` by whole pixels, each axis by an offset drawn uniformly from
     ``-reach`` to ``reach`` (seeded), kept within its image: a stand-in for clicks that miss the
@@ -590,6 +613,9 @@ def main(argv=None) -> int:
     ap.add_argument("--blur", type=float, default=0.0, metavar="SIGMA",
                     help="blur every image by a Gaussian of SIGMA pixels, masks and points as they are: "
                          "softer optics (before --noise)")
+    ap.add_argument("--smear", type=int, default=0, metavar="L",
+                    help="average every image over L pixels along its rows, masks and points as they are: a "
+                         "sensor that panned while it integrated (after --blur, before --noise)")
     ap.add_argument("--noise", type=float, default=0.0, metavar="F",
                     help="add white noise of F times each image's own pixel noise (seeded)")
     ap.add_argument("--stripes", type=float, default=0.0, metavar="F",
@@ -603,6 +629,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ramp", type=float, default=0.0, metavar="F",
                     help="add a plane rising by F times each image's range across its larger side, in a seeded "
                          "direction per image: a background gradient")
+    ap.add_argument("--levels", type=int, default=0, metavar="N",
+                    help="round every image to N grey levels over [0, 1], after --ramp: a converter or file of "
+                         "fewer bits")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     if not 0 <= args.jpeg <= 100:
@@ -616,6 +645,10 @@ def main(argv=None) -> int:
         ap.error(f"--zoom and --shrink must be whole factors >= 1, got {args.zoom} and {args.shrink}")
     if args.blur < 0:
         ap.error(f"--blur must be a Gaussian's sigma >= 0 pixels, got {args.blur}")
+    if args.smear < 0:
+        ap.error(f"--smear must be a whole number of pixels >= 0, got {args.smear}")
+    if args.levels and args.levels < 2:
+        ap.error(f"--levels must be a number of grey levels >= 2, got {args.levels}")
     if args.crop and args.crop <= 2 * CROP_MARGIN:
         ap.error(f"--crop must exceed {2 * CROP_MARGIN} pixels, got {args.crop}")
     if args.hot and args.hot != "beside":
@@ -650,6 +683,9 @@ def main(argv=None) -> int:
     if args.blur:  # the optics, before the sensor adds its noise
         for s in sets:
             blur_images(s, args.blur)
+    if args.smear > 1:
+        for s in sets:
+            smear_images(s, args.smear)
     if args.noise or args.stripes or args.row_stripes:  # on the images in [0, 1], before --map moves them
         for s in sets:
             add_sensor_noise(s, args.noise, args.stripes, row_stripes=args.row_stripes)
@@ -659,6 +695,9 @@ def main(argv=None) -> int:
     if args.ramp:
         for s in sets:
             add_ramp(s, args.ramp)
+    if args.levels:  # the converter (or the file) last, after everything the scene and sensor add
+        for s in sets:
+            quantize_images(s, args.levels)
     if args.map:
         offset, gain = (float(v) for v in args.map.split(","))
         for s in sets:
@@ -676,6 +715,7 @@ def main(argv=None) -> int:
     grown += f"; sampled {args.zoom}x finer" if args.zoom > 1 else ""
     grown += f"; sampled {args.shrink}x coarser" if args.shrink > 1 else ""
     grown += f"; every image blurred by a Gaussian of sigma {args.blur} px" if args.blur else ""
+    grown += f"; every image averaged over {args.smear} px along its rows" if args.smear > 1 else ""
     grown += f"; {args.crop}x{args.crop} crops, one per target" if args.crop else ""
     grown += "; LESPS coarse points drawn from the masks (seed 0)" if args.points == "coarse" else ""
     grown += f"; points moved by up to {args.jitter} px per axis (seed 0)" if args.jitter else ""
@@ -686,6 +726,7 @@ def main(argv=None) -> int:
     grown += f"; row offsets of {args.row_stripes}x each image's pixel noise added (seed 0)" if args.row_stripes else ""
     grown += f"; every image through 8-bit JPEG at quality {args.jpeg}" if args.jpeg else ""
     grown += f"; a plane rising by {args.ramp} of each image's range across it added (seed 0)" if args.ramp else ""
+    grown += f"; every image rounded to {args.levels} grey levels" if args.levels else ""
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", TABLE_HEADER,
                 table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
