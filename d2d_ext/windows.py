@@ -72,8 +72,10 @@ The search, in order (:func:`strict_component`):
 
 4. **Wide windows standing in.** A target wider than every window of ``half_sizes`` gets the wide
    ones when nothing else holds it, under the same tests against the smallest window (a second
-   structure as bright as the peak included): a faint point on a cloud's rim is held by no small
-   window, and the cloud must not stand in for it.
+   structure as bright as the peak included, its noise bar read on whichever of the two windows
+   shows less: where a target and a building's edge fill the smallest, their edges read as
+   noise): a faint point on a cloud's rim is held by no small window, and the cloud must not
+   stand in for it.
    They are also tried, at the fractions below, before a component found at a raised fraction
    whose peak stands no higher above its band than the window's largest pixel could in pure
    noise (a *noise bump*: ``NOISE_BUMP`` times ``sqrt(2 ln n)`` pixel-noise deviations, ``n`` its
@@ -434,7 +436,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         higher = window(half, f + cfg.plateau_step)
         return higher.comp is None or (higher.comp & cand.comp).sum() < 0.5 * cand.comp.sum()
 
-    def rival(found: _Window, cand: _Window, lobes: bool = False) -> bool:
+    def rival(found: _Window, cand: _Window, lobes: bool = False, quieter: bool = False) -> bool:
         """Whether ``cand``'s component holds a second structure as bright as the peak: above a
         level one noise bar of ``found`` (:func:`noise_bar`), or ``plateau_step`` of the
         amplitude if more, below the peak, a part apart from the peak's own part, at least as
@@ -443,8 +445,11 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         bumps its noise leaves apart are small. With ``lobes``, a part that lies wholly inside
         ``found``'s window does not count: a point on one lobe of a target of several as bright
         has the others within the smallest window, while a building, a cloud or another target
-        reaches beyond it."""
-        bar = window_bar(found)
+        reaches beyond it. With ``quieter``, the noise bar is the smaller of ``found``'s and
+        ``cand``'s: a small window that a target and a building's edge fill reads their edges as
+        noise, and a bar that high joins the two at the level where they are told apart; the wider
+        window holds the background whose noise the sensor has."""
+        bar = min(window_bar(found), window_bar(cand)) if quieter else window_bar(found)
         y0, y1, x0, x1 = cand.box
         win = image[y0:y1, x0:x1]
         above = cand.comp & (win > peak - max(bar, cfg.plateau_step * (peak - cand.bg)))
@@ -494,10 +499,10 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         can be the point's target although no smaller window held one: it surrounds the peak on
         every side (the smallest window's band) or runs through it (a long thin target), stays
         off the image's edges (a bright structure the point merely touches does none of these),
-        is no plateau and holds no second structure as bright as the peak (:func:`rival`: a
-        building or a cloud band that the target touches, once optics or coarse pixels close
-        the gap between them, runs through the point as a long target would). None if there is
-        none."""
+        is no plateau and holds no second structure as bright as the peak (:func:`rival`, its noise
+        read on the quieter of the two windows: a building or a cloud band that the target
+        touches, once optics, coarse pixels or the sensor's motion close the gap between them,
+        runs through the point as a long target would). None if there is none."""
         first = window(cfg.half_sizes[0], f)
         for half in cfg.wide_half_sizes:
             cand = window(half, f)
@@ -505,7 +510,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
                 continue
             long_thin = through(cand, crossed(cand)) and elongation(cand.comp) >= LONG_ASPECT
             if ((covers(cand, first) or long_thin) and not any(touches_edge(cand)) and not plateau(half, f, cand)
-                    and not rival(first, cand)):
+                    and not rival(first, cand, quieter=True)):
                 return half, f, cand
         return None
 
