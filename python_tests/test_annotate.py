@@ -1167,15 +1167,19 @@ def test_real_target_blurred_into_a_building_does_not_take_it(spread, size):
     Smeared, the first window's noise bar (target and building edges fill it) joined the two at
     the level where they are told apart; the wide window's quieter bar keeps them apart."""
     ds = IRDataset(DATA / "NUDT-SIRST")
-    raw = np.float64(ds.load_image("000108"))
-    if spread == "blur":
-        image = ndimage.gaussian_filter(raw, size, mode="mirror").astype(np.float32)
-    else:
-        image = ndimage.uniform_filter1d(raw, size, axis=1, mode="mirror").astype(np.float32)
+    image = _spread(ds.load_image("000108"), spread, size)
     gt = ds.load_mask("000108")
     assert gt.sum() == 16
     (mask,) = Annotator().annotate([image], [ds.points("000108", "centroid")])
     assert mask.sum() <= 3 * gt.sum() + 10 and (mask & gt).sum() >= 0.5 * gt.sum(), int(mask.sum())
+
+
+def _spread(image: np.ndarray, how: str, size) -> np.ndarray:
+    """``image`` blurred by a Gaussian of ``size`` pixels (``how="blur"``) or averaged over ``size``
+    pixels along its rows (``"smear"``), as ``annotation_datasets.py --blur`` / ``--smear`` do."""
+    one = annotation_datasets.EvalSet("t", ["t"], [image], [np.zeros((0, 2))], [np.zeros(image.shape, bool)])
+    (annotation_datasets.blur_images if how == "blur" else annotation_datasets.smear_images)(one, size)
+    return one.images[0]
 
 
 def _coarser(image: np.ndarray, mask: np.ndarray) -> tuple:
@@ -1210,7 +1214,7 @@ def test_small_spike_on_a_blurred_cloud_does_not_grow_into_it():
     tests for stability: a mask of 7,097 pixels. A component that stays at its peak is no hull's
     top (``HULL_REACH``), so the growth does not reach the largest window from it."""
     scene = make_scene(np.random.default_rng([0, 7, 53]), 256, 256, "mixed")
-    image = ndimage.gaussian_filter(np.float64(scene.image), 1.0, mode="mirror").astype(np.float32)
+    image = _spread(scene.image, "blur", 1.0)
     assert scene.mask.sum() == 5
     (mask,) = Annotator().annotate([image], [scene.points])
     assert mask.sum() <= 40 and (mask & scene.mask).sum() >= 4, int(mask.sum())
