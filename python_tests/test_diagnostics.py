@@ -411,6 +411,38 @@ def test_annotation_datasets_levels_round_every_image_to_its_grey_levels():
         annotation_datasets.main(["--levels", "1", "--synthetic-seeds", ""])
 
 
+def test_annotation_datasets_equalize_maps_each_image_as_a_camera_display_does():
+    """``--equalize global`` moves each grey level to its rank, written to 8 bits: the order of the
+    pixels is kept, about half of them end above 0.5, and a target 10 noise deviations above its
+    background is squeezed into the top grey levels with the background's brightest pixels.
+    ``--equalize local`` (CLAHE) writes 8 bits too. Masks and points stay as they are, and an
+    unknown map is refused."""
+    rng = np.random.default_rng(0)
+    image = np.float32(np.clip(0.3 + 0.02 * rng.standard_normal((64, 64)), 0, 1))
+    image[30:33, 30:33] = 0.5  # 10 deviations above the background
+    mask = image > 0.45
+    points = np.array([[31.0, 31.0]])
+    for how in annotation_datasets.EQUALIZE:
+        s = annotation_datasets.EvalSet("t", ["a"], [image.copy()], [points], [mask])
+        annotation_datasets.equalize_images(s, how)
+        out = np.float64(s.images[0])
+        assert s.images[0].dtype == np.float32 and out.shape == image.shape
+        assert np.allclose(out * 255, np.round(out * 255)) and 0 <= out.min() and out.max() <= 1
+        assert s.masks[0] is mask and s.points[0] is points
+        if how == "global":
+            order = np.argsort(image.ravel(), kind="stable")
+            assert (np.diff(out.ravel()[order]) >= 0).all()
+            assert abs((out > 0.5).mean() - 0.5) < 0.02
+            background = out[~mask]
+            assert out[mask].min() == 1.0 and np.quantile(background, 0.995) >= 0.99
+            # before the map the target stood 0.2 above the background's 99.5th percentile
+            assert image[mask].min() - np.quantile(image[~mask], 0.995) > 0.1
+    with pytest.raises(ValueError, match="how must be one of"):
+        annotation_datasets.equalize_images(annotation_datasets.EvalSet("t", ["a"], [image], [points], [mask]), "gamma")
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--equalize", "gamma", "--synthetic-seeds", ""])
+
+
 def test_annotation_datasets_sensor_noise_is_white_per_column_or_per_row_at_the_image_noise():
     """``--noise F`` adds independent noise of ``F`` times the image's own pixel noise; ``--stripes F``
     one offset per column of that size, ``--row-stripes F`` one per row (drawn after the others,

@@ -4,7 +4,7 @@
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
         [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q]
-        [--ramp F] [--levels N] [--out FILE.md]
+        [--equalize global|local] [--ramp F] [--levels N] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -60,7 +60,11 @@ an uncooled sensor's readout) or an offset per row (its row noise), before ``--m
 ``--hot``. ``--jpeg Q`` reads every image after
 an 8-bit JPEG round trip at quality ``Q`` (:func:`jpeg_round_trip`, after the noise): datasets
 shipped as JPEG files, whose 8x8 blocks smooth a faint target away and draw edges in clutter.
-``--ramp F`` adds to every image a plane that rises by ``F`` times the image's range across its
+``--equalize global`` / ``local`` passes every image through a camera's display map
+(:func:`equalize_images`, after the noise, before the JPEG round trip): global histogram
+equalization, or a contrast-limited one per tile (CLAHE), each to 8 bits, as the automatic gain
+control of many infrared cameras writes its frames; the masks stay those drawn on the linear
+images. ``--ramp F`` adds to every image a plane that rises by ``F`` times the image's range across its
 larger side, each image in its own seeded direction (:func:`add_ramp`, after the JPEG round
 trip): a background that is not flat (a sky's gradient towards the horizon, a lens's shading),
 seen through each target's windows as a slope. ``--levels N`` rounds every image to ``N`` grey
@@ -82,6 +86,7 @@ import imageio.v3 as iio  # scikit-image's own image I/O (its dependency), for -
 import numpy as np
 import torch
 from scipy import ndimage
+from skimage import exposure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table, workspace
 from md_table import command_line, emit  # noqa: E402
@@ -284,6 +289,7 @@ def synthetic_sets(seeds) -> list:
     return out
 
 
+EQUALIZE = ("global", "local")  # --equalize: the display maps (see equalize_images)
 CROP_MARGIN = 8  # --crop: a target's point lies at least this far inside its crop, where the image allows
 
 
@@ -370,6 +376,27 @@ def quantize_images(s: EvalSet, levels: int) -> None:
     noise to flat runs."""
     top = levels - 1
     s.images = [np.float32(np.round(np.clip(np.float64(image), 0.0, 1.0) * top) / top) for image in s.images]
+
+
+def equalize_images(s: EvalSet, how: str) -> None:
+    """Passes every image of ``s`` through a camera's display map, leaving its masks and points:
+    ``"global"``, histogram equalization over 256 bins of the image's range (each grey level
+    moves to its rank); ``"local"``, the contrast-limited equalization of tiles an eighth of the
+    image's smaller side (CLAHE, clip limit 0.01). Both are written to 8 bits, as a camera's
+    automatic gain control writes its frames. The map stretches the grey levels that many pixels
+    share (the background) and squeezes the rare bright ones, a target's among them, into the top
+    few levels."""
+    if how not in EQUALIZE:
+        raise ValueError(f"equalize_images: how must be one of {EQUALIZE}, got {how!r}")
+    out = []
+    for image in s.images:
+        x = np.clip(np.float64(image), 0.0, 1.0)
+        if how == "global":
+            x = exposure.equalize_hist(x, nbins=256)
+        else:
+            x = exposure.equalize_adapthist(x, kernel_size=max(8, min(x.shape) // 8), clip_limit=0.01)
+        out.append(np.float32(np.round(x * 255) / 255))
+    s.images = out
 
 
 def jitter_points(s: EvalSet, reach: int, seed: int = 0) -> None:
@@ -629,6 +656,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ramp", type=float, default=0.0, metavar="F",
                     help="add a plane rising by F times each image's range across its larger side, in a seeded "
                          "direction per image: a background gradient")
+    ap.add_argument("--equalize", choices=EQUALIZE, default=None,
+                    help="pass every image through a camera's display map, to 8 bits, after --noise and before "
+                         "--jpeg: global histogram equalization, or local (CLAHE)")
     ap.add_argument("--levels", type=int, default=0, metavar="N",
                     help="round every image to N grey levels over [0, 1], after --ramp: a converter or file of "
                          "fewer bits")
@@ -689,6 +719,9 @@ def main(argv=None) -> int:
     if args.noise or args.stripes or args.row_stripes:  # on the images in [0, 1], before --map moves them
         for s in sets:
             add_sensor_noise(s, args.noise, args.stripes, row_stripes=args.row_stripes)
+    if args.equalize:  # the camera's display map, before the file's encoding
+        for s in sets:
+            equalize_images(s, args.equalize)
     if args.jpeg:
         for s in sets:
             jpeg_round_trip(s, args.jpeg)
@@ -724,6 +757,7 @@ def main(argv=None) -> int:
     grown += f"; white noise of {args.noise}x each image's pixel noise added (seed 0)" if args.noise else ""
     grown += f"; column offsets of {args.stripes}x each image's pixel noise added (seed 0)" if args.stripes else ""
     grown += f"; row offsets of {args.row_stripes}x each image's pixel noise added (seed 0)" if args.row_stripes else ""
+    grown += f"; every image through a {args.equalize} histogram equalization to 8 bits" if args.equalize else ""
     grown += f"; every image through 8-bit JPEG at quality {args.jpeg}" if args.jpeg else ""
     grown += f"; a plane rising by {args.ramp} of each image's range across it added (seed 0)" if args.ramp else ""
     grown += f"; every image rounded to {args.levels} grey levels" if args.levels else ""
