@@ -54,7 +54,10 @@ The search, in order (:func:`strict_component`):
      amplitude) below the peak, no part apart from the peak's own is as large and comes within a
      noise bar of the peak. A target larger than the first window puts that window's band on its
      own hull, so the test above cannot see a cloud the target is pressed against; the cloud,
-     as bright as the target, meets it over a saddle, where a target's own top is one part;
+     as bright as the target, meets it over a saddle, where a target's own top is one part
+     (from a window whose peak did not clear its band, the noise bar is read on whichever of the
+     two windows shows less, as in step 4: a display map that stretches a cloud's grey levels
+     makes its texture read as noise where it fills the small window);
    - it changes by at most 25% in the next window (the background level has settled); the
      largest window, with no next one, only where the window below it held no candidate, and
      only from a component that reaches ``HULL_REACH`` of the way out to its band: a hull's top
@@ -448,7 +451,10 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         reaches beyond it. With ``quieter``, the noise bar is the smaller of ``found``'s and
         ``cand``'s: a small window that a target and a building's edge fill reads their edges as
         noise, and a bar that high joins the two at the level where they are told apart; the wider
-        window holds the background whose noise the sensor has."""
+        window holds the background whose noise the sensor has. The wide stand-in reads it so, and
+        the growth from a window whose peak does not clear its band (``faint``): that band's
+        spread is structure, not the sensor's noise, and so are its neighbouring pixels'
+        differences."""
         bar = min(window_bar(found), window_bar(cand)) if quieter else window_bar(found)
         y0, y1, x0, x1 = cand.box
         win = image[y0:y1, x0:x1]
@@ -488,7 +494,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
                 # the largest window, which no larger one tests for stability (see stable)
                 break
             if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
-                    and not rival(found, cand)
+                    and not rival(found, cand, quieter=found.faint)
                     and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
                     and stable(nxt, f, cand)):
                 found = cand

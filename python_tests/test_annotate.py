@@ -1174,6 +1174,28 @@ def test_real_target_blurred_into_a_building_does_not_take_it(spread, size):
     assert mask.sum() <= 3 * gt.sum() + 10 and (mask & gt).sum() >= 0.5 * gt.sum(), int(mask.sum())
 
 
+@needs_sirst
+def test_real_target_on_an_equalized_cloud_does_not_grow_into_it():
+    """SIRST-v1 Misc_278 written through a global histogram equalization to 8 bits, as a camera's
+    automatic gain control writes its frames (``annotation_datasets.py --equalize global``): a
+    12-pixel target at 0.99 beside cloud lobes the map lifted to 0.94. The map stretches the
+    cloud's grey levels, so the first window that holds the target (21 x 21, filled by the cloud)
+    reads a pixel noise of eight grey levels: its peak clears neither its band's spread nor that
+    noise, and the window grows, as a noise bump on a flat top does. Its noise bar (a quarter of
+    the range) joined target and cloud lobes at the level where they are told apart, and a wide
+    window's component, the cloud, was taken: a mask of 2,276 pixels. Read on the quieter
+    of the two windows, the bar keeps the lobes apart as a second structure as bright as the
+    peak, and the mask stays at the target."""
+    ds = IRDataset(SIRST)
+    one = annotation_datasets.EvalSet("t", ["t"], [ds.load_image("Misc_278")], [np.zeros((0, 2))],
+                                      [np.zeros((1, 1), bool)])
+    annotation_datasets.equalize_images(one, "global")
+    gt = ds.load_mask("Misc_278")
+    assert gt.sum() == 12
+    (mask,) = Annotator().annotate(one.images, [ds.points("Misc_278", "centroid")])
+    assert mask.sum() <= 3 * gt.sum() + 10 and (mask & gt).sum() >= 0.5 * gt.sum(), int(mask.sum())
+
+
 def _spread(image: np.ndarray, how: str, size) -> np.ndarray:
     """``image`` blurred by a Gaussian of ``size`` pixels (``how="blur"``) or averaged over ``size``
     pixels along its rows (``"smear"``), as ``annotation_datasets.py --blur`` / ``--smear`` do."""
