@@ -41,8 +41,11 @@ The search, in order (:func:`strict_component`):
 3. **Growth for extended targets.** An extended target puts the first windows' bands on its own
    hull, so the accepted window grows through the larger ``half_sizes`` and the
    ``wide_half_sizes`` while the next window's band lies more than ``settle_fraction`` of the
-   amplitude below its own (or the peak did not clear its band). A larger window replaces it only
-   if its component passes the *target tests*:
+   amplitude below its own (or the peak did not clear its band). Where the peak is a noise bump
+   (step 4), that amplitude is measured from the mean of its 3 x 3 neighbourhood, the top it
+   stands on: measured from the bump it holds the sensor's noise, and a band still on the top
+   would read as settled. A larger window replaces it only if its component passes the *target
+   tests*:
 
    - it is clear of its own band, the peak clears ``k_sigma`` spreads of that band, and it holds
      most of the smaller window's band and at least ``side_cover`` of each of that band's sides:
@@ -470,6 +473,16 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             large = [k for k in large if not inner[parts == k].all()]
         return any(win[parts == k].max() >= peak - bar for k in large)
 
+    def top_level(found: _Window) -> float:
+        """The level the growth measures the amplitude from: the peak, or where the peak stands
+        no higher above ``found``'s band than noise could (:func:`noise_bump`), the mean of its
+        3 x 3 neighbourhood. A noise bump on a flat top stands above the top by the sensor's noise;
+        measured from the bump, the amplitude holds that noise too, and a band that fell by a
+        fifth of the top's own amplitude would read as settled inside the top."""
+        if not noise_bump(found):
+            return peak
+        return float(image[max(py - 1, 0):py + 2, max(px - 1, 0):px + 2].mean())
+
     def hull_top(found: _Window) -> bool:
         """Whether ``found``'s component reaches ``HULL_REACH`` of the way from the peak to its
         window's band: the top of a target whose hull that band lies on, rather than a small
@@ -481,11 +494,12 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         """Grow the accepted window while its band lies on the target's hull: the next band lies
         well below it, or the peak did not clear it (a plateau), and a larger window's component
         (clear of its own band, the peak clearing it, stable in the window after) holds most of it."""
+        top = top_level(found)
         for nxt in larger(half):
             if window_box(py, px, nxt, H, W) == found.box:  # the image's edge stops the growth
                 break
             cand = window(nxt, f)
-            settled = found.bg - cand.bg <= cfg.settle_fraction * (peak - cand.bg)
+            settled = found.bg - cand.bg <= cfg.settle_fraction * (top - cand.bg)
             if settled and not found.faint:
                 break
             if cand.comp is not None and plateau(nxt, f, cand):
