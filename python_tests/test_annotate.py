@@ -1246,7 +1246,7 @@ def test_extended_target_grows_from_a_noise_bump_of_its_top(how, index):
     else:
         annotation_datasets.add_sensor_noise(s, white=2.0)
     (mask,) = Annotator().annotate([s.images[index]], [s.points[index]])
-    targets, n = ndimage.label(s.masks[index], np.ones((3, 3)))
+    targets, _ = ndimage.label(s.masks[index], np.ones((3, 3)))
     target = targets == np.argmax(np.bincount(targets.ravel())[1:]) + 1
     assert target.sum() > 1400
     assert (mask & target).sum() >= 0.7 * target.sum() and mask.sum() <= 1.1 * target.sum(), int(mask.sum())
