@@ -221,10 +221,19 @@ class IRDataset:
         from the image's."""
         path = self.mask_path(id)
         if not path.is_file():
-            raise DataError(f"ground-truth mask not found: {path} (image id {id!r})")
+            raise DataError(f"ground-truth mask not found: {path} (image id {id!r}){self.mask_name_hint(id)}")
         m = read_mask(path)
         self.check_size(id, path, m.shape)
         return m
+
+    def mask_name_hint(self, id) -> str:
+        """For an error on a missing ``root/masks/<id>.png``: where the original SIRST (NUAA-SIRST)
+        release's name for it, ``<id>_pixels0.png``, is there, how to rename the masks; else ``""``."""
+        original = find_image_file(self.masks_dir, f"{id}_pixels0")
+        if not original.is_file():
+            return ""
+        return (f"; {original.name} is there: the original SIRST release names its masks <id>_pixels0, "
+                f"rename them to <id>{original.suffix} (the BasicIRSTD layout)")
 
     def check_size(self, id, path: Path, shape) -> None:
         """Raises :class:`DataError` naming ``path`` unless ``shape`` is image ``id``'s ``(H, W)``."""

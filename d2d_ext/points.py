@@ -97,7 +97,7 @@ class PointLabels:
             if not path.is_file():
                 raise DataError(
                     f"points {source!r} need the ground-truth mask, but {path} does not exist "
-                    f"(image id {id!r})"
+                    f"(image id {id!r}){self.dataset.mask_name_hint(id)}"
                 )
             mask = self.dataset.load_mask(id)
             if source == "gen-centroid":

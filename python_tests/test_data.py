@@ -288,6 +288,21 @@ def test_load_mask(tiny):
         ds.load_mask("b")
 
 
+def test_load_mask_names_the_original_sirst_mask_name(tiny):
+    """A dataset in the original SIRST release's naming (``masks/<id>_pixels0.png``): the error
+    names the expected file and the one found, and says how to rename it, as the points drawn from
+    the masks do; elsewhere it says nothing more."""
+    (tiny / "masks/b.png").rename(tiny / "masks/b_pixels0.png")
+    with pytest.raises(DataError, match=r"masks[/\\]b\.png .*b_pixels0\.png is there.*rename them to <id>\.png"):
+        IRDataset(tiny).load_mask("b")
+    with pytest.raises(DataError, match=r"'gen-centroid' need the ground-truth mask.*b_pixels0\.png is there"):
+        IRDataset(tiny).points("b", "gen-centroid")
+    (tiny / "masks/c.png").unlink()
+    with pytest.raises(DataError) as e:
+        IRDataset(tiny).load_mask("c")
+    assert "pixels0" not in str(e.value)
+
+
 def test_mask_size_mismatch(tiny):
     _save(tiny / "masks/c.png", _gray(np.zeros((H + 1, W), np.uint8)))
     with pytest.raises(DataError, match=r"masks[/\\]c\.png"):
