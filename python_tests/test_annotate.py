@@ -590,7 +590,7 @@ def test_faint_target_in_a_textured_cloud_is_not_given_the_cloud(monkeypatch):
     2,184 pixels). The cloud holds the larger bands too, and the crossing is now read on the
     largest of them, where the cloud crosses one side; without the aspect test a wide window's
     component still crosses that band both ways and stands in (614 pixels)."""
-    scene = make_scene(np.random.default_rng([0, 7, 36]), 256, 256, "mixed")
+    scene = annotation_datasets.synthetic_scene(0, "SIRST-like 256", 36)
     x, y = scene.points[2]
     labels, _ = ndimage.label(scene.mask > 0, np.ones((3, 3)))
     target = labels == labels[int(y), int(x)]
@@ -610,7 +610,7 @@ def test_click_off_the_middle_of_a_flat_topped_target_takes_the_target(monkeypat
     0.9, where one noisy pixel of the top stood alone (a mask of 11 pixels). That pixel stands no
     higher above its band than noise does, so the wide windows are tried at the lower fractions
     first and hold the target. Without the noise test (a pixel noise of 0) the bump comes back."""
-    scene = make_scene(np.random.default_rng([0, 7, 7]), 512, 512, "mixed", area_range=(2.0, 3000.0))
+    scene = annotation_datasets.synthetic_scene(0, "extended 512", 7)
     labels, _ = ndimage.label(scene.mask > 0, np.ones((3, 3)))
     target = labels == labels[199, 463]
     assert 1300 <= target.sum() <= 1500
@@ -688,7 +688,7 @@ def test_flat_topped_target_is_not_passed_over_as_a_plateau(fraction):
     the first window leaks and the larger ones hold a component that a threshold
     ``plateau_step`` higher halves, like a cloud beside a point; but it surrounds its peak, so it
     is taken (passed over, the mask was 79 of its pixels)."""
-    scene = make_scene(np.random.default_rng([1, 7, 13]), 512, 512, "mixed", area_range=(2.0, 3000.0))
+    scene = annotation_datasets.synthetic_scene(1, "extended 512", 13)
     labels, _ = ndimage.label(scene.mask > 0, np.ones((3, 3)))
     target = labels == labels[257, 456]
     assert target.sum() > 300
@@ -992,7 +992,7 @@ def test_large_dim_target_under_the_noise_floor_is_measured_whole():
     window's band, its peak one noisy pixel of that body (extended scene 7 of seed 0, as
     ``annotation_datasets.py`` draws it): the floor let the peak alone through, and the mask was
     8 pixels. The body is measured at the peak-relative threshold now."""
-    scene = make_scene(np.random.default_rng([0, 7, 7]), 512, 512, "mixed", area_range=(2.0, 3000.0))
+    scene = annotation_datasets.synthetic_scene(0, "extended 512", 7)
     target = scene.labels == 1  # points[0]'s target
     assert target.sum() > 1000
     ious = {}
@@ -1221,7 +1221,7 @@ def test_small_target_in_clutter_sampled_coarser_does_not_take_it(seed, index, a
     got 85, one of 10 got 97). That window's component holds a second structure as bright as the
     peak beyond the first window, so it counts as leaked, and the target keeps a mask of its
     size."""
-    scene = make_scene(np.random.default_rng([seed, 7, index]), 256, 256, "mixed")
+    scene = annotation_datasets.synthetic_scene(seed, "SIRST-like 256", index)
     image, truth, points = _coarser(scene.image, scene.mask)
     (mask,) = Annotator().annotate([image], [points])
     sizes = [size for a, size, _, _ in annotation_datasets.target_errors(mask, truth) if a == area]
@@ -1238,8 +1238,7 @@ def test_extended_target_grows_from_a_noise_bump_of_its_top(how, index):
     lies less than a fifth of the bump's height below its own: the growth stopped there, a mask
     of 76 or 34 pixels. Measured from the mean of the bump's 3 x 3 neighbourhood (the top's
     level), the band has not settled, and the growth reaches the target's edge."""
-    scenes = [make_scene(np.random.default_rng([0, 7, i]), 512, 512, "mixed", area_range=(2.0, 3000.0))
-              for i in range(index + 1)]
+    scenes = [annotation_datasets.synthetic_scene(0, "extended 512", i) for i in range(index + 1)]
     s = annotation_datasets.scene_set("t", scenes)
     if how == "levels":
         annotation_datasets.quantize_images(s, 64)
@@ -1259,7 +1258,7 @@ def test_small_spike_on_a_blurred_cloud_does_not_grow_into_it():
     failed its tests up to the largest, whose band lies off the cloud and which no larger window
     tests for stability: a mask of 7,097 pixels. A component that stays at its peak is no hull's
     top (``HULL_REACH``), so the growth does not reach the largest window from it."""
-    scene = make_scene(np.random.default_rng([0, 7, 53]), 256, 256, "mixed")
+    scene = annotation_datasets.synthetic_scene(0, "SIRST-like 256", 53)
     image = _spread(scene.image, "blur", 1.0)
     assert scene.mask.sum() == 5
     (mask,) = Annotator().annotate([image], [scene.points])

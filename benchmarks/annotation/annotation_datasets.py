@@ -279,14 +279,21 @@ def scene_set(name: str, scenes: list) -> EvalSet:
                    [s.points for s in scenes], [s.mask > 0 for s in scenes])
 
 
+# the synthetic sets: kind -> (scenes per seed, side in pixels, target areas or None for the generator's own)
+SYNTHETIC_KINDS = {"SIRST-like 256": (60, 256, None), "extended 512": (24, 512, (2.0, 3000.0))}
+
+
+def synthetic_scene(seed: int, kind: str, index: int):
+    """Scene ``index`` of the synthetic set ``kind`` (a key of :data:`SYNTHETIC_KINDS`) of ``seed``:
+    a :class:`d2d_ext.synthetic.Scene`, the same as that set holds."""
+    _, size, area = SYNTHETIC_KINDS[kind]
+    kw = {} if area is None else {"area_range": area}
+    return make_scene(np.random.default_rng([seed, 7, index]), size, size, "mixed", **kw)
+
+
 def synthetic_sets(seeds) -> list:
-    out = []
-    for seed in seeds:
-        for label, n, size, area in (("SIRST-like 256", 60, 256, None), ("extended 512", 24, 512, (2.0, 3000.0))):
-            kw = {} if area is None else {"area_range": area}
-            scenes = [make_scene(np.random.default_rng([seed, 7, i]), size, size, "mixed", **kw) for i in range(n)]
-            out.append(scene_set(f"synthetic {label}, seed {seed}", scenes))
-    return out
+    return [scene_set(f"synthetic {kind}, seed {seed}", [synthetic_scene(seed, kind, i) for i in range(n)])
+            for seed in seeds for kind, (n, _, _) in SYNTHETIC_KINDS.items()]
 
 
 EQUALIZE = ("global", "local")  # --equalize: the display maps (see equalize_images)
