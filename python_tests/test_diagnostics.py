@@ -26,6 +26,7 @@ annotation_touching = load_benchmark("annotation/annotation_touching")
 annotation_crowded = load_benchmark("annotation/annotation_crowded")
 annotation_files = load_benchmark("annotation/annotation_files")
 annotation_datasets = load_benchmark("annotation/annotation_datasets")
+settings_leaveout = load_benchmark("annotation/settings_leaveout")
 bit_hashes = load_benchmark("ops/bit_hashes")
 bad_pixel_search = load_benchmark("annotation/bad_pixel_search")
 setup_cost = load_benchmark("ops/setup_cost")
@@ -609,6 +610,51 @@ def test_annotation_datasets_against_another_version(dataset, tmp_path):
         ours = rows[(f"| {n}", "ours")]
         assert rows[(f"| {n}", "ours at same.py")] == ours
         assert rows[(f"| {n}", "ours at other.py")] != ours
+
+
+def test_settings_leaveout_chooses_on_the_other_groups_only():
+    """A dataset left out is scored under the combination best on the others (by their mean, and
+    by their worst), beside the defaults and its own best; the synthetic group is never left out."""
+    d, a, b = {"peak_fraction": 0.3}, {"peak_fraction": 0.2}, {"peak_fraction": 0.4}
+    scored = [(a, {"X": 90.0, "Y": 50.0, "synthetic": 60.0}),
+              (d, {"X": 70.0, "Y": 60.0, "synthetic": 61.0}),
+              (b, {"X": 40.0, "Y": 80.0, "synthetic": 40.0})]
+    rows = {r.left_out: r for r in settings_leaveout.leave_each_out(scored, d)}
+    assert set(rows) == {"X", "Y"}
+    x = rows["X"]  # others Y and synthetic: mean a 55, d 60.5, b 60 -> d; worst a 50, d 60, b 40 -> d
+    assert x.defaults == 70.0 and x.by_mean == (d, 70.0) and x.by_worst == (d, 70.0) and x.own == (a, 90.0)
+    y = rows["Y"]  # others X and synthetic: mean a 75, d 65.5, b 40 -> a; worst a 60, d 61, b 40 -> d
+    assert y.by_mean == (a, 50.0) and y.by_worst == (d, 60.0) and y.own == (b, 80.0)
+    assert settings_leaveout.group_of("SIRST-v1 test") == "SIRST-v1"
+    assert settings_leaveout.group_of("synthetic extended 512, seed 0") == "synthetic"
+    assert settings_leaveout.group_scores({"X train": [1, 2], "X test": [3, 4]}) == {"X": 100 * (0.5 + 0.75) / 2}
+
+
+def test_settings_leaveout_table_and_cache(tmp_path, capsys):
+    """Two datasets in a folder: each left out in turn; every combination's counts cached and a
+    rerun annotates none; a cache of other sets and a grid without the default are refused."""
+    data = tmp_path / "data"
+    for name, seed in (("AA", 3), ("BB", 4)):
+        write_dataset(data / name, n_images=4, seed=seed, height=96, width=96, name=name)
+    cache, out = tmp_path / "c.json", tmp_path / "t.md"
+    argv = ["--data", str(data), "--synthetic-seeds", "", "--grid", "peak_fraction=0.3,0.9", "--jobs", "1",
+            "--cache", str(cache)]
+    assert settings_leaveout.main(argv + ["--out", str(out)]) == 0
+    assert "2 of 2 combinations to annotate" in capsys.readouterr().err
+    stored = json.loads(cache.read_text())
+    assert sorted(stored["sets"]) == ["AA test", "AA train", "BB test", "BB train"] and len(stored["counts"]) == 2
+    for counts in stored["counts"].values():
+        assert all(0 < inter <= union for inter, union in counts.values())
+    text = out.read_text()
+    assert "| AA | " in text and "| BB | " in text
+    assert settings_leaveout.main(argv) == 0
+    assert "0 of 2 combinations to annotate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        settings_leaveout.main(["--data", str(data), "--datasets", "AA"] + argv[2:])
+    assert "made on other sets" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        settings_leaveout.main(argv[:4] + ["--grid", "peak_fraction=0.2,0.4", "--cache", str(tmp_path / "d.json")])
+    assert "must be one of its values" in capsys.readouterr().err
 
 
 def test_bad_pixel_search_table(tmp_path, capsys):

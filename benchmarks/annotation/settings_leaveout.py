@@ -1,0 +1,200 @@
+"""The defaults against settings chosen without a dataset: each dataset left out in turn (markdown table).
+
+    python benchmarks/annotation/settings_leaveout.py [--data DIR] [--datasets A,B] [--synthetic-seeds 0,1]
+        [--grid NAME=V1,V2,... ...] [--jobs 2] [--cache FILE.json] [--out FILE.md]
+
+The defaults were chosen on every dataset here together; a held-out dataset is none of them. This
+asks how much a choice made without a dataset costs it. Every combination of the ``--grid``
+settings (default: ``peak_fraction``, ``low_fraction``, ``k_sigma`` and ``point_radius``, each on
+a few values of ``d2d_ext.calibrate.GRIDS`` around its default) annotates every set of
+``annotation_datasets`` (the real datasets' splits with their LESPS centroid points, and the
+synthetic scenes of ``--synthetic-seeds``) and is scored by its pooled IoU per set. The sets fall
+into groups, one per dataset (SIRST-v1's two splits are one group; the synthetic scenes another),
+and a group's score is the mean of its sets' IoU. For each real dataset left out, the combination
+with the best mean over the other groups is chosen (and, apart, the one with the best worst
+group), then scored on the dataset left out, beside the defaults and that dataset's own best
+combination (which only its masks can pick).
+
+Each combination's result is kept in ``--cache`` (JSON, written atomically after each) and read
+back on a rerun, so an interrupted run resumes; a cache made with other sets is refused. ``--jobs``
+processes annotate combinations side by side (each on one torch thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table, workspace
+from md_table import command_line, emit  # noqa: E402
+from workspace import SHARED_DATA  # noqa: E402
+
+from annotation_datasets import CHUNK, real_sets, synthetic_sets
+
+from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
+from d2d_ext.files import write_bytes_atomic
+
+#: The settings varied by default and their values (a subset of calibrate's GRIDS around the defaults).
+DEFAULT_GRID = {
+    "peak_fraction": (0.2, 0.25, 0.3, 0.35, 0.4),
+    "low_fraction": (0.2, 0.25, 0.3, 0.35, 0.4),
+    "k_sigma": (1.5, 2.0, 2.5),
+    "point_radius": (0.0, 1.0, 1.5),
+}
+
+SYNTHETIC = "synthetic"
+
+_SETS: list = []  # the sets, loaded once in the parent (the workers see them through fork)
+
+
+def group_of(set_name: str) -> str:
+    """The dataset a set belongs to: ``"SIRST-v1 test"`` -> ``"SIRST-v1"``; synthetic scenes -> ``SYNTHETIC``."""
+    return SYNTHETIC if set_name.startswith("synthetic") else set_name.rsplit(" ", 1)[0]
+
+
+def combination_key(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True)
+
+
+def pooled_counts(settings: dict) -> dict:
+    """``{set name: [intersection, union]}`` of the annotator with ``settings`` on every set."""
+    torch.set_num_threads(1)
+    annotate = Annotator(config_from_dict(settings)).annotate
+    out = {}
+    for s in _SETS:
+        inter = union = 0
+        for k in range(0, len(s.images), CHUNK):
+            masks = annotate(s.images[k:k + CHUNK], s.points[k:k + CHUNK])
+            for pred, gt in zip(masks, s.masks[k:k + CHUNK]):
+                inter += int(np.count_nonzero(pred & gt))
+                union += int(np.count_nonzero(pred | gt))
+        out[s.name] = [inter, union]
+    return out
+
+
+def _work(settings: dict) -> tuple:
+    return combination_key(settings), pooled_counts(settings)
+
+
+def group_scores(counts: dict) -> dict:
+    """``{group: mean IoU (%) of its sets}`` from one combination's ``{set: [inter, union]}``."""
+    by_group: dict = {}
+    for name, (inter, union) in counts.items():
+        by_group.setdefault(group_of(name), []).append(100.0 * inter / max(union, 1))
+    return {g: float(np.mean(v)) for g, v in by_group.items()}
+
+
+def combinations(grid: dict) -> list:
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def describe(settings: dict, defaults: dict) -> str:
+    """The settings that differ from ``defaults``, or ``defaults``."""
+    moved = [f"`{k}` {v:g}" for k, v in settings.items() if v != defaults[k]]
+    return ", ".join(moved) or "defaults"
+
+
+@dataclass
+class LeftOut:
+    """One dataset left out: its IoU under the defaults and under three choices, each
+    ``(settings, its IoU)``: the best mean over the other groups, the best worst other group, and
+    its own best."""
+
+    left_out: str
+    defaults: float
+    by_mean: tuple
+    by_worst: tuple
+    own: tuple
+
+
+def leave_each_out(scored: list, defaults: dict) -> list:
+    """:class:`LeftOut` per real group of ``scored`` (``[(settings, {group: IoU})]``, one entry
+    per combination, ``defaults`` among them); the synthetic group is never left out."""
+    base = next(g for c, g in scored if c == defaults)
+    out = []
+    for group in [g for g in base if g != SYNTHETIC]:
+        others = [g for g in base if g != group]
+        by_mean = max(scored, key=lambda cs: np.mean([cs[1][g] for g in others]))
+        by_worst = max(scored, key=lambda cs: min(cs[1][g] for g in others))
+        own = max(scored, key=lambda cs: cs[1][group])
+        out.append(LeftOut(group, base[group], *((c, g[group]) for c, g in (by_mean, by_worst, own))))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(SHARED_DATA), help="folder of datasets (BasicIRSTD / LESPS layout)")
+    ap.add_argument("--datasets", help="comma-separated dataset names under --data (default: all)")
+    ap.add_argument("--synthetic-seeds", default="0,1", help="comma-separated seeds ('' for none)")
+    ap.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                    help="a setting and its values (replaces the default grid; repeat for several)")
+    ap.add_argument("--jobs", type=int, default=2, help="processes annotating combinations side by side")
+    ap.add_argument("--cache", default="settings_leaveout.json", help="each combination's counts, for a rerun")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    grid = dict(DEFAULT_GRID)
+    if args.grid:
+        grid = {}
+        for item in args.grid:
+            name, _, values = item.partition("=")
+            values = [v for v in values.split(",") if v.strip()]
+            if not hasattr(AnnotatorConfig(), name) or not values:
+                ap.error(f"--grid {item!r}: expected NAME=V1,V2,... with NAME an AnnotatorConfig setting")
+            grid[name] = tuple(json.loads(v) for v in values)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
+    defaults = {name: getattr(AnnotatorConfig(), name) for name in grid}
+    for name, values in grid.items():
+        if defaults[name] not in values:
+            ap.error(f"--grid {name}: the default {defaults[name]:g} must be one of its values {values}")
+    if not Path(args.data).is_dir():
+        ap.error(f"no datasets: {args.data} is not a folder (the datasets are what this leaves out)")
+    seeds = [int(s) for s in args.synthetic_seeds.split(",") if s.strip()]
+    _SETS[:] = real_sets(Path(args.data), args.datasets.split(",") if args.datasets else None) + synthetic_sets(seeds)
+    names = [s.name for s in _SETS]
+    cache_path = Path(args.cache)
+    cache = {"sets": names, "counts": {}}
+    if cache_path.is_file():
+        try:
+            cache = json.loads(cache_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            ap.error(f"--cache {cache_path}: unreadable ({e}); move it away to start again")
+        if cache.get("sets") != names:
+            ap.error(f"--cache {cache_path} was made on other sets ({cache.get('sets')}); move it away or name another")
+    todo = [c for c in combinations(grid) if combination_key(c) not in cache["counts"]]
+    print(f"{len(todo)} of {len(combinations(grid))} combinations to annotate; cache {cache_path}", file=sys.stderr)
+    if todo:
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            for n, (key, counts) in enumerate(pool.imap_unordered(_work, todo), 1):
+                cache["counts"][key] = counts
+                write_bytes_atomic(cache_path, json.dumps(cache).encode())
+                print(f"  {n} / {len(todo)}", file=sys.stderr, flush=True)
+    scored = [(c, group_scores(cache["counts"][combination_key(c)])) for c in combinations(grid)]
+    rows = []
+    for r in leave_each_out(scored, defaults):
+        rows.append([r.left_out, f"{r.defaults:.2f}"] + [f"{iou:.2f} ({describe(c, defaults)})" for c, iou in
+                                                         (r.by_mean, r.by_worst, r.own)])
+    base = next(g for c, g in scored if c == defaults)
+    every = max(scored, key=lambda cs: np.mean(list(cs[1].values())))
+    rows.append(["(none left out: the best mean over every group)",
+                 f"{np.mean(list(base.values())):.2f}", f"{np.mean(list(every[1].values())):.2f} "
+                 f"({describe(every[0], defaults)})", "", ""])
+    grid_text = "; ".join(f"`{k}` {', '.join(f'{v:g}' for v in vs)}" for k, vs in grid.items())
+    emit(f"{command_line()}\n\nGrid ({len(scored)} combinations): {grid_text}. IoU of the dataset left out "
+         f"(a group's mean over its sets):",
+         ["left out", "defaults", "chosen on the others: best mean", "chosen on the others: best worst group",
+          "its own best"], rows, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
