@@ -632,7 +632,8 @@ def test_settings_leaveout_chooses_on_the_other_groups_only():
 
 def test_settings_leaveout_table_and_cache(tmp_path, capsys):
     """Two datasets in a folder: each left out in turn; every combination's counts cached and a
-    rerun annotates none; a cache of other sets and a grid without the default are refused."""
+    rerun annotates none; a cache of other sets or of another version of d2d_ext, and a grid
+    without the default, are refused."""
     data = tmp_path / "data"
     for name, seed in (("AA", 3), ("BB", 4)):
         write_dataset(data / name, n_images=4, seed=seed, height=96, width=96, name=name)
@@ -652,6 +653,11 @@ def test_settings_leaveout_table_and_cache(tmp_path, capsys):
     with pytest.raises(SystemExit):
         settings_leaveout.main(["--data", str(data), "--datasets", "AA"] + argv[2:])
     assert "made on other sets" in capsys.readouterr().err
+    assert stored["annotator"] == settings_leaveout.annotator_digest()
+    cache.write_text(json.dumps(dict(stored, annotator="0" * 16)))  # as another version of d2d_ext left it
+    with pytest.raises(SystemExit):
+        settings_leaveout.main(argv)
+    assert "another version of d2d_ext" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         settings_leaveout.main(argv[:4] + ["--grid", "peak_fraction=0.2,0.4", "--cache", str(tmp_path / "d.json")])
     assert "must be one of its values" in capsys.readouterr().err

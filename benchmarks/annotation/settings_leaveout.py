@@ -16,13 +16,15 @@ group), then scored on the dataset left out, beside the defaults and that datase
 combination (which only its masks can pick).
 
 Each combination's result is kept in ``--cache`` (JSON, written atomically after each) and read
-back on a rerun, so an interrupted run resumes; a cache made with other sets is refused. ``--jobs``
+back on a rerun, so an interrupted run resumes; a cache made on other sets, or by another version
+of ``d2d_ext`` (a digest of its sources and compiled extension), is refused. ``--jobs``
 processes annotate combinations side by side (each on one torch thread).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -39,6 +41,7 @@ from workspace import SHARED_DATA  # noqa: E402
 
 from annotation_datasets import CHUNK, real_sets, synthetic_sets
 
+import d2d_ext
 from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
 from d2d_ext.files import write_bytes_atomic
 
@@ -62,6 +65,16 @@ def group_of(set_name: str) -> str:
 
 def combination_key(settings: dict) -> str:
     return json.dumps(settings, sort_keys=True)
+
+
+def annotator_digest() -> str:
+    """A digest of the installed ``d2d_ext`` (its Python sources and compiled extension): counts
+    cached by another version of the annotator are not this one's."""
+    root = Path(d2d_ext.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".so", ".pyd") and p.is_file()):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def pooled_counts(settings: dict) -> dict:
@@ -162,22 +175,31 @@ def main(argv=None) -> int:
     _SETS[:] = real_sets(Path(args.data), args.datasets.split(",") if args.datasets else None) + synthetic_sets(seeds)
     names = [s.name for s in _SETS]
     cache_path = Path(args.cache)
-    cache = {"sets": names, "counts": {}}
+    cache = {"sets": names, "annotator": annotator_digest(), "counts": {}}
     if cache_path.is_file():
         try:
-            cache = json.loads(cache_path.read_text())
+            stored = json.loads(cache_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             ap.error(f"--cache {cache_path}: unreadable ({e}); move it away to start again")
-        if cache.get("sets") != names:
-            ap.error(f"--cache {cache_path} was made on other sets ({cache.get('sets')}); move it away or name another")
+        if stored.get("sets") != names:
+            ap.error(f"--cache {cache_path} was made on other sets ({stored.get('sets')}); move it away or name another")
+        if stored.get("annotator") != cache["annotator"]:
+            ap.error(f"--cache {cache_path} was made by another version of d2d_ext (digest {stored.get('annotator')}, "
+                     f"this one {cache['annotator']}); move it away or name another")
+        cache = stored
     todo = [c for c in combinations(grid) if combination_key(c) not in cache["counts"]]
     print(f"{len(todo)} of {len(combinations(grid))} combinations to annotate; cache {cache_path}", file=sys.stderr)
     if todo:
-        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-            for n, (key, counts) in enumerate(pool.imap_unordered(_work, todo), 1):
+        pool = multiprocessing.get_context("fork").Pool(args.jobs) if args.jobs > 1 else None
+        try:
+            done = pool.imap_unordered(_work, todo) if pool else map(_work, todo)
+            for n, (key, counts) in enumerate(done, 1):
                 cache["counts"][key] = counts
                 write_bytes_atomic(cache_path, json.dumps(cache).encode())
                 print(f"  {n} / {len(todo)}", file=sys.stderr, flush=True)
+        finally:
+            if pool:
+                pool.terminate()
     scored = [(c, group_scores(cache["counts"][combination_key(c)])) for c in combinations(grid)]
     rows = []
     for r in leave_each_out(scored, defaults):
