@@ -631,15 +631,15 @@ def test_settings_leaveout_chooses_on_the_other_groups_only():
 
 
 def test_settings_leaveout_table_and_cache(tmp_path, capsys):
-    """Two datasets in a folder: each left out in turn; every combination's counts cached and a
+    """Two datasets of a folder: each left out in turn; every combination's counts cached and a
     rerun annotates none; a cache of other sets or of another version of d2d_ext, and a grid
     without the default, are refused."""
     data = tmp_path / "data"
-    for name, seed in (("AA", 3), ("BB", 4)):
+    for name, seed in (("AA", 3), ("BB", 4), ("CC", 5)):
         write_dataset(data / name, n_images=4, seed=seed, height=96, width=96, name=name)
     cache, out = tmp_path / "c.json", tmp_path / "t.md"
-    argv = ["--data", str(data), "--synthetic-seeds", "", "--grid", "peak_fraction=0.3,0.9", "--jobs", "1",
-            "--cache", str(cache)]
+    argv = ["--data", str(data), "--datasets", "AA,BB", "--synthetic-seeds", "", "--grid", "peak_fraction=0.3,0.9",
+            "--jobs", "1", "--cache", str(cache)]
     assert settings_leaveout.main(argv + ["--out", str(out)]) == 0
     assert "2 of 2 combinations to annotate" in capsys.readouterr().err
     stored = json.loads(cache.read_text())
@@ -650,8 +650,8 @@ def test_settings_leaveout_table_and_cache(tmp_path, capsys):
     assert "| AA | " in text and "| BB | " in text
     assert settings_leaveout.main(argv) == 0
     assert "0 of 2 combinations to annotate" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        settings_leaveout.main(["--data", str(data), "--datasets", "AA"] + argv[2:])
+    with pytest.raises(SystemExit):  # a third dataset: the sets are not the cache's
+        settings_leaveout.main(["--data", str(data), "--datasets", "AA,BB,CC"] + argv[4:])
     assert "made on other sets" in capsys.readouterr().err
     assert stored["annotator"] == settings_leaveout.annotator_digest()
     cache.write_text(json.dumps(dict(stored, annotator="0" * 16)))  # as another version of d2d_ext left it
@@ -659,8 +659,17 @@ def test_settings_leaveout_table_and_cache(tmp_path, capsys):
         settings_leaveout.main(argv)
     assert "another version of d2d_ext" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        settings_leaveout.main(argv[:4] + ["--grid", "peak_fraction=0.2,0.4", "--cache", str(tmp_path / "d.json")])
+        settings_leaveout.main(argv[:6] + ["--grid", "peak_fraction=0.2,0.4", "--cache", str(tmp_path / "d.json")])
     assert "must be one of its values" in capsys.readouterr().err
+    for bad in ("no_such_setting=1,2", "peak_fraction=0.3,0..4"):
+        with pytest.raises(SystemExit):
+            settings_leaveout.main(argv[:6] + ["--grid", bad, "--cache", str(tmp_path / "d.json")])
+        assert f"--grid '{bad}'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one dataset alone leaves nothing to choose on
+        settings_leaveout.main(["--data", str(data), "--datasets", "AA", "--synthetic-seeds", "",
+                                "--cache", str(tmp_path / "d.json")])
+    assert "need a real dataset and at least one more group" in capsys.readouterr().err
+    assert not (tmp_path / "d.json").exists()  # refused before anything is annotated or written
 
 
 def test_bad_pixel_search_table(tmp_path, capsys):

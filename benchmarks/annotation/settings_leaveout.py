@@ -44,7 +44,8 @@ from annotation_datasets import CHUNK, real_sets, synthetic_sets
 
 import d2d_ext
 from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
-from d2d_ext.files import write_bytes_atomic
+from d2d_ext.cli import parse_settings
+from d2d_ext.files import DataError, write_bytes_atomic
 
 #: The settings varied by default and their values (a subset of calibrate's GRIDS around the defaults).
 DEFAULT_GRID = {
@@ -111,9 +112,14 @@ def combinations(grid: dict) -> list:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
+def shown(value) -> str:
+    """A setting's value as the tables write it (``0.3``, ``128``, ``both``)."""
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
 def describe(settings: dict, defaults: dict) -> str:
     """The settings that differ from ``defaults``, or ``defaults``."""
-    moved = [f"`{k}` {v:g}" for k, v in settings.items() if v != defaults[k]]
+    moved = [f"`{k}` {shown(v)}" for k, v in settings.items() if v != defaults[k]]
     return ", ".join(moved) or "defaults"
 
 
@@ -160,21 +166,29 @@ def main(argv=None) -> int:
         grid = {}
         for item in args.grid:
             name, _, values = item.partition("=")
-            values = [v for v in values.split(",") if v.strip()]
+            values = [v.strip() for v in values.split(",") if v.strip()]
             if not hasattr(AnnotatorConfig(), name) or not values:
                 ap.error(f"--grid {item!r}: expected NAME=V1,V2,... with NAME an AnnotatorConfig setting")
-            grid[name] = tuple(json.loads(v) for v in values)
+            try:  # numbers as --set reads them, a bare word (destripe=none,both) as itself
+                grid[name] = tuple(parse_settings([f"{name}={v}"])[name] for v in values)
+            except DataError as e:
+                ap.error(f"--grid {item!r}: {e}")
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")
     defaults = {name: getattr(AnnotatorConfig(), name) for name in grid}
     for name, values in grid.items():
         if defaults[name] not in values:
-            ap.error(f"--grid {name}: the default {defaults[name]:g} must be one of its values {values}")
+            ap.error(f"--grid {name}: the default {shown(defaults[name])} must be one of its values "
+                     f"{', '.join(shown(v) for v in values)}")
     if not Path(args.data).is_dir():
         ap.error(f"no datasets: {args.data} is not a folder (the datasets are what this leaves out)")
     seeds = [int(s) for s in args.synthetic_seeds.split(",") if s.strip()]
     _SETS[:] = real_sets(Path(args.data), args.datasets.split(",") if args.datasets else None) + synthetic_sets(seeds)
     names = [s.name for s in _SETS]
+    groups = sorted({group_of(n) for n in names})
+    if len(groups) < 2 or groups == [SYNTHETIC]:
+        ap.error(f"a dataset is left out for the others to choose: need a real dataset and at least one more group "
+                 f"(real datasets or --synthetic-seeds), got {groups or 'none'}")
     cache_path = Path(args.cache)
     cache = {"sets": names, "annotator": annotator_digest(), "counts": {}}
     if cache_path.is_file():
@@ -211,7 +225,7 @@ def main(argv=None) -> int:
     rows.append(["(none left out: the best mean over every group)",
                  f"{np.mean(list(base.values())):.2f}", f"{np.mean(list(every[1].values())):.2f} "
                  f"({describe(every[0], defaults)})", "", ""])
-    grid_text = "; ".join(f"`{k}` {', '.join(f'{v:g}' for v in vs)}" for k, vs in grid.items())
+    grid_text = "; ".join(f"`{k}` {', '.join(shown(v) for v in vs)}" for k, vs in grid.items())
     emit(f"{command_line()}\n\nGrid ({len(scored)} combinations): {grid_text}. IoU of the dataset left out "
          f"(a group's mean over its sets):",
          ["left out", "defaults", "chosen on the others: best mean", "chosen on the others: best worst group",
