@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # bench
 from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
-from annotation_datasets import CHUNK, real_sets, synthetic_sets
+from annotation_datasets import real_sets, run, synthetic_sets
 
 import d2d_ext
 from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
@@ -85,13 +85,9 @@ def pooled_counts(settings: dict) -> dict:
     annotate = Annotator(config_from_dict(settings)).annotate
     out = {}
     for s in _SETS:
-        inter = union = 0
-        for k in range(0, len(s.images), CHUNK):
-            masks = annotate(s.images[k:k + CHUNK], s.points[k:k + CHUNK])
-            for pred, gt in zip(masks, s.masks[k:k + CHUNK]):
-                inter += int(np.count_nonzero(pred & gt))
-                union += int(np.count_nonzero(pred | gt))
-        out[s.name] = [inter, union]
+        masks = run(annotate, s)[0]  # in the chunks every benchmark of annotation_datasets uses
+        out[s.name] = [sum(int(np.count_nonzero(p & g)) for p, g in zip(masks, s.masks)),
+                       sum(int(np.count_nonzero(p | g)) for p, g in zip(masks, s.masks))]
     return out
 
 
