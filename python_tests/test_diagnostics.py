@@ -27,6 +27,7 @@ annotation_crowded = load_benchmark("annotation/annotation_crowded")
 annotation_files = load_benchmark("annotation/annotation_files")
 annotation_datasets = load_benchmark("annotation/annotation_datasets")
 settings_leaveout = load_benchmark("annotation/settings_leaveout")
+probe_sweep = load_benchmark("annotation/probe_sweep")
 bit_hashes = load_benchmark("ops/bit_hashes")
 bad_pixel_search = load_benchmark("annotation/bad_pixel_search")
 setup_cost = load_benchmark("ops/setup_cost")
@@ -670,6 +671,80 @@ def test_settings_leaveout_table_and_cache(tmp_path, capsys):
                                 "--cache", str(tmp_path / "d.json")])
     assert "need a real dataset and at least one more group" in capsys.readouterr().err
     assert not (tmp_path / "d.json").exists()  # refused before anything is annotated or written
+
+
+def test_probe_sweep_reads_each_probe_as_annotation_datasets_does():
+    """A probe is a line of annotation_datasets.py options read by that script's parser; one that
+    sets what the sweep sets (settings, data), or one that parser or its checks refuse, is refused
+    naming the probe."""
+    common = ["--data", "/nonexistent", "--synthetic-seeds", ""]
+    args = probe_sweep.probe_args("--zoom 2 --blur 1", common)
+    assert args.zoom == 2 and args.blur == 1.0 and args.synthetic_seeds == ""
+    assert "sampled 2x finer" in annotation_datasets.probe_description(args)
+    assert annotation_datasets.probe_description(probe_sweep.probe_args("", common)) == ""
+    for bad, why in (("--set steps=128", "--set is the sweep's"), ("--data /tmp", "--data is the sweep's"),
+                     ("--jpeg 500", "--jpeg must be"), ("--no-such-probe", "unrecognized"),
+                     ("--zoom two", "invalid int"), ("--blur '1", "quotation")):
+        with pytest.raises(ValueError) as e:
+            probe_sweep.probe_args(bad, common)
+        assert f"--probe {bad!r}" in str(e.value) and why in str(e.value)
+
+
+def test_probe_sweep_names_each_loss_beyond_the_limit():
+    """Between two sweeps: every set and probe that fell by more than LOSS, most first, and the
+    largest gain; pairs only one sweep holds are passed over."""
+    before = {"": {"A": {"iou": 70.0}, "B": {"iou": 60.0}}, "--zoom 2": {"A": {"iou": 50.0}},
+              "--blur 1": {"A": {"iou": 40.0}}}
+    after = {"": {"A": {"iou": 69.6}, "B": {"iou": 58.0}}, "--zoom 2": {"A": {"iou": 51.0}, "C": {"iou": 0.0}}}
+    fell, best = probe_sweep.losses(before, after)
+    assert [(round(c, 6), p, s) for c, p, s in fell] == [(-2.0, "", "B")]
+    assert best == (1.0, "--zoom 2", "A")
+    assert probe_sweep.losses(before, after, limit=0.3)[0][1][1:] == ("", "A")
+    assert probe_sweep.losses(before, before) == ([], None)
+
+
+def test_probe_sweep_table_cache_and_against(dataset, tmp_path, capsys):
+    """Each probe's IoU is what annotation_datasets.py prints for that probe; the cache makes a
+    rerun sweep nothing and refuses other settings or another version; ``--against`` another
+    sweep's cache shows before -> after and names the losses."""
+    data = Path(dataset).parent
+    argv = ["--data", str(data), "--synthetic-seeds", "", "--probe", "", "--probe", "--jitter 1", "--jobs", "1"]
+    first, second, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "t.md"
+    assert probe_sweep.main(argv + ["--cache", str(first), "--out", str(out)]) == 0
+    assert "2 of 2 probes to sweep" in capsys.readouterr().err
+    stored = json.loads(first.read_text())
+    assert set(stored["probes"]) == {"", "--jitter 1"} and stored["settings"] == {}
+    names = {s.name for s in annotation_datasets.real_sets(data)}
+    md = tmp_path / "d.md"
+    assert annotation_datasets.main(["--data", str(data), "--synthetic-seeds", "", "--jitter", "1", "--out", str(md)]) == 0
+    ours = {line.split(" | ")[0][2:]: float(line.split(" | ")[2]) for line in md.read_text().splitlines()
+            if line.startswith("| ") and " | ours | " in line}
+    assert set(stored["probes"]["--jitter 1"]) == names == set(ours)
+    assert all(abs(stored["probes"]["--jitter 1"][n]["iou"] - ours[n]) < 0.006 for n in names)
+    assert all(f"| `--jitter 1` | {n} | " in out.read_text() for n in names)
+    capsys.readouterr()
+    assert probe_sweep.main(argv + ["--cache", str(first)]) == 0
+    assert "0 of 2 probes to sweep" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        probe_sweep.main(argv + ["--cache", str(first), "--set", "low_fraction=0.9"])
+    assert "with other settings" in capsys.readouterr().err
+    first.write_text(json.dumps(dict(stored, annotator="0" * 16)))  # as another version of d2d_ext left it
+    with pytest.raises(SystemExit):
+        probe_sweep.main(argv + ["--cache", str(first)])
+    assert "another version of d2d_ext" in capsys.readouterr().err
+    first.write_text(json.dumps(stored))
+    assert probe_sweep.main(argv + ["--cache", str(second), "--set", "peak_fraction=0.8", "--set", "low_fraction=0.9",
+                                    "--against", str(first), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert all(f"| as they are | {n} | {stored['probes'][''][n]['iou']:.2f} -> " in text for n in names)
+    assert "lost more than 0.5 IoU: " in text and "lost more than 0.5 IoU: none" not in text
+    capsys.readouterr()
+    (tmp_path / "e.json").write_text("{}")
+    for against, why in ((md, "unreadable"), (tmp_path / "e.json", "not a probe_sweep.py cache")):
+        with pytest.raises(SystemExit):
+            probe_sweep.main(argv + ["--cache", str(tmp_path / "c.json"), "--against", str(against)])
+        assert f"--against {against}: {why}" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()  # refused before anything is annotated or written
 
 
 def test_bad_pixel_search_table(tmp_path, capsys):

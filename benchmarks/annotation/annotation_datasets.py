@@ -608,7 +608,8 @@ def table_rows(results: list) -> list:
              f"{r.recall:.1f}", r.worst[0][0], f"{r.ms:.2f}"] for name, method, r in results]
 
 
-def main(argv=None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`; ``probe_sweep.py`` reads each of its probes with it too."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="folder of datasets (BasicIRSTD / LESPS layout)")
     ap.add_argument("--datasets", help="comma-separated dataset names under --data (default: all)")
@@ -670,7 +671,11 @@ def main(argv=None) -> int:
                     help="round every image to N grey levels over [0, 1], after --ramp: a converter or file of "
                          "fewer bits")
     ap.add_argument("--out")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses (``ap.error``) options out of their range, each by name."""
     if not 0 <= args.jpeg <= 100:
         ap.error(f"--jpeg must be a JPEG quality from 1 to 100, got {args.jpeg}")
     if min(args.noise, args.stripes, args.row_stripes, args.ramp) < 0:
@@ -694,17 +699,23 @@ def main(argv=None) -> int:
                 raise ValueError
         except ValueError:
             ap.error(f"--hot must be 'beside' or a fraction between 0 and 1, got {args.hot!r}")
-    torch.set_num_threads(1)
-    settings = {}
-    if args.settings:
-        settings.update(json.loads(Path(args.settings).read_text())["settings"])
-    settings.update(parse_settings(args.set))
+
+
+def load_sets(args: argparse.Namespace) -> list:
+    """The sets as they are: the real datasets of ``--data`` / ``--datasets``, then the synthetic
+    scenes of ``--synthetic-seeds``."""
     sets = []
     if Path(args.data).is_dir():
         sets += real_sets(Path(args.data), args.datasets.split(",") if args.datasets else None)
     else:
         print(f"no datasets: {args.data} is not a folder; synthetic scenes only", file=sys.stderr)
-    sets += synthetic_sets([int(s) for s in args.synthetic_seeds.split(",") if s.strip()])
+    return sets + synthetic_sets([int(s) for s in args.synthetic_seeds.split(",") if s.strip()])
+
+
+def probe_sets(args: argparse.Namespace, sets: list | None = None) -> list:
+    """The sets as ``args``' probes give them (sampling, crops, points, optics, sensor, file, mask
+    style; in that order), from ``sets`` (:func:`load_sets`' result, changed in place) or loaded."""
+    sets = load_sets(args) if sets is None else sets
     if args.zoom > 1:
         sets = [zoom_set(s, args.zoom) for s in sets]
     if args.shrink > 1:
@@ -747,9 +758,11 @@ def main(argv=None) -> int:
             add_hot_pixels(s, args.hot, repair=args.repair)
     for s in sets:
         restyle(s, args.dilate, args.glow)
-    against = {f"ours at {Path(f).name}": load_annotator_module(f, i) for i, f in enumerate(args.against)}
-    results = evaluate(sets, settings, args.worst, against=against, repeats=args.repeats)
-    counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
+    return sets
+
+
+def probe_description(args: argparse.Namespace) -> str:
+    """What ``args``' probes did to the sets, as ``"; "``-led clauses ("" for the sets as they are)."""
     grown = f"; ground truth grown by {args.dilate} px" if args.dilate > 0 else ""
     grown += f"; each target's glow drawn in at {args.glow} of its contrast" if args.glow > 0 else ""
     grown += f"; sampled {args.zoom}x finer" if args.zoom > 1 else ""
@@ -768,6 +781,23 @@ def main(argv=None) -> int:
     grown += f"; every image through 8-bit JPEG at quality {args.jpeg}" if args.jpeg else ""
     grown += f"; a plane rising by {args.ramp} of each image's range across it added (seed 0)" if args.ramp else ""
     grown += f"; every image rounded to {args.levels} grey levels" if args.levels else ""
+    return grown
+
+
+def main(argv=None) -> int:
+    ap = argument_parser()
+    args = ap.parse_args(argv)
+    check_args(ap, args)
+    torch.set_num_threads(1)
+    settings = {}
+    if args.settings:
+        settings.update(json.loads(Path(args.settings).read_text())["settings"])
+    settings.update(parse_settings(args.set))
+    sets = probe_sets(args)
+    against = {f"ours at {Path(f).name}": load_annotator_module(f, i) for i, f in enumerate(args.against)}
+    results = evaluate(sets, settings, args.worst, against=against, repeats=args.repeats)
+    counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
+    grown = probe_description(args)
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", TABLE_HEADER,
                 table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
