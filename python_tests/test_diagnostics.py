@@ -717,10 +717,12 @@ def test_probe_sweep_table_cache_and_against(dataset, tmp_path, capsys):
     names = {s.name for s in annotation_datasets.real_sets(data)}
     md = tmp_path / "d.md"
     assert annotation_datasets.main(["--data", str(data), "--synthetic-seeds", "", "--jitter", "1", "--out", str(md)]) == 0
-    ours = {line.split(" | ")[0][2:]: float(line.split(" | ")[2]) for line in md.read_text().splitlines()
-            if line.startswith("| ") and " | ours | " in line}
+    ours = {line.split(" | ")[0][2:]: [float(v) for v in line.split(" | ")[2:6]] for line in md.read_text().splitlines()
+            if line.startswith("| ") and " | ours | " in line}  # IoU, nIoU, Pd, Fa
     assert set(stored["probes"]["--jitter 1"]) == names == set(ours)
-    assert all(abs(stored["probes"]["--jitter 1"][n]["iou"] - ours[n]) < 0.006 for n in names)
+    for n in names:
+        r = stored["probes"]["--jitter 1"][n]
+        assert abs(r["iou"] - ours[n][0]) < 0.006 and abs(r["pd"] - ours[n][2]) < 0.006 and abs(r["fa"] - ours[n][3]) < 0.06
     assert all(f"| `--jitter 1` | {n} | " in out.read_text() for n in names)
     capsys.readouterr()
     assert probe_sweep.main(argv + ["--cache", str(first)]) == 0
@@ -740,7 +742,9 @@ def test_probe_sweep_table_cache_and_against(dataset, tmp_path, capsys):
     assert "lost more than 0.5 IoU: " in text and "lost more than 0.5 IoU: none" not in text
     capsys.readouterr()
     (tmp_path / "e.json").write_text("{}")
-    for against, why in ((md, "unreadable"), (tmp_path / "e.json", "not a probe_sweep.py cache")):
+    (tmp_path / "f.json").write_text(json.dumps({"probes": {"": {n: {"iou": 1.0} for n in names}}}))
+    for against, why in ((md, "unreadable"), (tmp_path / "e.json", "not a probe_sweep.py cache"),
+                         (tmp_path / "f.json", "not a probe_sweep.py cache of this version")):
         with pytest.raises(SystemExit):
             probe_sweep.main(argv + ["--cache", str(tmp_path / "c.json"), "--against", str(against)])
         assert f"--against {against}: {why}" in capsys.readouterr().err

@@ -12,8 +12,9 @@ centroid. Each probe is one line of ``annotation_datasets.py`` options (``--prob
 1"``; ``""`` is the sets as they are), read by that script's own parser and applied by its own
 functions, so a probe here means what it means there. Default: :data:`PROBES`.
 
-Per probe and set: the pooled IoU and the worst image's false-alarm pixels of the annotator with
-``--set`` / ``--settings`` (ours only; ``annotation_datasets.py`` has the baselines). Each probe's
+Per probe and set: the pooled IoU, Pd, Fa and the worst image's false-alarm pixels of the
+annotator with ``--set`` / ``--settings`` (ours only; ``annotation_datasets.py`` has the
+baselines). Each probe's
 result is kept in ``--cache`` (JSON, written atomically after each probe) and read back on a
 rerun, so an interrupted sweep resumes; a cache made by another version of ``d2d_ext`` (a digest
 of its sources and compiled extension), with other settings or on other sets, is refused.
@@ -69,6 +70,9 @@ LOSS = 0.5
 # is measured rather than the sets
 _NOT_PROBES = ("data", "datasets", "synthetic_seeds", "set", "settings", "against", "repeats", "worst", "out")
 
+# what the cache holds per probe and set (sweep_probe)
+FIELDS = ("iou", "pd", "fa", "worst_fa", "worst_image")
+
 _BASE: list = []  # the sets as they are, loaded once in the parent (the workers see them through fork)
 _SETTINGS: dict = {}
 
@@ -100,15 +104,16 @@ def probe_args(probe: str, common: list) -> argparse.Namespace:
 
 
 def sweep_probe(job: tuple) -> tuple:
-    """``(probe, {set name: {"iou", "worst_fa", "worst_image"}})``: the annotator at the sweep's
-    settings on the base sets as ``probe`` gives them."""
+    """``(probe, {set name: {"iou", "pd", "fa", "worst_fa", "worst_image"}})``: the annotator at
+    the sweep's settings on the base sets as ``probe`` gives them."""
     probe, args = job
     torch.set_num_threads(1)
     annotate = Annotator(config_from_dict(_SETTINGS)).annotate
     out = {}
     for s in probe_sets(args, copy.deepcopy(_BASE)):
         r = score(s, run(annotate, s)[0], 0.0, worst=1)
-        out[s.name] = {"iou": round(float(r.iou), 4), "worst_fa": int(r.worst[0][0]), "worst_image": str(r.worst[0][1])}
+        out[s.name] = {"iou": round(float(r.iou), 4), "pd": round(float(r.pd), 4), "fa": round(float(r.fa), 4),
+                       "worst_fa": int(r.worst[0][0]), "worst_image": str(r.worst[0][1])}
     return probe, out
 
 
@@ -119,6 +124,11 @@ def read_cache(path: Path, what: str) -> dict:
         raise DataError(f"{what} {path}: unreadable ({e})") from None
     if not isinstance(stored, dict) or not isinstance(stored.get("probes"), dict):
         raise DataError(f"{what} {path}: not a probe_sweep.py cache (no \"probes\")")
+    for probe, results in stored["probes"].items():
+        for name, r in results.items() if isinstance(results, dict) else [(None, None)]:
+            if not isinstance(r, dict) or not set(FIELDS) <= set(r):
+                raise DataError(f"{what} {path}: not a probe_sweep.py cache of this version (probe {probe!r}, "
+                                f"set {name!r}: expected {', '.join(FIELDS)})")
     return stored
 
 
@@ -211,16 +221,19 @@ def main(argv=None) -> int:
         for name, r in after[p].items():
             b = (before or {}).get(p, {}).get(name)
             if before is None:
-                rows.append([label, name, f"{r['iou']:.2f}", f"{r['worst_fa']} ({r['worst_image']})"])
+                rows.append([label, name, f"{r['iou']:.2f}", f"{r['pd']:.2f}", f"{r['fa']:.1f}",
+                             f"{r['worst_fa']} ({r['worst_image']})"])
             elif b is None:
-                rows.append([label, name, f"(none) -> {r['iou']:.2f}", "", f"{r['worst_fa']} ({r['worst_image']})"])
+                rows.append([label, name, f"(none) -> {r['iou']:.2f}", "", f"(none) -> {r['pd']:.2f}",
+                             f"(none) -> {r['fa']:.1f}", f"{r['worst_fa']} ({r['worst_image']})"])
             else:
                 rows.append([label, name, f"{b['iou']:.2f} -> {r['iou']:.2f}", f"{r['iou'] - b['iou']:+.2f}",
+                             f"{b['pd']:.2f} -> {r['pd']:.2f}", f"{b['fa']:.1f} -> {r['fa']:.1f}",
                              f"{b['worst_fa']} -> {r['worst_fa']} ({r['worst_image']})"])
     shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "default"
     title = f"settings {shown}; command: `{command_line()}`"
     if before is None:
-        emit(title, ["probe", "set", "IoU", "worst image's Fa px"], rows, args.out)
+        emit(title, ["probe", "set", "IoU", "Pd", "Fa (1e-6)", "worst image's Fa px"], rows, args.out)
         return 0
     fell, best = losses(before, after)
     title += f"; before: {args.against}"
@@ -228,8 +241,8 @@ def main(argv=None) -> int:
              ("; ".join(f"{s} under {f'`{p}`' if p else 'as they are'} {c:+.2f}" for c, p, s in fell) or "none") + "."]
     if best is not None:
         lines.append(f"Largest gain: {best[2]} under {f'`{best[1]}`' if best[1] else 'as they are'} {best[0]:+.2f}.")
-    text = emit(title, ["probe", "set", "IoU before -> after", "change", "worst image's Fa px before -> after"],
-                rows)
+    text = emit(title, ["probe", "set", "IoU before -> after", "change", "Pd", "Fa (1e-6)",
+                        "worst image's Fa px before -> after"], rows)
     print("\n".join(lines))
     if args.out:
         write_bytes_atomic(args.out, (text + "\n" + "\n".join(lines) + "\n").encode())
