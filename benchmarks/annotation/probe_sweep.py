@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # bench
 from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
-from annotation_datasets import argument_parser, check_args, load_sets, probe_description, probe_sets, run, score
+from annotation_datasets import argument_parser, check_args, load_sets, probe_sets, run, score
 from settings_leaveout import annotator_digest
 
 from d2d_ext.annotate import Annotator, config_from_dict
@@ -86,16 +86,12 @@ def probe_args(probe: str, common: list) -> argparse.Namespace:
         words = shlex.split(probe)
     except ValueError as e:
         raise ValueError(f"--probe {probe!r}: {e}") from None
-    ap.exit_on_error = False
 
     def refuse(message):
         raise ValueError(f"--probe {probe!r}: {message}")
 
-    ap.error = refuse
-    try:
-        args = ap.parse_args(common + words)  # a probe's --data (say) comes last, read, and refused below
-    except argparse.ArgumentError as e:
-        refuse(str(e))
+    ap.error = refuse  # argparse reports every bad option through it (and check_args too)
+    args = ap.parse_args(common + words)  # a probe's --data (say) comes last, read, and refused below
     for name in _NOT_PROBES:
         if getattr(args, name) != getattr(defaults, name):
             refuse(f"--{name.replace('_', '-')} is the sweep's to set, not a probe's")
