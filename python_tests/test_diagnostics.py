@@ -682,6 +682,8 @@ def test_probe_sweep_reads_each_probe_as_annotation_datasets_does():
     assert args.zoom == 2 and args.blur == 1.0 and args.synthetic_seeds == ""
     assert "sampled 2x finer" in annotation_datasets.probe_description(args)
     assert annotation_datasets.probe_description(probe_sweep.probe_args("", common)) == ""
+    described = [annotation_datasets.probe_description(probe_sweep.probe_args(p, common)) for p in probe_sweep.PROBES]
+    assert described[0] == "" and all(described[1:])  # every default probe is an option that changes the sets
     for bad, why in (("--set steps=128", "--set is the sweep's"), ("--data /tmp", "--data is the sweep's"),
                      ("--jpeg 500", "--jpeg must be"), ("--no-such-probe", "unrecognized"),
                      ("--zoom two", "invalid int"), ("--blur '1", "quotation")):
