@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # bench
 from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
-from annotation_datasets import real_sets, run, synthetic_sets
+from annotation_datasets import load_sets, run
 
 import d2d_ext
 from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
@@ -178,8 +178,7 @@ def main(argv=None) -> int:
                      f"{', '.join(shown(v) for v in values)}")
     if not Path(args.data).is_dir():
         ap.error(f"no datasets: {args.data} is not a folder (the datasets are what this leaves out)")
-    seeds = [int(s) for s in args.synthetic_seeds.split(",") if s.strip()]
-    _SETS[:] = real_sets(Path(args.data), args.datasets.split(",") if args.datasets else None) + synthetic_sets(seeds)
+    _SETS[:] = load_sets(args)
     names = [s.name for s in _SETS]
     groups = sorted({group_of(n) for n in names})
     if len(groups) < 2 or groups == [SYNTHETIC]:
