@@ -69,7 +69,8 @@ larger side, each image in its own seeded direction (:func:`add_ramp`, after the
 trip): a background that is not flat (a sky's gradient towards the horizon, a lens's shading),
 seen through each target's windows as a slope. ``--levels N`` rounds every image to ``N`` grey
 levels over [0, 1] (:func:`quantize_images`, last): a converter or a file of fewer bits than the
-scene's contrast needs, which cuts a faint target to a few steps.
+scene's contrast needs, which cuts a faint target to a few steps. ``probe_sweep.py`` runs a
+change to the annotator under all of these at once (its ``PROBES``) and compares two such runs.
 """
 
 from __future__ import annotations
