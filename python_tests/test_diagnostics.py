@@ -613,6 +613,22 @@ def test_annotation_datasets_against_another_version(dataset, tmp_path):
         assert rows[(f"| {n}", "ours at other.py")] != ours
 
 
+def test_annotation_datasets_reads_settings_as_d2d_annotate_does(tmp_path, capsys):
+    """``--settings`` and ``--set`` as ``d2d annotate`` reads them (``--set`` wins, each value as
+    its field's type); a file without a "settings" object, or an unknown setting, is refused by
+    name before anything is annotated."""
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({"settings": {"low_fraction": 0.35, "half_sizes": [6, 8]}}))
+    bad.write_text(json.dumps({"low_fraction": 0.35}))
+    args = annotation_datasets.argument_parser().parse_args(["--settings", str(good), "--set", "low_fraction=0.4"])
+    assert annotation_datasets.read_settings(args) == {"low_fraction": 0.4, "half_sizes": (6, 8)}
+    for argv, why in ((["--settings", str(bad)], 'has no "settings" object'),
+                      (["--set", "no_such_setting=1"], "unknown annotator settings")):
+        with pytest.raises(SystemExit):
+            annotation_datasets.main(["--synthetic-seeds", "", "--data", str(tmp_path / "none")] + argv)
+        assert why in capsys.readouterr().err
+
+
 def test_settings_leaveout_chooses_on_the_other_groups_only():
     """A dataset left out is scored under the combination best on the others (by their mean, and
     by their worst), beside the defaults and its own best; the synthetic group is never left out."""

@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -95,8 +94,9 @@ from workspace import SHARED_DATA  # noqa: E402
 
 from d2d_ext.annotate import Annotator, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
+from d2d_ext.calibrate import checked_settings, load_settings
 from d2d_ext.cli import parse_settings
-from d2d_ext.data import IRDataset
+from d2d_ext.data import DataError, IRDataset
 from d2d_ext.metrics import EIGHT_CONNECTED, ISTDMetrics, match_targets
 from d2d_ext.morphology import grow
 from d2d_ext.points import centroid_points, coarse_points, point_pixel
@@ -785,15 +785,24 @@ def probe_description(args: argparse.Namespace) -> str:
     return grown
 
 
+def read_settings(args: argparse.Namespace) -> dict:
+    """The annotator settings of ``--settings`` (a file as ``d2d calibrate`` writes) and ``--set``
+    (which wins), each as its field's type, as ``d2d annotate`` reads them; raises
+    :class:`DataError` naming the file or setting at fault."""
+    settings = load_settings(args.settings) if args.settings else {}
+    settings.update(checked_settings(parse_settings(args.set), "--set"))
+    return settings
+
+
 def main(argv=None) -> int:
     ap = argument_parser()
     args = ap.parse_args(argv)
     check_args(ap, args)
     torch.set_num_threads(1)
-    settings = {}
-    if args.settings:
-        settings.update(json.loads(Path(args.settings).read_text())["settings"])
-    settings.update(parse_settings(args.set))
+    try:
+        settings = read_settings(args)
+    except DataError as e:
+        ap.error(str(e))
     sets = probe_sets(args)
     against = {f"ours at {Path(f).name}": load_annotator_module(f, i) for i, f in enumerate(args.against)}
     results = evaluate(sets, settings, args.worst, against=against, repeats=args.repeats)

@@ -44,11 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # bench
 from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
-from annotation_datasets import argument_parser, check_args, load_sets, probe_sets, run, score
+from annotation_datasets import argument_parser, check_args, load_sets, probe_sets, read_settings, run, score
 from settings_leaveout import annotator_digest
 
 from d2d_ext.annotate import Annotator, config_from_dict
-from d2d_ext.cli import parse_settings
 from d2d_ext.files import DataError, write_bytes_atomic
 
 #: The probes a change to the annotator is measured under (``annotation_datasets.py`` options):
@@ -155,13 +154,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")
-    settings = {}
     try:
-        if args.settings:
-            settings.update(json.loads(Path(args.settings).read_text())["settings"])
-        settings.update(parse_settings(args.set))
+        settings = read_settings(args)
         config_from_dict(settings)
-    except (OSError, KeyError, ValueError, DataError) as e:
+    except (ValueError, DataError) as e:
         ap.error(f"settings: {e}")
     common = ["--data", args.data, "--synthetic-seeds", args.synthetic_seeds]
     common += ["--datasets", args.datasets] if args.datasets else []
