@@ -69,6 +69,7 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
@@ -85,6 +86,7 @@ from .windows import check_points, find_peak, outer_band, snap, strict_component
 
 __all__ = [
     "AnnotatorConfig",
+    "SETTING_SPANS",
     "DiffusionParams",
     "TargetBatch",
     "Annotator",
@@ -102,6 +104,70 @@ __all__ = [
     "fuse_prior",
     "point_pixel",
 ]
+
+
+class Span(NamedTuple):
+    """The values a number setting of :class:`AnnotatorConfig` may take: from ``low`` to ``high``
+    (None: no bound), each end included unless ``open`` names it (``"low"``, ``"high"``,
+    ``"both"``); ``whole`` for a count (pixels, steps, segments). ``what`` says what the number is,
+    for the error."""
+
+    low: float | None
+    high: float | None = None
+    whole: bool = False
+    open: str = ""
+    what: str = "a number"
+
+    def checked(self, name: str, value):
+        """``value`` as the setting's type (int for a count, float otherwise), or ``ValueError``
+        naming ``name``, what it must be and ``value``: a value outside the span would otherwise
+        fail deep inside the search, or be taken without meaning anything."""
+        number = not isinstance(value, bool) and isinstance(value, (int, np.integer) if self.whole else
+                                                           (int, float, np.integer, np.floating))
+        low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
+        ok = number and math.isfinite(value) and (
+            self.low is None or (value > self.low if low_open else value >= self.low)) and (
+            self.high is None or (value < self.high if high_open else value <= self.high))
+        if not ok:
+            if self.high is None:
+                bound = f"{'>' if low_open else '>='} {self.low:g}"
+            else:
+                bound = f"in {'(' if low_open else '['}{self.low:g}, {self.high:g}{')' if high_open else ']'}"
+            raise ValueError(f"annotator setting {name} must be {self.what} {bound}, got {value!r}")
+        return int(value) if self.whole else float(value)
+
+
+_PIXELS = "a whole number of pixels"
+_FRACTION = "a fraction of the target's amplitude"
+#: Every number setting of :class:`AnnotatorConfig` and the values it may take (the window sizes
+#: and ``destripe`` are checked on their own).
+SETTING_SPANS = {
+    "snap_radius": Span(0, whole=True, what=_PIXELS),
+    "snap_reach": Span(0, whole=True, what=_PIXELS),
+    "settle_fraction": Span(0, 1, what=_FRACTION),
+    "side_cover": Span(0, 1, what="a share of a band's side"),
+    "plateau_step": Span(0, 1, open="high", what=_FRACTION),
+    "band": Span(1, whole=True, what=_PIXELS),
+    "k_sigma": Span(0, what="a number of noise spreads"),
+    "lone_peak_pixels": Span(0, whole=True, what=_PIXELS),
+    "skirt_ratio": Span(0, what="a ratio of edge slopes"),
+    "peak_fraction": Span(0, 1, open="both", what=_FRACTION),
+    "fraction_step": Span(0, 1, what=_FRACTION),
+    "field_grow": Span(0, open="low", what="a factor"),
+    "field_half_max": Span(1, whole=True, what=_PIXELS),
+    "steps": Span(0, whole=True, what="a whole number of diffusion steps"),
+    "steps_extent": Span(1, whole=True, what=_PIXELS),
+    "steps_max": Span(0, whole=True, what="a whole number of diffusion steps"),
+    "slic_segments": Span(1, whole=True, what="a whole number of segments"),
+    "slic_compactness": Span(0, open="low", what="a number"),
+    "low_fraction": Span(0, 1, what="a contrast fraction"),
+    "level": Span(0, 1, what="a level of the fused label"),
+    "halo_cover": Span(0, 1, what="a share of a ring"),
+    "edge_ratio": Span(0, what="a ratio of edge slopes"),
+    "centre_shift": Span(0, what="a distance in pixels"),
+    "point_radius": Span(0, 8, open="high", what="a distance in pixels"),
+    "mask_margin": Span(0, whole=True, what=_PIXELS),
+}
 
 
 @dataclass(frozen=True)
@@ -187,19 +253,15 @@ class AnnotatorConfig:
                     any(b <= a for a, b in zip(sizes, sizes[1:])):
                 raise ValueError(f"annotator setting {name} must hold increasing whole numbers >= 1, got {list(sizes)}")
             object.__setattr__(self, name, tuple(int(h) for h in sizes))
-        for name in ("snap_reach", "mask_margin"):
-            pixels = getattr(self, name)
-            if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or pixels < 0:
-                raise ValueError(f"annotator setting {name} must be a whole number of pixels >= 0, got {pixels!r}")
-            object.__setattr__(self, name, int(pixels))
-        if isinstance(self.point_radius, bool) or not isinstance(self.point_radius, (int, float, np.integer, np.floating)) \
-                or not 0 <= self.point_radius < 8:
-            raise ValueError(f"annotator setting point_radius must be a distance in pixels, at least 0 and under 8, got {self.point_radius!r}")
-        object.__setattr__(self, "point_radius", float(self.point_radius))
+        for name, span in SETTING_SPANS.items():
+            object.__setattr__(self, name, span.checked(name, getattr(self, name)))
         if self.destripe not in AXES:
             raise ValueError(f"annotator setting destripe must be one of {', '.join(AXES)}, got {self.destripe!r}")
         if not self.half_sizes:
             raise ValueError("annotator setting half_sizes must hold at least one window half-size")
+        if self.half_sizes[0] < self.band:
+            raise ValueError(f"annotator setting half_sizes must start at band ({self.band}) or above: a window's "
+                             f"outer band must leave its peak inside it, got {list(self.half_sizes)}")
         if self.wide_half_sizes and self.wide_half_sizes[0] <= self.half_sizes[-1]:
             raise ValueError(f"annotator setting wide_half_sizes must lie above half_sizes (the largest is "
                              f"{self.half_sizes[-1]}), got {list(self.wide_half_sizes)}")

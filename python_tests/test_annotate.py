@@ -1,5 +1,6 @@
 """The annotator: points to pseudo-masks (d2d_ext.annotate)."""
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ from scipy import ndimage
 
 from conftest import load_benchmark
 from d2d_ext.annotate import (
+    SETTING_SPANS,
     Annotator,
     AnnotatorConfig,
     DiffusionParams,
@@ -24,6 +26,7 @@ from d2d_ext.annotate import (
     target_steps,
 )
 from d2d_ext import annotate as annotate_module
+from d2d_ext.calibrate import GRIDS
 from d2d_ext import windows
 from d2d_ext.data import IRDataset
 from d2d_ext.metrics import ISTDMetrics, match_targets
@@ -94,6 +97,7 @@ def test_image_without_points_gives_an_empty_mask():
     ({"half_sizes": [6, 8.5]}, "whole numbers"),
     ({"half_sizes": [0, 6]}, ">= 1"),
     ({"wide_half_sizes": [20, 40]}, "above half_sizes"),
+    ({"half_sizes": [1, 6]}, "start at band (2)"),
     ({"half_sizes": "6"}, "list of window half-sizes"),
 ])
 def test_bad_window_sizes_are_refused_naming_the_setting(values, words):
@@ -129,6 +133,44 @@ def test_a_bad_whole_pixel_count_is_refused_naming_it(setting, value):
 def test_a_bad_point_radius_is_refused_naming_it(value):
     with pytest.raises(ValueError, match="point_radius must be a distance"):
         config_from_dict({"point_radius": value})
+
+
+def _outside(span) -> list:
+    """Values a setting of ``span`` (:data:`SETTING_SPANS`) may not take: just past each end (the
+    end itself where it is open), not a number, a truth value, a word, and a fraction for a count."""
+    out = [float("nan"), float("inf"), True, "1"]
+    step = 1 if span.whole else 0.01
+    if span.low is not None:
+        out.append(span.low if span.open in ("low", "both") else span.low - step)
+    if span.high is not None:
+        out.append(span.high if span.open in ("high", "both") else span.high + step)
+    if span.whole:
+        out.append(span.low + 0.5)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SETTING_SPANS))
+def test_a_setting_outside_its_span_is_refused_naming_it(name):
+    """Every number setting is checked when the settings are made: a value outside its span
+    would fail deep inside the search (``band`` 0) or be taken without meaning anything (a
+    ``peak_fraction`` above 1, negative ``steps``). Its closed ends are taken, as its type."""
+    span = SETTING_SPANS[name]
+    for value in _outside(span):
+        with pytest.raises(ValueError, match=f"annotator setting {name} must be"):
+            config_from_dict({name: value})
+    for end, side in ((span.low, "low"), (span.high, "high")):
+        if end is not None and span.open not in (side, "both"):
+            taken = getattr(config_from_dict({name: end}), name)
+            assert taken == end and type(taken) is (int if span.whole else float)
+
+
+def test_every_number_setting_has_a_span_that_holds_its_default_and_calibrate_grid():
+    numbers = {f.name for f in dataclasses.fields(AnnotatorConfig)
+               if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)}
+    assert numbers == set(SETTING_SPANS)
+    for name, values in GRIDS.items():
+        for value in values:
+            assert getattr(config_from_dict({name: value}), name) == value
 
 
 def test_a_point_source_gets_the_disc_its_blur_covers():

@@ -89,6 +89,25 @@ def test_a_choice_is_set_by_its_word(dataset, tmp_path, capsys):
     assert not (tmp_path / "n").exists()
 
 
+@pytest.mark.parametrize("setting, words", [
+    ("band=0", "band must be a whole number of pixels >= 1, got 0"),
+    ("peak_fraction=1.5", "peak_fraction must be a fraction of the target's amplitude in (0, 1), got 1.5"),
+    ("steps=-3", "steps must be a whole number of diffusion steps >= 0, got -3"),
+])
+def test_a_setting_out_of_its_range_is_refused_before_anything_is_written(dataset, tmp_path, capsys, setting, words):
+    """A number no annotator setting can take (``band`` 0 failed deep in the window search, a
+    ``peak_fraction`` above 1 or negative ``steps`` were taken without meaning anything) is an
+    error naming the setting, from ``--set`` and from a ``--settings`` file alike."""
+    code = main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "n"), "--quiet", "--set", setting])
+    assert code == 2 and words in capsys.readouterr().err
+    name, value = setting.split("=")
+    (tmp_path / "s.json").write_text(json.dumps({"settings": {name: float(value)}}))
+    code = main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "n"), "--quiet",
+                 "--settings", str(tmp_path / "s.json")])
+    assert code == 2 and f"{name} must be" in capsys.readouterr().err
+    assert not (tmp_path / "n").exists()
+
+
 def test_evaluate_matches_the_metrics_module(dataset, tmp_path, capsys):
     out = tmp_path / "m"
     annotate_dataset(dataset, "test", "centroid", out, progress=False)

@@ -162,6 +162,10 @@ def test_annotation_crowded_table(tmp_path, capsys):
     with pytest.raises(SystemExit):
         annotation_crowded.main(["--scenes", "1", "--sizes", "96y96"])
     assert "--sizes" in capsys.readouterr().err
+    for setting, why in (("no_such_setting=1", "unknown annotator settings"), ("level=2", "level must be")):
+        with pytest.raises(SystemExit):  # refused by name before any scene is made
+            annotation_crowded.main(["--scenes", "1", "--sizes", "96", "--set", setting])
+        assert why in capsys.readouterr().err
 
 
 def test_annotation_files_table(tmp_path, capsys):
@@ -622,11 +626,18 @@ def test_annotation_datasets_reads_settings_as_d2d_annotate_does(tmp_path, capsy
     bad.write_text(json.dumps({"low_fraction": 0.35}))
     args = annotation_datasets.argument_parser().parse_args(["--settings", str(good), "--set", "low_fraction=0.4"])
     assert annotation_datasets.read_settings(args) == {"low_fraction": 0.4, "half_sizes": (6, 8)}
+    wide = tmp_path / "wide.json"
+    wide.write_text(json.dumps({"settings": {"band": 8}}))  # the first window (6) inside its own band
     for argv, why in ((["--settings", str(bad)], 'has no "settings" object'),
-                      (["--set", "no_such_setting=1"], "unknown annotator settings")):
+                      (["--set", "no_such_setting=1"], "unknown annotator settings"),
+                      (["--set", "band=0"], "band must be a whole number of pixels >= 1"),
+                      (["--settings", str(wide)], "half_sizes must start at band (8)")):
         with pytest.raises(SystemExit):
             annotation_datasets.main(["--synthetic-seeds", "", "--data", str(tmp_path / "none")] + argv)
         assert why in capsys.readouterr().err
+    # the settings are checked together: a file's band with --set's windows
+    args = annotation_datasets.argument_parser().parse_args(["--settings", str(wide), "--set", "half_sizes=[8,12]"])
+    assert annotation_datasets.read_settings(args) == {"band": 8, "half_sizes": (8, 12)}
 
 
 def test_settings_leaveout_chooses_on_the_other_groups_only():
@@ -678,7 +689,7 @@ def test_settings_leaveout_table_and_cache(tmp_path, capsys):
     with pytest.raises(SystemExit):
         settings_leaveout.main(argv[:6] + ["--grid", "peak_fraction=0.2,0.4", "--cache", str(tmp_path / "d.json")])
     assert "must be one of its values" in capsys.readouterr().err
-    for bad in ("no_such_setting=1,2", "peak_fraction=0.3,0..4"):
+    for bad in ("no_such_setting=1,2", "peak_fraction=0.3,0..4", "peak_fraction=0.3,1.5"):
         with pytest.raises(SystemExit):
             settings_leaveout.main(argv[:6] + ["--grid", bad, "--cache", str(tmp_path / "d.json")])
         assert f"--grid '{bad}'" in capsys.readouterr().err

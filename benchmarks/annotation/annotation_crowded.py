@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # annotation_datasets
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # md_table
-from annotation_datasets import TABLE_HEADER, EvalSet, evaluate, scene_set, table_rows  # noqa: E402
+from annotation_datasets import TABLE_HEADER, EvalSet, evaluate, read_settings, scene_set, table_rows  # noqa: E402
 from md_table import command_line, emit  # noqa: E402
 
-from d2d_ext.cli import parse_settings
+from d2d_ext.data import DataError
 from d2d_ext.sensor import parse_size
 from d2d_ext.synthetic import make_scene
 
@@ -63,12 +63,15 @@ def main(argv=None) -> int:
         ap.error(f"--sizes: {err}")
     if args.scenes < 1 or not counts or not sizes or min(counts) < 1:
         ap.error("--scenes and --targets must be whole numbers >= 1, --sizes must name a frame size")
+    try:
+        settings = read_settings(args)
+    except DataError as err:
+        ap.error(str(err))
     torch.set_num_threads(1)
     try:
         sets = [crowded_set(size, n, args.scenes, args.seed) for n in counts for size in sizes]
     except ValueError as err:  # more targets than the frame holds apart
         ap.error(str(err))
-    settings = parse_settings(args.set)
     results = evaluate(sets, settings, worst=1, repeats=args.repeats)
     emit(f"settings {settings or 'default'}; {args.scenes} synthetic SIRST-like scenes per row (seed {args.seed}); "
          f"command: `{command_line()}`", TABLE_HEADER, table_rows(results), args.out)

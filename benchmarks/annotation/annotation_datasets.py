@@ -787,10 +787,14 @@ def probe_description(args: argparse.Namespace) -> str:
 
 def read_settings(args: argparse.Namespace) -> dict:
     """The annotator settings of ``--settings`` (a file as ``d2d calibrate`` writes) and ``--set``
-    (which wins), each as its field's type, as ``d2d annotate`` reads them; raises
-    :class:`DataError` naming the file or setting at fault."""
-    settings = load_settings(args.settings) if args.settings else {}
+    (which wins), each as its field's type and within its span, as ``d2d annotate`` reads them;
+    raises :class:`DataError` naming the file or setting at fault, before any set is loaded."""
+    settings = load_settings(args.settings) if getattr(args, "settings", None) else {}
     settings.update(checked_settings(parse_settings(args.set), "--set"))
+    try:
+        config_from_dict(settings)  # the spans, and the window sizes against the band, of all of them together
+    except ValueError as err:
+        raise DataError(str(err)) from None
     return settings
 
 

@@ -165,9 +165,11 @@ def main(argv=None) -> int:
             values = [v.strip() for v in values.split(",") if v.strip()]
             if not hasattr(AnnotatorConfig(), name) or not values:
                 ap.error(f"--grid {item!r}: expected NAME=V1,V2,... with NAME an AnnotatorConfig setting")
-            try:  # numbers as --set reads them, a bare word (destripe=none,both) as itself
+            try:  # numbers as --set reads them, a bare word (destripe=none,both) as itself; each within its span
                 grid[name] = tuple(parse_settings([f"{name}={v}"])[name] for v in values)
-            except DataError as e:
+                for v in grid[name]:
+                    config_from_dict({name: v})
+            except (DataError, ValueError) as e:
                 ap.error(f"--grid {item!r}: {e}")
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")
