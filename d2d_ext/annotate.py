@@ -69,7 +69,6 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
@@ -79,6 +78,7 @@ import torch
 from skimage.segmentation import slic
 
 from .points import point_pixel  # noqa: F401  (part of this module's API)
+from .spans import Span
 from .diffusion import diffuse
 from .morphology import component, fill_holes, grow, label, split_at_valleys, target_part
 from .stripes import AXES, destripe
@@ -104,37 +104,6 @@ __all__ = [
     "fuse_prior",
     "point_pixel",
 ]
-
-
-class Span(NamedTuple):
-    """The values a number setting of :class:`AnnotatorConfig` may take: from ``low`` to ``high``
-    (None: no bound), each end included unless ``open`` names it (``"low"``, ``"high"``,
-    ``"both"``); ``whole`` for a count (pixels, steps, segments). ``what`` says what the number is,
-    for the error."""
-
-    low: float | None
-    high: float | None = None
-    whole: bool = False
-    open: str = ""
-    what: str = "a number"
-
-    def checked(self, name: str, value):
-        """``value`` as the setting's type (int for a count, float otherwise), or ``ValueError``
-        naming ``name``, what it must be and ``value``: a value outside the span would otherwise
-        fail deep inside the search, or be taken without meaning anything."""
-        number = not isinstance(value, bool) and isinstance(value, (int, np.integer) if self.whole else
-                                                           (int, float, np.integer, np.floating))
-        low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
-        ok = number and math.isfinite(value) and (
-            self.low is None or (value > self.low if low_open else value >= self.low)) and (
-            self.high is None or (value < self.high if high_open else value <= self.high))
-        if not ok:
-            if self.high is None:
-                bound = f"{'>' if low_open else '>='} {self.low:g}"
-            else:
-                bound = f"in {'(' if low_open else '['}{self.low:g}, {self.high:g}{')' if high_open else ']'}"
-            raise ValueError(f"annotator setting {name} must be {self.what} {bound}, got {value!r}")
-        return int(value) if self.whole else float(value)
 
 
 _PIXELS = "a whole number of pixels"
@@ -254,7 +223,7 @@ class AnnotatorConfig:
                 raise ValueError(f"annotator setting {name} must hold increasing whole numbers >= 1, got {list(sizes)}")
             object.__setattr__(self, name, tuple(int(h) for h in sizes))
         for name, span in SETTING_SPANS.items():
-            object.__setattr__(self, name, span.checked(name, getattr(self, name)))
+            object.__setattr__(self, name, span.checked(name, getattr(self, name), "annotator setting "))
         if self.destripe not in AXES:
             raise ValueError(f"annotator setting destripe must be one of {', '.join(AXES)}, got {self.destripe!r}")
         if not self.half_sizes:

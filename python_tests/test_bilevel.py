@@ -1,5 +1,6 @@
 """The bi-level trainer (d2d_ext.bilevel) and the train / test / select commands."""
 
+import dataclasses
 import json
 import math
 import re
@@ -283,7 +284,7 @@ def test_cli_passes_the_training_recipe_options(dataset, tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path / "bad"), "--weight-ema", "1"]) == 2
     assert "weight_ema must be in [0, 1)" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "bad"), "--meta-every", "0"]) == 2
-    assert "meta_every and theta_every must be >= 1" in capsys.readouterr().err
+    assert "meta_every must be >= 1, got 0" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "bad"), "--theta-lr", "-1"]) == 2
     assert "theta_lr must be >= 0" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "bad"), "--select", "val-pd"]) == 2
@@ -407,6 +408,25 @@ def test_a_run_from_before_a_setting_existed_resumes_with_its_default(dataset, t
         Trainer(dataset, run, tiny(epochs=2, meta_loss="pooled"), progress=False).load_state(state)
 
 
+def test_every_number_of_a_training_run_has_a_span_checked_before_the_run():
+    """Every number setting of :class:`TrainConfig` carries a span, holds its default, and is
+    refused outside it naming the setting: a crop of 0 pixels or a negative seed failed deep inside
+    the run, a negative learning rate or weight decay was torch's error, a negative loss weight was
+    taken."""
+    numbers = [f for f in dataclasses.fields(TrainConfig)
+               if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)]
+    assert numbers and all("span" in f.metadata for f in numbers)
+    TrainConfig().validate()
+    for f in numbers:
+        span = f.metadata["span"]
+        past = [span.low - (1 if span.whole else 0.01)]
+        if span.high is not None:
+            past.append(span.high if span.open in ("high", "both") else span.high + 0.01)
+        for value in past + [float("nan")]:
+            with pytest.raises(ValueError, match=f"^{f.name} must be"):
+                TrainConfig(**{f.name: value}).validate()
+
+
 def test_weight_ema_averages_every_step_and_is_what_validates_and_tests(dataset, tmp_path):
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="weight_ema must be in"):
@@ -454,7 +474,7 @@ def test_weight_ema_averages_every_step_and_is_what_validates_and_tests(dataset,
 
 
 def test_val_batch_size_sets_the_validation_crops_of_each_iteration(dataset, tmp_path):
-    with pytest.raises(ValueError, match="val_batch_size >= 0"):
+    with pytest.raises(ValueError, match="val_batch_size must be >= 0, got -1"):
         tiny(val_batch_size=-1).validate()
     trainer = Trainer(dataset, tmp_path / "r", tiny(epochs=2, val_batch_size=2), progress=False)
     meta_batches, forward_batches = [], []

@@ -3,8 +3,9 @@ is read from the command line.
 
 Every field carries its description in its metadata, which :mod:`d2d_ext.cli` turns into an
 option of ``train``: ``help`` (required), and where needed ``choices`` (with ``ignore_case``),
-``parse`` (text to value, raising ``ValueError`` with a message), ``flag`` (the option's name
-where it is not ``--name-with-dashes``) and ``metavar``. :func:`text_parser` says how a field's
+``span`` (the :class:`~d2d_ext.spans.Span` of values a number may take, which
+:meth:`TrainConfig.validate` checks), ``parse`` (text to value, raising ``ValueError`` with a
+message), ``flag`` (the option's name where it is not ``--name-with-dashes``) and ``metavar``. :func:`text_parser` says how a field's
 value is read from text; a default lives only in the dataclass.
 """
 
@@ -17,6 +18,7 @@ from typing import Callable
 
 from ..models import MODEL_NAMES
 from ..points import POINT_SOURCES, point_source, valid_point_source
+from ..spans import Span
 
 MODES = ("bilevel", "full", "naive", "fixed")
 META_LOSSES = ("per-sample", "pooled")
@@ -66,27 +68,30 @@ class TrainConfig:
     bad_pixels: str = _setting("", "the sensor's stuck pixels (nonzero in this image, or a folder of maps named WxH.png), "
                                    "repaired in every image read, for the labels and the detector alike, as annotate's "
                                    "--bad-pixels", metavar="MAP.png")
-    epochs: int = _setting(40, "training epochs")
-    warmup_epochs: int = _setting(8, "epochs of plain training before the bi-level steps (the paper: 80 of 400)")
-    theta_every: int = _setting(2, "epochs between theta updates (bi-level; the paper: 20 of 400)")
+    epochs: int = _setting(40, "training epochs", span=Span(0, whole=True))
+    warmup_epochs: int = _setting(8, "epochs of plain training before the bi-level steps (the paper: 80 of 400)",
+                                  span=Span(0, whole=True))
+    theta_every: int = _setting(2, "epochs between theta updates (bi-level; the paper: 20 of 400)",
+                                span=Span(1, whole=True))
     meta_every: int = _setting(4, "iterations between meta-classifier steps (bi-level; more make an epoch "
-                                  "cheaper; the reference code: 4)")
-    beta: float = _setting(0.1, "weight of the validation loss L_val in the detector's update (bi-level)")
+                                  "cheaper; the reference code: 4)", span=Span(1, whole=True))
+    beta: float = _setting(0.1, "weight of the validation loss L_val in the detector's update (bi-level)",
+                          span=Span(0))
     balance: bool = _setting(True, "ablation: alpha = 1 (the sample weights are not learned)")
     online_labels: bool = _setting(True, "ablation: never update theta (the pseudo-labels stay the first ones)")
     joint: bool = _setting(False, "ablation: direct joint learning (alpha and theta follow the training loss's "
                                   "gradient at every step, no look-ahead)")
-    lr: float = _setting(1e-3, "the detector's AdamW learning rate")
+    lr: float = _setting(1e-3, "the detector's AdamW learning rate", span=Span(0))
     schedule: str = _one_of("cosine", SCHEDULES, "learning rate: cosine (decays to 0 over the epochs, half a "
                                                  "cosine) or constant")
-    weight_decay: float = _setting(1e-4, "the detector's AdamW weight decay")
-    meta_lr: float = _setting(1e-3, "Adam's learning rate for the meta-classifier (bi-level)")
+    weight_decay: float = _setting(1e-4, "the detector's AdamW weight decay", span=Span(0))
+    meta_lr: float = _setting(1e-3, "Adam's learning rate for the meta-classifier (bi-level)", span=Span(0))
     theta_lr: float = _setting(1e-2, "Adam's learning rate for the diffusion parameters theta (bi-level); its "
                                      "first steps move each parameter by about this much whatever the gradient's "
-                                     "size")
+                                     "size", span=Span(0))
     inner_lr: float = _setting(1e-3, "learning rate of the look-ahead SGD step in the meta-classifier's "
                                      "hypergradient: small, in the linear regime (a large step overshoots and "
-                                     "inverts the weights)")
+                                     "inverts the weights)", span=Span(0))
     meta_loss: str = _one_of("per-sample", META_LOSSES, "the meta-classifier's validation loss: per-sample (mean "
                                                         "of the crops' soft-IoU) or pooled (one soft-IoU over the "
                                                         "validation batch)")
@@ -97,21 +102,27 @@ class TrainConfig:
     weight_ema: float = _setting(0.0, "keep an exponential moving average of the detector's weights and "
                                       "BatchNorm statistics with this decay per iteration (e.g. 0.99; 0: off); it "
                                       "validates, picks best.pt, guides theta and is what `test` scores, while "
-                                      "the training steps move the live weights", metavar="DECAY")
+                                      "the training steps move the live weights", metavar="DECAY",
+                                  span=Span(0, 1, open="high"))
     select: str = _one_of("val-loss", SELECTIONS, "what picks best.pt: val-loss (lowest mean per-image soft-IoU "
                                                   "loss on the validation images) or val-iou (highest validation "
                                                   "IoU, pixels pooled as the test scores them); against the "
                                                   "validation labels either way (pseudo-labels in point modes)")
-    batch_size: int = _setting(8, "training crops per iteration (per process when distributed)")
+    batch_size: int = _setting(8, "training crops per iteration (per process when distributed)",
+                               span=Span(1, whole=True))
     val_batch_size: int = _setting(0, "validation crops per bi-level iteration, for the beta term and the meta "
                                       "step (0: --batch-size); fewer make a bi-level iteration cheaper, since "
-                                      "the beta term runs the detector forward and backward on them too")
-    crop_size: int = _setting(128, "side of the square training crops in pixels (a multiple of 16)")
+                                      "the beta term runs the detector forward and backward on them too",
+                                  span=Span(0, whole=True))
+    crop_size: int = _setting(128, "side of the square training crops in pixels (a multiple of 16)",
+                              span=Span(16, whole=True))
     val_fraction: float = _setting(0.2, "share of the training split held out for validation (a seeded draw; "
-                                        "unused with --val-split)", parse=unit_fraction)
+                                        "unused with --val-split)", parse=unit_fraction, span=Span(0, 1))
     val_split: str = _setting("", "an explicit validation split instead of a share of --split", metavar="SPLIT")
-    surrogate_steps: int = _setting(16, "diffusion steps of the surrogate M(y; theta) in the theta step")
-    seed: int = _setting(0, "seed of the validation share, the initial weights, the crops and generated points")
+    surrogate_steps: int = _setting(16, "diffusion steps of the surrogate M(y; theta) in the theta step",
+                                  span=Span(0, whole=True))
+    seed: int = _setting(0, "seed of the validation share, the initial weights, the crops and generated points",
+                        span=Span(0, whole=True))
     train_split: str = _setting("train", "training split (validation is taken from it)", flag="--split",
                                 metavar="SPLIT")
 
@@ -123,18 +134,12 @@ class TrainConfig:
                 value = str(value).strip().lower()
             if choices is not None and value not in choices:
                 raise ValueError(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
+            if "span" in f.metadata:
+                f.metadata["span"].checked(f.name, value)
         if not valid_point_source(self.points):
             raise ValueError(f"points must be one of {POINT_SOURCES}, got {self.points!r}")
         if self.crop_size % 16:
             raise ValueError(f"crop_size must be a multiple of 16, got {self.crop_size}")
-        if not 0.0 <= self.weight_ema < 1.0:
-            raise ValueError(f"weight_ema must be in [0, 1) (0: off), got {self.weight_ema}")
-        if not self.theta_lr >= 0:
-            raise ValueError(f"theta_lr must be >= 0, got {self.theta_lr}")
-        if self.meta_every < 1 or self.theta_every < 1:
-            raise ValueError(f"meta_every and theta_every must be >= 1, got {self.meta_every} and {self.theta_every}")
-        if self.epochs < 0 or self.batch_size < 1 or self.val_batch_size < 0:
-            raise ValueError("epochs must be >= 0, batch_size >= 1 and val_batch_size >= 0")
 
 
 def text_parser(spec: dataclasses.Field) -> Callable[[str], object] | None:

@@ -1,0 +1,51 @@
+"""The values a number setting may take, checked where the settings are made.
+
+A :class:`Span` per setting (:data:`d2d_ext.annotate.SETTING_SPANS`, the ``span`` of a
+:class:`~d2d_ext.bilevel.config.TrainConfig` field's metadata): a value outside it would otherwise
+fail deep inside the work (a window inside its own band, a crop of no pixels) or be taken without
+meaning anything (a fraction above 1, negative steps), so it is refused naming the setting.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["Span"]
+
+
+class Span(NamedTuple):
+    """From ``low`` to ``high`` (None: no bound), each end included unless ``open`` names it
+    (``"low"``, ``"high"``, ``"both"``); ``whole`` for a count (pixels, steps, epochs). ``what``
+    says what the number is, for the error."""
+
+    low: float | None
+    high: float | None = None
+    whole: bool = False
+    open: str = ""
+    what: str = ""
+
+    def checked(self, name: str, value, owner: str = ""):
+        """``value`` as the setting's type (int for a count, float otherwise), or ``ValueError``
+        ``"<owner><name> must be <what> <span>, got <value>"``. A truth value, a word, NaN or an
+        infinity is no number here."""
+        number = not isinstance(value, bool) and isinstance(value, (int, np.integer) if self.whole else
+                                                           (int, float, np.integer, np.floating))
+        low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
+        ok = number and math.isfinite(value) and (
+            self.low is None or (value > self.low if low_open else value >= self.low)) and (
+            self.high is None or (value < self.high if high_open else value <= self.high))
+        if not ok:
+            raise ValueError(f"{owner}{name} must be {self.what + ' ' if self.what else ''}{self.describe()}, got {value!r}")
+        return int(value) if self.whole else float(value)
+
+    def describe(self) -> str:
+        """The span as text: ``>= 0``, ``> 0``, ``in [0, 1)``."""
+        low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
+        if self.high is None:
+            return f"{'>' if low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if high_open else '<='} {self.high:g}"
+        return f"in {'(' if low_open else '['}{self.low:g}, {self.high:g}{')' if high_open else ']'}"
