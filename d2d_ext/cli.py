@@ -40,6 +40,7 @@ from pathlib import Path
 
 from .files import DataError, json_line, write_bytes_atomic
 from .jobs import annotate_dataset, evaluate_dataset, find_bad_pixels
+from .spans import Span
 
 
 def _annotator_config(args):
@@ -77,10 +78,6 @@ def _cmd_calibrate(args) -> dict:
     from .calibrate import calibrate
 
     _set_threads(args.threads)
-    if not args.min_gain >= 0:
-        raise DataError(f"--min-gain must be >= 0 IoU points, got {args.min_gain}")
-    if not 0 < args.confidence <= 1:
-        raise DataError(f"--confidence must be in (0, 1], got {args.confidence}")
     result = calibrate(args.dataset, args.split, args.masks, seed=args.seed, points=args.points,
                        min_gain=args.min_gain, confidence=args.confidence, bad_pixels=args.bad_pixels,
                        log=None if args.quiet else lambda m: print(m, file=sys.stderr, flush=True))
@@ -90,12 +87,6 @@ def _cmd_calibrate(args) -> dict:
 
 
 def _cmd_find_bad_pixels(args) -> dict:
-    if not 0 < args.share <= 1:
-        raise DataError(f"--share must be in (0, 1], got {args.share}")
-    if args.min_frames < 1:
-        raise DataError(f"--min-frames must be at least 1, got {args.min_frames}")
-    if not 0 <= args.floor < 1:
-        raise DataError(f"--floor must be in [0, 1), got {args.floor}")
     return find_bad_pixels(args.dataset, args.split, None if args.points == "none" else args.points, args.out,
                            size=args.size, seed=args.seed, share=args.share, min_frames=args.min_frames,
                            floor=args.floor)
@@ -308,6 +299,23 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _within(span):
+    """argparse ``type`` of a number within ``span`` (a :class:`~d2d_ext.spans.Span`; a whole
+    number where the span is whole), so that a count of 0 or a share above 1 is argparse's error
+    naming the option, before anything is read or written."""
+    def read(text: str):
+        try:
+            value = int(text) if span.whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if span.whole else 'number'}") from None
+        try:
+            return span.checked("value", value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {span.describe()}, got {text}") from None
+
+    return read
+
+
 def _argparse_type(parse):
     """``parse`` (text to value, ``ValueError`` with a message on bad text) as an argparse
     ``type``, so that its message is argparse's ``error: argument --flag: ...``. Built-in types
@@ -368,6 +376,11 @@ BAD_PIXELS_HELP = ("the sensor's stuck pixels (nonzero in this image, of the ima
                    "image before it is read")
 
 
+#: The spans of the commands' own number options (a training run's are TrainConfig's).
+COUNT, SEED, THREADS = Span(1, whole=True), Span(0, whole=True), Span(0, whole=True)
+SHARE = Span(0, 1, open="low")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .bilevel import TrainConfig
     from .metrics import PD_MATCH_RULES
@@ -383,27 +396,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="centroid | coarse (point folders), csv:FILE, gen-centroid | gen-coarse (from masks, seeded)")
     a.add_argument("--out", required=True, help="folder for <id>.png masks (0/255)")
     a.add_argument("--overlay", help="folder for overlays: image, pseudo-mask (red), ground truth (green)")
-    a.add_argument("--seed", type=int, default=0, help="seed of gen-coarse points")
-    a.add_argument("--batch-images", type=int, default=16, help="images per annotator call")
+    a.add_argument("--seed", type=_within(SEED), default=0, help="seed of gen-coarse points")
+    a.add_argument("--batch-images", type=_within(COUNT), default=16, help="images per annotator call")
     _add_annotator_options(a, "of the masks")
     a.add_argument("--soft", metavar="DIR", help="also write each image's soft label as a 16-bit PNG, round(65535 y)")
     a.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP)
-    a.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    a.add_argument("--threads", type=_within(THREADS), default=1, help="torch threads (0: torch's default)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_cmd_annotate)
 
     k = sub.add_parser("calibrate", help="fit a few binarisation settings on N ground-truth masks")
     k.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
     k.add_argument("--split", default="train", help="the split the masks are drawn from (as annotate's --split)")
-    k.add_argument("--masks", type=int, required=True, metavar="N", help="ground-truth masks to read (ids drawn at random)")
-    k.add_argument("--seed", type=int, default=0, help="seed of the draw (and of gen-coarse points)")
+    k.add_argument("--masks", type=_within(COUNT), required=True, metavar="N", help="ground-truth masks to read (ids drawn at random)")
+    k.add_argument("--seed", type=_within(SEED), default=0, help="seed of the draw (and of gen-coarse points)")
     k.add_argument("--points", default="centroid", type=_point_source, help="point source, as annotate's --points")
-    k.add_argument("--min-gain", type=float, default=0.5, help="IoU points a setting must gain on the N masks to move")
-    k.add_argument("--confidence", type=float, default=0.95,
+    k.add_argument("--min-gain", type=_within(Span(0)), default=0.5, help="IoU points a setting must gain on the N masks to move")
+    k.add_argument("--confidence", type=_within(SHARE), default=0.95,
                    help="share of bootstrap resamples of the N masks on which a move must gain")
     k.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP)
     k.add_argument("--out", required=True, metavar="FILE.json", help="where the settings go (for annotate --settings)")
-    k.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    k.add_argument("--threads", type=_within(THREADS), default=1, help="torch threads (0: torch's default)")
     k.add_argument("--quiet", action="store_true", help="no progress lines")
     k.set_defaults(func=_cmd_calibrate)
 
@@ -427,11 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--points", default="centroid", type=_point_source_or_none,
                    help="point source, as annotate's --points: pixels near a frame's points are not judged in it "
                         "(a target that stays in place is not taken for a stuck pixel); none: judge every pixel")
-    b.add_argument("--seed", type=int, default=0, help="seed of gen-coarse points")
+    b.add_argument("--seed", type=_within(SEED), default=0, help="seed of gen-coarse points")
     b.add_argument("--size", type=_size, metavar="WxH", help="the frames' size, when the split holds several")
-    b.add_argument("--share", type=float, default=0.5, help="share of its frames in which a pixel must stand out")
-    b.add_argument("--min-frames", type=int, default=10, help="frames a pixel must be judged in")
-    b.add_argument("--floor", type=float, default=0.05,
+    b.add_argument("--share", type=_within(SHARE), default=0.5, help="share of its frames in which a pixel must stand out")
+    b.add_argument("--min-frames", type=_within(COUNT), default=10, help="frames a pixel must be judged in")
+    b.add_argument("--floor", type=_within(Span(0, 1, open="high")), default=0.05,
                    help="the least a pixel must stand out by, a fraction of the full range (lower it for raw "
                         "data that uses a small part of its range, e.g. 14-bit values in 16-bit files)")
     b.add_argument("--out", required=True, metavar="MAP.png|FOLDER",
@@ -444,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(t, TrainConfig)  # every training setting, from its field in TrainConfig
     _add_annotator_options(t, "of the pseudo-labels (a calibrated style)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
-    t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    t.add_argument("--threads", type=_within(THREADS), default=0, help="torch threads (0: torch's default)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 
@@ -455,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pd-match", choices=PD_MATCH_RULES, default="nearest", help="as evaluate's --pd-match")
     c.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP + " (as the run's --bad-pixels)")
     c.add_argument("--json", action="store_true", help="only the JSON line on stdout")
-    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--threads", type=_within(THREADS), default=0, help="torch threads (0: torch's default)")
     c.set_defaults(func=_cmd_test)
 
     v = sub.add_parser("convert-checkpoint", help="a BasicIRSTD / LESPS DNANet checkpoint to d2d's format (for test)")
@@ -470,16 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("select", help="write the top share of training samples by learned weight")
     s.add_argument("--run", required=True)
-    s.add_argument("--top", type=float, default=0.3)
+    s.add_argument("--top", type=_within(SHARE), default=0.3, help="the share of the training samples to keep")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_select)
 
     d = sub.add_parser("demo", help="annotate and evaluate an embedded synthetic dataset")
     d.add_argument("--out", help="work folder (default: a new temporary folder)")
-    d.add_argument("--images", type=int, default=40)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--train-epochs", type=int, default=10, help="bi-level training epochs after annotating (0: skip)")
-    d.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    d.add_argument("--images", type=_within(Span(2, whole=True)), default=40, help="synthetic images (half train, half test)")
+    d.add_argument("--seed", type=_within(SEED), default=0, help="seed of the synthetic images")
+    d.add_argument("--train-epochs", type=_within(Span(0, whole=True)), default=10, help="bi-level training epochs after annotating (0: skip)")
+    d.add_argument("--threads", type=_within(THREADS), default=1, help="torch threads (0: torch's default)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
     return parser

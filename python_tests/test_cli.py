@@ -108,6 +108,35 @@ def test_a_setting_out_of_its_range_is_refused_before_anything_is_written(datase
     assert not (tmp_path / "n").exists()
 
 
+@pytest.mark.parametrize("command, option, value, words", [
+    ("annotate", "--batch-images", "0", "must be >= 1, got 0"),
+    ("annotate", "--threads", "-1", "must be >= 0, got -1"),
+    ("annotate", "--seed", "1.5", "'1.5' is not a whole number"),
+    ("calibrate", "--masks", "0", "must be >= 1, got 0"),
+    ("calibrate", "--seed", "-1", "must be >= 0, got -1"),
+    ("find-bad-pixels", "--share", "2", "must be in (0, 1], got 2"),
+    ("find-bad-pixels", "--min-frames", "0", "must be >= 1, got 0"),
+    ("find-bad-pixels", "--floor", "nan", "must be in [0, 1), got nan"),
+    ("select", "--top", "0", "must be in (0, 1], got 0"),
+    ("demo", "--train-epochs", "-1", "must be >= 0, got -1"),
+    ("demo", "--images", "1", "must be >= 2, got 1"),
+])
+def test_a_number_option_out_of_its_span_is_refused_before_anything_is_written(dataset, tmp_path, capsys, command,
+                                                                                 option, value, words):
+    """``--batch-images 0`` was a traceback deep in the annotation after its folder was made, a
+    negative ``--seed`` numpy's error in calibrate, ``--threads -1`` or ``--train-epochs -1``
+    were taken; each is now argparse's error naming the option."""
+    out = tmp_path / "out"
+    needs = {"annotate": ["--dataset", str(dataset), "--out", str(out), "--quiet"],
+             "calibrate": ["--dataset", str(dataset), "--masks", "2", "--out", str(out), "--quiet"],
+             "find-bad-pixels": ["--dataset", str(dataset), "--out", str(out)],
+             "select": ["--run", str(tmp_path), "--out", str(out)],
+             "demo": ["--out", str(out), "--quiet"]}[command]
+    assert main([command, *needs, option, value]) == 2
+    assert f"argument {option}: {words}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_evaluate_matches_the_metrics_module(dataset, tmp_path, capsys):
     out = tmp_path / "m"
     annotate_dataset(dataset, "test", "centroid", out, progress=False)
