@@ -20,7 +20,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from .annotate import (
     AnnotatorConfig,
@@ -33,8 +32,8 @@ from .annotate import (
     ready_fields,
     target_rates,
 )
+from .morphology import component
 from .points import point_pixel
-from .metrics import EIGHT_CONNECTED
 
 __all__ = [
     "monte_carlo_walk",
@@ -183,12 +182,11 @@ def local_threshold_masks(images: Sequence[np.ndarray], points: Sequence[np.ndar
             y0, y1 = max(row - half, 0), min(row + half + 1, H)
             x0, x1 = max(col - half, 0), min(col + half + 1, W)
             box = image[y0:y1, x0:x1]
-            labels, _ = ndi.label(box > box.mean() + k * box.std(), EIGHT_CONNECTED)
-            lab = labels[row - y0, col - x0]
-            if lab == 0:
+            comp = component(box > box.mean() + k * box.std(), (row - y0, col - x0))
+            if comp is None:
                 mask[row, col] = True
             else:
-                mask[y0:y1, x0:x1] |= labels == lab
+                mask[y0:y1, x0:x1] |= comp
         out.append(mask)
     return out
 
