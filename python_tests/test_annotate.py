@@ -1216,6 +1216,13 @@ def test_real_target_blurred_into_a_building_does_not_take_it(spread, size):
     assert mask.sum() <= 3 * gt.sum() + 10 and (mask & gt).sum() >= 0.5 * gt.sum(), int(mask.sum())
 
 
+def _as_set(image: np.ndarray, mask: np.ndarray | None = None):
+    """One image (and its mask, or none) as a set of ``annotation_datasets``, whose probes
+    transform sets."""
+    return annotation_datasets.EvalSet("t", ["t"], [image], [np.zeros((0, 2))],
+                                       [np.zeros(image.shape, bool) if mask is None else mask])
+
+
 @needs_sirst
 def test_real_target_on_an_equalized_cloud_does_not_grow_into_it():
     """SIRST-v1 Misc_278 written through a global histogram equalization to 8 bits, as a camera's
@@ -1229,8 +1236,7 @@ def test_real_target_on_an_equalized_cloud_does_not_grow_into_it():
     of the two windows, the bar keeps the lobes apart as a second structure as bright as the
     peak, and the mask stays at the target."""
     ds = IRDataset(SIRST)
-    one = annotation_datasets.EvalSet("t", ["t"], [ds.load_image("Misc_278")], [np.zeros((0, 2))],
-                                      [np.zeros((1, 1), bool)])
+    one = _as_set(ds.load_image("Misc_278"))
     annotation_datasets.equalize_images(one, "global")
     gt = ds.load_mask("Misc_278")
     assert gt.sum() == 12
@@ -1241,7 +1247,7 @@ def test_real_target_on_an_equalized_cloud_does_not_grow_into_it():
 def _spread(image: np.ndarray, how: str, size) -> np.ndarray:
     """``image`` blurred by a Gaussian of ``size`` pixels (``how="blur"``) or averaged over ``size``
     pixels along its rows (``"smear"``), as ``annotation_datasets.py --blur`` / ``--smear`` do."""
-    one = annotation_datasets.EvalSet("t", ["t"], [image], [np.zeros((0, 2))], [np.zeros(image.shape, bool)])
+    one = _as_set(image)
     (annotation_datasets.blur_images if how == "blur" else annotation_datasets.smear_images)(one, size)
     return one.images[0]
 
@@ -1250,8 +1256,7 @@ def _coarser(image: np.ndarray, mask: np.ndarray) -> tuple:
     """``(image, mask, points)`` sampled twice coarser, as ``annotation_datasets.py --shrink 2``
     samples them (:func:`shrink_set`: block means, a coarse pixel target where half its block is,
     the coarse targets' centroid points)."""
-    whole = annotation_datasets.EvalSet("t", ["t"], [image], [np.zeros((0, 2))], [mask])
-    coarse = annotation_datasets.shrink_set(whole, 2)
+    coarse = annotation_datasets.shrink_set(_as_set(image, mask), 2)
     return coarse.images[0], coarse.masks[0], coarse.points[0]
 
 
