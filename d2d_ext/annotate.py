@@ -241,13 +241,22 @@ class DiffusionParams(torch.nn.Module):
 
     ``D0 = 3.2 (1 + 0.3 tanh t0)``, ``beta = 6 (1 + 0.3 tanh t1)``, ``rho = 0.84 + 0.05 tanh t2``,
     ``alpha = 0.6 + 0.05 tanh t3`` (the reference code's parametrisation) and
-    ``gamma = gamma0 (1 + 0.5 tanh t4)`` for the drift; the raw ``t`` start at zero.
+    ``gamma = gamma0 (1 + 0.5 tanh t4)`` for the drift; the raw ``t`` start at zero. Each centre
+    lies in its :data:`CENTRES` span (a D0 of 0 gives fields of NaN, a rho above 1 negative soft
+    labels): another is refused naming it.
     """
 
     NAMES = ("D0", "beta", "rho", "alpha", "gamma")
+    #: The values each centre may take: a positive speed, a conductance's non-negative edge
+    #: sensitivity, the heat's share of the fused label and the gradient's share of the
+    #: conductance's edge term (rho 1: no superpixel prior), and a drift toward bright pixels or none.
+    CENTRES = {"D0": Span(0, open="low"), "beta": Span(0), "rho": Span(0, 1, what="a share"),
+               "alpha": Span(0, 1, what="a share"), "gamma": Span(0)}
 
     def __init__(self, D0: float = 3.2, beta: float = 6.0, rho: float = 0.84, alpha: float = 0.6, gamma: float = 4.0):
         super().__init__()
+        D0, beta, rho, alpha, gamma = (self.CENTRES[name].checked(name, value, "diffusion parameter ") for name, value
+                                       in zip(self.NAMES, (D0, beta, rho, alpha, gamma)))
         self.register_buffer("center", torch.tensor([D0, beta, rho, alpha, gamma], dtype=torch.float64))
         self.register_buffer("spread", torch.tensor([0.3 * D0, 0.3 * beta, 0.05, 0.05, 0.5 * gamma], dtype=torch.float64))
         self.raw = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))

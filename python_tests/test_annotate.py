@@ -135,6 +135,16 @@ def test_a_bad_point_radius_is_refused_naming_it(value):
         config_from_dict({"point_radius": value})
 
 
+@pytest.mark.parametrize("name, value", [("D0", 0.0), ("D0", -3.2), ("beta", -1.0), ("rho", 1.5), ("alpha", -0.1),
+                                         ("gamma", -4.0), ("beta", float("nan")), ("rho", True)])
+def test_a_diffusion_parameter_outside_its_span_is_refused_naming_it(name, value):
+    """A D0 of 0 gave fields of NaN, a NaN beta too, a rho above 1 negative soft labels, a
+    negative D0 the default's fields (its sign cancelled): each centre is checked when made."""
+    with pytest.raises(ValueError, match=f"diffusion parameter {name} must be"):
+        DiffusionParams(**{name: value})
+    assert DiffusionParams(rho=1.0, gamma=0.0)()["rho"] == 1.0  # the ablations: no prior, no drift
+
+
 def _outside(span) -> list:
     """Values a setting of ``span`` (:data:`SETTING_SPANS`) may not take: just past each end (the
     end itself where it is open), not a number, a truth value, a word, and a fraction for a count."""
