@@ -606,6 +606,18 @@ def target_rates(batch: TargetBatch, theta: dict) -> torch.Tensor:
     return rates * (0.9 * D0 / D0_max / fastest).view(T, 1, 1, 1)
 
 
+#: The heat of a target's source where no gradient is taken. A unit source's heat falls by tens of
+#: orders of magnitude across the edges of a large field window, below float32's smallest normal
+#: number (1.2e-38), where x86 arithmetic on subnormal numbers runs several times slower. The
+#: diffusion is linear, the field is divided by its maximum, and scaling by a power of two is
+#: exact: a source of 2^126 (all the heat, at most 2^126 anywhere, stays below float32's largest
+#: number, 2^128) gives the unit source's normalised field to the bit wherever that lies well
+#: above the smallest normal number, and keeps 38 more decades normal (it differs, by under 1e-40,
+#: only where the unit source's heat fell near or below it, where it keeps more of the value).
+#: With a gradient the source stays 1: the adjoint would carry 2^-126 and fall below normal itself.
+HEAT_SOURCE = 2.0 ** 126
+
+
 def soft_labels(batch: TargetBatch, theta: dict) -> torch.Tensor:
     """``(T, S, S)`` soft pseudo-labels in [0, 1] (steps 3 and 5), differentiable in ``theta``."""
     T, S = len(batch), batch.contrast.shape[-1]
@@ -618,13 +630,14 @@ def soft_labels(batch: TargetBatch, theta: dict) -> torch.Tensor:
     # crop that holds its targets' field windows: the rates vanish outside a field window, so the
     # heat never leaves it and the smaller crop changes no value, while most targets of a batch
     # are far smaller than its largest. A target's result does not depend on its batch.
+    source = 1.0 if torch.is_grad_enabled() and any(v.requires_grad for v in theta.values()) else HEAT_SOURCE
     fields = []
     for k in np.unique(batch.steps):
         sel = np.flatnonzero(batch.steps == k)
         sub = batch.central(sel, int(batch.half[sel].max()))
         rates = target_rates(sub, theta)
         u0 = torch.zeros(sub.contrast.shape, dtype=rates.dtype)
-        u0[torch.arange(len(sel)), torch.from_numpy(sub.peak[:, 0]), torch.from_numpy(sub.peak[:, 1])] = 1.0
+        u0[torch.arange(len(sel)), torch.from_numpy(sub.peak[:, 0]), torch.from_numpy(sub.peak[:, 1])] = source
         pad = (S - sub.contrast.shape[-1]) // 2
         fields.append((sel, torch.nn.functional.pad(fuse_prior(diffuse(u0, rates, 1.0, int(k)), sub, theta["rho"]), (pad,) * 4)))
     if len(fields) == 1:

@@ -1105,6 +1105,26 @@ def test_each_step_count_diffuses_on_its_own_central_crop():
         batch.central(np.arange(1), S)
 
 
+def test_a_field_without_gradient_comes_from_a_large_source_and_equals_the_unit_ones():
+    """Without a gradient the heat starts at ``HEAT_SOURCE`` (2^126) instead of 1, so that the
+    heat far across a window's edges stays a normal float32 number (subnormal arithmetic runs many
+    times slower): the normalised field is the unit source's to the bit wherever that one is above
+    1e-30, and differs by less than 1e-40 where it falls near or below float32's smallest normal
+    number, which keeps more of the value (extended synthetic scenes, whose large windows carry
+    heat down that far)."""
+    scenes = [annotation_datasets.synthetic_scene(1, "extended 512", i) for i in range(6)]
+    batch = prepare_targets([s.image for s in scenes], [s.points for s in scenes])
+    theta = DiffusionParams()()
+    with torch.no_grad():
+        scaled = soft_labels(batch, theta)
+    unit = soft_labels(batch, theta).detach()  # theta requires its gradient: a unit source
+    above = unit >= 1e-30
+    assert torch.equal(scaled[above], unit[above])
+    assert (scaled - unit).abs().max() < 1e-40
+    assert not torch.equal(scaled, unit)  # the large source ran: it kept heat the unit one lost
+    assert annotate_module.HEAT_SOURCE * 2 < torch.finfo(torch.float32).max  # all the heat, anywhere
+
+
 def test_soft_labels_are_differentiable_in_theta():
     scenes = _scenes(2, seed=5)
     cfg = AnnotatorConfig()
