@@ -78,9 +78,9 @@ import torch
 from skimage.segmentation import slic
 
 from .points import point_pixel  # noqa: F401  (part of this module's API)
-from .spans import Span
 from .diffusion import diffuse
 from .morphology import component, fill_holes, grow, label, split_at_valleys, target_part
+from .spans import Span
 from .stripes import AXES, destripe
 from .windows import check_points, find_peak, outer_band, snap, strict_component, window_box
 

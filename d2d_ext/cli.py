@@ -121,6 +121,9 @@ def _cmd_demo(args) -> dict:
 
     from .synthetic import write_dataset
 
+    if args.train_epochs > 0 and args.images < 4:  # half the images train, and one of those validates
+        raise DataError(f"demo: training needs --images 4 or more (2 to train on, one of them for validation), "
+                        f"got {args.images}; or --train-epochs 0")
     _set_threads(args.threads)
     workdir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="d2d-demo-"))
     root = workdir / "SYNTH"
@@ -408,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("calibrate", help="fit a few binarisation settings on N ground-truth masks")
     k.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
     k.add_argument("--split", default="train", help="the split the masks are drawn from (as annotate's --split)")
-    k.add_argument("--masks", type=_within(COUNT), required=True, metavar="N", help="ground-truth masks to read (ids drawn at random)")
+    k.add_argument("--masks", type=_within(COUNT), required=True, metavar="N",
+                   help="ground-truth masks to read (ids drawn at random)")
     k.add_argument("--seed", type=_within(SEED), default=0, help="seed of the draw (and of gen-coarse points)")
     k.add_argument("--points", default="centroid", type=_point_source, help="point source, as annotate's --points")
     k.add_argument("--min-gain", type=_within(Span(0)), default=0.5, help="IoU points a setting must gain on the N masks to move")
@@ -442,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a target that stays in place is not taken for a stuck pixel); none: judge every pixel")
     b.add_argument("--seed", type=_within(SEED), default=0, help="seed of gen-coarse points")
     b.add_argument("--size", type=_size, metavar="WxH", help="the frames' size, when the split holds several")
-    b.add_argument("--share", type=_within(SHARE), default=0.5, help="share of its frames in which a pixel must stand out")
+    b.add_argument("--share", type=_within(SHARE), default=0.5,
+                   help="share of its frames in which a pixel must stand out")
     b.add_argument("--min-frames", type=_within(COUNT), default=10, help="frames a pixel must be judged in")
     b.add_argument("--floor", type=_within(Span(0, 1, open="high")), default=0.05,
                    help="the least a pixel must stand out by, a fraction of the full range (lower it for raw "
@@ -489,9 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="annotate and evaluate an embedded synthetic dataset")
     d.add_argument("--out", help="work folder (default: a new temporary folder)")
-    d.add_argument("--images", type=_within(Span(2, whole=True)), default=40, help="synthetic images (half train, half test)")
+    d.add_argument("--images", type=_within(Span(2, whole=True)), default=40,
+                   help="synthetic images (half train, half test)")
     d.add_argument("--seed", type=_within(SEED), default=0, help="seed of the synthetic images")
-    d.add_argument("--train-epochs", type=_within(Span(0, whole=True)), default=10, help="bi-level training epochs after annotating (0: skip)")
+    d.add_argument("--train-epochs", type=_within(Span(0, whole=True)), default=10,
+                   help="bi-level training epochs after annotating (0: skip)")
     d.add_argument("--threads", type=_within(THREADS), default=1, help="torch threads (0: torch's default)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)

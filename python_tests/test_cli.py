@@ -137,6 +137,14 @@ def test_a_number_option_out_of_its_span_is_refused_before_anything_is_written(d
     assert not out.exists()
 
 
+def test_demo_refuses_to_train_on_too_few_images_before_writing(tmp_path, capsys):
+    """Half the demo's images train and one of those validates: with fewer than 4 the run failed
+    after the dataset was written and annotated."""
+    assert main(["demo", "--images", "3", "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    assert "training needs --images 4 or more" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_evaluate_matches_the_metrics_module(dataset, tmp_path, capsys):
     out = tmp_path / "m"
     annotate_dataset(dataset, "test", "centroid", out, progress=False)

@@ -5,8 +5,9 @@ Every field carries its description in its metadata, which :mod:`d2d_ext.cli` tu
 option of ``train``: ``help`` (required), and where needed ``choices`` (with ``ignore_case``),
 ``span`` (the :class:`~d2d_ext.spans.Span` of values a number may take, which
 :meth:`TrainConfig.validate` checks), ``parse`` (text to value, raising ``ValueError`` with a
-message), ``flag`` (the option's name where it is not ``--name-with-dashes``) and ``metavar``. :func:`text_parser` says how a field's
-value is read from text; a default lives only in the dataclass.
+message), ``flag`` (the option's name where it is not ``--name-with-dashes``) and ``metavar``.
+:func:`text_parser` says how a field's value is read from text; a default lives only in the
+dataclass.
 """
 
 from __future__ import annotations
