@@ -1,9 +1,11 @@
 """The values a number setting may take, checked where the settings are made.
 
-A :class:`Span` per setting (:data:`d2d_ext.annotate.SETTING_SPANS`, the ``span`` of a
-:class:`~d2d_ext.bilevel.config.TrainConfig` field's metadata): a value outside it would otherwise
-fail deep inside the work (a window inside its own band, a crop of no pixels) or be taken without
-meaning anything (a fraction above 1, negative steps), so it is refused naming the setting.
+A :class:`Span` per setting (:data:`d2d_ext.annotate.SETTING_SPANS`,
+``DiffusionParams.CENTRES``, the ``span`` of a :class:`~d2d_ext.bilevel.config.TrainConfig`
+field's metadata, the commands' own number options in :mod:`d2d_ext.cli`): a value outside it
+would otherwise fail deep inside the work (a window inside its own band, a crop of no pixels) or
+be taken without meaning anything (a fraction above 1, negative steps), so it is refused naming
+the setting.
 """
 
 from __future__ import annotations
