@@ -127,6 +127,11 @@ def read_cache(path: Path, what: str) -> dict:
     return stored
 
 
+def probe_label(probe: str) -> str:
+    """A probe as the table and the lines under it name it."""
+    return f"`{probe}`" if probe else "as they are"
+
+
 def losses(before: dict, after: dict, limit: float = LOSS) -> tuple:
     """``(losses, best)`` between two sweeps' ``{probe: {set: result}}``, over the probe and set
     pairs both hold: ``losses`` the ``(change, probe, set)`` that fell by more than ``limit`` IoU,
@@ -155,9 +160,8 @@ def main(argv=None) -> int:
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")
     try:
-        settings = read_settings(args)
-        config_from_dict(settings)
-    except (ValueError, DataError) as e:
+        settings = read_settings(args)  # each within its span, and all of them together
+    except DataError as e:
         ap.error(f"settings: {e}")
     common = ["--data", args.data, "--synthetic-seeds", args.synthetic_seeds]
     common += ["--datasets", args.datasets] if args.datasets else []
@@ -209,7 +213,7 @@ def main(argv=None) -> int:
     after = {p: cache["probes"][p] for p in probes}
     rows = []
     for p in probes:
-        label = f"`{p}`" if p else "as they are"
+        label = probe_label(p)
         for name, r in after[p].items():
             b = (before or {}).get(p, {}).get(name)
             if before is None:
@@ -230,9 +234,9 @@ def main(argv=None) -> int:
     fell, best = losses(before, after)
     title += f"; before: {args.against}"
     lines = [f"Sets and probes that lost more than {LOSS} IoU: " +
-             ("; ".join(f"{s} under {f'`{p}`' if p else 'as they are'} {c:+.2f}" for c, p, s in fell) or "none") + "."]
+             ("; ".join(f"{s} under {probe_label(p)} {c:+.2f}" for c, p, s in fell) or "none") + "."]
     if best is not None:
-        lines.append(f"Largest gain: {best[2]} under {f'`{best[1]}`' if best[1] else 'as they are'} {best[0]:+.2f}.")
+        lines.append(f"Largest gain: {best[2]} under {probe_label(best[1])} {best[0]:+.2f}.")
     text = emit(title, ["probe", "set", "IoU before -> after", "change", "Pd", "Fa (1e-6)",
                         "worst image's Fa px before -> after"], rows)
     print("\n".join(lines))
