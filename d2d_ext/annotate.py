@@ -237,13 +237,22 @@ class AnnotatorConfig:
 
 
 class DiffusionParams(torch.nn.Module):
-    """The learnable diffusion parameters ``theta``, bounded around the paper's defaults.
+    """The learnable diffusion parameters ``theta``, bounded around their centres.
 
-    ``D0 = 3.2 (1 + 0.3 tanh t0)``, ``beta = 6 (1 + 0.3 tanh t1)``, ``rho = 0.84 + 0.05 tanh t2``,
+    ``D0 = 3.2 (1 + 0.3 tanh t0)``, ``beta = 2 (1 + 0.3 tanh t1)``, ``rho = 0.84 + 0.05 tanh t2``,
     ``alpha = 0.6 + 0.05 tanh t3`` (the reference code's parametrisation) and
     ``gamma = gamma0 (1 + 0.5 tanh t4)`` for the drift; the raw ``t`` start at zero. Each centre
     lies in its :data:`CENTRES` span (a D0 of 0 gives fields of NaN, a rho above 1 negative soft
     labels): another is refused naming it.
+
+    ``beta`` is the reference code's 6 divided by 3. There it multiplies the gradient of the
+    image's own intensities; here that of the contrast ``I'``, which spans the target's whole
+    amplitude (0 at the background, 1 at the peak), so the same edge reads several times steeper:
+    at 6 the conductance inside a textured or lobed target falls so low that the heat stays near
+    its peak: the soft labels cover less of their targets, and where a bright region leaks, its
+    mask (the part the heat reached) is cut to the target's core. The centre 2 was chosen on every
+    dataset and the synthetic scenes, by the masks under every probe and by the soft labels
+    (``benchmarks/annotation/annotation_datasets.py --soft``; RESULTS.md).
     """
 
     NAMES = ("D0", "beta", "rho", "alpha", "gamma")
@@ -253,7 +262,7 @@ class DiffusionParams(torch.nn.Module):
     CENTRES = {"D0": Span(0, open="low"), "beta": Span(0), "rho": Span(0, 1, what="a share"),
                "alpha": Span(0, 1, what="a share"), "gamma": Span(0)}
 
-    def __init__(self, D0: float = 3.2, beta: float = 6.0, rho: float = 0.84, alpha: float = 0.6, gamma: float = 4.0):
+    def __init__(self, D0: float = 3.2, beta: float = 2.0, rho: float = 0.84, alpha: float = 0.6, gamma: float = 4.0):
         super().__init__()
         D0, beta, rho, alpha, gamma = (self.CENTRES[name].checked(name, value, "diffusion parameter ") for name, value
                                        in zip(self.NAMES, (D0, beta, rho, alpha, gamma)))

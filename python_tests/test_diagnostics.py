@@ -73,8 +73,8 @@ def test_alpha_label_quality_table(dataset, tmp_path, capsys):
 def test_theta_sensitivity_rows(dataset, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    # a run that ended with beta at 6 (1 + 0.3 * 0.5): tanh(raw) = 0.5 for beta, 0 elsewhere
-    theta = {"D0": 3.2, "beta": 6.9, "rho": 0.84, "alpha": 0.6, "gamma": 4.0, "D0_max": 4.16}
+    # a run that ended with beta at 2 (1 + 0.3 * 0.5): tanh(raw) = 0.5 for beta, 0 elsewhere
+    theta = {"D0": 3.2, "beta": 2.3, "rho": 0.84, "alpha": 0.6, "gamma": 4.0, "D0_max": 4.16}
     (run / "log.jsonl").write_text(json.dumps({"epoch": 0, "theta": theta}) + "\n")
     assert theta_sensitivity.run_direction(run) == pytest.approx([0, 0.5, 0, 0, 0])
     out = tmp_path / "table.md"
@@ -638,6 +638,52 @@ def test_annotation_datasets_reads_settings_as_d2d_annotate_does(tmp_path, capsy
     # the settings are checked together: a file's band with --set's windows
     args = annotation_datasets.argument_parser().parse_args(["--settings", str(wide), "--set", "half_sizes=[8,12]"])
     assert annotation_datasets.read_settings(args) == {"band": 8, "half_sizes": (8, 12)}
+
+
+def test_annotation_datasets_soft_score_against_known_fields():
+    """``--soft``'s scores: the pooled soft IoU ``sum y g / sum (y + g - y g)`` and the best single
+    threshold, on fields made from the ground truth: the truth itself scores 100 at every
+    threshold (the first is kept), the truth at half height 50 and 100 from a threshold at or
+    below one half, the truth plus a faint halo of the same area 100 / (1 + 0.2) and 100 at
+    thresholds above the halo."""
+    rng = np.random.default_rng(0)
+    scenes = [make_scene(rng, 64, 64, "mixed") for _ in range(3)]
+    s = annotation_datasets.scene_set("scenes", scenes)
+
+    class Fields:  # an annotator's prepare / masks_and_soft, the fields made by `field` from the truth
+        def __init__(self, field):
+            self.field = field
+
+        def prepare(self, images, points):
+            return [next(sc.mask > 0 for sc in scenes if sc.image is im) for im in images]
+
+        def masks_and_soft(self, truths):
+            return truths, [self.field(g) for g in truths]
+
+    r = annotation_datasets.soft_score(s, Fields(lambda g: g.astype(np.float32)))
+    assert r.soft_iou == pytest.approx(100.0) and r.iou == pytest.approx(100.0) and r.threshold == 0.05
+    r = annotation_datasets.soft_score(s, Fields(lambda g: 0.5 * g.astype(np.float32)))
+    assert r.soft_iou == pytest.approx(50.0) and r.iou == pytest.approx(100.0) and r.threshold == 0.05
+
+    def halo(g):  # the truth at 1, and as many pixels beside it at 0.2
+        ring = np.zeros_like(g)
+        ring.flat[np.flatnonzero(~g)[:int(g.sum())]] = True
+        return (g + 0.2 * ring).astype(np.float32)
+
+    r = annotation_datasets.soft_score(s, Fields(halo))
+    assert r.soft_iou == pytest.approx(100 / 1.2) and r.iou == pytest.approx(100.0) and r.threshold == 0.25
+
+
+def test_annotation_datasets_reads_theta_by_name(tmp_path, capsys):
+    """``--theta NAME=VALUE`` sets a diffusion parameter's centre for ours; an unknown name or a
+    value outside its span is refused by name before anything is annotated."""
+    args = annotation_datasets.argument_parser().parse_args(["--theta", "beta=6", "--theta", "gamma=0"])
+    assert annotation_datasets.read_theta(args) == {"beta": 6.0, "gamma": 0.0}
+    for argv, why in ((["--theta", "bogus=1"], "--theta bogus: not a diffusion parameter"),
+                      (["--theta", "rho=1.5"], "--theta rho must be a share in [0, 1], got 1.5")):
+        with pytest.raises(SystemExit):
+            annotation_datasets.main(["--synthetic-seeds", "", "--data", str(tmp_path / "none")] + argv)
+        assert why in capsys.readouterr().err
 
 
 def test_settings_leaveout_chooses_on_the_other_groups_only():

@@ -1,7 +1,8 @@
 """Pseudo-mask quality of the annotator on every dataset, each reported apart (markdown table).
 
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
-        [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--dilate N] [--glow F] [--against FILE.py]
+        [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft]
+        [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
         [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q]
         [--equalize global|local] [--ramp F] [--levels N] [--out FILE.md]
@@ -26,7 +27,11 @@ method's IoU with its 95% interval over the set's images (:func:`iou_interval`, 
 set is one sample of its kind of images, and a held-out split of the same kind may score anywhere
 in it. Then where each set's masks lie against their targets (:func:`target_offsets`): the
 mean offset of the ground truth's and of ours from the targets' intensity centroids, which shows
-a dataset whose masks were drawn off their images by a fraction of a pixel. ``--dilate N``
+a dataset whose masks were drawn off their images by a fraction of a pixel. ``--theta NAME=VALUE``
+sets a diffusion parameter's centre (:class:`~d2d_ext.annotate.DiffusionParams`) for ours (and
+``--against``'s); ``--soft`` also scores ours' soft labels, what ``d2d annotate --soft`` writes,
+against the ground truth (:func:`soft_score`: their pooled soft IoU, and the best single
+threshold's IoU). ``--dilate N``
 scores against every ground-truth mask grown by N pixels (8-connected): a stand-in for
 datasets whose annotators draw generous masks, to see what a change costs them; ``--glow F``
 draws each target's glow into its mask instead (the pixels within 3 of it above ``F`` of its
@@ -92,7 +97,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # bench
 from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
-from d2d_ext.annotate import Annotator, config_from_dict
+from d2d_ext.annotate import Annotator, DiffusionParams, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.calibrate import checked_settings, load_settings
 from d2d_ext.cli import parse_settings
@@ -546,6 +551,41 @@ def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict 
                  (tuple(np.mean(truth_off, axis=0)), tuple(np.mean(pred_off, axis=0))) if pred_off else None)
 
 
+#: --soft: the single thresholds tried on the soft labels
+SOFT_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+@dataclass
+class SoftScore:
+    """A set's soft labels (``d2d annotate --soft``: each target's fused field in [0, 1], targets
+    combined by maximum) against its ground truth: the pooled soft IoU ``sum y g / sum (y + g - y g)``
+    (percent; one minus the soft-IoU loss a trainer on them minimises, without smoothing), and the
+    single threshold of :data:`SOFT_THRESHOLDS` whose masks ``y >= t`` score the best pooled IoU."""
+
+    soft_iou: float
+    threshold: float
+    iou: float
+
+
+def soft_score(s: EvalSet, annotator) -> SoftScore:
+    """:class:`SoftScore` of ``annotator``'s soft labels on ``s`` (every target's field computed)."""
+    num = den = 0.0
+    inter = np.zeros(len(SOFT_THRESHOLDS))
+    union = np.zeros(len(SOFT_THRESHOLDS))
+    for k in range(0, len(s.images), CHUNK):
+        _, fields = annotator.masks_and_soft(annotator.prepare(s.images[k:k + CHUNK], s.points[k:k + CHUNK]))
+        for y, g in zip(fields, s.masks[k:k + CHUNK]):
+            y = y.astype(np.float64)
+            num += float((y * g).sum())
+            den += float((y + g - y * g).sum())
+            above = y[None] >= SOFT_THRESHOLDS[:, None, None]
+            inter += (above & g).sum((1, 2))
+            union += (above | g).sum((1, 2))
+    iou = 100 * inter / np.maximum(union, 1)
+    best = int(iou.argmax())
+    return SoftScore(100 * num / max(den, 1e-12), float(SOFT_THRESHOLDS[best]), float(iou[best]))
+
+
 def run(fn, s: EvalSet) -> tuple:
     """``fn(images, points) -> masks`` over ``s`` in chunks: ``(masks, seconds, stages)``, where
     ``stages`` sums the annotator's seconds by stage when ``fn`` is an annotator's method (else {})."""
@@ -575,13 +615,16 @@ def load_annotator_module(path: str, index: int = 0):
 
 
 def evaluate(sets: list, settings: dict | None = None, worst: int = 3, baseline: bool = True,
-             against: dict | None = None, repeats: int = 1) -> list:
-    """``[(set, method, Score)]``: ours with ``settings``, the annotators of ``against`` (label ->
-    module with ``Annotator`` and ``config_from_dict``) and (``baseline``) the local threshold.
-    Each method's time is its fastest of ``repeats`` passes, the methods' passes interleaved."""
-    methods = {"ours": Annotator(config_from_dict(settings or {})).annotate}
+             against: dict | None = None, repeats: int = 1, theta: dict | None = None) -> list:
+    """``[(set, method, Score)]``: ours with ``settings`` and the diffusion parameters ``theta``
+    (``DiffusionParams`` centres; its defaults where absent), the annotators of ``against`` (label
+    -> module with ``Annotator``, ``DiffusionParams`` and ``config_from_dict``) with the same, and
+    (``baseline``) the local threshold. Each method's time is its fastest of ``repeats`` passes,
+    the methods' passes interleaved."""
+    methods = {"ours": Annotator(config_from_dict(settings or {}), DiffusionParams(**(theta or {}))).annotate}
     for label, module in (against or {}).items():
-        methods[label] = module.Annotator(module.config_from_dict(settings or {})).annotate
+        methods[label] = module.Annotator(module.config_from_dict(settings or {}),
+                                          module.DiffusionParams(**(theta or {}))).annotate
     if baseline:
         methods["local threshold"] = local_threshold_masks
     for fn in methods.values():
@@ -618,6 +661,10 @@ def argument_parser() -> argparse.ArgumentParser:
     ap.add_argument("--worst", type=int, default=3, help="images listed per set, most false-alarm pixels first")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an AnnotatorConfig setting")
     ap.add_argument("--settings", help="a JSON file of AnnotatorConfig settings (as d2d calibrate writes); --set wins")
+    ap.add_argument("--theta", action="append", default=[], metavar="NAME=VALUE",
+                    help="a diffusion parameter's centre (DiffusionParams: D0, beta, rho, alpha, gamma)")
+    ap.add_argument("--soft", action="store_true",
+                    help="also score ours' soft labels (as d2d annotate --soft writes them; see soft_score)")
     ap.add_argument("--dilate", type=int, default=0, help="grow every ground-truth mask by this many pixels")
     ap.add_argument("--glow", type=float, default=0.0, metavar="FRACTION",
                     help="draw each ground-truth target's glow in: the pixels within 3 of it above this "
@@ -798,6 +845,20 @@ def read_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def read_theta(args: argparse.Namespace) -> dict:
+    """The diffusion parameters' centres of ``--theta`` (:class:`DiffusionParams` names, each within
+    its span); raises :class:`DataError` naming the one at fault."""
+    theta = {}
+    for name, value in parse_settings(getattr(args, "theta", None)).items():
+        if name not in DiffusionParams.NAMES:
+            raise DataError(f"--theta {name}: not a diffusion parameter (one of {', '.join(DiffusionParams.NAMES)})")
+        try:
+            theta[name] = DiffusionParams.CENTRES[name].checked(name, value, "--theta ")
+        except ValueError as err:
+            raise DataError(str(err)) from None
+    return theta
+
+
 def main(argv=None) -> int:
     ap = argument_parser()
     args = ap.parse_args(argv)
@@ -805,13 +866,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     try:
         settings = read_settings(args)
+        theta = read_theta(args)
     except DataError as e:
         ap.error(str(e))
     sets = probe_sets(args)
     against = {f"ours at {Path(f).name}": load_annotator_module(f, i) for i, f in enumerate(args.against)}
-    results = evaluate(sets, settings, args.worst, against=against, repeats=args.repeats)
+    results = evaluate(sets, settings, args.worst, against=against, repeats=args.repeats, theta=theta)
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
-    grown = probe_description(args)
+    grown = probe_description(args) + (f"; diffusion parameters {theta}" if theta else "")
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", TABLE_HEADER,
                 table_rows(results))
     worst = ["", "Worst images (false-alarm pixels, image):", ""]
@@ -842,6 +904,13 @@ def main(argv=None) -> int:
     worst += ["", "Time of ours by stage (ms per target, the fastest pass):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
               for name, method, r in results if method.startswith("ours") and r.stages]
+    if args.soft:
+        ours = Annotator(config_from_dict(settings), DiffusionParams(**theta))
+        worst += ["", "Soft labels of ours (what `d2d annotate --soft` writes) against the ground truth: pooled soft IoU; "
+                      "the best single threshold (IoU at it):", ""]
+        for s in sets:
+            r = soft_score(s, ours)
+            worst.append(f"- {s.name}: {r.soft_iou:.2f}; {r.threshold:.2f} ({r.iou:.2f})")
     print("\n".join(worst))
     if args.out:
         from d2d_ext.files import write_bytes_atomic

@@ -67,7 +67,8 @@ LOSS = 0.5
 
 # annotation_datasets options that a probe may not set: the sweep's own, or ones that change what
 # is measured rather than the sets
-_NOT_PROBES = ("data", "datasets", "synthetic_seeds", "set", "settings", "against", "repeats", "worst", "out")
+_NOT_PROBES = ("data", "datasets", "synthetic_seeds", "set", "settings", "theta", "soft", "against", "repeats",
+               "worst", "out")
 
 # what the cache holds per probe and set (sweep_probe)
 FIELDS = ("iou", "pd", "fa", "worst_fa", "worst_image")
