@@ -661,9 +661,10 @@ def test_annotation_datasets_soft_score_against_known_fields():
             return truths, [self.field(g) for g in truths]
 
     r = annotation_datasets.soft_score(s, Fields(lambda g: g.astype(np.float32)))
-    assert r.soft_iou == pytest.approx(100.0) and r.iou == pytest.approx(100.0) and r.threshold == 0.05
+    lowest = annotation_datasets.SOFT_THRESHOLDS[0]
+    assert r.soft_iou == pytest.approx(100.0) and r.iou == pytest.approx(100.0) and r.threshold == lowest
     r = annotation_datasets.soft_score(s, Fields(lambda g: 0.5 * g.astype(np.float32)))
-    assert r.soft_iou == pytest.approx(50.0) and r.iou == pytest.approx(100.0) and r.threshold == 0.05
+    assert r.soft_iou == pytest.approx(50.0) and r.iou == pytest.approx(100.0) and r.threshold == lowest
 
     def halo(g):  # the truth at 1, and as many pixels beside it at 0.2
         ring = np.zeros_like(g)

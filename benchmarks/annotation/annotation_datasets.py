@@ -551,8 +551,9 @@ def score(s: EvalSet, masks: list, seconds: float, worst: int = 3, stages: dict 
                  (tuple(np.mean(truth_off, axis=0)), tuple(np.mean(pred_off, axis=0))) if pred_off else None)
 
 
-#: --soft: the single thresholds tried on the soft labels
-SOFT_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+#: --soft: the single thresholds tried on the soft labels (finer at the low end, where the
+#: fields' tails lie)
+SOFT_THRESHOLDS = np.array([0.005, 0.01, 0.02, 0.03, 0.04] + [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)])
 
 
 @dataclass
