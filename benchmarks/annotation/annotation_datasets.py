@@ -907,8 +907,8 @@ def main(argv=None) -> int:
               for name, method, r in results if method.startswith("ours") and r.stages]
     if args.soft:
         ours = Annotator(config_from_dict(settings), DiffusionParams(**theta))
-        worst += ["", "Soft labels of ours (what `d2d annotate --soft` writes) against the ground truth: pooled soft IoU; "
-                      "the best single threshold (IoU at it):", ""]
+        worst += ["", "Soft labels of ours (what `d2d annotate --soft` writes) against the ground truth: pooled "
+                      "soft IoU; the best single threshold (IoU at it):", ""]
         for s in sets:
             r = soft_score(s, ours)
             worst.append(f"- {s.name}: {r.soft_iou:.2f}; {r.threshold:.2f} ({r.iou:.2f})")
