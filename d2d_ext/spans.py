@@ -35,7 +35,7 @@ class Span(NamedTuple):
         infinity is no number here."""
         number = not isinstance(value, bool) and isinstance(value, (int, np.integer) if self.whole else
                                                            (int, float, np.integer, np.floating))
-        low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
+        low_open, high_open = self._open_ends()
         ok = number and math.isfinite(value) and (
             self.low is None or (value > self.low if low_open else value >= self.low)) and (
             self.high is None or (value < self.high if high_open else value <= self.high))
@@ -45,9 +45,13 @@ class Span(NamedTuple):
 
     def describe(self) -> str:
         """The span as text: ``>= 0``, ``> 0``, ``in [0, 1)``."""
-        low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
+        low_open, high_open = self._open_ends()
         if self.high is None:
             return f"{'>' if low_open else '>='} {self.low:g}"
         if self.low is None:
             return f"{'<' if high_open else '<='} {self.high:g}"
         return f"in {'(' if low_open else '['}{self.low:g}, {self.high:g}{')' if high_open else ']'}"
+
+    def _open_ends(self) -> tuple:
+        """``(low end open, high end open)``."""
+        return self.open in ("low", "both"), self.open in ("high", "both")

@@ -850,7 +850,7 @@ def read_theta(args: argparse.Namespace) -> dict:
     """The diffusion parameters' centres of ``--theta`` (:class:`DiffusionParams` names, each within
     its span); raises :class:`DataError` naming the one at fault."""
     theta = {}
-    for name, value in parse_settings(getattr(args, "theta", None)).items():
+    for name, value in parse_settings(args.theta).items():
         if name not in DiffusionParams.NAMES:
             raise DataError(f"--theta {name}: not a diffusion parameter (one of {', '.join(DiffusionParams.NAMES)})")
         try:
