@@ -294,14 +294,6 @@ def _finite(value: str) -> float:
     return _argparse_type(finite_number)(value)
 
 
-def _fraction(value: str) -> float:
-    """argparse ``type`` of a threshold in [0, 1]."""
-    number = _finite(value)
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1] (a fraction of the PNG's full scale)")
-    return number
-
-
 def _within(span):
     """argparse ``type`` of a number within ``span`` (a :class:`~d2d_ext.spans.Span`; a whole
     number where the span is whole), so that a count of 0 or a share above 1 is argparse's error
@@ -314,7 +306,8 @@ def _within(span):
         try:
             return span.checked("value", value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {span.describe()}, got {text}") from None
+            what = f"{span.what} " if span.what else ""
+            raise argparse.ArgumentTypeError(f"must be {what}{span.describe()}, got {text}") from None
 
     return read
 
@@ -428,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", required=True)
     e.add_argument("--split", default="all")
     e.add_argument("--pred", required=True, help="folder of <id>.png predictions (0/255 or probabilities x 255)")
-    e.add_argument("--threshold", type=_fraction, default=0.5, metavar="T",
+    e.add_argument("--threshold", type=_within(Span(0, 1, what="a fraction of the full scale")), default=0.5, metavar="T",
                    help="a prediction pixel is target where value / full scale > T (8-bit PNGs: v / 255; "
                         "16-bit: v / 65535), as BasicIRSTD's evaluate.py; default 0.5: 8-bit values from 128")
     e.add_argument("--pd-match", choices=PD_MATCH_RULES, default="nearest",

@@ -633,9 +633,11 @@ def test_train_options_arrive_in_the_settings(monkeypatch, tmp_path):
     ("--weight-decay", "heavy", "is not a number"),
     ("--meta-lr", "nan", "is not a finite number"),
     ("--inner-lr", "inf", "is not a finite number"),
-    ("--val-fraction", "1.5", "is not in [0, 1]"),
-    ("--surrogate-steps", "2.5", "invalid int value"),
-    ("--epochs", "many", "invalid int value"),
+    ("--val-fraction", "1.5", "val_fraction must be in [0, 1], got 1.5"),
+    ("--surrogate-steps", "2.5", "'2.5' is not a whole number"),
+    ("--epochs", "many", "'many' is not a whole number"),
+    ("--epochs", "-1", "epochs must be >= 0, got -1"),
+    ("--lr", "-0.1", "lr must be >= 0, got -0.1"),
 ])
 def test_a_bad_train_value_is_an_argparse_error_naming_its_option(flag, bad, says, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written anywhere
@@ -700,10 +702,12 @@ def test_evaluate_threshold_and_pd_match(two_targets, capsys, threshold, pd_matc
 
 
 def test_evaluate_threshold_out_of_range_is_an_argparse_error(two_targets, capsys):
-    for bad in ("1.5", "-0.1", "nan", "half"):
+    for bad, says in (("1.5", "must be a fraction of the full scale in [0, 1], got 1.5"), ("-0.1", "got -0.1"),
+                      ("nan", "got nan"), ("half", "'half' is not a number")):
         assert main(["evaluate", "--dataset", str(two_targets), "--pred", str(two_targets / "pred"),
                      "--threshold", bad]) == 2
-        assert "error: argument --threshold" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "error: argument --threshold" in err and says in err
 
 
 # ------------------------------------------------------------------------------ convert-checkpoint, test

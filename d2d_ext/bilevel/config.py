@@ -4,7 +4,7 @@ is read from the command line.
 Every field carries its description in its metadata, which :mod:`d2d_ext.cli` turns into an
 option of ``train``: ``help`` (required), and where needed ``choices`` (with ``ignore_case``),
 ``span`` (the :class:`~d2d_ext.spans.Span` of values a number may take, which
-:meth:`TrainConfig.validate` checks), ``parse`` (text to value, raising ``ValueError`` with a
+:meth:`TrainConfig.validate` checks, and the command line as it reads the option), ``parse`` (text to value, raising ``ValueError`` with a
 message), ``flag`` (the option's name where it is not ``--name-with-dashes``) and ``metavar``.
 :func:`text_parser` says how a field's value is read from text; a default lives only in the
 dataclass.
@@ -36,14 +36,6 @@ def finite_number(text: str) -> float:
         raise ValueError(f"{text!r} is not a number") from None
     if not math.isfinite(number):
         raise ValueError(f"{text!r} is not a finite number")
-    return number
-
-
-def unit_fraction(text: str) -> float:
-    """A float read from ``text`` that must lie in [0, 1] (``ValueError`` otherwise)."""
-    number = finite_number(text)
-    if not 0.0 <= number <= 1.0:
-        raise ValueError(f"{text} is not in [0, 1]")
     return number
 
 
@@ -118,7 +110,7 @@ class TrainConfig:
     crop_size: int = _setting(128, "side of the square training crops in pixels (a multiple of 16)",
                               span=Span(16, whole=True))
     val_fraction: float = _setting(0.2, "share of the training split held out for validation (a seeded draw; "
-                                        "unused with --val-split)", parse=unit_fraction, span=Span(0, 1))
+                                        "unused with --val-split)", span=Span(0, 1))
     val_split: str = _setting("", "an explicit validation split instead of a share of --split", metavar="SPLIT")
     surrogate_steps: int = _setting(16, "diffusion steps of the surrogate M(y; theta) in the theta step",
                                   span=Span(0, whole=True))
@@ -145,15 +137,31 @@ class TrainConfig:
 
 def text_parser(spec: dataclasses.Field) -> Callable[[str], object] | None:
     """How a :class:`TrainConfig` field's value is read from text: its ``parse`` metadata, else by
-    its default's type (a float must be finite; choices that ignore case are lower-cased). ``None``
-    for a bool, which the command line sets by a flag's presence."""
+    its default's type (a float must be finite; choices that ignore case are lower-cased), and
+    within its ``span`` where it has one, so that the command line refuses a value out of it
+    before anything runs. ``None`` for a bool, which the command line sets by a flag's presence."""
     if "parse" in spec.metadata:
         return spec.metadata["parse"]
     kind = type(spec.default)
     if kind is bool:
         return None
     if kind is float:
-        return finite_number
-    if spec.metadata.get("ignore_case"):
+        read = finite_number
+    elif spec.metadata.get("ignore_case"):
         return str.lower
-    return kind
+    else:
+        read = kind
+    span = spec.metadata.get("span")
+    if span is None:
+        return read
+
+    def within(text: str):
+        try:
+            value = read(text)
+        except ValueError:
+            if read is finite_number:
+                raise
+            raise ValueError(f"{text!r} is not a whole number") from None
+        return span.checked(spec.name, value)
+
+    return within
