@@ -379,6 +379,7 @@ SHARE = Span(0, 1, open="low")
 
 def build_parser() -> argparse.ArgumentParser:
     from .bilevel import TrainConfig
+    from .calibrate import CONFIDENCE
     from .metrics import PD_MATCH_RULES
     from .models import CHECKPOINT_MODELS
 
@@ -409,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seed", type=_within(SEED), default=0, help="seed of the draw (and of gen-coarse points)")
     k.add_argument("--points", default="centroid", type=_point_source, help="point source, as annotate's --points")
     k.add_argument("--min-gain", type=_within(Span(0)), default=0.5, help="IoU points a setting must gain on the N masks to move")
-    k.add_argument("--confidence", type=_within(SHARE), default=0.95,
+    k.add_argument("--confidence", type=_within(SHARE), default=CONFIDENCE,
                    help="share of bootstrap resamples of the N masks on which a move must gain")
     k.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP)
     k.add_argument("--out", required=True, metavar="FILE.json", help="where the settings go (for annotate --settings)")
