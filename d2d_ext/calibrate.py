@@ -7,8 +7,8 @@ of the dataset is opened). On them it fits six bounded, interpretable settings o
 over the ``N`` images, percent) of the annotator's masks from the dataset's points:
 
 - ``peak_fraction`` and ``k_sigma``: the strict threshold ``bg + max(k_sigma sd, f (peak - bg))``
-  of the leak-guarded component (how much of a target's core is certain). ``k_sigma`` may fall
-  below its default but not rise above it: the window search reads a peak that does not clear
+  of the leak-guarded component (how much of a target's core is certain). ``k_sigma``'s grid
+  stops at the default (2): the window search reads a peak that does not clear
   ``k_sigma`` band spreads as faint, and a faint peak's windows fall back to the peak-relative
   level and to the wide windows, where a target inside a cloud (whose texture is the band's
   spread) can be handed the cloud. A raised floor declares faint peaks that the default detects;
@@ -64,7 +64,7 @@ __all__ = ["GRIDS", "STRICT", "CONFIDENCE", "pick_ids", "calibrate", "load_setti
 #: The settings fitted and the values each may take (smallest to largest; the defaults lie on them).
 GRIDS = {
     "peak_fraction": (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
-    "k_sigma": (1.0, 1.5, 2.0),  # the default at most (see the module's docstring)
+    "k_sigma": (1.0, 1.5, 2.0),  # up to the default (see the module's docstring)
     "low_fraction": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
     "level": (0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3),
     "point_radius": (0.0, 1.0, 1.5),

@@ -422,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", required=True)
     e.add_argument("--split", default="all")
     e.add_argument("--pred", required=True, help="folder of <id>.png predictions (0/255 or probabilities x 255)")
-    e.add_argument("--threshold", type=_within(Span(0, 1, what="a fraction of the full scale")), default=0.5, metavar="T",
+    e.add_argument("--threshold", type=_within(Span(0, 1, what="a fraction of the full scale")), default=0.5,
+                   metavar="T",
                    help="a prediction pixel is target where value / full scale > T (8-bit PNGs: v / 255; "
                         "16-bit: v / 65535), as BasicIRSTD's evaluate.py; default 0.5: 8-bit values from 128")
     e.add_argument("--pd-match", choices=PD_MATCH_RULES, default="nearest",

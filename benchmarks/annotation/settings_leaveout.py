@@ -47,7 +47,8 @@ from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
 from d2d_ext.cli import parse_settings
 from d2d_ext.files import DataError, write_bytes_atomic
 
-#: The settings varied by default and their values (a subset of calibrate's GRIDS around the defaults).
+#: The settings varied by default and their values, around the defaults in the steps of calibrate's GRIDS
+#: (the defaults are chosen here, so a value may lie beyond what calibrate moves to: k_sigma 2.5).
 DEFAULT_GRID = {
     "peak_fraction": (0.2, 0.25, 0.3, 0.35, 0.4),
     "low_fraction": (0.2, 0.25, 0.3, 0.35, 0.4),

@@ -4,8 +4,9 @@ is read from the command line.
 Every field carries its description in its metadata, which :mod:`d2d_ext.cli` turns into an
 option of ``train``: ``help`` (required), and where needed ``choices`` (with ``ignore_case``),
 ``span`` (the :class:`~d2d_ext.spans.Span` of values a number may take, which
-:meth:`TrainConfig.validate` checks, and the command line as it reads the option), ``parse`` (text to value, raising ``ValueError`` with a
-message), ``flag`` (the option's name where it is not ``--name-with-dashes``) and ``metavar``.
+:meth:`TrainConfig.validate` checks, and the command line as it reads the option), ``parse``
+(text to value, raising ``ValueError`` with a message), ``flag`` (the option's name where it is
+not ``--name-with-dashes``) and ``metavar``.
 :func:`text_parser` says how a field's value is read from text; a default lives only in the
 dataclass.
 """
@@ -37,6 +38,14 @@ def finite_number(text: str) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{text!r} is not a finite number")
     return number
+
+
+def whole_number(text: str) -> int:
+    """An int read from ``text`` (``ValueError`` naming it otherwise: ``2.5``, ``many``)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
 
 
 def _setting(default, help: str, **spec):
@@ -137,18 +146,21 @@ class TrainConfig:
 
 def text_parser(spec: dataclasses.Field) -> Callable[[str], object] | None:
     """How a :class:`TrainConfig` field's value is read from text: its ``parse`` metadata, else by
-    its default's type (a float must be finite; choices that ignore case are lower-cased), and
-    within its ``span`` where it has one, so that the command line refuses a value out of it
-    before anything runs. ``None`` for a bool, which the command line sets by a flag's presence."""
-    if "parse" in spec.metadata:
-        return spec.metadata["parse"]
+    its default's type (a float must be finite, an int whole; choices that ignore case are
+    lower-cased), and within its ``span`` where it has one, so that the command line refuses a
+    value out of it before anything runs. ``None`` for a bool, which the command line sets by a
+    flag's presence."""
     kind = type(spec.default)
-    if kind is bool:
+    if "parse" in spec.metadata:
+        read = spec.metadata["parse"]
+    elif kind is bool:
         return None
-    if kind is float:
+    elif kind is float:
         read = finite_number
+    elif kind is int:
+        read = whole_number
     elif spec.metadata.get("ignore_case"):
-        return str.lower
+        read = str.lower
     else:
         read = kind
     span = spec.metadata.get("span")
@@ -156,12 +168,6 @@ def text_parser(spec: dataclasses.Field) -> Callable[[str], object] | None:
         return read
 
     def within(text: str):
-        try:
-            value = read(text)
-        except ValueError:
-            if read is finite_number:
-                raise
-            raise ValueError(f"{text!r} is not a whole number") from None
-        return span.checked(spec.name, value)
+        return span.checked(spec.name, read(text))
 
     return within
