@@ -409,9 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ground-truth masks to read (ids drawn at random)")
     k.add_argument("--seed", type=_within(SEED), default=0, help="seed of the draw (and of gen-coarse points)")
     k.add_argument("--points", default="centroid", type=_point_source, help="point source, as annotate's --points")
-    k.add_argument("--min-gain", type=_within(Span(0)), default=0.5, help="IoU points a setting must gain on the N masks to move")
+    k.add_argument("--min-gain", type=_within(Span(0)), default=0.5,
+                   help="IoU points a setting must gain on the N masks to move (default 0.5)")
     k.add_argument("--confidence", type=_within(SHARE), default=CONFIDENCE,
-                   help="share of bootstrap resamples of the N masks on which a move must gain")
+                   help=f"share of bootstrap resamples of the N masks on which a move must gain (default {CONFIDENCE})")
     k.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP)
     k.add_argument("--out", required=True, metavar="FILE.json", help="where the settings go (for annotate --settings)")
     k.add_argument("--threads", type=_within(THREADS), default=1, help="torch threads (0: torch's default)")
