@@ -97,7 +97,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # bench
 from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
-from d2d_ext.annotate import Annotator, DiffusionParams, config_from_dict
+import d2d_ext.annotate as annotate_module
+from d2d_ext.annotate import DiffusionParams, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.calibrate import checked_settings, load_settings
 from d2d_ext.cli import parse_settings
@@ -615,6 +616,12 @@ def load_annotator_module(path: str, index: int = 0):
     return module
 
 
+def annotator(settings: dict | None = None, theta: dict | None = None, module=annotate_module):
+    """``module``'s ``Annotator`` (ours, or another version's: see :func:`load_annotator_module`)
+    with ``settings`` and the diffusion parameters' centres ``theta`` (its defaults where absent)."""
+    return module.Annotator(module.config_from_dict(settings or {}), module.DiffusionParams(**(theta or {})))
+
+
 def evaluate(sets: list, settings: dict | None = None, worst: int = 3, baseline: bool = True,
              against: dict | None = None, repeats: int = 1, theta: dict | None = None) -> list:
     """``[(set, method, Score)]``: ours with ``settings`` and the diffusion parameters ``theta``
@@ -622,10 +629,9 @@ def evaluate(sets: list, settings: dict | None = None, worst: int = 3, baseline:
     -> module with ``Annotator``, ``DiffusionParams`` and ``config_from_dict``) with the same, and
     (``baseline``) the local threshold. Each method's time is its fastest of ``repeats`` passes,
     the methods' passes interleaved."""
-    methods = {"ours": Annotator(config_from_dict(settings or {}), DiffusionParams(**(theta or {}))).annotate}
+    methods = {"ours": annotator(settings, theta).annotate}
     for label, module in (against or {}).items():
-        methods[label] = module.Annotator(module.config_from_dict(settings or {}),
-                                          module.DiffusionParams(**(theta or {}))).annotate
+        methods[label] = annotator(settings, theta, module).annotate
     if baseline:
         methods["local threshold"] = local_threshold_masks
     for fn in methods.values():
@@ -906,7 +912,7 @@ def main(argv=None) -> int:
     worst += [f"- {name}, {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
               for name, method, r in results if method.startswith("ours") and r.stages]
     if args.soft:
-        ours = Annotator(config_from_dict(settings), DiffusionParams(**theta))
+        ours = annotator(settings, theta)
         worst += ["", "Soft labels of ours (what `d2d annotate --soft` writes) against the ground truth: pooled "
                       "soft IoU; the best single threshold (IoU at it):", ""]
         for s in sets:
