@@ -16,7 +16,10 @@ over the ``N`` images, percent) of the annotator's masks from the dataset's poin
   reached by the fractions;
 - ``low_fraction``: the contrast fraction ``I' >= low_fraction`` of the grown bright region (how
   far into a target's faint rim the mask reaches);
-- ``level``: the heat gate ``y >= level`` that trims a bright region that leaks into clutter;
+- ``level``: the heat gate ``y >= level`` that trims a bright region that leaks into clutter; its
+  grid reaches down to 0.01, since a large dim target's bright region can leak out of its field
+  window too, and masks that draw each target's faint glow reach farther than the heat does at
+  0.05 of its peak;
 - ``point_radius``: how far a point source's mask reaches around its peak (0: the pixels the
   threshold keeps; 1: the peak and its 4 neighbours; 1.5: its 3x3);
 - ``mask_margin``: the rings of pixels (0 to 2) that the dataset's annotators draw around what the
@@ -66,7 +69,7 @@ GRIDS = {
     "peak_fraction": (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
     "k_sigma": (1.0, 1.5, 2.0),  # up to the default (see the module's docstring)
     "low_fraction": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
-    "level": (0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3),
+    "level": (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3),
     "point_radius": (0.0, 1.0, 1.5),
     "mask_margin": (0, 1, 2),
 }
