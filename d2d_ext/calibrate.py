@@ -226,6 +226,27 @@ def _descend(scorer: _Scorer, start: dict, sweeps: int, min_gain: float, confide
     return current
 
 
+def _unsupported(scorer: _Scorer, fitted: dict, min_gain: float, confidence: float) -> list:
+    """The moves from ``fitted`` that the drawn masks favour but too few of their resamples back:
+    per setting, the grid's best value that beats ``fitted``'s pooled IoU by more than
+    ``min_gain`` yet does so on fewer than ``confidence`` of the resamples (a gain a few of the
+    masks carry). ``[{"setting", "value", "iou", "support"}]``, the largest gain first. Where the
+    descent ended without a change, every value was scored there and nothing is recomputed."""
+    draws = _draws(scorer, fitted)
+    best = _score(scorer, fitted)
+    out = []
+    for name, grid in GRIDS.items():
+        options = [v for v in grid if v != fitted[name]]
+        scores = [_score(scorer, {**fitted, name: v}) for v in options]
+        k = max(range(len(options)), key=lambda i: scores[i], default=None)
+        if k is None or not scores[k] > best + min_gain:
+            continue
+        support = _support(scorer, {**fitted, name: options[k]}, fitted, draws)
+        if support < confidence:
+            out.append({"setting": name, "value": options[k], "iou": _round(scores[k]), "support": support})
+    return sorted(out, key=lambda m: -m["iou"])
+
+
 def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centroid",
               config: AnnotatorConfig | None = None, params: DiffusionParams | None = None,
               sweeps: int = 3, min_gain: float = 0.5, confidence: float = CONFIDENCE, log=None,
@@ -240,7 +261,9 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
     Returns a JSON-ready dict: ``settings`` (the fitted fields only, name -> value), ``iou_before``
     (the start's pooled IoU, percent), ``iou_after``, ``ids`` (in the order drawn), ``dataset``,
     ``split``, ``masks``, ``seed``, ``points``, ``targets``, ``min_gain``, ``bounds`` (each grid's
-    ends), ``bad_pixels`` (the map's pixel count and fingerprint, or None). Raises
+    ends), ``unsupported`` (the moves the drawn masks favour that too few resamples back, which
+    more masks may confirm: :func:`_unsupported`), ``bad_pixels`` (the map's pixel count and
+    fingerprint, or None). Raises
     :class:`DataError` for bad input (``masks`` out of range, a missing or unreadable file).
     """
     base = config or AnnotatorConfig()
@@ -256,10 +279,16 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         start = {name: getattr(base, name) for name in GRIDS}
         before = scorer.iou(start)
         fitted = _fit(scorer, start, sweeps, min_gain, confidence, log)
+        unsupported = _unsupported(scorer, fitted, min_gain, confidence)
     except ValueError as err:  # the annotator's own checks (a point outside its image)
         raise DataError(f"calibrate: {err}") from None
     after = scorer.iou(fitted)
     if log:
+        for move in unsupported:
+            log(f"calibrate: {move['setting']} {move['value']} scores {move['iou']:.2f} on the drawn masks "
+                f"(+{move['iou'] - after:.2f}) but is ahead on {100 * move['support']:.0f}% of their resamples, "
+                f"not {100 * confidence:.0f}%: a few of the masks carry it; more masks (--masks) would show "
+                "whether the dataset's do")
         log(f"calibrate: {len(ids)} masks, {sum(len(p) for p in pts)} targets, {len(scorer.scores)} settings scored, "
             f"{len(scorer.prepared)} prepared, {time.perf_counter() - t0:.1f} s")
     return {
@@ -268,6 +297,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         "ids": ids, "dataset": ds.name, "split": split, "masks": len(ids), "seed": int(seed), "points": points,
         "targets": sum(len(p) for p in pts), "min_gain": min_gain, "confidence": confidence,
         "bounds": {name: [min(grid), max(grid)] for name, grid in GRIDS.items()},
+        "unsupported": unsupported,
         "bad_pixels": ds.bad_pixels_record,
     }
 

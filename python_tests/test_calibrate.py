@@ -10,7 +10,7 @@ import pytest
 
 import d2d_ext.data
 from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
-from d2d_ext.calibrate import GRIDS, STRICT, calibrate, load_settings, pick_ids
+from d2d_ext.calibrate import CONFIDENCE, GRIDS, STRICT, calibrate, load_settings, pick_ids
 from d2d_ext.cli import main
 from d2d_ext.data import IRDataset
 from d2d_ext.files import DataError, write_png_atomic
@@ -350,6 +350,25 @@ def test_a_gain_that_some_of_the_masks_do_not_share_is_refused():
     assert _descend(both, start, sweeps=3, min_gain=0.5)["low_fraction"] == 0.5
 
 
+def test_a_gain_too_few_resamples_back_is_reported():
+    """The lopsided gain above is refused, and named with its score and support; a gain every
+    image shares is taken and then not named; a gain under min_gain is not named either."""
+    from d2d_ext.calibrate import GRIDS, _descend, _unsupported
+
+    start = {name: grid[len(grid) // 2] for name, grid in GRIDS.items()}
+    start["low_fraction"] = 0.3
+    flat = [(50, 100)] * 4
+    lopsided = _Counts({None: flat, 0.1: [(90, 100), (45, 100), (45, 100), (45, 100)], 0.5: [(50, 100)] * 3 + [(51, 100)]})
+    fit = _descend(lopsided, start, sweeps=3, min_gain=0.5)
+    assert fit == start
+    [move] = _unsupported(lopsided, fit, min_gain=0.5, confidence=0.9)
+    assert move["setting"] == "low_fraction" and move["value"] == 0.1 and move["iou"] == 56.25
+    assert 1 - 0.75 ** 4 - 0.05 < move["support"] < 0.9
+    shared = _Counts({None: flat, 0.1: [(60, 100)] * 4})
+    fit = _descend(shared, start, sweeps=3, min_gain=0.5)
+    assert fit["low_fraction"] == 0.1 and _unsupported(shared, fit, min_gain=0.5, confidence=0.9) == []
+
+
 def test_the_confidence_is_the_share_of_resamples_that_must_gain():
     """The lopsided gain above wins on a resample of the four images unless it draws only odd
     images (1 - 1/16 = 93.75% of resamples): a confidence of 0.9 takes it, 0.95 does not."""
@@ -420,16 +439,23 @@ def test_the_heat_gate_is_lowered_where_the_masks_draw_the_glow(tmp_path):
 
     assert min(GRIDS["level"]) < 0.05 and AnnotatorConfig().level in GRIDS["level"]
     ds = IRDataset(NUDT)
-    ids = pick_ids(ds.ids("train"), 20, 3, "train")
+    ids = {seed: pick_ids(ds.ids("train"), 20, seed, "train") for seed in (0, 3)}
     root = tmp_path / ds.name
     (root / "masks").mkdir(parents=True)
     for name in ("images", "masks_centroid", "img_idx"):
         (root / name).symlink_to((NUDT / name).resolve())
-    for i in ids:  # only the drawn masks are read
+    for i in set(ids[0] + ids[3]):  # only the drawn masks are read
         glow = glow_mask(ds.load_image(i), ds.load_mask(i), 0.15)
         write_png_atomic(root / "masks" / f"{i}.png", glow.astype(np.uint8) * 255)
+    # seed 0: two of the drawn images carry the lower gate's gain; it is named, not taken
+    lines = []
+    fit = calibrate(root, "train", 20, seed=0, log=lines.append)
+    [move] = [m for m in fit["unsupported"] if m["setting"] == "level"]
+    assert fit["settings"]["level"] >= 0.05 and move["value"] < 0.05
+    assert move["iou"] > fit["iou_after"] + 1 and move["support"] < CONFIDENCE
+    assert any(line.startswith(f"calibrate: level {move['value']} scores") for line in lines)
     fit = calibrate(root, "train", 20, seed=3)
-    assert fit["ids"] == ids and "000424" not in ids
+    assert fit["ids"] == ids[3] and "000424" not in ids[3] and fit["unsupported"] == []
     assert fit["settings"]["level"] < 0.05 and fit["iou_after"] > fit["iou_before"] + 10
     image, points = ds.load_image("000424"), ds.points("000424", "centroid")
     glow = glow_mask(image, ds.load_mask("000424"), 0.15)

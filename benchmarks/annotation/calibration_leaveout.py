@@ -101,7 +101,9 @@ def main(argv=None) -> int:
         name, ids = held_out(ds, args.split, fit["ids"])
         changed = {k: v for k, v in fit["settings"].items() if v != getattr(config_from_dict({}), k)}
         notes.append(f"- {ds.name}: fitted {fit['settings']} on {fit['masks']} masks ({fit['targets']} targets) "
-                     f"in {seconds:.1f} s; their IoU {fit['iou_before']:.2f} -> {fit['iou_after']:.2f}")
+                     f"in {seconds:.1f} s; their IoU {fit['iou_before']:.2f} -> {fit['iou_after']:.2f}"
+                     + "".join(f"; not backed: {m['setting']} {m['value']} ({m['iou']:.2f}, ahead on "
+                               f"{100 * m['support']:.1f}% of the resamples)" for m in fit["unsupported"]))
         held = load_set(ds, name, ids)
         for label, settings in (("default", {}), ("calibrated", fit["settings"])):
             masks, seconds, _ = run(Annotator(config_from_dict(settings)).annotate, held)
