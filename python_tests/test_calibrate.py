@@ -353,7 +353,7 @@ def test_a_gain_that_some_of_the_masks_do_not_share_is_refused():
 def test_a_gain_too_few_resamples_back_is_reported():
     """The lopsided gain above is refused, and named with its score and support; a gain every
     image shares is taken and then not named; a gain under min_gain is not named either."""
-    from d2d_ext.calibrate import GRIDS, _descend, _unsupported
+    from d2d_ext.calibrate import _descend, _unsupported
 
     start = {name: grid[len(grid) // 2] for name, grid in GRIDS.items()}
     start["low_fraction"] = 0.3
@@ -434,7 +434,9 @@ def test_the_heat_gate_is_lowered_where_the_masks_draw_the_glow(tmp_path):
     # Where a target's bright region leaks out of its field window, the mask keeps what the heat
     # reached above `level`; masks that draw each target's faint glow reach farther than the heat
     # does at 0.05 of its peak (NUDT-SIRST 000424: a 292-pixel target with its glow, not drawn)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "annotation"))
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks" / "annotation")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
     from annotation_datasets import glow_mask
 
     assert min(GRIDS["level"]) < 0.05 and AnnotatorConfig().level in GRIDS["level"]
