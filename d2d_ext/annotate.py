@@ -58,7 +58,9 @@ stripes of an uncooled sensor, is read with that pattern removed first (``destri
 So a mask reads the fused field only where its bright region leaks (a few percent of real targets):
 :meth:`Annotator.annotate` computes steps 3 to 5 (and the entropy) for those targets alone, and
 :meth:`Annotator.masks` (the trainer's label updates) diffuses only them. Soft labels, and the
-trainer's theta step that differentiates them, need every target's field.
+trainer's theta step that differentiates them, need every target's field. For a trainer that
+reads soft labels as probabilities, :func:`mask_soft_labels` recasts the fields as odds about each
+mask's edge, at least 0.5 exactly on the mask (``masks_and_soft(style="mask")``).
 
 Typical use::
 
@@ -93,6 +95,8 @@ __all__ = [
     "prepare_targets",
     "target_rates",
     "soft_labels",
+    "mask_soft_labels",
+    "SOFT_STYLES",
     "binarize_targets",
     "image_masks",
     "leaking_targets",
@@ -872,6 +876,47 @@ def crop_maps(maps: list, batch: TargetBatch) -> torch.Tensor:
     return torch.from_numpy(out) * batch.inside
 
 
+# Soft labels in the masks' terms (``d2d annotate --soft-style mask``). A target's field ``y``
+# peaks at 1 and reaches over its whole field window, so a trainer that reads the field as a
+# probability (or thresholds it at 0.5) sees only each target's core: its 0.5 level lies far inside
+# the mask. Recast as odds about the field's level ``e`` at the mask's edge, ``s = y^k / (y^k + e^k)``
+# is 0.5 there, near 1 at the peak and falls off outside as the heat does. ``e`` is a low quantile
+# of the field over the mask, not its minimum: the contrast makes the mask, and one rim pixel the
+# heat barely reached would otherwise lift every pixel around the target towards 0.5.
+MASK_EDGE_QUANTILE = 0.1
+MASK_ODDS_POWER = 2.0  # k: the odds' steepness in the ratio y / e
+# the largest value outside a mask: below one half after a 16-bit PNG's rounding too (32767 / 65535)
+BELOW_HALF = 32767 / 65535
+
+
+def mask_soft_labels(batch: TargetBatch, soft: torch.Tensor, masks: list) -> list:
+    """Per-image ``(H, W)`` float32 soft labels in [0, 1] whose 0.5 level is exactly ``masks``.
+
+    Args:
+        batch: the prepared targets.
+        soft: ``(T, S, S)`` their fields (:func:`soft_labels`).
+        masks: the images' ``(H, W)`` bool pseudo-masks from those fields (:func:`image_masks`).
+
+    Each target's field becomes ``y^k / (y^k + e^k)`` (``k`` :data:`MASK_ODDS_POWER`, ``e`` the
+    :data:`MASK_EDGE_QUANTILE` quantile of ``y`` over the target's component of its image's mask;
+    a target without one gets ``e = 1``), the targets are combined by maximum, and every pixel is
+    then lifted to at least 0.5 on the mask and held to at most :data:`BELOW_HALF` off it.
+    """
+    y = (soft.detach() * batch.inside).double().numpy()
+    held = crop_maps([m.astype(np.float32) for m in masks], batch).numpy() > 0.5
+    out = np.zeros(y.shape, np.float32)
+    for t in range(len(batch)):
+        mask = component(held[t], tuple(int(v) for v in batch.peak[t]))
+        edge = float(np.quantile(y[t][mask], MASK_EDGE_QUANTILE)) if mask is not None else 1.0
+        ratio = (y[t] / max(edge, 1e-12)) ** MASK_ODDS_POWER
+        out[t] = np.where(np.isfinite(ratio), ratio / (1.0 + ratio), 1.0)
+    maps = paste_masks(batch, out, reduce="max")
+    return [np.where(m, np.maximum(s, np.float32(0.5)), np.minimum(s, np.float32(BELOW_HALF))) for s, m in zip(maps, masks)]
+
+
+SOFT_STYLES = ("field", "mask")
+
+
 class Annotator:
     """Single points to pseudo-masks, batched over images (see the module docstring).
 
@@ -905,10 +950,14 @@ class Annotator:
         the masks are those of ``self.masks(self.prepare(images, points))``, at less cost."""
         return self.masks(prepare_targets(images, points, self.config, lazy=True))
 
-    def masks_and_soft(self, batch: TargetBatch, fields: bool = True) -> tuple:
+    def masks_and_soft(self, batch: TargetBatch, fields: bool = True, style: str = "field") -> tuple:
         """``(masks, fields)`` per image from one diffusion pass: the ``(H, W)`` bool pseudo-masks
-        and (``fields``, else None) the ``(H, W)`` float32 soft labels in [0, 1], the targets'
-        fused fields combined by maximum (zero outside every target's field window)."""
+        and (``fields``, else None) the ``(H, W)`` float32 soft labels in [0, 1]: in ``style``
+        ``"field"`` the targets' fused fields combined by maximum (zero outside every target's
+        field window), in ``"mask"`` those fields as odds about each mask's edge, 0.5 exactly
+        there (:func:`mask_soft_labels`)."""
+        if style not in SOFT_STYLES:
+            raise ValueError(f"masks_and_soft: style must be one of {SOFT_STYLES}, got {style!r}")
         t0 = time.perf_counter()
         with torch.no_grad():
             if fields:
@@ -922,7 +971,10 @@ class Annotator:
         self.last_seconds = dict(batch.seconds, diffusion=t1 - t0, binarize=t2 - t1)
         if not fields:
             return maps, None
-        soft_maps = paste_masks(batch, (soft * batch.inside).float().numpy(), reduce="max")
+        if style == "mask":
+            soft_maps = mask_soft_labels(batch, soft, maps)
+        else:
+            soft_maps = paste_masks(batch, (soft * batch.inside).float().numpy(), reduce="max")
         self.last_seconds["soft"] = time.perf_counter() - t2
         return maps, soft_maps
 

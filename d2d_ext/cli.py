@@ -67,11 +67,14 @@ def _add_annotator_options(parser, what: str) -> None:
 def _cmd_annotate(args) -> dict:
     from .annotate import Annotator, DiffusionParams
 
+    if args.soft_style != "field" and args.soft is None:
+        raise DataError(f"--soft-style {args.soft_style} needs --soft DIR: the folder its soft labels go to")
     _set_threads(args.threads)
     annotator = Annotator(_annotator_config(args), DiffusionParams())
     return annotate_dataset(args.dataset, args.split, args.points, args.out, args.overlay,
                             seed=args.seed, batch_images=args.batch_images, annotator=annotator,
-                            progress=not args.quiet, soft=args.soft, bad_pixels=args.bad_pixels)
+                            progress=not args.quiet, soft=args.soft, bad_pixels=args.bad_pixels,
+                            soft_style=args.soft_style)
 
 
 def _cmd_calibrate(args) -> dict:
@@ -378,6 +381,7 @@ SHARE = Span(0, 1, open="low")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .annotate import SOFT_STYLES
     from .bilevel import TrainConfig
     from .calibrate import CONFIDENCE
     from .metrics import PD_MATCH_RULES
@@ -397,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-images", type=_within(COUNT), default=16, help="images per annotator call")
     _add_annotator_options(a, "of the masks")
     a.add_argument("--soft", metavar="DIR", help="also write each image's soft label as a 16-bit PNG, round(65535 y)")
+    a.add_argument("--soft-style", choices=SOFT_STYLES, default="field",
+                   help="field: the targets' fused heat fields (peak 1); mask: the fields as odds about each "
+                        "mask's edge, >= 0.5 exactly on the mask")
     a.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP)
     a.add_argument("--threads", type=_within(THREADS), default=1, help="torch threads (0: torch's default)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -128,13 +128,15 @@ def _read_all(read, items: list, readers: int = 1) -> list:
 
 def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int = 0,
                      batch_images: int = 16, annotator=None, progress: bool = True, soft=None,
-                     bad_pixels=None) -> dict:
+                     bad_pixels=None, soft_style: str = "field") -> dict:
     """Annotate ``split`` of the dataset at ``root`` into ``out/<id>.png`` (0/255).
 
     ``overlay``: also ``overlay/<id>.png`` (see :func:`overlay_rgb`). ``soft``: also
-    ``soft/<id>.png``, the image's soft label (the targets' fused fields, combined by maximum,
-    zero outside their field windows) as a 16-bit PNG ``round(65535 y)``, from the same diffusion
-    pass as the mask. ``bad_pixels``: the sensor's bad-pixel map (an image file, or a folder of maps by
+    ``soft/<id>.png``, the image's soft label (``soft_style`` ``"field"``: the targets' fused
+    fields, combined by maximum, zero outside their field windows; ``"mask"``: those fields as odds
+    about each mask's edge, at least 0.5 exactly on the mask, see
+    :func:`d2d_ext.annotate.mask_soft_labels`) as a 16-bit PNG ``round(65535 y)``, from the same
+    diffusion pass as the mask. ``bad_pixels``: the sensor's bad-pixel map (an image file, or a folder of maps by
     size), whose pixels are repaired in every image before it is annotated (:mod:`d2d_ext.sensor`).
 
     Resumes: an id is done when each of its requested files exists (every PNG is written
@@ -144,8 +146,10 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
     dict (``images``, ``targets``, ``seconds``: annotation compute only, ``ms_per_target``,
     ``skipped``, ``out``; ``soft`` when given).
     """
-    from .annotate import Annotator
+    from .annotate import SOFT_STYLES, Annotator
 
+    if soft_style not in SOFT_STYLES:
+        raise DataError(f"soft_style must be one of {', '.join(SOFT_STYLES)}, got {soft_style!r}")
     ds = IRDataset(root, bad_pixels=bad_pixels)
     ids = ds.ids(split)
     annotator = annotator or Annotator()
@@ -162,9 +166,9 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
     record = ds.bad_pixels_record
     if record is not None:  # another map makes other images: a folder holds one map's masks
         settings["bad_pixels"] = record
-    for folder in (out, soft):
-        if folder is not None:
-            _claim(folder, settings)
+    _claim(out, settings)
+    if soft is not None:  # the style makes other soft labels from the same masks (the field's folders name none)
+        _claim(soft, settings if soft_style == "field" else {**settings, "soft_style": soft_style})
     folders = [f for f in (overlay, soft, out) if f is not None]
     for folder in folders:  # temporary files of a run killed mid-write
         remove_stale_temps(folder)
@@ -209,7 +213,7 @@ def annotate_dataset(root, split: str, points: str, out, overlay=None, seed: int
             if soft is None:
                 masks, fields = annotator.annotate(images, pts), [None] * len(chunk)
             else:  # one diffusion pass for both
-                masks, fields = annotator.masks_and_soft(annotator.prepare(images, pts))
+                masks, fields = annotator.masks_and_soft(annotator.prepare(images, pts), style=soft_style)
             seconds += time.perf_counter() - t0
             n_targets += sum(len(p) for p in pts)
             if written is not None:

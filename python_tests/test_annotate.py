@@ -1707,3 +1707,108 @@ def test_real_ship_keeps_its_hull():
     (m,) = Annotator().annotate([ds.load_image("Misc_4")], [ds.points("Misc_4", "centroid")])
     gt = ds.load_mask("Misc_4")
     assert (m & gt).sum() / (m | gt).sum() >= 0.8
+
+
+# ------------------------------------------------------------------------------ soft labels in the masks' terms
+
+
+def _soft_in_both_styles(images, points):
+    ann = Annotator()
+    batch = ann.prepare(images, points)
+    masks, fields = ann.masks_and_soft(batch)
+    again, odds = ann.masks_and_soft(batch, style="mask")
+    return ann, batch, masks, fields, again, odds
+
+
+def test_mask_style_soft_labels_are_half_exactly_on_the_masks():
+    """``style="mask"``: each target's field as odds about its mask's edge, ``y^2 / (y^2 + e^2)``,
+    ``e`` the field's 10th percentile over the target's mask: at least 0.5 on the mask and below
+    it elsewhere, after a 16-bit PNG's rounding too; near 1 at each peak; the masks are the
+    field style's; a target alone in its field window follows the formula off its mask."""
+    from d2d_ext.annotate import MASK_EDGE_QUANTILE, MASK_ODDS_POWER, crop_maps
+    from d2d_ext.jobs import soft_png
+    from d2d_ext.morphology import component
+
+    scenes = _mixed_scenes()
+    ann, batch, masks, fields, again, odds = _soft_in_both_styles([s.image for s in scenes], [s.points for s in scenes])
+    for m, a, f, o in zip(masks, again, fields, odds):
+        assert np.array_equal(m, a) and o.dtype == np.float32 and o.shape == f.shape
+        assert np.array_equal(o >= 0.5, m) and o.min() >= 0.0 and o.max() <= 1.0
+        assert np.array_equal(soft_png(o) >= 32768, m)  # what read_gray(...) >= 0.5 reads back
+        assert not o[f == 0][~m[f == 0]].any()  # nothing beyond the fields and the masks
+    y = (ann.soft(batch).detach() * batch.inside).double().numpy()
+    held = crop_maps([m.astype(np.float32) for m in masks], batch).numpy() > 0.5
+    pasted = crop_maps(odds, batch).numpy()
+    inside = batch.inside.numpy()
+    windows = [paste_masks(batch, np.eye(len(batch), dtype=bool)[:, t, None, None] & inside)[batch.image_index[t]]
+               for t in range(len(batch))]
+    alone = 0
+    for t in range(len(batch)):
+        peak = tuple(int(v) for v in batch.peak[t])
+        assert pasted[t][peak] > 0.5
+        b = batch.image_index[t]
+        if any((windows[u] & windows[t]).any() for u in range(len(batch)) if u != t and batch.image_index[u] == b):
+            continue
+        alone += 1
+        mask = component(held[t], peak)
+        edge = np.quantile(y[t][mask], MASK_EDGE_QUANTILE)
+        ratio = (y[t] / edge) ** MASK_ODDS_POWER
+        off = inside[t] & ~held[t]
+        expected = np.minimum(ratio / (1 + ratio), 32767 / 65535)
+        np.testing.assert_allclose(pasted[t][off], expected[off], rtol=1e-5, atol=1e-7)
+    assert alone >= 5
+
+
+def test_mask_style_soft_labels_are_nearer_the_truth_on_synthetic_scenes():
+    """Read as probabilities, the mask style's labels are nearer the scenes' ground truth than the
+    fields: their 0.5 level is the masks (whose IoU the fields' 0.5 level is far below) and their
+    squared error over the pixels either reaches is lower."""
+    scenes = _scenes(12, seed=21)
+    _, _, masks, fields, _, odds = _soft_in_both_styles([s.image for s in scenes], [s.points for s in scenes])
+    truth = [s.mask > 0 for s in scenes]
+
+    def iou(labels):
+        return sum(((y >= 0.5) & g).sum() for y, g in zip(labels, truth)) / sum(((y >= 0.5) | g).sum()
+                                                                             for y, g in zip(labels, truth))
+
+    def squared_error(labels):
+        reach = [(y > 0) | (f > 0) | g for y, f, g in zip(labels, fields, truth)]
+        return (sum(((y[r] - g[r]) ** 2).sum() for y, g, r in zip(labels, truth, reach))
+                / sum(r.sum() for r in reach))
+
+    masks_iou = sum((m & g).sum() for m, g in zip(masks, truth)) / sum((m | g).sum() for m, g in zip(masks, truth))
+    assert iou(odds) == pytest.approx(masks_iou) and masks_iou > 0.6
+    assert iou(fields) < 0.6 * masks_iou
+    assert squared_error(odds) < 0.7 * squared_error(fields), (squared_error(odds), squared_error(fields))
+
+
+def test_an_unknown_soft_style_is_refused_by_name():
+    scenes = _scenes(1, seed=0)
+    ann = Annotator()
+    with pytest.raises(ValueError, match=r"style must be one of \('field', 'mask'\), got 'probability'"):
+        ann.masks_and_soft(ann.prepare([scenes[0].image], [scenes[0].points]), style="probability")
+
+
+@needs_sirst
+def test_real_mask_style_soft_labels_read_as_probabilities():
+    """SIRST-v1's test split, human points: thresholded at 0.5, the fields give a fraction of the
+    masks' IoU, the mask style exactly the masks'; and its squared error to the truth is lower."""
+    ds = IRDataset(SIRST)
+    ids = ds.ids("test")[:80]
+    ann = Annotator()
+    sums = np.zeros(6)
+    for start in range(0, len(ids), 16):
+        chunk = ids[start:start + 16]
+        batch = ann.prepare([ds.load_image(i) for i in chunk], [ds.points(i, "centroid") for i in chunk])
+        masks, fields = ann.masks_and_soft(batch)
+        _, odds = ann.masks_and_soft(batch, style="mask")
+        for i, m, f, o in zip(chunk, masks, fields, odds):
+            g = ds.load_mask(i)
+            reach = (f > 0) | (o > 0) | g
+            sums += [(m & g).sum(), (m | g).sum(), ((f >= 0.5) & g).sum(), ((f >= 0.5) | g).sum(),
+                     ((f[reach] - g[reach]) ** 2).sum() - ((o[reach] - g[reach]) ** 2).sum(),
+                     ((f[reach] - g[reach]) ** 2).sum()]
+            assert np.array_equal(o >= 0.5, m)
+    masks_iou, fields_iou = sums[0] / sums[1], sums[2] / sums[3]
+    assert masks_iou > 0.7 and fields_iou < 0.5 * masks_iou, (masks_iou, fields_iou)
+    assert sums[4] > 0.3 * sums[5]  # the mask style's squared error is under 70% of the fields'

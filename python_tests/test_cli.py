@@ -496,6 +496,38 @@ def test_soft_folder_must_differ_and_match_its_settings(dataset, soft_run, tmp_p
     assert code == 2 and "other settings" in err and str(soft_run / "s") in err
 
 
+
+def test_mask_style_soft_labels_hold_the_masks_at_one_half(dataset, soft_run, tmp_path, capsys):
+    """``--soft-style mask``: the written labels are at least 32768 (0.5 read back) exactly on the
+    written masks, the masks are those of a run without soft labels, and the soft folder records
+    the style: resuming it in the field style, or asking for the style without ``--soft``, is
+    refused by name before anything is written."""
+    from d2d_ext.annotate import Annotator
+
+    out, soft = tmp_path / "m", tmp_path / "s"
+    assert main(["annotate", "--dataset", str(dataset), "--out", str(out), "--soft", str(soft),
+                 "--soft-style", "mask", "--quiet"]) == 0
+    ds = IRDataset(dataset)
+    ann = Annotator()
+    for i in ds.ids("all"):
+        assert (out / f"{i}.png").read_bytes() == (soft_run / "plain" / f"{i}.png").read_bytes()
+        png = _u16(soft / f"{i}.png")
+        mask = read_gray(out / f"{i}.png") > 0.5
+        assert np.array_equal(png >= 32768, mask) and np.array_equal(read_gray(soft / f"{i}.png") >= 0.5, mask)
+        _, odds = ann.masks_and_soft(ann.prepare([ds.load_image(i)], [ds.points(i, "centroid")]), style="mask")
+        assert np.array_equal(png, np.round(odds[0] * 65535.0).astype(np.uint16))
+    assert json.loads((soft / ".d2d-annotate.json").read_text())["soft_style"] == "mask"
+    assert "soft_style" not in json.loads((out / ".d2d-annotate.json").read_text())
+    capsys.readouterr()
+    before = sorted(p.name for p in soft.iterdir())
+    assert main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "m2"), "--soft", str(soft),
+                 "--quiet"]) == 2
+    assert "soft_style" in capsys.readouterr().err and sorted(p.name for p in soft.iterdir()) == before
+    assert main(["annotate", "--dataset", str(dataset), "--out", str(tmp_path / "m3"), "--soft-style", "mask",
+                 "--quiet"]) == 2
+    assert "--soft-style mask needs --soft DIR" in capsys.readouterr().err and not (tmp_path / "m3").exists()
+
+
 # ------------------------------------------------------------------------------ settings with a few values
 
 BAD_CHOICES = [
@@ -507,6 +539,7 @@ BAD_CHOICES = [
     (["train", "--dataset", "D", "--out", "O"], "--select", "val-pd", ["val-loss", "val-iou"]),
     (["train", "--dataset", "D", "--out", "O"], "--points", "centriod", ["centroid", "coarse", "csv:FILE"]),
     (["annotate", "--dataset", "D", "--out", "O"], "--points", "csv:", ["gen-centroid", "gen-coarse"]),
+    (["annotate", "--dataset", "D", "--out", "O", "--soft", "S"], "--soft-style", "probability", ["field", "mask"]),
     (["calibrate", "--dataset", "D", "--out", "O", "--masks", "3"], "--points", "points.csv", ["csv:FILE"]),
     (["evaluate", "--dataset", "D", "--pred", "P"], "--pd-match", "closest", ["nearest", "first"]),
     (["test", "--dataset", "D", "--checkpoint", "C"], "--pd-match", "closest", ["nearest", "first"]),

@@ -30,8 +30,8 @@ mean offset of the ground truth's and of ours from the targets' intensity centro
 a dataset whose masks were drawn off their images by a fraction of a pixel. ``--theta NAME=VALUE``
 sets a diffusion parameter's centre (:class:`~d2d_ext.annotate.DiffusionParams`) for ours (and
 ``--against``'s); ``--soft`` also scores ours' soft labels, what ``d2d annotate --soft`` writes,
-against the ground truth (:func:`soft_score`: their pooled soft IoU, and the best single
-threshold's IoU). ``--dilate N``
+against the ground truth in both soft styles (``--soft-style``; :func:`soft_score`: their pooled soft IoU,
+the best single threshold's IoU, the IoU at 0.5 and the squared error). ``--dilate N``
 scores against every ground-truth mask grown by N pixels (8-connected): a stand-in for
 datasets whose annotators draw generous masks, to see what a change costs them; ``--glow F``
 draws each target's glow into its mask instead (the pixels within 3 of it above ``F`` of its
@@ -559,23 +559,31 @@ SOFT_THRESHOLDS = np.array([0.005, 0.01, 0.02, 0.03, 0.04] + [round(t, 2) for t 
 
 @dataclass
 class SoftScore:
-    """A set's soft labels (``d2d annotate --soft``: each target's fused field in [0, 1], targets
-    combined by maximum) against its ground truth: the pooled soft IoU ``sum y g / sum (y + g - y g)``
-    (percent; one minus the soft-IoU loss a trainer on them minimises, without smoothing), and the
-    single threshold of :data:`SOFT_THRESHOLDS` whose masks ``y >= t`` score the best pooled IoU."""
+    """A set's soft labels (``d2d annotate --soft``, in one ``--soft-style``) against its ground
+    truth: the pooled soft IoU ``sum y g / sum (y + g - y g)`` (percent; one minus the soft-IoU loss
+    a trainer on them minimises, without smoothing), the single threshold of
+    :data:`SOFT_THRESHOLDS` whose masks ``y >= t`` score the best pooled IoU, that IoU, the IoU of
+    ``y >= 0.5`` (a trainer that reads the labels as probabilities), and the mean squared error
+    ``(y - g)^2`` (x 1000) over the pixels the labels or the truth reach (``y > 0`` or ``g``): how
+    far the labels are from the truth's probabilities."""
 
     soft_iou: float
     threshold: float
     iou: float
+    iou_half: float
+    squared_error: float
 
 
-def soft_score(s: EvalSet, annotator) -> SoftScore:
-    """:class:`SoftScore` of ``annotator``'s soft labels on ``s`` (every target's field computed)."""
-    num = den = 0.0
+def soft_score(s: EvalSet, annotator, style: str = "field") -> SoftScore:
+    """:class:`SoftScore` of ``annotator``'s soft labels in ``style`` on ``s`` (every target's
+    field computed)."""
+    num = den = squared = reached = 0.0
     inter = np.zeros(len(SOFT_THRESHOLDS))
     union = np.zeros(len(SOFT_THRESHOLDS))
+    half = np.zeros(2)
     for k in range(0, len(s.images), CHUNK):
-        _, fields = annotator.masks_and_soft(annotator.prepare(s.images[k:k + CHUNK], s.points[k:k + CHUNK]))
+        _, fields = annotator.masks_and_soft(annotator.prepare(s.images[k:k + CHUNK], s.points[k:k + CHUNK]),
+                                             style=style)
         for y, g in zip(fields, s.masks[k:k + CHUNK]):
             y = y.astype(np.float64)
             num += float((y * g).sum())
@@ -583,9 +591,14 @@ def soft_score(s: EvalSet, annotator) -> SoftScore:
             above = y[None] >= SOFT_THRESHOLDS[:, None, None]
             inter += (above & g).sum((1, 2))
             union += (above | g).sum((1, 2))
+            half += (((y >= 0.5) & g).sum(), ((y >= 0.5) | g).sum())
+            reach = (y > 0) | g
+            squared += float(((y[reach] - g[reach]) ** 2).sum())
+            reached += float(reach.sum())
     iou = 100 * inter / np.maximum(union, 1)
     best = int(iou.argmax())
-    return SoftScore(100 * num / max(den, 1e-12), float(SOFT_THRESHOLDS[best]), float(iou[best]))
+    return SoftScore(100 * num / max(den, 1e-12), float(SOFT_THRESHOLDS[best]), float(iou[best]),
+                     100 * half[0] / max(half[1], 1), 1000 * squared / max(reached, 1))
 
 
 def run(fn, s: EvalSet) -> tuple:
@@ -672,6 +685,9 @@ def argument_parser() -> argparse.ArgumentParser:
                     help="a diffusion parameter's centre (DiffusionParams: D0, beta, rho, alpha, gamma)")
     ap.add_argument("--soft", action="store_true",
                     help="also score ours' soft labels (as d2d annotate --soft writes them; see soft_score)")
+    ap.add_argument("--soft-odds", metavar="POWER,QUANTILE",
+                    help="with --soft: the mask style's odds power and edge quantile instead of the package's "
+                         "(MASK_ODDS_POWER, MASK_EDGE_QUANTILE)")
     ap.add_argument("--dilate", type=int, default=0, help="grow every ground-truth mask by this many pixels")
     ap.add_argument("--glow", type=float, default=0.0, metavar="FRACTION",
                     help="draw each ground-truth target's glow in: the pixels within 3 of it above this "
@@ -748,6 +764,15 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error(f"--levels must be a number of grey levels >= 2, got {args.levels}")
     if args.crop and args.crop <= 2 * CROP_MARGIN:
         ap.error(f"--crop must exceed {2 * CROP_MARGIN} pixels, got {args.crop}")
+    if args.soft_odds is not None:
+        try:
+            power, quantile = (float(v) for v in args.soft_odds.split(","))
+            if not (power > 0 and 0 <= quantile <= 1):
+                raise ValueError
+        except ValueError:
+            ap.error(f"--soft-odds must be POWER,QUANTILE with POWER > 0 and QUANTILE in [0, 1], got {args.soft_odds!r}")
+        if not args.soft:
+            ap.error("--soft-odds needs --soft")
     if args.hot and args.hot != "beside":
         try:
             if not 0.0 < float(args.hot) < 1.0:
@@ -912,12 +937,20 @@ def main(argv=None) -> int:
     worst += [f"- {name}, {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
               for name, method, r in results if method.startswith("ours") and r.stages]
     if args.soft:
+        if args.soft_odds is not None:
+            power, quantile = (float(v) for v in args.soft_odds.split(","))
+            annotate_module.MASK_ODDS_POWER, annotate_module.MASK_EDGE_QUANTILE = power, quantile
         ours = annotator(settings, theta)
-        worst += ["", "Soft labels of ours (what `d2d annotate --soft` writes) against the ground truth: pooled "
-                      "soft IoU; the best single threshold (IoU at it):", ""]
+        worst += ["", "Soft labels of ours (what `d2d annotate --soft` writes, in each `--soft-style`) against the "
+                      "ground truth: pooled soft IoU; the best single threshold (IoU at it); IoU at 0.5; squared "
+                      "error (x 1000, where the labels or the truth reach):", ""]
         for s in sets:
-            r = soft_score(s, ours)
-            worst.append(f"- {s.name}: {r.soft_iou:.2f}; {r.threshold:.2f} ({r.iou:.2f})")
+            parts = []
+            for style in ("field", "mask"):
+                r = soft_score(s, ours, style)
+                parts.append(f"{style} {r.soft_iou:.2f}; {r.threshold:.2f} ({r.iou:.2f}); {r.iou_half:.2f}; "
+                             f"{r.squared_error:.2f}")
+            worst.append(f"- {s.name}: " + " / ".join(parts))
     print("\n".join(worst))
     if args.out:
         from d2d_ext.files import write_bytes_atomic
