@@ -898,20 +898,31 @@ def mask_soft_labels(batch: TargetBatch, soft: torch.Tensor, masks: list) -> lis
         masks: the images' ``(H, W)`` bool pseudo-masks from those fields (:func:`image_masks`).
 
     Each target's field becomes ``y^k / (y^k + e^k)`` (``k`` :data:`MASK_ODDS_POWER`, ``e`` the
-    :data:`MASK_EDGE_QUANTILE` quantile of ``y`` over the target's component of its image's mask;
-    a target without one gets ``e = 1``), the targets are combined by maximum, and every pixel is
-    then lifted to at least 0.5 on the mask and held to at most :data:`BELOW_HALF` off it.
+    :data:`MASK_EDGE_QUANTILE` quantile of ``y`` over the target's component of its image's mask
+    within its field window; a target without one gets ``e = 1``), the targets are combined by
+    maximum, and every pixel is then lifted to at least 0.5 on the mask and held to at most
+    :data:`BELOW_HALF` off it.
     """
-    y = (soft.detach() * batch.inside).double().numpy()
-    held = crop_maps([m.astype(np.float32) for m in masks], batch).numpy() > 0.5
-    out = np.zeros(y.shape, np.float32)
+    inside = batch.inside.numpy()
+    y = soft.detach().float().numpy() * inside
+    S = y.shape[-1]
+    edges = np.ones(len(batch), np.float32)
+    held = np.zeros((S, S), bool)
     for t in range(len(batch)):
-        mask = component(held[t], tuple(int(v) for v in batch.peak[t]))
-        edge = float(np.quantile(y[t][mask], MASK_EDGE_QUANTILE)) if mask is not None else 1.0
-        ratio = (y[t] / max(edge, 1e-12)) ** MASK_ODDS_POWER
-        out[t] = np.where(np.isfinite(ratio), ratio / (1.0 + ratio), 1.0)
-    maps = paste_masks(batch, out, reduce="max")
-    return [np.where(m, np.maximum(s, np.float32(0.5)), np.minimum(s, np.float32(BELOW_HALF))) for s, m in zip(maps, masks)]
+        image = masks[batch.image_index[t]]
+        in_image, in_crop = _crop_window(batch, t, S, *image.shape)
+        held[:] = False
+        held[in_crop] = image[in_image]
+        mask = component(held & inside[t], tuple(int(v) for v in batch.peak[t]))
+        if mask is not None:
+            edges[t] = max(float(np.quantile(y[t][mask], MASK_EDGE_QUANTILE)), 1e-12)
+    with np.errstate(divide="ignore", over="ignore"):  # y = 0 (outside the window): odds 0
+        odds = 1.0 / (1.0 + (edges[:, None, None] / y) ** np.float32(MASK_ODDS_POWER))
+    maps = paste_masks(batch, odds, reduce="max")
+    for labels, mask in zip(maps, masks):
+        np.maximum(labels, np.float32(0.5), out=labels, where=mask)
+        np.minimum(labels, np.float32(BELOW_HALF), out=labels, where=~mask)
+    return maps
 
 
 SOFT_STYLES = ("field", "mask")

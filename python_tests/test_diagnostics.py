@@ -645,8 +645,8 @@ def test_annotation_datasets_soft_score_against_known_fields():
     threshold, on fields made from the ground truth: the truth itself scores 100 at every
     threshold (the first is kept), the truth at half height 50 and 100 from a threshold at or
     below one half, the truth plus a faint halo of the same area 100 / (1 + 0.2) and 100 at
-    thresholds above the halo. The IoU at 0.5 and the squared error (x 1000, over the pixels the
-    labels or the truth reach) read the labels as probabilities."""
+    thresholds above the halo. The IoU at 0.5 and the squared error (over every pixel, per pixel of
+    the truth) read the labels as probabilities."""
     rng = np.random.default_rng(0)
     scenes = [make_scene(rng, 64, 64, "mixed") for _ in range(3)]
     s = annotation_datasets.scene_set("scenes", scenes)
@@ -667,7 +667,7 @@ def test_annotation_datasets_soft_score_against_known_fields():
     assert r.iou_half == pytest.approx(100.0) and r.squared_error == 0.0
     r = annotation_datasets.soft_score(s, Fields(lambda g: 0.5 * g.astype(np.float32)))
     assert r.soft_iou == pytest.approx(50.0) and r.iou == pytest.approx(100.0) and r.threshold == lowest
-    assert r.iou_half == pytest.approx(100.0) and r.squared_error == pytest.approx(250.0)
+    assert r.iou_half == pytest.approx(100.0) and r.squared_error == pytest.approx(0.25)
     r = annotation_datasets.soft_score(s, Fields(lambda g: 0.45 * g.astype(np.float32)))
     assert r.iou_half == 0.0 and r.iou == pytest.approx(100.0)
 
@@ -678,7 +678,7 @@ def test_annotation_datasets_soft_score_against_known_fields():
 
     r = annotation_datasets.soft_score(s, Fields(halo))
     assert r.soft_iou == pytest.approx(100 / 1.2) and r.iou == pytest.approx(100.0) and r.threshold == 0.25
-    assert r.squared_error == pytest.approx(1000 * 0.04 / 2)  # 0.2^2 on the halo, as many pixels as the truth
+    assert r.squared_error == pytest.approx(0.04)  # 0.2^2 on the halo, as many pixels as the truth
 
 
 def test_annotation_datasets_reads_theta_by_name(tmp_path, capsys):

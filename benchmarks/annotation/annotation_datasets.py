@@ -563,9 +563,10 @@ class SoftScore:
     truth: the pooled soft IoU ``sum y g / sum (y + g - y g)`` (percent; one minus the soft-IoU loss
     a trainer on them minimises, without smoothing), the single threshold of
     :data:`SOFT_THRESHOLDS` whose masks ``y >= t`` score the best pooled IoU, that IoU, the IoU of
-    ``y >= 0.5`` (a trainer that reads the labels as probabilities), and the mean squared error
-    ``(y - g)^2`` (x 1000) over the pixels the labels or the truth reach (``y > 0`` or ``g``): how
-    far the labels are from the truth's probabilities."""
+    ``y >= 0.5`` (a trainer that reads the labels as probabilities), and the squared error
+    ``sum (y - g)^2`` over every pixel per pixel of the truth (for a mask, its wrong pixels per
+    true one): how far the labels are from the truth read as probabilities, on one scale for every
+    style."""
 
     soft_iou: float
     threshold: float
@@ -577,7 +578,7 @@ class SoftScore:
 def soft_score(s: EvalSet, annotator, style: str = "field") -> SoftScore:
     """:class:`SoftScore` of ``annotator``'s soft labels in ``style`` on ``s`` (every target's
     field computed)."""
-    num = den = squared = reached = 0.0
+    num = den = squared = truth = 0.0
     inter = np.zeros(len(SOFT_THRESHOLDS))
     union = np.zeros(len(SOFT_THRESHOLDS))
     half = np.zeros(2)
@@ -592,13 +593,12 @@ def soft_score(s: EvalSet, annotator, style: str = "field") -> SoftScore:
             inter += (above & g).sum((1, 2))
             union += (above | g).sum((1, 2))
             half += (((y >= 0.5) & g).sum(), ((y >= 0.5) | g).sum())
-            reach = (y > 0) | g
-            squared += float(((y[reach] - g[reach]) ** 2).sum())
-            reached += float(reach.sum())
+            squared += float(((y - g) ** 2).sum())
+            truth += float(g.sum())
     iou = 100 * inter / np.maximum(union, 1)
     best = int(iou.argmax())
     return SoftScore(100 * num / max(den, 1e-12), float(SOFT_THRESHOLDS[best]), float(iou[best]),
-                     100 * half[0] / max(half[1], 1), 1000 * squared / max(reached, 1))
+                     100 * half[0] / max(half[1], 1), squared / max(truth, 1))
 
 
 def run(fn, s: EvalSet) -> tuple:
@@ -943,13 +943,13 @@ def main(argv=None) -> int:
         ours = annotator(settings, theta)
         worst += ["", "Soft labels of ours (what `d2d annotate --soft` writes, in each `--soft-style`) against the "
                       "ground truth: pooled soft IoU; the best single threshold (IoU at it); IoU at 0.5; squared "
-                      "error (x 1000, where the labels or the truth reach):", ""]
+                      "error per pixel of the truth:", ""]
         for s in sets:
             parts = []
             for style in ("field", "mask"):
                 r = soft_score(s, ours, style)
                 parts.append(f"{style} {r.soft_iou:.2f}; {r.threshold:.2f} ({r.iou:.2f}); {r.iou_half:.2f}; "
-                             f"{r.squared_error:.2f}")
+                             f"{r.squared_error:.3f}")
             worst.append(f"- {s.name}: " + " / ".join(parts))
     print("\n".join(worst))
     if args.out:
