@@ -358,15 +358,28 @@ SPAN_PIXELS = 65536
 
 
 def frame_span(image: np.ndarray) -> float:
-    """Maximum minus minimum of ``image`` ``(H, W)`` over every ``k``-th row (``k`` the smallest
-    step that reads at most about ``SPAN_PIXELS`` pixels; every row of a smaller frame), or over
-    every pixel where those rows are flat; at least 1e-12."""
+    """The range of ``image`` ``(H, W)`` that two neighbouring pixels of a row share: the largest
+    value two horizontal neighbours both reach minus the smallest both stay at or above, over
+    every ``k``-th row (``k`` the smallest step that reads at most about ``SPAN_PIXELS``
+    pixels; every row of a smaller frame), or over every pixel where those rows give none (a
+    sky band); the plain range where even that is none (single pixels on a flat frame); at
+    least 1e-12.
+
+    A stuck pixel is alone in its row: at the top of a 16-bit sensor's range, in a frame whose
+    scene spans a few hundred counts, it would make the floor of every target's amplitude the
+    size of a dim target's, and cut that target's mask to its peak."""
     H, W = image.shape
-    rows = image[::max(1, -(-H * W // SPAN_PIXELS))]
-    span = float(rows.max()) - float(rows.min())
-    if span <= 0.0:  # the sampled rows are flat (a sky band): the frame may not be
-        span = float(image.max()) - float(image.min())
-    return max(span, 1e-12)
+    for pixels in (image[::max(1, -(-H * W // SPAN_PIXELS))], image):
+        if W > 1:
+            both = np.minimum(pixels[:, 1:], pixels[:, :-1])
+            top = float(both.max())
+            np.maximum(pixels[:, 1:], pixels[:, :-1], out=both)
+            span = top - float(both.min())
+        else:
+            span = float(pixels.max()) - float(pixels.min())
+        if span > 0.0:
+            return span
+    return max(float(image.max()) - float(image.min()), 1e-12)
 
 
 class _Target(NamedTuple):
