@@ -348,38 +348,26 @@ class TargetBatch:
             entropy=self.entropy.to(dtype), superpixel=self.superpixel.to(dtype))
 
 
-# The smallest amplitude (peak - background) a target's contrast is divided by, as a fraction of its
-# image's range (a point on a flat background would otherwise divide by zero).
+# The smallest amplitude (peak - background) a target's contrast is divided by, as a fraction of the
+# range of its field window that neighbouring pixels share (a point on a flat background would
+# otherwise divide by zero). Local, so that a saturated object elsewhere in a raw frame (the sun, a
+# flare) cannot make the floor as large as a dim target's amplitude; shared by neighbours, so that
+# a stuck pixel in the window cannot either.
 AMPLITUDE_FLOOR = 1e-3
-# The range is read on whole rows evenly spaced, about this many pixels (every row of a frame that
-# small): the floor needs the frame's scale, which any fixed set of its pixels follows under a gain
-# and an offset, not its extremes; reading every pixel of a 1920x1080 frame cost more than a target.
-SPAN_PIXELS = 65536
 
 
-def frame_span(image: np.ndarray) -> float:
-    """The range of ``image`` ``(H, W)`` that two neighbouring pixels of a row share: the largest
-    value two horizontal neighbours both reach minus the smallest both stay at or above, over
-    every ``k``-th row (``k`` the smallest step that reads at most about ``SPAN_PIXELS``
-    pixels; every row of a smaller frame), or over every pixel where those rows give none (a
-    sky band); the plain range where even that is none (single pixels on a flat frame); at
-    least 1e-12.
-
-    A stuck pixel is alone in its row: at the top of a 16-bit sensor's range, in a frame whose
-    scene spans a few hundred counts, it would make the floor of every target's amplitude the
-    size of a dim target's, and cut that target's mask to its peak."""
-    H, W = image.shape
-    for pixels in (image[::max(1, -(-H * W // SPAN_PIXELS))], image):
-        if W > 1:
-            both = np.minimum(pixels[:, 1:], pixels[:, :-1])
-            top = float(both.max())
-            np.maximum(pixels[:, 1:], pixels[:, :-1], out=both)
-            span = top - float(both.min())
-        else:
-            span = float(pixels.max()) - float(pixels.min())
-        if span > 0.0:
-            return span
-    return max(float(image.max()) - float(image.min()), 1e-12)
+def shared_range(pixels: np.ndarray) -> float:
+    """The range of ``pixels`` ``(h, w)`` that two horizontal neighbours share: the largest value
+    two of them both reach minus the smallest both stay at or above; the plain range where that is
+    0 (a flat array with single bright pixels, or one column)."""
+    if pixels.shape[1] > 1:
+        both = np.minimum(pixels[:, 1:], pixels[:, :-1])
+        top = float(both.max())
+        np.maximum(pixels[:, 1:], pixels[:, :-1], out=both)
+        shared = top - float(both.min())
+        if shared > 0.0:
+            return shared
+    return float(pixels.max()) - float(pixels.min())
 
 
 class _Target(NamedTuple):
@@ -399,10 +387,10 @@ class _Target(NamedTuple):
 
 
 def _prepare_target(image: np.ndarray, b: int, point: tuple, py: int, px: int, others: list, cfg: AnnotatorConfig,
-                    seconds: dict, span: float) -> _Target:
+                    seconds: dict) -> _Target:
     """Step 1 and the contrast of step 2 for the peak ``(py, px)`` of ``image`` (index ``b`` of
     the batch), snapped from the pixel ``point`` ``(row, col)``; ``others``: the image's other
-    peaks; ``span``: its range (:func:`frame_span`); adds each stage's time to ``seconds``."""
+    peaks; adds each stage's time to ``seconds``."""
     H, W = image.shape
     t0 = time.perf_counter()
     strict = strict_component(image, py, px, cfg, others)
@@ -422,10 +410,10 @@ def _prepare_target(image: np.ndarray, b: int, point: tuple, py: int, px: int, o
                          f"at pixel (x={point[1]}, y={point[0]}): {len(ys)}, the first at (x={xs[0] + fbox[2]}, "
                          f"y={ys[0] + fbox[0]}); dead pixels: repair them first (d2d_ext.sensor.repair with "
                          "their map)")
-    # The amplitude's floor (a point on a flat background) is a fraction of the image's own range,
-    # so that no setting depends on the sensor's gain and offset: a 16-bit frame whose values span
-    # a few hundred counts gives the masks of the same frame stretched to [0, 1].
-    contrast = (win - strict.bg) / max(strict.peak - strict.bg, AMPLITUDE_FLOOR * span)
+    # The amplitude's floor (a point on a flat background) is a fraction of the window's own range
+    # (AMPLITUDE_FLOOR), so that no setting depends on the sensor's gain and offset: a 16-bit frame
+    # whose values span a few hundred counts gives the masks of the same frame stretched to [0, 1].
+    contrast = (win - strict.bg) / max(strict.peak - strict.bg, AMPLITUDE_FLOOR * shared_range(win), 1e-30)
     gy, gx = gradient(contrast)
     seconds["window"] += t1 - t0
     seconds["features"] += time.perf_counter() - t1
@@ -487,10 +475,9 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         arrays.append(image)
         near = [snap(image, x, y, cfg.snap_radius) for x, y in pts]
         peaks = [find_peak(image, x, y, cfg, near[:k] + near[k + 1:]) for k, (x, y) in enumerate(pts)]
-        span = frame_span(image) if peaks else 1.0
         for (x, y), (py, px) in zip(pts, peaks):
             rows.append(_prepare_target(image, b, point_pixel(x, y, *image.shape), py, px,
-                                        [q for q in peaks if q != (py, px)], cfg, seconds, span))
+                                        [q for q in peaks if q != (py, px)], cfg, seconds))
     batch = _lay_out(rows, shapes, cfg, seconds)
     if lazy:
         t0 = time.perf_counter()

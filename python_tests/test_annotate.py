@@ -264,63 +264,66 @@ def _shared_range(pixels):
     return float(pairs.min(0).max()) - float(pairs.max(0).min())
 
 
-def test_a_stuck_pixel_far_from_the_targets_leaves_the_masks_of_a_16_bit_frame():
-    """A frame spanning a few hundred counts of a 16-bit range with one pixel stuck at the top of
-    that range, far from every target, gets the masks it gets without it (the range that scales
-    the amplitude floor was the stuck pixel's: dim targets were cut towards their peaks, 15% of the
-    mask pixels, 118 of 814, were lost)."""
+def _raw_16_bit(scenes):
+    """The scenes' images as a frame that spans a few hundred counts of a 16-bit range."""
+    return [np.float32(0.1) + np.float32(0.002) * s.image.astype(np.float32) for s in scenes]
+
+
+@pytest.mark.parametrize("what", ["a stuck pixel", "a saturated object"])
+def test_something_at_the_top_of_a_raw_frames_range_leaves_the_masks(what):
+    """A frame spanning a few hundred counts of a 16-bit range with, far from every target, one
+    pixel stuck at the top of that range or an 11x11 object saturating it (the sun, a flare)
+    gets the masks it gets without it. Each made the frame's range, which scaled the floor of
+    every target's amplitude, as large as a dim target's amplitude, and masks were cut towards
+    their peaks (118 of 814 mask pixels lost here to the stuck pixel)."""
     scenes = _scenes(12, seed=3)
     ann = Annotator()
-    mapped = [np.float32(0.1) + np.float32(0.002) * s.image.astype(np.float32) for s in scenes]
+    mapped = _raw_16_bit(scenes)
     base = ann.annotate(mapped, [s.points for s in scenes])
-    stuck = []
+    spoilt = []
     for image, s in zip(mapped, scenes):
         far = ~ndimage.binary_dilation(s.mask > 0, iterations=40)
+        far[:6], far[-6:], far[:, :6], far[:, -6:] = False, False, False, False
         ys, xs = np.nonzero(far)
+        y, x = ys[len(ys) // 2], xs[len(xs) // 2]
         image = image.copy()
-        image[ys[len(ys) // 2], xs[len(xs) // 2]] = 1.0
-        stuck.append(image)
-    again = ann.annotate(stuck, [s.points for s in scenes])
+        reach = 0 if what == "a stuck pixel" else 5
+        image[y - reach:y + reach + 1, x - reach:x + reach + 1] = 1.0
+        spoilt.append(image)
+    again = ann.annotate(spoilt, [s.points for s in scenes])
     assert all(np.array_equal(a, b) for a, b in zip(again, base))
 
 
-def test_frame_span_reads_every_pixel_of_a_small_frame():
-    image = np.random.default_rng(0).random((240, 273)).astype(np.float32)
-    image[117, 5:7] = 1.5  # an extreme two pixels wide on a row a sampled read would skip
-    assert annotate_module.frame_span(image) == _shared_range(image) > 1.49
+def _pairs_range(pixels):
+    """What two horizontal neighbours both reach at most, minus what both stay at or above at least."""
+    pairs = np.stack([pixels[:, 1:], pixels[:, :-1]])
+    return float(pairs.min(0).max()) - float(pairs.max(0).min())
 
 
-@pytest.mark.parametrize("shape", [(256, 256), (1080, 1920)])
-def test_frame_span_is_not_set_by_a_stuck_pixel(shape):
-    """A pixel stuck at the top (or bottom) of the sensor's range is alone in its row: the range
-    stays that of the scene, read or sampled."""
-    image = np.float32(0.1) + np.float32(0.002) * np.random.default_rng(2).random(shape).astype(np.float32)
-    span = annotate_module.frame_span(image)
-    assert 0.0019 < span < 0.002
+def test_the_shared_range_is_not_set_by_a_stuck_pixel_and_follows_gain_and_offset():
+    """The range that scales the amplitude floor: what neighbours share, so a pixel stuck at the
+    top (or bottom) of the sensor's range, alone in its row, does not move it, while two
+    neighbours do; it scales with a gain and ignores an offset."""
+    image = np.float32(0.1) + np.float32(0.002) * np.random.default_rng(2).random((64, 80)).astype(np.float32)
+    shared = annotate_module.shared_range(image)
+    assert shared == _pairs_range(image) and 0.0019 < shared < 0.002
     for value in (1.0, 0.0):
         stuck = image.copy()
-        stuck[shape[0] // 2, shape[1] // 3] = value
-        stuck[0, 0] = value  # at the frame's corner too
-        assert annotate_module.frame_span(stuck) == span
-
-
-def test_frame_span_of_a_large_frame_reads_rows_that_follow_gain_and_offset():
-    """A 1920x1080 frame's range is read on every k-th row: it scales with a gain and ignores an
-    offset (what the amplitude floor needs), and an extreme on a row it skips does not move it."""
-    image = np.random.default_rng(1).random((1080, 1920)).astype(np.float32)
-    span = annotate_module.frame_span(image)
-    assert 0.99 < span <= float(image.max()) - float(image.min())
+        stuck[31, 17] = value
+        stuck[0, 0] = value  # at the corner too
+        assert annotate_module.shared_range(stuck) == shared
+    stuck[40, 5:7] = 1.5  # two neighbours: structure, not a defect
+    assert annotate_module.shared_range(stuck) == _pairs_range(stuck) > 1.39  # 1.5 less the lowest pair (~0.1)
     mapped = np.float64(200.0) + 300.0 * image.astype(np.float64)
-    assert annotate_module.frame_span(mapped) == pytest.approx(300.0 * span, rel=1e-9)
-    image[1, 7] = 40.0
-    assert annotate_module.frame_span(image) == span
+    assert annotate_module.shared_range(mapped) == pytest.approx(300.0 * shared, rel=1e-6)
 
 
-def test_frame_span_reads_the_whole_frame_where_its_sampled_rows_are_flat():
-    image = np.zeros((1080, 1920), np.float32)
-    image[1] = 0.5  # the only structure, on a row the sampled read skips
-    assert annotate_module.frame_span(image) == 0.5
-    assert annotate_module.frame_span(np.zeros((1080, 1920), np.float32)) == 1e-12
+def test_the_shared_range_of_single_pixels_on_a_flat_window_is_their_range():
+    flat = np.zeros((20, 30))
+    assert annotate_module.shared_range(flat) == 0.0
+    flat[4, 7] = 0.5  # one bright pixel: nothing neighbours share, so the plain range
+    assert annotate_module.shared_range(flat) == 0.5
+    assert annotate_module.shared_range(np.array([[0.1], [0.4], [0.2]])) == pytest.approx(0.3)  # one column
 
 
 def test_masks_in_a_large_frame_are_those_of_crops_around_the_targets():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import load_benchmark
-from d2d_ext.morphology import label
+from d2d_ext.morphology import grow, label
 from d2d_ext.points import centroid_points
 from d2d_ext.synthetic import make_scene, write_dataset
 
@@ -638,6 +638,27 @@ def test_annotation_datasets_reads_settings_as_d2d_annotate_does(tmp_path, capsy
     # the settings are checked together: a file's band with --set's windows
     args = annotation_datasets.argument_parser().parse_args(["--settings", str(wide), "--set", "half_sizes=[8,12]"])
     assert annotation_datasets.read_settings(args) == {"band": 8, "half_sizes": (8, 12)}
+
+
+def test_annotation_datasets_saturates_a_block_far_from_every_target():
+    """``--saturate SIZE``: one SIZE x SIZE block of each image set to 1, at least 40 pixels from
+    every ground-truth target; an image with no such place is left as it is."""
+    rng = np.random.default_rng(3)
+    s = annotation_datasets.scene_set("scenes", [make_scene(rng, 256, 256, "mixed") for _ in range(3)])
+    small = np.zeros((64, 64), bool)
+    small[32, 32] = True  # every pixel of a 64x64 image lies within 40 of it
+    s.ids.append("small")
+    s.images.append(np.full((64, 64), 0.2, np.float32))
+    s.points.append(np.array([[32.0, 32.0]]))
+    s.masks.append(small)
+    before = [im.copy() for im in s.images]
+    annotation_datasets.add_saturated_block(s, 11)
+    for im, old, mask in zip(s.images[:3], before, s.masks):
+        ys, xs = np.nonzero(im != old)
+        assert len(ys) <= 121 and ys.max() - ys.min() == 10 and xs.max() - xs.min() == 10
+        assert (im[ys.min():ys.max() + 1, xs.min():xs.max() + 1] == 1.0).all()
+        assert not (grow(mask, 39) & (im == 1.0)).any()
+    assert np.array_equal(s.images[3], before[3])
 
 
 def test_annotation_datasets_soft_score_against_known_fields():

@@ -46,7 +46,8 @@ sets one pixel beside every point (an 8-neighbour drawn with a fixed seed) to 1,
 pixel next to each target: the worst case for the snap to the brightest pixel of the point's 3x3;
 ``--hot FRACTION`` sets that fraction of every image's pixels, drawn at random, to 1 (a sensor's
 uncorrected hot pixels); ``--repair`` then repairs them from their map before annotating, as
-``d2d annotate --bad-pixels`` does. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
+``d2d annotate --bad-pixels`` does. ``--saturate SIZE`` sets a SIZE x SIZE block at least 40 pixels
+from every target to 1 (after ``--map``: the sun or a flare filling a raw frame's range). ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
 target, with the crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and
 clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves every point by up
 to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
@@ -450,6 +451,30 @@ def add_hot_pixels(s: EvalSet, how: str, seed: int = 0, repair: bool = False) ->
     s.images = images
 
 
+#: --saturate: how far (pixels) the saturated block stays from every ground-truth target
+SATURATE_CLEAR = 40
+
+
+def add_saturated_block(s: EvalSet, size: int) -> None:
+    """Sets a ``size`` x ``size`` block of every image of ``s`` to 1 (the sun, a flare: an object
+    that fills the sensor's range), centred on the middle one (in raster order) of the pixels at
+    least :data:`SATURATE_CLEAR` from every ground-truth target and whose block fits in the image;
+    an image without such a pixel is left as it is."""
+    images = []
+    for image, mask in zip(s.images, s.masks):
+        H, W = image.shape
+        r = size // 2
+        free = ~grow(mask, SATURATE_CLEAR) if mask.any() else np.ones((H, W), bool)
+        free[:r], free[H - r:], free[:, :r], free[:, W - r:] = False, False, False, False
+        ys, xs = np.nonzero(free)
+        if len(ys):
+            image = image.copy()
+            y, x = ys[len(ys) // 2], xs[len(xs) // 2]
+            image[y - r:y - r + size, x - r:x - r + size] = 1.0
+        images.append(image)
+    s.images = images
+
+
 def add_sensor_noise(s: EvalSet, white: float = 0.0, stripes: float = 0.0, seed: int = 0,
                      row_stripes: float = 0.0) -> None:
     """Adds to every image of ``s`` Gaussian noise of ``white`` times the image's own pixel noise
@@ -698,6 +723,9 @@ def argument_parser() -> argparse.ArgumentParser:
     ap.add_argument("--map", metavar="OFFSET,GAIN", help="annotate OFFSET + GAIN * image instead of the image")
     ap.add_argument("--hot", metavar="beside|FRACTION",
                     help="set one pixel beside every point, or this fraction of each image's pixels, to 1")
+    ap.add_argument("--saturate", type=int, default=0, metavar="SIZE",
+                    help="set a SIZE x SIZE block of every image, at least 40 px from every target, to 1 (after "
+                         "--map and --hot): an object that fills the sensor's range")
     ap.add_argument("--repair", action="store_true",
                     help="with --hot: repair those pixels from their map before annotating (annotate --bad-pixels)")
     ap.add_argument("--points", choices=("centroid", "coarse"), default="centroid",
@@ -758,6 +786,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error(f"--zoom and --shrink must be whole factors >= 1, got {args.zoom} and {args.shrink}")
     if args.blur < 0:
         ap.error(f"--blur must be a Gaussian's sigma >= 0 pixels, got {args.blur}")
+    if args.saturate < 0:
+        ap.error(f"--saturate must be a block's side in pixels >= 0, got {args.saturate}")
     if args.smear < 0:
         ap.error(f"--smear must be a whole number of pixels >= 0, got {args.smear}")
     if args.levels and args.levels < 2:
@@ -836,6 +866,9 @@ def probe_sets(args: argparse.Namespace, sets: list | None = None) -> list:
     if args.hot:
         for s in sets:
             add_hot_pixels(s, args.hot, repair=args.repair)
+    if args.saturate:
+        for s in sets:
+            add_saturated_block(s, args.saturate)
     for s in sets:
         restyle(s, args.dilate, args.glow)
     return sets
@@ -854,6 +887,7 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += f"; points moved by up to {args.jitter} px per axis (seed 0)" if args.jitter else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
+    grown += f"; a {args.saturate}x{args.saturate} block set to 1, 40 px from every target" if args.saturate else ""
     grown += f"; white noise of {args.noise}x each image's pixel noise added (seed 0)" if args.noise else ""
     grown += f"; column offsets of {args.stripes}x each image's pixel noise added (seed 0)" if args.stripes else ""
     grown += f"; row offsets of {args.row_stripes}x each image's pixel noise added (seed 0)" if args.row_stripes else ""
