@@ -4,7 +4,9 @@ Every target is one point ``(x, y)`` (0-based pixel coordinates, sub-pixel allow
 ``(H, W)`` float32 in [0, 1]. Only the image and the points are read; nothing here can see a
 ground-truth mask. A frame whose columns (or rows) carry a readout offset of their own, the
 stripes of an uncooled sensor, is read with that pattern removed first (``destripe``,
-:mod:`d2d_ext.stripes`); a frame without one is read as it is. Then, for each point:
+:mod:`d2d_ext.stripes`); a frame without one is read as it is. Rows and columns of one value at a
+frame's edges (a letterbox, padding) are not read: the picture is what they frame
+(:func:`picture_box`). Then, for each point:
 
 1. **Snap and window** (:mod:`d2d_ext.windows`). The point moves to the brightest pixel of
    its 3x3 neighbourhood (the peak), or to a small target's peak a pixel or two farther that it
@@ -105,6 +107,7 @@ __all__ = [
     "paste_masks",
     "keep_apart",
     "crop_maps",
+    "picture_box",
     "fuse_prior",
     "point_pixel",
 ]
@@ -460,13 +463,18 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         raise ValueError(f"annotate: {len(images)} images but {len(points)} point arrays")
     rows = []
     seconds = {"destripe": 0.0, "window": 0.0, "features": 0.0, "superpixel": 0.0}
-    shapes, arrays = [], []
+    shapes, arrays, frames, corners = [], [], [], []
     for b, (image, pts) in enumerate(zip(images, points)):
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"annotate: image {b} must have shape (H, W), got {image.shape}")
         image = image.astype(np.float32, copy=False)
         pts = check_points(pts, image.shape, b)
+        frames.append(tuple(image.shape))
+        y0, y1, x0, x1 = picture_box(image, pts)
+        corners.append((y0, x0))
+        if (y1 - y0, x1 - x0) != image.shape:  # the target's frame is the picture, not its padding
+            image, pts = np.ascontiguousarray(image[y0:y1, x0:x1]), pts - np.array([x0, y0], pts.dtype)
         if len(pts) and cfg.destripe != "none":
             t0 = time.perf_counter()
             image = destripe(image, cfg.destripe)
@@ -486,7 +494,45 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         batch.regions = ((cfg.low_fraction, cfg.level), regions)
         seconds["leak test"] = time.perf_counter() - t0
     _field_inputs(batch, rows, arrays, np.arange(len(rows)) if batch.ready is None else np.flatnonzero(batch.ready), cfg)
+    # from the pictures' coordinates to their frames'
+    batch.origin += np.array(corners, np.int64).reshape(-1, 2)[batch.image_index]
+    batch.image_shapes = frames
     return batch
+
+
+def picture_box(image: np.ndarray, points: np.ndarray) -> tuple:
+    """``(y0, y1, x0, x1)``: ``image`` ``(H, W)`` without the rows and columns at its edges whose
+    pixels are all one value (a letterbox or pillarbox: a sensor's picture padded to a video
+    frame, or a dataset's images padded to one size), where every point ``(K, 2)`` (x, y) lies in
+    what is left; the whole image where none does or nothing is left.
+
+    Padding is not the scene: a bright region that the picture's edge cuts would otherwise end in
+    a dark (or flat) band there, and be taken whole as a target's when the window grew into it."""
+    H, W = image.shape
+    y0, y1, x0, x1 = 0, H, 0, W
+    box = None
+    while box != (y0, y1, x0, x1):  # again until no side moves: a flat row may end in a flat column
+        box = (y0, y1, x0, x1)
+        sub = image[y0:y1, x0:x1]
+        if _flat(sub[0]) or _flat(sub[-1]):  # the edge lines first: the rest is read only where padded
+            flat = (sub == sub[:, :1]).all(1)
+            if flat.all():
+                return 0, H, 0, W
+            y0, y1 = y0 + int(np.argmin(flat)), y1 - int(np.argmin(flat[::-1]))
+        sub = image[y0:y1, x0:x1]
+        if _flat(sub[:, 0]) or _flat(sub[:, -1]):
+            flat = (sub == sub[:1]).all(0)
+            if flat.all():
+                return 0, H, 0, W
+            x0, x1 = x0 + int(np.argmin(flat)), x1 - int(np.argmin(flat[::-1]))
+    rows, cols = np.floor(points[:, 1] + 0.5), np.floor(points[:, 0] + 0.5)
+    if len(points) and not ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)).all():
+        return 0, H, 0, W
+    return y0, y1, x0, x1
+
+
+def _flat(pixels: np.ndarray) -> bool:
+    return bool(pixels.min() == pixels.max())
 
 
 def _field_inputs(batch: TargetBatch, rows: list, images: list, sel: np.ndarray, cfg: AnnotatorConfig) -> None:

@@ -47,7 +47,9 @@ pixel next to each target: the worst case for the snap to the brightest pixel of
 ``--hot FRACTION`` sets that fraction of every image's pixels, drawn at random, to 1 (a sensor's
 uncorrected hot pixels); ``--repair`` then repairs them from their map before annotating, as
 ``d2d annotate --bad-pixels`` does. ``--saturate SIZE`` sets a SIZE x SIZE block at least 40 pixels
-from every target to 1 (after ``--map``: the sun or a flare filling a raw frame's range). ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
+from every target to 1 (after ``--map``: the sun or a flare filling a raw frame's range).
+``--pad N`` pads every image by N pixels of 0 (``--pad-median``: of its median) on each side, last
+(:func:`pad_set`): a picture letterboxed into a video frame, or images padded to one size. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
 target, with the crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and
 clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves every point by up
 to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
@@ -451,6 +453,16 @@ def add_hot_pixels(s: EvalSet, how: str, seed: int = 0, repair: bool = False) ->
     s.images = images
 
 
+def pad_set(s: EvalSet, pad: int, median: bool = False) -> EvalSet:
+    """``s`` with every image padded by ``pad`` pixels of 0 on each side (``median``: of the
+    image's median), as a sensor's picture letterboxed into a video frame or a dataset's images
+    padded to one size; masks padded with background and points moved to match."""
+    images = [np.pad(im, pad, constant_values=np.float32(np.median(im) if median else 0.0)).astype(np.float32)
+              for im in s.images]
+    points = [np.asarray(p, dtype=np.float64).reshape(-1, 2) + pad for p in s.points]
+    return EvalSet(f"{s.name}, padded by {pad}", list(s.ids), images, points, [np.pad(m, pad) for m in s.masks])
+
+
 #: --saturate: how far (pixels) the saturated block stays from every ground-truth target
 SATURATE_CLEAR = 40
 
@@ -723,6 +735,10 @@ def argument_parser() -> argparse.ArgumentParser:
     ap.add_argument("--map", metavar="OFFSET,GAIN", help="annotate OFFSET + GAIN * image instead of the image")
     ap.add_argument("--hot", metavar="beside|FRACTION",
                     help="set one pixel beside every point, or this fraction of each image's pixels, to 1")
+    ap.add_argument("--pad", type=int, default=0, metavar="N",
+                    help="pad every image by N pixels of 0 on each side (last): a letterbox, or images padded "
+                         "to one size")
+    ap.add_argument("--pad-median", action="store_true", help="with --pad: pad with each image's median instead")
     ap.add_argument("--saturate", type=int, default=0, metavar="SIZE",
                     help="set a SIZE x SIZE block of every image, at least 40 px from every target, to 1 (after "
                          "--map and --hot): an object that fills the sensor's range")
@@ -786,6 +802,10 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error(f"--zoom and --shrink must be whole factors >= 1, got {args.zoom} and {args.shrink}")
     if args.blur < 0:
         ap.error(f"--blur must be a Gaussian's sigma >= 0 pixels, got {args.blur}")
+    if args.pad < 0:
+        ap.error(f"--pad must be a number of pixels >= 0, got {args.pad}")
+    if args.pad_median and not args.pad:
+        ap.error("--pad-median needs --pad")
     if args.saturate < 0:
         ap.error(f"--saturate must be a block's side in pixels >= 0, got {args.saturate}")
     if args.smear < 0:
@@ -869,6 +889,8 @@ def probe_sets(args: argparse.Namespace, sets: list | None = None) -> list:
     if args.saturate:
         for s in sets:
             add_saturated_block(s, args.saturate)
+    if args.pad:
+        sets = [pad_set(s, args.pad, args.pad_median) for s in sets]
     for s in sets:
         restyle(s, args.dilate, args.glow)
     return sets
@@ -888,6 +910,8 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
     grown += f"; a {args.saturate}x{args.saturate} block set to 1, 40 px from every target" if args.saturate else ""
+    grown += (f"; every image padded by {args.pad} px of {'its median' if args.pad_median else '0'}"
+              if args.pad else "")
     grown += f"; white noise of {args.noise}x each image's pixel noise added (seed 0)" if args.noise else ""
     grown += f"; column offsets of {args.stripes}x each image's pixel noise added (seed 0)" if args.stripes else ""
     grown += f"; row offsets of {args.row_stripes}x each image's pixel noise added (seed 0)" if args.row_stripes else ""
