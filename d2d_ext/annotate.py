@@ -462,7 +462,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     if len(images) != len(points):
         raise ValueError(f"annotate: {len(images)} images but {len(points)} point arrays")
     rows = []
-    seconds = {"destripe": 0.0, "window": 0.0, "features": 0.0, "superpixel": 0.0}
+    seconds = {"picture": 0.0, "destripe": 0.0, "window": 0.0, "features": 0.0, "superpixel": 0.0}
     shapes, arrays, frames, corners = [], [], [], []
     for b, (image, pts) in enumerate(zip(images, points)):
         image = np.asarray(image)
@@ -471,10 +471,12 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         image = image.astype(np.float32, copy=False)
         pts = check_points(pts, image.shape, b)
         frames.append(tuple(image.shape))
+        t0 = time.perf_counter()
         y0, y1, x0, x1 = picture_box(image, pts)
         corners.append((y0, x0))
         if (y1 - y0, x1 - x0) != image.shape:  # the target's frame is the picture, not its padding
             image, pts = np.ascontiguousarray(image[y0:y1, x0:x1]), pts - np.array([x0, y0], pts.dtype)
+        seconds["picture"] += time.perf_counter() - t0
         if len(pts) and cfg.destripe != "none":
             t0 = time.perf_counter()
             image = destripe(image, cfg.destripe)
