@@ -46,8 +46,8 @@ sets one pixel beside every point (an 8-neighbour drawn with a fixed seed) to 1,
 pixel next to each target: the worst case for the snap to the brightest pixel of the point's 3x3;
 ``--hot FRACTION`` sets that fraction of every image's pixels, drawn at random, to 1 (a sensor's
 uncorrected hot pixels); ``--repair`` then repairs them from their map before annotating, as
-``d2d annotate --bad-pixels`` does. ``--saturate SIZE`` sets a SIZE x SIZE block at least 40 pixels
-from every target to 1 (after ``--map``: the sun or a flare filling a raw frame's range).
+``d2d annotate --bad-pixels`` does. ``--saturate SIZE`` sets a SIZE x SIZE block at least
+:data:`SATURATE_CLEAR` pixels from every target to 1 (after ``--map``: the sun or a flare filling a raw frame's range).
 ``--pad N`` pads every image by N pixels of 0 (``--pad-median``: of its median) on each side, last
 (:func:`pad_set`): a picture letterboxed into a video frame, or images padded to one size. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
 target, with the crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and
@@ -740,8 +740,8 @@ def argument_parser() -> argparse.ArgumentParser:
                          "to one size")
     ap.add_argument("--pad-median", action="store_true", help="with --pad: pad with each image's median instead")
     ap.add_argument("--saturate", type=int, default=0, metavar="SIZE",
-                    help="set a SIZE x SIZE block of every image, at least 40 px from every target, to 1 (after "
-                         "--map and --hot): an object that fills the sensor's range")
+                    help=f"set a SIZE x SIZE block of every image, at least {SATURATE_CLEAR} px from every target, "
+                         "to 1 (after --map and --hot): an object that fills the sensor's range")
     ap.add_argument("--repair", action="store_true",
                     help="with --hot: repair those pixels from their map before annotating (annotate --bad-pixels)")
     ap.add_argument("--points", choices=("centroid", "coarse"), default="centroid",
@@ -789,6 +789,15 @@ def argument_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def soft_odds(text: str) -> tuple:
+    """``--soft-odds``' ``POWER,QUANTILE`` as ``(power, quantile)``; ``ValueError`` where it is not
+    two numbers, the power above 0 and the quantile in [0, 1]."""
+    power, quantile = (float(v) for v in text.split(","))
+    if not (power > 0 and 0 <= quantile <= 1):
+        raise ValueError(text)
+    return power, quantile
+
+
 def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuses (``ap.error``) options out of their range, each by name."""
     if not 0 <= args.jpeg <= 100:
@@ -816,9 +825,7 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error(f"--crop must exceed {2 * CROP_MARGIN} pixels, got {args.crop}")
     if args.soft_odds is not None:
         try:
-            power, quantile = (float(v) for v in args.soft_odds.split(","))
-            if not (power > 0 and 0 <= quantile <= 1):
-                raise ValueError
+            soft_odds(args.soft_odds)
         except ValueError:
             ap.error(f"--soft-odds must be POWER,QUANTILE with POWER > 0 and QUANTILE in [0, 1], got {args.soft_odds!r}")
         if not args.soft:
@@ -909,7 +916,8 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += f"; points moved by up to {args.jitter} px per axis (seed 0)" if args.jitter else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
-    grown += f"; a {args.saturate}x{args.saturate} block set to 1, 40 px from every target" if args.saturate else ""
+    grown += (f"; a {args.saturate}x{args.saturate} block set to 1, {SATURATE_CLEAR} px from every target"
+              if args.saturate else "")
     grown += (f"; every image padded by {args.pad} px of {'its median' if args.pad_median else '0'}"
               if args.pad else "")
     grown += f"; white noise of {args.noise}x each image's pixel noise added (seed 0)" if args.noise else ""
@@ -996,8 +1004,7 @@ def main(argv=None) -> int:
               for name, method, r in results if method.startswith("ours") and r.stages]
     if args.soft:
         if args.soft_odds is not None:
-            power, quantile = (float(v) for v in args.soft_odds.split(","))
-            annotate_module.MASK_ODDS_POWER, annotate_module.MASK_EDGE_QUANTILE = power, quantile
+            annotate_module.MASK_ODDS_POWER, annotate_module.MASK_EDGE_QUANTILE = soft_odds(args.soft_odds)
         ours = annotator(settings, theta)
         worst += ["", "Soft labels of ours (what `d2d annotate --soft` writes, in each `--soft-style`) against the "
                       "ground truth: pooled soft IoU; the best single threshold (IoU at it); IoU at 0.5; squared "
