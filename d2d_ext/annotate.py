@@ -5,7 +5,8 @@ Every target is one point ``(x, y)`` (0-based pixel coordinates, sub-pixel allow
 ground-truth mask. A frame whose columns (or rows) carry a readout offset of their own, the
 stripes of an uncooled sensor, is read with that pattern removed first (``destripe``,
 :mod:`d2d_ext.stripes`); a frame without one is read as it is. Rows and columns of one value at a
-frame's edges (a letterbox, padding) are not read: the picture is what they frame
+frame's edges (a letterbox, padding) are not read, nor, in a JPEG-coded frame, the padding's
+lines that share a coding block with the picture: the picture is what they frame
 (:func:`picture_box`). Then, for each point:
 
 1. **Snap and window** (:mod:`d2d_ext.windows`). The point moves to the brightest pixel of
@@ -502,11 +503,23 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     return batch
 
 
+#: JPEG codes an image in blocks of this many pixels a side, laid from its top-left corner: the
+#: padding's lines that share a block with the picture are no longer flat once coded
+CODING_BLOCK = 8
+#: a coded padding line's median lies within this share of the local range (the two blocks' lines
+#: beyond it) of the padding's value: the coding's ringing about the value, small beside the picture
+CODED_TOLERANCE = 0.125
+
+
 def picture_box(image: np.ndarray, points: np.ndarray) -> tuple:
     """``(y0, y1, x0, x1)``: ``image`` ``(H, W)`` without the rows and columns at its edges whose
     pixels are all one value (a letterbox or pillarbox: a sensor's picture padded to a video
     frame, or a dataset's images padded to one size), where every point ``(K, 2)`` (x, y) lies in
-    what is left; the whole image where none does or nothing is left.
+    what is left; the whole image where none does or nothing is left. Where the flat lines end on
+    a boundary of JPEG's coding blocks, the picture may begin anywhere in the next block (the
+    padding's lines there carry the coding's ringing): the lines of that block still at about the
+    padding's value are left out too (:func:`_coded_edge`), never within a block of a point. A
+    picture line at about that value there reads as padding as well: nothing tells them apart.
 
     Padding is not the scene: a bright region that the picture's edge cuts would otherwise end in
     a dark (or flat) band there, and be taken whole as a target's when the window grew into it."""
@@ -530,7 +543,35 @@ def picture_box(image: np.ndarray, points: np.ndarray) -> tuple:
     rows, cols = np.floor(points[:, 1] + 0.5), np.floor(points[:, 0] + 0.5)
     if len(points) and not ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)).all():
         return 0, H, 0, W
+    first = (int(rows.min()), int(cols.min())) if len(points) else (H, W)
+    last = (int(rows.max()), int(cols.max())) if len(points) else (-1, -1)
+    y0, y1 = _coded_edge(image[:, x0:x1], y0, y1, H, first[0], last[0])
+    x0, x1 = _coded_edge(image[y0:y1].T, x0, x1, W, first[1], last[1])
     return y0, y1, x0, x1
+
+
+def _coded_edge(lines: np.ndarray, start: int, stop: int, size: int, first: int, last: int) -> tuple:
+    """``(start, stop)`` moved, on a side whose flat lines end on a coding block's boundary, past
+    the lines of that block that are still the padding: those whose median is the padding's value
+    to within :data:`CODED_TOLERANCE` of the range of the two blocks' lines beyond (a coded
+    padding line carries only the coding's ringing about its value). ``lines``: ``size`` rows;
+    the lines within :data:`CODING_BLOCK` of a point's (``first``, ``last``: the points' smallest
+    and largest line) stay inside: a target there keeps the pixels around it."""
+    if 0 < start < stop and start % CODING_BLOCK == 0:
+        end = min(start + CODING_BLOCK - 1, stop - 1, first - CODING_BLOCK)  # lines start..end-1 may go
+        near = lines[start:start + 2 * CODING_BLOCK]
+        tol = CODED_TOLERANCE * float(near.max() - near.min())
+        pad = lines[start - 1, 0]
+        while start < end and abs(float(np.median(lines[start])) - pad) <= tol:
+            start += 1
+    if start < stop < size and stop % CODING_BLOCK == 0:
+        begin = max(stop - CODING_BLOCK + 1, start + 1, last + 1 + CODING_BLOCK)  # lines begin..stop-1 may go
+        near = lines[max(start, stop - 2 * CODING_BLOCK):stop]
+        tol = CODED_TOLERANCE * float(near.max() - near.min())
+        pad = lines[stop, 0]
+        while stop > begin and abs(float(np.median(lines[stop - 1])) - pad) <= tol:
+            stop -= 1
+    return start, stop
 
 
 def _flat(pixels: np.ndarray) -> bool:

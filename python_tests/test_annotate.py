@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import imageio.v3 as iio  # scikit-image's own image I/O (its dependency)
 import numpy as np
 import pytest
 import torch
@@ -344,20 +345,46 @@ def test_picture_box_leaves_out_the_flat_rows_and_columns_at_the_edges():
     assert annotate_module.picture_box(noisy, inside) == (0, 30, 0, 30)
 
 
-@pytest.mark.parametrize("fill", ["black", "median"])
-def test_a_padded_frame_gets_the_masks_of_its_picture(fill):
+def _jpeg(frame, quality):
+    """``frame`` (in [0, 1]) through an 8-bit JPEG file at ``quality``, back in [0, 1] (float32)."""
+    data = iio.imwrite("<bytes>", np.uint8(np.clip(np.round(255 * frame), 0, 255)), extension=".jpg", quality=quality)
+    return np.float32(iio.imread(data, extension=".jpg")) / np.float32(255)
+
+
+@pytest.mark.parametrize("quality", [95, 75, 40])
+def test_picture_box_finds_the_picture_in_jpeg_coded_padding(quality):
+    """JPEG codes 8x8 blocks from the frame's corner: the padding's lines that share a block with
+    the picture carry the coding's ringing and are not flat. Whatever the padding's width, the box
+    is the picture's; the lines within a block of a point are kept."""
+    rng = np.random.default_rng(quality)
+    picture = 0.3 + 0.02 * rng.standard_normal((50, 70))
+    picture[:10, 20:40] = 0.9  # bright regions that the picture's edges cut
+    picture[25:35, :12] = 0.8
+    picture[-6:, 50:] = 0.7
+    for pad in (9, 12, 13, 20):
+        frame = _jpeg(np.pad(picture, pad), quality)
+        assert annotate_module.picture_box(frame, np.array([[35.0 + pad, 25.0 + pad]])) == (pad, pad + 50, pad, pad + 70)
+    frame = _jpeg(np.pad(picture, 12), quality)  # flat lines end at 8: lines 8 to 11 carry the ringing
+    near = np.array([[35.0 + 12, 14.0], [80.0, 30.0]])  # rows 14 and columns 80: within a block of the lines
+    assert annotate_module.picture_box(frame, near) == (8, 62, 12, 88)
+
+
+@pytest.mark.parametrize("fill, pad", [("black", 16), ("black", 20), ("median", 20)])
+def test_a_padded_frame_gets_the_masks_of_its_picture(fill, pad):
     """A picture padded to a larger frame (a letterbox, or a dataset's images padded to one size)
     gets its own masks, padded: a bright region the picture's edge cuts does not end in the
-    padding and get taken whole (an extended scene's target took 6,541 pixels of it)."""
+    padding and get taken whole (an extended scene's target took 6,541 pixels of it). Padding of
+    the picture's median that ends on a coding block's boundary (16) is not asked for: there a
+    picture line at about the median reads as coded padding (see ``picture_box``)."""
     scenes = _scenes(6, seed=3) + [make_scene(np.random.default_rng([11, i]), 256, 256, "mixed",
                                               area_range=(2.0, 2000.0)) for i in range(4)]
     ann = Annotator()
     base = ann.annotate([s.image for s in scenes], [s.points for s in scenes])
     value = [0.0 if fill == "black" else float(np.median(s.image)) for s in scenes]
-    padded = ann.annotate([np.pad(s.image, 16, constant_values=np.float32(v)) for s, v in zip(scenes, value)],
-                          [np.asarray(s.points, np.float64) + 16 for s in scenes])
+    padded = ann.annotate([np.pad(s.image, pad, constant_values=np.float32(v)) for s, v in zip(scenes, value)],
+                          [np.asarray(s.points, np.float64) + pad for s in scenes])
     for m, p in zip(base, padded):
-        assert np.array_equal(p, np.pad(m, 16))
+        assert np.array_equal(p, np.pad(m, pad))
 
 
 def test_masks_in_a_large_frame_are_those_of_crops_around_the_targets():
@@ -1901,3 +1928,19 @@ def test_real_padded_crops_get_the_masks_of_their_pictures():
     padded = ann.annotate([np.pad(im, 16) for im in images], [np.asarray(p, np.float64) + 16 for p in points])
     for m, p in zip(base, padded):
         assert np.array_equal(p, np.pad(m, 16))
+
+
+@needs_mdfa
+def test_real_padded_crops_coded_as_jpeg_get_the_masks_of_their_pictures():
+    """MDFA's crops padded by 12 pixels of 0 and written as JPEG: the padding's last lines share
+    coding blocks with the picture and are not flat. The masks are those of the coded picture read
+    alone (a crop as one mask, 2,489 pixels of a target of 5, before the coded lines were left out)."""
+    ds = IRDataset(DATA / "MDFA")
+    ids = ds.ids("train")[:96]
+    frames = [_jpeg(np.pad(ds.load_image(i), 12), 90) for i in ids]
+    points = [np.asarray(ds.points(i, "centroid"), np.float64) + 12 for i in ids]
+    ann = Annotator()
+    masks = ann.annotate(frames, points)
+    alone = ann.annotate([f[12:-12, 12:-12] for f in frames], [p - 12 for p in points])
+    assert sum(np.array_equal(m, np.pad(a, 12)) for m, a in zip(masks, alone)) >= 94
+    assert max(int(m.sum()) for m in masks) <= 128 * 128 // 16

@@ -5,7 +5,7 @@
         [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
         [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q]
-        [--equalize global|local] [--ramp F] [--levels N] [--out FILE.md]
+        [--equalize global|local] [--ramp F] [--levels N] [--pad N [--pad-median] [--pad-jpeg Q]] [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -739,6 +739,10 @@ def argument_parser() -> argparse.ArgumentParser:
                     help="pad every image by N pixels of 0 on each side (last): a letterbox, or images padded "
                          "to one size")
     ap.add_argument("--pad-median", action="store_true", help="with --pad: pad with each image's median instead")
+    ap.add_argument("--pad-jpeg", type=int, default=0, metavar="Q",
+                    help="with --pad: then write every padded frame as 8-bit JPEG at quality Q (1 to 100): a dataset "
+                         "padded to one size and shipped as JPEG, whose padding's lines beside the picture carry "
+                         "the coding's ringing")
     ap.add_argument("--saturate", type=int, default=0, metavar="SIZE",
                     help=f"set a SIZE x SIZE block of every image, at least {SATURATE_CLEAR} px from every target, "
                          "to 1 (after --map and --hot): an object that fills the sensor's range")
@@ -815,6 +819,10 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error(f"--pad must be a number of pixels >= 0, got {args.pad}")
     if args.pad_median and not args.pad:
         ap.error("--pad-median needs --pad")
+    if args.pad_jpeg and not args.pad:
+        ap.error("--pad-jpeg needs --pad")
+    if not 0 <= args.pad_jpeg <= 100:
+        ap.error(f"--pad-jpeg must be a JPEG quality from 1 to 100, got {args.pad_jpeg}")
     if args.saturate < 0:
         ap.error(f"--saturate must be a block's side in pixels >= 0, got {args.saturate}")
     if args.smear < 0:
@@ -898,6 +906,9 @@ def probe_sets(args: argparse.Namespace, sets: list | None = None) -> list:
             add_saturated_block(s, args.saturate)
     if args.pad:
         sets = [pad_set(s, args.pad, args.pad_median) for s in sets]
+        if args.pad_jpeg:  # the file codes the whole frame, padding and picture together
+            for s in sets:
+                jpeg_round_trip(s, args.pad_jpeg)
     for s in sets:
         restyle(s, args.dilate, args.glow)
     return sets
@@ -919,7 +930,7 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += (f"; a {args.saturate}x{args.saturate} block set to 1, {SATURATE_CLEAR} px from every target"
               if args.saturate else "")
     grown += (f"; every image padded by {args.pad} px of {'its median' if args.pad_median else '0'}"
-              if args.pad else "")
+              + (f", then through 8-bit JPEG at quality {args.pad_jpeg}" if args.pad_jpeg else "") if args.pad else "")
     grown += f"; white noise of {args.noise}x each image's pixel noise added (seed 0)" if args.noise else ""
     grown += f"; column offsets of {args.stripes}x each image's pixel noise added (seed 0)" if args.stripes else ""
     grown += f"; row offsets of {args.row_stripes}x each image's pixel noise added (seed 0)" if args.row_stripes else ""
