@@ -399,11 +399,13 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         crossing = image[win.box[0]:win.box[1], win.box[2]:win.box[3]][where]
         return bool((crossing - win.bg).mean() >= LONG_BODY * (peak - win.bg))
 
-    def touches_edge(win: _Window) -> tuple:
-        """The image edges (top, bottom, left, right) that ``win``'s component reaches."""
+    def touches_edge(win: _Window, b: int = 1) -> tuple:
+        """The image edges (top, bottom, left, right) that ``win``'s component reaches (comes
+        within ``b`` pixels of)."""
         y0, y1, x0, x1 = win.box
         c = win.comp
-        return (y0 == 0 and c[0].any(), y1 == H and c[-1].any(), x0 == 0 and c[:, 0].any(), x1 == W and c[:, -1].any())
+        return (y0 == 0 and c[:b].any(), y1 == H and c[-b:].any(), x0 == 0 and c[:, :b].any(),
+                x1 == W and c[:, -b:].any())
 
     def stable(half: int, f: float, cand: _Window) -> bool:
         """Whether the next larger window finds about the same component (within 25%), with
@@ -518,7 +520,9 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         """``(half, f, window)``: the first of ``wide_half_sizes`` whose component at fraction ``f``
         can be the point's target although no smaller window held one: it surrounds the peak on
         every side (the smallest window's band) or runs through it (a long thin target), stays
-        off the image's edges (a bright structure the point merely touches does none of these),
+        a band's width off the image's edges (a bright structure the point merely touches does
+        none of these; one that ends a pixel short of an edge, where the sensor's last lines read
+        darker or coarse grey levels cut its faint end, runs off the image as well),
         is no plateau and holds no second structure as bright as the peak (:func:`rival`, its noise
         read on the quieter of the two windows: a building or a cloud band that the target
         touches, once optics, coarse pixels or the sensor's motion close the gap between them,
@@ -529,7 +533,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             if cand.comp is None:
                 continue
             long_thin = through(cand, crossed(cand)) and elongation(cand.comp) >= LONG_ASPECT
-            if ((covers(cand, first) or long_thin) and not any(touches_edge(cand)) and not plateau(half, f, cand)
+            if ((covers(cand, first) or long_thin) and not any(touches_edge(cand, cfg.band)) and not plateau(half, f, cand)
                     and not rival(first, cand, quieter=True)):
                 return half, f, cand
         return None

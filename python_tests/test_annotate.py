@@ -1930,6 +1930,20 @@ def test_real_padded_crops_get_the_masks_of_their_pictures():
         assert np.array_equal(p, np.pad(m, 16))
 
 
+@needs_nudt
+def test_a_wide_structure_that_ends_a_pixel_short_of_the_edge_is_not_taken():
+    """NUDT-SIRST 000274 quantised to 64 grey levels: no window up to the largest of
+    ``half_sizes`` holds the target near the bottom edge, and the wide windows' component is a
+    bright structure that the coarse levels end a pixel short of the image's edge. It runs off the
+    image as one that reaches the edge does, and is not taken (a mask of 656 pixels for a target of
+    71 before)."""
+    ds = IRDataset(DATA / "NUDT-SIRST")
+    image = np.float32(np.round(np.clip(np.float64(ds.load_image("000274")), 0.0, 1.0) * 63) / 63)
+    mask = Annotator().annotate([image], [ds.points("000274", "centroid")])[0]
+    truth = ds.load_mask("000274")
+    assert mask.sum() < 3 * truth.sum() and (mask & truth).sum() > 0.5 * truth.sum()
+
+
 @needs_mdfa
 def test_real_padded_crops_coded_as_jpeg_get_the_masks_of_their_pictures():
     """MDFA's crops padded by 12 pixels of 0 and written as JPEG: the padding's last lines share
