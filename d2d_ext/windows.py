@@ -495,8 +495,11 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     def grow(half: int, f: float, found: _Window) -> _Window:
         """Grow the accepted window while its band lies on the target's hull: the next band lies
         well below it, or the peak did not clear it (a plateau), and a larger window's component
-        (clear of its own band, the peak clearing it, stable in the window after) holds most of it."""
+        (clear of its own band, the peak clearing it, stable in the window after) holds most of it,
+        and, where the windows between leaked, holds the largest of their bands as well or is
+        less than twice ``LONG_ASPECT`` times longer than wide."""
         top = top_level(found)
+        leaked = found  # the largest window passed since found whose component leaked
         for nxt in larger(half):
             if window_box(py, px, nxt, H, W) == found.box:  # the image's edge stops the growth
                 break
@@ -512,8 +515,14 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
                     and not rival(found, cand, quieter=found.faint)
                     and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
-                    and stable(nxt, f, cand)):
-                found = cand
+                    and stable(nxt, f, cand)
+                    # stepping over windows that leaked: a hull lies on their bands too, or is no
+                    # longer than a compact target; a long band (a cloud bank, a ridge) the target
+                    # sits in crosses them on two sides only
+                    and (leaked is found or covers(cand, leaked) or elongation(cand.comp) < 2 * LONG_ASPECT)):
+                found = leaked = cand
+            elif cand.comp is None:
+                leaked = cand
         return found
 
     def wide_target(f: float) -> tuple | None:
