@@ -82,7 +82,7 @@ import numpy as np
 import torch
 from skimage.segmentation import slic
 
-from .points import point_pixel  # noqa: F401  (part of this module's API)
+from .points import point_pixel, point_pixels  # noqa: F401  (point_pixel: part of this module's API)
 from .diffusion import diffuse
 from .morphology import component, fill_holes, grow, label, split_at_valleys, target_part
 from .spans import Span
@@ -540,7 +540,7 @@ def picture_box(image: np.ndarray, points: np.ndarray) -> tuple:
             if flat.all():
                 return 0, H, 0, W
             x0, x1 = x0 + int(np.argmin(flat)), x1 - int(np.argmin(flat[::-1]))
-    rows, cols = np.floor(points[:, 1] + 0.5), np.floor(points[:, 0] + 0.5)
+    rows, cols = point_pixels(points)
     if len(points) and not ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)).all():
         return 0, H, 0, W
     first = (int(rows.min()), int(cols.min())) if len(points) else (H, W)
@@ -552,26 +552,28 @@ def picture_box(image: np.ndarray, points: np.ndarray) -> tuple:
 
 def _coded_edge(lines: np.ndarray, start: int, stop: int, size: int, first: int, last: int) -> tuple:
     """``(start, stop)`` moved, on a side whose flat lines end on a coding block's boundary, past
-    the lines of that block that are still the padding: those whose median is the padding's value
-    to within :data:`CODED_TOLERANCE` of the range of the two blocks' lines beyond (a coded
-    padding line carries only the coding's ringing about its value). ``lines``: ``size`` rows;
-    the lines within :data:`CODING_BLOCK` of a point's (``first``, ``last``: the points' smallest
-    and largest line) stay inside: a target there keeps the pixels around it."""
+    the lines of that block that are still the padding (:func:`_padding_run`). ``lines``: ``size``
+    rows; the lines within :data:`CODING_BLOCK` of a point's (``first``, ``last``: the points'
+    smallest and largest line) stay inside: a target there keeps the pixels around it."""
     if 0 < start < stop and start % CODING_BLOCK == 0:
         end = min(start + CODING_BLOCK - 1, stop - 1, first - CODING_BLOCK)  # lines start..end-1 may go
-        near = lines[start:start + 2 * CODING_BLOCK]
-        tol = CODED_TOLERANCE * float(near.max() - near.min())
-        pad = lines[start - 1, 0]
-        while start < end and abs(float(np.median(lines[start])) - pad) <= tol:
-            start += 1
+        start += _padding_run(lines[start:], lines[start - 1, 0], lines[start:start + 2 * CODING_BLOCK], end - start)
     if start < stop < size and stop % CODING_BLOCK == 0:
         begin = max(stop - CODING_BLOCK + 1, start + 1, last + 1 + CODING_BLOCK)  # lines begin..stop-1 may go
-        near = lines[max(start, stop - 2 * CODING_BLOCK):stop]
-        tol = CODED_TOLERANCE * float(near.max() - near.min())
-        pad = lines[stop, 0]
-        while stop > begin and abs(float(np.median(lines[stop - 1])) - pad) <= tol:
-            stop -= 1
+        stop -= _padding_run(lines[stop - 1::-1], lines[stop, 0], lines[max(start, stop - 2 * CODING_BLOCK):stop],
+                             stop - begin)
     return start, stop
+
+
+def _padding_run(lines: np.ndarray, pad: float, near: np.ndarray, most: int) -> int:
+    """How many of ``lines``, from the first and at most ``most``, are still the padding of value
+    ``pad``: their median lies within :data:`CODED_TOLERANCE` of ``near``'s range (the two blocks'
+    lines beyond the flat ones) of it, as a coded padding line's ringing about its value does."""
+    tol = CODED_TOLERANCE * float(near.max() - near.min())
+    n = 0
+    while n < most and abs(float(np.median(lines[n])) - pad) <= tol:
+        n += 1
+    return n
 
 
 def _flat(pixels: np.ndarray) -> bool:

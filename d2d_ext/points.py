@@ -34,6 +34,7 @@ __all__ = [
     "valid_point_source",
     "point_source",
     "points_inside",
+    "point_pixels",
     "point_pixel",
 ]
 
@@ -282,8 +283,14 @@ def points_inside(points, shape) -> np.ndarray:
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     H, W = shape
     with np.errstate(invalid="ignore"):  # NaN compares False: outside, as it should
-        col, row = np.floor(pts[:, 0] + 0.5), np.floor(pts[:, 1] + 0.5)
+        row, col = point_pixels(pts)
         return (col >= 0) & (col < W) & (row >= 0) & (row < H)
+
+
+def point_pixels(points: np.ndarray) -> tuple:
+    """``(rows, cols)``, float ``(K,)`` each: the pixel that holds each of the ``(K, 2)`` ``(x, y)``
+    points, rounded half up as in :func:`points_inside` and not clamped."""
+    return np.floor(points[:, 1] + 0.5), np.floor(points[:, 0] + 0.5)
 
 
 def point_pixel(x: float, y: float, H: int, W: int) -> tuple:
