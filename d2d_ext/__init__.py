@@ -38,7 +38,7 @@ __all__ = ["diffuse", "soft_iou", "weighted_soft_iou", "WITH_CUDA", "__version__
 # load them all. "soft_iou" is absent on purpose: that name is the function.
 _LAZY_SUBMODULES = (
     "annotate", "baselines", "bilevel", "calibrate", "cli", "data", "files", "jobs", "metrics", "models", "nn",
-    "plots", "points", "progress", "reference", "sensor", "stripes", "synthetic", "windows",
+    "picture", "plots", "points", "progress", "reference", "sensor", "stripes", "synthetic", "windows",
 )
 
 

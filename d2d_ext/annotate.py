@@ -7,7 +7,7 @@ stripes of an uncooled sensor, is read with that pattern removed first (``destri
 :mod:`d2d_ext.stripes`); a frame without one is read as it is. Rows and columns of one value at a
 frame's edges (a letterbox, padding) are not read, nor, in a JPEG-coded frame, the padding's
 lines that share a coding block with the picture: the picture is what they frame
-(:func:`picture_box`). Then, for each point:
+(:func:`d2d_ext.picture.picture_box`). Then, for each point:
 
 1. **Snap and window** (:mod:`d2d_ext.windows`). The point moves to the brightest pixel of
    its 3x3 neighbourhood (the peak), or to a small target's peak a pixel or two farther that it
@@ -82,9 +82,10 @@ import numpy as np
 import torch
 from skimage.segmentation import slic
 
-from .points import point_pixel, point_pixels  # noqa: F401  (point_pixel: part of this module's API)
+from .points import point_pixel  # noqa: F401  (part of this module's API)
 from .diffusion import diffuse
 from .morphology import component, fill_holes, grow, label, split_at_valleys, target_part
+from .picture import picture_box
 from .spans import Span
 from .stripes import AXES, destripe
 from .windows import check_points, find_peak, outer_band, snap, strict_component, window_box
@@ -99,6 +100,7 @@ __all__ = [
     "target_rates",
     "soft_labels",
     "mask_soft_labels",
+    "MaskOdds",
     "SOFT_STYLES",
     "binarize_targets",
     "image_masks",
@@ -108,7 +110,6 @@ __all__ = [
     "paste_masks",
     "keep_apart",
     "crop_maps",
-    "picture_box",
     "fuse_prior",
     "point_pixel",
 ]
@@ -501,83 +502,6 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
     batch.origin += np.array(corners, np.int64).reshape(-1, 2)[batch.image_index]
     batch.image_shapes = frames
     return batch
-
-
-#: JPEG codes an image in blocks of this many pixels a side, laid from its top-left corner: the
-#: padding's lines that share a block with the picture are no longer flat once coded
-CODING_BLOCK = 8
-#: a coded padding line's median lies within this share of the local range (the two blocks' lines
-#: beyond it) of the padding's value: the coding's ringing about the value, small beside the picture
-CODED_TOLERANCE = 0.125
-
-
-def picture_box(image: np.ndarray, points: np.ndarray) -> tuple:
-    """``(y0, y1, x0, x1)``: ``image`` ``(H, W)`` without the rows and columns at its edges whose
-    pixels are all one value (a letterbox or pillarbox: a sensor's picture padded to a video
-    frame, or a dataset's images padded to one size), where every point ``(K, 2)`` (x, y) lies in
-    what is left; the whole image where none does or nothing is left. Where the flat lines end on
-    a boundary of JPEG's coding blocks, the picture may begin anywhere in the next block (the
-    padding's lines there carry the coding's ringing): the lines of that block still at about the
-    padding's value are left out too (:func:`_coded_edge`), never within a block of a point. A
-    picture line at about that value there reads as padding as well: nothing tells them apart.
-
-    Padding is not the scene: a bright region that the picture's edge cuts would otherwise end in
-    a dark (or flat) band there, and be taken whole as a target's when the window grew into it."""
-    H, W = image.shape
-    y0, y1, x0, x1 = 0, H, 0, W
-    box = None
-    while box != (y0, y1, x0, x1):  # again until no side moves: a flat row may end in a flat column
-        box = (y0, y1, x0, x1)
-        sub = image[y0:y1, x0:x1]
-        if _flat(sub[0]) or _flat(sub[-1]):  # the edge lines first: the rest is read only where padded
-            flat = (sub == sub[:, :1]).all(1)
-            if flat.all():
-                return 0, H, 0, W
-            y0, y1 = y0 + int(np.argmin(flat)), y1 - int(np.argmin(flat[::-1]))
-        sub = image[y0:y1, x0:x1]
-        if _flat(sub[:, 0]) or _flat(sub[:, -1]):
-            flat = (sub == sub[:1]).all(0)
-            if flat.all():
-                return 0, H, 0, W
-            x0, x1 = x0 + int(np.argmin(flat)), x1 - int(np.argmin(flat[::-1]))
-    rows, cols = point_pixels(points)
-    if len(points) and not ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)).all():
-        return 0, H, 0, W
-    first = (int(rows.min()), int(cols.min())) if len(points) else (H, W)
-    last = (int(rows.max()), int(cols.max())) if len(points) else (-1, -1)
-    y0, y1 = _coded_edge(image[:, x0:x1], y0, y1, H, first[0], last[0])
-    x0, x1 = _coded_edge(image[y0:y1].T, x0, x1, W, first[1], last[1])
-    return y0, y1, x0, x1
-
-
-def _coded_edge(lines: np.ndarray, start: int, stop: int, size: int, first: int, last: int) -> tuple:
-    """``(start, stop)`` moved, on a side whose flat lines end on a coding block's boundary, past
-    the lines of that block that are still the padding (:func:`_padding_run`). ``lines``: ``size``
-    rows; the lines within :data:`CODING_BLOCK` of a point's (``first``, ``last``: the points'
-    smallest and largest line) stay inside: a target there keeps the pixels around it."""
-    if 0 < start < stop and start % CODING_BLOCK == 0:
-        end = min(start + CODING_BLOCK - 1, stop - 1, first - CODING_BLOCK)  # lines start..end-1 may go
-        start += _padding_run(lines[start:], lines[start - 1, 0], lines[start:start + 2 * CODING_BLOCK], end - start)
-    if start < stop < size and stop % CODING_BLOCK == 0:
-        begin = max(stop - CODING_BLOCK + 1, start + 1, last + 1 + CODING_BLOCK)  # lines begin..stop-1 may go
-        stop -= _padding_run(lines[stop - 1::-1], lines[stop, 0], lines[max(start, stop - 2 * CODING_BLOCK):stop],
-                             stop - begin)
-    return start, stop
-
-
-def _padding_run(lines: np.ndarray, pad: float, near: np.ndarray, most: int) -> int:
-    """How many of ``lines``, from the first and at most ``most``, are still the padding of value
-    ``pad``: their median lies within :data:`CODED_TOLERANCE` of ``near``'s range (the two blocks'
-    lines beyond the flat ones) of it, as a coded padding line's ringing about its value does."""
-    tol = CODED_TOLERANCE * float(near.max() - near.min())
-    n = 0
-    while n < most and abs(float(np.median(lines[n])) - pad) <= tol:
-        n += 1
-    return n
-
-
-def _flat(pixels: np.ndarray) -> bool:
-    return bool(pixels.min() == pixels.max())
 
 
 def _field_inputs(batch: TargetBatch, rows: list, images: list, sel: np.ndarray, cfg: AnnotatorConfig) -> None:
@@ -976,20 +900,30 @@ def crop_maps(maps: list, batch: TargetBatch) -> torch.Tensor:
 # heat barely reached would otherwise lift every pixel around the target towards 0.5.
 MASK_EDGE_QUANTILE = 0.1
 MASK_ODDS_POWER = 2.0  # k: the odds' steepness in the ratio y / e
+
+
+class MaskOdds(NamedTuple):
+    """The mask style's odds ``y^k / (y^k + e^k)``: ``power`` is ``k``; ``e`` is the ``quantile``
+    quantile of a target's field over its mask (see :func:`mask_soft_labels`)."""
+
+    power: float = MASK_ODDS_POWER
+    quantile: float = MASK_EDGE_QUANTILE
+
 # the largest value outside a mask: below one half after a 16-bit PNG's rounding too (32767 / 65535)
 BELOW_HALF = 32767 / 65535
 
 
-def mask_soft_labels(batch: TargetBatch, soft: torch.Tensor, masks: list) -> list:
+def mask_soft_labels(batch: TargetBatch, soft: torch.Tensor, masks: list, odds: MaskOdds = MaskOdds()) -> list:
     """Per-image ``(H, W)`` float32 soft labels in [0, 1] whose 0.5 level is exactly ``masks``.
 
     Args:
         batch: the prepared targets.
         soft: ``(T, S, S)`` their fields (:func:`soft_labels`).
         masks: the images' ``(H, W)`` bool pseudo-masks from those fields (:func:`image_masks`).
+        odds: :class:`MaskOdds` (by default :data:`MASK_ODDS_POWER` and :data:`MASK_EDGE_QUANTILE`).
 
-    Each target's field becomes ``y^k / (y^k + e^k)`` (``k`` :data:`MASK_ODDS_POWER`, ``e`` the
-    :data:`MASK_EDGE_QUANTILE` quantile of ``y`` over the target's component of its image's mask
+    Each target's field becomes ``y^k / (y^k + e^k)`` (``k`` ``odds.power``, ``e`` the
+    ``odds.quantile`` quantile of ``y`` over the target's component of its image's mask
     within its field window; a target without one gets ``e = 1``), the targets are combined by
     maximum, and every pixel is then lifted to at least 0.5 on the mask and held to at most
     :data:`BELOW_HALF` off it.
@@ -1006,10 +940,10 @@ def mask_soft_labels(batch: TargetBatch, soft: torch.Tensor, masks: list) -> lis
         held[in_crop] = image[in_image]
         mask = component(held & inside[t], tuple(int(v) for v in batch.peak[t]))
         if mask is not None:
-            edges[t] = max(float(np.quantile(y[t][mask], MASK_EDGE_QUANTILE)), 1e-12)
+            edges[t] = max(float(np.quantile(y[t][mask], odds.quantile)), 1e-12)
     with np.errstate(divide="ignore", over="ignore"):  # y = 0 (outside the window): odds 0
-        odds = 1.0 / (1.0 + (edges[:, None, None] / y) ** np.float32(MASK_ODDS_POWER))
-    maps = paste_masks(batch, odds, reduce="max")
+        labels = 1.0 / (1.0 + (edges[:, None, None] / y) ** np.float32(odds.power))
+    maps = paste_masks(batch, labels, reduce="max")
     for labels, mask in zip(maps, masks):
         np.maximum(labels, np.float32(0.5), out=labels, where=mask)
         np.minimum(labels, np.float32(BELOW_HALF), out=labels, where=~mask)
@@ -1052,11 +986,12 @@ class Annotator:
         the masks are those of ``self.masks(self.prepare(images, points))``, at less cost."""
         return self.masks(prepare_targets(images, points, self.config, lazy=True))
 
-    def masks_and_soft(self, batch: TargetBatch, fields: bool = True, style: str = "field") -> tuple:
+    def masks_and_soft(self, batch: TargetBatch, fields: bool = True, style: str = "field",
+                       odds: MaskOdds = MaskOdds()) -> tuple:
         """``(masks, fields)`` per image from one diffusion pass: the ``(H, W)`` bool pseudo-masks
         and (``fields``, else None) the ``(H, W)`` float32 soft labels in [0, 1]: in ``style``
         ``"field"`` the targets' fused fields combined by maximum (zero outside every target's
-        field window), in ``"mask"`` those fields as odds about each mask's edge, 0.5 exactly
+        field window), in ``"mask"`` those fields as ``odds`` about each mask's edge, 0.5 exactly
         there (:func:`mask_soft_labels`)."""
         if style not in SOFT_STYLES:
             raise ValueError(f"masks_and_soft: style must be one of {SOFT_STYLES}, got {style!r}")
@@ -1074,7 +1009,7 @@ class Annotator:
         if not fields:
             return maps, None
         if style == "mask":
-            soft_maps = mask_soft_labels(batch, soft, maps)
+            soft_maps = mask_soft_labels(batch, soft, maps, odds)
         else:
             soft_maps = paste_masks(batch, (soft * batch.inside).float().numpy(), reduce="max")
         self.last_seconds["soft"] = time.perf_counter() - t2

@@ -4,6 +4,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import imageio.v3 as iio  # scikit-image's own image I/O (its dependency)
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +136,9 @@ def fit_until(trainer, epoch):
     trainer.train_epoch = dying_epoch
     with pytest.raises(Killed):
         trainer.fit()
+
+
+def jpeg_coded(frame, quality):
+    """``frame`` (in [0, 1]) through an 8-bit JPEG file at ``quality``, back in [0, 1] (float32)."""
+    data = iio.imwrite("<bytes>", np.uint8(np.clip(np.round(255 * frame), 0, 255)), extension=".jpg", quality=quality)
+    return np.float32(iio.imread(data, extension=".jpg")) / np.float32(255)

@@ -5,18 +5,18 @@ import os
 import shutil
 from pathlib import Path
 
-import imageio.v3 as iio  # scikit-image's own image I/O (its dependency)
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
-from conftest import load_benchmark
+from conftest import jpeg_coded, load_benchmark
 from d2d_ext.annotate import (
     SETTING_SPANS,
     Annotator,
     AnnotatorConfig,
     DiffusionParams,
+    MaskOdds,
     binarize_targets,
     config_from_dict,
     leaking_targets,
@@ -325,48 +325,6 @@ def test_the_shared_range_of_single_pixels_on_a_flat_window_is_their_range():
     flat[4, 7] = 0.5  # one bright pixel: nothing neighbours share, so the plain range
     assert annotate_module.shared_range(flat) == 0.5
     assert annotate_module.shared_range(np.array([[0.1], [0.4], [0.2]])) == pytest.approx(0.3)  # one column
-
-
-def test_picture_box_leaves_out_the_flat_rows_and_columns_at_the_edges():
-    """A letterbox (flat rows), a pillarbox (flat columns), and a flat row of the picture itself
-    inside the padding (found once the columns beside it are gone) are outside the picture; a
-    frame with a point in its padding, or with nothing else, is read whole."""
-    rng = np.random.default_rng(0)
-    picture = rng.random((40, 50)).astype(np.float32)
-    picture[0] = 1.0  # the picture's own first row, saturated
-    frame = np.pad(picture, ((3, 2), (4, 6)))
-    inside = np.array([[10.0, 20.0]])
-    assert annotate_module.picture_box(frame, inside) == (4, 43, 4, 54)
-    assert annotate_module.picture_box(picture, inside - 4) == (1, 40, 0, 50)
-    assert annotate_module.picture_box(frame, np.array([[1.0, 20.0]])) == (0, 45, 0, 60)  # x = 1: padding
-    assert annotate_module.picture_box(frame, np.zeros((0, 2))) == (4, 43, 4, 54)
-    assert annotate_module.picture_box(np.zeros((30, 30), np.float32), inside) == (0, 30, 0, 30)
-    noisy = rng.random((30, 30)).astype(np.float32)
-    assert annotate_module.picture_box(noisy, inside) == (0, 30, 0, 30)
-
-
-def _jpeg(frame, quality):
-    """``frame`` (in [0, 1]) through an 8-bit JPEG file at ``quality``, back in [0, 1] (float32)."""
-    data = iio.imwrite("<bytes>", np.uint8(np.clip(np.round(255 * frame), 0, 255)), extension=".jpg", quality=quality)
-    return np.float32(iio.imread(data, extension=".jpg")) / np.float32(255)
-
-
-@pytest.mark.parametrize("quality", [95, 75, 40])
-def test_picture_box_finds_the_picture_in_jpeg_coded_padding(quality):
-    """JPEG codes 8x8 blocks from the frame's corner: the padding's lines that share a block with
-    the picture carry the coding's ringing and are not flat. Whatever the padding's width, the box
-    is the picture's; the lines within a block of a point are kept."""
-    rng = np.random.default_rng(quality)
-    picture = 0.3 + 0.02 * rng.standard_normal((50, 70))
-    picture[:10, 20:40] = 0.9  # bright regions that the picture's edges cut
-    picture[25:35, :12] = 0.8
-    picture[-6:, 50:] = 0.7
-    for pad in (9, 12, 13, 20):
-        frame = _jpeg(np.pad(picture, pad), quality)
-        assert annotate_module.picture_box(frame, np.array([[35.0 + pad, 25.0 + pad]])) == (pad, pad + 50, pad, pad + 70)
-    frame = _jpeg(np.pad(picture, 12), quality)  # flat lines end at 8: lines 8 to 11 carry the ringing
-    near = np.array([[35.0 + 12, 14.0], [80.0, 30.0]])  # rows 14 and columns 80: within a block of the lines
-    assert annotate_module.picture_box(frame, near) == (8, 62, 12, 88)
 
 
 @pytest.mark.parametrize("fill, pad", [("black", 16), ("black", 20), ("median", 20)])
@@ -1816,25 +1774,29 @@ def test_real_ship_keeps_its_hull():
 # ------------------------------------------------------------------------------ soft labels in the masks' terms
 
 
-def _soft_in_both_styles(images, points):
+def _soft_in_both_styles(images, points, mask_odds=MaskOdds()):
     ann = Annotator()
     batch = ann.prepare(images, points)
     masks, fields = ann.masks_and_soft(batch)
-    again, odds = ann.masks_and_soft(batch, style="mask")
+    again, odds = ann.masks_and_soft(batch, style="mask", odds=mask_odds)
     return ann, batch, masks, fields, again, odds
 
 
-def test_mask_style_soft_labels_are_half_exactly_on_the_masks():
-    """``style="mask"``: each target's field as odds about its mask's edge, ``y^2 / (y^2 + e^2)``,
-    ``e`` the field's 10th percentile over the target's mask: at least 0.5 on the mask and below
-    it elsewhere, after a 16-bit PNG's rounding too; near 1 at each peak; the masks are the
-    field style's; a target alone in its field window follows the formula off its mask."""
+@pytest.mark.parametrize("mask_odds", [MaskOdds(), MaskOdds(power=4.0, quantile=0.3)])
+def test_mask_style_soft_labels_are_half_exactly_on_the_masks(mask_odds):
+    """``style="mask"``: each target's field as odds about its mask's edge, ``y^k / (y^k + e^k)``,
+    ``e`` the field's ``quantile`` over the target's mask (by default ``k`` 2 and the 10th
+    percentile): at least 0.5 on the mask and below it elsewhere, after a 16-bit PNG's rounding
+    too; near 1 at each peak; the masks are the field style's; a target alone in its field window
+    follows the formula off its mask."""
     from d2d_ext.annotate import MASK_EDGE_QUANTILE, MASK_ODDS_POWER, crop_maps
     from d2d_ext.jobs import soft_png
     from d2d_ext.morphology import component
 
+    assert MaskOdds() == (MASK_ODDS_POWER, MASK_EDGE_QUANTILE)
     scenes = _mixed_scenes()
-    ann, batch, masks, fields, again, odds = _soft_in_both_styles([s.image for s in scenes], [s.points for s in scenes])
+    ann, batch, masks, fields, again, odds = _soft_in_both_styles([s.image for s in scenes], [s.points for s in scenes],
+                                                                  mask_odds)
     for m, a, f, o in zip(masks, again, fields, odds):
         assert np.array_equal(m, a) and o.dtype == np.float32 and o.shape == f.shape
         assert np.array_equal(o >= 0.5, m) and o.min() >= 0.0 and o.max() <= 1.0
@@ -1855,8 +1817,8 @@ def test_mask_style_soft_labels_are_half_exactly_on_the_masks():
             continue
         alone += 1
         mask = component(held[t], peak)
-        edge = np.quantile(y[t][mask], MASK_EDGE_QUANTILE)
-        ratio = (y[t] / edge) ** MASK_ODDS_POWER
+        edge = np.quantile(y[t][mask], mask_odds.quantile)
+        ratio = (y[t] / edge) ** mask_odds.power
         off = inside[t] & ~held[t]
         expected = np.minimum(ratio / (1 + ratio), 32767 / 65535)
         np.testing.assert_allclose(pasted[t][off], expected[off], rtol=1e-5, atol=1e-7)
@@ -1945,14 +1907,14 @@ def test_a_wide_structure_that_ends_a_pixel_short_of_the_edge_is_not_taken():
 
 
 @needs_nudt
-def test_a_target_in_a_cloud_band_does_not_grow_across_it_when_coded_as_jpeg():
+def test_a_target_in_a_cloud_band_does_not_grow_across_it_when_coded_asjpeg_coded():
     """NUDT-SIRST 001009 padded by 12 pixels and coded as JPEG (quality 90), its picture read
     alone: the aircraft is held by the 17x17 window and the growth steps over six windows its
     cloud band leaks out of, to one whose component is the band (132 x 28 pixels, a pixel short of
     the image's edge). Such a band crosses the windows stepped over on two sides, and is not taken
     (1,666 pixels for a target of 66 before; the image as it is gives 53)."""
     ds = IRDataset(DATA / "NUDT-SIRST")
-    picture = _jpeg(np.pad(ds.load_image("001009"), 12), 90)[12:-12, 12:-12]
+    picture = jpeg_coded(np.pad(ds.load_image("001009"), 12), 90)[12:-12, 12:-12]
     mask = Annotator().annotate([picture], [ds.points("001009", "centroid")])[0]
     truth = ds.load_mask("001009")
     assert mask.sum() < 3 * truth.sum() and (mask & truth).sum() > 0.5 * truth.sum()
@@ -1965,7 +1927,7 @@ def test_real_padded_crops_coded_as_jpeg_get_the_masks_of_their_pictures():
     alone (a crop as one mask, 2,489 pixels of a target of 5, before the coded lines were left out)."""
     ds = IRDataset(DATA / "MDFA")
     ids = ds.ids("train")[:96]
-    frames = [_jpeg(np.pad(ds.load_image(i), 12), 90) for i in ids]
+    frames = [jpeg_coded(np.pad(ds.load_image(i), 12), 90) for i in ids]
     points = [np.asarray(ds.points(i, "centroid"), np.float64) + 12 for i in ids]
     ann = Annotator()
     masks = ann.annotate(frames, points)

@@ -679,7 +679,7 @@ def test_annotation_datasets_soft_score_against_known_fields():
         def prepare(self, images, points):
             return [next(sc.mask > 0 for sc in scenes if sc.image is im) for im in images]
 
-        def masks_and_soft(self, truths, style="field"):
+        def masks_and_soft(self, truths, style="field", odds=None):
             return truths, [self.field(g) for g in truths]
 
     r = annotation_datasets.soft_score(s, Fields(lambda g: g.astype(np.float32)))

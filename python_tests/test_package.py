@@ -12,10 +12,10 @@ import d2d_ext
 # Submodules that pull in SciPy / scikit-image / Pillow / matplotlib, or a lot of Python.
 HEAVY = ["d2d_ext.metrics", "d2d_ext.models", "d2d_ext.annotate", "d2d_ext.data", "d2d_ext.synthetic",
          "d2d_ext.bilevel", "d2d_ext.baselines", "d2d_ext.calibrate", "d2d_ext.cli", "d2d_ext.plots",
-         "d2d_ext.nn", "d2d_ext.files", "d2d_ext.points", "d2d_ext.windows", "d2d_ext.jobs", "scipy", "skimage", "PIL",
-         "matplotlib"]
+         "d2d_ext.nn", "d2d_ext.files", "d2d_ext.points", "d2d_ext.picture", "d2d_ext.windows", "d2d_ext.jobs", "scipy",
+         "skimage", "PIL", "matplotlib"]
 LAZY = ["metrics", "models", "annotate", "data", "synthetic", "bilevel", "baselines", "calibrate", "cli",
-        "plots", "progress", "reference", "nn", "files", "points", "windows", "jobs"]
+        "plots", "progress", "reference", "nn", "files", "points", "picture", "windows", "jobs"]
 
 
 def _python(code: str, tmp_path) -> subprocess.CompletedProcess:

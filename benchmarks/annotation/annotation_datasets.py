@@ -101,7 +101,7 @@ from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
 import d2d_ext.annotate as annotate_module
-from d2d_ext.annotate import DiffusionParams, config_from_dict
+from d2d_ext.annotate import DiffusionParams, MaskOdds, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.calibrate import checked_settings, load_settings
 from d2d_ext.cli import parse_settings
@@ -612,16 +612,16 @@ class SoftScore:
     squared_error: float
 
 
-def soft_score(s: EvalSet, annotator, style: str = "field") -> SoftScore:
-    """:class:`SoftScore` of ``annotator``'s soft labels in ``style`` on ``s`` (every target's
-    field computed)."""
+def soft_score(s: EvalSet, annotator, style: str = "field", odds: MaskOdds = MaskOdds()) -> SoftScore:
+    """:class:`SoftScore` of ``annotator``'s soft labels in ``style`` (the mask style's ``odds``) on
+    ``s`` (every target's field computed)."""
     num = den = squared = truth = 0.0
     inter = np.zeros(len(SOFT_THRESHOLDS))
     union = np.zeros(len(SOFT_THRESHOLDS))
     half = np.zeros(2)
     for k in range(0, len(s.images), CHUNK):
         _, fields = annotator.masks_and_soft(annotator.prepare(s.images[k:k + CHUNK], s.points[k:k + CHUNK]),
-                                             style=style)
+                                             style=style, odds=odds)
         for y, g in zip(fields, s.masks[k:k + CHUNK]):
             y = y.astype(np.float64)
             num += float((y * g).sum())
@@ -793,13 +793,13 @@ def argument_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def soft_odds(text: str) -> tuple:
-    """``--soft-odds``' ``POWER,QUANTILE`` as ``(power, quantile)``; ``ValueError`` where it is not
-    two numbers, the power above 0 and the quantile in [0, 1]."""
+def soft_odds(text: str) -> MaskOdds:
+    """``--soft-odds``' ``POWER,QUANTILE`` as :class:`~d2d_ext.annotate.MaskOdds`; ``ValueError``
+    where it is not two numbers, the power above 0 and the quantile in [0, 1]."""
     power, quantile = (float(v) for v in text.split(","))
     if not (power > 0 and 0 <= quantile <= 1):
         raise ValueError(text)
-    return power, quantile
+    return MaskOdds(power, quantile)
 
 
 def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -1014,8 +1014,7 @@ def main(argv=None) -> int:
     worst += [f"- {name}, {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
               for name, method, r in results if method.startswith("ours") and r.stages]
     if args.soft:
-        if args.soft_odds is not None:
-            annotate_module.MASK_ODDS_POWER, annotate_module.MASK_EDGE_QUANTILE = soft_odds(args.soft_odds)
+        odds = MaskOdds() if args.soft_odds is None else soft_odds(args.soft_odds)
         ours = annotator(settings, theta)
         worst += ["", "Soft labels of ours (what `d2d annotate --soft` writes, in each `--soft-style`) against the "
                       "ground truth: pooled soft IoU; the best single threshold (IoU at it); IoU at 0.5; squared "
@@ -1023,7 +1022,7 @@ def main(argv=None) -> int:
         for s in sets:
             parts = []
             for style in ("field", "mask"):
-                r = soft_score(s, ours, style)
+                r = soft_score(s, ours, style, odds)
                 parts.append(f"{style} {r.soft_iou:.2f}; {r.threshold:.2f} ({r.iou:.2f}); {r.iou_half:.2f}; "
                              f"{r.squared_error:.3f}")
             worst.append(f"- {s.name}: " + " / ".join(parts))
