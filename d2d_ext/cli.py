@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .files import DataError, json_line, write_bytes_atomic
 from .jobs import annotate_dataset, evaluate_dataset, find_bad_pixels
-from .spans import Span
+from .spans import Span, finite_number
 
 
 def _annotator_config(args):
@@ -292,8 +292,6 @@ def _point_source_or_none(value: str) -> str:
 
 def _finite(value: str) -> float:
     """argparse ``type`` of a number that must be finite."""
-    from .bilevel.config import finite_number
-
     return _argparse_type(finite_number)(value)
 
 
@@ -301,18 +299,7 @@ def _within(span):
     """argparse ``type`` of a number within ``span`` (a :class:`~d2d_ext.spans.Span`; a whole
     number where the span is whole), so that a count of 0 or a share above 1 is argparse's error
     naming the option, before anything is read or written."""
-    def read(text: str):
-        try:
-            value = int(text) if span.whole else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if span.whole else 'number'}") from None
-        try:
-            return span.checked("value", value)
-        except ValueError:
-            what = f"{span.what} " if span.what else ""
-            raise argparse.ArgumentTypeError(f"must be {what}{span.describe()}, got {text}") from None
-
-    return read
+    return _argparse_type(span.parse)
 
 
 def _argparse_type(parse):

@@ -116,7 +116,7 @@ def test_a_setting_out_of_its_range_is_refused_before_anything_is_written(datase
     ("calibrate", "--seed", "-1", "must be >= 0, got -1"),
     ("find-bad-pixels", "--share", "2", "must be in (0, 1], got 2"),
     ("find-bad-pixels", "--min-frames", "0", "must be >= 1, got 0"),
-    ("find-bad-pixels", "--floor", "nan", "must be in [0, 1), got nan"),
+    ("find-bad-pixels", "--floor", "nan", "'nan' is not a finite number"),
     ("select", "--top", "0", "must be in (0, 1], got 0"),
     ("demo", "--train-epochs", "-1", "must be >= 0, got -1"),
     ("demo", "--images", "1", "must be >= 2, got 1"),
@@ -736,7 +736,7 @@ def test_evaluate_threshold_and_pd_match(two_targets, capsys, threshold, pd_matc
 
 def test_evaluate_threshold_out_of_range_is_an_argparse_error(two_targets, capsys):
     for bad, says in (("1.5", "must be a fraction of the full scale in [0, 1], got 1.5"), ("-0.1", "got -0.1"),
-                      ("nan", "got nan"), ("half", "'half' is not a number")):
+                      ("nan", "'nan' is not a finite number"), ("half", "'half' is not a number")):
         assert main(["evaluate", "--dataset", str(two_targets), "--pred", str(two_targets / "pred"),
                      "--threshold", bad]) == 2
         err = capsys.readouterr().err

@@ -14,38 +14,18 @@ dataclass.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..models import MODEL_NAMES
 from ..points import POINT_SOURCES, point_source, valid_point_source
-from ..spans import Span
+from ..spans import Span, finite_number, whole_number
 
 MODES = ("bilevel", "full", "naive", "fixed")
 META_LOSSES = ("per-sample", "pooled")
 HYPERGRADIENTS = ("exact", "first-order")
 SELECTIONS = ("val-loss", "val-iou")
 SCHEDULES = ("cosine", "constant")
-
-
-def finite_number(text: str) -> float:
-    """A float read from ``text`` that must be finite (``ValueError`` otherwise)."""
-    try:
-        number = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{text!r} is not a finite number")
-    return number
-
-
-def whole_number(text: str) -> int:
-    """An int read from ``text`` (``ValueError`` naming it otherwise: ``2.5``, ``many``)."""
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
 
 
 def _setting(default, help: str, **spec):
