@@ -804,8 +804,9 @@ def soft_odds(text: str) -> MaskOdds:
 
 def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuses (``ap.error``) options out of their range, each by name."""
-    if not 0 <= args.jpeg <= 100:
-        ap.error(f"--jpeg must be a JPEG quality from 1 to 100, got {args.jpeg}")
+    for option, quality in (("--jpeg", args.jpeg), ("--pad-jpeg", args.pad_jpeg)):  # 0: no JPEG
+        if not 0 <= quality <= 100:
+            ap.error(f"{option} must be a JPEG quality from 1 to 100, got {quality}")
     if min(args.noise, args.stripes, args.row_stripes, args.ramp) < 0:
         ap.error(f"--noise, --stripes, --row-stripes and --ramp must be >= 0, got {args.noise}, {args.stripes}, "
                  f"{args.row_stripes} and {args.ramp}")
@@ -821,8 +822,6 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error("--pad-median needs --pad")
     if args.pad_jpeg and not args.pad:
         ap.error("--pad-jpeg needs --pad")
-    if not 0 <= args.pad_jpeg <= 100:
-        ap.error(f"--pad-jpeg must be a JPEG quality from 1 to 100, got {args.pad_jpeg}")
     if args.saturate < 0:
         ap.error(f"--saturate must be a block's side in pixels >= 0, got {args.saturate}")
     if args.smear < 0:
