@@ -477,7 +477,7 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         y0, y1, x0, x1 = picture_box(image, pts)
         corners.append((y0, x0))
         if (y1 - y0, x1 - x0) != image.shape:  # the target's frame is the picture, not its padding
-            image, pts = np.ascontiguousarray(image[y0:y1, x0:x1]), pts - np.array([x0, y0], pts.dtype)
+            image, pts = image[y0:y1, x0:x1], pts - np.array([x0, y0], pts.dtype)
         seconds["picture"] += time.perf_counter() - t0
         if len(pts) and cfg.destripe != "none":
             t0 = time.perf_counter()

@@ -42,17 +42,15 @@ def picture_box(image: np.ndarray, points: np.ndarray) -> tuple:
     while box != (y0, y1, x0, x1):  # again until no side moves: a flat row may end in a flat column
         box = (y0, y1, x0, x1)
         sub = image[y0:y1, x0:x1]
-        if _flat(sub[0]) or _flat(sub[-1]):  # the edge lines first: the rest is read only where padded
-            flat = (sub == sub[:, :1]).all(1)
-            if flat.all():
-                return 0, H, 0, W
-            y0, y1 = y0 + int(np.argmin(flat)), y1 - int(np.argmin(flat[::-1]))
-        sub = image[y0:y1, x0:x1]
-        if _flat(sub[:, 0]) or _flat(sub[:, -1]):
-            flat = (sub == sub[:1]).all(0)
-            if flat.all():
-                return 0, H, 0, W
-            x0, x1 = x0 + int(np.argmin(flat)), x1 - int(np.argmin(flat[::-1]))
+        top = _flat_run(sub)
+        if top == len(sub):
+            return 0, H, 0, W
+        y0, y1 = y0 + top, y1 - _flat_run(sub[::-1])
+        sub = image[y0:y1, x0:x1].T
+        left = _flat_run(sub)
+        if left == len(sub):
+            return 0, H, 0, W
+        x0, x1 = x0 + left, x1 - _flat_run(sub[::-1])
     rows, cols = point_pixels(points)
     if len(points) and not ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)).all():
         return 0, H, 0, W
@@ -89,5 +87,16 @@ def _padding_run(lines: np.ndarray, pad: float, near: np.ndarray, most: int) -> 
     return n
 
 
-def _flat(pixels: np.ndarray) -> bool:
-    return bool(pixels.min() == pixels.max())
+def _flat_run(lines: np.ndarray) -> int:
+    """How many of ``lines`` (the rows of a 2-D view), from the first, hold one value each (all of
+    them where every one does). Read in blocks of doubling size: an edge that is no padding costs
+    one line, and padding about twice its own pixels, not the frame's."""
+    n, size = 0, 1
+    while n < len(lines):
+        block = lines[n:n + size]
+        flat = (block == block[:, :1]).all(1)
+        if not flat.all():
+            return n + int(np.argmin(flat))
+        n += len(block)
+        size *= 2
+    return n

@@ -41,3 +41,18 @@ def test_picture_box_finds_the_picture_in_jpeg_coded_padding(quality):
     frame = jpeg_coded(np.pad(picture, 12), quality)  # flat lines end at 8: lines 8 to 11 carry the ringing
     near = np.array([[35.0 + 12, 14.0], [80.0, 30.0]])  # rows 14 and columns 80: within a block of the lines
     assert picture_box(frame, near) == (8, 62, 12, 88)
+
+
+def test_the_flat_run_read_in_doubling_blocks_is_the_first_line_that_is_not_flat():
+    """``_flat_run`` reads blocks of 1, 2, 4, ... lines and stops at the first that holds a line of
+    more than one value: the count of flat lines before it, wherever it falls in its block (and
+    every line where all are flat), on rows and on a transposed view alike."""
+    from d2d_ext.picture import _flat_run
+
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 7, 8, 9, 63, 64, 65, 200):
+        for run in sorted({0, 1, n // 2, n - 1, n}):
+            lines = np.repeat(rng.random((n, 1)), 5, axis=1).astype(np.float32)  # flat lines of their own values
+            lines[run:] = rng.random((n - run, 5))
+            assert _flat_run(lines) == run
+            assert _flat_run(np.ascontiguousarray(lines.T).T) == run  # strided rows
