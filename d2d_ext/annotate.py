@@ -900,6 +900,8 @@ def crop_maps(maps: list, batch: TargetBatch) -> torch.Tensor:
 # heat barely reached would otherwise lift every pixel around the target towards 0.5.
 MASK_EDGE_QUANTILE = 0.1
 MASK_ODDS_POWER = 2.0  # k: the odds' steepness in the ratio y / e
+# the largest value outside a mask: below one half after a 16-bit PNG's rounding too (32767 / 65535)
+BELOW_HALF = 32767 / 65535
 
 
 class MaskOdds(NamedTuple):
@@ -908,9 +910,6 @@ class MaskOdds(NamedTuple):
 
     power: float = MASK_ODDS_POWER
     quantile: float = MASK_EDGE_QUANTILE
-
-# the largest value outside a mask: below one half after a 16-bit PNG's rounding too (32767 / 65535)
-BELOW_HALF = 32767 / 65535
 
 
 def mask_soft_labels(batch: TargetBatch, soft: torch.Tensor, masks: list, odds: MaskOdds = MaskOdds()) -> list:
