@@ -1907,7 +1907,7 @@ def test_a_wide_structure_that_ends_a_pixel_short_of_the_edge_is_not_taken():
 
 
 @needs_nudt
-def test_a_target_in_a_cloud_band_does_not_grow_across_it_when_coded_asjpeg_coded():
+def test_a_target_in_a_cloud_band_does_not_grow_across_it_when_coded_as_jpeg():
     """NUDT-SIRST 001009 padded by 12 pixels and coded as JPEG (quality 90), its picture read
     alone: the aircraft is held by the 17x17 window and the growth steps over six windows its
     cloud band leaks out of, to one whose component is the band (132 x 28 pixels, a pixel short of
