@@ -1,11 +1,12 @@
 """Pseudo-mask quality of the annotator on every dataset, each reported apart (markdown table).
 
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
-        [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft]
+        [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft [--soft-odds P,Q]]
         [--dilate N] [--glow F] [--against FILE.py]
-        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--crop SIZE] [--jitter N]
-        [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F] [--stripes F] [--row-stripes F] [--jpeg Q]
-        [--equalize global|local] [--ramp F] [--levels N] [--pad N [--pad-median] [--pad-jpeg Q]] [--out FILE.md]
+        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE] [--crop SIZE]
+        [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F] [--stripes F] [--row-stripes F]
+        [--jpeg Q] [--equalize global|local] [--ramp F] [--levels N] [--pad N [--pad-median] [--pad-jpeg Q]]
+        [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
 BasicIRSTD / LESPS layout) split by split (``img_idx/<split>_<name>.txt``; SIRST-v1's LESPS
@@ -49,7 +50,9 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 ``d2d annotate --bad-pixels`` does. ``--saturate SIZE`` sets a SIZE x SIZE block at least
 :data:`SATURATE_CLEAR` pixels from every target to 1 (after ``--map``: the sun or a flare filling a raw frame's range).
 ``--pad N`` pads every image by N pixels of 0 (``--pad-median``: of its median) on each side, last
-(:func:`pad_set`): a picture letterboxed into a video frame, or images padded to one size. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
+(:func:`pad_set`): a picture letterboxed into a video frame, or images padded to one size;
+``--pad-jpeg Q`` then writes every padded frame as 8-bit JPEG at quality Q, padding and picture
+coded together. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
 target, with the crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and
 clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves every point by up
 to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
