@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import load_benchmark
+from d2d_ext.annotate import Annotator
 from d2d_ext.morphology import grow, label
 from d2d_ext.points import centroid_points
 from d2d_ext.synthetic import make_scene, write_dataset
@@ -876,6 +877,51 @@ def test_setup_cost_splits_a_call(capsys):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1].endswith("G pixel-steps/s)") and cells[2].endswith("G pixel-steps/s")
         assert cells[3].endswith("%)")
+
+
+def test_annotation_datasets_mosaic_tiles_the_images_into_large_frames():
+    """``--mosaic N``: N x N images per frame in the set's order, each at its cell's top-left
+    corner with the rest of its cell at its median, its mask and points moved with it; the last
+    frame holds what remains (its empty cells at the frame's median), and annotating a frame gives
+    each tile the masks its image gives alone where the windows see no other tile."""
+    rng = np.random.default_rng(1)
+    shapes = [(40, 50), (36, 50), (40, 44), (40, 50), (30, 30)]
+    images, masks, points = [], [], []
+    for k, (h, w) in enumerate(shapes):
+        im = (0.2 + 0.01 * rng.random((h, w))).astype(np.float32)
+        m = np.zeros((h, w), bool)
+        y, x = 14 + k, 20 - k
+        m[y - 1:y + 2, x - 1:x + 2] = True
+        im[m] = 0.9
+        images.append(im)
+        masks.append(m)
+        points.append(np.array([[float(x), float(y)]]))
+    s = annotation_datasets.EvalSet("t", list("abcde"), images, points, masks)
+    mo = annotation_datasets.mosaic_set(s, 2)
+    assert mo.name == "t, 2x2 mosaics" and mo.ids == ["a..d", "e"]
+    frame, mask = mo.images[0], mo.masks[0]
+    assert frame.shape == mask.shape == (80, 100) and frame.dtype == np.float32
+    for k, (y0, x0) in enumerate([(0, 0), (0, 50), (40, 0), (40, 50)]):
+        h, w = shapes[k]
+        assert np.array_equal(frame[y0:y0 + h, x0:x0 + w], images[k])
+        assert np.array_equal(mask[y0:y0 + h, x0:x0 + w], masks[k])
+        cell = frame[y0:y0 + 40, x0:x0 + 50].copy()
+        cell[:h, :w] = np.median(images[k])
+        assert np.all(cell == np.median(images[k]))  # the rest of the cell at the image's median
+        assert np.array_equal(mo.points[0][k], points[k][0] + [x0, y0])
+    assert mask.sum() == sum(m.sum() for m in masks[:4])
+    assert mo.images[1].shape == (30, 30) and np.array_equal(mo.images[1], images[4])
+    three = annotation_datasets.mosaic_set(s, 3)  # a last row of two cells of three
+    assert three.ids == ["a..e"] and three.images[0].shape == (80, 150)
+    empty = three.images[0][40:, 100:]
+    assert np.all(empty == np.median(three.images[0][:40]))
+    alone = Annotator().annotate(s.images[:4], s.points[:4])
+    tiled = Annotator().annotate(mo.images[:1], mo.points[:1])[0]
+    for k, (y0, x0) in enumerate([(0, 0), (0, 50), (40, 0), (40, 50)]):
+        h, w = shapes[k]
+        assert np.array_equal(tiled[y0:y0 + h, x0:x0 + w], alone[k])
+    with pytest.raises(SystemExit):
+        annotation_datasets.main(["--mosaic", "0", "--synthetic-seeds", ""])
 
 
 def test_annotation_datasets_zoom_samples_the_same_scene_finer():

@@ -4,7 +4,7 @@
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft [--soft-odds P,Q]]
         [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE] [--crop SIZE]
-        [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F] [--stripes F] [--row-stripes F]
+        [--mosaic N] [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F] [--stripes F] [--row-stripes F]
         [--jpeg Q] [--equalize global|local] [--ramp F] [--levels N] [--pad N [--pad-median] [--pad-jpeg Q]]
         [--out FILE.md]
 
@@ -54,7 +54,10 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 ``--pad-jpeg Q`` then writes every padded frame as 8-bit JPEG at quality Q, padding and picture
 coded together. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
 target, with the crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and
-clutter that the edge cuts, which whole frames seldom show. ``--jitter N`` moves every point by up
+clutter that the edge cuts, which whole frames seldom show. ``--mosaic N`` scores every set as
+frames of N x N of its images tiled (:func:`mosaic_set`): large frames of many targets, where a
+target's windows, up to the widest, reach the clutter around it that a small image's edge cuts
+off. ``--jitter N`` moves every point by up
 to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
 F`` scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of finer pixels,
 where targets and clutter span more pixels than the windows were chosen on; ``--shrink F`` samples
@@ -335,6 +338,42 @@ def crop_set(s: EvalSet, size: int, seed: int = 0) -> EvalSet:
             points.append(centroid_points(m))
             masks.append(m)
     return EvalSet(f"{s.name}, {size}x{size} crops", ids, images, points, masks)
+
+
+def mosaic_set(s: EvalSet, n: int) -> EvalSet:
+    """``s`` as frames of ``n`` x ``n`` of its images tiled in the set's order (the last frame
+    holds what remains, row by row), each image in a cell of the frame's largest image height and
+    width, its top-left corner on the cell's, the rest of the cell at the image's median; points
+    and masks moved with their images; a frame's id names its first and last image (``a..d``).
+
+    A stand-in for large frames of many targets (up to 1920x1080 and dozens of targets): every
+    target's windows, up to the widest, reach the clutter that a small image's edge cuts off, and a
+    frame holds many points. The seams between tiles are edges no sensor draws: a bright structure
+    that a tile's edge cut is closed there by the next tile's darker one, or crossed by a brighter
+    one, so a loss here names frames to look at, not yet a fault."""
+    ids, images, points, masks = [], [], [], []
+    for start in range(0, len(s.images), n * n):
+        tiles = range(start, min(start + n * n, len(s.images)))
+        h = max(s.images[k].shape[0] for k in tiles)
+        w = max(s.images[k].shape[1] for k in tiles)
+        rows = -(-len(tiles) // n)
+        frame = np.zeros((rows * h, min(n, len(tiles)) * w), np.float32)
+        mask = np.zeros(frame.shape, bool)
+        pts = []
+        for j, k in enumerate(tiles):
+            y0, x0 = (j // n) * h, (j % n) * w
+            frame[y0:y0 + h, x0:x0 + w] = np.median(s.images[k])
+            ih, iw = s.images[k].shape
+            frame[y0:y0 + ih, x0:x0 + iw] = s.images[k]
+            mask[y0:y0 + ih, x0:x0 + iw] = s.masks[k]
+            pts.append(np.asarray(s.points[k], dtype=np.float64).reshape(-1, 2) + [x0, y0])
+        if len(tiles) % n:  # the last row's empty cells: the frame's median
+            frame[(rows - 1) * h:, (len(tiles) % n) * w:] = np.median(frame[:(rows - 1) * h] if rows > 1 else frame)
+        ids.append(f"{s.ids[tiles[0]]}..{s.ids[tiles[-1]]}" if len(tiles) > 1 else str(s.ids[tiles[0]]))
+        images.append(frame)
+        points.append(np.concatenate(pts))
+        masks.append(mask)
+    return EvalSet(f"{s.name}, {n}x{n} mosaics", ids, images, points, masks)
 
 
 def zoom_set(s: EvalSet, factor: int) -> EvalSet:
@@ -761,6 +800,8 @@ def argument_parser() -> argparse.ArgumentParser:
     ap.add_argument("--crop", type=int, default=0, metavar="SIZE",
                     help="score every set as SIZE x SIZE crops, one per target, each holding the target's "
                          "point at least 8 px inside, with the crop's centroid points (see crop_set)")
+    ap.add_argument("--mosaic", type=int, default=1, metavar="N",
+                    help="score every set as frames of N x N of its images tiled (see mosaic_set)")
     ap.add_argument("--zoom", type=int, default=1, metavar="F",
                     help="score every set sampled F times finer: images upsampled (bilinear), masks by "
                          "pixel replication, points at the zoomed masks' centroids (see zoom_set)")
@@ -815,6 +856,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                  f"{args.row_stripes} and {args.ramp}")
     if args.jitter < 0:
         ap.error(f"--jitter must be a whole number of pixels >= 0, got {args.jitter}")
+    if args.mosaic < 1:
+        ap.error(f"--mosaic must be a whole number of images per side >= 1, got {args.mosaic}")
     if args.zoom < 1 or args.shrink < 1:
         ap.error(f"--zoom and --shrink must be whole factors >= 1, got {args.zoom} and {args.shrink}")
     if args.blur < 0:
@@ -869,6 +912,8 @@ def probe_sets(args: argparse.Namespace, sets: list | None = None) -> list:
         sets = [shrink_set(s, args.shrink) for s in sets]
     if args.crop:
         sets = [c for c in (crop_set(s, args.crop) for s in sets) if c.ids]
+    if args.mosaic > 1:
+        sets = [mosaic_set(s, args.mosaic) for s in sets]
     if args.points == "coarse":
         for s in sets:
             s.points = [coarse_points(m, np.random.default_rng([0, k])) for k, m in enumerate(s.masks)]
@@ -925,6 +970,7 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += f"; every image blurred by a Gaussian of sigma {args.blur} px" if args.blur else ""
     grown += f"; every image averaged over {args.smear} px along its rows" if args.smear > 1 else ""
     grown += f"; {args.crop}x{args.crop} crops, one per target" if args.crop else ""
+    grown += f"; frames of {args.mosaic}x{args.mosaic} images tiled" if args.mosaic > 1 else ""
     grown += "; LESPS coarse points drawn from the masks (seed 0)" if args.points == "coarse" else ""
     grown += f"; points moved by up to {args.jitter} px per axis (seed 0)" if args.jitter else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
