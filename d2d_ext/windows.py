@@ -88,7 +88,13 @@ The search, in order (:func:`strict_component`):
    pixels; :func:`pixel_noise`): every window leaked at the lower fractions into what that bump
    sits on, and a click off the middle of a flat-topped target larger than the windows ends on a
    bump of its top's noise that way. A target on a roof or a cloud stands well above that noise,
-   and keeps its component.
+   and keeps its component. No wide window stands in where the peak sits on a *clipped plateau*
+   in its component, larger than the first window: pixels at the frame's largest value, where the
+   sensor's full scale (or a display map's top) cut the target and what it lies on to one level.
+   A small target at the rim of a saturated cloud and a target that fills the plateau then read
+   the same, and the image cannot show that the plateau is the target; a small image's edge
+   hides this, since it cuts such a cloud and the wide windows' edge test refuses it, while in a
+   large frame the cloud ends inside the widest window.
 5. **A structure beside the point.** A window of ``half_sizes`` beyond the first (one the
    smaller windows leaked out of) whose component lies to one side of the peak (it does not
    surround it as ``side_cover`` reads the first window's band) and is a plateau is passed over
@@ -169,6 +175,12 @@ NOISE_BUMP = 2.0
 # peak to the band's level puts the component at the first fraction half-way out or more
 # (Gaussian, exponential and Lorentzian profiles at the levels the growth needs).
 HULL_REACH = 0.25
+# step 4: a pixel within this many pixel-noise deviations (of the wide window's pixels) of the
+# frame's largest value lies on a clipped plateau. A saturated area read through a file's coding
+# spreads over the top few grey levels (MDFA's over 252 to 255 of 255), which 2 deviations of the
+# windows' noise around its targets take in (train_004592: 4 grey levels); the top of a synthetic
+# extended target that is the brightest thing in its frame, but not clipped, lies outside them
+CLIP_NOISE = 2.0
 
 
 def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
@@ -300,7 +312,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     peak = float(image[py, px])
     first_box = window_box(py, px, cfg.half_sizes[0], H, W)
     stats = {}
-    noise = {}  # window box -> noise_bar of the image there
+    noise = {}  # window box -> pixel_noise of the image there
 
     def larger(half: int) -> list:
         """The configured half-sizes above ``half``, in the order they are tried."""
@@ -539,13 +551,32 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         first = window(cfg.half_sizes[0], f)
         for half in cfg.wide_half_sizes:
             cand = window(half, f)
-            if cand.comp is None:
+            if cand.comp is None or clipped(cand):
                 continue
             long_thin = through(cand, crossed(cand)) and elongation(cand.comp) >= LONG_ASPECT
             if ((covers(cand, first) or long_thin) and not any(touches_edge(cand, cfg.band)) and not plateau(half, f, cand)
                     and not rival(first, cand, quieter=True)):
                 return half, f, cand
         return None
+
+    frame_top = []  # the frame's largest value, read where a wide window's test first needs it
+
+    def clipped(win: _Window) -> bool:
+        """Whether the peak sits on a *clipped plateau* inside ``win``'s component: pixels at the
+        frame's largest value (within ``CLIP_NOISE`` pixel-noise deviations of ``win``'s pixels),
+        the peak's part of them larger than the first window. The sensor's full scale, or a
+        display map's top, cut the target and what it lies on to one level there: a small target
+        at a saturated cloud's rim and a target that fills the plateau read the same, and the
+        image cannot show where the target ends in it."""
+        if not frame_top:
+            frame_top.append(float(np.nanmax(image)))
+        y0, y1, x0, x1 = win.box
+        pixels = image[y0:y1, x0:x1]
+        level = frame_top[0] - CLIP_NOISE * window_noise(win)
+        if not peak >= level:
+            return False
+        flat = component(win.comp & (pixels >= level), (py - y0, px - x0))
+        return flat is not None and int(flat.sum()) > (2 * cfg.half_sizes[0] + 1) ** 2
 
     def crossed(cand: _Window) -> _Window:
         """The window of ``half_sizes`` whose band a long target in wide window ``cand`` is
@@ -656,13 +687,19 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         out[cut] = comp
         return out
 
-    def window_bar(win: _Window) -> float:
-        """:func:`noise_bar` of ``win``'s pixels (asked again by accept and by the growth's
-        tests for the window the search accepts: computed once)."""
+    def window_noise(win: _Window) -> float:
+        """:func:`pixel_noise` of ``win``'s pixels (asked again by accept, by the growth's tests
+        for the window the search accepts and by the wide windows' test at every fraction:
+        computed once)."""
         y0, y1, x0, x1 = win.box
         if win.box not in noise:
-            noise[win.box] = noise_bar(image[y0:y1, x0:x1])
+            noise[win.box] = pixel_noise(image[y0:y1, x0:x1])
         return noise[win.box]
+
+    def window_bar(win: _Window) -> float:
+        """:func:`noise_bar` of ``win``'s pixels."""
+        y0, y1, x0, x1 = win.box
+        return NOISE_BUMP * math.sqrt(2 * math.log(max((y1 - y0) * (x1 - x0), 2))) * window_noise(win)
 
     def noise_bump(win: _Window) -> bool:
         """Whether the peak stands no higher above ``win``'s background than noise could

@@ -883,7 +883,8 @@ def test_annotation_datasets_mosaic_tiles_the_images_into_large_frames():
     """``--mosaic N``: N x N images per frame in the set's order, each at its cell's top-left
     corner with the rest of its cell at its median, its mask and points moved with it; the last
     frame holds what remains (its empty cells at the frame's median), and annotating a frame gives
-    each tile the masks its image gives alone where the windows see no other tile."""
+    each tile the masks its image gives alone where the windows see no other tile. With a gap,
+    each image lies that far inside a cell that much larger on every side."""
     rng = np.random.default_rng(1)
     shapes = [(40, 50), (36, 50), (40, 44), (40, 50), (30, 30)]
     images, masks, points = [], [], []
@@ -915,6 +916,16 @@ def test_annotation_datasets_mosaic_tiles_the_images_into_large_frames():
     assert three.ids == ["a..e"] and three.images[0].shape == (80, 150)
     empty = three.images[0][40:, 100:]
     assert np.all(empty == np.median(three.images[0][:40]))
+    apart = annotation_datasets.mosaic_set(s, 2, gap=3)
+    assert apart.name == "t, 2x2 mosaics, 3 px apart" and apart.images[0].shape == (92, 112)
+    for k, (y0, x0) in enumerate([(3, 3), (3, 59), (49, 3), (49, 59)]):
+        h, w = shapes[k]
+        assert np.array_equal(apart.images[0][y0:y0 + h, x0:x0 + w], images[k])
+        assert np.array_equal(apart.masks[0][y0:y0 + h, x0:x0 + w], masks[k])
+        assert np.array_equal(apart.points[0][k], points[k][0] + [x0, y0])
+        cell = apart.images[0][y0 - 3:y0 + 43, x0 - 3:x0 + 53].copy()
+        cell[3:3 + h, 3:3 + w] = np.median(images[k])
+        assert np.all(cell == np.median(images[k]))
     alone = Annotator().annotate(s.images[:4], s.points[:4])
     tiled = Annotator().annotate(mo.images[:1], mo.points[:1])[0]
     for k, (y0, x0) in enumerate([(0, 0), (0, 50), (40, 0), (40, 50)]):

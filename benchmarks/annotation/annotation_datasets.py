@@ -4,7 +4,8 @@
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft [--soft-odds P,Q]]
         [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE] [--crop SIZE]
-        [--mosaic N] [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F] [--stripes F] [--row-stripes F]
+        [--mosaic N [--mosaic-gap G]] [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F]
+        [--stripes F] [--row-stripes F]
         [--jpeg Q] [--equalize global|local] [--ramp F] [--levels N] [--pad N [--pad-median] [--pad-jpeg Q]]
         [--out FILE.md]
 
@@ -57,8 +58,8 @@ target, with the crop's own centroid points (:func:`crop_set`): targets near a f
 clutter that the edge cuts, which whole frames seldom show. ``--mosaic N`` scores every set as
 frames of N x N of its images tiled (:func:`mosaic_set`): large frames of many targets, where a
 target's windows, up to the widest, reach the clutter around it that a small image's edge cuts
-off. ``--jitter N`` moves every point by up
-to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
+off (``--mosaic-gap G``: each image G pixels apart from the next, at its median). ``--jitter N``
+moves every point by up to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
 F`` scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of finer pixels,
 where targets and clutter span more pixels than the windows were chosen on; ``--shrink F`` samples
 it ``F`` times coarser (:func:`shrink_set`): a sensor of coarser pixels, whose targets of a few
@@ -340,22 +341,25 @@ def crop_set(s: EvalSet, size: int, seed: int = 0) -> EvalSet:
     return EvalSet(f"{s.name}, {size}x{size} crops", ids, images, points, masks)
 
 
-def mosaic_set(s: EvalSet, n: int) -> EvalSet:
+def mosaic_set(s: EvalSet, n: int, gap: int = 0) -> EvalSet:
     """``s`` as frames of ``n`` x ``n`` of its images tiled in the set's order (the last frame
     holds what remains, row by row), each image in a cell of the frame's largest image height and
-    width, its top-left corner on the cell's, the rest of the cell at the image's median; points
-    and masks moved with their images; a frame's id names its first and last image (``a..d``).
+    width (plus ``gap`` pixels on each side), ``gap`` pixels in from the cell's top-left corner, the
+    rest of the cell at the image's median; points and masks moved with their images; a frame's id
+    names its first and last image (``a..d``).
 
     A stand-in for large frames of many targets (up to 1920x1080 and dozens of targets): every
     target's windows, up to the widest, reach the clutter that a small image's edge cuts off, and a
     frame holds many points. The seams between tiles are edges no sensor draws: a bright structure
     that a tile's edge cut is closed there by the next tile's darker one, or crossed by a brighter
-    one, so a loss here names frames to look at, not yet a fault."""
+    one, so a loss here names frames to look at, not yet a fault. With a ``gap``, every structure
+    that an image's edge cuts ends in the gap at the image's median: the worst case of a frame whose
+    clouds and buildings all end just beyond the part the dataset kept."""
     ids, images, points, masks = [], [], [], []
     for start in range(0, len(s.images), n * n):
         tiles = range(start, min(start + n * n, len(s.images)))
-        h = max(s.images[k].shape[0] for k in tiles)
-        w = max(s.images[k].shape[1] for k in tiles)
+        h = max(s.images[k].shape[0] for k in tiles) + 2 * gap
+        w = max(s.images[k].shape[1] for k in tiles) + 2 * gap
         rows = -(-len(tiles) // n)
         frame = np.zeros((rows * h, min(n, len(tiles)) * w), np.float32)
         mask = np.zeros(frame.shape, bool)
@@ -363,6 +367,7 @@ def mosaic_set(s: EvalSet, n: int) -> EvalSet:
         for j, k in enumerate(tiles):
             y0, x0 = (j // n) * h, (j % n) * w
             frame[y0:y0 + h, x0:x0 + w] = np.median(s.images[k])
+            y0, x0 = y0 + gap, x0 + gap
             ih, iw = s.images[k].shape
             frame[y0:y0 + ih, x0:x0 + iw] = s.images[k]
             mask[y0:y0 + ih, x0:x0 + iw] = s.masks[k]
@@ -373,7 +378,8 @@ def mosaic_set(s: EvalSet, n: int) -> EvalSet:
         images.append(frame)
         points.append(np.concatenate(pts))
         masks.append(mask)
-    return EvalSet(f"{s.name}, {n}x{n} mosaics", ids, images, points, masks)
+    apart = f", {gap} px apart" if gap else ""
+    return EvalSet(f"{s.name}, {n}x{n} mosaics{apart}", ids, images, points, masks)
 
 
 def zoom_set(s: EvalSet, factor: int) -> EvalSet:
@@ -802,6 +808,8 @@ def argument_parser() -> argparse.ArgumentParser:
                          "point at least 8 px inside, with the crop's centroid points (see crop_set)")
     ap.add_argument("--mosaic", type=int, default=1, metavar="N",
                     help="score every set as frames of N x N of its images tiled (see mosaic_set)")
+    ap.add_argument("--mosaic-gap", type=int, default=0, metavar="G",
+                    help="with --mosaic: G pixels of each image's median around it in its cell")
     ap.add_argument("--zoom", type=int, default=1, metavar="F",
                     help="score every set sampled F times finer: images upsampled (bilinear), masks by "
                          "pixel replication, points at the zoomed masks' centroids (see zoom_set)")
@@ -858,6 +866,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error(f"--jitter must be a whole number of pixels >= 0, got {args.jitter}")
     if args.mosaic < 1:
         ap.error(f"--mosaic must be a whole number of images per side >= 1, got {args.mosaic}")
+    if args.mosaic_gap < 0 or (args.mosaic_gap and args.mosaic < 2):
+        ap.error(f"--mosaic-gap must be a number of pixels >= 0, with --mosaic 2 or more, got {args.mosaic_gap}")
     if args.zoom < 1 or args.shrink < 1:
         ap.error(f"--zoom and --shrink must be whole factors >= 1, got {args.zoom} and {args.shrink}")
     if args.blur < 0:
@@ -913,7 +923,7 @@ def probe_sets(args: argparse.Namespace, sets: list | None = None) -> list:
     if args.crop:
         sets = [c for c in (crop_set(s, args.crop) for s in sets) if c.ids]
     if args.mosaic > 1:
-        sets = [mosaic_set(s, args.mosaic) for s in sets]
+        sets = [mosaic_set(s, args.mosaic, args.mosaic_gap) for s in sets]
     if args.points == "coarse":
         for s in sets:
             s.points = [coarse_points(m, np.random.default_rng([0, k])) for k, m in enumerate(s.masks)]
@@ -970,7 +980,8 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += f"; every image blurred by a Gaussian of sigma {args.blur} px" if args.blur else ""
     grown += f"; every image averaged over {args.smear} px along its rows" if args.smear > 1 else ""
     grown += f"; {args.crop}x{args.crop} crops, one per target" if args.crop else ""
-    grown += f"; frames of {args.mosaic}x{args.mosaic} images tiled" if args.mosaic > 1 else ""
+    grown += (f"; frames of {args.mosaic}x{args.mosaic} images tiled"
+              + (f", {args.mosaic_gap} px of each image's median around it" if args.mosaic_gap else "") if args.mosaic > 1 else "")
     grown += "; LESPS coarse points drawn from the masks (seed 0)" if args.points == "coarse" else ""
     grown += f"; points moved by up to {args.jitter} px per axis (seed 0)" if args.jitter else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
