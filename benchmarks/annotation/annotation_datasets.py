@@ -53,22 +53,22 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 ``--pad N`` pads every image by N pixels of 0 (``--pad-median``: of its median) on each side, last
 (:func:`pad_set`): a picture letterboxed into a video frame, or images padded to one size;
 ``--pad-jpeg Q`` then writes every padded frame as 8-bit JPEG at quality Q, padding and picture
-coded together. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per
-target, with the crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and
-clutter that the edge cuts, which whole frames seldom show. ``--mosaic N`` scores every set as
-frames of N x N of its images tiled (:func:`mosaic_set`): large frames of many targets, where a
-target's windows, up to the widest, reach the clutter around it that a small image's edge cuts
-off (``--mosaic-gap G``: each image G pixels apart from the next, at its median). ``--jitter N``
-moves every point by up to ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom
-F`` scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of finer pixels,
-where targets and clutter span more pixels than the windows were chosen on; ``--shrink F`` samples
-it ``F`` times coarser (:func:`shrink_set`): a sensor of coarser pixels, whose targets of a few
-pixels become one and whose gaps of a pixel between a target and the clutter beside it close.
+coded together. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per target, with the
+crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and clutter that the
+edge cuts, which whole frames seldom show. ``--mosaic N`` scores every set as frames of N x N of
+its images tiled (:func:`mosaic_set`): large frames of many targets, where a target's windows, up
+to the widest, reach the clutter around it that a small image's edge cuts off (``--mosaic-gap G``:
+each image G pixels apart from the next, at its median). ``--jitter N`` moves every point by up to
+``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom F``
+scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of finer pixels, where
+targets and clutter span more pixels than the windows were chosen on; ``--shrink F`` samples it
+``F`` times coarser (:func:`shrink_set`): a sensor of coarser pixels, whose targets of a few pixels
+become one and whose gaps of a pixel between a target and the clutter beside it close.
 ``--blur SIGMA`` blurs every image by a Gaussian (:func:`blur_images`, before the noise): optics
-softer than the pixels, which spread each target and fill the same gaps; ``--smear L``
-averages every image over ``L`` pixels along its rows (:func:`smear_images`, after the blur): a
-sensor that panned while it integrated, which spreads each target sideways into what lies beside
-it. ``--noise F``,
+softer than the pixels, which spread each target and fill the same gaps; ``--smear L`` averages
+every image over ``L`` pixels along its rows (:func:`smear_images`, after the blur): a sensor that
+panned while it integrated, which spreads each target sideways into what lies beside it.
+``--noise F``,
 ``--stripes F`` and ``--row-stripes F`` add sensor noise of ``F`` times each image's own pixel
 noise (:func:`add_sensor_noise`): white, an offset per column (the column fixed-pattern noise of
 an uncooled sensor's readout) or an offset per row (its row noise), before ``--map`` and
@@ -980,8 +980,8 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += f"; every image blurred by a Gaussian of sigma {args.blur} px" if args.blur else ""
     grown += f"; every image averaged over {args.smear} px along its rows" if args.smear > 1 else ""
     grown += f"; {args.crop}x{args.crop} crops, one per target" if args.crop else ""
-    grown += (f"; frames of {args.mosaic}x{args.mosaic} images tiled"
-              + (f", {args.mosaic_gap} px of each image's median around it" if args.mosaic_gap else "") if args.mosaic > 1 else "")
+    apart = f", {args.mosaic_gap} px of each image's median around it" if args.mosaic_gap else ""
+    grown += f"; frames of {args.mosaic}x{args.mosaic} images tiled{apart}" if args.mosaic > 1 else ""
     grown += "; LESPS coarse points drawn from the masks (seed 0)" if args.points == "coarse" else ""
     grown += f"; points moved by up to {args.jitter} px per axis (seed 0)" if args.jitter else ""
     grown += f"; images mapped to {args.map.replace(',', ' + ')} * I" if args.map else ""
