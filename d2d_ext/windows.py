@@ -226,11 +226,13 @@ def _first_window(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig) -> 
     return band_median(win[outer_band(box, cfg.band, H, W)]), noise_bar(win)
 
 
-def noise_bar(win: np.ndarray) -> float:
+def noise_bar(win: np.ndarray, noise: float | None = None) -> float:
     """How far above its background the largest of window ``win``'s ``n`` pixels could stand in
-    pure noise: ``NOISE_BUMP`` times ``sqrt(2 ln n)`` times :func:`pixel_noise`. A peak no higher
-    is a *noise bump*: the image shows no bump of its own there."""
-    return NOISE_BUMP * math.sqrt(2 * math.log(max(win.size, 2))) * pixel_noise(win)
+    pure noise: ``NOISE_BUMP`` times ``sqrt(2 ln n)`` times :func:`pixel_noise` (``noise``, where
+    the caller has it already). A peak no higher is a *noise bump*: the image shows no bump of its
+    own there."""
+    noise = pixel_noise(win) if noise is None else noise
+    return NOISE_BUMP * math.sqrt(2 * math.log(max(win.size, 2))) * noise
 
 
 def outer_band(box: tuple, width: int, H: int, W: int) -> np.ndarray:
@@ -697,9 +699,9 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         return noise[win.box]
 
     def window_bar(win: _Window) -> float:
-        """:func:`noise_bar` of ``win``'s pixels."""
+        """:func:`noise_bar` of ``win``'s pixels, from their :func:`window_noise`."""
         y0, y1, x0, x1 = win.box
-        return NOISE_BUMP * math.sqrt(2 * math.log(max((y1 - y0) * (x1 - x0), 2))) * window_noise(win)
+        return noise_bar(image[y0:y1, x0:x1], window_noise(win))
 
     def noise_bump(win: _Window) -> bool:
         """Whether the peak stands no higher above ``win``'s background than noise could
