@@ -70,6 +70,16 @@ The search, in order (:func:`strict_component`):
      half its pixels. A target's hull falls off gradually; a bright sky or cloud around the
      target ends in a step, and a window whose threshold drops below its level takes all of it.
 
+   A target that has *stood apart* grows no further into a much larger component: where a larger
+   window's component, not taken, is clear of its band and the same in the next window without
+   holding the accepted window's band all around (the target ended near that band), a later
+   window is taken only if its component is at most ``APART_GROWTH`` times that one. A target on
+   a larger bright region (a sky, a cloud, a roof) stands apart on it in window after window while
+   the region's level falls off too slowly for any band to read as settled, until a window whose
+   band lies off the region holds the region whole; a hull runs on through the accepted band, and
+   the next component that holds that band adds a band's worth of pixels. A peak that does not
+   clear its band's spread, or a speck of noise on a flat top, shows no such end.
+
    A window accepted at a raised fraction, or one whose peak does not clear its band's spread,
    grows only where its peak is a noise bump (step 4). In the first case every window leaked at
    the lower fractions; in the second the band lies on a structure's edges rather than on a
@@ -181,6 +191,10 @@ HULL_REACH = 0.25
 # windows' noise around its targets take in (train_004592: 4 grey levels); the top of a synthetic
 # extended target that is the brightest thing in its frame, but not clipped, lies outside them
 CLIP_NOISE = 2.0
+# step 3: a target that stood apart grows into no component more than this many times the one that
+# held it apart. A hull adds a band's worth of pixels to that component (a third of it at most, on
+# every set as it is and as mosaics); the sky or cloud the target lies on, several times the target
+APART_GROWTH = 2.0
 
 
 def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
@@ -511,9 +525,12 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         well below it, or the peak did not clear it (a plateau), and a larger window's component
         (clear of its own band, the peak clearing it, stable in the window after) holds most of it,
         and, where the windows between leaked, holds the largest of their bands as well or is
-        less than twice ``LONG_ASPECT`` times longer than wide."""
+        less than twice ``LONG_ASPECT`` times longer than wide. Once a window has held the target
+        apart (:func:`apart`), the growth takes no component more than ``APART_GROWTH`` times
+        that one, and ends there."""
         top = top_level(found)
         leaked = found  # the largest window passed since found whose component leaked
+        held = None  # pixels of the last component that held the target apart since found
         for nxt in larger(half):
             if window_box(py, px, nxt, H, W) == found.box:  # the image's edge stops the growth
                 break
@@ -534,10 +551,31 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
                     # longer than a compact target; a long band (a cloud bank, a ridge) the target
                     # sits in crosses them on two sides only
                     and (leaked is found or covers(cand, leaked) or elongation(cand.comp) < 2 * LONG_ASPECT)):
+                if held is not None and cand.comp.sum() > APART_GROWTH * held:
+                    break  # the region the target lies on
                 found = leaked = cand
+                held = None
             elif cand.comp is None:
                 leaked = cand
+            elif apart(nxt, f, found, cand):
+                held = int(cand.comp.sum())
         return found
+
+    def apart(half: int, f: float, found: _Window, cand: _Window) -> bool:
+        """Whether window ``half``'s component ``cand``, which the growth from ``found`` does not
+        take, holds the target apart: it is clear of its own band and the same in the next window
+        (:func:`stable`) without holding ``found``'s band all around (:func:`covers`), so the
+        target ended near that band rather than running on through it as a hull does. A target
+        on a larger bright region (a sky, a cloud, a roof) stands apart on it so, in window after
+        window, while the region's level falls off too slowly for any band to read as settled,
+        until a window whose band lies off the region holds it whole. Not where ``found``'s peak
+        does not clear its band's spread (``faint``: the band lies on a structure's edges, and
+        what stands apart of it may be one part of a target), nor where it is a speck of noise on
+        a flat top (a :func:`noise_bump` that reaches less than ``HULL_REACH`` of the way to its
+        band: :func:`hull_top`): every window then finds the same few pixels."""
+        if found.faint or (noise_bump(found) and not hull_top(found)):
+            return False
+        return not covers(cand, found) and stable(half, f, cand)
 
     def wide_target(f: float) -> tuple | None:
         """``(half, f, window)``: the first of ``wide_half_sizes`` whose component at fraction ``f``
