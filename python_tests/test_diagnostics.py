@@ -668,7 +668,8 @@ def test_annotation_datasets_soft_score_against_known_fields():
     threshold (the first is kept), the truth at half height 50 and 100 from a threshold at or
     below one half, the truth plus a faint halo of the same area 100 / (1 + 0.2) and 100 at
     thresholds above the halo. The IoU at 0.5 and the squared error (over every pixel, per pixel of
-    the truth) read the labels as probabilities."""
+    the truth) read the labels as probabilities. Both styles are scored from one preparation of
+    each chunk of images."""
     rng = np.random.default_rng(0)
     scenes = [make_scene(rng, 64, 64, "mixed") for _ in range(3)]
     s = annotation_datasets.scene_set("scenes", scenes)
@@ -701,6 +702,20 @@ def test_annotation_datasets_soft_score_against_known_fields():
     r = annotation_datasets.soft_score(s, Fields(halo))
     assert r.soft_iou == pytest.approx(100 / 1.2) and r.iou == pytest.approx(100.0) and r.threshold == 0.25
     assert r.squared_error == pytest.approx(0.04)  # 0.2^2 on the halo, as many pixels as the truth
+
+    class Styled(Fields):  # each style its own field; the preparations counted
+        prepared = 0
+
+        def prepare(self, images, points):
+            Styled.prepared += 1
+            return super().prepare(images, points)
+
+        def masks_and_soft(self, truths, style="field", odds=None):
+            return truths, [g.astype(np.float32) * (1.0 if style == "mask" else 0.5) for g in truths]
+
+    both = annotation_datasets.soft_scores(s, Styled(None), ("field", "mask"))
+    assert Styled.prepared == 1  # one chunk, prepared once for both styles
+    assert both["field"].soft_iou == pytest.approx(50.0) and both["mask"].soft_iou == pytest.approx(100.0)
 
 
 def test_annotation_datasets_reads_theta_by_name(tmp_path, capsys):

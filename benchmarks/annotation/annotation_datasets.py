@@ -94,7 +94,7 @@ import argparse
 import importlib.util
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import imageio.v3 as iio  # scikit-image's own image I/O (its dependency), for --jpeg
@@ -108,7 +108,7 @@ from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
 import d2d_ext.annotate as annotate_module
-from d2d_ext.annotate import DiffusionParams, MaskOdds, config_from_dict
+from d2d_ext.annotate import SOFT_STYLES, DiffusionParams, MaskOdds, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.calibrate import checked_settings, load_settings
 from d2d_ext.cli import parse_settings
@@ -663,27 +663,50 @@ class SoftScore:
 def soft_score(s: EvalSet, annotator, style: str = "field", odds: MaskOdds = MaskOdds()) -> SoftScore:
     """:class:`SoftScore` of ``annotator``'s soft labels in ``style`` (the mask style's ``odds``) on
     ``s`` (every target's field computed)."""
-    num = den = squared = truth = 0.0
-    inter = np.zeros(len(SOFT_THRESHOLDS))
-    union = np.zeros(len(SOFT_THRESHOLDS))
-    half = np.zeros(2)
+    return soft_scores(s, annotator, (style,), odds)[style]
+
+
+def soft_scores(s: EvalSet, annotator, styles=SOFT_STYLES, odds: MaskOdds = MaskOdds()) -> dict:
+    """``{style: SoftScore}`` of ``annotator``'s soft labels on ``s`` in each of ``styles``, from one
+    preparation of each chunk of images (see :func:`soft_score`)."""
+    sums = {style: _SoftSums() for style in styles}
     for k in range(0, len(s.images), CHUNK):
-        _, fields = annotator.masks_and_soft(annotator.prepare(s.images[k:k + CHUNK], s.points[k:k + CHUNK]),
-                                             style=style, odds=odds)
-        for y, g in zip(fields, s.masks[k:k + CHUNK]):
-            y = y.astype(np.float64)
-            num += float((y * g).sum())
-            den += float((y + g - y * g).sum())
-            above = y[None] >= SOFT_THRESHOLDS[:, None, None]
-            inter += (above & g).sum((1, 2))
-            union += (above | g).sum((1, 2))
-            half += (((y >= 0.5) & g).sum(), ((y >= 0.5) | g).sum())
-            squared += float(((y - g) ** 2).sum())
-            truth += float(g.sum())
-    iou = 100 * inter / np.maximum(union, 1)
-    best = int(iou.argmax())
-    return SoftScore(100 * num / max(den, 1e-12), float(SOFT_THRESHOLDS[best]), float(iou[best]),
-                     100 * half[0] / max(half[1], 1), squared / max(truth, 1))
+        batch = annotator.prepare(s.images[k:k + CHUNK], s.points[k:k + CHUNK])
+        for style in styles:
+            _, fields = annotator.masks_and_soft(batch, style=style, odds=odds)
+            for y, g in zip(fields, s.masks[k:k + CHUNK]):
+                sums[style].add(y.astype(np.float64), g)
+    return {style: total.score() for style, total in sums.items()}
+
+
+@dataclass
+class _SoftSums:
+    """What :class:`SoftScore` pools over a set's images."""
+
+    num: float = 0.0
+    den: float = 0.0
+    squared: float = 0.0
+    truth: float = 0.0
+    inter: np.ndarray = field(default_factory=lambda: np.zeros(len(SOFT_THRESHOLDS)))
+    union: np.ndarray = field(default_factory=lambda: np.zeros(len(SOFT_THRESHOLDS)))
+    half: np.ndarray = field(default_factory=lambda: np.zeros(2))
+
+    def add(self, y: np.ndarray, g: np.ndarray) -> None:
+        """One image's soft label ``y`` (float64) and bool truth ``g``."""
+        self.num += float((y * g).sum())
+        self.den += float((y + g - y * g).sum())
+        above = y[None] >= SOFT_THRESHOLDS[:, None, None]
+        self.inter += (above & g).sum((1, 2))
+        self.union += (above | g).sum((1, 2))
+        self.half += (((y >= 0.5) & g).sum(), ((y >= 0.5) | g).sum())
+        self.squared += float(((y - g) ** 2).sum())
+        self.truth += float(g.sum())
+
+    def score(self) -> SoftScore:
+        iou = 100 * self.inter / np.maximum(self.union, 1)
+        best = int(iou.argmax())
+        return SoftScore(100 * self.num / max(self.den, 1e-12), float(SOFT_THRESHOLDS[best]), float(iou[best]),
+                         100 * self.half[0] / max(self.half[1], 1), self.squared / max(self.truth, 1))
 
 
 def run(fn, s: EvalSet) -> tuple:
@@ -1079,11 +1102,8 @@ def main(argv=None) -> int:
                       "ground truth: pooled soft IoU; the best single threshold (IoU at it); IoU at 0.5; squared "
                       "error per pixel of the truth:", ""]
         for s in sets:
-            parts = []
-            for style in ("field", "mask"):
-                r = soft_score(s, ours, style, odds)
-                parts.append(f"{style} {r.soft_iou:.2f}; {r.threshold:.2f} ({r.iou:.2f}); {r.iou_half:.2f}; "
-                             f"{r.squared_error:.3f}")
+            parts = [f"{style} {r.soft_iou:.2f}; {r.threshold:.2f} ({r.iou:.2f}); {r.iou_half:.2f}; "
+                     f"{r.squared_error:.3f}" for style, r in soft_scores(s, ours, SOFT_STYLES, odds).items()]
             worst.append(f"- {s.name}: " + " / ".join(parts))
     print("\n".join(worst))
     if args.out:
