@@ -1379,9 +1379,11 @@ def _mdfa_in_its_mosaic(iid: str, gap: int = 0) -> tuple:
                                     [ds.points(i, "centroid") for i in tiles], [ds.load_mask(i) for i in tiles])
     frame = annotation_datasets.mosaic_set(s, 4, gap)
     (mask,) = Annotator().annotate(frame.images, frame.points)
-    k, side = tiles.index(iid), 128 + 2 * gap
-    y0, x0 = (k // 4) * side + gap, (k % 4) * side + gap
-    return mask[y0:y0 + 128, x0:x0 + 128], ds.load_mask(iid)
+    gt = ds.load_mask(iid)
+    (h, w), k = gt.shape, tiles.index(iid)
+    cell_h, cell_w = (side // 4 for side in frame.images[0].shape)  # 4 x 4 cells, each the largest image and its gap
+    y0, x0 = (k // 4) * cell_h + gap, (k % 4) * cell_w + gap
+    return mask[y0:y0 + h, x0:x0 + w], gt
 
 
 @needs_mdfa
