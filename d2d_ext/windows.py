@@ -91,7 +91,14 @@ The search, in order (:func:`strict_component`):
    structure as bright as the peak included, its noise bar read on whichever of the two windows
    shows less: where a target and a building's edge fill the smallest, their edges read as
    noise): a faint point on a cloud's rim is held by no small window, and the cloud must not
-   stand in for it.
+   stand in for it. Nor may a component that bends away from the peak: a wide window stands in
+   only where the straight line from the peak reaches at least ``STAR_SHARE`` of its component's
+   pixels without leaving it (:func:`~d2d_ext.morphology.star_share`). A target is one compact
+   body seen through optics whose blur falls off smoothly from its centre, and over an even
+   background such an image is convex above every level (a convex body blurred by a Gaussian is
+   log-concave): each straight line out from the peak leaves it once. A ridge of cloud the point
+   lies on, or the outline of a building, is followed around its bends by a component that the
+   straight lines from the peak do not keep to.
    They are also tried, at the fractions below, before a component found at a raised fraction
    whose peak stands no higher above its band than the window's largest pixel could in pure
    noise (a *noise bump*: ``NOISE_BUMP`` times ``sqrt(2 ln n)`` pixel-noise deviations, ``n`` its
@@ -159,7 +166,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
-from .morphology import component, elongation, fill_holes, inner_edge, label, with_halo
+from .morphology import component, elongation, fill_holes, inner_edge, label, star_share, with_halo
 from .points import INSIDE_RULE, point_pixel, points_inside
 
 if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
@@ -195,6 +202,12 @@ CLIP_NOISE = 2.0
 # held it apart. A hull adds a band's worth of pixels to that component (a third of it at most, on
 # every set as it is and as mosaics); the sky or cloud the target lies on, several times the target
 APART_GROWTH = 2.0
+# step 4: a wide window stands in only with a component that the straight lines from its peak
+# reach, without leaving it, for at least this share of its pixels. A compact target's image is
+# convex above each level (share 1) but where noise, a textured top or a lobe of what it lies
+# against dents it; a ridge or an outline followed around its bends leaves much of itself out of
+# the lines' reach. Higher, large textured targets sampled finer lose their stand-in too
+STAR_SHARE = 0.6
 
 
 def snap(image: np.ndarray, x: float, y: float, radius: int) -> tuple:
@@ -584,10 +597,12 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         a band's width off the image's edges (a bright structure the point merely touches does
         none of these; one that ends a pixel short of an edge, where the sensor's last lines read
         darker or coarse grey levels cut its faint end, runs off the image as well),
-        is no plateau and holds no second structure as bright as the peak (:func:`rival`, its noise
+        is no plateau, holds no second structure as bright as the peak (:func:`rival`, its noise
         read on the quieter of the two windows: a building or a cloud band that the target
         touches, once optics, coarse pixels or the sensor's motion close the gap between them,
-        runs through the point as a long target would). None if there is none."""
+        runs through the point as a long target would), and is seen from the peak in straight
+        lines (``STAR_SHARE`` of it at least, holes filled: a ridge or an outline followed around
+        a bend is not). None if there is none."""
         first = window(cfg.half_sizes[0], f)
         for half in cfg.wide_half_sizes:
             cand = window(half, f)
@@ -595,7 +610,9 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
                 continue
             long_thin = through(cand, crossed(cand)) and elongation(cand.comp) >= LONG_ASPECT
             if ((covers(cand, first) or long_thin) and not any(touches_edge(cand, cfg.band)) and not plateau(half, f, cand)
-                    and not rival(first, cand, quieter=True)):
+                    and not rival(first, cand, quieter=True)
+                    and star_share(fill_holes(cand.comp), (py - cand.box[0], px - cand.box[2]))
+                    >= STAR_SHARE):
                 return half, f, cand
         return None
 
