@@ -97,12 +97,12 @@ def elongation(mask: np.ndarray) -> float:
 
 
 def star_share(mask: np.ndarray, seed: tuple, most: int = 1024) -> float:
-    """The share of ``mask``'s pixels (``(h, w)`` bool, holding ``seed`` ``(row, col)``) that the
-    straight line from ``seed`` reaches without leaving ``mask``: 1 for a disc or a square from any
-    pixel of it and about 1 for a convex mask from its middle (a bar off the pixel grid has steps
-    for edges), less where the mask bends away from the seed (an arc, an L, a ridge that curves).
-    Each line is sampled once per pixel step along its longer axis, each sample rounded to its
-    pixel. At most ``most`` of the pixels are read, evenly spaced in raster order."""
+    """The share of ``mask``'s pixels (``(h, w)`` bool, not empty, holding ``seed`` ``(row, col)``)
+    that the straight line from ``seed`` reaches without leaving ``mask``: 1 for a disc or a square
+    from any pixel of it and about 1 for a convex mask from its middle (a bar off the pixel grid has
+    steps for edges), less where the mask bends away from the seed (an arc, an L, a ridge that
+    curves). Each line is sampled once per pixel step along its longer axis, each sample rounded to
+    its pixel. At most ``most`` of the pixels are read, evenly spaced in raster order."""
     ys, xs = np.nonzero(mask)
     if len(ys) > most:
         pick = np.linspace(0, len(ys) - 1, most).round().astype(np.intp)
