@@ -731,7 +731,7 @@ def test_point_on_an_equalized_cloud_ridge_is_not_given_the_ridge(monkeypatch):
     labels, _ = ndimage.label(scene.mask > 0, np.ones((3, 3)))
     target = labels == labels[int(y), int(x)]
     assert target.sum() == 57
-    one = annotation_datasets.EvalSet("t", ["t"], [scene.image], [scene.points], [scene.mask > 0])
+    one = _as_set(scene.image)
     annotation_datasets.equalize_images(one, "local")
     point = np.array([[x, y]])
     (mask,) = Annotator().annotate(one.images, [point])
@@ -1535,15 +1535,15 @@ def _probed(name: str, iid: str, how: str):
     for ``--zoom 2``, ``"smear"`` for ``--smear 5``, ``"global"`` / ``"local"`` for
     ``--equalize``): ``(image, points, gt)``."""
     ds = IRDataset(DATA / name)
-    one = annotation_datasets.EvalSet("t", [iid], [ds.load_image(iid)], [ds.points(iid, "centroid")],
-                                      [ds.load_mask(iid)])
-    if how == "zoom":
-        one = annotation_datasets.zoom_set(one, 2)
-    elif how == "smear":
-        annotation_datasets.smear_images(one, 5)
-    else:
-        annotation_datasets.equalize_images(one, how)
-    return one.images[0], one.points[0], one.masks[0]
+    image, points, gt = ds.load_image(iid), ds.points(iid, "centroid"), ds.load_mask(iid)
+    if how == "zoom":  # the points at the zoomed mask's centroids
+        finer = annotation_datasets.zoom_set(_as_set(image, gt), 2)
+        return finer.images[0], finer.points[0], finer.masks[0]
+    if how == "smear":
+        return _spread(image, "smear", 5), points, gt
+    one = _as_set(image)
+    annotation_datasets.equalize_images(one, how)
+    return one.images[0], points, gt
 
 
 @pytest.mark.parametrize("name, iid, how, target", [
