@@ -971,3 +971,45 @@ def test_annotation_datasets_zoom_samples_the_same_scene_finer():
     assert z.name == "t, zoomed 2x" and z.ids == ["a"]
     with pytest.raises(SystemExit):
         annotation_datasets.main(["--zoom", "0", "--synthetic-seeds", ""])
+
+
+def test_sampling_agreement_scores_the_finer_masks_against_the_replicated_ones():
+    """The masks on images sampled F times finer against the masks on the images as they are,
+    each of those pixels an F x F block: the same masks agree wholly; a fine mask one fine row
+    short of its replicated block, and an extra fine pixel elsewhere, lose exactly those pixels;
+    masks not F times apart are refused, naming the image."""
+    coarse = np.zeros((6, 8), bool)
+    coarse[2:4, 3:5] = True  # 4 coarse pixels: 16 fine ones at F = 2
+    fine = np.kron(coarse, np.ones((2, 2), bool))
+    same = annotation_datasets.sampling_agreement(["a"], [coarse], [fine], 2)
+    assert (same.iou, same.coarse, same.fine, same.worst) == (100.0, 16, 16, [(0, "a")])
+    off = fine.copy()
+    off[4] = False  # the block's top fine row: 4 pixels fewer
+    off[0, 0] = True
+    other = np.zeros_like(coarse)
+    a = annotation_datasets.sampling_agreement(["a", "b"], [coarse, other], [off, np.zeros_like(fine)], 2)
+    assert a.iou == pytest.approx(100.0 * 12 / 17) and (a.coarse, a.fine) == (16, 13)
+    assert a.worst == [(5, "a"), (0, "b")]
+    with pytest.raises(ValueError, match="image a"):
+        annotation_datasets.sampling_agreement(["a"], [coarse], [fine], 3)
+
+
+def test_annotation_datasets_zoom_reports_the_agreement_across_sampling(dataset, tmp_path):
+    """``--zoom 2`` also prints ours and the local threshold on the finer images against the same
+    on the images as they are; a probe that changes the frames' shape (``--crop``) leaves it out."""
+    data = Path(dataset).parent
+    out = tmp_path / "z.md"
+    assert annotation_datasets.main(["--data", str(data), "--synthetic-seeds", "", "--zoom", "2",
+                                     "--out", str(out)]) == 0
+    text = out.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("- ") and ", zoomed 2x, " in ln and "; " in ln
+             and "/" in ln.split(";")[1]]
+    names = {s.name for s in annotation_datasets.real_sets(data)}
+    assert "Agreement across sampling" in text
+    for n in names:
+        for method in ("ours", "local threshold"):
+            (line,) = [ln for ln in lines if ln.startswith(f"- {n}, zoomed 2x, {method}: ")]
+            assert 0.0 <= float(line.split(": ")[1].split(";")[0]) <= 100.0
+    assert annotation_datasets.main(["--data", str(data), "--synthetic-seeds", "", "--zoom", "2", "--crop", "32",
+                                     "--out", str(out)]) == 0
+    assert "Agreement across sampling" not in out.read_text()

@@ -61,7 +61,10 @@ to the widest, reach the clutter around it that a small image's edge cuts off (`
 each image G pixels apart from the next, at its median). ``--jitter N`` moves every point by up to
 ``N`` whole pixels per axis (:func:`jitter_points`): clicks that miss the centroid. ``--zoom F``
 scores every set sampled ``F`` times finer (:func:`zoom_set`): a sensor of finer pixels, where
-targets and clutter span more pixels than the windows were chosen on; ``--shrink F`` samples it
+targets and clutter span more pixels than the windows were chosen on; its ground truth, replicated,
+keeps the coarse pixels' outline, so the output also scores each method's masks on the finer
+images against its masks on the images as they are (:func:`sampling_agreement`, no ground truth
+read); ``--shrink F`` samples it
 ``F`` times coarser (:func:`shrink_set`): a sensor of coarser pixels, whose targets of a few pixels
 become one and whose gaps of a pixel between a target and the clutter beside it close.
 ``--blur SIGMA`` blurs every image by a Gaussian (:func:`blur_images`, before the noise): optics
@@ -172,6 +175,17 @@ class TargetErrors:
 
 
 MASK_CLASSES = ("no mask", "under half", "about right", "over twice")
+
+
+@dataclass
+class Agreement:
+    """A method's masks on a set sampled finer against its masks on the set as it is, each pixel of
+    those replicated to the finer grid (see :func:`sampling_agreement`)."""
+
+    iou: float  # percent, pooled over the set's images
+    coarse: int  # pixels of the replicated masks
+    fine: int  # pixels of the masks on the finer images
+    worst: list  # [(pixels in one of the two masks only, image id)], most first
 
 
 def target_errors(pred: np.ndarray, gt: np.ndarray) -> list:
@@ -380,6 +394,29 @@ def mosaic_set(s: EvalSet, n: int, gap: int = 0) -> EvalSet:
         masks.append(mask)
     apart = f", {gap} px apart" if gap else ""
     return EvalSet(f"{s.name}, {n}x{n} mosaics{apart}", ids, images, points, masks)
+
+
+def sampling_agreement(ids: list, coarse: list, fine: list, factor: int, worst: int = 3) -> Agreement:
+    """How far the masks ``fine`` (each ``(H * factor, W * factor)`` bool) of the images ``ids``
+    sampled ``factor`` times finer (:func:`zoom_set`) agree with the masks ``coarse`` (``(H, W)``)
+    of the same images as they are, each pixel of those replicated ``factor`` x ``factor``: an
+    annotator that read the scene and not the pixel grid would give the same masks on both. No
+    ground truth is read, so none of the finer grid's ground truth's own bias (replicated from the
+    coarse masks, it keeps their blocky outline) enters."""
+    inter = union = n_coarse = n_fine = 0
+    apart = []
+    block = np.ones((factor, factor), dtype=bool)
+    for iid, c, f in zip(ids, coarse, fine):
+        up = np.kron(np.asarray(c, dtype=bool), block)
+        if up.shape != f.shape:
+            raise ValueError(f"sampling_agreement: image {iid}'s masks are {c.shape} and {f.shape}, "
+                             f"not {factor} times apart")
+        i, u = int((up & f).sum()), int((up | f).sum())
+        inter, union = inter + i, union + u
+        n_coarse, n_fine = n_coarse + int(up.sum()), n_fine + int(f.sum())
+        apart.append((u - i, iid))
+    apart.sort(key=lambda t: -t[0])
+    return Agreement(100.0 * inter / union if union else 100.0, n_coarse, n_fine, apart[:worst])
 
 
 def zoom_set(s: EvalSet, factor: int) -> EvalSet:
@@ -744,12 +781,14 @@ def annotator(settings: dict | None = None, theta: dict | None = None, module=an
 
 
 def evaluate(sets: list, settings: dict | None = None, worst: int = 3, baseline: bool = True,
-             against: dict | None = None, repeats: int = 1, theta: dict | None = None) -> list:
+             against: dict | None = None, repeats: int = 1, theta: dict | None = None,
+             keep: dict | None = None) -> list:
     """``[(set, method, Score)]``: ours with ``settings`` and the diffusion parameters ``theta``
     (``DiffusionParams`` centres; its defaults where absent), the annotators of ``against`` (label
     -> module with ``Annotator``, ``DiffusionParams`` and ``config_from_dict``) with the same, and
     (``baseline``) the local threshold. Each method's time is its fastest of ``repeats`` passes,
-    the methods' passes interleaved."""
+    the methods' passes interleaved. ``keep``, a dict, receives every method's masks by ``(set
+    name, method)``."""
     methods = {"ours": annotator(settings, theta).annotate}
     for label, module in (against or {}).items():
         methods[label] = annotator(settings, theta, module).annotate
@@ -767,6 +806,8 @@ def evaluate(sets: list, settings: dict | None = None, worst: int = 3, baseline:
                     fastest[m] = (t, stages)
         out += [(s.name, m, score(s, masks[m], *fastest[m][:1], worst, fastest[m][1], offsets=m.startswith("ours")))
                 for m in methods]
+        if keep is not None:
+            keep.update({(s.name, m): masks[m] for m in methods})
     return out
 
 
@@ -1062,7 +1103,8 @@ def main(argv=None) -> int:
         ap.error(str(e))
     sets = probe_sets(args)
     against = {f"ours at {Path(f).name}": load_annotator_module(f, i) for i, f in enumerate(args.against)}
-    results = evaluate(sets, settings, args.worst, against=against, repeats=args.repeats, theta=theta)
+    kept = {}
+    results = evaluate(sets, settings, args.worst, against=against, repeats=args.repeats, theta=theta, keep=kept)
     counts = "; ".join(f"{s.name}: {len(s.ids)} images, {s.targets} targets" for s in sets)
     grown = probe_description(args) + (f"; diffusion parameters {theta}" if theta else "")
     text = emit(f"settings {settings or 'default'}{grown}; command: `{command_line()}`\n\n{counts}", TABLE_HEADER,
@@ -1095,6 +1137,19 @@ def main(argv=None) -> int:
     worst += ["", "Time of ours by stage (ms per target, the fastest pass):", ""]
     worst += [f"- {name}, {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items())
               for name, method, r in results if method.startswith("ours") and r.stages]
+    if args.zoom > 1 and not (args.shrink > 1 or args.crop or args.mosaic > 1 or args.pad):
+        # the same probes on the images as they are: a change of the pixel grid alone
+        coarse = probe_sets(argparse.Namespace(**{**vars(args), "zoom": 1}))
+        methods = {"ours": annotator(settings, theta).annotate, "local threshold": local_threshold_masks}
+        worst += ["", f"Agreement across sampling (no ground truth read): each method on the images sampled "
+                      f"{args.zoom}x finer against the same on the images as they are, each of those masks' pixels "
+                      f"replicated {args.zoom} x {args.zoom}: IoU; pixels, replicated / finer; the images where they "
+                      "differ most (pixels in one mask only):", ""]
+        for s, c in zip(sets, coarse):
+            for m, fn in methods.items():
+                a = sampling_agreement(s.ids, run(fn, c)[0], kept[s.name, m], args.zoom, args.worst)
+                worst.append(f"- {s.name}, {m}: {a.iou:.2f}; {a.coarse} / {a.fine}; "
+                             + ", ".join(f"{n} {i}" for n, i in a.worst))
     if args.soft:
         odds = MaskOdds() if args.soft_odds is None else soft_odds(args.soft_odds)
         ours = annotator(settings, theta)
