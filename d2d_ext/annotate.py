@@ -88,7 +88,7 @@ from .morphology import component, fill_holes, grow, label, split_at_valleys, ta
 from .picture import picture_box
 from .spans import Span
 from .stripes import AXES, destripe
-from .windows import check_points, find_peak, outer_band, snap, strict_component, window_box
+from .windows import FrameTop, check_points, find_peak, outer_band, snap, strict_component, window_box
 
 __all__ = [
     "AnnotatorConfig",
@@ -392,13 +392,14 @@ class _Target(NamedTuple):
 
 
 def _prepare_target(image: np.ndarray, b: int, point: tuple, py: int, px: int, others: list, cfg: AnnotatorConfig,
-                    seconds: dict) -> _Target:
+                    seconds: dict, top: FrameTop | None = None) -> _Target:
     """Step 1 and the contrast of step 2 for the peak ``(py, px)`` of ``image`` (index ``b`` of
     the batch), snapped from the pixel ``point`` ``(row, col)``; ``others``: the image's other
-    peaks; adds each stage's time to ``seconds``."""
+    peaks; ``top``: the image's :class:`~d2d_ext.windows.FrameTop`, shared by its targets; adds
+    each stage's time to ``seconds``."""
     H, W = image.shape
     t0 = time.perf_counter()
-    strict = strict_component(image, py, px, cfg, others)
+    strict = strict_component(image, py, px, cfg, others, top)
     box = strict.box
     ys, xs = np.nonzero(strict.comp)
     extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
@@ -487,9 +488,10 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         arrays.append(image)
         near = [snap(image, x, y, cfg.snap_radius) for x, y in pts]
         peaks = [find_peak(image, x, y, cfg, near[:k] + near[k + 1:]) for k, (x, y) in enumerate(pts)]
+        top = FrameTop(image)
         for (x, y), (py, px) in zip(pts, peaks):
             rows.append(_prepare_target(image, b, point_pixel(x, y, *image.shape), py, px,
-                                        [q for q in peaks if q != (py, px)], cfg, seconds))
+                                        [q for q in peaks if q != (py, px)], cfg, seconds, top))
     batch = _lay_out(rows, shapes, cfg, seconds)
     if lazy:
         t0 = time.perf_counter()

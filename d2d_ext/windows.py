@@ -68,7 +68,11 @@ The search, in order (:func:`strict_component`):
      largest window, whose band lies off the cloud, would take the whole cloud from it;
    - it is no *plateau*: at a threshold ``plateau_step`` of the amplitude higher it keeps at least
      half its pixels. A target's hull falls off gradually; a bright sky or cloud around the
-     target ends in a step, and a window whose threshold drops below its level takes all of it.
+     target ends in a step, and a window whose threshold drops below its level takes all of it;
+   - it holds no *clipped plateau* apart from the peak's own (step 4): the sensor's full scale
+     cut the top of something there that the peak's part does not reach, while a target's image
+     is brightest at its middle, where the point lies. A noise bump in a bright sky would grow
+     into the sky.
 
    A target that has *stood apart* grows no further into a much larger component: where a larger
    window's component, not taken, is clear of its band and the same in the next window without
@@ -105,13 +109,15 @@ The search, in order (:func:`strict_component`):
    pixels; :func:`pixel_noise`): every window leaked at the lower fractions into what that bump
    sits on, and a click off the middle of a flat-topped target larger than the windows ends on a
    bump of its top's noise that way. A target on a roof or a cloud stands well above that noise,
-   and keeps its component. No wide window stands in where the peak sits on a *clipped plateau*
-   in its component, larger than the first window: pixels at the frame's largest value, where the
-   sensor's full scale (or a display map's top) cut the target and what it lies on to one level.
-   A small target at the rim of a saturated cloud and a target that fills the plateau then read
-   the same, and the image cannot show that the plateau is the target; a small image's edge
-   hides this, since it cuts such a cloud and the wide windows' edge test refuses it, while in a
-   large frame the cloud ends inside the widest window.
+   and keeps its component. No wide window stands in where its component holds a *clipped
+   plateau* larger than the first window: pixels at the frame's largest value, where the
+   sensor's full scale (or a display map's top) cut what lies there to one level. Where the peak
+   sits on it, a small target at the rim of a saturated cloud and a target that fills the
+   plateau read the same, and the image cannot show that the plateau is the target; where it
+   lies apart from the peak, the top of what the window holds is not the peak's (a faint point
+   in a bright sky whose far part the sensor's range cut). A
+   small image's edge hides both, since it cuts such a cloud or sky and the wide windows' edge
+   test refuses it, while in a large frame the region ends inside the widest window.
 5. **A structure beside the point.** A window of ``half_sizes`` beyond the first (one the
    smaller windows leaked out of) whose component lies to one side of the peak (it does not
    surround it as ``side_cover`` reads the first window's band) and is a plateau is passed over
@@ -172,7 +178,7 @@ from .points import INSIDE_RULE, point_pixel, points_inside
 if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
     from .annotate import AnnotatorConfig
 
-__all__ = ["Strict", "snap", "find_peak", "strict_component", "check_points", "window_box", "outer_band"]
+__all__ = ["Strict", "FrameTop", "snap", "find_peak", "strict_component", "check_points", "window_box", "outer_band"]
 
 # step 6: how many times longer than wide a wide window's component that runs through the first
 # window's band must be to count as a long thin target (see morphology.elongation)
@@ -316,6 +322,29 @@ class Strict(NamedTuple):
     peak: float  # the peak's intensity
 
 
+class FrameTop:
+    """The largest value of one frame, read the first time one of its targets' searches asks for
+    it (a clipped plateau's level) and then kept: a frame's targets share one (a 1920x1080 frame
+    is read once, not once per target)."""
+
+    def __init__(self, image: np.ndarray):
+        self.image = image
+        self._value = None
+
+    @property
+    def value(self) -> float:
+        if self._value is None:
+            self._value = float(np.nanmax(self.image))
+        return self._value
+
+
+class _Clipped(NamedTuple):
+    """A component's pixels on a clipped plateau (see :func:`strict_component`'s ``clipped``)."""
+
+    own: int  # in the peak's part of them
+    apart: int  # in the largest part apart from the peak's
+
+
 class _Window(NamedTuple):
     """One window tried around a peak (see :func:`strict_component`)."""
 
@@ -327,7 +356,8 @@ class _Window(NamedTuple):
     whole: np.ndarray | None  # the peak's component, band or not (None where empty)
 
 
-def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = ()) -> Strict:
+def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = (),
+                     top: FrameTop | None = None) -> Strict:
     """Leak-guarded threshold component of the peak at ``(py, px)`` (a :class:`Strict`).
 
     The first window of ``half_sizes`` that holds a component is accepted, then grown through the
@@ -335,7 +365,8 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     ``settle_fraction``); a larger window whose component holds one of ``others`` (the other
     targets' peaks ``(row, col)`` in this image) would merge two targets and is not taken. If no
     window of ``half_sizes`` holds a component at any fraction, the ``wide_half_sizes`` are tried
-    too; if none does, the component is the peak pixel.
+    too; if none does, the component is the peak pixel. ``top``: the image's :class:`FrameTop`
+    where its targets share one.
     """
     H, W = image.shape
     peak = float(image[py, px])
@@ -536,7 +567,8 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     def grow(half: int, f: float, found: _Window) -> _Window:
         """Grow the accepted window while its band lies on the target's hull: the next band lies
         well below it, or the peak did not clear it (a plateau), and a larger window's component
-        (clear of its own band, the peak clearing it, stable in the window after) holds most of it,
+        (clear of its own band, the peak clearing it, stable in the window after, no clipped
+        plateau apart from the peak's: :func:`clipped`) holds most of it,
         and, where the windows between leaked, holds the largest of their bands as well or is
         less than twice ``LONG_ASPECT`` times longer than wide. Once a window has held the target
         apart (:func:`apart`), the growth takes no component more than ``APART_GROWTH`` times
@@ -559,7 +591,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
                     and not rival(found, cand, quieter=found.faint)
                     and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
-                    and stable(nxt, f, cand)
+                    and stable(nxt, f, cand) and clipped(cand).apart <= clip_area
                     # stepping over windows that leaked: a hull lies on their bands too, or is no
                     # longer than a compact target; a long band (a cloud bank, a ridge) the target
                     # sits in crosses them on two sides only
@@ -606,7 +638,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         first = window(cfg.half_sizes[0], f)
         for half in cfg.wide_half_sizes:
             cand = window(half, f)
-            if cand.comp is None or clipped(cand):
+            if cand.comp is None or max(clipped(cand)) > clip_area:
                 continue
             long_thin = through(cand, crossed(cand)) and elongation(cand.comp) >= LONG_ASPECT
             if ((covers(cand, first) or long_thin) and not any(touches_edge(cand, cfg.band)) and not plateau(half, f, cand)
@@ -616,24 +648,30 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
                 return half, f, cand
         return None
 
-    frame_top = []  # the frame's largest value, read where a wide window's test first needs it
+    top = top if top is not None else FrameTop(image)
+    clip_area = (2 * cfg.half_sizes[0] + 1) ** 2  # a clipped plateau larger than the first window
 
-    def clipped(win: _Window) -> bool:
-        """Whether the peak sits on a *clipped plateau* inside ``win``'s component: pixels at the
-        frame's largest value (within ``CLIP_NOISE`` pixel-noise deviations of ``win``'s pixels),
-        the peak's part of them larger than the first window. The sensor's full scale, or a
-        display map's top, cut the target and what it lies on to one level there: a small target
-        at a saturated cloud's rim and a target that fills the plateau read the same, and the
-        image cannot show where the target ends in it."""
-        if not frame_top:
-            frame_top.append(float(np.nanmax(image)))
+    def clipped(win: _Window) -> _Clipped:
+        """The pixels of ``win``'s component on a *clipped plateau*: at the frame's largest value
+        (within ``CLIP_NOISE`` pixel-noise deviations of ``win``'s pixels), in the peak's part of
+        them and in the largest part apart from it (8-connected). The sensor's full scale, or a
+        display map's top, cut what lies there to one level: on the peak's part, a small target
+        at a saturated cloud's rim and a target that fills the plateau read the same; apart from
+        it lies the top of something the peak's part does not reach, a sky or cloud the point
+        lies in rather than the target. A plateau is one part: the noisy top of a target that is
+        the brightest thing in its frame puts pixels within those deviations of its largest one
+        too, scattered over it in small parts."""
         y0, y1, x0, x1 = win.box
         pixels = image[y0:y1, x0:x1]
-        level = frame_top[0] - CLIP_NOISE * window_noise(win)
-        if not peak >= level:
-            return False
-        flat = component(win.comp & (pixels >= level), (py - y0, px - x0))
-        return flat is not None and int(flat.sum()) > (2 * cfg.half_sizes[0] + 1) ** 2
+        level = top.value - CLIP_NOISE * window_noise(win)
+        flat = win.comp & (pixels >= level)
+        own = component(flat, (py - y0, px - x0)) if peak >= level else None
+        rest = flat if own is None else flat & ~own
+        apart = 0
+        if rest.sum() > clip_area:  # no part can be larger otherwise
+            parts, n = label(rest)
+            apart = int(np.bincount(parts.ravel(), minlength=n + 1)[1:].max())
+        return _Clipped(0 if own is None else int(own.sum()), apart)
 
     def crossed(cand: _Window) -> _Window:
         """The window of ``half_sizes`` whose band a long target in wide window ``cand`` is
