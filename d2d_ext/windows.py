@@ -115,9 +115,9 @@ The search, in order (:func:`strict_component`):
    sits on it, a small target at the rim of a saturated cloud and a target that fills the
    plateau read the same, and the image cannot show that the plateau is the target; where it
    lies apart from the peak, the top of what the window holds is not the peak's (a faint point
-   in a bright sky whose far part the sensor's range cut). A
-   small image's edge hides both, since it cuts such a cloud or sky and the wide windows' edge
-   test refuses it, while in a large frame the region ends inside the widest window.
+   in a bright sky whose far part the sensor's range cut). A small image's edge hides both,
+   since it cuts such a cloud or sky and the wide windows' edge test refuses it, while in a
+   large frame the region ends inside the widest window.
 5. **A structure beside the point.** A window of ``half_sizes`` beyond the first (one the
    smaller windows leaked out of) whose component lies to one side of the peak (it does not
    surround it as ``side_cover`` reads the first window's band) and is a plateau is passed over
