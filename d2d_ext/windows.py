@@ -168,6 +168,7 @@ are an :class:`d2d_ext.annotate.AnnotatorConfig`.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
@@ -329,13 +330,10 @@ class FrameTop:
 
     def __init__(self, image: np.ndarray):
         self.image = image
-        self._value = None
 
-    @property
+    @cached_property
     def value(self) -> float:
-        if self._value is None:
-            self._value = float(np.nanmax(self.image))
-        return self._value
+        return float(np.nanmax(self.image))
 
 
 class _Clipped(NamedTuple):
