@@ -111,7 +111,9 @@ The search, in order (:func:`strict_component`):
    bump of its top's noise that way. A target on a roof or a cloud stands well above that noise,
    and keeps its component. No wide window stands in where its component holds a *clipped
    plateau* larger than the first window: pixels at the frame's largest value, where the
-   sensor's full scale (or a display map's top) cut what lies there to one level. Where the peak
+   sensor's full scale (or a display map's top) cut what lies there to one level (within the
+   pixel noise, or within a grey level of the file where a lossy coding smoothed the noise away
+   and moved the plateau to the level below the top). Where the peak
    sits on it, a small target at the rim of a saturated cloud and a target that fills the
    plateau read the same, and the image cannot show that the plateau is the target; where it
    lies apart from the peak, the top of what the window holds is not the peak's (a faint point
@@ -205,6 +207,12 @@ HULL_REACH = 0.25
 # windows' noise around its targets take in (train_004592: 4 grey levels); the top of a synthetic
 # extended target that is the brightest thing in its frame, but not clipped, lies outside them
 CLIP_NOISE = 2.0
+# step 4: ... or within this many of the file's grey levels (the smallest gap between distinct
+# values of the component's pixels, :func:`grey_step`), whatever the noise reads there. A lossy
+# coding (JPEG) smooths a saturated region's noise away and moves most of its pixels to the level
+# below the top (MDFA's skies at quality 50: most of the plateau at 254 of 255), where the pixel
+# noise of an 8-bit file reads zero; 1.5 takes that level in and not the one below it
+CLIP_LEVELS = 1.5
 # step 3: a target that stood apart grows into no component more than this many times the one that
 # held it apart. A hull adds a band's worth of pixels to that component (a third of it at most, on
 # every set as it is and as mosaics); the sky or cloud the target lies on, several times the target
@@ -308,6 +316,15 @@ def pixel_noise(values: np.ndarray) -> float:
     if d.size == 0:
         return 0.0
     return 1.4826 * band_median(np.abs(d - band_median(d))) / math.sqrt(2)
+
+
+def grey_step(values: np.ndarray) -> float:
+    """The smallest gap between the distinct values of ``values`` (any shape; 0 where they hold
+    fewer than two): one grey level of a file of few levels (1/255 for an 8-bit one read into [0,
+    1]), and next to nothing for a float or 16-bit image."""
+    gaps = np.diff(np.unique(values))
+    gaps = gaps[gaps > 0]
+    return float(gaps.min()) if gaps.size else 0.0
 
 
 def window_box(py: int, px: int, half: int, H: int, W: int) -> tuple:
@@ -651,8 +668,9 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
 
     def clipped(win: _Window) -> _Clipped:
         """The pixels of ``win``'s component on a *clipped plateau*: at the frame's largest value
-        (within ``CLIP_NOISE`` pixel-noise deviations of ``win``'s pixels), in the peak's part of
-        them and in the largest part apart from it (8-connected). The sensor's full scale, or a
+        (within ``CLIP_NOISE`` pixel-noise deviations of ``win``'s pixels, or ``CLIP_LEVELS`` of
+        the file's grey levels where the noise reads less), in the peak's part of them and in the
+        largest part apart from it (8-connected). The sensor's full scale, or a
         display map's top, cut what lies there to one level: on the peak's part, a small target
         at a saturated cloud's rim and a target that fills the plateau read the same; apart from
         it lies the top of something the peak's part does not reach, a sky or cloud the point
@@ -661,7 +679,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         too, scattered over it in small parts."""
         y0, y1, x0, x1 = win.box
         pixels = image[y0:y1, x0:x1]
-        level = top.value - CLIP_NOISE * window_noise(win)
+        level = top.value - max(CLIP_NOISE * window_noise(win), CLIP_LEVELS * grey_step(pixels[win.comp]))
         flat = win.comp & (pixels >= level)
         own = component(flat, (py - y0, px - x0)) if peak >= level else None
         rest = flat if own is None else flat & ~own

@@ -760,17 +760,18 @@ def test_click_off_the_middle_of_a_flat_topped_target_takes_the_target(monkeypat
     assert bump.sum() < 50
 
 
-def _target_at_a_saturated_clouds_rim(seed: int, inset: int, top_elsewhere: bool = False):
+def _target_at_a_saturated_clouds_rim(seed: int, inset: int, top_elsewhere: bool = False, noise: float = 0.01):
     """A cloud bank (60 x 28 pixels, blurred by 3) whose middle the sensor's full scale clips to
-    1, in a 256 x 256 frame, and a small target (a disc of radius 2.5, as bright) ``inset`` pixels
-    inside its lower rim, the point on it: ``(image, point)``. ``top_elsewhere``: the frame at 0.9
-    of that, and a 3 x 3 block elsewhere at 1, so that the cloud's plateau is not the frame's top."""
+    1, in a 256 x 256 frame with white noise of ``noise``, and a small target (a disc of radius
+    2.5, as bright) ``inset`` pixels inside its lower rim, the point on it: ``(image, point)``.
+    ``top_elsewhere``: the frame at 0.9 of that, and a 3 x 3 block elsewhere at 1, so that the
+    cloud's plateau is not the frame's top."""
     yy, xx = np.mgrid[:256, :256].astype(np.float64)
     cloud = ((yy - 110) ** 2 / 14 ** 2 + (xx - 128) ** 2 / 30 ** 2) <= 1
     y = 124 - inset
     target = ((yy - y) ** 2 + (xx - 140) ** 2) <= 2.5 ** 2
     field = 0.2 + 1.3 * ndimage.gaussian_filter((cloud | target).astype(float), 3.0)
-    image = np.clip(field + np.random.default_rng(seed).normal(0, 0.01, field.shape), 0, 1)
+    image = np.clip(field + np.random.default_rng(seed).normal(0, noise, field.shape), 0, 1)
     if top_elsewhere:
         image = 0.9 * image
         image[20:23, 20:23] = 1.0
@@ -792,6 +793,45 @@ def test_target_at_the_rim_of_a_saturated_cloud_is_not_given_the_cloud(seed, ins
     image, point = _target_at_a_saturated_clouds_rim(seed, inset, top_elsewhere=True)
     (cloud,) = Annotator().annotate([image], [point])
     assert cloud.sum() > 1000
+
+
+def _coded(image: np.ndarray, below: int) -> np.ndarray:
+    """``image`` as an 8-bit file whose coding moved the pixels at the top grey level (255) to
+    ``below`` levels under it, as a lossy coding (JPEG) moves a saturated region's, and a 3 x 3
+    block in the corner left at the top."""
+    levels = np.round(np.clip(image, 0, 1) * 255)
+    levels[levels == 255] = 255 - below
+    levels[20:23, 20:23] = 255
+    return np.float32(levels / 255)
+
+
+@pytest.mark.parametrize("seed, inset", [(0, 2), (2, 4)])
+def test_target_at_the_rim_of_a_saturated_cloud_coded_below_the_top_is_not_given_the_cloud(seed, inset,
+                                                                                         monkeypatch):
+    """The saturated cloud above in a noiseless 8-bit file whose coding moved its clipped plateau to
+    the grey level below the top (``annotation_datasets.py --jpeg 50`` does so to MDFA's saturated
+    skies): the pixel noise reads zero there, and only the file's grey level shows that the
+    plateau was clipped. No wide window stands in for the target; without the grey-level
+    tolerance (``CLIP_LEVELS``) the cloud does, and so it does where the plateau lies two levels
+    below the top (the tolerance takes in the level below the top only)."""
+    image, point = _target_at_a_saturated_clouds_rim(seed, inset, noise=0.0)
+    x, y = (int(v) for v in point[0])
+    (mask,) = Annotator().annotate([_coded(image, 1)], [point])
+    assert mask[y - 1:y + 2, x - 1:x + 2].any() and mask.sum() <= 30, int(mask.sum())
+    (cloud,) = Annotator().annotate([_coded(image, 2)], [point])
+    assert cloud.sum() > 1000
+    monkeypatch.setattr(windows, "CLIP_LEVELS", -1.0)
+    (cloud,) = Annotator().annotate([_coded(image, 1)], [point])
+    assert cloud.sum() > 1000
+
+
+def test_grey_step_is_one_level_of_the_file():
+    """:func:`~d2d_ext.windows.grey_step`: one grey level of an 8-bit image read into [0, 1],
+    whatever levels are missing; 0 for a single value; next to nothing for a float image."""
+    levels = np.array([3, 3, 7, 8, 200, 255], np.float32) / 255
+    assert windows.grey_step(levels) == pytest.approx(1 / 255, rel=1e-5)
+    assert windows.grey_step(np.full((4, 4), 0.5, np.float32)) == 0.0
+    assert windows.grey_step(np.random.default_rng(0).random(1000)) < 1e-4
 
 
 def _target_on_a_textured_sky(radius: float, offset: int, seed: int = 0):
@@ -1509,6 +1549,12 @@ def _as_set(image: np.ndarray, mask: np.ndarray | None = None):
                                        [np.zeros(image.shape, bool) if mask is None else mask])
 
 
+def _without_clipped_test(monkeypatch) -> None:
+    """Lifts the clipped-plateau test: the frame's top (:class:`~d2d_ext.windows.FrameTop`) read
+    as infinite, above every pixel, so that nothing reads as clipped."""
+    monkeypatch.setattr(windows.FrameTop, "value", property(lambda self: float("inf")))
+
+
 @needs_sirst
 def test_real_target_on_an_equalized_cloud_does_not_grow_into_it():
     """SIRST-v1 Misc_278 written through a global histogram equalization to 8 bits, as a camera's
@@ -1532,8 +1578,8 @@ def test_real_target_on_an_equalized_cloud_does_not_grow_into_it():
 
 def _probed(name: str, iid: str, how: str):
     """Image ``iid`` of dataset ``name`` as ``annotation_datasets.py`` probes it (``how``: ``"zoom"``
-    for ``--zoom 2``, ``"smear"`` for ``--smear 5``, ``"blur"`` for ``--blur 1``, ``"global"`` /
-    ``"local"`` for ``--equalize``): ``(image, points, gt)``."""
+    for ``--zoom 2``, ``"smear"`` for ``--smear 5``, ``"blur"`` for ``--blur 1``, ``"jpeg<Q>"`` for
+    ``--jpeg Q``, ``"global"`` / ``"local"`` for ``--equalize``): ``(image, points, gt)``."""
     ds = IRDataset(DATA / name)
     image, points, gt = ds.load_image(iid), ds.points(iid, "centroid"), ds.load_mask(iid)
     if how == "zoom":  # the points at the zoomed mask's centroids
@@ -1541,6 +1587,10 @@ def _probed(name: str, iid: str, how: str):
         return finer.images[0], finer.points[0], finer.masks[0]
     if how in ("smear", "blur"):
         return _spread(image, how, 5 if how == "smear" else 1), points, gt
+    if how.startswith("jpeg"):
+        one = _as_set(image)
+        annotation_datasets.jpeg_round_trip(one, int(how[4:]))
+        return one.images[0], points, gt
     one = _as_set(image)
     annotation_datasets.equalize_images(one, how)
     return one.images[0], points, gt
@@ -1566,28 +1616,30 @@ def test_real_target_on_a_ridge_is_not_given_a_ridge_that_bends_away(name, iid, 
     (mask,) = Annotator().annotate([image], [points])
     assert mask.sum() <= 5 * gt.sum() + 10 and (mask & gt).any(), int(mask.sum())
     monkeypatch.setattr(windows, "STAR_SHARE", 0.0)
-    monkeypatch.setattr(windows, "CLIP_NOISE", -1.0)
+    _without_clipped_test(monkeypatch)
     (ridge,) = Annotator().annotate([image], [points])
     assert ridge.sum() > 10 * gt.sum()
 
 
 @pytest.mark.parametrize("name, iid, how, target", [
     pytest.param("MDFA", "train_002626", "blur", 12, marks=needs_mdfa),
+    pytest.param("MDFA", "train_002626", "jpeg50", 12, marks=needs_mdfa),
     pytest.param("NUDT-SIRST", "000136", "global", 38, marks=needs_nudt),
 ])
 def test_real_target_in_a_region_the_sensors_range_cut_is_not_given_the_region(name, iid, how, target,
                                                                                 monkeypatch):
     """Real targets in bright regions whose brightest part lies at the frame's largest value, as
-    softer optics (a Gaussian of 1 pixel) or a display map (a global histogram equalization)
-    show them: a wide window's component, or a larger window the growth reached, held the region
-    (masks of 2,534 and 3,121 pixels) and a clipped plateau apart from the peak: the top of what
-    it holds is not the target's. It is not taken; without the clipped-plateau test the region
-    comes back."""
+    softer optics (a Gaussian of 1 pixel), a JPEG file (quality 50, which moved most of the
+    saturated region to the grey level below the top and left the frame's pixel noise at zero) or
+    a display map (a global histogram equalization) show them: a wide window's component, or a
+    larger window the growth reached, held the region (masks of 2,534 to 3,121 pixels) and a
+    clipped plateau: the top of what it holds is not the target's. It is not taken; without the
+    clipped-plateau test the region comes back."""
     image, points, gt = _probed(name, iid, how)
     assert gt.sum() == target
     (mask,) = Annotator().annotate([image], [points])
     assert mask.sum() <= 8 * gt.sum() and (mask & gt).any(), int(mask.sum())
-    monkeypatch.setattr(windows, "CLIP_NOISE", -1.0)  # a level above the frame's top: nothing clipped
+    _without_clipped_test(monkeypatch)
     (region,) = Annotator().annotate([image], [points])
     assert region.sum() > 15 * gt.sum()
 
@@ -1619,7 +1671,7 @@ def test_real_target_in_a_bright_sky_set_apart_is_not_given_the_sky(monkeypatch)
 
     mask = own_mask()
     assert (mask & target).any() and mask.sum() <= 40, int(mask.sum())
-    monkeypatch.setattr(windows, "CLIP_NOISE", -1.0)
+    _without_clipped_test(monkeypatch)
     assert own_mask().sum() > 5000
 
 
@@ -1647,7 +1699,7 @@ def test_point_in_a_bright_sky_whose_far_part_is_clipped_is_not_given_the_sky(se
     (mask,) = Annotator().annotate([image], [point])
     ys, xs = np.nonzero(mask)
     assert mask[ty, tx] and mask.sum() <= 50 and np.abs(ys - ty).max() <= 8 and np.abs(xs - tx).max() <= 8
-    monkeypatch.setattr(windows, "CLIP_NOISE", -1.0)
+    _without_clipped_test(monkeypatch)
     (whole,) = Annotator().annotate([image], [point])
     assert whole.sum() >= 0.9 * sky.sum()
 

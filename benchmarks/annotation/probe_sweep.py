@@ -54,13 +54,14 @@ from d2d_ext.files import DataError, write_bytes_atomic
 #: the sets as they are; LESPS coarse points and clicks off by 1 or 2 px; crops (targets at a
 #: frame's edge) and mosaics (large frames of many targets; with the images apart, every cloud or
 #: sky that an image's edge cut ends inside the frame); the glow drawn into the masks; finer
-#: and coarser sensors, softer optics and a panning one; noise, column stripes with JPEG, ramps, a
-#: stuck pixel beside each point; fewer grey levels; a camera's display maps.
+#: and coarser sensors, softer optics and a panning one; noise, column stripes with JPEG, a coarser
+#: JPEG (whose blocks move a saturated region off the top grey level), ramps, a stuck pixel beside
+#: each point; fewer grey levels; a camera's display maps.
 PROBES = ("", "--points coarse", "--jitter 1", "--jitter 2", "--crop 48", "--crop 64", "--crop 96", "--mosaic 4",
           "--mosaic 4 --mosaic-gap 4", "--glow 0.15", "--zoom 2", "--zoom 2 --blur 1", "--shrink 2", "--blur 0.5",
           "--blur 0.7", "--blur 1", "--smear 3", "--smear 5", "--noise 1", "--noise 2", "--jpeg 70 --stripes 1",
-          "--ramp 0.25", "--ramp 0.5", "--ramp 1", "--hot beside", "--levels 64", "--levels 32", "--equalize global",
-          "--equalize local")
+          "--jpeg 50", "--ramp 0.25", "--ramp 0.5", "--ramp 1", "--hot beside", "--levels 64", "--levels 32",
+          "--equalize global", "--equalize local")
 
 #: A set and probe whose IoU falls by more than this is named under the table (a change to the
 #: annotator needs a reason for each).
