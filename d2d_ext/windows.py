@@ -28,7 +28,11 @@ The search, in order (:func:`strict_component`):
    window: the smaller windows leaked into a building, a cloud or another target that the
    target touches, once softer optics or coarser pixels close the gap between them, and this
    window holds both. A higher fraction may isolate the target. Parts inside the first window
-   are lobes of the target the point lies on.
+   are lobes of the target the point lies on. So does one whose component holds a clipped
+   plateau (step 4) larger than the first window apart from the peak's own part, or as the
+   peak's part with its middle more than ``CLIP_CENTRE`` of its radius from the peak: the top of
+   a saturated cloud or sky at whose rim the target lies (a click on a saturated target lands
+   near the middle of its plateau).
 
    *A peak alone above the noise floor.* ``k_sigma`` spreads of the band are a detection floor,
    not a measure of the target. Where no more than ``lone_peak_pixels`` pixels (the peak alone)
@@ -213,6 +217,13 @@ CLIP_NOISE = 2.0
 # below the top (MDFA's skies at quality 50: most of the plateau at 254 of 255), where the pixel
 # noise of an 8-bit file reads zero; 1.5 takes that level in and not the one below it
 CLIP_LEVELS = 1.5
+# step 2: a window beyond the first whose component holds a clipped plateau larger than the first
+# window on the peak is taken only where the plateau's middle lies within this fraction of its
+# radius (of a disc of its area) from the peak. A click at the centroid of a saturated target lands
+# near its plateau's middle (a coarse LESPS point, an eighth of the extent off, at about a quarter
+# of the radius); a target at the rim of a saturated cloud sits at the plateau's edge, about a
+# radius from its middle
+CLIP_CENTRE = 0.5
 # step 3: a target that stood apart grows into no component more than this many times the one that
 # held it apart. A hull adds a band's worth of pixels to that component (a third of it at most, on
 # every set as it is and as mosaics); the sky or cloud the target lies on, several times the target
@@ -358,6 +369,13 @@ class _Clipped(NamedTuple):
 
     own: int  # in the peak's part of them
     apart: int  # in the largest part apart from the peak's
+    # how far the middle (centroid) of the peak's part lies from the peak, in radii of a disc of
+    # its area (0 where the peak's part is no larger than the first window)
+    shift: float = 0.0
+
+    @property
+    def largest(self) -> int:
+        return max(self.own, self.apart)
 
 
 class _Window(NamedTuple):
@@ -653,7 +671,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         first = window(cfg.half_sizes[0], f)
         for half in cfg.wide_half_sizes:
             cand = window(half, f)
-            if cand.comp is None or max(clipped(cand)) > clip_area:
+            if cand.comp is None or clipped(cand).largest > clip_area:
                 continue
             long_thin = through(cand, crossed(cand)) and elongation(cand.comp) >= LONG_ASPECT
             if ((covers(cand, first) or long_thin) and not any(touches_edge(cand, cfg.band)) and not plateau(half, f, cand)
@@ -687,7 +705,21 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         if rest.sum() > clip_area:  # no part can be larger otherwise
             parts, n = label(rest)
             apart = int(np.bincount(parts.ravel(), minlength=n + 1)[1:].max())
-        return _Clipped(0 if own is None else int(own.sum()), apart)
+        n_own = 0 if own is None else int(own.sum())
+        shift = 0.0
+        if n_own > clip_area:
+            ys, xs = np.nonzero(own)
+            shift = math.hypot(ys.mean() + y0 - py, xs.mean() + x0 - px) / math.sqrt(n_own / math.pi)
+        return _Clipped(n_own, apart, shift)
+
+    def clipped_beside(win: _Window) -> bool:
+        """Whether ``win``'s component holds a clipped plateau larger than the first window that is
+        not the target's top: a part apart from the peak's, or the peak's part with its middle
+        more than ``CLIP_CENTRE`` of its radius from the peak. A target's image is brightest at its
+        middle, where the point lies; a saturated cloud or sky whose rim the point lies on puts
+        the peak at the edge of its plateau."""
+        c = clipped(win)
+        return c.apart > clip_area or (c.own > clip_area and c.shift > CLIP_CENTRE)
 
     def crossed(cand: _Window) -> _Window:
         """The window of ``half_sizes`` whose band a long target in wide window ``cand`` is
@@ -839,6 +871,9 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             if half != cfg.half_sizes[0] and (escapes(found) or rival(window(cfg.half_sizes[0], f), found, lobes=True)):
                 # a window the smaller ones leaked out of that runs off the image, or holds a
                 # second structure as bright as the peak beyond the first window: leaked too
+                continue
+            if half != cfg.half_sizes[0] and clipped_beside(found):
+                # ... or holds the top of a saturated cloud or sky the peak lies at the rim of
                 continue
             if half != cfg.half_sizes[0] and beside(half, f, found):
                 # the smaller windows leaked into a bright structure beside the peak that this

@@ -825,6 +825,43 @@ def test_target_at_the_rim_of_a_saturated_cloud_coded_below_the_top_is_not_given
     assert cloud.sum() > 1000
 
 
+def _small_saturated_cloud(seed: int, a: int, b: int, centred: bool = False):
+    """An elliptic cloud (semi-axes ``a`` rows, ``b`` columns, blurred by 2) whose middle the
+    sensor's full scale clips to 1, small enough for a window of ``half_sizes`` to hold it, in a
+    256 x 256 frame with white noise of 0.01, and a small target (a disc of radius 2.5, as
+    bright) 2 pixels inside its lower rim, the point on it: ``(image, point, cloud)``. ``centred``:
+    no target, and the point at the cloud's middle (a saturated target of that shape)."""
+    yy, xx = np.mgrid[:256, :256].astype(np.float64)
+    cloud = ((yy - 128) ** 2 / a ** 2 + (xx - 128) ** 2 / b ** 2) <= 1
+    y = 128 + a - 2
+    target = ((yy - y) ** 2 + (xx - 134) ** 2) <= 2.5 ** 2
+    field = 0.2 + 1.3 * ndimage.gaussian_filter((cloud | (target & (not centred))).astype(float), 2.0)
+    image = np.clip(field + np.random.default_rng(seed).normal(0, 0.01, field.shape), 0, 1)
+    point = np.array([[128.0, 128.0]]) if centred else np.array([[134.0, float(y)]])
+    return image.astype(np.float32), point, cloud
+
+
+@pytest.mark.parametrize("seed, a, b", [(0, 8, 12), (1, 10, 14), (2, 9, 9)])
+def test_target_at_the_rim_of_a_small_saturated_cloud_is_not_given_the_cloud(seed, a, b, monkeypatch):
+    """A small saturated cloud (250 to 440 pixels) with a target at its rim: the first window
+    leaks into the cloud, and a larger window of ``half_sizes`` held the cloud whole, clear of its
+    band (the wide windows' clipped-plateau test never asked). The plateau lies on the peak but
+    its middle lies far from it (over ``CLIP_CENTRE`` of its radius): a saturated cloud the target
+    lies at the rim of, not the target's top. The mask stays at the point; with the point at the
+    cloud's middle (a saturated target that shape) the cloud is found whole, and with the test
+    lifted the cloud comes back for the target at its rim."""
+    image, point, cloud = _small_saturated_cloud(seed, a, b)
+    x, y = (int(v) for v in point[0])
+    (mask,) = Annotator().annotate([image], [point])
+    assert mask[y - 1:y + 2, x - 1:x + 2].any() and mask.sum() <= 30, int(mask.sum())
+    target, centre, _ = _small_saturated_cloud(seed, a, b, centred=True)
+    (whole,) = Annotator().annotate([target], [centre])
+    assert (whole & cloud).sum() >= 0.95 * cloud.sum()
+    monkeypatch.setattr(windows, "CLIP_CENTRE", float("inf"))
+    (taken,) = Annotator().annotate([image], [point])
+    assert (taken & cloud).sum() >= 0.95 * cloud.sum()
+
+
 def test_grey_step_is_one_level_of_the_file():
     """:func:`~d2d_ext.windows.grey_step`: one grey level of an 8-bit image read into [0, 1],
     whatever levels are missing; 0 for a single value; next to nothing for a float image."""
@@ -1642,6 +1679,28 @@ def test_real_target_in_a_region_the_sensors_range_cut_is_not_given_the_region(n
     _without_clipped_test(monkeypatch)
     (region,) = Annotator().annotate([image], [points])
     assert region.sum() > 15 * gt.sum()
+
+
+@needs_mdfa
+@pytest.mark.parametrize("iid, how, target", [("train_004592", "blur", 34), ("train_000798", "coarser", 12)])
+def test_real_target_at_the_rim_of_a_saturated_sky_is_not_given_the_sky(iid, how, target, monkeypatch):
+    """MDFA targets at the rim of a saturated sky, through softer optics (a Gaussian of 0.5
+    pixel) or pixels 2x coarser (``annotation_datasets.py --blur 0.5``, ``--shrink 2``): a window
+    of ``half_sizes`` beyond the first held the sky's clipped top (masks of 468 and 316 pixels),
+    the peak at its edge. Not the target's top (``CLIP_CENTRE``): the mask stays at the target,
+    and with the test lifted the sky comes back."""
+    ds = IRDataset(DATA / "MDFA")
+    image, points, gt = ds.load_image(iid), ds.points(iid, "centroid"), ds.load_mask(iid)
+    if how == "blur":
+        image = _spread(image, "blur", 0.5)
+    else:
+        image, gt, points = _coarser(image, gt)
+    assert gt.sum() == target
+    (mask,) = Annotator().annotate([image], [points])
+    assert (mask & gt).any() and mask.sum() <= 2 * gt.sum() + 10, int(mask.sum())
+    monkeypatch.setattr(windows, "CLIP_CENTRE", float("inf"))
+    (sky,) = Annotator().annotate([image], [points])
+    assert sky.sum() > 8 * gt.sum()
 
 
 @needs_mdfa
