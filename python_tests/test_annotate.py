@@ -760,18 +760,29 @@ def test_click_off_the_middle_of_a_flat_topped_target_takes_the_target(monkeypat
     assert bump.sum() < 50
 
 
+def _saturated_cloud(seed: int, centre: tuple, axes: tuple, blur: float, target: tuple | None,
+                     noise: float = 0.01) -> tuple:
+    """A 256 x 256 frame at 0.2 with an elliptic cloud (``centre`` and semi-axes ``axes``, rows
+    then columns) and, at ``target`` (row, col) unless None, a small target (a disc of radius
+    2.5), both as bright, blurred by ``blur`` and scaled so that the sensor's full scale clips
+    their middles to 1, with white noise of ``noise``: ``(image, cloud)``, the image float64."""
+    yy, xx = np.mgrid[:256, :256].astype(np.float64)
+    cloud = ((yy - centre[0]) ** 2 / axes[0] ** 2 + (xx - centre[1]) ** 2 / axes[1] ** 2) <= 1
+    lit = cloud.copy()
+    if target is not None:
+        lit |= ((yy - target[0]) ** 2 + (xx - target[1]) ** 2) <= 2.5 ** 2
+    field = 0.2 + 1.3 * ndimage.gaussian_filter(lit.astype(float), blur)
+    return np.clip(field + np.random.default_rng(seed).normal(0, noise, field.shape), 0, 1), cloud
+
+
 def _target_at_a_saturated_clouds_rim(seed: int, inset: int, top_elsewhere: bool = False, noise: float = 0.01):
     """A cloud bank (60 x 28 pixels, blurred by 3) whose middle the sensor's full scale clips to
     1, in a 256 x 256 frame with white noise of ``noise``, and a small target (a disc of radius
     2.5, as bright) ``inset`` pixels inside its lower rim, the point on it: ``(image, point)``.
     ``top_elsewhere``: the frame at 0.9 of that, and a 3 x 3 block elsewhere at 1, so that the
     cloud's plateau is not the frame's top."""
-    yy, xx = np.mgrid[:256, :256].astype(np.float64)
-    cloud = ((yy - 110) ** 2 / 14 ** 2 + (xx - 128) ** 2 / 30 ** 2) <= 1
     y = 124 - inset
-    target = ((yy - y) ** 2 + (xx - 140) ** 2) <= 2.5 ** 2
-    field = 0.2 + 1.3 * ndimage.gaussian_filter((cloud | target).astype(float), 3.0)
-    image = np.clip(field + np.random.default_rng(seed).normal(0, noise, field.shape), 0, 1)
+    image, _ = _saturated_cloud(seed, (110, 128), (14, 30), 3.0, (y, 140), noise)
     if top_elsewhere:
         image = 0.9 * image
         image[20:23, 20:23] = 1.0
@@ -831,12 +842,8 @@ def _small_saturated_cloud(seed: int, a: int, b: int, centred: bool = False):
     256 x 256 frame with white noise of 0.01, and a small target (a disc of radius 2.5, as
     bright) 2 pixels inside its lower rim, the point on it: ``(image, point, cloud)``. ``centred``:
     no target, and the point at the cloud's middle (a saturated target of that shape)."""
-    yy, xx = np.mgrid[:256, :256].astype(np.float64)
-    cloud = ((yy - 128) ** 2 / a ** 2 + (xx - 128) ** 2 / b ** 2) <= 1
     y = 128 + a - 2
-    target = ((yy - y) ** 2 + (xx - 134) ** 2) <= 2.5 ** 2
-    field = 0.2 + 1.3 * ndimage.gaussian_filter((cloud | (target & (not centred))).astype(float), 2.0)
-    image = np.clip(field + np.random.default_rng(seed).normal(0, 0.01, field.shape), 0, 1)
+    image, cloud = _saturated_cloud(seed, (128, 128), (a, b), 2.0, None if centred else (y, 134))
     point = np.array([[128.0, 128.0]]) if centred else np.array([[134.0, float(y)]])
     return image.astype(np.float32), point, cloud
 
