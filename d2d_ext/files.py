@@ -64,7 +64,12 @@ def read_gray(path) -> np.ndarray:
 
     Any PNG mode works: palette images are first expanded to their colours; RGB(A) becomes the
     luminance ``0.299 R + 0.587 G + 0.114 B`` (alpha dropped); grey + alpha keeps the grey;
-    16-bit images are divided by 65535, 8-bit ones by 255, 1-bit ones give 0 / 1.
+    16-bit images are divided by 65535, 8-bit ones by 255, 1-bit ones give 0 / 1. A float frame
+    (a 32-bit TIFF) reads as it is where its values lie in ``[0, 1]``, and so does a 32-bit
+    integer one divided by 65535; one whose values leave that range (a sensor's radiometric
+    frame: counts, kelvin) reads scaled from its smallest value to its largest
+    (:func:`_unit_range`), never clipped. A float frame with a pixel that is no finite number
+    (a dead pixel written as NaN) is refused, naming the first such pixel.
     The file is fully decoded here, so a missing, unreadable or truncated file raises
     :class:`DataError` naming ``path``.
     """
@@ -82,6 +87,8 @@ def read_mask(path) -> np.ndarray:
         if img.mode == "L":  # read_gray's v / 255 is above 0 for v >= 1, above 0.5 for v >= 128
             a = np.asarray(img)
             return a >= 128 if half else a > 0
+        if img.mode in ("F", "I"):  # a mask's pixels in its own units: above zero is the mask
+            return np.asarray(img, dtype=np.float64) > 0
         return _to_gray(img, path) > (0.5 if half else 0.0)
 
     return _decoded(path, to_mask)
@@ -122,17 +129,29 @@ def _to_gray(img: Image.Image, path: Path) -> np.ndarray:
             a = a[..., 0]
         return np.divide(a, np.float32(255.0), dtype=np.float32)  # cast to float32, then divided
     if mode.startswith("I;16") or mode == "I":
-        # 16-bit PNGs open as "I;16" (or "I" with older Pillow); values are 0..65535.
-        a = np.asarray(img).astype(np.float64)
-        return np.clip(a / 65535.0, 0.0, 1.0).astype(np.float32)
+        # 16-bit PNGs open as "I;16" (or "I" with older Pillow); values are 0..65535. A 32-bit
+        # integer TIFF opens as "I" too, and may hold more.
+        return _unit_range(np.asarray(img).astype(np.float64) / 65535.0)
     if mode == "F":
         a = np.asarray(img, dtype=np.float64)
-        if np.isnan(a).any():  # a float frame's dead pixels: no value to annotate or score
-            ys, xs = np.nonzero(np.isnan(a))
-            raise DataError(f"{path} has pixels that are not numbers (NaN): {len(ys)}, the first at "
-                            f"(x={xs[0]}, y={ys[0]}); write a value in their place (their neighbours' median)")
-        return np.clip(a, 0.0, 1.0).astype(np.float32)
+        bad = ~np.isfinite(a)
+        if bad.any():  # a float frame's dead pixels: no value to annotate or score
+            ys, xs = np.nonzero(bad)
+            raise DataError(f"{path} has pixels that are not finite numbers (NaN or infinity): {len(ys)}, the "
+                            f"first at (x={xs[0]}, y={ys[0]}); write a value in their place (their neighbours' median)")
+        return _unit_range(a)
     raise DataError(f"unsupported image mode {mode!r} in {path}")
+
+
+def _unit_range(a: np.ndarray) -> np.ndarray:
+    """``a`` (float64, finite) as float32 in ``[0, 1]``: as it is where it lies in that range,
+    else scaled linearly from its smallest value (0) to its largest (1; all 0 where they are one).
+    Clipping would flatten a radiometric frame (kelvin, raw counts) to one level; the annotator
+    reads contrasts against a window's own background and noise, which a linear map keeps."""
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo < 0.0 or hi > 1.0:
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return a.astype(np.float32)
 
 
 def image_size(path) -> tuple[int, int]:

@@ -257,16 +257,51 @@ def test_truncated_png_names_file(tiny):
 
 
 def test_float_frame_with_a_nan_is_refused_naming_the_file_and_pixel(tmp_path):
-    """A 32-bit float TIFF reads as it is, clipped to [0, 1]; one with a NaN (a dead pixel) is
-    refused with the file, the count and the first one's place, instead of annotated around."""
+    """A 32-bit float TIFF in [0, 1] reads as it is; one with a NaN or an infinity (a dead pixel)
+    is refused with the file, the count and the first one's place, instead of annotated around."""
     frame = np.random.default_rng(2).random((12, 16)).astype(np.float32)
     path = tmp_path / "frame.tif"
     Image.fromarray(frame, mode="F").save(path)
     np.testing.assert_array_equal(read_gray(path), frame)
-    frame[3, 7] = frame[5, 1] = np.nan
-    Image.fromarray(frame, mode="F").save(path)
-    with pytest.raises(DataError, match=r"frame.tif has pixels that are not numbers \(NaN\): 2, the first at \(x=7, y=3\)"):
-        read_gray(path)
+    for dead in (np.nan, np.inf, -np.inf):
+        bad = frame.copy()
+        bad[3, 7] = bad[5, 1] = dead
+        Image.fromarray(bad, mode="F").save(path)
+        with pytest.raises(DataError, match=r"frame.tif has pixels that are not finite numbers \(NaN or infinity\): "
+                                            r"2, the first at \(x=7, y=3\)"):
+            read_gray(path)
+
+
+def test_radiometric_frames_read_scaled_not_clipped(tmp_path):
+    """A sensor's frame in its own units (a float TIFF in kelvin, a 32-bit integer TIFF of raw
+    counts) reads scaled from its smallest value to its largest, not clipped to one level of 1;
+    annotated from a dataset of such files, a scene gets the masks of its [0, 1] image. A mask
+    stored the same way is every pixel above zero."""
+    from d2d_ext.annotate import Annotator
+    from d2d_ext.synthetic import make_scene
+
+    scene = make_scene(np.random.default_rng(5), 96, 128, "mixed")
+    kelvin = (285.0 + 25.0 * scene.image.astype(np.float64)).astype(np.float32)
+    counts = np.round(3000 + 200000 * scene.image.astype(np.float64)).astype(np.int32)
+    truth = np.where(scene.mask > 0, 255.0, 0.0).astype(np.float32)
+    for stem, frame in (("kelvin", kelvin), ("counts", counts)):
+        _save(tmp_path / "images" / f"{stem}.tif", Image.fromarray(frame))
+        _save(tmp_path / "masks" / f"{stem}.tif", Image.fromarray(truth))
+    ds = IRDataset(tmp_path)
+    annotator = Annotator()
+    expected = annotator.annotate([scene.image], [scene.points])[0]
+    for stem, frame in (("kelvin", kelvin), ("counts", counts)):
+        image = ds.load_image(stem)
+        lo, hi = float(frame.min()), float(frame.max())
+        np.testing.assert_allclose(image, (frame.astype(np.float64) - lo) / (hi - lo), rtol=0, atol=1e-6)
+        assert image.min() == 0.0 and image.max() == 1.0
+        np.testing.assert_array_equal(ds.load_mask(stem), scene.mask > 0)
+        got = annotator.annotate([image], [scene.points])[0]
+        assert got.any() and (got != expected).sum() <= 0.01 * expected.sum(), stem
+    # a frame of one value outside [0, 1] has no contrast: all 0; a mask of one positive value is whole
+    Image.fromarray(np.full((6, 5), 300.0, np.float32)).save(tmp_path / "flat.tif")
+    np.testing.assert_array_equal(read_gray(tmp_path / "flat.tif"), np.zeros((6, 5), np.float32))
+    assert read_mask(tmp_path / "flat.tif").all()
 
 
 def test_missing_and_garbage_files(tiny):
