@@ -73,10 +73,13 @@ The search, in order (:func:`strict_component`):
    - it is no *plateau*: at a threshold ``plateau_step`` of the amplitude higher it keeps at least
      half its pixels. A target's hull falls off gradually; a bright sky or cloud around the
      target ends in a step, and a window whose threshold drops below its level takes all of it;
-   - it holds no *clipped plateau* apart from the peak's own (step 4): the sensor's full scale
-     cut the top of something there that the peak's part does not reach, while a target's image
-     is brightest at its middle, where the point lies. A noise bump in a bright sky would grow
-     into the sky.
+   - it holds no *clipped plateau* apart from the peak's own (step 4), nor one of the peak's whose
+     middle lies more than ``CLIP_CENTRE`` of its radius from the peak (step 2's test): the
+     sensor's full scale cut the top of something there that the peak's part does not reach, or
+     that the peak lies at the rim of, while a target's image is brightest at its middle, where
+     the point lies. A noise bump in a bright sky would grow into the sky, and a target inside
+     the rim of a saturated cloud that ends inside the frame (nothing cuts it but its own edge)
+     into the cloud.
 
    A target that has *stood apart* grows no further into a much larger component: where a larger
    window's component, not taken, is clear of its band and the same in the next window without
@@ -601,7 +604,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         """Grow the accepted window while its band lies on the target's hull: the next band lies
         well below it, or the peak did not clear it (a plateau), and a larger window's component
         (clear of its own band, the peak clearing it, stable in the window after, no clipped
-        plateau apart from the peak's: :func:`clipped`) holds most of it,
+        plateau beside the target: :func:`clipped_beside`) holds most of it,
         and, where the windows between leaked, holds the largest of their bands as well or is
         less than twice ``LONG_ASPECT`` times longer than wide. Once a window has held the target
         apart (:func:`apart`), the growth takes no component more than ``APART_GROWTH`` times
@@ -624,7 +627,7 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
                     and not rival(found, cand, quieter=found.faint)
                     and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
-                    and stable(nxt, f, cand) and clipped(cand).apart <= clip_area
+                    and stable(nxt, f, cand) and not clipped_beside(cand)
                     # stepping over windows that leaked: a hull lies on their bands too, or is no
                     # longer than a compact target; a long band (a cloud bank, a ridge) the target
                     # sits in crosses them on two sides only

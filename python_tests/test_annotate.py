@@ -869,6 +869,42 @@ def test_target_at_the_rim_of_a_small_saturated_cloud_is_not_given_the_cloud(see
     assert (taken & cloud).sum() >= 0.95 * cloud.sum()
 
 
+def _target_inside_a_saturated_region(seed: int, radius: int, inset: int, bump: float = 0.06) -> tuple:
+    """A round region (``radius`` px, blurred by 3) just under the sensor's full scale (0.985 at its
+    middle, white noise of 0.01 clipped at 1, so that part of it reads as clipped) in a 256 x 256
+    frame at 0.2, and a small target (a disc of radius 2.5 blurred by 1, ``bump`` above it)
+    ``inset`` pixels inside its lower rim, the point on it: ``(image, point, region)``. The whole
+    region lies inside the frame, as a cloud or sky does that ends in the picture."""
+    yy, xx = np.mgrid[:256, :256].astype(np.float64)
+    region = ndimage.gaussian_filter((np.hypot(yy - 128, xx - 128) <= radius).astype(float), 3.0)
+    y, x = 128 + radius - inset, 131
+    target = ndimage.gaussian_filter((np.hypot(yy - y, xx - x) <= 2.5).astype(float), 1.0)
+    field = 0.2 + 0.785 * region + bump * target + np.random.default_rng(seed).normal(0, 0.01, yy.shape)
+    return np.clip(field, 0, 1).astype(np.float32), np.array([[float(x), float(y)]]), region > 0.5
+
+
+@pytest.mark.parametrize("seed, radius, inset", [(0, 30, 14), (1, 40, 14), (2, 30, 10)])
+def test_target_inside_the_rim_of_a_saturated_region_does_not_grow_into_it(seed, radius, inset, monkeypatch):
+    """A small target a little inside the rim of a region that saturates the sensor in part
+    (2,800 to 5,000 pixels), the region wholly inside the frame: the first window's band lies on
+    the region, the target is one of its noise bumps at a raised fraction, and the growth took
+    the region whole (a larger window holds it clear of its band: nothing cuts it but its own
+    edge). Its clipped plateau holds the peak but its middle lies far from it
+    (``CLIP_CENTRE``), so the growth stops at the target; with the point near the region's
+    middle (3 px off: a saturated target of that size) the region is found whole, and with the
+    test lifted the region comes back for the target at its rim."""
+    image, point, region = _target_inside_a_saturated_region(seed, radius, inset)
+    x, y = (int(v) for v in point[0])
+    (mask,) = Annotator().annotate([image], [point])
+    assert mask[y - 1:y + 2, x - 1:x + 2].any() and mask.sum() <= 150, int(mask.sum())
+    whole_image, middle, _ = _target_inside_a_saturated_region(seed, radius, radius, bump=0.0)
+    (whole,) = Annotator().annotate([whole_image], [middle])
+    assert (whole & region).sum() >= 0.95 * region.sum()
+    monkeypatch.setattr(windows, "CLIP_CENTRE", float("inf"))
+    (taken,) = Annotator().annotate([image], [point])
+    assert (taken & region).sum() >= 0.8 * region.sum()
+
+
 def test_grey_step_is_one_level_of_the_file():
     """:func:`~d2d_ext.windows.grey_step`: one grey level of an 8-bit image read into [0, 1],
     whatever levels are missing; 0 for a single value; next to nothing for a float image."""
@@ -1708,6 +1744,28 @@ def test_real_target_at_the_rim_of_a_saturated_sky_is_not_given_the_sky(iid, how
     monkeypatch.setattr(windows, "CLIP_CENTRE", float("inf"))
     (sky,) = Annotator().annotate([image], [points])
     assert sky.sum() > 8 * gt.sum()
+
+
+@needs_mdfa
+def test_real_target_in_a_saturated_corner_framed_by_noisy_bars_is_not_given_the_corner(monkeypatch):
+    """MDFA train_005241 (a 17-pixel target inside a saturated region in its image's corner) with
+    noisy dark bars around it, as a frame captured from a camera's video output carries them
+    (``annotation_datasets.py --pad 32 --pad-noise 0.01``): the bars are no padding of one value,
+    so the region ends inside the frame, and the growth from the target's noise bump took it
+    whole (3,724 pixels). The peak lies at the rim of the region's clipped plateau: the mask
+    stays at the target, and with the test lifted the region comes back."""
+    ds = IRDataset(DATA / "MDFA")
+    iid = "train_005241"
+    one = annotation_datasets.EvalSet("t", [iid], [ds.load_image(iid)], [ds.points(iid, "centroid")],
+                                      [ds.load_mask(iid)])
+    framed = annotation_datasets.pad_set(one, 32, noise=0.01)
+    image, points, gt = framed.images[0], framed.points[0], framed.masks[0]
+    assert gt.sum() == 17
+    (mask,) = Annotator().annotate([image], [points])
+    assert (mask & gt).any() and mask.sum() <= 3 * gt.sum(), int(mask.sum())
+    monkeypatch.setattr(windows, "CLIP_CENTRE", float("inf"))
+    (region,) = Annotator().annotate([image], [points])
+    assert region.sum() > 100 * gt.sum()
 
 
 @needs_mdfa

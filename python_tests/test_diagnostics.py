@@ -809,6 +809,35 @@ def test_probe_sweep_reads_each_probe_as_annotation_datasets_does():
         assert f"--probe {bad!r}" in str(e.value) and why in str(e.value)
 
 
+def test_noisy_bars_frame_the_picture_unchanged():
+    """``--pad N --pad-noise SD`` (:func:`annotation_datasets.pad_set`): the picture as it was, its
+    masks and points moved by N, and bars of seeded noise about 0 around it, clipped to [0, 1]:
+    no line of them is one value, so :func:`~d2d_ext.picture.picture_box` keeps the whole frame.
+    Without --pad it is refused."""
+    from d2d_ext.picture import picture_box
+
+    rng = np.random.default_rng(0)
+    image = rng.random((20, 30)).astype(np.float32)
+    mask = np.zeros((20, 30), bool)
+    mask[5:8, 9:12] = True
+    one = annotation_datasets.EvalSet("t", ["t"], [image], [np.array([[10.0, 6.0]])], [mask])
+    framed = annotation_datasets.pad_set(one, 8, noise=0.01)
+    frame = framed.images[0]
+    assert frame.shape == (36, 46) and frame.dtype == np.float32
+    np.testing.assert_array_equal(frame[8:-8, 8:-8], image)
+    np.testing.assert_array_equal(framed.masks[0][8:-8, 8:-8], mask)
+    assert framed.masks[0].sum() == mask.sum()
+    np.testing.assert_array_equal(framed.points[0], [[18.0, 14.0]])
+    bars = np.ones(frame.shape, bool)
+    bars[8:-8, 8:-8] = False
+    assert frame[bars].min() == 0.0 and 0.0 < frame[bars].max() < 0.1 and 0.003 < frame[bars].std() < 0.01
+    assert picture_box(frame, framed.points[0]) == (0, 36, 0, 46)
+    np.testing.assert_array_equal(annotation_datasets.pad_set(one, 8, noise=0.01).images[0], frame)  # seeded
+    assert picture_box(annotation_datasets.pad_set(one, 8).images[0], framed.points[0]) == (8, 28, 8, 38)
+    with pytest.raises(ValueError, match="--pad-noise needs --pad"):
+        probe_sweep.probe_args("--pad-noise 0.01", ["--data", "/nonexistent", "--synthetic-seeds", ""])
+
+
 def test_probe_sweep_names_each_loss_beyond_the_limit():
     """Between two sweeps: every set and probe that fell by more than LOSS, most first, and the
     largest gain; pairs only one sweep holds are passed over."""

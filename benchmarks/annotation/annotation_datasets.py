@@ -6,7 +6,7 @@
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE] [--crop SIZE]
         [--mosaic N [--mosaic-gap G]] [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F]
         [--stripes F] [--row-stripes F]
-        [--jpeg Q] [--equalize global|local] [--ramp F] [--levels N] [--pad N [--pad-median] [--pad-jpeg Q]]
+        [--jpeg Q] [--equalize global|local] [--ramp F] [--levels N] [--pad N [--pad-median] [--pad-noise SD] [--pad-jpeg Q]]
         [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
@@ -52,7 +52,9 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 :data:`SATURATE_CLEAR` pixels from every target to 1 (after ``--map``: the sun or a flare filling a raw frame's range).
 ``--pad N`` pads every image by N pixels of 0 (``--pad-median``: of its median) on each side, last
 (:func:`pad_set`): a picture letterboxed into a video frame, or images padded to one size;
-``--pad-jpeg Q`` then writes every padded frame as 8-bit JPEG at quality Q, padding and picture
+``--pad-noise SD`` puts Gaussian noise of that deviation in the padding (the dark bars of a frame
+captured from a camera's video output, which are no longer one value, so that the picture's
+bright regions end inside the frame); ``--pad-jpeg Q`` then writes every padded frame as 8-bit JPEG at quality Q, padding and picture
 coded together. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per target, with the
 crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and clutter that the
 edge cuts, which whole frames seldom show. ``--mosaic N`` scores every set as frames of N x N of
@@ -538,12 +540,22 @@ def add_hot_pixels(s: EvalSet, how: str, seed: int = 0, repair: bool = False) ->
     s.images = images
 
 
-def pad_set(s: EvalSet, pad: int, median: bool = False) -> EvalSet:
+def pad_set(s: EvalSet, pad: int, median: bool = False, noise: float = 0.0, seed: int = 0) -> EvalSet:
     """``s`` with every image padded by ``pad`` pixels of 0 on each side (``median``: of the
     image's median), as a sensor's picture letterboxed into a video frame or a dataset's images
-    padded to one size; masks padded with background and points moved to match."""
-    images = [np.pad(im, pad, constant_values=np.float32(np.median(im) if median else 0.0)).astype(np.float32)
-              for im in s.images]
+    padded to one size; masks padded with background and points moved to match. ``noise``: the
+    padding carries Gaussian noise of that deviation about its value (seeded, clipped to [0, 1]),
+    as the dark bars of a frame captured from a camera's video output do: no longer one value,
+    they are read as scene, and the picture's bright regions end in them inside the frame."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for im in s.images:
+        frame = np.pad(im, pad, constant_values=np.float32(np.median(im) if median else 0.0)).astype(np.float32)
+        if noise > 0 and pad > 0:
+            bars = np.ones(frame.shape, dtype=bool)
+            bars[pad:-pad, pad:-pad] = False
+            frame[bars] = np.clip(frame[bars] + noise * rng.standard_normal(int(bars.sum())), 0.0, 1.0)
+        images.append(frame)
     points = [np.asarray(p, dtype=np.float64).reshape(-1, 2) + pad for p in s.points]
     return EvalSet(f"{s.name}, padded by {pad}", list(s.ids), images, points, [np.pad(m, pad) for m in s.masks])
 
@@ -851,6 +863,9 @@ def argument_parser() -> argparse.ArgumentParser:
                     help="pad every image by N pixels of 0 on each side (last): a letterbox, or images padded "
                          "to one size")
     ap.add_argument("--pad-median", action="store_true", help="with --pad: pad with each image's median instead")
+    ap.add_argument("--pad-noise", type=float, default=0.0, metavar="SD",
+                    help="with --pad: Gaussian noise of this deviation (of the full range, seed 0) in the padding: "
+                         "the dark bars of a frame captured from a camera's video output, no longer one value")
     ap.add_argument("--pad-jpeg", type=int, default=0, metavar="Q",
                     help="with --pad: then write every padded frame as 8-bit JPEG at quality Q (1 to 100): a dataset "
                          "padded to one size and shipped as JPEG, whose padding's lines beside the picture carry "
@@ -942,6 +957,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error("--pad-median needs --pad")
     if args.pad_jpeg and not args.pad:
         ap.error("--pad-jpeg needs --pad")
+    if args.pad_noise < 0 or (args.pad_noise and not args.pad):
+        ap.error(f"--pad-noise needs --pad and a deviation >= 0, got {args.pad_noise}")
     if args.saturate < 0:
         ap.error(f"--saturate must be a block's side in pixels >= 0, got {args.saturate}")
     if args.smear < 0:
@@ -1026,7 +1043,7 @@ def probe_sets(args: argparse.Namespace, sets: list | None = None) -> list:
         for s in sets:
             add_saturated_block(s, args.saturate)
     if args.pad:
-        sets = [pad_set(s, args.pad, args.pad_median) for s in sets]
+        sets = [pad_set(s, args.pad, args.pad_median, args.pad_noise) for s in sets]
         if args.pad_jpeg:  # the file codes the whole frame, padding and picture together
             for s in sets:
                 jpeg_round_trip(s, args.pad_jpeg)
@@ -1053,6 +1070,7 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += (f"; a {args.saturate}x{args.saturate} block set to 1, {SATURATE_CLEAR} px from every target"
               if args.saturate else "")
     grown += (f"; every image padded by {args.pad} px of {'its median' if args.pad_median else '0'}"
+              + (f" with noise of deviation {args.pad_noise}" if args.pad_noise else "")
               + (f", then through 8-bit JPEG at quality {args.pad_jpeg}" if args.pad_jpeg else "") if args.pad else "")
     grown += f"; white noise of {args.noise}x each image's pixel noise added (seed 0)" if args.noise else ""
     grown += f"; column offsets of {args.stripes}x each image's pixel noise added (seed 0)" if args.stripes else ""

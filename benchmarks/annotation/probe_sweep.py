@@ -61,7 +61,7 @@ PROBES = ("", "--points coarse", "--jitter 1", "--jitter 2", "--crop 48", "--cro
           "--mosaic 4 --mosaic-gap 4", "--glow 0.15", "--zoom 2", "--zoom 2 --blur 1", "--shrink 2", "--blur 0.5",
           "--blur 0.7", "--blur 1", "--smear 3", "--smear 5", "--noise 1", "--noise 2", "--jpeg 70 --stripes 1",
           "--jpeg 50", "--ramp 0.25", "--ramp 0.5", "--ramp 1", "--hot beside", "--levels 64", "--levels 32",
-          "--equalize global", "--equalize local")
+          "--equalize global", "--equalize local", "--pad 32 --pad-noise 0.01")
 
 #: A set and probe whose IoU falls by more than this is named under the table (a change to the
 #: annotator needs a reason for each).
