@@ -6,7 +6,8 @@
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE] [--crop SIZE]
         [--mosaic N [--mosaic-gap G]] [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F]
         [--stripes F] [--row-stripes F]
-        [--jpeg Q] [--equalize global|local] [--ramp F] [--levels N] [--pad N [--pad-median] [--pad-noise SD] [--pad-jpeg Q]]
+        [--jpeg Q] [--equalize global|local] [--ramp F] [--levels N]
+        [--pad N [--pad-median] [--pad-noise SD] [--pad-jpeg Q]]
         [--out FILE.md]
 
 Sets, loaded once: every real dataset under ``--data`` (default ``<workspace>/shared/data``; the
@@ -54,8 +55,8 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 (:func:`pad_set`): a picture letterboxed into a video frame, or images padded to one size;
 ``--pad-noise SD`` puts Gaussian noise of that deviation in the padding (the dark bars of a frame
 captured from a camera's video output, which are no longer one value, so that the picture's
-bright regions end inside the frame); ``--pad-jpeg Q`` then writes every padded frame as 8-bit JPEG at quality Q, padding and picture
-coded together. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per target, with the
+bright regions end inside the frame); ``--pad-jpeg Q`` then writes every padded frame as 8-bit
+JPEG at quality Q, padding and picture coded together. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per target, with the
 crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and clutter that the
 edge cuts, which whole frames seldom show. ``--mosaic N`` scores every set as frames of N x N of
 its images tiled (:func:`mosaic_set`): large frames of many targets, where a target's windows, up
