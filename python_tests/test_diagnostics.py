@@ -838,6 +838,27 @@ def test_noisy_bars_frame_the_picture_unchanged():
         probe_sweep.probe_args("--pad-noise 0.01", ["--data", "/nonexistent", "--synthetic-seeds", ""])
 
 
+def test_reticle_crosses_the_middle_and_spares_the_targets():
+    """``--reticle W`` (:func:`annotation_datasets.add_reticle`): a row and a column W pixels wide
+    through each image's middle set to 1, except over ground-truth target pixels; the rest of the
+    image, masks and points as they were. A negative width is refused."""
+    rng = np.random.default_rng(1)
+    image = (0.5 * rng.random((20, 31))).astype(np.float32)
+    mask = np.zeros((20, 31), bool)
+    mask[9:12, 3:6] = True  # on the middle row
+    one = annotation_datasets.EvalSet("t", ["t"], [image], [np.array([[4.0, 10.0]])], [mask])
+    annotation_datasets.add_reticle(one, 2)
+    out = one.images[0]
+    line = np.zeros((20, 31), bool)
+    line[9:11, :] = True
+    line[:, 14:16] = True
+    assert (out[line & ~mask] == 1.0).all() and line.sum() - (line & mask).sum() == (out == 1.0).sum()
+    np.testing.assert_array_equal(out[~line | mask], image[~line | mask])
+    assert one.masks[0] is mask and one.points[0].tolist() == [[4.0, 10.0]]
+    with pytest.raises(ValueError, match="--reticle must be"):
+        probe_sweep.probe_args("--reticle -1", ["--data", "/nonexistent", "--synthetic-seeds", ""])
+
+
 def test_probe_sweep_names_each_loss_beyond_the_limit():
     """Between two sweeps: every set and probe that fell by more than LOSS, most first, and the
     largest gain; pairs only one sweep holds are passed over."""

@@ -3,7 +3,8 @@
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft [--soft-odds P,Q]]
         [--dilate N] [--glow F] [--against FILE.py]
-        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE] [--crop SIZE]
+        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE] [--reticle W]
+        [--crop SIZE]
         [--mosaic N [--mosaic-gap G]] [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F]
         [--stripes F] [--row-stripes F]
         [--jpeg Q] [--equalize global|local] [--ramp F] [--levels N]
@@ -51,8 +52,11 @@ pixel next to each target: the worst case for the snap to the brightest pixel of
 uncorrected hot pixels); ``--repair`` then repairs them from their map before annotating, as
 ``d2d annotate --bad-pixels`` does. ``--saturate SIZE`` sets a SIZE x SIZE block at least
 :data:`SATURATE_CLEAR` pixels from every target to 1 (after ``--map``: the sun or a flare filling a raw frame's range).
-``--pad N`` pads every image by N pixels of 0 (``--pad-median``: of its median) on each side, last
-(:func:`pad_set`): a picture letterboxed into a video frame, or images padded to one size;
+``--reticle W`` burns a crosshair W pixels wide, at 1, through every image's middle, never over a
+target's pixels (:func:`add_reticle`: a display's on-screen overlay that a frame grabbed from a
+camera's video output carries). ``--pad N`` pads every image by N pixels of 0 (``--pad-median``:
+of its median) on each side, last (:func:`pad_set`): a picture letterboxed into a video frame, or
+images padded to one size;
 ``--pad-noise SD`` puts Gaussian noise of that deviation in the padding (the dark bars of a frame
 captured from a camera's video output, which are no longer one value, so that the picture's
 bright regions end inside the frame); ``--pad-jpeg Q`` then writes every padded frame as 8-bit
@@ -585,6 +589,22 @@ def add_saturated_block(s: EvalSet, size: int) -> None:
     s.images = images
 
 
+def add_reticle(s: EvalSet, width: int) -> None:
+    """Burns a crosshair into every image of ``s``: a row and a column ``width`` pixels wide through
+    its middle, set to 1 (a display's on-screen overlay, brighter than any target), except over
+    ground-truth target pixels, so that every target stays whole and some lie beside a line."""
+    images = []
+    for image, mask in zip(s.images, s.masks):
+        H, W = image.shape
+        line = np.zeros((H, W), dtype=bool)
+        line[(H - width) // 2:(H + width) // 2, :] = True
+        line[:, (W - width) // 2:(W + width) // 2] = True
+        image = image.copy()
+        image[line & ~mask] = 1.0
+        images.append(image)
+    s.images = images
+
+
 def add_sensor_noise(s: EvalSet, white: float = 0.0, stripes: float = 0.0, seed: int = 0,
                      row_stripes: float = 0.0) -> None:
     """Adds to every image of ``s`` Gaussian noise of ``white`` times the image's own pixel noise
@@ -874,6 +894,9 @@ def argument_parser() -> argparse.ArgumentParser:
     ap.add_argument("--saturate", type=int, default=0, metavar="SIZE",
                     help=f"set a SIZE x SIZE block of every image, at least {SATURATE_CLEAR} px from every target, "
                          "to 1 (after --map and --hot): an object that fills the sensor's range")
+    ap.add_argument("--reticle", type=int, default=0, metavar="W",
+                    help="burn a crosshair W px wide through every image's middle, set to 1 except over "
+                         "ground-truth targets (after --saturate): a display's on-screen overlay")
     ap.add_argument("--repair", action="store_true",
                     help="with --hot: repair those pixels from their map before annotating (annotate --bad-pixels)")
     ap.add_argument("--points", choices=("centroid", "coarse"), default="centroid",
@@ -962,6 +985,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error(f"--pad-noise needs --pad and a deviation >= 0, got {args.pad_noise}")
     if args.saturate < 0:
         ap.error(f"--saturate must be a block's side in pixels >= 0, got {args.saturate}")
+    if args.reticle < 0:
+        ap.error(f"--reticle must be a line's width in pixels >= 0, got {args.reticle}")
     if args.smear < 0:
         ap.error(f"--smear must be a whole number of pixels >= 0, got {args.smear}")
     if args.levels and args.levels < 2:
@@ -1043,6 +1068,9 @@ def probe_sets(args: argparse.Namespace, sets: list | None = None) -> list:
     if args.saturate:
         for s in sets:
             add_saturated_block(s, args.saturate)
+    if args.reticle:
+        for s in sets:
+            add_reticle(s, args.reticle)
     if args.pad:
         sets = [pad_set(s, args.pad, args.pad_median, args.pad_noise) for s in sets]
         if args.pad_jpeg:  # the file codes the whole frame, padding and picture together
@@ -1070,6 +1098,7 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
     grown += (f"; a {args.saturate}x{args.saturate} block set to 1, {SATURATE_CLEAR} px from every target"
               if args.saturate else "")
+    grown += f"; a crosshair {args.reticle} px wide at 1 through every image's middle" if args.reticle else ""
     grown += (f"; every image padded by {args.pad} px of {'its median' if args.pad_median else '0'}"
               + (f" with noise of deviation {args.pad_noise}" if args.pad_noise else "")
               + (f", then through 8-bit JPEG at quality {args.pad_jpeg}" if args.pad_jpeg else "") if args.pad else "")
