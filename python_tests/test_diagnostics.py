@@ -855,6 +855,11 @@ def test_reticle_crosses_the_middle_and_spares_the_targets():
     assert (out[line & ~mask] == 1.0).all() and line.sum() - (line & mask).sum() == (out == 1.0).sum()
     np.testing.assert_array_equal(out[~line | mask], image[~line | mask])
     assert one.masks[0] is mask and one.points[0].tolist() == [[4.0, 10.0]]
+    # with its map repaired, every line pixel holds a value from the image's own range again
+    fixed = annotation_datasets.EvalSet("t", ["t"], [image], [np.array([[4.0, 10.0]])], [mask])
+    annotation_datasets.add_reticle(fixed, 2, repair=True)
+    assert fixed.images[0].max() <= image.max()
+    np.testing.assert_array_equal(fixed.images[0][~line], image[~line])
     with pytest.raises(ValueError, match="--reticle must be"):
         probe_sweep.probe_args("--reticle -1", ["--data", "/nonexistent", "--synthetic-seeds", ""])
 

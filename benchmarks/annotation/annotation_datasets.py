@@ -3,7 +3,7 @@
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft [--soft-odds P,Q]]
         [--dilate N] [--glow F] [--against FILE.py]
-        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE] [--reticle W]
+        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE] [--reticle W [--repair]]
         [--crop SIZE]
         [--mosaic N [--mosaic-gap G]] [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F]
         [--stripes F] [--row-stripes F]
@@ -54,7 +54,8 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 :data:`SATURATE_CLEAR` pixels from every target to 1 (after ``--map``: the sun or a flare filling a raw frame's range).
 ``--reticle W`` burns a crosshair W pixels wide, at 1, through every image's middle, never over a
 target's pixels (:func:`add_reticle`: a display's on-screen overlay that a frame grabbed from a
-camera's video output carries). ``--pad N`` pads every image by N pixels of 0 (``--pad-median``:
+camera's video output carries; ``--repair`` then repairs its pixels from the overlay's map, as
+``d2d annotate --bad-pixels`` does). ``--pad N`` pads every image by N pixels of 0 (``--pad-median``:
 of its median) on each side, last (:func:`pad_set`): a picture letterboxed into a video frame, or
 images padded to one size;
 ``--pad-noise SD`` puts Gaussian noise of that deviation in the padding (the dark bars of a frame
@@ -589,10 +590,12 @@ def add_saturated_block(s: EvalSet, size: int) -> None:
     s.images = images
 
 
-def add_reticle(s: EvalSet, width: int) -> None:
+def add_reticle(s: EvalSet, width: int, repair: bool = False) -> None:
     """Burns a crosshair into every image of ``s``: a row and a column ``width`` pixels wide through
     its middle, set to 1 (a display's on-screen overlay, brighter than any target), except over
-    ground-truth target pixels, so that every target stays whole and some lie beside a line."""
+    ground-truth target pixels, so that every target stays whole and some lie beside a line. With
+    ``repair``, then repairs the crosshair's pixels (all of them: the overlay's map) from their
+    neighbours as ``annotate --bad-pixels`` does (:func:`d2d_ext.sensor.repair`)."""
     images = []
     for image, mask in zip(s.images, s.masks):
         H, W = image.shape
@@ -601,7 +604,7 @@ def add_reticle(s: EvalSet, width: int) -> None:
         line[:, (W - width) // 2:(W + width) // 2] = True
         image = image.copy()
         image[line & ~mask] = 1.0
-        images.append(image)
+        images.append(repair_pixels(image, line) if repair else image)
     s.images = images
 
 
@@ -898,7 +901,8 @@ def argument_parser() -> argparse.ArgumentParser:
                     help="burn a crosshair W px wide through every image's middle, set to 1 except over "
                          "ground-truth targets (after --saturate): a display's on-screen overlay")
     ap.add_argument("--repair", action="store_true",
-                    help="with --hot: repair those pixels from their map before annotating (annotate --bad-pixels)")
+                    help="with --hot or --reticle: repair those pixels from their map before annotating "
+                         "(annotate --bad-pixels)")
     ap.add_argument("--points", choices=("centroid", "coarse"), default="centroid",
                     help="centroid: the LESPS centroid points (the datasets' own, the scenes'); coarse: LESPS "
                          "coarse points drawn from every ground-truth mask (seed 0), off the centroid by about "
@@ -1070,7 +1074,7 @@ def probe_sets(args: argparse.Namespace, sets: list | None = None) -> list:
             add_saturated_block(s, args.saturate)
     if args.reticle:
         for s in sets:
-            add_reticle(s, args.reticle)
+            add_reticle(s, args.reticle, repair=args.repair)
     if args.pad:
         sets = [pad_set(s, args.pad, args.pad_median, args.pad_noise) for s in sets]
         if args.pad_jpeg:  # the file codes the whole frame, padding and picture together
@@ -1098,7 +1102,8 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += f"; hot pixels: {args.hot}{', repaired from their map' if args.repair else ''}" if args.hot else ""
     grown += (f"; a {args.saturate}x{args.saturate} block set to 1, {SATURATE_CLEAR} px from every target"
               if args.saturate else "")
-    grown += f"; a crosshair {args.reticle} px wide at 1 through every image's middle" if args.reticle else ""
+    grown += (f"; a crosshair {args.reticle} px wide at 1 through every image's middle"
+              f"{', repaired from its map' if args.repair else ''}" if args.reticle else "")
     grown += (f"; every image padded by {args.pad} px of {'its median' if args.pad_median else '0'}"
               + (f" with noise of deviation {args.pad_noise}" if args.pad_noise else "")
               + (f", then through 8-bit JPEG at quality {args.pad_jpeg}" if args.pad_jpeg else "") if args.pad else "")
