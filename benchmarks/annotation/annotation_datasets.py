@@ -3,8 +3,8 @@
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft [--soft-odds P,Q]]
         [--dilate N] [--glow F] [--against FILE.py]
-        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE] [--reticle W [--repair]]
-        [--crop SIZE]
+        [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE]
+        [--reticle W [--repair]] [--crop SIZE]
         [--mosaic N [--mosaic-gap G]] [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F]
         [--stripes F] [--row-stripes F]
         [--jpeg Q] [--equalize global|local] [--ramp F] [--levels N]
@@ -55,13 +55,13 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 ``--reticle W`` burns a crosshair W pixels wide, at 1, through every image's middle, never over a
 target's pixels (:func:`add_reticle`: a display's on-screen overlay that a frame grabbed from a
 camera's video output carries; ``--repair`` then repairs its pixels from the overlay's map, as
-``d2d annotate --bad-pixels`` does). ``--pad N`` pads every image by N pixels of 0 (``--pad-median``:
-of its median) on each side, last (:func:`pad_set`): a picture letterboxed into a video frame, or
-images padded to one size;
-``--pad-noise SD`` puts Gaussian noise of that deviation in the padding (the dark bars of a frame
-captured from a camera's video output, which are no longer one value, so that the picture's
-bright regions end inside the frame); ``--pad-jpeg Q`` then writes every padded frame as 8-bit
-JPEG at quality Q, padding and picture coded together. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per target, with the
+``d2d annotate --bad-pixels`` does). ``--pad N`` pads every image by N pixels of 0
+(``--pad-median``: of its median) on each side, last (:func:`pad_set`): a picture letterboxed into
+a video frame, or images padded to one size; ``--pad-noise SD`` puts Gaussian noise of that
+deviation in the padding (the dark bars of a frame captured from a camera's video output, which
+are no longer one value, so that the picture's bright regions end inside the frame);
+``--pad-jpeg Q`` then writes every padded frame as 8-bit JPEG at quality Q, padding and picture
+coded together. ``--crop SIZE`` scores every set as SIZE x SIZE crops, one per target, with the
 crop's own centroid points (:func:`crop_set`): targets near a frame's edge, and clutter that the
 edge cuts, which whole frames seldom show. ``--mosaic N`` scores every set as frames of N x N of
 its images tiled (:func:`mosaic_set`): large frames of many targets, where a target's windows, up

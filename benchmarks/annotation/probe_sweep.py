@@ -56,7 +56,8 @@ from d2d_ext.files import DataError, write_bytes_atomic
 #: sky that an image's edge cut ends inside the frame); the glow drawn into the masks; finer
 #: and coarser sensors, softer optics and a panning one; noise, column stripes with JPEG, a coarser
 #: JPEG (whose blocks move a saturated region off the top grey level), ramps, a stuck pixel beside
-#: each point; fewer grey levels; a camera's display maps.
+#: each point; fewer grey levels; a camera's display maps; noisy dark bars around the picture (a
+#: frame grabbed from a camera's video output: its bright regions end inside the frame).
 PROBES = ("", "--points coarse", "--jitter 1", "--jitter 2", "--crop 48", "--crop 64", "--crop 96", "--mosaic 4",
           "--mosaic 4 --mosaic-gap 4", "--glow 0.15", "--zoom 2", "--zoom 2 --blur 1", "--shrink 2", "--blur 0.5",
           "--blur 0.7", "--blur 1", "--smear 3", "--smear 5", "--noise 1", "--noise 2", "--jpeg 70 --stripes 1",
