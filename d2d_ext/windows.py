@@ -368,7 +368,7 @@ class FrameTop:
 
 
 class _Clipped(NamedTuple):
-    """A component's pixels on a clipped plateau (see :func:`strict_component`'s ``clipped``)."""
+    """A component's pixels on a clipped plateau (see :meth:`_Search.clipped`)."""
 
     own: int  # in the peak's part of them
     apart: int  # in the largest part apart from the peak's
@@ -382,7 +382,7 @@ class _Clipped(NamedTuple):
 
 
 class _Window(NamedTuple):
-    """One window tried around a peak (see :func:`strict_component`)."""
+    """One window tried around a peak (see :class:`_Search`)."""
 
     box: tuple  # (y0, y1, x0, x1) in the image
     bg: float  # median of its band
@@ -404,65 +404,81 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     too; if none does, the component is the peak pixel. ``top``: the image's :class:`FrameTop`
     where its targets share one.
     """
-    H, W = image.shape
-    peak = float(image[py, px])
-    first_box = window_box(py, px, cfg.half_sizes[0], H, W)
-    stats = {}
-    noise = {}  # window box -> pixel_noise of the image there
+    return _Search(image, py, px, cfg, others, top).run()
 
-    def larger(half: int) -> list:
+
+class _Search:
+    """The window search around one peak (steps 2 to 8 of the module's docstring) for
+    :func:`strict_component`: the image, the peak ``(py, px)``, the settings and the other
+    targets' peaks, and what the search has read of the image so far. The tests ask for some
+    windows, band statistics and noise levels more than once (a window read by step 2, the wide
+    stand-in and the growth): each is computed once, the first time it is asked for."""
+
+    def __init__(self, image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = (),
+                 top: FrameTop | None = None):
+        self.image, self.py, self.px, self.cfg, self.others = image, py, px, cfg, others
+        self.H, self.W = image.shape
+        self.peak = float(image[py, px])
+        self.first_box = window_box(py, px, cfg.half_sizes[0], self.H, self.W)
+        self.stats = {}  # half-size -> (band median, band spread, band)
+        self.noise = {}  # window box -> pixel_noise of the image there
+        self.tried = {}  # (half-size, fraction, sd_of) -> _Window
+        self.top = top if top is not None else FrameTop(image)
+        self.clip_area = (2 * cfg.half_sizes[0] + 1) ** 2  # a clipped plateau larger than the first window
+        tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
+        self.fractions = [cfg.peak_fraction + attempt * cfg.fraction_step for attempt in range(tries)]
+
+    def larger(self, half: int) -> list:
         """The configured half-sizes above ``half``, in the order they are tried."""
-        return [h for h in cfg.half_sizes + cfg.wide_half_sizes if h > half]
+        return [h for h in self.cfg.half_sizes + self.cfg.wide_half_sizes if h > half]
 
-    tried = {}
-
-    def window(half: int, f: float, sd_of: int | None = None) -> _Window:
+    def window(self, half: int, f: float, sd_of: int | None = None) -> _Window:
         """The window of half-size ``half`` at fraction ``f`` (the band spread of window
         ``sd_of`` if given, else its own). The tests ask for some windows more than once (the
         first window, a plateau's higher level): each is computed once."""
         key = (half, f, sd_of)
-        if key not in tried:
-            tried[key] = _window(half, f, sd_of)
-        return tried[key]
+        if key not in self.tried:
+            self.tried[key] = self._window(half, f, sd_of)
+        return self.tried[key]
 
-    def _window(half: int, f: float, sd_of: int | None) -> _Window:
-        box = window_box(py, px, half, H, W)
-        win = image[box[0]:box[1], box[2]:box[3]]
-        if half not in stats:
-            band = outer_band(box, cfg.band, H, W)
+    def _window(self, half: int, f: float, sd_of: int | None) -> _Window:
+        box = window_box(self.py, self.px, half, self.H, self.W)
+        win = self.image[box[0]:box[1], box[2]:box[3]]
+        if half not in self.stats:
+            band = outer_band(box, self.cfg.band, self.H, self.W)
             ring = win[band]
             bg = band_median(ring)
-            stats[half] = (bg, 1.4826 * band_median(np.abs(ring - bg)), band)
-        bg, sd, band = stats[half]
+            self.stats[half] = (bg, 1.4826 * band_median(np.abs(ring - bg)), band)
+        bg, sd, band = self.stats[half]
         if sd_of is not None:
-            sd = stats[sd_of][1]
-        relative = bg + f * (peak - bg)
+            sd = self.stats[sd_of][1]
+        relative = bg + f * (self.peak - bg)
         # bg + max(k_sigma * sd, f * (peak - bg)), the same number: adding bg keeps the order
-        thr = max(bg + cfg.k_sigma * sd, relative)
-        faint = peak <= thr
+        thr = max(bg + self.cfg.k_sigma * sd, relative)
+        faint = self.peak <= thr
         if faint:  # faint target: the peak-relative part alone
             thr = relative
-        at = (py - box[0], px - box[2])
+        at = (self.py - box[0], self.px - box[2])
         comp = component(win > thr, at)
-        if not faint and thr > relative and comp.sum() <= cfg.lone_peak_pixels:
+        if not faint and thr > relative and comp.sum() <= self.cfg.lone_peak_pixels:
             # the noise floor detected the peak but cut the target down to it: the target's
             # extent is read at the peak-relative level, as for any target the floor does not cut
             # (the peak clears both levels, so neither component is None)
             wider = component(win > relative, at)
-            if wider.sum() > cfg.lone_peak_pixels:
+            if wider.sum() > self.cfg.lone_peak_pixels:
                 comp = wider
         elif not faint and thr > relative and not comp[band].any() and \
-                (win[band] - bg).max() >= LONG_BODY * (peak - bg):
+                (win[band] - bg).max() >= LONG_BODY * (self.peak - bg):
             # the floor held the component off the band: where the band's spread is a long
             # target's body crossing it, the floor cut that target's top to a bump (step 6), and
             # the window has leaked as at the peak-relative level (no band pixel as bright as
             # such a body: no crossing to look for)
             wider = component(win > relative, at)
-            if wider[band].any() and long_body(leaked := _Window(box, bg, faint, None, band, wider)):
+            if wider[band].any() and self.long_body(leaked := _Window(box, bg, faint, None, band, wider)):
                 return leaked
         return _Window(box, bg, faint, None if comp is None or comp[band].any() else comp, band, comp)
 
-    def covers(outer: _Window, inner: _Window) -> bool:
+    def covers(self, outer: _Window, inner: _Window) -> bool:
         """Whether ``outer``'s component holds most of ``inner``'s band, and at least
         ``side_cover`` of each of its sides: the band lay on the target's hull all around the
         peak. A point beside a larger bright structure (a building, a cloud's edge) has that
@@ -470,24 +486,25 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         oy, ox = inner.box[0] - outer.box[0], inner.box[2] - outer.box[2]
         h, w = inner.band.shape
         held = outer.comp[oy:oy + h, ox:ox + w]
-        b = cfg.band
+        b = self.cfg.band
         sides = [(slice(None, b), slice(None)), (slice(h - b, None), slice(None)),
                  (slice(None), slice(None, b)), (slice(None), slice(w - b, None))]
         per = [held[s][inner.band[s]].mean() for s in sides if inner.band[s].any()]
-        return min(per) >= cfg.side_cover and held[inner.band].mean() >= 0.5
+        return min(per) >= self.cfg.side_cover and held[inner.band].mean() >= 0.5
 
-    def escapes(win: _Window) -> bool:
+    def escapes(self, win: _Window) -> bool:
         """Whether ``win``'s component runs off the image on one side of the peak (step 2): on a
         side of the window that lies on the image's edge where the first window's does not, it
         reaches the rows or columns a band would take, reaches the other way from the peak less
         than half as far as the edge lies from it, and is dimmer there than a target's body
-        (:func:`body_across`)."""
-        fy0, fy1, fx0, fx1 = first_box
+        (:meth:`body_across`)."""
+        fy0, fy1, fx0, fx1 = self.first_box
         y0, y1, x0, x1 = win.box
+        py, px, H, W = self.py, self.px, self.H, self.W
         on_edge = (y0 == 0 < fy0, y1 == H > fy1, x0 == 0 < fx0, x1 == W > fx1)  # top, bottom, left, right
         if not any(on_edge):
             return False
-        c, b = win.comp, cfg.band
+        c, b = win.comp, self.cfg.band
         ys, xs = np.nonzero(c)
         ys, xs = ys + y0, xs + x0
         # how far the component reaches from the peak away from each side, against half the
@@ -498,24 +515,24 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         for on, alone, side in zip(on_edge, one_sided, (np.s_[:b], np.s_[-b:], np.s_[:, :b], np.s_[:, -b:])):
             if on and alone:
                 edge[side] = True
-        return bool((c & edge).any()) and not body_across(win, c & edge)
+        return bool((c & edge).any()) and not self.body_across(win, c & edge)
 
-    def body_across(win: _Window, where: np.ndarray) -> bool:
+    def body_across(self, win: _Window, where: np.ndarray) -> bool:
         """Whether the image over ``where`` (bool over ``win``'s box) stands on average at least
         ``LONG_BODY`` of the peak's amplitude above ``win``'s background, as a target's body
         does where a band or the image's edge cuts it."""
-        crossing = image[win.box[0]:win.box[1], win.box[2]:win.box[3]][where]
-        return bool((crossing - win.bg).mean() >= LONG_BODY * (peak - win.bg))
+        crossing = self.image[win.box[0]:win.box[1], win.box[2]:win.box[3]][where]
+        return bool((crossing - win.bg).mean() >= LONG_BODY * (self.peak - win.bg))
 
-    def touches_edge(win: _Window, b: int = 1) -> tuple:
+    def touches_edge(self, win: _Window, b: int = 1) -> tuple:
         """The image edges (top, bottom, left, right) that ``win``'s component reaches (comes
         within ``b`` pixels of)."""
         y0, y1, x0, x1 = win.box
         c = win.comp
-        return (y0 == 0 and c[:b].any(), y1 == H and c[-b:].any(), x0 == 0 and c[:, :b].any(),
-                x1 == W and c[:, -b:].any())
+        return (y0 == 0 and c[:b].any(), y1 == self.H and c[-b:].any(), x0 == 0 and c[:, :b].any(),
+                x1 == self.W and c[:, -b:].any())
 
-    def stable(half: int, f: float, cand: _Window) -> bool:
+    def stable(self, half: int, f: float, cand: _Window) -> bool:
         """Whether the next larger window finds about the same component (within 25%), with
         ``cand``'s band spread: what is tested is the shift of the background level. The largest
         window has no next one to show it, so it stands only where the window below it held no
@@ -524,35 +541,35 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         the largest one (a candidate taken there was already compared with it): a target on a
         bright roof or cloud patch inside a darker surround grew past such windows into the
         whole patch there, every band of the windows between having fallen as they left it.
-        The growth reaches it only from a hull's top (:func:`hull_top`)."""
-        up = larger(half)
+        The growth reaches it only from a hull's top (:meth:`hull_top`)."""
+        up = self.larger(half)
         if not up:
-            below = [h for h in cfg.half_sizes + cfg.wide_half_sizes if h < half]
+            below = [h for h in self.cfg.half_sizes + self.cfg.wide_half_sizes if h < half]
             if not below:
                 return True
-            prev = window(below[-1], f)
-            return prev.comp is None or plateau(below[-1], f, prev)
-        if window_box(py, px, up[0], H, W) == cand.box:  # cut to this one by the image's edges: the same component
-            return True
-        nxt = window(up[0], f, sd_of=half)
+            prev = self.window(below[-1], f)
+            return prev.comp is None or self.plateau(below[-1], f, prev)
+        if window_box(self.py, self.px, up[0], self.H, self.W) == cand.box:
+            return True  # cut to this one by the image's edges: the same component
+        nxt = self.window(up[0], f, sd_of=half)
         return nxt.comp is not None and abs(int(nxt.comp.sum()) - int(cand.comp.sum())) <= 0.25 * cand.comp.sum()
 
-    def merges(cand: _Window) -> bool:
+    def merges(self, cand: _Window) -> bool:
         """Whether ``cand``'s component holds another target's peak."""
         y0, y1, x0, x1 = cand.box
-        return any(y0 <= oy < y1 and x0 <= ox < x1 and cand.comp[oy - y0, ox - x0] for oy, ox in others)
+        return any(y0 <= oy < y1 and x0 <= ox < x1 and cand.comp[oy - y0, ox - x0] for oy, ox in self.others)
 
-    def plateau(half: int, f: float, cand: _Window) -> bool:
+    def plateau(self, half: int, f: float, cand: _Window) -> bool:
         """Whether ``cand``'s component is mostly a plateau just above its threshold: at a
         threshold ``plateau_step`` of the amplitude higher, less than half of it stays. A target's
         hull falls off gradually; a bright region the target sits in (a sky, a cloud) ends in a
         step, and a window whose threshold drops below its level takes all of it."""
-        if cfg.plateau_step <= 0:
+        if self.cfg.plateau_step <= 0:
             return False
-        higher = window(half, f + cfg.plateau_step)
+        higher = self.window(half, f + self.cfg.plateau_step)
         return higher.comp is None or (higher.comp & cand.comp).sum() < 0.5 * cand.comp.sum()
 
-    def rival(found: _Window, cand: _Window, lobes: bool = False, quieter: bool = False) -> bool:
+    def rival(self, found: _Window, cand: _Window, lobes: bool = False, quieter: bool = False) -> bool:
         """Whether ``cand``'s component holds a second structure as bright as the peak: above a
         level one noise bar of ``found`` (:func:`noise_bar`), or ``plateau_step`` of the
         amplitude if more, below the peak, a part apart from the peak's own part, at least as
@@ -568,11 +585,11 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         the growth from a window whose peak does not clear its band (``faint``): that band's
         spread is structure, not the sensor's noise, and so are its neighbouring pixels'
         differences."""
-        bar = min(window_bar(found), window_bar(cand)) if quieter else window_bar(found)
+        bar = min(self.window_bar(found), self.window_bar(cand)) if quieter else self.window_bar(found)
         y0, y1, x0, x1 = cand.box
-        win = image[y0:y1, x0:x1]
-        above = cand.comp & (win > peak - max(bar, cfg.plateau_step * (peak - cand.bg)))
-        own = component(above, (py - y0, px - x0))
+        win = self.image[y0:y1, x0:x1]
+        above = cand.comp & (win > self.peak - max(bar, self.cfg.plateau_step * (self.peak - cand.bg)))
+        own = component(above, (self.py - y0, self.px - x0))
         if own is None or not (above & ~own).any():
             return False
         parts, n = label(above & ~own)
@@ -581,113 +598,110 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
             inner = np.zeros_like(above)
             inner[found.box[0] - y0:found.box[1] - y0, found.box[2] - x0:found.box[3] - x0] = True
             large = [k for k in large if not inner[parts == k].all()]
-        return any(win[parts == k].max() >= peak - bar for k in large)
+        return any(win[parts == k].max() >= self.peak - bar for k in large)
 
-    def top_level(found: _Window) -> float:
+    def top_level(self, found: _Window) -> float:
         """The level the growth measures the amplitude from: the peak, or where the peak stands
-        no higher above ``found``'s band than noise could (:func:`noise_bump`), the mean of its
+        no higher above ``found``'s band than noise could (:meth:`noise_bump`), the mean of its
         3 x 3 neighbourhood. A noise bump on a flat top stands above the top by the sensor's noise;
         measured from the bump, the amplitude holds that noise too, and a band that fell by a
         fifth of the top's own amplitude would read as settled inside the top."""
-        if not noise_bump(found):
-            return peak
-        return float(image[max(py - 1, 0):py + 2, max(px - 1, 0):px + 2].mean())
+        if not self.noise_bump(found):
+            return self.peak
+        return float(self.image[max(self.py - 1, 0):self.py + 2, max(self.px - 1, 0):self.px + 2].mean())
 
-    def hull_top(found: _Window) -> bool:
+    def hull_top(self, found: _Window) -> bool:
         """Whether ``found``'s component reaches ``HULL_REACH`` of the way from the peak to its
         window's band: the top of a target whose hull that band lies on, rather than a small
         target on a larger structure."""
         y0, y1, x0, x1 = found.box
-        return peak_reach(found.comp, found.box, py, px) >= HULL_REACH * (max(y1 - y0, x1 - x0) // 2)
+        return peak_reach(found.comp, found.box, self.py, self.px) >= HULL_REACH * (max(y1 - y0, x1 - x0) // 2)
 
-    def grow(half: int, f: float, found: _Window) -> _Window:
+    def grow(self, half: int, f: float, found: _Window) -> _Window:
         """Grow the accepted window while its band lies on the target's hull: the next band lies
         well below it, or the peak did not clear it (a plateau), and a larger window's component
         (clear of its own band, the peak clearing it, stable in the window after, no clipped
-        plateau beside the target: :func:`clipped_beside`) holds most of it,
+        plateau beside the target: :meth:`clipped_beside`) holds most of it,
         and, where the windows between leaked, holds the largest of their bands as well or is
         less than twice ``LONG_ASPECT`` times longer than wide. Once a window has held the target
-        apart (:func:`apart`), the growth takes no component more than ``APART_GROWTH`` times
+        apart (:meth:`apart`), the growth takes no component more than ``APART_GROWTH`` times
         that one, and ends there."""
-        top = top_level(found)
+        top = self.top_level(found)
         leaked = found  # the largest window passed since found whose component leaked
         held = None  # pixels of the last component that held the target apart since found
-        for nxt in larger(half):
-            if window_box(py, px, nxt, H, W) == found.box:  # the image's edge stops the growth
+        for nxt in self.larger(half):
+            if window_box(self.py, self.px, nxt, self.H, self.W) == found.box:  # the image's edge stops the growth
                 break
-            cand = window(nxt, f)
-            settled = found.bg - cand.bg <= cfg.settle_fraction * (top - cand.bg)
+            cand = self.window(nxt, f)
+            settled = found.bg - cand.bg <= self.cfg.settle_fraction * (top - cand.bg)
             if settled and not found.faint:
                 break
-            if cand.comp is not None and plateau(nxt, f, cand):
+            if cand.comp is not None and self.plateau(nxt, f, cand):
                 continue
-            if not larger(nxt) and not hull_top(found):
+            if not self.larger(nxt) and not self.hull_top(found):
                 # the largest window, which no larger one tests for stability (see stable)
                 break
-            if (cand.comp is not None and not cand.faint and covers(cand, found) and not merges(cand)
-                    and not rival(found, cand, quieter=found.faint)
-                    and not any(e and not f0 for e, f0 in zip(touches_edge(cand), touches_edge(found)))
-                    and stable(nxt, f, cand) and not clipped_beside(cand)
+            if (cand.comp is not None and not cand.faint and self.covers(cand, found) and not self.merges(cand)
+                    and not self.rival(found, cand, quieter=found.faint)
+                    and not any(e and not f0 for e, f0 in zip(self.touches_edge(cand), self.touches_edge(found)))
+                    and self.stable(nxt, f, cand) and not self.clipped_beside(cand)
                     # stepping over windows that leaked: a hull lies on their bands too, or is no
                     # longer than a compact target; a long band (a cloud bank, a ridge) the target
                     # sits in crosses them on two sides only
-                    and (leaked is found or covers(cand, leaked) or elongation(cand.comp) < 2 * LONG_ASPECT)):
+                    and (leaked is found or self.covers(cand, leaked) or elongation(cand.comp) < 2 * LONG_ASPECT)):
                 if held is not None and cand.comp.sum() > APART_GROWTH * held:
                     break  # the region the target lies on
                 found = leaked = cand
                 held = None
             elif cand.comp is None:
                 leaked = cand
-            elif apart(nxt, f, found, cand):
+            elif self.apart(nxt, f, found, cand):
                 held = int(cand.comp.sum())
         return found
 
-    def apart(half: int, f: float, found: _Window, cand: _Window) -> bool:
+    def apart(self, half: int, f: float, found: _Window, cand: _Window) -> bool:
         """Whether window ``half``'s component ``cand``, which the growth from ``found`` does not
         take, holds the target apart: it is clear of its own band and the same in the next window
-        (:func:`stable`) without holding ``found``'s band all around (:func:`covers`), so the
+        (:meth:`stable`) without holding ``found``'s band all around (:meth:`covers`), so the
         target ended near that band rather than running on through it as a hull does. A target
         on a larger bright region (a sky, a cloud, a roof) stands apart on it so, in window after
         window, while the region's level falls off too slowly for any band to read as settled,
         until a window whose band lies off the region holds it whole. Not where ``found``'s peak
         does not clear its band's spread (``faint``: the band lies on a structure's edges, and
         what stands apart of it may be one part of a target), nor where it is a speck of noise on
-        a flat top (a :func:`noise_bump` that reaches less than ``HULL_REACH`` of the way to its
-        band: :func:`hull_top`): every window then finds the same few pixels."""
-        if found.faint or (noise_bump(found) and not hull_top(found)):
+        a flat top (a :meth:`noise_bump` that reaches less than ``HULL_REACH`` of the way to its
+        band: :meth:`hull_top`): every window then finds the same few pixels."""
+        if found.faint or (self.noise_bump(found) and not self.hull_top(found)):
             return False
-        return not covers(cand, found) and stable(half, f, cand)
+        return not self.covers(cand, found) and self.stable(half, f, cand)
 
-    def wide_target(f: float) -> tuple | None:
+    def wide_target(self, f: float) -> tuple | None:
         """``(half, f, window)``: the first of ``wide_half_sizes`` whose component at fraction ``f``
         can be the point's target although no smaller window held one: it surrounds the peak on
         every side (the smallest window's band) or runs through it (a long thin target), stays
         a band's width off the image's edges (a bright structure the point merely touches does
         none of these; one that ends a pixel short of an edge, where the sensor's last lines read
         darker or coarse grey levels cut its faint end, runs off the image as well),
-        is no plateau, holds no second structure as bright as the peak (:func:`rival`, its noise
+        is no plateau, holds no second structure as bright as the peak (:meth:`rival`, its noise
         read on the quieter of the two windows: a building or a cloud band that the target
         touches, once optics, coarse pixels or the sensor's motion close the gap between them,
         runs through the point as a long target would), and is seen from the peak in straight
         lines (``STAR_SHARE`` of it at least, holes filled: a ridge or an outline followed around
         a bend is not). None if there is none."""
-        first = window(cfg.half_sizes[0], f)
-        for half in cfg.wide_half_sizes:
-            cand = window(half, f)
-            if cand.comp is None or clipped(cand).largest > clip_area:
+        first = self.window(self.cfg.half_sizes[0], f)
+        for half in self.cfg.wide_half_sizes:
+            cand = self.window(half, f)
+            if cand.comp is None or self.clipped(cand).largest > self.clip_area:
                 continue
-            long_thin = through(cand, crossed(cand)) and elongation(cand.comp) >= LONG_ASPECT
-            if ((covers(cand, first) or long_thin) and not any(touches_edge(cand, cfg.band)) and not plateau(half, f, cand)
-                    and not rival(first, cand, quieter=True)
-                    and star_share(fill_holes(cand.comp), (py - cand.box[0], px - cand.box[2]))
+            long_thin = self.through(cand, self.crossed(cand)) and elongation(cand.comp) >= LONG_ASPECT
+            if ((self.covers(cand, first) or long_thin) and not any(self.touches_edge(cand, self.cfg.band))
+                    and not self.plateau(half, f, cand) and not self.rival(first, cand, quieter=True)
+                    and star_share(fill_holes(cand.comp), (self.py - cand.box[0], self.px - cand.box[2]))
                     >= STAR_SHARE):
                 return half, f, cand
         return None
 
-    top = top if top is not None else FrameTop(image)
-    clip_area = (2 * cfg.half_sizes[0] + 1) ** 2  # a clipped plateau larger than the first window
-
-    def clipped(win: _Window) -> _Clipped:
+    def clipped(self, win: _Window) -> _Clipped:
         """The pixels of ``win``'s component on a *clipped plateau*: at the frame's largest value
         (within ``CLIP_NOISE`` pixel-noise deviations of ``win``'s pixels, or ``CLIP_LEVELS`` of
         the file's grey levels where the noise reads less), in the peak's part of them and in the
@@ -699,32 +713,32 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         the brightest thing in its frame puts pixels within those deviations of its largest one
         too, scattered over it in small parts."""
         y0, y1, x0, x1 = win.box
-        pixels = image[y0:y1, x0:x1]
-        level = top.value - max(CLIP_NOISE * window_noise(win), CLIP_LEVELS * grey_step(pixels[win.comp]))
+        pixels = self.image[y0:y1, x0:x1]
+        level = self.top.value - max(CLIP_NOISE * self.window_noise(win), CLIP_LEVELS * grey_step(pixels[win.comp]))
         flat = win.comp & (pixels >= level)
-        own = component(flat, (py - y0, px - x0)) if peak >= level else None
+        own = component(flat, (self.py - y0, self.px - x0)) if self.peak >= level else None
         rest = flat if own is None else flat & ~own
         apart = 0
-        if rest.sum() > clip_area:  # no part can be larger otherwise
+        if rest.sum() > self.clip_area:  # no part can be larger otherwise
             parts, n = label(rest)
             apart = int(np.bincount(parts.ravel(), minlength=n + 1)[1:].max())
         n_own = 0 if own is None else int(own.sum())
         shift = 0.0
-        if n_own > clip_area:
+        if n_own > self.clip_area:
             ys, xs = np.nonzero(own)
-            shift = math.hypot(ys.mean() + y0 - py, xs.mean() + x0 - px) / math.sqrt(n_own / math.pi)
+            shift = math.hypot(ys.mean() + y0 - self.py, xs.mean() + x0 - self.px) / math.sqrt(n_own / math.pi)
         return _Clipped(n_own, apart, shift)
 
-    def clipped_beside(win: _Window) -> bool:
+    def clipped_beside(self, win: _Window) -> bool:
         """Whether ``win``'s component holds a clipped plateau larger than the first window that is
         not the target's top: a part apart from the peak's, or the peak's part with its middle
         more than ``CLIP_CENTRE`` of its radius from the peak. A target's image is brightest at its
         middle, where the point lies; a saturated cloud or sky whose rim the point lies on puts
         the peak at the edge of its plateau."""
-        c = clipped(win)
-        return c.apart > clip_area or (c.own > clip_area and c.shift > CLIP_CENTRE)
+        c = self.clipped(win)
+        return c.apart > self.clip_area or (c.own > self.clip_area and c.shift > CLIP_CENTRE)
 
-    def crossed(cand: _Window) -> _Window:
+    def crossed(self, cand: _Window) -> _Window:
         """The window of ``half_sizes`` whose band a long target in wide window ``cand`` is
         read crossing: the largest whose band's median reaches the first fraction's level over
         ``cand``'s background, else the first. Where a bright region holds the first window whole
@@ -732,14 +746,14 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         crosses the first band; a larger band on the region too shows whether the component runs
         through the peak or lies to one side. The first fraction's level: a raised fraction cuts
         fewer bands, and would hand the test back to the first window."""
-        level = cand.bg + fractions[0] * (peak - cand.bg)
-        ref = cfg.half_sizes[0]
-        for half in cfg.half_sizes[1:]:
-            if window(half, fractions[0]).bg >= level:
+        level = cand.bg + self.fractions[0] * (self.peak - cand.bg)
+        ref = self.cfg.half_sizes[0]
+        for half in self.cfg.half_sizes[1:]:
+            if self.window(half, self.fractions[0]).bg >= level:
                 ref = half
-        return window(ref, fractions[0])
+        return self.window(ref, self.fractions[0])
 
-    def through(outer: _Window, inner: _Window) -> bool:
+    def through(self, outer: _Window, inner: _Window) -> bool:
         """Whether ``outer``'s component (band or not: ``whole``) holds ``inner``'s band
         symmetrically through the peak: of the band pixels it holds whose mirror image through the
         peak is on the band too, at least half have that mirror held as well. A long target
@@ -749,42 +763,42 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         h, w = inner.band.shape
         held = outer.whole[oy:oy + h, ox:ox + w] & inner.band
         ys, xs = np.nonzero(held)
-        my, mx = 2 * (py - inner.box[0]) - ys, 2 * (px - inner.box[2]) - xs
+        my, mx = 2 * (self.py - inner.box[0]) - ys, 2 * (self.px - inner.box[2]) - xs
         mirrored = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
         mirrored[mirrored] = inner.band[my[mirrored], mx[mirrored]]
         return bool(mirrored.any()) and held[my[mirrored], mx[mirrored]].mean() >= 0.5
 
-    def long_leak(half: int, f: float) -> bool:
+    def long_leak(self, half: int, f: float) -> bool:
         """Whether window ``half``'s component at fraction ``f`` leaked as the body of a long
-        target through the peak: it runs through the band (:func:`through`) without holding it
+        target through the peak: it runs through the band (:meth:`through`) without holding it
         all around (an extended blob does, and its growth finds it), and where it crosses the
         band it is at least half as bright as the peak above the background, as a flat-topped
         target's body is (a dimmer streak or wall that the point lies on is not). Such a target
         is longer than every window of ``half_sizes``; a higher fraction finds a bump of its top."""
-        win = window(half, f)
-        return win.comp is None and win.whole is not None and long_body(win)
+        win = self.window(half, f)
+        return win.comp is None and win.whole is not None and self.long_body(win)
 
-    def long_body(win: _Window) -> bool:
+    def long_body(self, win: _Window) -> bool:
         """Whether ``win``'s component, band or not (``whole``), runs through its band as the body
-        of a long target through the peak (see :func:`long_leak`)."""
-        if covers(win._replace(comp=win.whole), win) or not through(win, win):
+        of a long target through the peak (see :meth:`long_leak`)."""
+        if self.covers(win._replace(comp=win.whole), win) or not self.through(win, win):
             return False
-        return body_across(win, win.whole & win.band)
+        return self.body_across(win, win.whole & win.band)
 
-    def beside(half: int, f: float, cand: _Window) -> bool:
+    def beside(self, half: int, f: float, cand: _Window) -> bool:
         """Whether ``cand``'s component, in a window the smaller ones leaked out of, is a bright
         structure beside the peak rather than the target: it lies to one side of the peak (does
         not surround it as ``covers`` reads the first window's band) and is a plateau just above
         its threshold, or, where the peak is faint (the plateau test then reads noise), is larger
         than the first window."""
-        first = cfg.half_sizes[0]
+        first = self.cfg.half_sizes[0]
         if cand.faint:
             structure = cand.comp.sum() > (2 * first + 1) ** 2
         else:
-            structure = plateau(half, f, cand)
-        return structure and not covers(cand, window(first, f))
+            structure = self.plateau(half, f, cand)
+        return structure and not self.covers(cand, self.window(first, f))
 
-    def slopes(first: np.ndarray, second: np.ndarray, y0: int, x0: int) -> tuple:
+    def slopes(self, first: np.ndarray, second: np.ndarray, y0: int, x0: int) -> tuple:
         """The mean gradient magnitudes of the image over the pixels of ``first`` and of
         ``second`` (bool, of one shape, the top-left pixel at image row ``y0``, column ``x0``):
         central differences, one-sided on the image's edge (as ``np.gradient``), at those pixels
@@ -792,18 +806,19 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         ys, xs = np.nonzero(first)
         ys2, xs2 = np.nonzero(second)
         ys, xs = np.concatenate([ys, ys2]) + y0, np.concatenate([xs, xs2]) + x0
-        up, down = np.maximum(ys - 1, 0), np.minimum(ys + 1, H - 1)
-        left, right = np.maximum(xs - 1, 0), np.minimum(xs + 1, W - 1)
+        image = self.image
+        up, down = np.maximum(ys - 1, 0), np.minimum(ys + 1, self.H - 1)
+        left, right = np.maximum(xs - 1, 0), np.minimum(xs + 1, self.W - 1)
         gy = (image[down, xs].astype(np.float64) - image[up, xs]) / np.maximum(down - up, 1)
         gx = (image[ys, right].astype(np.float64) - image[ys, left]) / np.maximum(right - left, 1)
         g = np.hypot(gy, gx)
         n = len(g) - len(ys2)
         return float(g[:n].mean()), float(g[n:].mean())
 
-    def skirt(found: _Window, f: float) -> np.ndarray:
+    def skirt(self, found: _Window, f: float) -> np.ndarray:
         """``found``'s component (accepted at fraction ``f``) without the smooth skirt of
         background it sits on (step 7 of the module's docstring)."""
-        if cfg.skirt_ratio <= 0 or cfg.plateau_step <= 0:
+        if self.cfg.skirt_ratio <= 0 or self.cfg.plateau_step <= 0:
             return found.comp
         # the tests read the component's bounding box and one pixel around it (within the window:
         # beyond it, as beyond the box, lies the outside of the component)
@@ -811,101 +826,104 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
         cut = slice(max(ys.min() - 1, 0), ys.max() + 2), slice(max(xs.min() - 1, 0), xs.max() + 2)
         comp = found.comp[cut]
         y0, x0 = found.box[0] + cut[0].start, found.box[2] + cut[1].start
-        win = image[y0:y0 + comp.shape[0], x0:x0 + comp.shape[1]]
-        at = (py - y0, px - x0)
+        win = self.image[y0:y0 + comp.shape[0], x0:x0 + comp.shape[1]]
+        at = (self.py - y0, self.px - x0)
         edge = inner_edge(comp)
         level = f
-        while (level := level + cfg.plateau_step) < 1.0:
-            core = component(comp & (win > found.bg + level * (peak - found.bg)), at)
+        while (level := level + self.cfg.plateau_step) < 1.0:
+            core = component(comp & (win > found.bg + level * (self.peak - found.bg)), at)
             if core is None:
                 break
             if core.sum() == comp.sum():  # the noise floor cut the component above this level
                 continue
-            kept = with_halo(comp, core, cfg.halo_cover)
+            kept = with_halo(comp, core, self.cfg.halo_cover)
             ends = edge & ~kept
             if not ends.any():
                 break  # what the higher level drops surrounds the core: its flank
-            outer, own = slopes(ends, inner_edge(core), y0, x0)
-            if outer >= cfg.skirt_ratio * own:
+            outer, own = self.slopes(ends, inner_edge(core), y0, x0)
+            if outer >= self.cfg.skirt_ratio * own:
                 break  # ... or ends in an outline, as a target does
             comp, edge = kept, inner_edge(kept)
         out = found.comp.copy()
         out[cut] = comp
         return out
 
-    def window_noise(win: _Window) -> float:
+    def window_noise(self, win: _Window) -> float:
         """:func:`pixel_noise` of ``win``'s pixels (asked again by accept, by the growth's tests
         for the window the search accepts and by the wide windows' test at every fraction:
         computed once)."""
         y0, y1, x0, x1 = win.box
-        if win.box not in noise:
-            noise[win.box] = pixel_noise(image[y0:y1, x0:x1])
-        return noise[win.box]
+        if win.box not in self.noise:
+            self.noise[win.box] = pixel_noise(self.image[y0:y1, x0:x1])
+        return self.noise[win.box]
 
-    def window_bar(win: _Window) -> float:
-        """:func:`noise_bar` of ``win``'s pixels, from their :func:`window_noise`."""
+    def window_bar(self, win: _Window) -> float:
+        """:func:`noise_bar` of ``win``'s pixels, from their :meth:`window_noise`."""
         y0, y1, x0, x1 = win.box
-        return noise_bar(image[y0:y1, x0:x1], window_noise(win))
+        return noise_bar(self.image[y0:y1, x0:x1], self.window_noise(win))
 
-    def noise_bump(win: _Window) -> bool:
+    def noise_bump(self, win: _Window) -> bool:
         """Whether the peak stands no higher above ``win``'s background than noise could
         (:func:`noise_bar`)."""
-        return peak - win.bg <= window_bar(win)
+        return self.peak - win.bg <= self.window_bar(win)
 
-    def accept(half: int, f: float, found: _Window) -> Strict:
+    def accept(self, half: int, f: float, found: _Window) -> Strict:
         # A component found at a raised fraction, or in a window whose band's spread its peak
         # does not clear, yet standing clear of the pixel noise, is a target on a bright
         # structure (every window leaked into it at the lower fractions, or the band lies on its
         # edges): it does not grow into that. A noise bump there is part of a flat top, and grows.
-        if cfg.settle_fraction > 0 and ((f <= fractions[0] and not found.faint) or noise_bump(found)):
-            found = grow(half, f, found)
-        found = found._replace(comp=skirt(found, f))
-        box, comp = tighten(found.box, found.comp, py, px, cfg, H, W)
-        return Strict(box, fill_holes(comp), found.bg, peak)
+        if self.cfg.settle_fraction > 0 and ((f <= self.fractions[0] and not found.faint) or self.noise_bump(found)):
+            found = self.grow(half, f, found)
+        found = found._replace(comp=self.skirt(found, f))
+        box, comp = tighten(found.box, found.comp, self.py, self.px, self.cfg, self.H, self.W)
+        return Strict(box, fill_holes(comp), found.bg, self.peak)
 
-    tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
-    fractions = [cfg.peak_fraction + attempt * cfg.fraction_step for attempt in range(tries)]
-    passed_over = None  # the first window passed over as a structure beside the peak
-    for i, f in enumerate(fractions):
-        for half in cfg.half_sizes:
-            found = window(half, f)
-            if found.comp is None:
-                continue
-            if half != cfg.half_sizes[0] and (escapes(found) or rival(window(cfg.half_sizes[0], f), found, lobes=True)):
-                # a window the smaller ones leaked out of that runs off the image, or holds a
-                # second structure as bright as the peak beyond the first window: leaked too
-                continue
-            if half != cfg.half_sizes[0] and clipped_beside(found):
-                # ... or holds the top of a saturated cloud or sky the peak lies at the rim of
-                continue
-            if half != cfg.half_sizes[0] and beside(half, f, found):
-                # the smaller windows leaked into a bright structure beside the peak that this
-                # one holds whole: a higher fraction or a wider background may isolate the
-                # target. A faint peak's is not even kept in reserve: the image does not tell
-                # that peak from the structure.
-                if not found.faint:
-                    passed_over = passed_over or (half, f, found)
-                continue
-            if i > 0 and noise_bump(found):
-                # every window leaked at the lower fractions into what this bump sits on: the flat
-                # top of a target wider than the windows, whose noise the raised fraction cut up
-                wide = next((w for g in fractions[:i] if (w := wide_target(g)) is not None), None)
-                if wide is not None:
-                    return accept(*wide)
-            return accept(half, f, found)
-        # a long target through the point: the wide windows now, before a higher fraction
-        if long_leak(cfg.half_sizes[-1], f) and (wide := wide_target(f)) is not None:
-            return accept(*wide)
-    if passed_over is not None:
-        return accept(*passed_over)
-    for f in fractions:
-        if (wide := wide_target(f)) is not None:
-            return accept(*wide)
-    box = first_box
-    comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
-    comp[py - box[0], px - box[2]] = True
-    bg = stats[cfg.half_sizes[0]][0] if stats else peak
-    return Strict(box, comp, bg, peak)
+    def run(self) -> Strict:
+        """The strict component (a :class:`Strict`): the first window of ``half_sizes`` that holds
+        one at the lowest fraction that does, accepted and grown (:meth:`accept`); else a
+        structure passed over beside the peak, a wide window standing in, or the peak alone."""
+        first = self.cfg.half_sizes[0]
+        passed_over = None  # the first window passed over as a structure beside the peak
+        for i, f in enumerate(self.fractions):
+            for half in self.cfg.half_sizes:
+                found = self.window(half, f)
+                if found.comp is None:
+                    continue
+                if half != first and (self.escapes(found) or self.rival(self.window(first, f), found, lobes=True)):
+                    # a window the smaller ones leaked out of that runs off the image, or holds a
+                    # second structure as bright as the peak beyond the first window: leaked too
+                    continue
+                if half != first and self.clipped_beside(found):
+                    # ... or holds the top of a saturated cloud or sky the peak lies at the rim of
+                    continue
+                if half != first and self.beside(half, f, found):
+                    # the smaller windows leaked into a bright structure beside the peak that this
+                    # one holds whole: a higher fraction or a wider background may isolate the
+                    # target. A faint peak's is not even kept in reserve: the image does not tell
+                    # that peak from the structure.
+                    if not found.faint:
+                        passed_over = passed_over or (half, f, found)
+                    continue
+                if i > 0 and self.noise_bump(found):
+                    # every window leaked at the lower fractions into what this bump sits on: the flat
+                    # top of a target wider than the windows, whose noise the raised fraction cut up
+                    wide = next((w for g in self.fractions[:i] if (w := self.wide_target(g)) is not None), None)
+                    if wide is not None:
+                        return self.accept(*wide)
+                return self.accept(half, f, found)
+            # a long target through the point: the wide windows now, before a higher fraction
+            if self.long_leak(self.cfg.half_sizes[-1], f) and (wide := self.wide_target(f)) is not None:
+                return self.accept(*wide)
+        if passed_over is not None:
+            return self.accept(*passed_over)
+        for f in self.fractions:
+            if (wide := self.wide_target(f)) is not None:
+                return self.accept(*wide)
+        box = self.first_box
+        comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
+        comp[self.py - box[0], self.px - box[2]] = True
+        bg = self.stats[first][0] if self.stats else self.peak
+        return Strict(box, comp, bg, self.peak)
 
 
 def peak_reach(comp: np.ndarray, box: tuple, py: int, px: int) -> int:
