@@ -4,8 +4,8 @@
 - ``calibrate``: fit a few binarisation settings of the annotator on N ground-truth masks of a
   split (:mod:`d2d_ext.calibrate`), for ``annotate --settings``.
 - ``evaluate``: IoU, nIoU, Pd and Fa of a folder of predicted masks against the ground truth.
-- ``find-bad-pixels``: a bad-pixel map (pixels stuck high) from many frames of one sensor, for
-  ``--bad-pixels`` (:mod:`d2d_ext.sensor`).
+- ``find-bad-pixels``: a bad-pixel map (pixels stuck high, a display's overlay burned in) from
+  many frames of one sensor, for ``--bad-pixels`` (:mod:`d2d_ext.sensor`).
 - ``train``, ``test``, ``select``: the bi-level trainer (:mod:`d2d_ext.bilevel`); ``train`` has
   one option per training setting, made from the fields of
   :class:`~d2d_ext.bilevel.config.TrainConfig` (their defaults and descriptions live there).
@@ -428,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
 
-    b = sub.add_parser("find-bad-pixels", help="a bad-pixel map from many frames of one sensor (pixels stuck high)")
+    b = sub.add_parser("find-bad-pixels", help="a bad-pixel map from many frames of one sensor (pixels stuck high, "
+                                              "a display's overlay burned in)")
     b.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
     b.add_argument("--split", default="all", help="the frames to search (as annotate's --split)")
     b.add_argument("--points", default="centroid", type=_point_source_or_none,
@@ -443,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the least a pixel must stand out by, a fraction of the full range (lower it for raw "
                         "data that uses a small part of its range, e.g. 14-bit values in 16-bit files)")
     b.add_argument("--out", required=True, metavar="MAP.png|FOLDER",
-                   help="the map to write (255 = stuck), for --bad-pixels; a folder: one map per image size, WxH.png")
+                   help="the map to write (255 = bad), for --bad-pixels; a folder: one map per image size, WxH.png")
     b.set_defaults(func=_cmd_find_bad_pixels)
 
     t = sub.add_parser("train", help="train a detector from points (bi-level, or a baseline mode)")

@@ -269,10 +269,20 @@ def evaluate_dataset(root, split: str, pred, progress: bool = True, threshold: f
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.compute().items()}
 
 
+def _overlay_record(overlay: np.ndarray) -> dict | None:
+    """Where a found overlay lies: ``{"pixels", "x": [first, last], "y": [first, last]}`` (its
+    bounding box), or None where there is none."""
+    if not overlay.any():
+        return None
+    ys, xs = np.nonzero(overlay)
+    return {"pixels": int(overlay.sum()), "x": [int(xs.min()), int(xs.max())], "y": [int(ys.min()), int(ys.max())]}
+
+
 def find_bad_pixels(root, split: str, points: str | None, out, size=None, seed: int = 0,
                     share: float = 0.5, min_frames: int = 10, floor: float = 0.05) -> dict:
-    """Find the pixels stuck high in the frames of ``split`` (:class:`~d2d_ext.sensor.HotPixelSearch`)
-    and write them as a bad-pixel map (PNG, 255 = stuck; atomically), for ``--bad-pixels``.
+    """Find the pixels stuck high, and a display's overlay burned in, in the frames of ``split``
+    (:class:`~d2d_ext.sensor.HotPixelSearch`) and write them as a bad-pixel map (PNG, 255 = bad;
+    atomically), for ``--bad-pixels``.
 
     ``out``: an image file (``.png``) takes one sensor's map: the frames of the split's one size,
     or of ``size`` ``(W, H)`` when the split holds several. A folder takes one map per size of at
@@ -283,8 +293,9 @@ def find_bad_pixels(root, split: str, points: str | None, out, size=None, seed: 
     split of several sizes without ``size``, or if no size has ``min_frames`` frames.
 
     Returns the summary dict: ``out``, ``seconds`` and, for a single map, its ``size``,
-    ``frames``, ``pixels`` and ``stuck`` (the ``x``, ``y`` and share of frames of the 100 pixels
-    that stood out most often); for a folder, ``maps``, one such record per map written, and
+    ``frames``, ``pixels`` (all it marks), ``stuck`` (the ``x``, ``y`` and share of frames of the
+    100 stuck pixels that stood out most often) and ``overlay`` (its ``pixels`` and their ``x`` and
+    ``y`` ranges, or None); for a folder, ``maps``, one such record per map written, and
     ``skipped``, the sizes with too few frames.
     """
     ds = IRDataset(root)
@@ -320,11 +331,12 @@ def find_bad_pixels(root, split: str, points: str | None, out, size=None, seed: 
                 search.add(image, near)
         found = search.result(min_frames)
         write_png_atomic(Path(out) / f"{w}x{h}.png" if folder else out, found.map.astype(np.uint8) * 255)
-        ys, xs = np.nonzero(found.map)
+        ys, xs = np.nonzero(found.map & ~found.overlay)
         order = np.argsort(-found.share[ys, xs], kind="stable")
         records.append({"size": [w, h], "frames": len(frames), "pixels": int(found.map.sum()),
                         "stuck": [{"x": int(xs[k]), "y": int(ys[k]), "share": round(float(found.share[ys[k], xs[k]]), 3)}
-                                  for k in order[:100]]})
+                                  for k in order[:100]],
+                        "overlay": _overlay_record(found.overlay)})
     seconds = round(time.perf_counter() - start, 2)
     if not folder:
         return {"out": str(out), **records[0], "seconds": seconds}

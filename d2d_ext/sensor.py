@@ -1,4 +1,4 @@
-"""Stuck sensor pixels: a bad-pixel map, and images repaired from it before anything reads them.
+"""Bad sensor pixels (stuck, or under an overlay burned in): a bad-pixel map, and images repaired from it.
 
 A pixel stuck at the top of the range right beside a target's point takes the point's snap to the
 brightest pixel of its 3x3, and the target's mask shrinks to its core (``benchmarks/RESULTS.md``,
@@ -11,7 +11,11 @@ Without the sensor's map, :class:`HotPixelSearch` (``d2d find-bad-pixels``) make
 frames of the sensor: a pixel stuck high stands out above everything around it at the same place
 in most frames, where a target moves from frame to frame and the scene's bright structures are
 larger than a pixel or two. Only pixels stuck *high* are sought: they are what takes a point's
-snap and looks like a target; a dark pixel does neither.
+snap and looks like a target; a dark pixel does neither. The same search finds a display's
+overlay burned into frames grabbed from a video output (a crosshair, a frame's marks): thin bright
+strokes that hold one value at the same place in most frames, which no scene does through a
+sensor's noise. A target beside such a line takes it in or snaps onto it, as beside a stuck
+pixel, and repaired from its neighbours the line is gone.
 """
 
 from __future__ import annotations
@@ -131,14 +135,18 @@ def repair(image: np.ndarray, bad: np.ndarray) -> np.ndarray:
 
 
 class HotPixels(NamedTuple):
-    """What :meth:`HotPixelSearch.result` found: ``map`` ``(H, W)`` bool, the pixels stuck high;
-    ``share`` ``(H, W)`` float, the share of each pixel's frames in which it stood out; ``frames``
-    ``(H, W)`` int, how many frames each pixel was looked at in (all but those that put a point
-    near it)."""
+    """What :meth:`HotPixelSearch.result` found: ``map`` ``(H, W)`` bool, the bad pixels (stuck
+    high, or of an overlay); ``share`` ``(H, W)`` float, the share of each pixel's frames in which
+    it stood out as a stuck pixel; ``frames`` ``(H, W)`` int, how many frames each pixel was looked
+    at in (all but those that put a point near it); ``overlay`` ``(H, W)`` bool, the pixels of
+    ``map`` found as a burned-in overlay and not as stuck; ``held`` ``(H, W)`` float, the share of
+    each pixel's frames in which it held its value as an overlay's stroke."""
 
     map: np.ndarray
     share: np.ndarray
     frames: np.ndarray
+    overlay: np.ndarray
+    held: np.ndarray
 
 
 class HotPixelSearch:
@@ -153,20 +161,40 @@ class HotPixelSearch:
     ``share`` of its frames. Pixels within ``near`` pixels of a frame's point labels are not looked
     at in that frame, so a target that stays in place over a sequence is never taken for a stuck
     pixel, however often it is labelled there.
+
+    A pixel is also bad where it *holds* as a burned-in overlay's stroke in at least ``share`` of
+    its frames: it stands above both pixels ``reach`` steps away across it (along a row, a column
+    or a diagonal) by that margin, a bright line or mark up to ``reach`` pixels wide, and lies
+    within ``levels`` of the file's grey levels of the brightest value it showed in the frames
+    before. A display draws its overlay at one value whatever the scene behind it; a scene's thin
+    bright structure, even one that stays in place before a staring sensor, moves by the sensor's
+    noise from frame to frame (unless the sensor saturates it, or its noise is about a grey level
+    or less: then it holds its value too, and is found). The brightest value, not the first
+    frame's, is what an overlay holds where frames without it are mixed in, and a grey level of
+    give keeps an overlay found through a lossy coding (JPEG), which moves its pixels by about
+    one. A grey level is the frame's smallest step between values (1/255 in an 8-bit file; a
+    float file's overlay holds exactly).
     """
 
     _RING = np.pad(np.zeros((3, 3), bool), 1, constant_values=True)  # 5x5, the 3x3 left out
     _EIGHT = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], bool)
 
-    def __init__(self, shape, z: float = 6.0, floor: float = 0.05, share: float = 0.5, near: int = 3):
+    def __init__(self, shape, z: float = 6.0, floor: float = 0.05, share: float = 0.5, near: int = 3,
+                 reach: int = 4, levels: float = 1.0):
         self.shape = tuple(int(v) for v in shape)
         if len(self.shape) != 2 or min(self.shape) < 3:
             raise ValueError(f"HotPixelSearch: shape must be (H, W), both at least 3, got {shape}")
         if not 0 < share <= 1:
             raise ValueError(f"HotPixelSearch: share must be in (0, 1], got {share}")
+        if reach < 1 or levels < 0:
+            raise ValueError(f"HotPixelSearch: reach must be at least 1 and levels at least 0, got {reach} and "
+                             f"{levels}")
         self.z, self.floor, self.share, self.near = float(z), float(floor), float(share), int(near)
+        self.reach, self.levels = int(reach), float(levels)
         self.stood_out = np.zeros(self.shape, np.int64)
         self.looked = np.zeros(self.shape, np.int64)
+        self.stroke_held = np.zeros(self.shape, np.int64)
+        self.brightest = np.full(self.shape, -np.inf, np.float32)  # each pixel's brightest value in the frames so far
 
     def add(self, image: np.ndarray, points=()) -> None:
         """One frame: ``image`` ``(H, W)`` in ``[0, 1]``, ``points`` ``(K, 2)`` its point labels
@@ -189,6 +217,26 @@ class HotPixelSearch:
             looked[max(0, cy - r):max(0, cy + r + 1), max(0, cx - r):max(0, cx + r + 1)] = False
         self.stood_out += out & looked
         self.looked += looked
+        held = self._stroke(im, margin)
+        # within the give of the brightest value before (-inf before any frame: the first never holds)
+        held &= np.abs(im - self.brightest) <= (self.levels + 0.5) * self._grey_step(im)
+        self.stroke_held += held & looked
+        np.maximum(self.brightest, np.where(looked, im, -np.inf), out=self.brightest)
+
+    def _stroke(self, im: np.ndarray, margin: float) -> np.ndarray:
+        """``(H, W)`` bool: the pixels that stand above both pixels ``reach`` steps away across
+        them, along a row, a column or either diagonal, by more than ``margin`` (past the frame's
+        edge, the edge pixel repeated): bright lines and marks up to ``reach`` pixels wide, their
+        crossings included (a diagonal runs off both lines of a crosshair)."""
+        d = self.reach
+        H, W = im.shape
+        padded = np.pad(im, d, mode="edge")
+        out = np.zeros(im.shape, bool)
+        for dy, dx in ((d, 0), (0, d), (d, d), (d, -d)):
+            ahead = padded[d + dy:d + dy + H, d + dx:d + dx + W]
+            behind = padded[d - dy:d - dy + H, d - dx:d - dx + W]
+            out |= im - np.maximum(ahead, behind) > margin
+        return out
 
     @staticmethod
     def _ring_max(im: np.ndarray) -> np.ndarray:
@@ -211,6 +259,15 @@ class HotPixelSearch:
         return np.maximum(ring, three[:, 4:], out=ring)
 
     @staticmethod
+    def _grey_step(im: np.ndarray) -> float:
+        """The frame's grey level: the smallest step between its values (0 where it holds one
+        value), read on a regular grid of about 65,536 of its pixels as :meth:`_noise` reads the
+        noise (an 8-bit frame shows all its levels there)."""
+        step = max(1, int(np.sqrt(im.size / 65536)))
+        gaps = np.diff(np.unique(im[::step, ::step]))
+        return float(gaps[gaps > 0].min()) if (gaps > 0).any() else 0.0
+
+    @staticmethod
     def _noise(im: np.ndarray) -> float:
         """The frame's noise: 1.4826 times the median of |pixel - its 3x3 median| (the edge
         pixel repeated beyond the edge), over every pixel of a frame of up to 65,536 pixels and
@@ -226,10 +283,15 @@ class HotPixelSearch:
         return 1.4826 * float(np.median(np.abs(centre - median_of(nine))))
 
     def result(self, min_frames: int = 10) -> HotPixels:
-        """The stuck pixels: those that stood out in at least ``share`` of at least ``min_frames``
-        frames."""
+        """The bad pixels: those that stood out as stuck, or held as an overlay's stroke, in at
+        least ``share`` of at least ``min_frames`` frames."""
+        enough = self.looked >= min_frames
         share = self.stood_out / np.maximum(self.looked, 1)
-        return HotPixels(map=(self.looked >= min_frames) & (share >= self.share), share=share, frames=self.looked.copy())
+        held = self.stroke_held / np.maximum(self.looked, 1)
+        stuck = enough & (share >= self.share)
+        # a stuck pixel holds its value too: the overlay is what holds and is not stuck
+        overlay = enough & (held >= self.share) & ~stuck
+        return HotPixels(map=stuck | overlay, share=share, frames=self.looked.copy(), overlay=overlay, held=held)
 
 
 def _neighbours(im: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:

@@ -830,6 +830,17 @@ def _pooled_iou(reference, folder, ids) -> float:
 
 
 
+def _burn(root, ids, pixels) -> None:
+    """Sets ``pixels`` ((H, W) bool) to 255 in the 8-bit image files ``ids`` of the dataset at
+    ``root``: a sensor's stuck pixels, or a display's overlay, in every frame."""
+    from d2d_ext.files import write_png_atomic
+
+    for i in ids:
+        img = np.round(read_gray(root / "images" / f"{i}.png") * 255).astype(np.uint8)
+        img[pixels] = 255
+        write_png_atomic(root / "images" / f"{i}.png", img)
+
+
 def test_bad_pixel_map_repairs_stuck_pixels_beside_the_points(tmp_path, capsys):
     """A sensor whose stuck pixels lie right beside the targets' points: without the map the points
     snap to them and the masks shrink; with ``--bad-pixels`` the masks are nearly those of the
@@ -845,10 +856,7 @@ def test_bad_pixel_map_repairs_stuck_pixels_beside_the_points(tmp_path, capsys):
     for i in ids:
         for x, y in ds.points(i, "centroid"):
             bad[int(np.floor(y + 0.5)), min(int(np.floor(x + 0.5)) + 1, 127)] = True
-    for i in ids:  # the same sensor for every image: every stuck pixel in every image
-        img = np.round(read_gray(stuck / "images" / f"{i}.png") * 255).astype(np.uint8)
-        img[bad] = 255
-        write_png_atomic(stuck / "images" / f"{i}.png", img)
+    _burn(stuck, ids, bad)  # the same sensor for every image: every stuck pixel in every image
     write_png_atomic(tmp_path / "bad.png", bad.astype(np.uint8) * 255)
 
     annotate_dataset(clean, "all", "centroid", tmp_path / "A", progress=False)
@@ -888,10 +896,7 @@ def test_find_bad_pixels_makes_the_map_that_repairs_them(tmp_path, capsys, monke
     for i in ids[:4]:  # beside the points of a third of the frames, stuck in all of them
         for x, y in ds.points(i, "centroid"):
             bad[int(np.floor(y + 0.5)), min(int(np.floor(x + 0.5)) + 1, 95)] = True
-    for i in ids:
-        img = np.round(read_gray(stuck / "images" / f"{i}.png") * 255).astype(np.uint8)
-        img[bad] = 255
-        write_png_atomic(stuck / "images" / f"{i}.png", img)
+    _burn(stuck, ids, bad)
     assert main(["find-bad-pixels", "--dataset", str(stuck), "--out", str(tmp_path / "found.png")]) == 0
     result = _last_json(capsys.readouterr().out)
     assert result["frames"] == 12 and result["pixels"] == int(bad.sum()) and result["size"] == [96, 96]
@@ -917,6 +922,32 @@ def test_find_bad_pixels_makes_the_map_that_repairs_them(tmp_path, capsys, monke
     assert "1 frame of size 50x40 (WxH), fewer than the 10" in capsys.readouterr().err
     assert main(["find-bad-pixels", "--dataset", str(stuck), "--points", "bogus", "--out", str(tmp_path / "m.png")]) == 2
     assert "invalid point source 'bogus'" in capsys.readouterr().err
+
+
+def test_find_bad_pixels_finds_an_overlay_burned_in_and_the_map_repairs_it(tmp_path, capsys):
+    """Frames grabbed with a display's crosshair burned in at the top of the range, through the
+    middle where the targets lie: ``find-bad-pixels`` finds the crosshair (reported as an overlay,
+    with its box, and no stuck pixel), and ``annotate --bad-pixels`` with its map gives masks
+    nearer the clean frames' than without it."""
+    clean = write_dataset(tmp_path / "clean" / "SYN", n_images=12, seed=6, height=96, width=96)
+    marked = write_dataset(tmp_path / "marked" / "SYN", n_images=12, seed=6, height=96, width=96)
+    ids = IRDataset(clean).ids("all")
+    cross = np.zeros((96, 96), bool)
+    cross[47, 10:86] = cross[10:86, 47] = True
+    _burn(marked, ids, cross)
+    assert main(["find-bad-pixels", "--dataset", str(marked), "--out", str(tmp_path / "found.png")]) == 0
+    result = _last_json(capsys.readouterr().out)
+    assert result["overlay"] == {"pixels": int(cross.sum()), "x": [10, 85], "y": [10, 85]}
+    assert result["stuck"] == [] and result["pixels"] == int(cross.sum())
+    assert np.array_equal(read_gray(tmp_path / "found.png") > 0, cross)
+    assert main(["find-bad-pixels", "--dataset", str(clean), "--out", str(tmp_path / "none.png")]) == 0
+    assert _last_json(capsys.readouterr().out)["overlay"] is None
+
+    annotate_dataset(clean, "all", "centroid", tmp_path / "A", progress=False)
+    annotate_dataset(marked, "all", "centroid", tmp_path / "B", progress=False)
+    annotate_dataset(marked, "all", "centroid", tmp_path / "C", progress=False, bad_pixels=tmp_path / "found.png")
+    without, with_map = (_pooled_iou(tmp_path / "A", tmp_path / f, ids) for f in "BC")
+    assert without < with_map and with_map > 0.9
 
 
 def test_find_bad_pixels_writes_a_map_per_sensor_into_a_folder(tmp_path, capsys):

@@ -864,6 +864,34 @@ def test_reticle_crosses_the_middle_and_spares_the_targets():
         probe_sweep.probe_args("--reticle -1", ["--data", "/nonexistent", "--synthetic-seeds", ""])
 
 
+def test_find_map_repairs_the_sizes_with_enough_frames():
+    """``--reticle W --find-map`` (:func:`annotation_datasets.repair_from_found`): the crosshair of
+    the 12 frames of one size is found by the search and repaired from its neighbours (the rest of
+    each frame as it was); the 3 frames of another size, too few for a map, stay as they are; a
+    probe asking for it without --reticle, or with --repair, is refused."""
+    rng = np.random.default_rng(2)
+    frames = [(0.3 * rng.random((24, 24))).astype(np.float32) for _ in range(12)]
+    others = [(0.3 * rng.random((16, 20))).astype(np.float32) for _ in range(3)]
+    images = frames + others
+    pts = [np.array([[3.0, 3.0]]) for _ in images]
+    s = annotation_datasets.EvalSet("t", [str(k) for k in range(15)], images, pts,
+                                    [np.zeros(im.shape, bool) for im in images])
+    annotation_datasets.add_reticle(s, 1)
+    burned = list(s.images)
+    found = annotation_datasets.repair_from_found(s)
+    line = np.zeros((24, 24), bool)
+    line[11, :] = line[:, 11] = True
+    assert found == {(24, 24): int(line.sum())}
+    for before, after, clean in zip(burned[:12], s.images[:12], frames):
+        assert (before[line] == 1.0).all() and after[line].max() <= 0.3
+        np.testing.assert_array_equal(after[~line], clean[~line])
+    for before, after in zip(burned[12:], s.images[12:]):
+        assert after is before
+    for probe in ("--find-map", "--reticle 1 --repair --find-map"):
+        with pytest.raises(ValueError, match="--find-map needs --reticle"):
+            probe_sweep.probe_args(probe, ["--data", "/nonexistent", "--synthetic-seeds", ""])
+
+
 def test_probe_sweep_names_each_loss_beyond_the_limit():
     """Between two sweeps: every set and probe that fell by more than LOSS, most first, and the
     largest gain; pairs only one sweep holds are passed over."""
@@ -927,13 +955,13 @@ def test_probe_sweep_table_cache_and_against(dataset, tmp_path, capsys):
 
 def test_bad_pixel_search_table(tmp_path, capsys):
     """Synthetic frames only (an empty --data): nothing found on the clean frames, every stuck
-    pixel found at each level, none falsely."""
+    pixel found at each level and every pixel of each crosshair, none falsely."""
     (tmp_path / "data").mkdir()
     assert bad_pixel_search.main(["--data", str(tmp_path / "data"), "--scenes", "12"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| synthetic")]
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells[1:3] == ["12", "0"] and float(cells[3]) < 0.5
-    assert cells[4:] == ["37 of 37, 0 false"] * 3
+    assert cells[1:3] == ["12", "0"] and float(cells[3]) < 0.5 and float(cells[4]) < 0.5
+    assert cells[5:] == ["37 of 37, 0 false"] * 3 + ["511 of 511, 0 false", "1527 of 1527, 0 false"]
 
 
 def test_setup_cost_splits_a_call(capsys):

@@ -4,7 +4,7 @@
         [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft [--soft-odds P,Q]]
         [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE]
-        [--reticle W [--repair]] [--crop SIZE]
+        [--reticle W [--repair | --find-map]] [--crop SIZE]
         [--mosaic N [--mosaic-gap G]] [--jitter N] [--zoom F] [--shrink F] [--blur SIGMA] [--smear L] [--noise F]
         [--stripes F] [--row-stripes F]
         [--jpeg Q] [--equalize global|local] [--ramp F] [--levels N]
@@ -55,7 +55,8 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 ``--reticle W`` burns a crosshair W pixels wide, at 1, through every image's middle, never over a
 target's pixels (:func:`add_reticle`: a display's on-screen overlay that a frame grabbed from a
 camera's video output carries; ``--repair`` then repairs its pixels from the overlay's map, as
-``d2d annotate --bad-pixels`` does). ``--pad N`` pads every image by N pixels of 0
+``d2d annotate --bad-pixels`` does, and ``--find-map`` from the map that ``d2d find-bad-pixels``'
+search makes of the set's own frames: :func:`repair_from_found`). ``--pad N`` pads every image by N pixels of 0
 (``--pad-median``: of its median) on each side, last (:func:`pad_set`): a picture letterboxed into
 a video frame, or images padded to one size; ``--pad-noise SD`` puts Gaussian noise of that
 deviation in the padding (the dark bars of a frame captured from a camera's video output, which
@@ -127,6 +128,7 @@ from d2d_ext.data import DataError, IRDataset
 from d2d_ext.metrics import EIGHT_CONNECTED, ISTDMetrics, match_targets
 from d2d_ext.morphology import grow
 from d2d_ext.points import centroid_points, coarse_points, point_pixel
+from d2d_ext.sensor import HotPixelSearch
 from d2d_ext.sensor import repair as repair_pixels
 from d2d_ext.synthetic import make_scene
 from d2d_ext.windows import pixel_noise
@@ -608,6 +610,28 @@ def add_reticle(s: EvalSet, width: int, repair: bool = False) -> None:
     s.images = images
 
 
+def repair_from_found(s: EvalSet, min_frames: int = 10) -> dict:
+    """Repairs the images of ``s`` from the bad-pixel maps that ``d2d find-bad-pixels``' search
+    (:class:`d2d_ext.sensor.HotPixelSearch`, its defaults, the set's points) makes of the set's own
+    frames, one per image size of at least ``min_frames`` frames (one sensor's); images of other
+    sizes stay as they are. Returns ``{(H, W): pixels mapped}`` for the sizes searched."""
+    sizes = {}
+    for k, image in enumerate(s.images):
+        sizes.setdefault(image.shape, []).append(k)
+    found = {}
+    for shape, ks in sizes.items():
+        if len(ks) < min_frames:
+            continue
+        search = HotPixelSearch(shape)
+        for k in ks:
+            search.add(s.images[k], s.points[k])
+        bad = search.result(min_frames).map
+        found[shape] = int(bad.sum())
+        if bad.any():
+            s.images = [repair_pixels(im, bad) if k in ks else im for k, im in enumerate(s.images)]
+    return found
+
+
 def add_sensor_noise(s: EvalSet, white: float = 0.0, stripes: float = 0.0, seed: int = 0,
                      row_stripes: float = 0.0) -> None:
     """Adds to every image of ``s`` Gaussian noise of ``white`` times the image's own pixel noise
@@ -903,6 +927,9 @@ def argument_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repair", action="store_true",
                     help="with --hot or --reticle: repair those pixels from their map before annotating "
                          "(annotate --bad-pixels)")
+    ap.add_argument("--find-map", action="store_true",
+                    help="with --reticle: repair the images from the map find-bad-pixels' search makes of the "
+                         "set's own frames (one per image size of at least 10 frames; other sizes as they are)")
     ap.add_argument("--points", choices=("centroid", "coarse"), default="centroid",
                     help="centroid: the LESPS centroid points (the datasets' own, the scenes'); coarse: LESPS "
                          "coarse points drawn from every ground-truth mask (seed 0), off the centroid by about "
@@ -991,6 +1018,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error(f"--saturate must be a block's side in pixels >= 0, got {args.saturate}")
     if args.reticle < 0:
         ap.error(f"--reticle must be a line's width in pixels >= 0, got {args.reticle}")
+    if args.find_map and (not args.reticle or args.repair):
+        ap.error("--find-map needs --reticle, and not --repair")
     if args.smear < 0:
         ap.error(f"--smear must be a whole number of pixels >= 0, got {args.smear}")
     if args.levels and args.levels < 2:
@@ -1075,6 +1104,8 @@ def probe_sets(args: argparse.Namespace, sets: list | None = None) -> list:
     if args.reticle:
         for s in sets:
             add_reticle(s, args.reticle, repair=args.repair)
+            if args.find_map:
+                repair_from_found(s)
     if args.pad:
         sets = [pad_set(s, args.pad, args.pad_median, args.pad_noise) for s in sets]
         if args.pad_jpeg:  # the file codes the whole frame, padding and picture together
@@ -1103,7 +1134,8 @@ def probe_description(args: argparse.Namespace) -> str:
     grown += (f"; a {args.saturate}x{args.saturate} block set to 1, {SATURATE_CLEAR} px from every target"
               if args.saturate else "")
     grown += (f"; a crosshair {args.reticle} px wide at 1 through every image's middle"
-              f"{', repaired from its map' if args.repair else ''}" if args.reticle else "")
+              f"{', repaired from its map' if args.repair else ''}"
+              f"{', repaired from the map found in the set' if args.find_map else ''}" if args.reticle else "")
     grown += (f"; every image padded by {args.pad} px of {'its median' if args.pad_median else '0'}"
               + (f" with noise of deviation {args.pad_noise}" if args.pad_noise else "")
               + (f", then through 8-bit JPEG at quality {args.pad_jpeg}" if args.pad_jpeg else "") if args.pad else "")

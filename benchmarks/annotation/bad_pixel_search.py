@@ -10,8 +10,11 @@ clean frames, then on the same frames with stuck pixels at the same places in ev
 drawn at random (seed 0), a pair of neighbours, a 2x2 cluster and one on the border, stuck at the
 top of the range (``max(v, 1)``) or at an offset over the scene (``min(v + d, 1)``). A stuck pixel
 inside a saturated area is no different from its neighbours there, so it cannot be found (and
-does no harm). Reported: pixels found on the clean frames (false), stuck pixels found, false ones
-beside them, and the largest share of frames in which a clean pixel stood out (the rule asks 0.5).
+does no harm). Then with a display's overlay burned in instead: a crosshair through the frame's
+middle, 1 or 3 pixels wide, at the top of the range over everything (targets included).
+Reported: pixels found on the clean frames (false), stuck or overlay pixels found, false ones
+beside them, and the largest share of frames in which a clean pixel stood out, or held as an
+overlay's stroke (the rule asks 0.5 of either).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from d2d_ext.sensor import HotPixelSearch
 from d2d_ext.synthetic import make_scene
 
 LEVELS = (("top of the range", None), ("+0.3", 0.3), ("+0.15", 0.15))
+CROSSHAIRS = (1, 3)  # widths of the overlays' lines, pixels
 
 
 def stuck_map(shape, seed: int = 0) -> np.ndarray:
@@ -44,6 +48,15 @@ def stuck_map(shape, seed: int = 0) -> np.ndarray:
     stuck[2 * H // 3:2 * H // 3 + 2, W // 2:W // 2 + 2] = True
     stuck[H - 1, W // 4] = True
     return stuck
+
+
+def crosshair(shape, width: int) -> np.ndarray:
+    """A crosshair's pixels: a row and a column ``width`` pixels wide through the middle."""
+    H, W = shape
+    line = np.zeros(shape, bool)
+    line[(H - width) // 2:(H + width) // 2] = True
+    line[:, (W - width) // 2:(W + width) // 2] = True
+    return line
 
 
 def frames_of(root: Path):
@@ -76,13 +89,15 @@ def main(argv=None) -> int:
     for name, frames in sets:
         clean = search(frames)
         stuck = stuck_map(frames[0][0].shape)
-        row = [name, str(len(frames)), str(int(clean.map.sum())), f"{clean.share.max():.3f}"]
-        for _, offset in LEVELS:
-            found = search(frames, stuck, offset).map
-            row.append(f"{int((found & stuck).sum())} of {int(stuck.sum())}, {int((found & ~stuck).sum())} false")
+        row = [name, str(len(frames)), str(int(clean.map.sum())), f"{clean.share.max():.3f}", f"{clean.held.max():.3f}"]
+        marked = [(stuck, offset) for _, offset in LEVELS] + [(crosshair(stuck.shape, w), None) for w in CROSSHAIRS]
+        for bad, offset in marked:
+            found = search(frames, bad, offset).map
+            row.append(f"{int((found & bad).sum())} of {int(bad.sum())}, {int((found & ~bad).sum())} false")
         rows.append(row)
-    header = ["set", "frames", "found on clean frames", "largest share, clean"] + [f"stuck: {n}" for n, _ in LEVELS]
-    emit(f"find-bad-pixels on clean frames and on frames with stuck pixels; command: `{command_line()}`",
+    header = (["set", "frames", "found on clean frames", "largest share, clean", "largest held, clean"]
+              + [f"stuck: {n}" for n, _ in LEVELS] + [f"overlay: crosshair {w} px" for w in CROSSHAIRS])
+    emit(f"find-bad-pixels on clean frames, and on frames with stuck pixels or an overlay; command: `{command_line()}`",
          header, rows, args.out)
     return 0
 
