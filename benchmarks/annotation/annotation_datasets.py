@@ -56,9 +56,9 @@ uncorrected hot pixels); ``--repair`` then repairs them from their map before an
 target's pixels (:func:`add_reticle`: a display's on-screen overlay that a frame grabbed from a
 camera's video output carries; ``--repair`` then repairs its pixels from the overlay's map, as
 ``d2d annotate --bad-pixels`` does, and ``--find-map`` from the map that ``d2d find-bad-pixels``'
-search makes of the set's own frames: :func:`repair_from_found`). ``--pad N`` pads every image by N pixels of 0
-(``--pad-median``: of its median) on each side, last (:func:`pad_set`): a picture letterboxed into
-a video frame, or images padded to one size; ``--pad-noise SD`` puts Gaussian noise of that
+search makes of the set's own frames: :func:`repair_from_found`). ``--pad N`` pads every image by
+N pixels of 0 (``--pad-median``: of its median) on each side, last (:func:`pad_set`): a picture
+letterboxed into a video frame, or images padded to one size; ``--pad-noise SD`` puts Gaussian noise of that
 deviation in the padding (the dark bars of a frame captured from a camera's video output, which
 are no longer one value, so that the picture's bright regions end inside the frame);
 ``--pad-jpeg Q`` then writes every padded frame as 8-bit JPEG at quality Q, padding and picture
