@@ -88,7 +88,7 @@ from .morphology import component, fill_holes, grow, label, split_at_valleys, ta
 from .picture import picture_box
 from .spans import Span
 from .stripes import AXES, destripe
-from .windows import FrameTop, check_points, find_peak, outer_band, snap, strict_component, window_box
+from .windows import FrameTop, Step, check_points, find_peak, outer_band, snap, strict_component, window_box
 
 __all__ = [
     "AnnotatorConfig",
@@ -112,6 +112,9 @@ __all__ = [
     "crop_maps",
     "fuse_prior",
     "point_pixel",
+    "TargetTrace",
+    "Step",
+    "explain_targets",
 ]
 
 
@@ -449,6 +452,29 @@ def superpixel_prior(image: np.ndarray, box: tuple, py: int, px: int, cfg: Annot
     return seg == seg[py - box[0], px - box[2]]
 
 
+def _picture_and_peaks(image: np.ndarray, pts, b: int, cfg: AnnotatorConfig, seconds: dict) -> tuple:
+    """What the targets of image ``b`` of a batch are read from: ``(picture, points, corner,
+    peaks)``, the picture (float32; its padding left out, :func:`~d2d_ext.picture.picture_box`,
+    and its column pattern removed, :func:`~d2d_ext.stripes.destripe`), the points ``(K, 2)`` in
+    it, its top-left pixel ``(row, col)`` in the frame and each point's peak ``(row, col)`` in it
+    (:func:`~d2d_ext.windows.find_peak`, never moved onto another point's). Adds each stage's time
+    to ``seconds``."""
+    image = image.astype(np.float32, copy=False)
+    pts = check_points(pts, image.shape, b)
+    t0 = time.perf_counter()
+    y0, y1, x0, x1 = picture_box(image, pts)
+    if (y1 - y0, x1 - x0) != image.shape:  # the target's frame is the picture, not its padding
+        image, pts = image[y0:y1, x0:x1], pts - np.array([x0, y0], pts.dtype)
+    seconds["picture"] += time.perf_counter() - t0
+    if len(pts) and cfg.destripe != "none":
+        t0 = time.perf_counter()
+        image = destripe(image, cfg.destripe)
+        seconds["destripe"] += time.perf_counter() - t0
+    near = [snap(image, x, y, cfg.snap_radius) for x, y in pts]
+    peaks = [find_peak(image, x, y, cfg, near[:k] + near[k + 1:]) for k, (x, y) in enumerate(pts)]
+    return image, pts, (y0, x0), peaks
+
+
 def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], config: AnnotatorConfig | None = None,
                     lazy: bool = False) -> TargetBatch:
     """Image-only work for every target of a batch of images (steps 1, 2's features and 4).
@@ -471,23 +497,11 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"annotate: image {b} must have shape (H, W), got {image.shape}")
-        image = image.astype(np.float32, copy=False)
-        pts = check_points(pts, image.shape, b)
         frames.append(tuple(image.shape))
-        t0 = time.perf_counter()
-        y0, y1, x0, x1 = picture_box(image, pts)
-        corners.append((y0, x0))
-        if (y1 - y0, x1 - x0) != image.shape:  # the target's frame is the picture, not its padding
-            image, pts = image[y0:y1, x0:x1], pts - np.array([x0, y0], pts.dtype)
-        seconds["picture"] += time.perf_counter() - t0
-        if len(pts) and cfg.destripe != "none":
-            t0 = time.perf_counter()
-            image = destripe(image, cfg.destripe)
-            seconds["destripe"] += time.perf_counter() - t0
+        image, pts, corner, peaks = _picture_and_peaks(image, pts, b, cfg, seconds)
+        corners.append(corner)
         shapes.append(tuple(image.shape))
         arrays.append(image)
-        near = [snap(image, x, y, cfg.snap_radius) for x, y in pts]
-        peaks = [find_peak(image, x, y, cfg, near[:k] + near[k + 1:]) for k, (x, y) in enumerate(pts)]
         top = FrameTop(image)
         for (x, y), (py, px) in zip(pts, peaks):
             rows.append(_prepare_target(image, b, point_pixel(x, y, *image.shape), py, px,
@@ -954,6 +968,42 @@ def mask_soft_labels(batch: TargetBatch, soft: torch.Tensor, masks: list, odds: 
 SOFT_STYLES = ("field", "mask")
 
 
+class TargetTrace(NamedTuple):
+    """How one target got its mask (:func:`explain_targets`)."""
+
+    point: tuple  # (x, y) of its point in the frame, as given
+    peak: tuple  # (x, y) of the pixel the point moved to (step 1), in the frame
+    steps: list  # the window search's decisions (Step, from d2d_ext.windows), in order
+    strict: int  # pixels of its strict component
+    mask: int  # pixels of its mask (the component of the image's mask that holds its peak)
+
+
+def explain_targets(image: np.ndarray, points: np.ndarray, config: AnnotatorConfig | None = None,
+                    params: DiffusionParams | None = None) -> list:
+    """Why each target of one image ``(H, W)`` in [0, 1] with points ``(K, 2)`` (x, y) gets its
+    mask: a :class:`TargetTrace` per point, the window search's decisions read on what the
+    annotator reads (the picture inside its padding, its column pattern removed) and the mask of
+    :meth:`Annotator.annotate` at ``config`` and ``params``. For a reader who asks why a mask
+    took a cloud or kept only a peak; the masks are not changed by asking."""
+    cfg = config or AnnotatorConfig()
+    frame = np.asarray(image)
+    if frame.ndim != 2:
+        raise ValueError(f"explain: the image must have shape (H, W), got {frame.shape}")
+    seconds = {"picture": 0.0, "destripe": 0.0}
+    picture, pts, (y0, x0), peaks = _picture_and_peaks(frame, points, 0, cfg, seconds)
+    mask = Annotator(cfg, params).annotate([frame], [np.asarray(points, np.float64).reshape(-1, 2)])[0]
+    labels, _ = label(mask)
+    top = FrameTop(picture)
+    out = []
+    for (x, y), (py, px) in zip(pts, peaks):
+        steps = []
+        strict = strict_component(picture, py, px, cfg, [q for q in peaks if q != (py, px)], top, steps)
+        k = labels[py + y0, px + x0]
+        out.append(TargetTrace((float(x + x0), float(y + y0)), (px + x0, py + y0), steps, int(strict.comp.sum()),
+                               int((labels == k).sum()) if k else 0))
+    return out
+
+
 class Annotator:
     """Single points to pseudo-masks, batched over images (see the module docstring).
 
@@ -979,6 +1029,11 @@ class Annotator:
         masks read are computed (those of :func:`leaking_targets`, or of ``batch.ready``), which
         keeps the trainer's label updates after each ``theta`` step cheap."""
         return self.masks_and_soft(batch, fields=False)[0]
+
+    def explain(self, image: np.ndarray, points: np.ndarray) -> list:
+        """Why each target of one image gets its mask: :func:`explain_targets` at this
+        annotator's settings and ``theta``."""
+        return explain_targets(image, points, self.config, self.params)
 
     def annotate(self, images: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> list:
         """``B`` images ``(H, W)`` in [0, 1] and their points ``(K, 2)`` (x, y) -> ``B`` bool masks.

@@ -6,6 +6,8 @@
 - ``evaluate``: IoU, nIoU, Pd and Fa of a folder of predicted masks against the ground truth.
 - ``find-bad-pixels``: a bad-pixel map (pixels stuck high, a display's overlay burned in) from
   many frames of one sensor, for ``--bad-pixels`` (:mod:`d2d_ext.sensor`).
+- ``explain``: why each target of an image gets its mask, the window search's decisions
+  (:meth:`d2d_ext.annotate.Annotator.explain`).
 - ``train``, ``test``, ``select``: the bi-level trainer (:mod:`d2d_ext.bilevel`); ``train`` has
   one option per training setting, made from the fields of
   :class:`~d2d_ext.bilevel.config.TrainConfig` (their defaults and descriptions live there).
@@ -39,7 +41,7 @@ import time
 from pathlib import Path
 
 from .files import DataError, json_line, write_bytes_atomic
-from .jobs import annotate_dataset, evaluate_dataset, find_bad_pixels
+from .jobs import annotate_dataset, evaluate_dataset, explain_images, find_bad_pixels
 from .spans import Span, finite_number
 
 
@@ -93,6 +95,21 @@ def _cmd_find_bad_pixels(args) -> dict:
     return find_bad_pixels(args.dataset, args.split, None if args.points == "none" else args.points, args.out,
                            size=args.size, seed=args.seed, share=args.share, min_frames=args.min_frames,
                            floor=args.floor)
+
+
+def _cmd_explain(args) -> dict:
+    from .annotate import Annotator, DiffusionParams, Step
+
+    result = explain_images(args.dataset, args.image, args.points, seed=args.seed,
+                            annotator=Annotator(_annotator_config(args), DiffusionParams()), bad_pixels=args.bad_pixels)
+    if not args.json:
+        for image in result["images"]:
+            for k, t in enumerate(image["targets"]):
+                print(f"{image['id']} target {k}: point (x={t['point'][0]}, y={t['point'][1]}), peak "
+                      f"(x={t['peak'][0]}, y={t['peak'][1]}); strict component {t['strict']} px, mask {t['mask']} px")
+                for step in t["steps"]:
+                    print(f"  {Step(**step)}")
+    return result
 
 
 def _size(value: str) -> tuple:
@@ -446,6 +463,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="MAP.png|FOLDER",
                    help="the map to write (255 = bad), for --bad-pixels; a folder: one map per image size, WxH.png")
     b.set_defaults(func=_cmd_find_bad_pixels)
+
+    x = sub.add_parser("explain", help="why each target of an image gets its mask: the window search's decisions")
+    x.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
+    x.add_argument("--image", required=True, action="append", metavar="ID", help="an image's id (repeat for more)")
+    x.add_argument("--points", default="centroid", type=_point_source, help="point source, as annotate's --points")
+    x.add_argument("--seed", type=_within(SEED), default=0, help="seed of gen-coarse points")
+    _add_annotator_options(x, "of the masks explained")
+    x.add_argument("--bad-pixels", metavar="MAP.png", help=BAD_PIXELS_HELP)
+    x.add_argument("--json", action="store_true", help="only the JSON line on stdout")
+    x.set_defaults(func=_cmd_explain)
 
     t = sub.add_parser("train", help="train a detector from points (bi-level, or a baseline mode)")
     t.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")

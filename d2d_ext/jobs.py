@@ -269,6 +269,27 @@ def evaluate_dataset(root, split: str, pred, progress: bool = True, threshold: f
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.compute().items()}
 
 
+def explain_images(root, ids, points: str, seed: int = 0, annotator=None, bad_pixels=None) -> dict:
+    """Why each target of the images ``ids`` of the dataset at ``root`` gets its mask
+    (:meth:`d2d_ext.annotate.Annotator.explain`, with the point labels of ``points``, and the
+    images repaired from ``bad_pixels`` as ``annotate`` repairs them). Returns ``{"images": [{"id",
+    "targets": [{"point": [x, y], "peak": [x, y], "strict", "mask", "steps": [{"stage", "half",
+    "fraction", "pixels", "outcome"}]}]}]}``: each point, the pixel it moved to, the pixels of its
+    strict component and of its mask, and the window search's decisions in order. Nothing is
+    written."""
+    from .annotate import Annotator
+
+    ds = IRDataset(root, bad_pixels=bad_pixels)
+    annotator = annotator or Annotator()
+    images = []
+    for i in ids:
+        traces = annotator.explain(ds.load_image(i), ds.points(i, points, seed))
+        images.append({"id": str(i), "targets": [
+            {"point": [round(t.point[0], 2), round(t.point[1], 2)], "peak": list(t.peak), "strict": t.strict,
+             "mask": t.mask, "steps": [step._asdict() for step in t.steps]} for t in traces]})
+    return {"images": images}
+
+
 def _overlay_record(overlay: np.ndarray) -> dict | None:
     """Where a found overlay lies: ``{"pixels", "x": [first, last], "y": [first, last]}`` (its
     bounding box), or None where there is none."""

@@ -171,7 +171,9 @@ The search, in order (:func:`strict_component`):
 
 The result, the *strict component*, never depends on ground truth: the window size comes from
 the image around the point. Everything here reads the image and the points only; the settings
-are an :class:`d2d_ext.annotate.AnnotatorConfig`.
+are an :class:`d2d_ext.annotate.AnnotatorConfig`. The search (:class:`_Search`, each test one of
+its methods) records each decision it takes, a :class:`Step`, where asked to
+(``strict_component(trace=...)``, ``d2d explain``).
 """
 
 from __future__ import annotations
@@ -188,7 +190,8 @@ from .points import INSIDE_RULE, point_pixel, points_inside
 if TYPE_CHECKING:  # the settings' class lives with the annotator, which imports this module
     from .annotate import AnnotatorConfig
 
-__all__ = ["Strict", "FrameTop", "snap", "find_peak", "strict_component", "check_points", "window_box", "outer_band"]
+__all__ = ["Strict", "Step", "FrameTop", "snap", "find_peak", "strict_component", "check_points", "window_box",
+           "outer_band"]
 
 # step 6: how many times longer than wide a wide window's component that runs through the first
 # window's band must be to count as a long thin target (see morphology.elongation)
@@ -354,6 +357,20 @@ class Strict(NamedTuple):
     peak: float  # the peak's intensity
 
 
+class Step(NamedTuple):
+    """One decision of the window search, as :func:`strict_component` records it in ``trace``."""
+
+    stage: str  # "window" (steps 2, 4 to 6), "grow" (step 3), "skirt" (step 7) or "result"
+    half: int  # the window's half-size
+    fraction: float  # the fraction of the peak's amplitude its threshold was read at
+    pixels: int  # its component's pixels, band or not (0 where it has none)
+    outcome: str  # what the search made of it, in words
+
+    def __str__(self) -> str:
+        return (f"{self.stage:6s} half-size {self.half:3d}, fraction {self.fraction:.2f}, {self.pixels:6d} px: "
+                f"{self.outcome}")
+
+
 class FrameTop:
     """The largest value of one frame, read the first time one of its targets' searches asks for
     it (a clipped plateau's level) and then kept: a frame's targets share one (a 1920x1080 frame
@@ -393,7 +410,7 @@ class _Window(NamedTuple):
 
 
 def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = (),
-                     top: FrameTop | None = None) -> Strict:
+                     top: FrameTop | None = None, trace: list | None = None) -> Strict:
     """Leak-guarded threshold component of the peak at ``(py, px)`` (a :class:`Strict`).
 
     The first window of ``half_sizes`` that holds a component is accepted, then grown through the
@@ -402,9 +419,11 @@ def strict_component(image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, 
     targets' peaks ``(row, col)`` in this image) would merge two targets and is not taken. If no
     window of ``half_sizes`` holds a component at any fraction, the ``wide_half_sizes`` are tried
     too; if none does, the component is the peak pixel. ``top``: the image's :class:`FrameTop`
-    where its targets share one.
+    where its targets share one. ``trace``: a list that receives each decision of the search, a
+    :class:`Step` (the windows tried and why each was passed over, the growth's windows, the
+    skirt dropped, the result), for a reader who asks why a target got its mask.
     """
-    return _Search(image, py, px, cfg, others, top).run()
+    return _Search(image, py, px, cfg, others, top, trace).run()
 
 
 class _Search:
@@ -415,8 +434,9 @@ class _Search:
     stand-in and the growth): each is computed once, the first time it is asked for."""
 
     def __init__(self, image: np.ndarray, py: int, px: int, cfg: AnnotatorConfig, others: Sequence = (),
-                 top: FrameTop | None = None):
+                 top: FrameTop | None = None, trace: list | None = None):
         self.image, self.py, self.px, self.cfg, self.others = image, py, px, cfg, others
+        self.trace = trace  # a list that receives a Step for each decision, or None
         self.H, self.W = image.shape
         self.peak = float(image[py, px])
         self.first_box = window_box(py, px, cfg.half_sizes[0], self.H, self.W)
@@ -427,6 +447,15 @@ class _Search:
         self.clip_area = (2 * cfg.half_sizes[0] + 1) ** 2  # a clipped plateau larger than the first window
         tries = max(1, math.ceil((1.0 - cfg.peak_fraction) / cfg.fraction_step - 1e-9)) if cfg.fraction_step > 0 else 1
         self.fractions = [cfg.peak_fraction + attempt * cfg.fraction_step for attempt in range(tries)]
+
+    def note(self, stage: str, half: int, f: float, win: _Window | np.ndarray | None, outcome: str) -> None:
+        """Records a decision in ``trace`` (a :class:`Step`; nothing without a trace): ``win``
+        is the window decided on (its component's pixels, band or not, are counted), a component
+        itself, or None."""
+        if self.trace is None:
+            return
+        comp = win if win is None or isinstance(win, np.ndarray) else win.comp if win.comp is not None else win.whole
+        self.trace.append(Step(stage, half, round(float(f), 4), 0 if comp is None else int(comp.sum()), outcome))
 
     def larger(self, half: int) -> list:
         """The configured half-sizes above ``half``, in the order they are tried."""
@@ -630,34 +659,65 @@ class _Search:
         leaked = found  # the largest window passed since found whose component leaked
         held = None  # pixels of the last component that held the target apart since found
         for nxt in self.larger(half):
-            if window_box(self.py, self.px, nxt, self.H, self.W) == found.box:  # the image's edge stops the growth
+            if window_box(self.py, self.px, nxt, self.H, self.W) == found.box:
+                self.note("grow", nxt, f, None, "the image's edge stops the growth")
                 break
             cand = self.window(nxt, f)
             settled = found.bg - cand.bg <= self.cfg.settle_fraction * (top - cand.bg)
             if settled and not found.faint:
+                self.note("grow", nxt, f, cand, "the band has settled: the growth ends")
                 break
             if cand.comp is not None and self.plateau(nxt, f, cand):
+                self.note("grow", nxt, f, cand, "a plateau: passed over")
                 continue
             if not self.larger(nxt) and not self.hull_top(found):
                 # the largest window, which no larger one tests for stability (see stable)
+                self.note("grow", nxt, f, cand, "the largest window, and no hull's top to grow from: the growth ends")
                 break
-            if (cand.comp is not None and not cand.faint and self.covers(cand, found) and not self.merges(cand)
-                    and not self.rival(found, cand, quieter=found.faint)
-                    and not any(e and not f0 for e, f0 in zip(self.touches_edge(cand), self.touches_edge(found)))
-                    and self.stable(nxt, f, cand) and not self.clipped_beside(cand)
-                    # stepping over windows that leaked: a hull lies on their bands too, or is no
-                    # longer than a compact target; a long band (a cloud bank, a ridge) the target
-                    # sits in crosses them on two sides only
-                    and (leaked is found or self.covers(cand, leaked) or elongation(cand.comp) < 2 * LONG_ASPECT)):
+            why = self.refusal(f, found, leaked, nxt, cand)
+            if why is None:
                 if held is not None and cand.comp.sum() > APART_GROWTH * held:
-                    break  # the region the target lies on
+                    self.note("grow", nxt, f, cand, "the region the target stood apart on: the growth ends")
+                    break
+                self.note("grow", nxt, f, cand, "taken")
                 found = leaked = cand
                 held = None
             elif cand.comp is None:
+                self.note("grow", nxt, f, cand, f"not taken ({why})")
                 leaked = cand
             elif self.apart(nxt, f, found, cand):
+                self.note("grow", nxt, f, cand, f"not taken ({why}); the target stands apart in it")
                 held = int(cand.comp.sum())
+            else:
+                self.note("grow", nxt, f, cand, f"not taken ({why})")
         return found
+
+    def refusal(self, f: float, found: _Window, leaked: _Window, half: int, cand: _Window) -> str | None:
+        """Why the growth from ``found`` does not take window ``half``'s component ``cand`` (the
+        first of the target tests of :meth:`grow` it fails, in words), or None where it passes
+        them all. ``leaked``: the largest window passed since ``found`` whose component leaked."""
+        if cand.comp is None:
+            return "nothing above the threshold" if cand.whole is None else "it reaches its band"
+        if cand.faint:
+            return "the peak does not clear its band's spread"
+        if not self.covers(cand, found):
+            return "it does not hold the smaller window's band all around"
+        if self.merges(cand):
+            return "it holds another point"
+        if self.rival(found, cand, quieter=found.faint):
+            return "it holds a second structure as bright as the peak"
+        if any(e and not f0 for e, f0 in zip(self.touches_edge(cand), self.touches_edge(found))):
+            return "it reaches an image edge the smaller one did not"
+        if not self.stable(half, f, cand):
+            return "it changes in the next window"
+        if self.clipped_beside(cand):
+            return "it holds a clipped plateau beside the peak"
+        # stepping over windows that leaked: a hull lies on their bands too, or is no longer than a
+        # compact target; a long band (a cloud bank, a ridge) the target sits in crosses them on
+        # two sides only
+        if not (leaked is found or self.covers(cand, leaked) or elongation(cand.comp) < 2 * LONG_ASPECT):
+            return "a long band across the windows that leaked"
+        return None
 
     def apart(self, half: int, f: float, found: _Window, cand: _Window) -> bool:
         """Whether window ``half``'s component ``cand``, which the growth from ``found`` does not
@@ -874,9 +934,18 @@ class _Search:
         # edges): it does not grow into that. A noise bump there is part of a flat top, and grows.
         if self.cfg.settle_fraction > 0 and ((f <= self.fractions[0] and not found.faint) or self.noise_bump(found)):
             found = self.grow(half, f, found)
-        found = found._replace(comp=self.skirt(found, f))
+        elif self.trace is not None:
+            self.note("grow", half, f, found, "no growth: accepted at a raised fraction, or its peak does not "
+                      "clear the band's spread, and no noise bump")
+        kept = self.skirt(found, f)
+        if self.trace is not None and kept.sum() < found.comp.sum():
+            self.note("skirt", half, f, found, f"a smooth skirt of {int(found.comp.sum() - kept.sum())} pixels "
+                      "dropped")
+        found = found._replace(comp=kept)
         box, comp = tighten(found.box, found.comp, self.py, self.px, self.cfg, self.H, self.W)
-        return Strict(box, fill_holes(comp), found.bg, self.peak)
+        strict = Strict(box, fill_holes(comp), found.bg, self.peak)
+        self.note("result", max(box[1] - box[0], box[3] - box[2]) // 2, f, strict.comp, "the strict component")
+        return strict
 
     def run(self) -> Strict:
         """The strict component (a :class:`Strict`): the first window of ``half_sizes`` that holds
@@ -888,13 +957,20 @@ class _Search:
             for half in self.cfg.half_sizes:
                 found = self.window(half, f)
                 if found.comp is None:
+                    self.note("window", half, f, found, "nothing above the threshold" if found.whole is None
+                              else "leaked: its component reaches the band")
                     continue
-                if half != first and (self.escapes(found) or self.rival(self.window(first, f), found, lobes=True)):
-                    # a window the smaller ones leaked out of that runs off the image, or holds a
-                    # second structure as bright as the peak beyond the first window: leaked too
+                # a window the smaller ones leaked out of that runs off the image, or holds a second
+                # structure as bright as the peak beyond the first window: leaked too
+                if half != first and self.escapes(found):
+                    self.note("window", half, f, found, "leaked: it runs off the image's edge on one side")
+                    continue
+                if half != first and self.rival(self.window(first, f), found, lobes=True):
+                    self.note("window", half, f, found, "leaked: a second structure as bright as the peak")
                     continue
                 if half != first and self.clipped_beside(found):
                     # ... or holds the top of a saturated cloud or sky the peak lies at the rim of
+                    self.note("window", half, f, found, "leaked: a clipped plateau the peak lies at the rim of")
                     continue
                 if half != first and self.beside(half, f, found):
                     # the smaller windows leaked into a bright structure beside the peak that this
@@ -903,26 +979,37 @@ class _Search:
                     # that peak from the structure.
                     if not found.faint:
                         passed_over = passed_over or (half, f, found)
+                    self.note("window", half, f, found, "a bright structure beside the peak: passed over"
+                              + ("" if found.faint else ", kept in reserve"))
                     continue
                 if i > 0 and self.noise_bump(found):
                     # every window leaked at the lower fractions into what this bump sits on: the flat
                     # top of a target wider than the windows, whose noise the raised fraction cut up
                     wide = next((w for g in self.fractions[:i] if (w := self.wide_target(g)) is not None), None)
                     if wide is not None:
+                        self.note("window", half, f, found, "a noise bump at a raised fraction: a wide window "
+                                  "stands in")
                         return self.accept(*wide)
+                self.note("window", half, f, found, "accepted")
                 return self.accept(half, f, found)
             # a long target through the point: the wide windows now, before a higher fraction
             if self.long_leak(self.cfg.half_sizes[-1], f) and (wide := self.wide_target(f)) is not None:
+                self.note("window", wide[0], wide[1], wide[2], "a long target through the point: this wide window "
+                          "stands in")
                 return self.accept(*wide)
         if passed_over is not None:
+            self.note("window", *passed_over, "no window held the target alone: the structure passed over "
+                      "stands in")
             return self.accept(*passed_over)
         for f in self.fractions:
             if (wide := self.wide_target(f)) is not None:
+                self.note("window", *wide, "no smaller window held a component: this wide window stands in")
                 return self.accept(*wide)
         box = self.first_box
         comp = np.zeros((box[1] - box[0], box[3] - box[2]), dtype=bool)
         comp[self.py - box[0], self.px - box[2]] = True
         bg = self.stats[first][0] if self.stats else self.peak
+        self.note("result", first, self.fractions[-1], comp, "no window held a component: the peak alone")
         return Strict(box, comp, bg, self.peak)
 
 

@@ -610,6 +610,65 @@ def test_point_target_touching_a_large_bright_building_stays_small(seed):
     assert mask[80, 60] and mask.sum() <= 60, mask.sum()
 
 
+def test_the_window_search_records_its_decisions_without_changing_them():
+    """``strict_component(trace=...)``: the same component with a trace as without, on the scenes
+    of every kind of search path; the trace ends in the result with the component's pixels. A
+    point beside a building: every window leaks into the building at the first fraction, and the
+    window accepted at the next is not grown. A target on a flat background: accepted at the
+    first fraction, the growth stops where the band settles. A frame of one value: no window holds
+    anything, and the peak alone is the component."""
+    cfg = AnnotatorConfig()
+    yy, xx = np.mgrid[:160, :160].astype(np.float64)
+    block = 0.8 * ndimage.gaussian_filter(((yy > 50) & (xx >= 61) & (xx < 120)).astype(float), 1.5)
+    block += 0.2 * (1 - xx / 160) * (yy > 50)
+    beside, point = _point_target_beside(block, 1.0, 0)
+    flat, _ = _point_target_beside(np.zeros((160, 160)), 1.0, 0)
+    scenes = [(beside, point), (flat, point)] + [(s.image, s.points) for s in _scenes(6)]
+    traces = []
+    for image, points in scenes:
+        for x, y in points:
+            py, px = windows.find_peak(image, x, y, cfg)
+            steps = []
+            plain, traced = (windows.strict_component(image, py, px, cfg, trace=t) for t in (None, steps))
+            assert plain.box == traced.box and plain.bg == traced.bg and np.array_equal(plain.comp, traced.comp)
+            assert steps[-1].stage == "result" and steps[-1].pixels == int(traced.comp.sum())
+            assert all(isinstance(st, windows.Step) and st.outcome for st in steps)
+            traces.append(steps)
+    first = [st for st in traces[0] if st.fraction == cfg.peak_fraction]
+    assert len(first) == len(cfg.half_sizes) and all(st.outcome.startswith("leaked") for st in first)
+    assert [st.outcome for st in traces[0] if st.stage == "window"][-1] == "accepted"
+    assert traces[0][-2].outcome.startswith("no growth") and traces[0][-1].pixels <= 60
+    assert traces[1][0] == windows.Step("window", cfg.half_sizes[0], cfg.peak_fraction, traces[1][0].pixels, "accepted")
+    assert traces[1][1].stage == "grow" and "settled" in traces[1][1].outcome
+    assert "half-size   6, fraction 0.30" in str(traces[1][0]) and str(traces[1][0]).endswith(": accepted")
+    flat_out = []  # nothing stands above anything: no window holds a component, and the peak is the mask
+    alone = windows.strict_component(np.full((64, 64), 0.3, np.float32), 32, 32, cfg, trace=flat_out)
+    assert alone.comp.sum() == 1 and all(st.outcome == "nothing above the threshold" for st in flat_out[:-1])
+    assert flat_out[-1].stage == "result" and flat_out[-1].pixels == 1 and "peak alone" in flat_out[-1].outcome
+
+
+def test_explain_follows_each_point_to_its_mask():
+    """``Annotator.explain``: per point of a padded frame, the point as given, its peak and the
+    strict component as the search finds them on the picture inside the padding (frame
+    coordinates), and the pixels of the mask ``annotate`` gives that target."""
+    scene = make_scene(3, height=96, width=96)
+    frame = np.pad(scene.image, 8)
+    points = scene.points + 8.0
+    annotator = Annotator()
+    traces = annotator.explain(frame, points)
+    (mask,) = annotator.annotate([frame], [points])
+    labels, _ = ndimage.label(mask, np.ones((3, 3)))
+    cfg = annotator.config
+    for t, (x, y) in zip(traces, points):
+        assert t.point == (x, y)
+        qy, qx = windows.find_peak(scene.image, x - 8, y - 8, cfg)
+        assert t.peak == (qx + 8, qy + 8) and t.steps[-1].stage == "result"
+        assert t.mask == int((labels == labels[t.peak[1], t.peak[0]]).sum()) > 0
+        assert t.strict == t.steps[-1].pixels
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        annotator.explain(np.zeros((4, 4, 3)), points)
+
+
 @pytest.mark.parametrize("amp, seed", [(0.16, 0), (0.16, 1), (0.16, 2), (0.16, 3), (0.18, 0)])
 def test_target_on_a_block_that_brightens_beside_it_does_not_grow_into_it(monkeypatch, amp, seed):
     """A point target (``amp`` above the block under it) on a 70x55 block 0.45 above the

@@ -10,7 +10,9 @@ import threading
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
+from d2d_ext.annotate import Annotator, AnnotatorConfig
 from d2d_ext.cli import main
 from d2d_ext.data import IRDataset
 from d2d_ext.files import read_gray
@@ -287,8 +289,6 @@ def _u16(path):
 
 
 def _prepared(dataset, i, config=None):
-    from d2d_ext.annotate import Annotator
-
     ds = IRDataset(dataset)
     ann = Annotator(config)
     batch = ann.prepare([ds.load_image(i)], [ds.points(i, "centroid")])
@@ -502,8 +502,6 @@ def test_mask_style_soft_labels_hold_the_masks_at_one_half(dataset, soft_run, tm
     written masks, the masks are those of a run without soft labels, and the soft folder records
     the style: resuming it in the field style, or asking for the style without ``--soft``, is
     refused by name before anything is written."""
-    from d2d_ext.annotate import Annotator
-
     out, soft = tmp_path / "m", tmp_path / "s"
     assert main(["annotate", "--dataset", str(dataset), "--out", str(out), "--soft", str(soft),
                  "--soft-style", "mask", "--quiet"]) == 0
@@ -948,6 +946,37 @@ def test_find_bad_pixels_finds_an_overlay_burned_in_and_the_map_repairs_it(tmp_p
     annotate_dataset(marked, "all", "centroid", tmp_path / "C", progress=False, bad_pixels=tmp_path / "found.png")
     without, with_map = (_pooled_iou(tmp_path / "A", tmp_path / f, ids) for f in "BC")
     assert without < with_map and with_map > 0.9
+
+
+def test_explain_prints_each_targets_search_and_refuses_an_unknown_image(tmp_path, capsys):
+    """``d2d explain``: per target of each image asked for, its point, peak, strict component and
+    mask, and the window search's decisions (as text, and in the JSON line); the masks are those
+    ``annotate`` writes with the same settings; an unknown id is named, exit code 2."""
+    root = write_dataset(tmp_path / "SYN", n_images=2, seed=3, height=96, width=96)
+    ids = IRDataset(root).ids("all")
+    assert main(["explain", "--dataset", str(root), "--image", ids[0], "--image", ids[1],
+                 "--set", "peak_fraction=0.4"]) == 0
+    out = capsys.readouterr().out
+    result = _last_json(out)
+    assert [im["id"] for im in result["images"]] == ids
+    annotate_dataset(root, "all", "centroid", tmp_path / "A", progress=False,
+                     annotator=Annotator(AnnotatorConfig(peak_fraction=0.4)))
+    for im in result["images"]:
+        points = IRDataset(root).points(im["id"], "centroid")
+        assert len(im["targets"]) == len(points)
+        written = read_gray(tmp_path / "A" / f"{im['id']}.png") > 0
+        labels, _ = ndimage.label(written, np.ones((3, 3)))
+        for t in im["targets"]:
+            x, y = t["peak"]
+            assert t["mask"] == int((labels == labels[y, x]).sum()) > 0
+            assert t["steps"][0]["fraction"] == 0.4 and t["steps"][-1]["stage"] == "result"
+            assert t["steps"][-1]["pixels"] == t["strict"]
+            assert f"{im['id']} target" in out and t["steps"][-1]["outcome"] in out
+    assert main(["explain", "--dataset", str(root), "--image", ids[0], "--json"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1 and _last_json(out)["images"][0]["id"] == ids[0]
+    assert main(["explain", "--dataset", str(root), "--image", "nowhere"]) == 2
+    assert "nowhere" in capsys.readouterr().err
 
 
 def test_find_bad_pixels_writes_a_map_per_sensor_into_a_folder(tmp_path, capsys):
