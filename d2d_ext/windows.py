@@ -987,8 +987,8 @@ class _Search:
                     # top of a target wider than the windows, whose noise the raised fraction cut up
                     wide = next((w for g in self.fractions[:i] if (w := self.wide_target(g)) is not None), None)
                     if wide is not None:
-                        self.note("window", half, f, found, "a noise bump at a raised fraction: a wide window "
-                                  "stands in")
+                        self.note("window", *wide, f"window {half} at fraction {f:.2f} holds a noise bump: this "
+                                  "wide window stands in")
                         return self.accept(*wide)
                 self.note("window", half, f, found, "accepted")
                 return self.accept(half, f, found)
