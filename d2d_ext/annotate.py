@@ -755,9 +755,13 @@ def _leaking(regions: list) -> np.ndarray:
     return np.array([leaks for _, _, leaks in regions], bool)
 
 
-def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorConfig | None = None) -> np.ndarray:
+def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorConfig | None = None,
+                     trace: list | None = None) -> np.ndarray:
     """``(T, S, S)`` bool per-target masks (step 6). ``soft`` is read only for the targets whose
-    bright region leaks (:func:`leaking_targets`)."""
+    bright region leaks (:func:`leaking_targets`). ``trace``: a list that receives, per target, the
+    list of what the binarisation made of it (:class:`~d2d_ext.windows.Step`, stage
+    ``"binarize"``: the bright region, the heat's gate, the leak guard, the halo and each further
+    part, the point's disc, the margin)."""
     cfg = config or AnnotatorConfig()
     soft = soft.detach().cpu().numpy()
     # the bright regions the leak test found, where it ran at these settings
@@ -774,22 +778,48 @@ def binarize_targets(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorCo
         win, peak = _field_window(batch, t)
         ring, strict, within = batch.ring[win], batch.strict[win], inside[win]
         bright, comp, leaks = regions[t] if regions is not None else _bright_region(batch, t, cfg)
+        steps = None if trace is None else []
+        note = _binarize_note(steps, int(batch.half[t]), cfg.low_fraction)
+        note(comp, f"the bright region {{I' >= {cfg.low_fraction}}} at the peak"
+             + (", which reaches the field window's band" if leaks else ""))
         if leaks:
             if batch.ready is not None and not batch.ready[t]:
                 raise ValueError(f"binarize_targets: target {t}'s bright region leaks, but the batch was prepared "
                                  "without its field (prepare_targets(lazy=True) at other binarisation settings)")
             # the bright region leaks out of the window: keep the part the heat reached
             comp = component(bright & (soft[win] >= cfg.level), peak)
+            note(comp, f"the part of it the heat reached (field >= {cfg.level})")
         grown = None if comp is None else fill_holes(comp)
         if grown is not None and not (grown & ring).any():  # leak guard
             centre = tuple(np.add(peak, batch.point[t] - batch.peak[t]))  # the point in the window
+            parts = None if steps is None else []
             out[win] |= target_part(grown, strict, grad[win], cfg.halo_cover, cfg.edge_ratio, within,
-                                    centre, cfg.centre_shift)
+                                    centre, cfg.centre_shift, parts)
+            for pixels, what in parts or ():
+                note(pixels, what)
+        elif grown is not None:
+            note(grown, "it still reaches the band: left out, the strict component stays")
         if disc is not None and not (out[t] & ~disc).any():  # a point source's mask: its blur's whole disc
             out[t] |= disc & inside[t]
+            note(out[t], f"within {cfg.point_radius} px of the peak: a point source's mask, its blur's disc")
         if cfg.mask_margin > 0:
             out[t] = grow(out[t], cfg.mask_margin) & inside[t]
+            note(out[t], f"grown by {cfg.mask_margin} rings of pixels (mask_margin)")
+        if trace is not None:
+            note(out[t], "the target's mask")
+            trace.append(steps)
     return out
+
+
+def _binarize_note(steps: list | None, half: int, fraction: float):
+    """A recorder of :func:`binarize_targets`' decisions for one target: ``note(pixels, what)``
+    appends a :class:`~d2d_ext.windows.Step` to ``steps`` (``pixels`` a count or a bool array, None
+    for 0; nothing where ``steps`` is None)."""
+    def note(pixels, what: str) -> None:
+        if steps is not None:
+            count = 0 if pixels is None else int(pixels) if np.isscalar(pixels) else int(np.sum(pixels))
+            steps.append(Step("binarize", half, fraction, count, what))
+    return note
 
 
 def _crop_window(batch: TargetBatch, t: int, S: int, H: int, W: int) -> tuple:
@@ -888,11 +918,12 @@ def _split(mask: np.ndarray, comp: np.ndarray, at: tuple, ts: list, peaks: np.nd
         return
 
 
-def image_masks(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorConfig | None = None) -> list:
+def image_masks(batch: TargetBatch, soft: torch.Tensor, config: AnnotatorConfig | None = None,
+                trace: list | None = None) -> list:
     """Per-image ``(H, W)`` bool pseudo-masks from the targets' fields ``soft`` ``(T, S, S)``: each
-    target's mask (:func:`binarize_targets`), pasted into its image (:func:`paste_masks`), the
-    targets kept apart (:func:`keep_apart`)."""
-    return keep_apart(batch, paste_masks(batch, binarize_targets(batch, soft, config)))
+    target's mask (:func:`binarize_targets`, which records its decisions in ``trace``), pasted
+    into its image (:func:`paste_masks`), the targets kept apart (:func:`keep_apart`)."""
+    return keep_apart(batch, paste_masks(batch, binarize_targets(batch, soft, config, trace)))
 
 
 def crop_maps(maps: list, batch: TargetBatch) -> torch.Tensor:
@@ -982,25 +1013,33 @@ def explain_targets(image: np.ndarray, points: np.ndarray, config: AnnotatorConf
                     params: DiffusionParams | None = None) -> list:
     """Why each target of one image ``(H, W)`` in [0, 1] with points ``(K, 2)`` (x, y) gets its
     mask: a :class:`TargetTrace` per point, the window search's decisions read on what the
-    annotator reads (the picture inside its padding, its column pattern removed) and the mask of
-    :meth:`Annotator.annotate` at ``config`` and ``params``. For a reader who asks why a mask
-    took a cloud or kept only a peak; the masks are not changed by asking."""
+    annotator reads (the picture inside its padding, its column pattern removed), then the
+    binarisation's (:func:`binarize_targets`), and the mask :meth:`Annotator.annotate` gives at
+    ``config`` and ``params``. For a reader who asks why a mask took a cloud or kept only a peak;
+    the masks are not changed by asking."""
     cfg = config or AnnotatorConfig()
     frame = np.asarray(image)
     if frame.ndim != 2:
         raise ValueError(f"explain: the image must have shape (H, W), got {frame.shape}")
     seconds = {"picture": 0.0, "destripe": 0.0}
     picture, pts, (y0, x0), peaks = _picture_and_peaks(frame, points, 0, cfg, seconds)
-    mask = Annotator(cfg, params).annotate([frame], [np.asarray(points, np.float64).reshape(-1, 2)])[0]
+    binarized = []
+    annotator = Annotator(cfg, params)
+    batch = prepare_targets([frame], [np.asarray(points, np.float64).reshape(-1, 2)], cfg, lazy=True)
+    (mask,), _ = annotator.masks_and_soft(batch, fields=False, trace=binarized)  # the masks annotate gives
     labels, _ = label(mask)
     top = FrameTop(picture)
     out = []
-    for (x, y), (py, px) in zip(pts, peaks):
+    for (x, y), (py, px), later in zip(pts, peaks, binarized):
         steps = []
         strict = strict_component(picture, py, px, cfg, [q for q in peaks if q != (py, px)], top, steps)
         k = labels[py + y0, px + x0]
-        out.append(TargetTrace((float(x + x0), float(y + y0)), (px + x0, py + y0), steps, int(strict.comp.sum()),
-                               int((labels == k).sum()) if k else 0))
+        pixels = int((labels == k).sum()) if k else 0
+        if pixels < later[-1].pixels:
+            later.append(Step("apart", later[-1].half, later[-1].fraction, pixels, "split from a neighbour's mask "
+                              "along the valley between their peaks"))
+        out.append(TargetTrace((float(x + x0), float(y + y0)), (px + x0, py + y0), steps + later,
+                               int(strict.comp.sum()), pixels))
     return out
 
 
@@ -1043,12 +1082,12 @@ class Annotator:
         return self.masks(prepare_targets(images, points, self.config, lazy=True))
 
     def masks_and_soft(self, batch: TargetBatch, fields: bool = True, style: str = "field",
-                       odds: MaskOdds = MaskOdds()) -> tuple:
+                       odds: MaskOdds = MaskOdds(), trace: list | None = None) -> tuple:
         """``(masks, fields)`` per image from one diffusion pass: the ``(H, W)`` bool pseudo-masks
         and (``fields``, else None) the ``(H, W)`` float32 soft labels in [0, 1]: in ``style``
         ``"field"`` the targets' fused fields combined by maximum (zero outside every target's
         field window), in ``"mask"`` those fields as ``odds`` about each mask's edge, 0.5 exactly
-        there (:func:`mask_soft_labels`)."""
+        there (:func:`mask_soft_labels`). ``trace``: as :func:`binarize_targets` takes it."""
         if style not in SOFT_STYLES:
             raise ValueError(f"masks_and_soft: style must be one of {SOFT_STYLES}, got {style!r}")
         t0 = time.perf_counter()
@@ -1059,7 +1098,7 @@ class Annotator:
                 read = batch.ready if batch.ready is not None else leaking_targets(batch, self.config)
                 soft = ready_fields(dataclasses.replace(batch, ready=read), self.soft)
         t1 = time.perf_counter()
-        maps = image_masks(batch, soft, self.config)
+        maps = image_masks(batch, soft, self.config, trace)
         t2 = time.perf_counter()
         self.last_seconds = dict(batch.seconds, diffusion=t1 - t0, binarize=t2 - t1)
         if not fields:

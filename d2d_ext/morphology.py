@@ -151,7 +151,8 @@ def pulls(base: np.ndarray, parts: np.ndarray, n: int, centre: tuple) -> np.ndar
 
 
 def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cover: float, edge_ratio: float,
-                inside: np.ndarray | None = None, centre: tuple | None = None, centre_shift: float = 0.0) -> np.ndarray:
+                inside: np.ndarray | None = None, centre: tuple | None = None, centre_shift: float = 0.0,
+                trace: list | None = None) -> np.ndarray:
     """The part of a bright ``region`` ``(S, S)`` bool that belongs to the target whose core is
     ``core`` (a subset of it, or not): ``core``, its halo, and the region's further parts that end
     in a target-like edge, connected to ``core``, holes filled.
@@ -164,10 +165,13 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
     is positive, such a part is kept only if adding it to the core and halo moves their centroid
     at most ``centre_shift`` pixels farther from the point: the point marks the target's middle,
     so its own extension lies around it, while a neighbour to one side pulls the centroid away.
-    ``grad`` is a gradient magnitude of the image (any scale: only ratios are read)."""
+    ``grad`` is a gradient magnitude of the image (any scale: only ratios are read). ``trace``: a
+    list that receives ``(pixels, what became of them)`` for the halo and for each further part."""
     if not (region & ~core).any():
         return region | core
     kept = with_halo(region, core, halo_cover, inside)
+    if trace is not None:
+        trace.append((int((kept & ~core).sum()), "the halo: rings around the strict component that the region covers"))
     rest = region & ~kept
     if rest.any():
         core_edge = grad[inner_edge(core)].mean()
@@ -180,12 +184,36 @@ def target_part(region: np.ndarray, core: np.ndarray, grad: np.ndarray, halo_cov
         slope = np.bincount(ends, grad[rim], n + 1) / np.maximum(count, 1)
         keep = (count > 0) & (slope >= edge_ratio * core_edge)
         keep[0] = False
+        sharp, pull = keep.copy(), None
         if keep.any() and centre is not None and centre_shift > 0:
-            keep &= pulls(kept, labels, n, centre) <= centre_shift
+            pull = pulls(kept, labels, n, centre)
+            keep &= pull <= centre_shift
+        if trace is not None:
+            _trace_parts(trace, labels, n, count, slope / max(core_edge, 1e-30), sharp, pull, edge_ratio,
+                         centre_shift)
         kept |= keep[labels]
     labels, _ = label(kept)
     held = np.unique(labels[core])
     return fill_holes(np.isin(labels, held[held > 0]))
+
+
+def _trace_parts(trace: list, labels: np.ndarray, n: int, ends: np.ndarray, ratio: np.ndarray, sharp: np.ndarray,
+                 pull: np.ndarray | None, edge_ratio: float, centre_shift: float) -> None:
+    """:func:`target_part`'s record of its further parts: per part (``labels`` 1 to ``n``), its
+    pixels and why it stays or goes (``ends``: its pixels at the region's edge; the slope
+    ``ratio`` of its end to the core's edge, ``sharp`` where at least ``edge_ratio``; its ``pull``
+    on the centroid, None where not read)."""
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    for j in range(1, n + 1):
+        if not ends[j]:
+            why = "dropped: it does not reach the region's edge (filled back where the target surrounds it)"
+        elif not sharp[j]:
+            why = f"dropped: its end is {ratio[j]:.2f} as steep as the strict component's edge (< {edge_ratio})"
+        elif pull is not None and pull[j] > centre_shift:
+            why = f"dropped: it pulls the centroid {pull[j]:.1f} px farther from the point (> {centre_shift})"
+        else:
+            why = f"kept where it joins the target: its end is {ratio[j]:.2f} as steep as the strict component's edge"
+        trace.append((int(size[j]), f"a further part, {why}"))
 
 
 def split_at_valleys(region: np.ndarray, values: np.ndarray, seeds: list) -> np.ndarray | None:

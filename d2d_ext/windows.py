@@ -358,16 +358,19 @@ class Strict(NamedTuple):
 
 
 class Step(NamedTuple):
-    """One decision of the window search, as :func:`strict_component` records it in ``trace``."""
+    """One decision of the window search, as :func:`strict_component` records it in ``trace``
+    (and of the annotator's binarisation after it, :func:`d2d_ext.annotate.binarize_targets`)."""
 
-    stage: str  # "window" (steps 2, 4 to 6), "grow" (step 3), "skirt" (step 7) or "result"
-    half: int  # the window's half-size
+    # "window" (steps 2, 4 to 6), "grow" (step 3), "skirt" (step 7), "result" (the strict
+    # component); "binarize" (the annotator's step 6, in the field window), "apart" (its step 7)
+    stage: str
+    half: int  # the window's half-size (the field window's, for "binarize")
     fraction: float  # the fraction of the peak's amplitude its threshold was read at
     pixels: int  # its component's pixels, band or not (0 where it has none)
-    outcome: str  # what the search made of it, in words
+    outcome: str  # what was made of it, in words
 
     def __str__(self) -> str:
-        return (f"{self.stage:6s} half-size {self.half:3d}, fraction {self.fraction:.2f}, {self.pixels:6d} px: "
+        return (f"{self.stage:8s} half-size {self.half:3d}, fraction {self.fraction:.2f}, {self.pixels:6d} px: "
                 f"{self.outcome}")
 
 

@@ -650,7 +650,8 @@ def test_the_window_search_records_its_decisions_without_changing_them():
 def test_explain_follows_each_point_to_its_mask():
     """``Annotator.explain``: per point of a padded frame, the point as given, its peak and the
     strict component as the search finds them on the picture inside the padding (frame
-    coordinates), and the pixels of the mask ``annotate`` gives that target."""
+    coordinates), and the pixels of the mask ``annotate`` gives that target, the last step's (two
+    targets whose masks join: each split off along the valley between them)."""
     scene = make_scene(3, height=96, width=96)
     frame = np.pad(scene.image, 8)
     points = scene.points + 8.0
@@ -662,9 +663,16 @@ def test_explain_follows_each_point_to_its_mask():
     for t, (x, y) in zip(traces, points):
         assert t.point == (x, y)
         qy, qx = windows.find_peak(scene.image, x - 8, y - 8, cfg)
-        assert t.peak == (qx + 8, qy + 8) and t.steps[-1].stage == "result"
+        assert t.peak == (qx + 8, qy + 8)
         assert t.mask == int((labels == labels[t.peak[1], t.peak[0]]).sum()) > 0
-        assert t.strict == t.steps[-1].pixels
+        (result,) = [st for st in t.steps if st.stage == "result"]
+        assert t.strict == result.pixels and t.steps[-1].pixels == t.mask
+    # two targets 5 px apart: their masks join, and each keeps its side of the valley between them
+    yy, xx = np.mgrid[:64, :64].astype(np.float64)
+    pair = 0.2 + sum(0.6 * np.exp(-((yy - 32) ** 2 + (xx - cx) ** 2) / (2 * 2.2 ** 2)) for cx in (29.5, 34.5))
+    pair = (pair + 0.005 * np.random.default_rng(0).normal(size=pair.shape)).astype(np.float32)
+    for t in annotator.explain(pair, np.array([[29.5, 32.0], [34.5, 32.0]])):
+        assert t.steps[-1].stage == "apart" and t.steps[-1].pixels == t.mask < t.steps[-2].pixels
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         annotator.explain(np.zeros((4, 4, 3)), points)
 
@@ -1140,6 +1148,28 @@ def _bar_with_neighbour(neighbour: str, level: float, seed: int):
     noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 1, yy.shape), 1.0)
     image = 0.2 + 0.5 * (ndimage.gaussian_filter(bar.astype(float), 0.8) + extra) + 0.01 * noise / noise.std()
     return image.astype(np.float32), np.array([[64.0, 70.0]]), bar, (extra > 0.3 * extra.max()) & ~bar
+
+
+def test_binarisation_records_what_it_makes_of_each_region():
+    """``binarize_targets(trace=...)``: the same masks with a trace as without, and per target its
+    bright region first and its mask last. Beside a dimmer roof, the region's part over the roof
+    is dropped for its soft end; beside a hull, the hull is dropped for pulling the centroid off
+    the point (``Annotator.explain``, which gives both searches' steps)."""
+    for neighbour, reason in (("roof", "as steep as"), ("hull", "pulls the centroid")):
+        image, point, _, _ = _bar_with_neighbour(neighbour, 0.5, 0)
+        (t,) = Annotator().explain(image, point)
+        later = [st for st in t.steps if st.stage == "binarize"]
+        assert later[0].outcome.startswith("the bright region") and later[-1].outcome == "the target's mask"
+        assert later[-1].pixels == t.mask
+        assert any(st.outcome.startswith("a further part, dropped") and reason in st.outcome for st in later)
+    cfg = AnnotatorConfig()
+    scenes = _scenes(6)
+    batch = prepare_targets([sc.image for sc in scenes], [sc.points for sc in scenes], cfg)
+    soft = Annotator(cfg).soft(batch)
+    trace = []
+    plain, traced = binarize_targets(batch, soft, cfg), binarize_targets(batch, soft, cfg, trace)
+    assert np.array_equal(plain, traced) and len(trace) == len(batch)
+    assert all(steps[-1].pixels == int(m.sum()) and steps[0].stage == "binarize" for steps, m in zip(trace, traced))
 
 
 @pytest.mark.parametrize("level", [0.4, 0.5, 0.6])
