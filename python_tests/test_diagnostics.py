@@ -18,6 +18,7 @@ from d2d_ext.annotate import Annotator
 from d2d_ext.morphology import grow, label
 from d2d_ext.points import centroid_points
 from d2d_ext.synthetic import make_scene, write_dataset
+from d2d_ext.windows import Step
 
 theta_sensitivity = load_benchmark("training/theta_sensitivity")
 alpha_label_quality = load_benchmark("training/alpha_label_quality")
@@ -31,6 +32,7 @@ settings_leaveout = load_benchmark("annotation/settings_leaveout")
 probe_sweep = load_benchmark("annotation/probe_sweep")
 bit_hashes = load_benchmark("ops/bit_hashes")
 bad_pixel_search = load_benchmark("annotation/bad_pixel_search")
+search_paths = load_benchmark("annotation/search_paths")
 setup_cost = load_benchmark("ops/setup_cost")
 
 
@@ -962,6 +964,37 @@ def test_bad_pixel_search_table(tmp_path, capsys):
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[1:3] == ["12", "0"] and float(cells[3]) < 0.5 and float(cells[4]) < 0.5
     assert cells[5:] == ["37 of 37, 0 false"] * 3 + ["511 of 511, 0 false", "1527 of 1527, 0 false"]
+
+
+def test_search_paths_file_every_target_once_per_table(capsys, tmp_path):
+    """``search_paths.py`` on the synthetic scenes of seed 0 (no real data): in each table every
+    target of a set falls on one way, the shares make 100%, the IoUs lie in [0, 100] and the
+    lowest never above the mean; the ways are read from the decisions as recorded."""
+    out = tmp_path / "paths.md"
+    assert search_paths.main(["--data", str(tmp_path / "none"), "--synthetic-seeds", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_text().strip() in printed
+    sets = {s.name: s.targets for s in annotation_datasets.synthetic_sets([0])}
+    tables = out.read_text().split("What the binarisation")
+    assert len(tables) == 2
+    for table in tables:
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+                if line.startswith("| synthetic")]
+        for name, targets in sets.items():
+            mine = [r for r in rows if r[0] == name]
+            assert sum(int(r[2]) for r in mine) == targets
+            assert sum(float(r[3].rstrip("%")) for r in mine) == pytest.approx(100, abs=0.5)
+            assert all(0 <= float(r[5]) <= float(r[4]) <= 100 for r in mine)
+    taken = [Step("window", 6, 0.3, 9, "accepted"), Step("grow", 8, 0.3, 20, "taken"),
+             Step("result", 8, 0.3, 20, "the strict component"),
+             Step("binarize", 16, 0.3, 30, "the bright region {I' >= 0.3} at the peak"),
+             Step("binarize", 16, 0.3, 7, "a further part, dropped: its end is 0.20 as steep as the strict "
+                                          "component's edge (< 0.6)")]
+    assert search_paths.search_way(taken) == "accepted at the first fraction, grown"
+    assert search_paths.binarize_way(taken) == "kept as the target's part, parts dropped"
+    alone = [Step("window", 6, 0.3, 0, "nothing above the threshold"),
+             Step("result", 6, 0.9, 1, "no window held a component: the peak alone")]
+    assert search_paths.search_way(alone) == "the peak alone"
 
 
 def test_setup_cost_splits_a_call(capsys):
