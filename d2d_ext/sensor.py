@@ -28,6 +28,7 @@ import numpy as np
 
 from .files import IMAGE_SUFFIXES, DataError, read_mask
 from .stripes import median_of
+from .windows import grey_step
 
 __all__ = ["read_bad_pixel_map", "read_bad_pixel_maps", "parse_size", "repair", "map_record", "HotPixelSearch",
            "HotPixels"]
@@ -172,8 +173,9 @@ class HotPixelSearch:
     or less: then it holds its value too, and is found). The brightest value, not the first
     frame's, is what an overlay holds where frames without it are mixed in, and a grey level of
     give keeps an overlay found through a lossy coding (JPEG), which moves its pixels by about
-    one. A grey level is the frame's smallest step between values (1/255 in an 8-bit file; a
-    float file's overlay holds exactly).
+    one. A grey level is the frame's smallest step between values
+    (:func:`~d2d_ext.windows.grey_step`: 1/255 in an 8-bit file; a float file's overlay holds
+    exactly).
     """
 
     _RING = np.pad(np.zeros((3, 3), bool), 1, constant_values=True)  # 5x5, the 3x3 left out
@@ -219,7 +221,7 @@ class HotPixelSearch:
         self.looked += looked
         held = self._stroke(im, margin)
         # within the give of the brightest value before (-inf before any frame: the first never holds)
-        held &= np.abs(im - self.brightest) <= (self.levels + 0.5) * self._grey_step(im)
+        held &= np.abs(im - self.brightest) <= (self.levels + 0.5) * grey_step(im[self._grid(im)])
         self.stroke_held += held & looked
         np.maximum(self.brightest, np.where(looked, im, -np.inf), out=self.brightest)
 
@@ -259,13 +261,12 @@ class HotPixelSearch:
         return np.maximum(ring, three[:, 4:], out=ring)
 
     @staticmethod
-    def _grey_step(im: np.ndarray) -> float:
-        """The frame's grey level: the smallest step between its values (0 where it holds one
-        value), read on a regular grid of about 65,536 of its pixels as :meth:`_noise` reads the
-        noise (an 8-bit frame shows all its levels there)."""
+    def _grid(im: np.ndarray) -> tuple:
+        """The slices of a regular grid of about 65,536 of the frame's pixels (every pixel of a
+        smaller frame), on which its noise and its grey level are read: a large frame's are
+        those of any part of it that size (an 8-bit frame shows all its levels there)."""
         step = max(1, int(np.sqrt(im.size / 65536)))
-        gaps = np.diff(np.unique(im[::step, ::step]))
-        return float(gaps[gaps > 0].min()) if (gaps > 0).any() else 0.0
+        return np.s_[::step, ::step]
 
     @staticmethod
     def _noise(im: np.ndarray) -> float:
@@ -275,11 +276,11 @@ class HotPixelSearch:
         3x3 are nine strided views of the edge-padded frame, their median
         :func:`~d2d_ext.stripes.median_of` (not a gather and a partition per pixel: a quarter of
         the time)."""
-        step = max(1, int(np.sqrt(im.size / 65536)))
+        grid = HotPixelSearch._grid(im)
         H, W = im.shape
         padded = np.pad(im, 1, mode="edge")
-        nine = [padded[1 + dy:1 + dy + H:step, 1 + dx:1 + dx + W:step].copy() for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-        centre = im[::step, ::step]
+        nine = [padded[1 + dy:1 + dy + H, 1 + dx:1 + dx + W][grid].copy() for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        centre = im[grid]
         return 1.4826 * float(np.median(np.abs(centre - median_of(nine))))
 
     def result(self, min_frames: int = 10) -> HotPixels:
