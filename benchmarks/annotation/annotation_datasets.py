@@ -592,18 +592,25 @@ def add_saturated_block(s: EvalSet, size: int) -> None:
     s.images = images
 
 
+def crosshair(shape: tuple, width: int) -> np.ndarray:
+    """``shape`` ``(H, W)`` bool: a crosshair's pixels, a row and a column ``width`` pixels wide
+    through the middle."""
+    H, W = shape
+    line = np.zeros((H, W), dtype=bool)
+    line[(H - width) // 2:(H + width) // 2, :] = True
+    line[:, (W - width) // 2:(W + width) // 2] = True
+    return line
+
+
 def add_reticle(s: EvalSet, width: int, repair: bool = False) -> None:
-    """Burns a crosshair into every image of ``s``: a row and a column ``width`` pixels wide through
-    its middle, set to 1 (a display's on-screen overlay, brighter than any target), except over
-    ground-truth target pixels, so that every target stays whole and some lie beside a line. With
-    ``repair``, then repairs the crosshair's pixels (all of them: the overlay's map) from their
-    neighbours as ``annotate --bad-pixels`` does (:func:`d2d_ext.sensor.repair`)."""
+    """Burns a crosshair into every image of ``s`` (:func:`crosshair`), set to 1 (a display's
+    on-screen overlay, brighter than any target), except over ground-truth target pixels, so that
+    every target stays whole and some lie beside a line. With ``repair``, then repairs the
+    crosshair's pixels (all of them: the overlay's map) from their neighbours as ``annotate
+    --bad-pixels`` does (:func:`d2d_ext.sensor.repair`)."""
     images = []
     for image, mask in zip(s.images, s.masks):
-        H, W = image.shape
-        line = np.zeros((H, W), dtype=bool)
-        line[(H - width) // 2:(H + width) // 2, :] = True
-        line[:, (W - width) // 2:(W + width) // 2] = True
+        line = crosshair(image.shape, width)
         image = image.copy()
         image[line & ~mask] = 1.0
         images.append(repair_pixels(image, line) if repair else image)
@@ -628,7 +635,8 @@ def repair_from_found(s: EvalSet, min_frames: int = 10) -> dict:
         bad = search.result(min_frames).map
         found[shape] = int(bad.sum())
         if bad.any():
-            s.images = [repair_pixels(im, bad) if k in ks else im for k, im in enumerate(s.images)]
+            for k in ks:
+                s.images[k] = repair_pixels(s.images[k], bad)
     return found
 
 

@@ -25,9 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # annotation_datasets
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # benchmarks/common: md_table, workspace
 from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
+
+from annotation_datasets import crosshair
 
 from d2d_ext.data import IRDataset
 from d2d_ext.sensor import HotPixelSearch
@@ -48,15 +51,6 @@ def stuck_map(shape, seed: int = 0) -> np.ndarray:
     stuck[2 * H // 3:2 * H // 3 + 2, W // 2:W // 2 + 2] = True
     stuck[H - 1, W // 4] = True
     return stuck
-
-
-def crosshair(shape, width: int) -> np.ndarray:
-    """A crosshair's pixels: a row and a column ``width`` pixels wide through the middle."""
-    H, W = shape
-    line = np.zeros(shape, bool)
-    line[(H - width) // 2:(H + width) // 2] = True
-    line[:, (W - width) // 2:(W + width) // 2] = True
-    return line
 
 
 def frames_of(root: Path):
