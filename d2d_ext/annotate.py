@@ -395,14 +395,14 @@ class _Target(NamedTuple):
 
 
 def _prepare_target(image: np.ndarray, b: int, point: tuple, py: int, px: int, others: list, cfg: AnnotatorConfig,
-                    seconds: dict, top: FrameTop | None = None) -> _Target:
+                    seconds: dict, top: FrameTop | None = None, trace: list | None = None) -> _Target:
     """Step 1 and the contrast of step 2 for the peak ``(py, px)`` of ``image`` (index ``b`` of
     the batch), snapped from the pixel ``point`` ``(row, col)``; ``others``: the image's other
     peaks; ``top``: the image's :class:`~d2d_ext.windows.FrameTop`, shared by its targets; adds
-    each stage's time to ``seconds``."""
+    each stage's time to ``seconds``; ``trace``: receives the window search's decisions."""
     H, W = image.shape
     t0 = time.perf_counter()
-    strict = strict_component(image, py, px, cfg, others, top)
+    strict = strict_component(image, py, px, cfg, others, top, trace)
     box = strict.box
     ys, xs = np.nonzero(strict.comp)
     extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
@@ -476,7 +476,7 @@ def _picture_and_peaks(image: np.ndarray, pts, b: int, cfg: AnnotatorConfig, sec
 
 
 def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], config: AnnotatorConfig | None = None,
-                    lazy: bool = False) -> TargetBatch:
+                    lazy: bool = False, trace: list | None = None) -> TargetBatch:
     """Image-only work for every target of a batch of images (steps 1, 2's features and 4).
 
     Args:
@@ -486,6 +486,8 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
             leaks, see :func:`binarize_targets`) get the field's inputs (local entropy and
             superpixel prior); ``batch.ready`` marks them. Enough for masks at ``config``'s
             binarisation settings, which are then those of the eager batch; not for soft labels.
+        trace: a list that receives, per target in the batch's order, the list of the window
+            search's decisions (:class:`~d2d_ext.windows.Step`; ``strict_component(trace=...)``).
     """
     cfg = config or AnnotatorConfig()
     if len(images) != len(points):
@@ -504,8 +506,11 @@ def prepare_targets(images: Sequence[np.ndarray], points: Sequence[np.ndarray], 
         arrays.append(image)
         top = FrameTop(image)
         for (x, y), (py, px) in zip(pts, peaks):
+            steps = None if trace is None else []
             rows.append(_prepare_target(image, b, point_pixel(x, y, *image.shape), py, px,
-                                        [q for q in peaks if q != (py, px)], cfg, seconds, top))
+                                        [q for q in peaks if q != (py, px)], cfg, seconds, top, steps))
+            if trace is not None:
+                trace.append(steps)
     batch = _lay_out(rows, shapes, cfg, seconds)
     if lazy:
         t0 = time.perf_counter()
@@ -1018,28 +1023,21 @@ def explain_targets(image: np.ndarray, points: np.ndarray, config: AnnotatorConf
     ``config`` and ``params``. For a reader who asks why a mask took a cloud or kept only a peak;
     the masks are not changed by asking."""
     cfg = config or AnnotatorConfig()
-    frame = np.asarray(image)
-    if frame.ndim != 2:
-        raise ValueError(f"explain: the image must have shape (H, W), got {frame.shape}")
-    seconds = {"picture": 0.0, "destripe": 0.0}
-    picture, pts, (y0, x0), peaks = _picture_and_peaks(frame, points, 0, cfg, seconds)
-    binarized = []
-    annotator = Annotator(cfg, params)
-    batch = prepare_targets([frame], [np.asarray(points, np.float64).reshape(-1, 2)], cfg, lazy=True)
-    (mask,), _ = annotator.masks_and_soft(batch, fields=False, trace=binarized)  # the masks annotate gives
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    searched, binarized = [], []
+    batch = prepare_targets([image], [points], cfg, lazy=True, trace=searched)
+    # the masks annotate gives, from the same pass
+    (mask,), _ = Annotator(cfg, params).masks_and_soft(batch, fields=False, trace=binarized)
     labels, _ = label(mask)
-    top = FrameTop(picture)
     out = []
-    for (x, y), (py, px), later in zip(pts, peaks, binarized):
-        steps = []
-        strict = strict_component(picture, py, px, cfg, [q for q in peaks if q != (py, px)], top, steps)
-        k = labels[py + y0, px + x0]
+    for t, ((x, y), steps, later) in enumerate(zip(points, searched, binarized)):
+        py, px = (int(v) for v in batch.origin[t] + batch.peak[t])  # the peak in the frame
+        k = labels[py, px]
         pixels = int((labels == k).sum()) if k else 0
         if pixels < later[-1].pixels:
             later.append(Step("apart", later[-1].half, later[-1].fraction, pixels, "split from a neighbour's mask "
                               "along the valley between their peaks"))
-        out.append(TargetTrace((float(x + x0), float(y + y0)), (px + x0, py + y0), steps + later,
-                               int(strict.comp.sum()), pixels))
+        out.append(TargetTrace((float(x), float(y)), (px, py), steps + later, int(batch.strict[t].sum()), pixels))
     return out
 
 

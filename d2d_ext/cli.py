@@ -6,8 +6,8 @@
 - ``evaluate``: IoU, nIoU, Pd and Fa of a folder of predicted masks against the ground truth.
 - ``find-bad-pixels``: a bad-pixel map (pixels stuck high, a display's overlay burned in) from
   many frames of one sensor, for ``--bad-pixels`` (:mod:`d2d_ext.sensor`).
-- ``explain``: why each target of an image gets its mask, the window search's decisions
-  (:meth:`d2d_ext.annotate.Annotator.explain`).
+- ``explain``: why each target of an image gets its mask, the window search's and the
+  binarisation's decisions (:meth:`d2d_ext.annotate.Annotator.explain`).
 - ``train``, ``test``, ``select``: the bi-level trainer (:mod:`d2d_ext.bilevel`); ``train`` has
   one option per training setting, made from the fields of
   :class:`~d2d_ext.bilevel.config.TrainConfig` (their defaults and descriptions live there).
@@ -464,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the map to write (255 = bad), for --bad-pixels; a folder: one map per image size, WxH.png")
     b.set_defaults(func=_cmd_find_bad_pixels)
 
-    x = sub.add_parser("explain", help="why each target of an image gets its mask: the window search's decisions")
+    x = sub.add_parser("explain", help="why each target of an image gets its mask: the window search's and the "
+                                       "binarisation's decisions")
     x.add_argument("--dataset", required=True, help="dataset root (BasicIRSTD / LESPS layout)")
     x.add_argument("--image", required=True, action="append", metavar="ID", help="an image's id (repeat for more)")
     x.add_argument("--points", default="centroid", type=_point_source, help="point source, as annotate's --points")

@@ -275,8 +275,8 @@ def explain_images(root, ids, points: str, seed: int = 0, annotator=None, bad_pi
     images repaired from ``bad_pixels`` as ``annotate`` repairs them). Returns ``{"images": [{"id",
     "targets": [{"point": [x, y], "peak": [x, y], "strict", "mask", "steps": [{"stage", "half",
     "fraction", "pixels", "outcome"}]}]}]}``: each point, the pixel it moved to, the pixels of its
-    strict component and of its mask, and the window search's decisions in order. Nothing is
-    written."""
+    strict component and of its mask, and the window search's and the binarisation's decisions in
+    order. Nothing is written."""
     from .annotate import Annotator
 
     ds = IRDataset(root, bad_pixels=bad_pixels)

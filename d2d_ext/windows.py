@@ -937,7 +937,7 @@ class _Search:
         # edges): it does not grow into that. A noise bump there is part of a flat top, and grows.
         if self.cfg.settle_fraction > 0 and ((f <= self.fractions[0] and not found.faint) or self.noise_bump(found)):
             found = self.grow(half, f, found)
-        elif self.trace is not None:
+        else:
             self.note("grow", half, f, found, "no growth: accepted at a raised fraction, or its peak does not "
                       "clear the band's spread, and no noise bump")
         kept = self.skirt(found, f)
