@@ -31,6 +31,7 @@ more than ``min_gain`` IoU points and does so on at least ``confidence`` of the 
 of the drawn images, so that a gain a few of the masks carry does not move the defaults; sweeps
 stop when one changes nothing. The descent also starts from the defaults with each other
 ``mask_margin`` (a margin needs other thresholds, which one move at a time does not reach), and
+from each mask style of :data:`~d2d_ext.annotate.STYLES` (the glow's settings move together);
 such a start's result is taken only where it beats the first one's as a move must.
 ``prepare_targets`` (strict component, features, superpixels) and the diffusion depend on
 ``peak_fraction`` and ``k_sigma`` only; ``binarize_targets`` re-runs on a prepared batch and its
@@ -48,11 +49,13 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .annotate import (
+    STYLES,
     AnnotatorConfig,
     DiffusionParams,
     image_masks,
@@ -62,7 +65,7 @@ from .annotate import (
 from .data import IRDataset
 from .files import DataError
 
-__all__ = ["GRIDS", "STRICT", "CONFIDENCE", "pick_ids", "calibrate", "load_settings"]
+__all__ = ["GRIDS", "STRICT", "CONFIDENCE", "Fitted", "pick_ids", "calibrate", "load_settings"]
 
 #: The settings fitted and the values each may take (smallest to largest; the defaults lie on them).
 GRIDS = {
@@ -171,24 +174,47 @@ def _draws(scorer: _Scorer, values: dict) -> np.ndarray:
     return np.random.default_rng(0).integers(0, n, size=(BOOTSTRAP, n))
 
 
+def _starts(start: dict) -> list:
+    """The other starts of :func:`_fit`: ``[(name, values)]``, ``start`` with each other
+    ``mask_margin`` of its grid, then with each mask style's settings (:data:`STYLES`) where they
+    differ from it."""
+    out = [(f"mask_margin {ring}", {**start, "mask_margin": ring}) for ring in GRIDS["mask_margin"]
+           if ring != start["mask_margin"]]
+    for style, values in STYLES.items():
+        if (moved := {**start, **values}) != start:
+            out.append((f"the {style} style", moved))
+    return out
+
+
+class Fitted(NamedTuple):
+    """What :func:`_fit` ends at: the fitted ``values`` (name -> value) and the ``start`` they were
+    reached from (``"the defaults"``, or a name of :func:`_starts`)."""
+
+    values: dict
+    start: str
+
+
 def _fit(scorer: _Scorer, start: dict, sweeps: int, min_gain: float, confidence: float = CONFIDENCE,
-         log=None) -> dict:
-    """:func:`_descend` from ``start`` and from ``start`` with each other ``mask_margin`` of its
-    grid; another start's end replaces the first one's only where it beats it as a move must (by
-    ``min_gain``, on ``confidence`` of the resamples). A margin drawn around every target moves each
-    mask's edge by whole pixels, and the thresholds that suit it differ: one setting at a time from
-    the defaults, the thresholds move first and a margin then no longer pays, however well a
-    margin with other thresholds would fit."""
-    best = _descend(scorer, start, sweeps, min_gain, confidence, log)
+         log=None) -> Fitted:
+    """:func:`_descend` from ``start`` and from each of :func:`_starts`; another start's end
+    replaces the first one's only where it beats it as a move must (by ``min_gain``, on
+    ``confidence`` of the resamples). One setting at a time from the defaults, the descent does
+    not reach settings that suit a style only together: a margin drawn around every target moves
+    each mask's edge by whole pixels, and the thresholds that suit it differ (they move first, and
+    a margin then no longer pays); masks that draw the glow want both fractions and the heat gate
+    lower, and each alone, or a move a few masks do not back, stops short of them."""
+    best = Fitted(_descend(scorer, start, sweeps, min_gain, confidence, log), "the defaults")
     draws = _draws(scorer, start)
-    for ring in GRIDS["mask_margin"]:
-        if ring == start["mask_margin"]:
-            continue
+    for name, other in _starts(start):
         if log:
-            log(f"calibrate: from mask_margin {ring}")
-        end = _descend(scorer, {**start, "mask_margin": ring}, sweeps, min_gain, confidence, log)
-        if _score(scorer, end) > _score(scorer, best) + min_gain and _support(scorer, end, best, draws) >= confidence:
-            best = end
+            log(f"calibrate: from {name}")
+        end = _descend(scorer, other, sweeps, min_gain, confidence, log)
+        if _score(scorer, end) > _score(scorer, best.values) + min_gain and \
+                _support(scorer, end, best.values, draws) >= confidence:
+            if log:
+                log(f"calibrate: the end from {name} taken, IoU {_score(scorer, best.values):.2f} -> "
+                    f"{_score(scorer, end):.2f}")
+            best = Fitted(end, name)
     return best
 
 
@@ -259,7 +285,9 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
     repaired in every image read, as ``annotate`` does with it (:class:`~d2d_ext.data.IRDataset`).
 
     Returns a JSON-ready dict: ``settings`` (the fitted fields only, name -> value), ``iou_before``
-    (the start's pooled IoU, percent), ``iou_after``, ``ids`` (in the order drawn), ``dataset``,
+    (the start's pooled IoU, percent), ``iou_after``, ``start`` (where the fit was reached from:
+    ``"the defaults"``, ``"mask_margin N"`` or ``"the S style"``, a mask style of
+    :data:`~d2d_ext.annotate.STYLES` the drawn masks are closer to), ``ids`` (in the order drawn), ``dataset``,
     ``split``, ``masks``, ``seed``, ``points``, ``targets``, ``min_gain``, ``bounds`` (each grid's
     ends), ``unsupported`` (the moves the drawn masks favour that too few resamples back, which
     more masks may confirm: :func:`_unsupported`), ``bad_pixels`` (the map's pixel count and
@@ -278,7 +306,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
         scorer = _Scorer(images, pts, gts, base, params)
         start = {name: getattr(base, name) for name in GRIDS}
         before = scorer.iou(start)
-        fitted = _fit(scorer, start, sweeps, min_gain, confidence, log)
+        fitted, reached_from = _fit(scorer, start, sweeps, min_gain, confidence, log)
         unsupported = _unsupported(scorer, fitted, min_gain, confidence)
     except ValueError as err:  # the annotator's own checks (a point outside its image)
         raise DataError(f"calibrate: {err}") from None
@@ -293,7 +321,7 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
             f"{len(scorer.prepared)} prepared, {time.perf_counter() - t0:.1f} s")
     return {
         "settings": {name: fitted[name] for name in GRIDS},
-        "iou_before": _round(before), "iou_after": _round(after),
+        "iou_before": _round(before), "iou_after": _round(after), "start": reached_from,
         "ids": ids, "dataset": ds.name, "split": split, "masks": len(ids), "seed": int(seed), "points": points,
         "targets": sum(len(p) for p in pts), "min_gain": min_gain, "confidence": confidence,
         "bounds": {name: [min(grid), max(grid)] for name, grid in GRIDS.items()},

@@ -46,20 +46,25 @@ from .spans import Span, finite_number
 
 
 def _annotator_config(args):
-    """The :class:`~d2d_ext.annotate.AnnotatorConfig` of ``--settings`` and ``--set`` (``--set``
-    wins over the file)."""
+    """The :class:`~d2d_ext.annotate.AnnotatorConfig` of ``--style``, ``--settings`` and ``--set``
+    (the file wins over the style, ``--set`` over both)."""
     from .annotate import config_from_dict
     from .calibrate import checked_settings, load_settings
 
     values = load_settings(args.settings) if args.settings else {}
     values.update(checked_settings(parse_settings(args.set), "--set"))
     try:
-        return config_from_dict(values)
+        return config_from_dict(values, args.style)
     except (TypeError, ValueError) as err:
         raise DataError(f"--set: {err}") from None
 
 
 def _add_annotator_options(parser, what: str) -> None:
+    from .annotate import STYLES
+
+    parser.add_argument("--style", choices=STYLES, default="tight",
+                        help="what a mask draws of its target: tight (the defaults: the edge of what the image "
+                             "shows of it) or glow (its faint glow too); --settings and --set win")
     parser.add_argument("--set", action="append", metavar="NAME=VALUE", help=f"an AnnotatorConfig setting {what}")
     parser.add_argument("--settings", metavar="FILE.json",
                         help=f'AnnotatorConfig settings {what}: the "settings" object of a JSON file (as calibrate '

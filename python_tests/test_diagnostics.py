@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import load_benchmark
-from d2d_ext.annotate import Annotator
+from d2d_ext.annotate import STYLES, Annotator
 from d2d_ext.morphology import grow, label
 from d2d_ext.points import centroid_points
 from d2d_ext.synthetic import make_scene, write_dataset
@@ -641,6 +641,13 @@ def test_annotation_datasets_reads_settings_as_d2d_annotate_does(tmp_path, capsy
     # the settings are checked together: a file's band with --set's windows
     args = annotation_datasets.argument_parser().parse_args(["--settings", str(wide), "--set", "half_sizes=[8,12]"])
     assert annotation_datasets.read_settings(args) == {"band": 8, "half_sizes": (8, 12)}
+    # --style: the style's settings under the file's and --set's
+    args = annotation_datasets.argument_parser().parse_args(["--style", "glow", "--settings", str(good),
+                                                            "--set", "level=0.05"])
+    assert annotation_datasets.read_settings(args) == {**STYLES["glow"], "low_fraction": 0.35, "half_sizes": (6, 8),
+                                                       "level": 0.05}
+    args = annotation_datasets.argument_parser().parse_args(["--style", "glow"])
+    assert annotation_datasets.read_settings(args) == STYLES["glow"]
 
 
 def test_annotation_datasets_saturates_a_block_far_from_every_target():
@@ -773,6 +780,17 @@ def test_settings_leaveout_table_and_cache(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a third dataset: the sets are not the cache's
         settings_leaveout.main(["--data", str(data), "--datasets", "AA,BB,CC"] + argv[4:])
     assert "made on other sets" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # scored against another mask style: not the cache's counts
+        settings_leaveout.main(argv + ["--glow", "0.15"])
+    assert "scored against masks as drawn, this run glow 0.15" in capsys.readouterr().err
+    glow_cache = tmp_path / "g.json"
+    assert settings_leaveout.main(argv[:-1] + [str(glow_cache), "--glow", "0.15"]) == 0
+    glow = json.loads(glow_cache.read_text())
+    assert glow["truth"] == "glow 0.15" and glow["counts"].keys() == stored["counts"].keys()
+    for key, counts in glow["counts"].items():  # the same masks against truth that takes in each glow
+        assert all(counts[n][1] >= stored["counts"][key][n][1] for n in counts)
+        assert any(counts[n] != stored["counts"][key][n] for n in counts)
+    capsys.readouterr()
     assert stored["annotator"] == settings_leaveout.annotator_digest()
     cache.write_text(json.dumps(dict(stored, annotator="0" * 16)))  # as another version of d2d_ext left it
     with pytest.raises(SystemExit):

@@ -1,7 +1,7 @@
 """Pseudo-mask quality of the annotator on every dataset, each reported apart (markdown table).
 
     python benchmarks/annotation/annotation_datasets.py [--data DIR] [--synthetic-seeds 0,1]
-        [--worst 3] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft [--soft-odds P,Q]]
+        [--worst 3] [--style glow] [--set NAME=VALUE ...] [--settings FILE.json] [--theta NAME=VALUE ...] [--soft [--soft-odds P,Q]]
         [--dilate N] [--glow F] [--against FILE.py]
         [--repeats N] [--map OFFSET,GAIN] [--hot beside|FRACTION [--repair]] [--saturate SIZE]
         [--reticle W [--repair | --find-map]] [--crop SIZE]
@@ -120,7 +120,7 @@ from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
 import d2d_ext.annotate as annotate_module
-from d2d_ext.annotate import SOFT_STYLES, DiffusionParams, MaskOdds, config_from_dict
+from d2d_ext.annotate import SOFT_STYLES, STYLES, DiffusionParams, MaskOdds, config_from_dict
 from d2d_ext.baselines import local_threshold_masks
 from d2d_ext.calibrate import checked_settings, load_settings
 from d2d_ext.cli import parse_settings
@@ -898,6 +898,8 @@ def argument_parser() -> argparse.ArgumentParser:
     ap.add_argument("--worst", type=int, default=3, help="images listed per set, most false-alarm pixels first")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an AnnotatorConfig setting")
     ap.add_argument("--settings", help="a JSON file of AnnotatorConfig settings (as d2d calibrate writes); --set wins")
+    ap.add_argument("--style", choices=STYLES, default="tight",
+                    help="the mask style's settings (d2d_ext.annotate.STYLES); --settings and --set win")
     ap.add_argument("--theta", action="append", default=[], metavar="NAME=VALUE",
                     help="a diffusion parameter's centre (DiffusionParams: D0, beta, rho, alpha, gamma)")
     ap.add_argument("--soft", action="store_true",
@@ -1158,10 +1160,13 @@ def probe_description(args: argparse.Namespace) -> str:
 
 
 def read_settings(args: argparse.Namespace) -> dict:
-    """The annotator settings of ``--settings`` (a file as ``d2d calibrate`` writes) and ``--set``
-    (which wins), each as its field's type and within its span, as ``d2d annotate`` reads them;
-    raises :class:`DataError` naming the file or setting at fault, before any set is loaded."""
-    settings = load_settings(args.settings) if getattr(args, "settings", None) else {}
+    """The annotator settings of ``--style`` (a mask style of ``STYLES``), ``--settings`` (a file
+    as ``d2d calibrate`` writes) and ``--set`` (each wins over the ones before), each as its
+    field's type and within its span, as ``d2d annotate`` reads them; raises :class:`DataError`
+    naming the file or setting at fault, before any set is loaded."""
+    settings = dict(STYLES[getattr(args, "style", None) or "tight"])
+    if getattr(args, "settings", None):
+        settings.update(load_settings(args.settings))
     settings.update(checked_settings(parse_settings(args.set), "--set"))
     try:
         config_from_dict(settings)  # the spans, and the window sizes against the band, of all of them together

@@ -5,9 +5,10 @@
 
 For every dataset under ``--data`` (default ``<workspace>/shared/data``; the BasicIRSTD / LESPS
 layout): ``d2d_ext.calibrate.calibrate`` fits its settings on ``--masks`` ground-truth masks of the
-train split (ids drawn with ``--seed``), then the default and the calibrated annotator are scored
-on held-out images from the LESPS centroid points (``masks_centroid``): the test split where the
-dataset has one (SIRST-v1), else the train images not drawn for the calibration. Metrics:
+train split (ids drawn with ``--seed``), then the default annotator, each other mask style of
+``d2d_ext.annotate.STYLES`` (no mask read) and the calibrated annotator are scored on held-out
+images from the LESPS centroid points (``masks_centroid``): the test split where the dataset has
+one (SIRST-v1), else the train images not drawn for the calibration. Metrics:
 ``d2d_ext.metrics.ISTDMetrics`` at native resolution; one torch thread. The calibration time is the
 whole of ``calibrate`` (loading the drawn images and masks included).
 
@@ -36,7 +37,7 @@ from workspace import SHARED_DATA  # noqa: E402
 
 from annotation_datasets import EvalSet, load_set, restyle, run, score  # the scoring loop of every dataset benchmark
 
-from d2d_ext.annotate import Annotator, config_from_dict
+from d2d_ext.annotate import STYLES, Annotator, config_from_dict
 from d2d_ext.calibrate import calibrate
 from d2d_ext.data import IRDataset
 from d2d_ext.files import write_png_atomic
@@ -100,17 +101,18 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - t0
         name, ids = held_out(ds, args.split, fit["ids"])
         changed = {k: v for k, v in fit["settings"].items() if v != getattr(config_from_dict({}), k)}
-        notes.append(f"- {ds.name}: fitted {fit['settings']} on {fit['masks']} masks ({fit['targets']} targets) "
-                     f"in {seconds:.1f} s; their IoU {fit['iou_before']:.2f} -> {fit['iou_after']:.2f}"
+        notes.append(f"- {ds.name}: fitted {fit['settings']} (from {fit['start']}) on {fit['masks']} masks "
+                     f"({fit['targets']} targets) in {seconds:.1f} s; their IoU {fit['iou_before']:.2f} -> {fit['iou_after']:.2f}"
                      + "".join(f"; not backed: {m['setting']} {m['value']} ({m['iou']:.2f}, ahead on "
                                f"{100 * m['support']:.1f}% of the resamples)" for m in fit["unsupported"]))
         held = load_set(ds, name, ids)
-        for label, settings in (("default", {}), ("calibrated", fit["settings"])):
+        for label, settings in (("default", {}), *((f"{k} style", v) for k, v in STYLES.items() if v),
+                                ("calibrated", fit["settings"])):
             masks, seconds, _ = run(Annotator(config_from_dict(settings)).annotate, held)
             r = score(held, masks, seconds)
             shown = ", ".join(f"{k}={v}" for k, v in changed.items()) or "(defaults kept)"
             rows.append([ds.name, f"{name} ({len(ids)} images, {held.targets} targets)", label,
-                         "" if label == "default" else shown,
+                         shown if label == "calibrated" else "",
                          f"{r.iou:.2f}", f"{r.niou:.2f}", f"{r.pd:.2f}", f"{r.fa:.2f}"])
     header = ["dataset", "scored on (held out)", "annotator", "settings changed", "IoU", "nIoU", "Pd", "Fa (1e-6)"]
     style = f", masks grown by {args.dilate} px" if args.dilate else ""

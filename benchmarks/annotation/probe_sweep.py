@@ -1,7 +1,7 @@
 """Every probe of ``annotation_datasets`` in one run: the sets as they are and as other sensors,
 files, clicks and mask styles give them (markdown table).
 
-    python benchmarks/annotation/probe_sweep.py [--set NAME=VALUE ...] [--settings FILE.json]
+    python benchmarks/annotation/probe_sweep.py [--style glow] [--set NAME=VALUE ...] [--settings FILE.json]
         [--probe "OPTIONS" ...] [--data DIR] [--datasets A,B] [--synthetic-seeds 0,1] [--jobs 2]
         [--cache FILE.json] [--against OTHER.json] [--out FILE.md]
 
@@ -47,7 +47,7 @@ from workspace import SHARED_DATA  # noqa: E402
 from annotation_datasets import argument_parser, check_args, load_sets, probe_sets, read_settings, run, score
 from settings_leaveout import annotator_digest
 
-from d2d_ext.annotate import Annotator, config_from_dict
+from d2d_ext.annotate import STYLES, Annotator, config_from_dict
 from d2d_ext.files import DataError, write_bytes_atomic
 
 #: The probes a change to the annotator is measured under (``annotation_datasets.py`` options):
@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an AnnotatorConfig setting")
     ap.add_argument("--settings", help="a JSON file of AnnotatorConfig settings (as d2d calibrate writes); --set wins")
+    ap.add_argument("--style", choices=STYLES, default="tight",
+                    help="the mask style's settings (d2d_ext.annotate.STYLES); --settings and --set win")
     ap.add_argument("--probe", action="append", metavar="OPTIONS",
                     help="a line of annotation_datasets.py options (repeat; default: PROBES; '' the sets as they are)")
     ap.add_argument("--data", default=str(SHARED_DATA), help="folder of datasets (BasicIRSTD / LESPS layout)")

@@ -1,7 +1,7 @@
 """The defaults against settings chosen without a dataset: each dataset left out in turn (markdown table).
 
     python benchmarks/annotation/settings_leaveout.py [--data DIR] [--datasets A,B] [--synthetic-seeds 0,1]
-        [--grid NAME=V1,V2,... ...] [--jobs 2] [--cache FILE.json] [--out FILE.md]
+        [--grid NAME=V1,V2,... ...] [--dilate N | --glow F] [--jobs 2] [--cache FILE.json] [--out FILE.md]
 
 The defaults were chosen on every dataset here together; a held-out dataset is none of them. This
 asks how much a choice made without a dataset costs it. Every combination of the ``--grid``
@@ -13,7 +13,9 @@ into groups, one per dataset (SIRST-v1's two splits are one group; the synthetic
 and a group's score is the mean of its sets' IoU. For each real dataset left out, the combination
 with the best mean over the other groups is chosen (and, apart, the one with the best worst
 group), then scored on the dataset left out, beside the defaults and that dataset's own best
-combination (which only its masks can pick).
+combination (which only its masks can pick). ``--dilate N`` / ``--glow F`` score against another
+mask style (``annotation_datasets.restyle``: every ground-truth mask grown, or each target's glow
+drawn in), to choose that style's settings the same way (``d2d_ext.annotate.STYLES``).
 
 Each combination's result is kept in ``--cache`` (JSON, written atomically after each) and read
 back on a rerun, so an interrupted run resumes; a cache made on other sets, or by another version
@@ -40,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # bench
 from md_table import command_line, emit  # noqa: E402
 from workspace import SHARED_DATA  # noqa: E402
 
-from annotation_datasets import load_sets, run
+from annotation_datasets import load_sets, restyle, run
 
 import d2d_ext
 from d2d_ext.annotate import Annotator, AnnotatorConfig, config_from_dict
@@ -154,6 +156,12 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic-seeds", default="0,1", help="comma-separated seeds ('' for none)")
     ap.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
                     help="a setting and its values (replaces the default grid; repeat for several)")
+    style = ap.add_mutually_exclusive_group()
+    style.add_argument("--dilate", type=int, default=0, help="score against every ground-truth mask grown by this "
+                       "many pixels")
+    style.add_argument("--glow", type=float, default=0.0, metavar="FRACTION",
+                       help="score against ground truth with each target's glow drawn in at this fraction of its "
+                            "contrast (annotation_datasets.glow_mask)")
     ap.add_argument("--jobs", type=int, default=2, help="processes annotating combinations side by side")
     ap.add_argument("--cache", default="settings_leaveout.json", help="each combination's counts, for a rerun")
     ap.add_argument("--out")
@@ -181,14 +189,19 @@ def main(argv=None) -> int:
                      f"{', '.join(shown(v) for v in values)}")
     if not Path(args.data).is_dir():
         ap.error(f"no datasets: {args.data} is not a folder (the datasets are what this leaves out)")
+    if args.dilate < 0 or not 0 <= args.glow < 1:
+        ap.error(f"--dilate must be at least 0 and --glow in [0, 1), got {args.dilate} and {args.glow}")
     _SETS[:] = load_sets(args)
+    for s in _SETS:
+        restyle(s, args.dilate, args.glow)
     names = [s.name for s in _SETS]
     groups = sorted({group_of(n) for n in names})
     if len(groups) < 2 or groups == [SYNTHETIC]:
         ap.error(f"a dataset is left out for the others to choose: need a real dataset and at least one more group "
                  f"(real datasets or --synthetic-seeds), got {groups or 'none'}")
     cache_path = Path(args.cache)
-    cache = {"sets": names, "annotator": annotator_digest(), "counts": {}}
+    truth = f"dilate {args.dilate}" if args.dilate else f"glow {args.glow:g}" if args.glow else "as drawn"
+    cache = {"sets": names, "truth": truth, "annotator": annotator_digest(), "counts": {}}
     if cache_path.is_file():
         try:
             stored = json.loads(cache_path.read_text())
@@ -196,6 +209,9 @@ def main(argv=None) -> int:
             ap.error(f"--cache {cache_path}: unreadable ({e}); move it away to start again")
         if stored.get("sets") != names:
             ap.error(f"--cache {cache_path} was made on other sets ({stored.get('sets')}); move it away or name another")
+        if stored.get("truth", "as drawn") != truth:
+            ap.error(f"--cache {cache_path} was scored against masks {stored.get('truth', 'as drawn')}, this run "
+                     f"{truth}; move it away or name another")
         if stored.get("annotator") != cache["annotator"]:
             ap.error(f"--cache {cache_path} was made by another version of d2d_ext (digest {stored.get('annotator')}, "
                      f"this one {cache['annotator']}); move it away or name another")
