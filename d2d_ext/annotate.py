@@ -1016,19 +1016,22 @@ class TargetTrace(NamedTuple):
 
 
 def explain_targets(image: np.ndarray, points: np.ndarray, config: AnnotatorConfig | None = None,
-                    params: DiffusionParams | None = None) -> list:
+                    params: DiffusionParams | None = None, masks: list | None = None) -> list:
     """Why each target of one image ``(H, W)`` in [0, 1] with points ``(K, 2)`` (x, y) gets its
     mask: a :class:`TargetTrace` per point, the window search's decisions read on what the
     annotator reads (the picture inside its padding, its column pattern removed), then the
     binarisation's (:func:`binarize_targets`), and the mask :meth:`Annotator.annotate` gives at
     ``config`` and ``params``. For a reader who asks why a mask took a cloud or kept only a peak;
-    the masks are not changed by asking."""
+    the masks are not changed by asking. ``masks``: a list the image's ``(H, W)`` bool mask (that
+    same one) is appended to, for a caller that scores it beside the decisions."""
     cfg = config or AnnotatorConfig()
     points = np.asarray(points, np.float64).reshape(-1, 2)
     searched, binarized = [], []
     batch = prepare_targets([image], [points], cfg, lazy=True, trace=searched)
     # the masks annotate gives, from the same pass
     (mask,), _ = Annotator(cfg, params).masks_and_soft(batch, fields=False, trace=binarized)
+    if masks is not None:
+        masks.append(mask)
     labels, _ = label(mask)
     out = []
     for t, ((x, y), steps, later) in enumerate(zip(points, searched, binarized)):
@@ -1068,10 +1071,10 @@ class Annotator:
         keeps the trainer's label updates after each ``theta`` step cheap."""
         return self.masks_and_soft(batch, fields=False)[0]
 
-    def explain(self, image: np.ndarray, points: np.ndarray) -> list:
+    def explain(self, image: np.ndarray, points: np.ndarray, masks: list | None = None) -> list:
         """Why each target of one image gets its mask: :func:`explain_targets` at this
-        annotator's settings and ``theta``."""
-        return explain_targets(image, points, self.config, self.params)
+        annotator's settings and ``theta`` (``masks``: as it takes them)."""
+        return explain_targets(image, points, self.config, self.params, masks)
 
     def annotate(self, images: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> list:
         """``B`` images ``(H, W)`` in [0, 1] and their points ``(K, 2)`` (x, y) -> ``B`` bool masks.

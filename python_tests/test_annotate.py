@@ -687,8 +687,10 @@ def test_explain_follows_each_point_to_its_mask():
     frame = np.pad(scene.image, 8)
     points = scene.points + 8.0
     annotator = Annotator()
-    traces = annotator.explain(frame, points)
+    given = []
+    traces = annotator.explain(frame, points, given)
     (mask,) = annotator.annotate([frame], [points])
+    assert len(given) == 1 and np.array_equal(given[0], mask)  # annotate's mask, from explain's own pass
     labels, _ = ndimage.label(mask, np.ones((3, 3)))
     cfg = annotator.config
     for t, (x, y) in zip(traces, points):

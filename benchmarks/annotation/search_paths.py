@@ -96,9 +96,9 @@ def follow(sets: list, settings: dict | None = None) -> dict:
     for s in sets:
         ways = defaultdict(list)
         for image, points, truth in zip(s.images, s.points, s.masks):
-            traces = ann.explain(image, points)
-            (mask,) = ann.annotate([image], [points])
-            for t, iou in zip(traces, target_ious(mask, truth > 0, traces)):
+            masks = []
+            traces = ann.explain(image, points, masks)  # the decisions and annotate's mask, one pass
+            for t, iou in zip(traces, target_ious(masks[0], truth > 0, traces)):
                 ways[("search", search_way(t.steps))].append(iou)
                 ways[("binarize", binarize_way(t.steps))].append(iou)
         out[s.name] = dict(ways)
