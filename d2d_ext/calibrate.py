@@ -188,7 +188,8 @@ def _starts(start: dict) -> list:
 
 class Fitted(NamedTuple):
     """What :func:`_fit` ends at: the fitted ``values`` (name -> value) and the ``start`` they were
-    reached from (``"the defaults"``, or a name of :func:`_starts`)."""
+    reached from (``"the defaults"``, ``"the given settings"`` where the fit began elsewhere, or a
+    name of :func:`_starts`)."""
 
     values: dict
     start: str
@@ -203,7 +204,9 @@ def _fit(scorer: _Scorer, start: dict, sweeps: int, min_gain: float, confidence:
     each mask's edge by whole pixels, and the thresholds that suit it differ (they move first, and
     a margin then no longer pays); masks that draw the glow want both fractions and the heat gate
     lower, and each alone, or a move a few masks do not back, stops short of them."""
-    best = Fitted(_descend(scorer, start, sweeps, min_gain, confidence, log), "the defaults")
+    defaults = {name: getattr(AnnotatorConfig(), name) for name in GRIDS}
+    first = "the defaults" if start == defaults else "the given settings"
+    best = Fitted(_descend(scorer, start, sweeps, min_gain, confidence, log), first)
     draws = _draws(scorer, start)
     for name, other in _starts(start):
         if log:
@@ -286,9 +289,9 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
 
     Returns a JSON-ready dict: ``settings`` (the fitted fields only, name -> value), ``iou_before``
     (the start's pooled IoU, percent), ``iou_after``, ``start`` (where the fit was reached from:
-    ``"the defaults"``, ``"mask_margin N"`` or ``"the S style"``, a mask style of
-    :data:`~d2d_ext.annotate.STYLES` the drawn masks are closer to), ``ids`` (in the order drawn), ``dataset``,
-    ``split``, ``masks``, ``seed``, ``points``, ``targets``, ``min_gain``, ``bounds`` (each grid's
+    ``"the defaults"`` (``"the given settings"`` for another ``config``), ``"mask_margin N"`` or
+    ``"the S style"``, a mask style of :data:`~d2d_ext.annotate.STYLES` the drawn masks are closer
+    to), ``ids`` (in the order drawn), ``dataset``, ``split``, ``masks``, ``seed``, ``points``, ``targets``, ``min_gain``, ``bounds`` (each grid's
     ends), ``unsupported`` (the moves the drawn masks favour that too few resamples back, which
     more masks may confirm: :func:`_unsupported`), ``bad_pixels`` (the map's pixel count and
     fingerprint, or None). Raises

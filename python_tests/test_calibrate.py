@@ -207,7 +207,7 @@ def test_the_fit_starts_from_every_margin():
     assert (fit.values["low_fraction"], fit.values["mask_margin"], fit.start) == (0.5, 1, "mask_margin 1")
     table[(0.5, 1)] = [(55.2, 100)] * 4  # ahead of the first end by less than the margin
     fit = _fit(_Counts(table, by), start, sweeps=3, min_gain=0.5)
-    assert (fit.values["low_fraction"], fit.values["mask_margin"], fit.start) == (0.1, 0, "the defaults")
+    assert (fit.values["low_fraction"], fit.values["mask_margin"], fit.start) == (0.1, 0, "the given settings")
 
 
 def test_the_fit_starts_from_every_style():
@@ -232,6 +232,8 @@ def test_the_fit_starts_from_every_style():
     table[at] = [(50.4, 100)] * 4  # ahead of the defaults by less than the margin
     fit = _fit(_Counts(table, by), start, sweeps=3, min_gain=0.5)
     assert fit == (start, "the defaults")
+    other = {**start, "point_radius": 0.0}  # a fit that begins elsewhere says so
+    assert _fit(_Counts(table, by), other, sweeps=3, min_gain=0.5) == (other, "the given settings")
 
 
 def test_strict_settings_are_prepared_once_per_pair(dataset, monkeypatch):
