@@ -291,7 +291,9 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
     (the start's pooled IoU, percent), ``iou_after``, ``start`` (where the fit was reached from:
     ``"the defaults"`` (``"the given settings"`` for another ``config``), ``"mask_margin N"`` or
     ``"the S style"``, a mask style of :data:`~d2d_ext.annotate.STYLES` the drawn masks are closer
-    to), ``ids`` (in the order drawn), ``dataset``, ``split``, ``masks``, ``seed``, ``points``, ``targets``, ``min_gain``, ``bounds`` (each grid's
+    to), ``styles`` (each mask style's pooled IoU on the drawn masks as it is, the other fitted
+    settings at the start's: ``d2d annotate --style`` with no file), ``ids`` (in the order drawn),
+    ``dataset``, ``split``, ``masks``, ``seed``, ``points``, ``targets``, ``min_gain``, ``bounds`` (each grid's
     ends), ``unsupported`` (the moves the drawn masks favour that too few resamples back, which
     more masks may confirm: :func:`_unsupported`), ``bad_pixels`` (the map's pixel count and
     fingerprint, or None). Raises
@@ -314,17 +316,21 @@ def calibrate(root, split: str, masks: int, seed: int = 0, points: str = "centro
     except ValueError as err:  # the annotator's own checks (a point outside its image)
         raise DataError(f"calibrate: {err}") from None
     after = scorer.iou(fitted)
+    # each mask style as it is, on the drawn masks (scored already where the fit started from it)
+    styles = {style: _round(scorer.iou({**start, **values})) for style, values in STYLES.items()}
     if log:
         for move in unsupported:
             log(f"calibrate: {move['setting']} {move['value']} scores {move['iou']:.2f} on the drawn masks "
                 f"(+{move['iou'] - after:.2f}) but is ahead on {100 * move['support']:.0f}% of their resamples, "
                 f"not {100 * confidence:.0f}%: a few of the masks carry it; more masks (--masks) would show "
                 "whether the dataset's do")
+        log("calibrate: each mask style as it is, IoU on the drawn masks: "
+            + ", ".join(f"{style} {iou:.2f}" for style, iou in styles.items()))
         log(f"calibrate: {len(ids)} masks, {sum(len(p) for p in pts)} targets, {len(scorer.scores)} settings scored, "
             f"{len(scorer.prepared)} prepared, {time.perf_counter() - t0:.1f} s")
     return {
         "settings": {name: fitted[name] for name in GRIDS},
-        "iou_before": _round(before), "iou_after": _round(after), "start": reached_from,
+        "iou_before": _round(before), "iou_after": _round(after), "start": reached_from, "styles": styles,
         "ids": ids, "dataset": ds.name, "split": split, "masks": len(ids), "seed": int(seed), "points": points,
         "targets": sum(len(p) for p in pts), "min_gain": min_gain, "confidence": confidence,
         "bounds": {name: [min(grid), max(grid)] for name, grid in GRIDS.items()},

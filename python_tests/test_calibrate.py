@@ -116,6 +116,12 @@ def test_the_cached_scores_are_the_annotators(dataset, fitted):
     """The fit re-binarises cached batches; a fresh annotator with the settings agrees."""
     assert fitted["iou_before"] == pytest.approx(_pooled_iou(dataset, fitted["ids"], {}), abs=1e-3)
     assert fitted["iou_after"] == pytest.approx(_pooled_iou(dataset, fitted["ids"], fitted["settings"]), abs=1e-3)
+    # each mask style as d2d annotate --style gives it, on the drawn masks
+    from d2d_ext.annotate import STYLES
+
+    assert fitted["styles"].keys() == STYLES.keys() and fitted["styles"]["tight"] == fitted["iou_before"]
+    for style, values in STYLES.items():
+        assert fitted["styles"][style] == pytest.approx(_pooled_iou(dataset, fitted["ids"], values), abs=1e-3)
 
 
 def test_a_large_margin_keeps_the_defaults(dataset):
@@ -519,6 +525,7 @@ def test_the_heat_gate_is_lowered_where_the_masks_draw_the_glow(tmp_path):
     # together) the fit reaches it
     fit = calibrate(root, "train", 20, seed=0)
     assert fit["start"] == "the glow style" and fit["unsupported"] == []
+    assert fit["styles"]["glow"] > fit["styles"]["tight"] + 10  # the drawn masks show their style
     assert fit["settings"]["level"] < 0.05 and fit["iou_after"] > fit["iou_before"] + 20
     fit = calibrate(root, "train", 20, seed=3)
     assert fit["ids"] == ids[3] and "000424" not in ids[3] and fit["unsupported"] == []
