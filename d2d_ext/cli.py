@@ -1,6 +1,8 @@
 """Command line: ``python -m d2d_ext <command>`` (also installed as ``d2d``).
 
-- ``annotate``: single points to pseudo-masks for a dataset split (atomic, resumable).
+- ``annotate``: single points to pseudo-masks for a dataset split (atomic, resumable); ``--style``
+  picks the mask style (:data:`d2d_ext.annotate.STYLES`), ``--settings`` and ``--set`` single
+  settings.
 - ``calibrate``: fit a few binarisation settings of the annotator on N ground-truth masks of a
   split (:mod:`d2d_ext.calibrate`), for ``annotate --settings``.
 - ``evaluate``: IoU, nIoU, Pd and Fa of a folder of predicted masks against the ground truth.
